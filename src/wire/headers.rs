@@ -1,0 +1,2 @@
+//! Optional UserMessage headers (MS-MQMQ 2.2.20.x): TransactionHeader, SecurityHeader,
+//! MessagePropertiesHeader, DebugHeader, SoapHeader, MultiQueueFormatHeader, SRMP sections.
