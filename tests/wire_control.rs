@@ -44,7 +44,11 @@ fn frame2_ping_response() {
     let bytes = vector("frame2-ping-response.bin");
     let p = Ping::parse(&bytes).unwrap();
     assert_eq!(p.flags & Ping::RC, Ping::RC, "RC is echoed");
-    assert_eq!(p.flags & Ping::RF, 0, "RF clear: the acceptor will take a session");
+    assert_eq!(
+        p.flags & Ping::RF,
+        0,
+        "RF clear: the acceptor will take a session"
+    );
     assert_eq!(p.cookie, 4);
     assert_eq!(p.qm_guid, guid(SERVER));
     let mut out = [0u8; 24];
@@ -93,15 +97,21 @@ fn frame4_establish_connection_response_layout() {
     assert_eq!(ec.operating_system.0, 0x0310, "OperatingSystem is echoed");
     // The spec's frame 4 carries GUIDs that match neither frame 3 nor its own annotation
     // (DIGEST §15.1): only the layout is checked.
-    assert_eq!(ec.client_guid, guid("{1F742305-BE5E-4177-BC77-C4DD7719E474}"));
-    assert_eq!(ec.server_guid, guid("{3C3A6AEB-F567-4143-87D3-85CF4D68CEB4}"));
+    assert_eq!(
+        ec.client_guid,
+        guid("{1F742305-BE5E-4177-BC77-C4DD7719E474}")
+    );
+    assert_eq!(
+        ec.server_guid,
+        guid("{3C3A6AEB-F567-4143-87D3-85CF4D68CEB4}")
+    );
     let mut out = [0u8; 572];
     ec.encode(&mut out).unwrap();
     assert_eq!(&out[..], &bytes[..]);
 
     // A response we build to frame 3 matches frame 4 except for the two GUIDs.
-    let req = EstablishConnection::parse(&vector("frame3-establish-connection-request.bin"))
-        .unwrap();
+    let req =
+        EstablishConnection::parse(&vector("frame3-establish-connection-request.bin")).unwrap();
     let ours = EstablishConnection::response(&req, guid(SERVER), false);
     let mut mine = [0u8; 572];
     ours.encode(&mut mine).unwrap();
@@ -145,7 +155,10 @@ fn frame8_session_ack() {
         panic!("frame 8 is a SessionAck");
     };
     assert_eq!(ack.base.flags.0, 0x001B);
-    assert_eq!(ack.base.packet_size, 36, "the SessionHeader is counted here");
+    assert_eq!(
+        ack.base.packet_size, 36,
+        "the SessionHeader is counted here"
+    );
     assert_eq!(
         ack.session,
         SessionHeader {
@@ -173,11 +186,17 @@ fn rejects_bad_version_and_signature() {
     let mut bytes = vector("frame5-connection-parameters-request.bin");
     bytes[0] = 0x11;
     let e = frame_len(&bytes).unwrap_err();
-    assert_eq!((e.kind, e.field, e.offset), (ErrorKind::BadValue, "BaseHeader.VersionNumber", 0));
+    assert_eq!(
+        (e.kind, e.field, e.offset),
+        (ErrorKind::BadValue, "BaseHeader.VersionNumber", 0)
+    );
     bytes[0] = 0x10;
     bytes[5] = b'X';
     let e = parse_packet(&bytes).unwrap_err();
-    assert_eq!((e.kind, e.field, e.offset), (ErrorKind::BadValue, "BaseHeader.Signature", 4));
+    assert_eq!(
+        (e.kind, e.field, e.offset),
+        (ErrorKind::BadValue, "BaseHeader.Signature", 4)
+    );
 }
 
 #[test]
@@ -192,7 +211,11 @@ fn rejects_packet_size_too_small_too_large_or_lying() {
         let mut b = good.clone();
         b[8..12].copy_from_slice(&size.to_le_bytes());
         let e = frame_len(&b).unwrap_err();
-        assert_eq!((e.kind, e.field), (kind, "BaseHeader.PacketSize"), "size {size}");
+        assert_eq!(
+            (e.kind, e.field),
+            (kind, "BaseHeader.PacketSize"),
+            "size {size}"
+        );
     }
     // A PacketSize that is legal but lies about this packet's type.
     let mut b = good.clone();
@@ -214,7 +237,10 @@ fn rejects_truncated_control_packets_at_every_length() {
     ] {
         let bytes = vector(name);
         for n in 0..bytes.len() {
-            assert!(parse_packet(&bytes[..n]).is_err(), "{name} cut at {n} must not parse");
+            assert!(
+                parse_packet(&bytes[..n]).is_err(),
+                "{name} cut at {n} must not parse"
+            );
         }
         assert!(Ping::parse(&bytes[..bytes.len().min(23)]).is_err());
     }
@@ -225,7 +251,10 @@ fn rejects_unknown_internal_packet_type() {
     let mut b = vector("frame5-connection-parameters-request.bin");
     b[18] = 0x07;
     let e = parse_packet(&b).unwrap_err();
-    assert_eq!((e.kind, e.field), (ErrorKind::BadValue, "InternalHeader.Flags.PT"));
+    assert_eq!(
+        (e.kind, e.field),
+        (ErrorKind::BadValue, "InternalHeader.Flags.PT")
+    );
 }
 
 #[test]
@@ -246,5 +275,8 @@ fn rejects_ping_with_bad_signature() {
 fn encoders_refuse_small_buffers() {
     let ack = SessionAck::new(SessionHeader::default());
     let mut small = [0u8; 35];
-    assert_eq!(ack.encode(&mut small).unwrap_err().kind, ErrorKind::BufferTooSmall);
+    assert_eq!(
+        ack.encode(&mut small).unwrap_err().kind,
+        ErrorKind::BufferTooSmall
+    );
 }
