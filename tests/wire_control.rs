@@ -110,8 +110,8 @@ fn frame4_establish_connection_response_layout() {
     assert_eq!(&out[..], &bytes[..]);
 
     // A response we build to frame 3 matches frame 4 except for the two GUIDs.
-    let req =
-        EstablishConnection::parse(&vector("frame3-establish-connection-request.bin")).unwrap();
+    let f3 = vector("frame3-establish-connection-request.bin");
+    let req = EstablishConnection::parse(&f3).unwrap();
     let ours = EstablishConnection::response(&req, guid(SERVER), false);
     let mut mine = [0u8; 572];
     ours.encode(&mut mine).unwrap();

@@ -46,10 +46,9 @@ impl Framer {
         // First complete a frame that an earlier chunk started.
         if !self.partial.is_empty() {
             loop {
-                let need = match frame_len(&self.partial).map_err(FrameError::Wire)? {
-                    Some(n) => n,
-                    None => 16,
-                };
+                let need = frame_len(&self.partial)
+                    .map_err(FrameError::Wire)?
+                    .unwrap_or(16);
                 debug_assert!(need <= FRAME_LEN_MAX);
                 let missing = need - self.partial.len();
                 let take = missing.min(input.len());

@@ -379,7 +379,7 @@ impl Session {
         }
     }
 
-    fn on_ec_request(&mut self, ec: &EstablishConnection) -> Result<(), CloseReason> {
+    fn on_ec_request(&mut self, ec: &EstablishConnection<'_>) -> Result<(), CloseReason> {
         self.remote_qm = ec.client_guid;
         let wrong_guid = !(ec.server_guid.is_null() || ec.server_guid == self.cfg.own_guid);
         let refuse = wrong_guid || self.cfg.refuse;
@@ -397,7 +397,11 @@ impl Session {
         Ok(())
     }
 
-    fn on_ec_response(&mut self, now_ms: u64, ec: &EstablishConnection) -> Result<(), CloseReason> {
+    fn on_ec_response(
+        &mut self,
+        now_ms: u64,
+        ec: &EstablishConnection<'_>,
+    ) -> Result<(), CloseReason> {
         let Role::Initiator { expected_server } = self.role else {
             return Err(self.close(CloseReason::RefusedByPeer));
         };

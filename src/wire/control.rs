@@ -70,7 +70,7 @@ impl OperatingSystem {
 /// 56  u16 OperatingSystem   58 u16 Reserved   60 Padding[512]
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EstablishConnection {
+pub struct EstablishConnection<'a> {
     pub base: BaseHeader,
     pub internal: InternalHeader,
     pub client_guid: Guid,
@@ -78,13 +78,15 @@ pub struct EstablishConnection {
     pub time_stamp: u32,
     pub operating_system: OperatingSystem,
     pub reserved: u16,
-    /// Kept so a parsed packet re-encodes byte for byte; senders use 0x5A (or zero) bytes.
-    pub padding: [u8; EC_PADDING_LEN],
+    /// Borrowed so a parsed packet re-encodes byte for byte; senders use 0x5A bytes.
+    pub padding: &'a [u8; EC_PADDING_LEN],
 }
 
-impl EstablishConnection {
+static PADDING_5A: [u8; EC_PADDING_LEN] = [EC_PADDING_BYTE; EC_PADDING_LEN];
+
+impl<'a> EstablishConnection<'a> {
     /// The initiator's request.
-    pub fn request(client: Guid, server: Guid, time_stamp: u32) -> Self {
+    pub fn request(client: Guid, server: Guid, time_stamp: u32) -> EstablishConnection<'static> {
         EstablishConnection {
             base: BaseHeader::internal(ESTABLISH_CONNECTION_LEN as u32, 0, false),
             internal: InternalHeader::new(PacketType::ESTABLISH_CONNECTION, false),
@@ -93,13 +95,13 @@ impl EstablishConnection {
             time_stamp,
             operating_system: OperatingSystem::LINUX_INITIATOR,
             reserved: 0,
-            padding: [EC_PADDING_BYTE; EC_PADDING_LEN],
+            padding: &PADDING_5A,
         }
     }
 
     /// The acceptor's response to `req`, as Windows builds it: ClientGuid and TimeStamp echoed,
     /// our GUID as ServerGuid, SE echoed, padding 0x5A, BaseHeader.Reserved 0x5A.
-    pub fn response(req: &EstablishConnection, own: Guid, refused: bool) -> Self {
+    pub fn response(req: &EstablishConnection<'_>, own: Guid, refused: bool) -> Self {
         EstablishConnection {
             base: BaseHeader::internal(
                 ESTABLISH_CONNECTION_LEN as u32,
@@ -114,12 +116,12 @@ impl EstablishConnection {
                 OperatingSystem::RE | (req.operating_system.0 & OperatingSystem::SE),
             ),
             reserved: 0,
-            padding: [EC_PADDING_BYTE; EC_PADDING_LEN],
+            padding: &PADDING_5A,
         }
     }
 
     /// Parses a whole 572-byte frame.
-    pub fn parse(buf: &[u8]) -> Result<Self> {
+    pub fn parse(buf: &'a [u8]) -> Result<Self> {
         let base = BaseHeader::parse(buf)?;
         expect_size(&base, ESTABLISH_CONNECTION_LEN, "BaseHeader.PacketSize")?;
         expect_len(buf, ESTABLISH_CONNECTION_LEN, "EstablishConnection")?;
@@ -141,7 +143,12 @@ impl EstablishConnection {
             time_stamp: r.u32("EstablishConnection.TimeStamp")?,
             operating_system: OperatingSystem(r.u16("EstablishConnection.OperatingSystem")?),
             reserved: r.u16("EstablishConnection.Reserved")?,
-            padding: r.array("EstablishConnection.Padding")?,
+            padding: r
+                .take(EC_PADDING_LEN, "EstablishConnection.Padding")?
+                .try_into()
+                .map_err(|_| {
+                    WireError::new(ErrorKind::Truncated, "EstablishConnection.Padding", 60)
+                })?,
         })
     }
 
@@ -157,7 +164,7 @@ impl EstablishConnection {
             "EstablishConnection.OperatingSystem",
         )?;
         w.u16(self.reserved, "EstablishConnection.Reserved")?;
-        w.put(&self.padding, "EstablishConnection.Padding")?;
+        w.put(self.padding, "EstablishConnection.Padding")?;
         Ok(w.pos())
     }
 }

@@ -25,7 +25,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
 /// One parsed packet from TCP 1801.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet<'a> {
-    EstablishConnection(EstablishConnection),
+    EstablishConnection(EstablishConnection<'a>),
     ConnectionParameters(ConnectionParameters),
     SessionAck(SessionAck),
     /// Application messages, admin acks, OrderAcks and FinalAcks: all UserMessage packets.
