@@ -1,0 +1,310 @@
+//! Configuration: every limit and timer in one place, with the Windows product defaults.
+//!
+//! Settings that exist in Windows MSMQ carry its registry value names, in a `[Parameters]`
+//! table that mirrors `HKLM\SOFTWARE\Microsoft\MSMQ\Parameters` (and `[Parameters.Security]`
+//! for `...\Parameters\Security`), so an MSMQ administrator recognises them. Settings that are
+//! lior's own (addresses, data directory, cores, engine limits) use snake_case names at the top
+//! level. Unknown keys are refused: a typo must not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where queues, the queue-manager GUID and all state live.
+    pub data_dir: PathBuf,
+    /// The MS-MQQB listener (TCP 1801). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The local HTTP/JSON API for administration and for Linux applications.
+    pub api: SocketAddr,
+    /// Cores to run shards on; empty means every online core.
+    pub cores: Vec<usize>,
+    /// Extra names this machine answers to in DIRECT=OS: and DIRECT=TCP: format names, beside
+    /// the host name and every local address.
+    pub aliases: Vec<String>,
+    /// Engine and store limits that have no Windows counterpart.
+    pub limits: Limits,
+    #[serde(rename = "Parameters")]
+    pub parameters: Parameters,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./lior-data"),
+            listen: "0.0.0.0:1801".parse().expect("literal address"),
+            api: "127.0.0.1:1802".parse().expect("literal address"),
+            cores: Vec::new(),
+            aliases: Vec::new(),
+            limits: Limits::default(),
+            parameters: Parameters::default(),
+        }
+    }
+}
+
+/// lior's own bounds. Every table and buffer has one; a full table refuses, it never grows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Private queues this queue manager holds.
+    pub queues_max: usize,
+    /// Messages one queue holds before `MessageQuota`-style refusal.
+    pub queue_messages_max: u64,
+    /// Connections one shard holds (the engine's slab size).
+    pub connections_per_shard_max: usize,
+    /// Bytes queued for transmit on one session before senders are told to wait.
+    pub session_transmit_bytes_max: usize,
+    /// Messages waiting in one outgoing queue.
+    pub outgoing_queue_messages_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queues_max: 10_000,
+            queue_messages_max: 10_000_000,
+            connections_per_shard_max: 4_096,
+            session_transmit_bytes_max: 8 << 20,
+            outgoing_queue_messages_max: 1_000_000,
+        }
+    }
+}
+
+/// `HKLM\SOFTWARE\Microsoft\MSMQ\Parameters` values, with Windows defaults (DIGEST §12).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(non_snake_case)]
+pub struct Parameters {
+    /// Session window: messages sent before a SessionAck is required (Windows 64).
+    pub MaxUnackedPacket: u16,
+    /// Incoming sessions accepted at once; past it EstablishConnection is refused (CS=1).
+    pub MaxInSessions: u32,
+    /// Added to the session timers, in ms (Windows 0 on a LAN).
+    pub RoundTripDelay: u32,
+    /// Idle session cleanup, ms (Windows 300,000; 120,000 on routing servers).
+    pub CleanupInterval: u32,
+    /// Wait before reconnecting an outgoing session, ms (Windows 5,000 + RoundTripDelay).
+    pub TryConnectInterval: u32,
+    /// Multiplier of the Session Ack Wait Timer for direct-format sessions (Windows 2).
+    pub QosCleanupIntervalMultiplier: u32,
+    /// AckTimeout asked for in ConnectionParameters, ms (wire range 20,000..=120,000).
+    pub AckTimeout: u32,
+    /// Entries in the duplicate-message table (Windows 10,000).
+    pub RemoveDuplicateSize: u32,
+    /// How often old duplicate-table entries are purged, ms (Windows 1,800,000 = 30 min).
+    pub RemoveDuplicateCleanup: u32,
+    /// Transactional resend intervals, seconds: tries 1-3, 4-6, 7-9, and every later one.
+    pub SeqResend13Time: u32,
+    pub SeqResend46Time: u32,
+    pub SeqResend79Time: u32,
+    pub SeqResend10Time: u32,
+    /// Longest debounce of an OrderAck, ms (Windows 10,000).
+    pub SeqMaxAckDelay: u32,
+    /// UDP port of the Ping responder (MS-MQQB 2.1.2).
+    pub MsmqIpPingPort: u16,
+    /// Machine-wide storage quota, KB (Windows Server default 8 GB).
+    pub MachineQuota: u64,
+    /// Hardened MSMQ mode: no raw listener, only SRMP (HTTP) in; non-HTTP outgoing queues lock.
+    pub Hardened_MSMQ: bool,
+    #[serde(rename = "Security")]
+    pub security: Security,
+}
+
+impl Default for Parameters {
+    fn default() -> Self {
+        Parameters {
+            MaxUnackedPacket: 64,
+            MaxInSessions: u32::MAX,
+            RoundTripDelay: 0,
+            CleanupInterval: 300_000,
+            TryConnectInterval: 5_000,
+            QosCleanupIntervalMultiplier: 2,
+            AckTimeout: 20_000,
+            RemoveDuplicateSize: 10_000,
+            RemoveDuplicateCleanup: 1_800_000,
+            SeqResend13Time: 30,
+            SeqResend46Time: 300,
+            SeqResend79Time: 1_800,
+            SeqResend10Time: 21_600,
+            SeqMaxAckDelay: 10_000,
+            MsmqIpPingPort: 3527,
+            MachineQuota: 8 * 1024 * 1024,
+            Hardened_MSMQ: false,
+            security: Security::default(),
+        }
+    }
+}
+
+/// `HKLM\SOFTWARE\Microsoft\MSMQ\Parameters\Security` values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(non_snake_case)]
+pub struct Security {
+    /// Send the NACKs that leak information (BAD_DST_Q, ACCESS_DENIED, ...). Windows Vista SP1+
+    /// default: off. This is the SendInsecureNacks switch of MS-MQQB 3.1.1.3.
+    pub PermitInsecureNacks: bool,
+    /// Answer UDP pings on `MsmqIpPingPort` (Windows Vista+ default: off).
+    pub EnablePingService: bool,
+    /// Hash algorithm for signing: MD5, SHA1, SHA256 or SHA512 (Windows 7+ generates SHA512).
+    pub HashAlgorithm: String,
+    /// Body cipher when encrypting: RC2 or RC4 (Windows default RC4 for base/enhanced).
+    pub EncryptionAlgorithm: String,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            PermitInsecureNacks: false,
+            EnablePingService: false,
+            HashAlgorithm: "SHA512".into(),
+            EncryptionAlgorithm: "RC4".into(),
+        }
+    }
+}
+
+/// A configuration problem, said in words an operator can act on.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads a TOML file; every key is optional and defaults to the Windows behaviour.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::from_toml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the configuration always serialises")
+    }
+
+    /// Checks ranges the wire or the product impose.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.parameters;
+        if p.MaxUnackedPacket == 0 {
+            return Err(ConfigError(
+                "Parameters.MaxUnackedPacket must be 1..=65535".into(),
+            ));
+        }
+        if !(20_000..=120_000).contains(&p.AckTimeout) {
+            return Err(ConfigError(format!(
+                "Parameters.AckTimeout is {} ms; the wire allows 20000..=120000",
+                p.AckTimeout
+            )));
+        }
+        if p.RemoveDuplicateSize == 0 {
+            return Err(ConfigError(
+                "Parameters.RemoveDuplicateSize must be at least 1".into(),
+            ));
+        }
+        for (name, v) in [
+            ("SeqResend13Time", p.SeqResend13Time),
+            ("SeqResend46Time", p.SeqResend46Time),
+            ("SeqResend79Time", p.SeqResend79Time),
+            ("SeqResend10Time", p.SeqResend10Time),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!(
+                    "Parameters.{name} must be at least 1 s"
+                )));
+            }
+        }
+        let s = &p.security;
+        if !["MD5", "SHA1", "SHA256", "SHA512"].contains(&s.HashAlgorithm.as_str()) {
+            return Err(ConfigError(format!(
+                "Parameters.Security.HashAlgorithm {:?}: expected MD5, SHA1, SHA256 or SHA512",
+                s.HashAlgorithm
+            )));
+        }
+        if !["RC2", "RC4"].contains(&s.EncryptionAlgorithm.as_str()) {
+            return Err(ConfigError(format!(
+                "Parameters.Security.EncryptionAlgorithm {:?}: expected RC2 or RC4",
+                s.EncryptionAlgorithm
+            )));
+        }
+        if self.limits.queues_max == 0 || self.limits.connections_per_shard_max == 0 {
+            return Err(ConfigError("limits must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The resend schedule of MS-MQQB 3.1.3.1 in seconds: three tries at each of the first
+    /// three intervals, then the last one forever.
+    pub fn resend_schedule_s(&self) -> [u32; 10] {
+        let p = &self.parameters;
+        let (a, b, c, d) = (
+            p.SeqResend13Time,
+            p.SeqResend46Time,
+            p.SeqResend79Time,
+            p.SeqResend10Time,
+        );
+        [a, a, a, b, b, b, c, c, c, d]
+    }
+
+    /// The Session Initialization Timer: 60,000 + 2 × RoundTripDelay ms (MS-MQQB <43>).
+    pub fn session_init_timeout_ms(&self) -> u64 {
+        60_000 + 2 * u64::from(self.parameters.RoundTripDelay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_windows_product_behaviour() {
+        let c = Config::default();
+        let p = &c.parameters;
+        assert_eq!(p.MaxUnackedPacket, 64);
+        assert_eq!(p.RemoveDuplicateSize, 10_000);
+        assert_eq!(p.RemoveDuplicateCleanup, 30 * 60 * 1000);
+        assert_eq!(
+            c.resend_schedule_s(),
+            [30, 30, 30, 300, 300, 300, 1800, 1800, 1800, 21_600]
+        );
+        assert_eq!(p.MaxInSessions, 0xFFFF_FFFF);
+        assert!(!p.security.PermitInsecureNacks);
+        assert_eq!(c.session_init_timeout_ms(), 60_000);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn registry_names_are_the_keys_and_round_trip() {
+        let text = "listen = \"127.0.0.1:0\"\n[Parameters]\nMaxUnackedPacket = 32\n\
+                    RoundTripDelay = 100\n[Parameters.Security]\nPermitInsecureNacks = true\n";
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.parameters.MaxUnackedPacket, 32);
+        assert!(c.parameters.security.PermitInsecureNacks);
+        assert_eq!(c.session_init_timeout_ms(), 60_200);
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn typos_and_out_of_range_values_are_refused_with_the_key_named() {
+        let e = Config::from_toml("[Parameters]\nMaxUnackedPackets = 3\n").unwrap_err();
+        assert!(e.0.contains("MaxUnackedPackets"), "{e}");
+        let e = Config::from_toml("[Parameters]\nAckTimeout = 5\n").unwrap_err();
+        assert!(e.0.contains("AckTimeout"), "{e}");
+        let e = Config::from_toml("[Parameters.Security]\nHashAlgorithm = \"MD4\"\n").unwrap_err();
+        assert!(e.0.contains("HashAlgorithm"), "{e}");
+    }
+}
