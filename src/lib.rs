@@ -4,5 +4,6 @@
 //! See README.md for the architecture and the data flow between the modules.
 
 pub mod config;
+pub mod qm;
 pub mod session;
 pub mod wire;

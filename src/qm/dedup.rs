@@ -1,0 +1,148 @@
+//! Duplicate detection (MS-MQQB 3.1.5.8.1, 3.1.6.7, DIGEST §10.5): the MessageIDHistoryTable of
+//! non-transactional message identifiers, bounded (`RemoveDuplicateSize`, Windows 10,000) and
+//! purged of old entries every `RemoveDuplicateCleanup` (Windows 30 minutes).
+//!
+//! The full 20-byte identifier (source QM GUID + MessageID) is compared: MS-MQQB 3.1.5.8.1 names
+//! only the ordinal, but 3.1.5.8.2 stores both, and ordinals of different senders collide.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::wire::Guid;
+
+/// A message identifier: source queue-manager GUID and its MessageID ordinal.
+pub type MessageKey = (Guid, u32);
+
+/// The bounded history of recently seen message identifiers.
+#[derive(Debug)]
+pub struct DuplicateTable {
+    capacity: usize,
+    max_age_ms: u64,
+    /// Last time each identifier was seen.
+    seen: HashMap<MessageKey, u64>,
+    /// One entry per key, in the order of the time recorded with it (older first). An entry
+    /// whose key was seen again since carries a stale time and is refreshed when it surfaces.
+    order: VecDeque<(MessageKey, u64)>,
+    last_cleanup_ms: u64,
+}
+
+impl DuplicateTable {
+    pub fn new(capacity: usize, max_age_ms: u64) -> Self {
+        let capacity = capacity.max(1);
+        DuplicateTable {
+            capacity,
+            max_age_ms,
+            seen: HashMap::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+            last_cleanup_ms: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Records `key` at `now_ms`. Returns `true` when it was already there: the message is a
+    /// duplicate and is to be discarded (after its session-level accounting).
+    pub fn check_and_insert(&mut self, key: MessageKey, now_ms: u64) -> bool {
+        if let Some(t) = self.seen.get_mut(&key) {
+            *t = now_ms;
+            return true;
+        }
+        while self.seen.len() >= self.capacity {
+            self.evict_oldest();
+        }
+        self.seen.insert(key, now_ms);
+        self.order.push_back((key, now_ms));
+        false
+    }
+
+    fn evict_oldest(&mut self) {
+        while let Some((key, t)) = self.order.pop_front() {
+            match self.seen.get(&key) {
+                Some(&latest) if latest != t => self.order.push_back((key, latest)),
+                Some(_) => {
+                    self.seen.remove(&key);
+                    return;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Drops entries older than the cleanup period; runs at most once per period.
+    pub fn cleanup(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.last_cleanup_ms) < self.max_age_ms {
+            return;
+        }
+        self.last_cleanup_ms = now_ms;
+        let cutoff = now_ms.saturating_sub(self.max_age_ms);
+        let mut n = self.order.len();
+        while n > 0 {
+            n -= 1;
+            let Some((key, t)) = self.order.pop_front() else {
+                break;
+            };
+            match self.seen.get(&key) {
+                Some(&latest) if latest < cutoff => {
+                    self.seen.remove(&key);
+                }
+                Some(&latest) => self.order.push_back((key, latest.max(t))),
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: u32) -> MessageKey {
+        (Guid([7; 16]), n)
+    }
+
+    #[test]
+    fn duplicates_are_found_by_the_full_identifier() {
+        let mut t = DuplicateTable::new(10, 1000);
+        assert!(!t.check_and_insert(k(1), 0));
+        assert!(t.check_and_insert(k(1), 1));
+        // Same ordinal from another queue manager is not a duplicate.
+        assert!(!t.check_and_insert((Guid([8; 16]), 1), 2));
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_evicts_the_least_recently_seen() {
+        let mut t = DuplicateTable::new(3, 1_000_000);
+        for n in 1..=3 {
+            t.check_and_insert(k(n), u64::from(n));
+        }
+        // Seeing 1 again makes 2 the oldest.
+        assert!(t.check_and_insert(k(1), 10));
+        assert!(!t.check_and_insert(k(4), 11));
+        assert_eq!(t.len(), 3);
+        assert!(t.check_and_insert(k(1), 12), "1 was refreshed and kept");
+        assert!(!t.check_and_insert(k(2), 13), "2 was evicted");
+        for n in 0..10_000 {
+            t.check_and_insert(k(100 + n), 100 + u64::from(n));
+        }
+        assert_eq!(t.len(), 3);
+        assert!(t.order.len() <= 3, "the order queue is bounded too");
+    }
+
+    #[test]
+    fn cleanup_purges_entries_older_than_the_period() {
+        let mut t = DuplicateTable::new(100, 1_800_000);
+        t.check_and_insert(k(1), 0);
+        t.check_and_insert(k(2), 1_000_000);
+        t.cleanup(1_800_001);
+        assert!(!t.check_and_insert(k(1), 1_800_002), "1 was purged");
+        assert!(
+            t.check_and_insert(k(2), 1_800_003),
+            "2 is younger than the period"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The queue manager: queues, routing a message to a local queue, outgoing queues and their
+//! states, acks and NACKs, dead-letter and journal, duplicate detection, transactional receipt,
+//! access checks and hardened mode. Knows nothing about io_uring or sockets.
+
+pub mod dedup;
+pub mod identity;
+pub mod txn;
