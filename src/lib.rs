@@ -4,6 +4,7 @@
 //! See README.md for the architecture and the data flow between the modules.
 
 pub mod config;
+pub mod decode;
 pub mod qm;
 pub mod session;
 pub mod wire;

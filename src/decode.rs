@@ -1,0 +1,369 @@
+//! `lior decode`: turns captured MS-MQQB bytes (raw, or hex text as capture tools and the spec
+//! print it) into a named, field-by-field description, as JSON or indented text.
+//!
+//! Every packet is rendered into one `serde_json::Value` tree; the text form is a walk of that
+//! tree, so both outputs always say the same thing.
+
+use serde_json::{json, Map, Value};
+
+use crate::wire::control::PING_LEN;
+use crate::wire::{frame_len, parse_packet, Packet, Ping, SessionHeader, WireError};
+
+/// Why the input could not be decoded completely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// Offset in the whole input where the bad packet starts.
+    pub packet_offset: usize,
+    /// The index of the bad packet (0-based).
+    pub packet_index: usize,
+    pub error: Option<WireError>,
+    pub message: String,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            Some(e) => write!(
+                f,
+                "packet {} at input offset {}: {} (input offset {})",
+                self.packet_index,
+                self.packet_offset,
+                e,
+                self.packet_offset.saturating_add(e.offset)
+            ),
+            None => write!(
+                f,
+                "packet {} at input offset {}: {}",
+                self.packet_index, self.packet_offset, self.message
+            ),
+        }
+    }
+}
+
+/// Turns hex text into bytes, accepting plain hex, spaced hex, and dumps with an offset column
+/// (`0000  10 C0 0B 00 ...`, `00000000: 10c0 0b00 ...  ..LIOR`). Returns `None` when the input
+/// does not look like hex text (then it is taken as raw bytes).
+pub fn hex_text_to_bytes(input: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(input).ok()?;
+    if text.trim().is_empty() {
+        return None;
+    }
+    let mut digits = String::new();
+    for line in text.lines() {
+        let mut tokens: Vec<&str> = line.split_whitespace().collect();
+        if tokens.is_empty() {
+            continue;
+        }
+        let is_hex = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_hexdigit());
+        // An offset column: `0000` followed by byte pairs, or `00000010:`.
+        if let Some(first) = tokens.first() {
+            if let Some(stripped) = first.strip_suffix(':') {
+                if is_hex(stripped) {
+                    tokens.remove(0);
+                }
+            } else if tokens.len() > 1
+                && first.len() >= 4
+                && is_hex(first)
+                && tokens[1..].iter().all(|t| t.len() == 2 && is_hex(t))
+            {
+                tokens.remove(0);
+            }
+        }
+        for t in tokens {
+            // An ASCII column at the end of a dump line ends the hex part of the line.
+            if !is_hex(t) || t.len() % 2 == 1 {
+                break;
+            }
+            digits.push_str(t);
+        }
+    }
+    if digits.is_empty() || digits.len() % 2 == 1 {
+        return None;
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// Decodes one UDP Ping or a back-to-back stream of TCP packets. Returns the packets that
+/// decoded, and the error that stopped decoding, if any.
+pub fn decode_stream(bytes: &[u8]) -> (Vec<Value>, Option<DecodeError>) {
+    // A 24-byte datagram with the Ping signature is a UDP ping, not a TCP packet.
+    if bytes.len() == PING_LEN && bytes[2..4] == Ping::SIGNATURE.to_le_bytes() {
+        return match Ping::parse(bytes) {
+            Ok(p) => (vec![ping_value(&p)], None),
+            Err(e) => (vec![], Some(error_at(0, 0, e))),
+        };
+    }
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let len = match frame_len(rest) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                return (
+                    out.clone(),
+                    Some(DecodeError {
+                        packet_offset: pos,
+                        packet_index: out.len(),
+                        error: None,
+                        message: format!(
+                            "{} trailing bytes are too few for a 16-byte BaseHeader",
+                            rest.len()
+                        ),
+                    }),
+                )
+            }
+            Err(e) => return (out.clone(), Some(error_at(pos, out.len(), e))),
+        };
+        if len > rest.len() {
+            return (
+                out.clone(),
+                Some(DecodeError {
+                    packet_offset: pos,
+                    packet_index: out.len(),
+                    error: None,
+                    message: format!(
+                        "the packet needs {len} bytes (PacketSize plus any trailing \
+                         SessionHeader) but only {} remain",
+                        rest.len()
+                    ),
+                }),
+            );
+        }
+        match parse_packet(&rest[..len]) {
+            Ok(p) => {
+                let mut v = packet_value(&p);
+                if let Value::Object(m) = &mut v {
+                    m.insert("offset".into(), json!(pos));
+                    m.insert("length".into(), json!(len));
+                }
+                out.push(v);
+            }
+            Err(e) => return (out.clone(), Some(error_at(pos, out.len(), e))),
+        }
+        pos += len;
+    }
+    (out, None)
+}
+
+fn error_at(pos: usize, index: usize, e: WireError) -> DecodeError {
+    DecodeError {
+        packet_offset: pos,
+        packet_index: index,
+        error: Some(e),
+        message: e.to_string(),
+    }
+}
+
+fn hex(v: u64, width: usize) -> Value {
+    Value::String(format!("0x{v:0width$X}"))
+}
+
+fn ping_value(p: &Ping) -> Value {
+    json!({
+        "packet": "Ping",
+        "Flags": hex(u64::from(p.flags), 4),
+        "RC": p.flags & Ping::RC != 0,
+        "RF": p.flags & Ping::RF != 0,
+        "Signature": hex(u64::from(Ping::SIGNATURE), 4),
+        "Cookie": p.cookie,
+        "QMGuid": p.qm_guid.to_string(),
+    })
+}
+
+fn base_value(b: &crate::wire::BaseHeader) -> Value {
+    json!({
+        "VersionNumber": "0x10",
+        "Reserved": hex(u64::from(b.reserved), 2),
+        "Flags": {
+            "value": hex(u64::from(b.flags.0), 4),
+            "PR": b.flags.priority(),
+            "set": b.flags.names(),
+        },
+        "Signature": "LIOR",
+        "PacketSize": b.packet_size,
+        "TimeToReachQueue": ttl(b.time_to_reach_queue),
+    })
+}
+
+fn ttl(v: u32) -> Value {
+    if v == u32::MAX {
+        json!("INFINITE")
+    } else {
+        json!(v)
+    }
+}
+
+fn internal_value(i: &crate::wire::InternalHeader) -> Value {
+    json!({
+        "Reserved": i.reserved,
+        "Flags": {
+            "value": hex(u64::from(i.flags.0), 4),
+            "PT": format!("{} ({})", i.flags.packet_type().0, i.flags.packet_type().name()),
+            "CS (connection refused)": i.flags.refused(),
+        },
+    })
+}
+
+/// The SessionHeader as named fields.
+pub fn session_header_value(s: &SessionHeader) -> Value {
+    json!({
+        "AckSequenceNumber": s.ack_sequence_number,
+        "RecoverableMsgAckSeqNumber": s.recoverable_msg_ack_seq_number,
+        "RecoverableMsgAckFlags": format!("0x{:08X}", s.recoverable_msg_ack_flags),
+        "UserMsgSequenceNumber": s.user_msg_sequence_number,
+        "RecoverableMsgSeqNumber": s.recoverable_msg_seq_number,
+        "WindowSize": s.window_size,
+        "Reserved": s.reserved,
+    })
+}
+
+/// One parsed packet as a named tree.
+pub fn packet_value(p: &Packet<'_>) -> Value {
+    let mut m = Map::new();
+    m.insert("packet".into(), json!(p.kind()));
+    match p {
+        Packet::EstablishConnection(ec) => {
+            m.insert("BaseHeader".into(), base_value(&ec.base));
+            m.insert("InternalHeader".into(), internal_value(&ec.internal));
+            let os = ec.operating_system;
+            let uniform = ec.padding.iter().all(|&b| b == ec.padding[0]);
+            m.insert(
+                "EstablishConnectionHeader".into(),
+                json!({
+                    "ClientGuid": ec.client_guid.to_string(),
+                    "ServerGuid": ec.server_guid.to_string(),
+                    "TimeStamp": ec.time_stamp,
+                    "OperatingSystem": {
+                        "value": hex(u64::from(os.0), 4),
+                        "SE (no ping sent)": os.no_ping_sent(),
+                        "OS (server)": os.server_os(),
+                        "QS (GQoS)": os.qos(),
+                    },
+                    "Reserved": ec.reserved,
+                    "Padding": if uniform {
+                        format!("512 bytes of 0x{:02X}", ec.padding[0])
+                    } else {
+                        "512 bytes, mixed".to_string()
+                    },
+                }),
+            );
+        }
+        Packet::ConnectionParameters(cp) => {
+            m.insert("BaseHeader".into(), base_value(&cp.base));
+            m.insert("InternalHeader".into(), internal_value(&cp.internal));
+            m.insert(
+                "ConnectionParametersHeader".into(),
+                json!({
+                    "RecoverableAckTimeout": cp.recoverable_ack_timeout,
+                    "AckTimeout": cp.ack_timeout,
+                    "Reserved": cp.reserved,
+                    "WindowSize": cp.window_size,
+                }),
+            );
+        }
+        Packet::SessionAck(a) => {
+            m.insert("BaseHeader".into(), base_value(&a.base));
+            m.insert("InternalHeader".into(), internal_value(&a.internal));
+            m.insert("SessionHeader".into(), session_header_value(&a.session));
+        }
+        Packet::User(u) => {
+            m.insert("BaseHeader".into(), base_value(&u.base));
+            user_message_fields(u, &mut m);
+            if let Some(s) = &u.session {
+                m.insert("SessionHeader".into(), session_header_value(s));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// The headers of a UserMessage, in wire order.
+fn user_message_fields(u: &crate::wire::user::UserMessage<'_>, m: &mut Map<String, Value>) {
+    let h = &u.user;
+    m.insert(
+        "UserHeader".into(),
+        json!({
+            "SourceQueueManager": h.source_queue_manager.to_string(),
+            "QueueManagerAddress": h.queue_manager_address.to_string(),
+            "TimeToBeReceived": ttl(h.time_to_be_received),
+            "SentTime": h.sent_time,
+            "MessageID": h.message_id,
+            "Flags": hex(u64::from(h.flags.0), 8),
+        }),
+    );
+}
+
+/// Renders a value tree as indented text.
+pub fn to_text(v: &Value) -> String {
+    let mut out = String::new();
+    write_text(v, 0, &mut out);
+    out
+}
+
+fn write_text(v: &Value, depth: usize, out: &mut String) {
+    let pad = "  ".repeat(depth);
+    match v {
+        Value::Object(m) => {
+            for (k, val) in m {
+                match val {
+                    Value::Object(_) => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        write_text(val, depth + 1, out);
+                    }
+                    Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        for (i, item) in items.iter().enumerate() {
+                            out.push_str(&format!("{pad}  [{i}]\n"));
+                            write_text(item, depth + 2, out);
+                        }
+                    }
+                    _ => out.push_str(&format!("{pad}{k}: {}\n", scalar(val))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_forms_are_understood() {
+        let want = vec![0x10u8, 0xC0, 0x0B, 0x00];
+        assert_eq!(hex_text_to_bytes(b"10c00b00").unwrap(), want);
+        assert_eq!(hex_text_to_bytes(b"10 C0 0B 00\n").unwrap(), want);
+        assert_eq!(hex_text_to_bytes(b"0000  10 C0 0B 00").unwrap(), want);
+        assert_eq!(
+            hex_text_to_bytes(b"00000000: 10c0 0b00  ....").unwrap(),
+            want
+        );
+        assert_eq!(hex_text_to_bytes(b"\x10\xc0"), None);
+        assert_eq!(hex_text_to_bytes(b"hello"), None);
+    }
+
+    #[test]
+    fn short_and_lying_inputs_are_reported_with_offsets() {
+        let (ok, err) = decode_stream(&[0x10, 0x00]);
+        assert!(ok.is_empty());
+        assert!(err.unwrap().message.contains("too few"));
+        let mut b = vec![0u8; 40];
+        b[..8].copy_from_slice(&[0x10, 0, 0x0B, 0, 0x4C, 0x49, 0x4F, 0x52]);
+        b[8..12].copy_from_slice(&100u32.to_le_bytes());
+        let (_, err) = decode_stream(&b);
+        assert!(err.unwrap().message.contains("needs 100 bytes"));
+    }
+}
