@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod ping;
 pub mod qm;
 pub mod session;
 pub mod wire;
