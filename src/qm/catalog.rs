@@ -1,0 +1,319 @@
+//! The queue catalog: which private queues exist, their private queue numbers, whether they are
+//! transactional, their quotas; persisted in the data directory (`queues.json`, written
+//! atomically) so a restart finds the same queues. System queues (dead-letter, transactional
+//! dead-letter, journal, `order_queue$`) always exist.
+//!
+//! Queue names are case-insensitive, as in MSMQ: the catalog keys them in lower case and keeps
+//! the spelling they were created with for display.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::identity::write_atomic;
+
+/// File of the catalog in the data directory.
+pub const CATALOG_FILE: &str = "queues.json";
+/// The first private queue number given to an application queue. Lower numbers are left to
+/// system queues: the specs document only 4 = `order_queue$` (MS-MQQB 2.2.4).
+pub const FIRST_USER_QUEUE_ID: u32 = 0x10;
+/// Private queue number of `order_queue$`, where OrderAcks and FinalAcks arrive.
+pub const ORDER_QUEUE_ID: u32 = 4;
+/// Store queue ids of the machine queues (outside the private-number range used in practice).
+pub const DEADLETTER_ID: u32 = 0xFFFF_FF01;
+pub const DEADXACT_ID: u32 = 0xFFFF_FF02;
+pub const JOURNAL_ID: u32 = 0xFFFF_FF03;
+/// Longest queue name (MS-MQMQ 2.1.1: 1-124 characters).
+pub const QUEUE_NAME_LEN_MAX: usize = 124;
+
+/// What kind of queue an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    Private,
+    /// `SYSTEM$;DEADLETTER`: non-transactional messages that could not be delivered.
+    DeadLetter,
+    /// `SYSTEM$;DEADXACT`: transactional messages that could not be delivered.
+    DeadXact,
+    /// `SYSTEM$;JOURNAL`: the machine journal.
+    Journal,
+    /// `private$\order_queue$`: transactional acknowledgements for our own sends.
+    OrderQueue,
+}
+
+/// One queue's definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDef {
+    /// Store queue id; for private queues also the private queue number on the wire.
+    pub id: u32,
+    pub name: String,
+    pub kind: QueueKind,
+    pub transactional: bool,
+    /// Byte quota (MSMQ `Quota`), `None` for unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    /// Keep a copy of every received message in this queue's journal.
+    #[serde(default)]
+    pub journal: bool,
+    /// Who may send (SIDs or "Everyone"); empty means everyone, as a new Windows queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_access: Vec<String>,
+}
+
+/// Why a catalog change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogError {
+    BadName(String),
+    Exists(String),
+    NotFound(String),
+    Full(usize),
+    SystemQueue(String),
+    Io(String),
+}
+
+impl std::fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogError::BadName(why) => write!(f, "invalid queue name: {why}"),
+            CatalogError::Exists(n) => write!(f, "queue {n} already exists"),
+            CatalogError::NotFound(n) => write!(f, "no queue named {n}"),
+            CatalogError::Full(max) => write!(f, "the queue table is full ({max} queues)"),
+            CatalogError::SystemQueue(n) => write!(f, "{n} is a system queue"),
+            CatalogError::Io(e) => write!(f, "cannot save the queue catalog: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CatalogError {}
+
+/// The set of queues.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    queues_max: usize,
+    /// By lower-cased name.
+    by_name: BTreeMap<String, QueueDef>,
+    next_id: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CatalogFile {
+    next_id: u32,
+    queues: Vec<QueueDef>,
+}
+
+/// Checks a private queue name against MS-MQMQ 2.1.1: 1-124 characters, none of `\ ; + , "`
+/// nor control characters. A `private$\` prefix is accepted and removed.
+pub fn normalize_name(name: &str) -> Result<String, CatalogError> {
+    let lower = name.to_ascii_lowercase();
+    let bare = if lower.starts_with("private$\\") || lower.starts_with("private$/") {
+        &name["private$\\".len()..]
+    } else {
+        name
+    };
+    let n = bare.chars().count();
+    if n == 0 || n > QUEUE_NAME_LEN_MAX {
+        return Err(CatalogError::BadName(format!(
+            "{bare:?} has {n} characters; 1 to {QUEUE_NAME_LEN_MAX} are allowed"
+        )));
+    }
+    if let Some(c) = bare
+        .chars()
+        .find(|c| matches!(c, '\\' | ';' | '+' | ',' | '"') || c.is_control())
+    {
+        return Err(CatalogError::BadName(format!(
+            "{bare:?} contains {c:?}, which queue names may not"
+        )));
+    }
+    Ok(bare.to_string())
+}
+
+fn system_queues() -> Vec<QueueDef> {
+    let def = |id, name: &str, kind, transactional| QueueDef {
+        id,
+        name: name.to_string(),
+        kind,
+        transactional,
+        quota_bytes: None,
+        journal: false,
+        write_access: Vec::new(),
+    };
+    vec![
+        def(ORDER_QUEUE_ID, "order_queue$", QueueKind::OrderQueue, false),
+        def(
+            DEADLETTER_ID,
+            "system$;deadletter",
+            QueueKind::DeadLetter,
+            false,
+        ),
+        def(DEADXACT_ID, "system$;deadxact", QueueKind::DeadXact, true),
+        def(JOURNAL_ID, "system$;journal", QueueKind::Journal, false),
+    ]
+}
+
+impl Catalog {
+    /// Opens (or creates) the catalog of `data_dir`.
+    pub fn open(data_dir: &Path, queues_max: usize) -> Result<Catalog, CatalogError> {
+        let path = data_dir.join(CATALOG_FILE);
+        let mut c = Catalog {
+            path,
+            queues_max,
+            by_name: BTreeMap::new(),
+            next_id: FIRST_USER_QUEUE_ID,
+        };
+        match std::fs::read(&c.path) {
+            Ok(bytes) => {
+                let f: CatalogFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    CatalogError::Io(format!("{} is damaged: {e}", c.path.display()))
+                })?;
+                c.next_id = f.next_id.max(FIRST_USER_QUEUE_ID);
+                for q in f.queues {
+                    c.by_name.insert(q.name.to_ascii_lowercase(), q);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CatalogError::Io(e.to_string())),
+        }
+        for q in system_queues() {
+            c.by_name.entry(q.name.clone()).or_insert(q);
+        }
+        Ok(c)
+    }
+
+    fn save(&self) -> Result<(), CatalogError> {
+        let f = CatalogFile {
+            next_id: self.next_id,
+            queues: self.by_name.values().cloned().collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&f).map_err(|e| CatalogError::Io(e.to_string()))?;
+        write_atomic(&self.path, &bytes).map_err(|e| CatalogError::Io(e.to_string()))
+    }
+
+    /// Creates a private queue; returns its definition.
+    pub fn create(&mut self, name: &str, transactional: bool) -> Result<QueueDef, CatalogError> {
+        let name = normalize_name(name)?;
+        let key = name.to_ascii_lowercase();
+        if self.by_name.contains_key(&key) {
+            return Err(CatalogError::Exists(name));
+        }
+        let user_queues = self
+            .by_name
+            .values()
+            .filter(|q| q.kind == QueueKind::Private)
+            .count();
+        if user_queues >= self.queues_max {
+            return Err(CatalogError::Full(self.queues_max));
+        }
+        let q = QueueDef {
+            id: self.next_id,
+            name,
+            kind: QueueKind::Private,
+            transactional,
+            quota_bytes: None,
+            journal: false,
+            write_access: Vec::new(),
+        };
+        self.next_id += 1;
+        self.by_name.insert(key, q.clone());
+        self.save()?;
+        Ok(q)
+    }
+
+    /// Deletes a private queue; returns its definition so its messages can be removed.
+    pub fn delete(&mut self, name: &str) -> Result<QueueDef, CatalogError> {
+        let key = match self.lookup(name) {
+            None => return Err(CatalogError::NotFound(name.to_string())),
+            Some(q) if q.kind != QueueKind::Private => {
+                return Err(CatalogError::SystemQueue(q.name.clone()))
+            }
+            Some(q) => q.name.to_ascii_lowercase(),
+        };
+        let Some(q) = self.by_name.remove(&key) else {
+            return Err(CatalogError::NotFound(name.to_string()));
+        };
+        self.save()?;
+        Ok(q)
+    }
+
+    /// Finds a queue by name: a private queue name (with or without `private$\`), or a machine
+    /// queue (`system$;deadletter`, `deadletter`, `deadxact`, `journal`, `order_queue$`).
+    pub fn lookup(&self, name: &str) -> Option<&QueueDef> {
+        let lower = name.to_ascii_lowercase();
+        let lower = lower
+            .strip_prefix("private$\\")
+            .or_else(|| lower.strip_prefix("private$/"))
+            .unwrap_or(&lower);
+        let key = match lower {
+            "deadletter" | "deadletter$" => "system$;deadletter",
+            "deadxact" | "xactdeadletter" => "system$;deadxact",
+            "journal" | "journal$" => "system$;journal",
+            other => other,
+        };
+        self.by_name.get(key)
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&QueueDef> {
+        self.by_name.values().find(|q| q.id == id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &QueueDef> {
+        self.by_name.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_persist_with_stable_numbers_and_system_queues_exist() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        let orders = c.create("Orders", false).unwrap();
+        let tx = c.create("private$\\TxQ", true).unwrap();
+        assert_eq!(
+            (orders.id, tx.id),
+            (FIRST_USER_QUEUE_ID, FIRST_USER_QUEUE_ID + 1)
+        );
+        assert_eq!(
+            c.create("orders", true),
+            Err(CatalogError::Exists("orders".into()))
+        );
+        drop(c);
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("ORDERS").unwrap().name, "Orders");
+        assert!(c.lookup("private$\\txq").unwrap().transactional);
+        assert_eq!(c.lookup("order_queue$").unwrap().id, ORDER_QUEUE_ID);
+        assert_eq!(c.lookup("deadletter").unwrap().kind, QueueKind::DeadLetter);
+        c.delete("orders").unwrap();
+        // Numbers are never reused: a message for the old queue must not reach a new one.
+        assert_eq!(
+            c.create("orders", false).unwrap().id,
+            FIRST_USER_QUEUE_ID + 2
+        );
+        assert!(matches!(
+            c.delete("deadletter"),
+            Err(CatalogError::SystemQueue(_))
+        ));
+    }
+
+    #[test]
+    fn names_are_checked_against_the_spec_limits() {
+        assert!(normalize_name("").is_err());
+        assert!(normalize_name(&"x".repeat(125)).is_err());
+        assert!(normalize_name(&"x".repeat(124)).is_ok());
+        for bad in ["a;b", "a,b", "a+b", "a\"b", "a\\b", "a\u{1}b"] {
+            assert!(normalize_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(d.path(), 2).unwrap();
+        c.create("a", false).unwrap();
+        c.create("b", false).unwrap();
+        assert_eq!(c.create("c", false), Err(CatalogError::Full(2)));
+    }
+}
