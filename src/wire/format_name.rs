@@ -357,14 +357,16 @@ impl fmt::Debug for SubqueueName {
 /// VCHAR allows every visible ASCII character, but `\` ends the address, `/` ends an HTTP host,
 /// `,` separates elements of a multiple-element name and `;` starts a suffix, so a host holding
 /// one of them could never be read back; `"` is refused as in queue names. `:` would end an
-/// HTTP host before its port, so it is only accepted inside an `[IPv6]` bracket form.
+/// HTTP host before its port, so it (and the brackets themselves) is only accepted in the
+/// `[IPv6]` bracket form.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostName(String);
 
 impl HostName {
     pub fn new(s: &str) -> Result<HostName> {
         fn host_char(c: char) -> bool {
-            matches!(c, '\u{21}'..='\u{7E}') && !matches!(c, '\\' | '/' | ',' | ';' | '"' | ':')
+            matches!(c, '\u{21}'..='\u{7E}')
+                && !matches!(c, '\\' | '/' | ',' | ';' | '"' | ':' | '[' | ']')
         }
         if let Some(inner) = s.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             // An IPv6 literal in brackets, as in a URL.
@@ -881,11 +883,14 @@ impl MultipleElements {
 pub enum FormatName {
     /// `DIRECT=...` (2.1.2).
     Direct(DirectName),
-    /// `PUBLIC=guid[;JOURNAL]` (2.1.3; the journal suffix comes from QUEUE_FORMAT 2.2.7).
+    /// `PUBLIC=guid[;JOURNAL]`. The 2.1.3 ABNF has no suffix, but QUEUE_FORMAT (2.2.7) allows
+    /// JOURNAL on public names and DIGEST §8.2 lists it; we accept it, as Windows does.
     Public { queue: Guid, journal: bool },
     /// `PRIVATE=qm-guid\hex-id[;JOURNAL]` (2.1.4).
     Private { qm: Guid, id: u32, journal: bool },
-    /// `MACHINE=qm-guid;JOURNAL|DEADLETTER|DEADXACT` (2.1.6 with the suffix rules of 2.2.7).
+    /// `MACHINE=qm-guid;JOURNAL|DEADLETTER|DEADXACT`. The 2.1.6 ABNF shows no suffix, but
+    /// QUEUE_FORMAT (2.2.7) forbids a machine name without one (SUFFIX_TYPE_NONE must not be
+    /// used with type 4), so the suffix is required here, as DIGEST §8.2 also says.
     Machine { qm: Guid, queue: SystemQueue },
     /// `CONNECTOR=guid[;XACTONLY]` (2.1.6, 2.2.11).
     Connector { id: Guid, xact_only: bool },
@@ -1519,7 +1524,9 @@ fn parse_direct_body(s: &str, base: usize) -> Result<DirectName> {
     Ok(DirectName { address, queue })
 }
 
-/// Parses `//host[:port]/msmq` followed by `/` or `\` and the queue path.
+/// Parses `//host[:port]/msmq` followed by `/` or `\` and the queue path. The 2.1.2 rule
+/// `Port = *(%x30-39)` would allow an empty port; we refuse it, because `host:` with nothing
+/// after it is a typo far more often than a request for the default port.
 fn parse_http_body(protocol: Protocol, s: &str, base: usize) -> Result<DirectName> {
     let bad = FormatNameError::at(K::BadHttpAddress, base);
     let Some(after) = s.strip_prefix("//") else {
@@ -1579,6 +1586,11 @@ fn parse_http_body(protocol: Protocol, s: &str, base: usize) -> Result<DirectNam
 
 /// Parses `PRIVATE$\name[;suffix]`, `name[;suffix]` or `SYSTEM$;KIND`. HTTP names accept `/` as
 /// well as `\` after `PRIVATE$` (MSMQ HTTP support documentation).
+///
+/// Subqueues (`;name`, 2.1.1 for MSMQ 4.0+) are accepted only here, in direct names: the 2.1.3
+/// and 2.1.4 rules allow no subqueue, and Microsoft's subqueue documentation says a subqueue
+/// can be addressed only with a direct format name (QUEUE_FORMAT_TYPE_SUBQUEUE, 2.2.6, also
+/// carries a direct name).
 fn parse_queue_path(s: &str, http: bool, base: usize) -> Result<QueuePath> {
     if s.is_empty() {
         return Err(FormatNameError::at(K::MissingQueue, base));
