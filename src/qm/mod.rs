@@ -5,4 +5,5 @@
 pub mod catalog;
 pub mod dedup;
 pub mod identity;
+pub mod routing;
 pub mod txn;
