@@ -1,11 +1,32 @@
 //! The UserMessage packet (MS-MQMQ 2.2.20) and its UserHeader (2.2.19.2) with queue encodings.
-//! STUB: the public names below are the agreed API; the parser and encoder are being written.
+//!
+//! [`UserMessage::parse`] validates a whole framed packet once, in the reference order of
+//! DIGEST §5.12, and accounts for every byte of PacketSize; [`UserMessage::encode`] writes the
+//! same structure into a caller's buffer and computes PacketSize itself. Neither allocates;
+//! the optional headers live in [`super::headers`].
 
-use super::base::BaseHeader;
-use super::control::SessionHeader;
-use super::{ErrorKind, Guid, Result, Utf16, WireError};
+use super::base::{BaseFlags, BaseHeader, BASE_HEADER_LEN, INFINITE, MAX_PACKET_SIZE};
+use super::control::{SessionHeader, SESSION_HEADER_LEN};
+use super::headers::{
+    body_type, AckFlags, CompoundMessageHeader, DebugHeader, MessageClass, MessagePropertiesHeader,
+    MqfAddressHeader, MultiQueueFormatHeader, SecurityHeader, SoapHeader, SrmpEnvelopeHeader,
+    TransactionHeader,
+};
+use super::{align4, ErrorKind, Guid, Reader, Result, Utf16, WireError, Writer};
+
+/// Rounds up to 4, saturating: only used for sizes that are checked again when written.
+fn pad4(n: usize) -> usize {
+    align4(n).unwrap_or(usize::MAX)
+}
 
 /// A queue reference as encoded in UserHeader DQ/AQ/RQ (MS-MQMQ 2.2.19.2, DIGEST §5.3).
+///
+/// ```text
+/// code 2/3/4  u32 PrivateQueueIdentifier                      (PrivateQueueFormatNameId)
+/// code 5      [16] PublicQueueIdentifier                      (PublicQueueFormatName)
+/// code 6      [16] QM GUID (start rounded up to 4) + u32 id   (PrivateQueueFormatName)
+/// code 7      u16 Count (bytes incl. NUL) + UTF-16LE name, end padded to 4
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueRef<'a> {
     /// Code 0: absent.
@@ -26,7 +47,42 @@ pub enum QueueRef<'a> {
     Direct(Utf16<'a>),
 }
 
-impl QueueRef<'_> {
+/// Which UserHeader queue field a [`QueueRef`] sits in; each allows a different set of codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QueueField {
+    Destination,
+    Admin,
+    Response,
+}
+
+impl QueueField {
+    /// DQ ∈ {0,3,5,7}, AQ ∈ {0,2,3,5,6,7}, RQ ∈ 0..=7 (MS-MQMQ 2.2.19.2 tables).
+    fn allows(self, code: u8) -> bool {
+        match self {
+            QueueField::Destination => matches!(code, 0 | 3 | 5 | 7),
+            QueueField::Admin => matches!(code, 0 | 2 | 3 | 5 | 6 | 7),
+            QueueField::Response => code <= 7,
+        }
+    }
+
+    fn flag_name(self) -> &'static str {
+        match self {
+            QueueField::Destination => "UserHeader.Flags.DQ",
+            QueueField::Admin => "UserHeader.Flags.AQ",
+            QueueField::Response => "UserHeader.Flags.RQ",
+        }
+    }
+
+    fn field_name(self) -> &'static str {
+        match self {
+            QueueField::Destination => "UserHeader.DestinationQueue",
+            QueueField::Admin => "UserHeader.AdminQueue",
+            QueueField::Response => "UserHeader.ResponseQueue",
+        }
+    }
+}
+
+impl<'a> QueueRef<'a> {
     /// The 3-bit wire code (0..=7).
     pub fn code(&self) -> u8 {
         match self {
@@ -40,9 +96,86 @@ impl QueueRef<'_> {
             QueueRef::Direct(_) => 7,
         }
     }
+
+    fn parse(r: &mut Reader<'a>, code: u8, field: QueueField) -> Result<Self> {
+        let name = field.field_name();
+        Ok(match code {
+            0 => QueueRef::None,
+            1 => QueueRef::SameAsAdmin,
+            2 => QueueRef::SourcePrivate(r.u32(name)?),
+            3 => QueueRef::DestinationPrivate(r.u32(name)?),
+            4 => QueueRef::AdminHostPrivate(r.u32(name)?),
+            5 => QueueRef::Public(r.guid(name)?),
+            6 => {
+                // PrivateQueueFormatName: "the start of this field is rounded up to the next
+                // 4-byte boundary" (always true here, since every queue field ends aligned).
+                r.align4(name)?;
+                let qm = r.guid(name)?;
+                QueueRef::Private {
+                    qm,
+                    id: r.u32(name)?,
+                }
+            }
+            _ => {
+                let at = r.abs();
+                let count = usize::from(r.u16(name)?);
+                if count % 2 != 0 {
+                    // Count is a byte length of a WCHAR string; an odd value cannot be one.
+                    return Err(WireError::new(ErrorKind::BadValue, name, at));
+                }
+                let s = Utf16(r.take(count, name)?);
+                r.align4(name)?;
+                QueueRef::Direct(s)
+            }
+        })
+    }
+
+    /// Bytes on the wire, starting at a 4-byte boundary, including trailing padding.
+    fn encoded_len(&self) -> usize {
+        match self {
+            QueueRef::None | QueueRef::SameAsAdmin => 0,
+            QueueRef::SourcePrivate(_)
+            | QueueRef::DestinationPrivate(_)
+            | QueueRef::AdminHostPrivate(_) => 4,
+            QueueRef::Public(_) => 16,
+            QueueRef::Private { .. } => 20,
+            QueueRef::Direct(s) => pad4(2usize.saturating_add(s.byte_len())),
+        }
+    }
+
+    fn encode(&self, w: &mut Writer<'_>, field: QueueField) -> Result<()> {
+        let name = field.field_name();
+        match self {
+            QueueRef::None | QueueRef::SameAsAdmin => Ok(()),
+            QueueRef::SourcePrivate(id)
+            | QueueRef::DestinationPrivate(id)
+            | QueueRef::AdminHostPrivate(id) => w.u32(*id, name),
+            QueueRef::Public(g) => w.guid(g, name),
+            QueueRef::Private { qm, id } => {
+                w.align4(name)?;
+                w.guid(qm, name)?;
+                w.u32(*id, name)
+            }
+            QueueRef::Direct(s) => {
+                let at = w.pos();
+                let count = u16::try_from(s.byte_len())
+                    .ok()
+                    .filter(|c| c % 2 == 0)
+                    .ok_or(WireError::new(ErrorKind::BadValue, name, at))?;
+                w.u16(count, name)?;
+                w.put(s.0, name)?;
+                w.align4(name)
+            }
+        }
+    }
 }
 
 /// UserHeader.Flags (u32). Open newtype.
+///
+/// ```text
+/// bits 0-4 RC hop count | 5-6 DM delivery | 7 X1 | 8 JN | 9 JP | 10-12 DQ | 13-15 AQ
+/// 16-18 RQ | 19 SH | 20 TH | 21 MP | 22 CQ | 23 MQ | 24 X2 | 25 AH | 26-27 X3 | 28 HH | 29-31 X4
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
 pub struct UserFlags(pub u32);
 
@@ -58,6 +191,19 @@ impl UserFlags {
     pub const MQ: u32 = 0x0080_0000;
     pub const AH: u32 = 0x0200_0000;
     pub const HH: u32 = 0x1000_0000;
+    pub const X1: u32 = 0x0000_0080;
+    pub const X2: u32 = 0x0100_0000;
+    pub const X3_MASK: u32 = 0x0C00_0000;
+    pub const X4_MASK: u32 = 0xE000_0000;
+    pub const DQ_MASK: u32 = 0x0000_1C00;
+    pub const AQ_MASK: u32 = 0x0000_E000;
+    pub const RQ_MASK: u32 = 0x0007_0000;
+    pub const DQ_SHIFT: u32 = 10;
+    pub const AQ_SHIFT: u32 = 13;
+    pub const RQ_SHIFT: u32 = 16;
+    pub const DM_SHIFT: u32 = 5;
+    /// RC must stay within 0..=0x1D; a QM that would exceed it NACKs with HOP_COUNT_EXCEEDED.
+    pub const HOP_COUNT_MAX: u8 = 0x1D;
 
     /// DM: 0 express, 1 recoverable.
     pub fn delivery_mode(self) -> u8 {
@@ -72,9 +218,71 @@ impl UserFlags {
     pub fn hop_count(self) -> u8 {
         (self.0 & Self::HOP_COUNT_MASK) as u8
     }
+    pub fn journal_negative(self) -> bool {
+        self.0 & Self::JN != 0
+    }
+    pub fn journal_positive(self) -> bool {
+        self.0 & Self::JP != 0
+    }
+    /// DQ: the DestinationQueue encoding (a [`QueueRef::code`]).
+    pub fn dq(self) -> u8 {
+        ((self.0 & Self::DQ_MASK) >> Self::DQ_SHIFT) as u8
+    }
+    pub fn aq(self) -> u8 {
+        ((self.0 & Self::AQ_MASK) >> Self::AQ_SHIFT) as u8
+    }
+    pub fn rq(self) -> u8 {
+        ((self.0 & Self::RQ_MASK) >> Self::RQ_SHIFT) as u8
+    }
+    pub fn security(self) -> bool {
+        self.0 & Self::SH != 0
+    }
+    pub fn properties(self) -> bool {
+        self.0 & Self::MP != 0
+    }
+    pub fn connector(self) -> bool {
+        self.0 & Self::CQ != 0
+    }
+    pub fn multi_queue(self) -> bool {
+        self.0 & Self::MQ != 0
+    }
+    /// AH: the message arrived over HTTP (never legitimately set on 1801).
+    pub fn http(self) -> bool {
+        self.0 & Self::AH != 0
+    }
+    pub fn soap(self) -> bool {
+        self.0 & Self::HH != 0
+    }
+    pub fn with(self, bit: u32, on: bool) -> Self {
+        UserFlags(if on { self.0 | bit } else { self.0 & !bit })
+    }
+    pub fn with_delivery_mode(self, dm: u8) -> Self {
+        UserFlags((self.0 & !Self::DM_MASK) | ((u32::from(dm) << Self::DM_SHIFT) & Self::DM_MASK))
+    }
+    pub fn with_hop_count(self, rc: u8) -> Self {
+        UserFlags((self.0 & !Self::HOP_COUNT_MASK) | (u32::from(rc) & Self::HOP_COUNT_MASK))
+    }
+    /// Replaces DQ, AQ and RQ (each masked to 3 bits).
+    pub fn with_queue_codes(self, dq: u8, aq: u8, rq: u8) -> Self {
+        let v = self.0 & !(Self::DQ_MASK | Self::AQ_MASK | Self::RQ_MASK);
+        UserFlags(
+            v | ((u32::from(dq) << Self::DQ_SHIFT) & Self::DQ_MASK)
+                | ((u32::from(aq) << Self::AQ_SHIFT) & Self::AQ_MASK)
+                | ((u32::from(rq) << Self::RQ_SHIFT) & Self::RQ_MASK),
+        )
+    }
 }
 
-/// UserHeader (MS-MQMQ 2.2.19.2).
+/// UserHeader, 48 bytes + queue names (+16 ConnectorType) (MS-MQMQ 2.2.19.2; DIGEST §5.2).
+///
+/// ```text
+/// 0  [16] SourceQueueManager        16 [16] QueueManagerAddress (NULL for direct names)
+/// 32 u32 TimeToBeReceived           36 u32 SentTime        40 u32 MessageID
+/// 44 u32 Flags (UserFlags)          48 DestinationQueue (DQ), AdminQueue (AQ),
+///                                      ResponseQueue (RQ), each ending on a 4-byte boundary
+/// .. [16] ConnectorType             (only when CQ)
+/// ```
+/// `flags` keeps the DQ/AQ/RQ/CQ bits; the encoder checks they agree with the queue fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserHeader<'a> {
     pub source_queue_manager: Guid,
@@ -89,20 +297,914 @@ pub struct UserHeader<'a> {
     pub connector_type: Option<Guid>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+impl<'a> UserHeader<'a> {
+    pub const FIXED_LEN: usize = 48;
+    const FLAGS_OFFSET: usize = 44;
+
+    pub fn parse(r: &mut Reader<'a>) -> Result<Self> {
+        let source_queue_manager = r.guid("UserHeader.SourceQueueManager")?;
+        let queue_manager_address = r.guid("UserHeader.QueueManagerAddress")?;
+        let time_to_be_received = r.u32("UserHeader.TimeToBeReceived")?;
+        let sent_time = r.u32("UserHeader.SentTime")?;
+        let message_id = r.u32("UserHeader.MessageID")?;
+        let flags_at = r.abs();
+        let flags = UserFlags(r.u32("UserHeader.Flags")?);
+        let mut queues = [QueueRef::None; 3];
+        for (slot, (field, code)) in queues.iter_mut().zip([
+            (QueueField::Destination, flags.dq()),
+            (QueueField::Admin, flags.aq()),
+            (QueueField::Response, flags.rq()),
+        ]) {
+            if !field.allows(code) {
+                // "Any value ... other than those specified ... MUST be treated as an error by
+                // closing the session."
+                return Err(WireError::new(
+                    ErrorKind::Unsupported,
+                    field.flag_name(),
+                    flags_at,
+                ));
+            }
+            *slot = QueueRef::parse(r, code, field)?;
+        }
+        let connector_type = if flags.connector() {
+            Some(r.guid("UserHeader.ConnectorType")?)
+        } else {
+            None
+        };
+        let [destination, admin, response] = queues;
+        Ok(UserHeader {
+            source_queue_manager,
+            queue_manager_address,
+            time_to_be_received,
+            sent_time,
+            message_id,
+            flags,
+            destination,
+            admin,
+            response,
+            connector_type,
+        })
+    }
+
+    /// Bytes on the wire (always a multiple of 4).
+    pub fn encoded_len(&self) -> usize {
+        Self::FIXED_LEN
+            .saturating_add(self.destination.encoded_len())
+            .saturating_add(self.admin.encoded_len())
+            .saturating_add(self.response.encoded_len())
+            .saturating_add(if self.connector_type.is_some() { 16 } else { 0 })
+    }
+
+    /// The flags with DQ/AQ/RQ/CQ taken from the fields (other bits unchanged).
+    pub fn synced_flags(&self) -> UserFlags {
+        self.flags
+            .with_queue_codes(
+                self.destination.code(),
+                self.admin.code(),
+                self.response.code(),
+            )
+            .with(UserFlags::CQ, self.connector_type.is_some())
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>) -> Result<()> {
+        let flags_at = w.pos() + Self::FLAGS_OFFSET;
+        for (field, q, code) in [
+            (QueueField::Destination, &self.destination, self.flags.dq()),
+            (QueueField::Admin, &self.admin, self.flags.aq()),
+            (QueueField::Response, &self.response, self.flags.rq()),
+        ] {
+            if q.code() != code || !field.allows(code) {
+                return Err(WireError::new(
+                    ErrorKind::BadValue,
+                    field.flag_name(),
+                    flags_at,
+                ));
+            }
+        }
+        if self.flags.connector() != self.connector_type.is_some() {
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "UserHeader.Flags.CQ",
+                flags_at,
+            ));
+        }
+        w.guid(&self.source_queue_manager, "UserHeader.SourceQueueManager")?;
+        w.guid(
+            &self.queue_manager_address,
+            "UserHeader.QueueManagerAddress",
+        )?;
+        w.u32(self.time_to_be_received, "UserHeader.TimeToBeReceived")?;
+        w.u32(self.sent_time, "UserHeader.SentTime")?;
+        w.u32(self.message_id, "UserHeader.MessageID")?;
+        w.u32(self.flags.0, "UserHeader.Flags")?;
+        self.destination.encode(w, QueueField::Destination)?;
+        self.admin.encode(w, QueueField::Admin)?;
+        self.response.encode(w, QueueField::Response)?;
+        if let Some(g) = &self.connector_type {
+            w.guid(g, "UserHeader.ConnectorType")?;
+        }
+        Ok(())
+    }
+}
+
+/// `"QM Ordering Ack"` in UTF-16LE with its NUL: the Label of every OrderAck and FinalAck
+/// (MS-MQQB 2.2.4, 2.2.5). A static, so building an ack allocates nothing.
+pub const ORDER_ACK_LABEL: &[u8] = b"Q\0M\0 \0O\0r\0d\0e\0r\0i\0n\0g\0 \0A\0c\0k\0\0\0";
+
+/// Private queue number of `order_queue$` (MS-MQQB 2.2.4, 3.1.7.17).
+pub const ORDER_QUEUE_ID: u32 = 4;
+
+/// Length of the OrderAck and FinalAck bodies (MessageSize 0x24).
+pub const TX_ACK_BODY_LEN: usize = 36;
+
+/// OrderAck body, 36 bytes (MS-MQQB 2.2.4.1; DIGEST §6.1).
+///
+/// ```text
+/// 0 u64 TxSequenceID   8 u32 TxSequenceNumber   12 u32 TxPreviousSequenceNumber
+/// 16 [20] Reserved (zeros when sent, ignored on receipt)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderAckBody {
+    pub tx_sequence_id: u64,
+    pub tx_sequence_number: u32,
+    pub tx_previous_sequence_number: u32,
+}
+
+impl OrderAckBody {
+    /// Parses a body of exactly 36 bytes (offsets in errors are relative to the body).
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        expect_tx_ack_len(body, "OrderAck Body")?;
+        let mut r = Reader::new(body);
+        Ok(OrderAckBody {
+            tx_sequence_id: r.u64("OrderAck.TxSequenceID")?,
+            tx_sequence_number: r.u32("OrderAck.TxSequenceNumber")?,
+            tx_previous_sequence_number: r.u32("OrderAck.TxPreviousSequenceNumber")?,
+        })
+    }
+
+    pub fn to_bytes(&self) -> [u8; TX_ACK_BODY_LEN] {
+        let mut b = [0u8; TX_ACK_BODY_LEN];
+        b[0..8].copy_from_slice(&self.tx_sequence_id.to_le_bytes());
+        b[8..12].copy_from_slice(&self.tx_sequence_number.to_le_bytes());
+        b[12..16].copy_from_slice(&self.tx_previous_sequence_number.to_le_bytes());
+        b
+    }
+}
+
+/// FinalAck body, 36 bytes (MS-MQQB 2.2.5.1; DIGEST §6.2).
+///
+/// ```text
+/// 0 u64 TxSequenceID   8 u32 TxSequenceNumber   12 u32 TxPreviousSequenceNumber
+/// 16 [16] SourceGUID   32 u32 MessageID
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalAckBody {
+    pub tx_sequence_id: u64,
+    pub tx_sequence_number: u32,
+    pub tx_previous_sequence_number: u32,
+    pub source_guid: Guid,
+    pub message_id: u32,
+}
+
+impl FinalAckBody {
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        expect_tx_ack_len(body, "FinalAck Body")?;
+        let mut r = Reader::new(body);
+        Ok(FinalAckBody {
+            tx_sequence_id: r.u64("FinalAck.TxSequenceID")?,
+            tx_sequence_number: r.u32("FinalAck.TxSequenceNumber")?,
+            tx_previous_sequence_number: r.u32("FinalAck.TxPreviousSequenceNumber")?,
+            source_guid: r.guid("FinalAck.SourceGUID")?,
+            message_id: r.u32("FinalAck.MessageID")?,
+        })
+    }
+
+    pub fn to_bytes(&self) -> [u8; TX_ACK_BODY_LEN] {
+        let mut b = [0u8; TX_ACK_BODY_LEN];
+        b[0..8].copy_from_slice(&self.tx_sequence_id.to_le_bytes());
+        b[8..12].copy_from_slice(&self.tx_sequence_number.to_le_bytes());
+        b[12..16].copy_from_slice(&self.tx_previous_sequence_number.to_le_bytes());
+        b[16..32].copy_from_slice(&self.source_guid.0);
+        b[32..36].copy_from_slice(&self.message_id.to_le_bytes());
+        b
+    }
+}
+
+fn expect_tx_ack_len(body: &[u8], field: &'static str) -> Result<()> {
+    match body.len() {
+        TX_ACK_BODY_LEN => Ok(()),
+        n if n < TX_ACK_BODY_LEN => Err(WireError::new(ErrorKind::Truncated, field, n)),
+        _ => Err(WireError::new(
+            ErrorKind::SizeMismatch,
+            field,
+            TX_ACK_BODY_LEN,
+        )),
+    }
+}
+
+/// A UserMessage packet (MS-MQMQ 2.2.20; DIGEST §5.1), as one validated, borrowed value.
+///
+/// ```text
+/// BaseHeader (16, IN=0) | UserHeader | [TransactionHeader: TH] | [SecurityHeader: SH]
+/// MessagePropertiesHeader (always; MP=1) | [DebugHeader: Base.DH]
+/// [SRMPEnvelopeHeader + CompoundMessageHeader: AH] | [SoapHeader: HH] | [MultiQueueFormatHeader: MQ]
+/// ...padding to 4, all counted in PacketSize...
+/// [SessionHeader (16): Base.SH, after PacketSize]
+/// ```
+/// Each header starts on a 4-byte boundary. The presence flags stay in `base.flags` and
+/// `user.flags`; [`UserMessage::encode`] refuses a value whose flags disagree with its
+/// headers, and [`UserMessage::sync`] sets them from the headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserMessage<'a> {
     pub base: BaseHeader,
     pub user: UserHeader<'a>,
+    pub transaction: Option<TransactionHeader>,
+    pub security: Option<SecurityHeader<'a>>,
+    pub properties: MessagePropertiesHeader<'a>,
+    pub debug: Option<DebugHeader>,
+    /// HTTP-only sections (UserHeader.AH): both present or both absent.
+    pub srmp_envelope: Option<SrmpEnvelopeHeader<'a>>,
+    pub compound_message: Option<CompoundMessageHeader<'a>>,
+    pub soap: Option<SoapHeader<'a>>,
+    pub multi_queue: Option<MultiQueueFormatHeader<'a>>,
+    /// True only when both SoapHeader and MultiQueueFormatHeader are present and the MQF header
+    /// came first on the wire (DIGEST §5.1, §17.1: the order is unconfirmed, so we keep it).
+    pub multi_queue_before_soap: bool,
     /// The piggy-backed SessionHeader after PacketSize, when BaseHeader.SH is set.
     pub session: Option<SessionHeader>,
 }
 
+/// The SOAP and MQF headers and where parsing ended, for the order-detection retry.
+type Tail<'a> = (
+    Option<SoapHeader<'a>>,
+    Option<MultiQueueFormatHeader<'a>>,
+    usize,
+);
+
 impl<'a> UserMessage<'a> {
+    /// Parses one framed UserMessage: `frame` is exactly PacketSize bytes, plus the 16-byte
+    /// SessionHeader trailer when BaseHeader.SH is set (what [`super::frame_len`] returns).
+    ///
+    /// Every byte of PacketSize must be used by the headers, except for fewer than 4 bytes of
+    /// trailing alignment padding; anything else is an error naming the field and offset.
     pub fn parse(frame: &'a [u8]) -> Result<Self> {
-        Err(WireError::new(
-            ErrorKind::Unsupported,
-            "UserMessage",
-            frame.len().min(16),
-        ))
+        let base = BaseHeader::parse(frame)?;
+        if base.flags.internal() {
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "BaseHeader.Flags.IN",
+                2,
+            ));
+        }
+        let packet_size = base.packet_size as usize;
+        let trailer = if base.flags.session() {
+            SESSION_HEADER_LEN
+        } else {
+            0
+        };
+        // BaseHeader::parse bounds PacketSize to 4 MiB, so this sum cannot overflow.
+        let want = packet_size + trailer;
+        if frame.len() < want {
+            return Err(WireError::new(
+                ErrorKind::Truncated,
+                "BaseHeader.PacketSize",
+                frame.len(),
+            ));
+        }
+        if frame.len() > want {
+            return Err(WireError::new(
+                ErrorKind::SizeMismatch,
+                "BaseHeader.PacketSize",
+                8,
+            ));
+        }
+        // Headers are read from the PacketSize bytes only: a header that overruns PacketSize
+        // is reported as truncated at its own field, never read from the trailer.
+        let mut r = Reader::new(&frame[..packet_size]);
+        r.take(BASE_HEADER_LEN, "BaseHeader")?;
+
+        let user = UserHeader::parse(&mut r)?;
+        let flags_at = BASE_HEADER_LEN + UserHeader::FLAGS_OFFSET;
+        if !user.flags.properties() {
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "UserHeader.Flags.MP",
+                flags_at,
+            ));
+        }
+        if user.flags.transactional() && !user.flags.recoverable() {
+            // "If this flag [TH] is set the DM flag MUST NOT be 0x0."
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "UserHeader.Flags.DM",
+                flags_at,
+            ));
+        }
+
+        let transaction = if user.flags.transactional() {
+            r.align4("TransactionHeader")?;
+            Some(TransactionHeader::parse(&mut r)?)
+        } else {
+            None
+        };
+        let security = if user.flags.security() {
+            r.align4("SecurityHeader")?;
+            Some(SecurityHeader::parse(&mut r)?)
+        } else {
+            None
+        };
+        r.align4("MessagePropertiesHeader")?;
+        let properties = MessagePropertiesHeader::parse(&mut r)?;
+        let debug = if base.flags.debug() {
+            r.align4("DebugHeader")?;
+            Some(DebugHeader::parse(&mut r)?)
+        } else {
+            None
+        };
+        let (srmp_envelope, compound_message) = if user.flags.http() {
+            r.align4("SRMPEnvelopeHeader")?;
+            let envelope = SrmpEnvelopeHeader::parse(&mut r)?;
+            r.align4("CompoundMessageHeader")?;
+            let compound = CompoundMessageHeader::parse(&mut r)?;
+            (Some(envelope), Some(compound))
+        } else {
+            (None, None)
+        };
+
+        let (soap, multi_queue, multi_queue_before_soap) =
+            Self::parse_soap_and_mqf(r, user.flags.soap(), user.flags.multi_queue())?;
+
+        let session = if base.flags.session() {
+            let mut tr = Reader::with_base(&frame[packet_size..], packet_size);
+            Some(SessionHeader::parse(&mut tr)?)
+        } else {
+            None
+        };
+
+        Ok(UserMessage {
+            base,
+            user,
+            transaction,
+            security,
+            properties,
+            debug,
+            srmp_envelope,
+            compound_message,
+            soap,
+            multi_queue,
+            multi_queue_before_soap,
+            session,
+        })
+    }
+
+    /// Parses the SoapHeader and MultiQueueFormatHeader in whichever order they came, then
+    /// checks that PacketSize ends where the headers do.
+    ///
+    /// The spec orders SOAP before MQF; a non-authoritative source suggests Windows may write
+    /// MQF first (DIGEST §17.1). With both present we peek: a SoapHeader starts with u16
+    /// 0x0320, an MQF Destination header has u16 0x0064 at +4. The spec order is tried first,
+    /// and MQF-first only if that fails, so the choice is deterministic.
+    fn parse_soap_and_mqf(
+        r: Reader<'a>,
+        soap: bool,
+        mqf: bool,
+    ) -> Result<(
+        Option<SoapHeader<'a>>,
+        Option<MultiQueueFormatHeader<'a>>,
+        bool,
+    )> {
+        if !(soap && mqf) {
+            let (s, m, _) = Self::parse_tail(r, soap, mqf, false)?;
+            return Ok((s, m, false));
+        }
+        let mut peek = r;
+        peek.align4("SoapHeader")?;
+        let at = peek.abs();
+        let id0 = peek.u16("SoapHeader.HeaderSectionID")?;
+        peek.u16("SoapHeader.Reserved")?;
+        let id4 = peek.u16("MQFAddressHeader.HeaderID")?;
+        let soap_first = if id0 == SoapHeader::HEADER_SECTION_ID {
+            Self::parse_tail(r, true, true, false)
+        } else {
+            Err(WireError::new(
+                ErrorKind::BadValue,
+                "SoapHeader.HeaderSectionID",
+                at,
+            ))
+        };
+        match soap_first {
+            Ok((s, m, _)) => Ok((s, m, false)),
+            Err(e) if id4 == MqfAddressHeader::DESTINATION_ID => {
+                let (s, m, _) = Self::parse_tail(r, true, true, true).map_err(|e2| {
+                    // Report the error of the order the bytes claimed to be in.
+                    if id0 == SoapHeader::HEADER_SECTION_ID {
+                        e
+                    } else {
+                        e2
+                    }
+                })?;
+                Ok((s, m, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse_tail(mut r: Reader<'a>, soap: bool, mqf: bool, mqf_first: bool) -> Result<Tail<'a>> {
+        let mut s = None;
+        let mut m = None;
+        for step in 0..2 {
+            let want_mqf = (step == 0) == mqf_first;
+            if want_mqf && mqf {
+                r.align4("MultiQueueFormatHeader")?;
+                m = Some(MultiQueueFormatHeader::parse(&mut r)?);
+            } else if !want_mqf && soap {
+                r.align4("SoapHeader")?;
+                s = Some(SoapHeader::parse(&mut r)?);
+            }
+        }
+        let end = r.pos();
+        // Only alignment padding (< 4 bytes, up to the next boundary) may follow the headers.
+        if r.remaining() > pad4(end) - end {
+            return Err(WireError::new(
+                ErrorKind::SizeMismatch,
+                "BaseHeader.PacketSize",
+                end,
+            ));
+        }
+        Ok((s, m, end))
+    }
+
+    /// The PacketSize this message encodes to (headers and padding, not the SessionHeader).
+    pub fn packet_size(&self) -> usize {
+        let mut n = BASE_HEADER_LEN.saturating_add(self.user.encoded_len());
+        let mut add = |len: usize| n = pad4(pad4(n).saturating_add(len));
+        if let Some(t) = &self.transaction {
+            add(t.encoded_len());
+        }
+        if let Some(s) = &self.security {
+            add(s.encoded_len());
+        }
+        add(self.properties.encoded_len());
+        if let Some(d) = &self.debug {
+            add(d.encoded_len());
+        }
+        if let Some(e) = &self.srmp_envelope {
+            add(e.encoded_len());
+        }
+        if let Some(c) = &self.compound_message {
+            add(c.encoded_len());
+        }
+        if let Some(s) = &self.soap {
+            add(s.encoded_len());
+        }
+        if let Some(m) = &self.multi_queue {
+            add(m.encoded_len());
+        }
+        n
+    }
+
+    /// Bytes [`Self::encode`] writes: PacketSize plus the SessionHeader trailer if any.
+    pub fn frame_len(&self) -> usize {
+        let trailer = if self.session.is_some() {
+            SESSION_HEADER_LEN
+        } else {
+            0
+        };
+        self.packet_size().saturating_add(trailer)
+    }
+
+    /// Checks that the presence flags agree with the headers, as the parser would see them.
+    fn check_flags(&self) -> Result<()> {
+        let f = self.user.flags;
+        let flags_at = BASE_HEADER_LEN + UserHeader::FLAGS_OFFSET;
+        let checks: [(bool, &'static str, usize); 12] = [
+            (!self.base.flags.internal(), "BaseHeader.Flags.IN", 2),
+            (
+                self.base.flags.session() == self.session.is_some(),
+                "BaseHeader.Flags.SH",
+                2,
+            ),
+            (
+                self.base.flags.debug() == self.debug.is_some(),
+                "BaseHeader.Flags.DH",
+                2,
+            ),
+            (f.properties(), "UserHeader.Flags.MP", flags_at),
+            (
+                f.transactional() == self.transaction.is_some(),
+                "UserHeader.Flags.TH",
+                flags_at,
+            ),
+            (
+                !f.transactional() || f.recoverable(),
+                "UserHeader.Flags.DM",
+                flags_at,
+            ),
+            (
+                f.security() == self.security.is_some(),
+                "UserHeader.Flags.SH",
+                flags_at,
+            ),
+            (
+                f.http() == self.srmp_envelope.is_some(),
+                "UserHeader.Flags.AH",
+                flags_at,
+            ),
+            (
+                f.http() == self.compound_message.is_some(),
+                "UserHeader.Flags.AH",
+                flags_at,
+            ),
+            (
+                f.soap() == self.soap.is_some(),
+                "UserHeader.Flags.HH",
+                flags_at,
+            ),
+            (
+                f.multi_queue() == self.multi_queue.is_some(),
+                "UserHeader.Flags.MQ",
+                flags_at,
+            ),
+            (
+                !self.multi_queue_before_soap
+                    || (self.soap.is_some() && self.multi_queue.is_some()),
+                "UserMessage.multi_queue_before_soap",
+                flags_at,
+            ),
+        ];
+        for (ok, field, at) in checks {
+            if !ok {
+                return Err(WireError::new(ErrorKind::BadValue, field, at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes into `out` and returns the bytes written (PacketSize + SessionHeader trailer).
+    ///
+    /// PacketSize is computed here; `self.base.packet_size` is ignored. The value must be
+    /// consistent (flags agree with headers; see [`Self::sync`]), or this returns `BadValue`.
+    /// In debug builds the output is parsed back and must equal `self` (with the computed
+    /// PacketSize): a mismatch is a programmer error and panics.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize> {
+        self.check_flags()?;
+        let mut w = Writer::new(out);
+        let base = BaseHeader {
+            packet_size: 0,
+            ..self.base
+        };
+        base.encode(&mut w)?;
+        self.user.encode(&mut w)?;
+        if let Some(t) = &self.transaction {
+            w.align4("TransactionHeader")?;
+            t.encode(&mut w)?;
+        }
+        if let Some(s) = &self.security {
+            w.align4("SecurityHeader")?;
+            s.encode(&mut w)?;
+        }
+        w.align4("MessagePropertiesHeader")?;
+        self.properties.encode(&mut w)?;
+        if let Some(d) = &self.debug {
+            w.align4("DebugHeader")?;
+            d.encode(&mut w)?;
+        }
+        if let (Some(e), Some(c)) = (&self.srmp_envelope, &self.compound_message) {
+            w.align4("SRMPEnvelopeHeader")?;
+            e.encode(&mut w)?;
+            w.align4("CompoundMessageHeader")?;
+            c.encode(&mut w)?;
+        }
+        for step in 0..2 {
+            let want_mqf = (step == 0) == self.multi_queue_before_soap;
+            match (want_mqf, &self.multi_queue, &self.soap) {
+                (true, Some(m), _) => {
+                    w.align4("MultiQueueFormatHeader")?;
+                    m.encode(&mut w)?;
+                }
+                (false, _, Some(s)) => {
+                    w.align4("SoapHeader")?;
+                    s.encode(&mut w)?;
+                }
+                _ => {}
+            }
+        }
+        w.align4("UserMessage")?;
+        let packet_size = w.pos();
+        if packet_size > MAX_PACKET_SIZE as usize {
+            return Err(WireError::new(
+                ErrorKind::Overflow,
+                "BaseHeader.PacketSize",
+                8,
+            ));
+        }
+        w.patch_u32(8, packet_size as u32, "BaseHeader.PacketSize")?;
+        if let Some(s) = &self.session {
+            s.encode(&mut w)?;
+        }
+        let n = w.pos();
+        debug_assert_eq!(packet_size, self.packet_size(), "packet_size() disagrees");
+        let expected = UserMessage {
+            base: BaseHeader {
+                packet_size: packet_size as u32,
+                ..self.base
+            },
+            ..*self
+        };
+        if self.multi_queue_before_soap {
+            // MQF-before-SOAP is only recognisable by peeking; refuse (in every build) a value
+            // whose bytes would read back in the other order rather than send something else.
+            if UserMessage::parse(&out[..n]).ok() != Some(expected) {
+                return Err(WireError::new(
+                    ErrorKind::Unsupported,
+                    "UserMessage.multi_queue_before_soap",
+                    packet_size,
+                ));
+            }
+        }
+        #[cfg(debug_assertions)]
+        {
+            let back = UserMessage::parse(&out[..n]);
+            assert_eq!(
+                back,
+                Ok(expected),
+                "UserMessage::encode output does not parse back"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Sets every presence flag from the headers actually present (UserHeader DQ/AQ/RQ/CQ,
+    /// SH/TH/MP/MQ/AH/HH; BaseHeader SH/DH), clears `multi_queue_before_soap` unless both
+    /// headers are there, and stores the computed PacketSize in `base.packet_size`.
+    pub fn sync(&mut self) {
+        let f = self
+            .user
+            .synced_flags()
+            .with(UserFlags::MP, true)
+            .with(UserFlags::SH, self.security.is_some())
+            .with(UserFlags::TH, self.transaction.is_some())
+            .with(UserFlags::MQ, self.multi_queue.is_some())
+            .with(UserFlags::HH, self.soap.is_some())
+            .with(
+                UserFlags::AH,
+                self.srmp_envelope.is_some() || self.compound_message.is_some(),
+            );
+        self.user.flags = f;
+        self.base.flags = self
+            .base
+            .flags
+            .with(BaseFlags::INTERNAL, false)
+            .with(BaseFlags::SESSION, self.session.is_some())
+            .with(BaseFlags::DEBUG, self.debug.is_some());
+        if self.soap.is_none() || self.multi_queue.is_none() {
+            self.multi_queue_before_soap = false;
+        }
+        self.base.packet_size = u32::try_from(self.packet_size()).unwrap_or(u32::MAX);
+    }
+
+    /// The common case for senders and tests: an express message from `source_queue_manager`
+    /// to `destination`, with `label` (UTF-16LE incl. NUL, or empty) and `body`.
+    ///
+    /// Defaults: priority 3 (MQ_PRIORITY default), TimeToReachQueue and TimeToBeReceived
+    /// infinite, SentTime 0, QueueManagerAddress NULL (right for direct names; set it for DQ 3
+    /// or 5), class NORMAL, BodyType VT_UI1|VT_VECTOR. Chain the `with_*` methods for more.
+    pub fn new(
+        source_queue_manager: Guid,
+        message_id: u32,
+        destination: QueueRef<'a>,
+        label: Utf16<'a>,
+        body: &'a [u8],
+    ) -> Self {
+        let mut m = UserMessage {
+            base: BaseHeader {
+                reserved: 0,
+                flags: BaseFlags::default().with_priority(3),
+                packet_size: 0,
+                time_to_reach_queue: INFINITE,
+            },
+            user: UserHeader {
+                source_queue_manager,
+                queue_manager_address: Guid::NULL,
+                time_to_be_received: INFINITE,
+                sent_time: 0,
+                message_id,
+                flags: UserFlags(UserFlags::MP),
+                destination,
+                admin: QueueRef::None,
+                response: QueueRef::None,
+                connector_type: None,
+            },
+            transaction: None,
+            security: None,
+            properties: MessagePropertiesHeader::new(label, body),
+            debug: None,
+            srmp_envelope: None,
+            compound_message: None,
+            soap: None,
+            multi_queue: None,
+            multi_queue_before_soap: false,
+            session: None,
+        };
+        m.sync();
+        m
+    }
+
+    /// A transactional acknowledgment packet (MS-MQQB 2.2.4 / 2.2.5): BaseHeader.Flags 0,
+    /// Label "QM Ordering Ack", BodyType VT_EMPTY, MPH.Flags 0, TTRQ/TTBR infinite.
+    /// `destination` is `DestinationPrivate(ORDER_QUEUE_ID)` (DQ 3, then set
+    /// `user.queue_manager_address`) or `Direct("TCP:<ip>\PRIVATE$\order_queue$")` (DQ 7).
+    fn tx_ack(
+        source_queue_manager: Guid,
+        message_id: u32,
+        destination: QueueRef<'a>,
+        class: MessageClass,
+        recoverable: bool,
+        body: &'a [u8; TX_ACK_BODY_LEN],
+    ) -> Self {
+        let mut m = UserMessage::new(
+            source_queue_manager,
+            message_id,
+            destination,
+            Utf16(ORDER_ACK_LABEL),
+            body,
+        );
+        m.base.flags = BaseFlags(0);
+        m.properties.message_class = class;
+        m.properties.body_type = body_type::VT_EMPTY;
+        m.user.flags = m.user.flags.with_delivery_mode(u8::from(recoverable));
+        m.sync();
+        m
+    }
+
+    /// An OrderAck (class ORDER_ACK, DM 0); `body` is [`OrderAckBody::to_bytes`].
+    pub fn order_ack(
+        source_queue_manager: Guid,
+        message_id: u32,
+        destination: QueueRef<'a>,
+        body: &'a [u8; TX_ACK_BODY_LEN],
+    ) -> Self {
+        Self::tx_ack(
+            source_queue_manager,
+            message_id,
+            destination,
+            MessageClass::ORDER_ACK,
+            false,
+            body,
+        )
+    }
+
+    /// A FinalAck (ACK_RECEIVE or a NACK class, DM 1); `body` is [`FinalAckBody::to_bytes`].
+    pub fn final_ack(
+        source_queue_manager: Guid,
+        message_id: u32,
+        destination: QueueRef<'a>,
+        class: MessageClass,
+        body: &'a [u8; TX_ACK_BODY_LEN],
+    ) -> Self {
+        Self::tx_ack(
+            source_queue_manager,
+            message_id,
+            destination,
+            class,
+            true,
+            body,
+        )
+    }
+
+    /// DM=1 (recoverable) or DM=0 (express).
+    pub fn with_recoverable(mut self, on: bool) -> Self {
+        self.user.flags = self.user.flags.with_delivery_mode(u8::from(on));
+        self
+    }
+
+    /// BaseHeader.Flags.PR (0..=7).
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.base.flags = self.base.flags.with_priority(priority);
+        self
+    }
+
+    pub fn with_sent_time(mut self, sent_time: u32) -> Self {
+        self.user.sent_time = sent_time;
+        self
+    }
+
+    pub fn with_time_to_reach_queue(mut self, seconds: u32) -> Self {
+        self.base.time_to_reach_queue = seconds;
+        self
+    }
+
+    pub fn with_time_to_be_received(mut self, seconds: u32) -> Self {
+        self.user.time_to_be_received = seconds;
+        self
+    }
+
+    pub fn with_queue_manager_address(mut self, qm: Guid) -> Self {
+        self.user.queue_manager_address = qm;
+        self
+    }
+
+    /// Makes the message transactional: adds the header, sets DM=1 and PR=0 (transactional
+    /// messages carry priority 0, MS-MQMQ 2.2.19.1).
+    pub fn with_transaction(mut self, tx: TransactionHeader) -> Self {
+        self.transaction = Some(tx);
+        self.user.flags = self.user.flags.with_delivery_mode(1);
+        self.base.flags = self.base.flags.with_priority(0);
+        self.sync();
+        self
+    }
+
+    /// Names the admin queue and the acknowledgments wanted there.
+    pub fn with_admin_queue(mut self, admin: QueueRef<'a>, acks: AckFlags) -> Self {
+        self.user.admin = admin;
+        self.properties.flags = acks;
+        self.sync();
+        self
+    }
+
+    pub fn with_response_queue(mut self, response: QueueRef<'a>) -> Self {
+        self.user.response = response;
+        self.sync();
+        self
+    }
+
+    pub fn with_security(mut self, security: SecurityHeader<'a>) -> Self {
+        self.security = Some(security);
+        self.sync();
+        self
+    }
+
+    /// Piggy-backs a SessionHeader (sets BaseHeader.SH).
+    pub fn with_session(mut self, session: SessionHeader) -> Self {
+        self.session = Some(session);
+        self.sync();
+        self
+    }
+
+    /// The message body (the first MessageSize bytes of the body area).
+    pub fn body(&self) -> &'a [u8] {
+        self.properties.body()
+    }
+
+    /// The label, UTF-16LE including its NUL (empty when LabelLength is 0).
+    pub fn label(&self) -> Utf16<'a> {
+        self.properties.label
+    }
+
+    pub fn message_class(&self) -> MessageClass {
+        self.properties.message_class
+    }
+
+    /// The message identity: (SourceQueueManager, MessageID), MS-MQMQ 2.2.18.1.3.
+    pub fn message_id(&self) -> (Guid, u32) {
+        (self.user.source_queue_manager, self.user.message_id)
+    }
+
+    /// The 20-byte MessageIdentifier as it appears in an admin ack's CorrelationID.
+    pub fn message_identifier_bytes(&self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[..16].copy_from_slice(&self.user.source_queue_manager.0);
+        b[16..].copy_from_slice(&self.user.message_id.to_le_bytes());
+        b
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.base.flags.priority()
+    }
+
+    pub fn is_recoverable(&self) -> bool {
+        self.user.flags.recoverable()
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// An OrderAck: class MQMSG_CLASS_ORDER_ACK (MS-MQQB 3.1.5.1.1).
+    pub fn is_order_ack(&self) -> bool {
+        self.properties.message_class == MessageClass::ORDER_ACK
+    }
+
+    /// A FinalAck: label "QM Ordering Ack" and a class >= 0x4000 (MS-MQQB 3.1.5.1.1). The
+    /// label tells it apart from an ordinary admin ACK_RECEIVE / NACK.
+    pub fn is_final_ack(&self) -> bool {
+        self.properties.message_class.is_final_ack_class()
+            && self.properties.label.0 == ORDER_ACK_LABEL
+    }
+
+    /// The OrderAck body, when this is an OrderAck with a well-formed 36-byte body.
+    pub fn order_ack_body(&self) -> Option<OrderAckBody> {
+        if !self.is_order_ack() {
+            return None;
+        }
+        OrderAckBody::parse(self.body()).ok()
+    }
+
+    /// The FinalAck body, when this is a FinalAck with a well-formed 36-byte body.
+    pub fn final_ack_body(&self) -> Option<FinalAckBody> {
+        if !self.is_final_ack() {
+            return None;
+        }
+        FinalAckBody::parse(self.body()).ok()
     }
 }
