@@ -70,7 +70,13 @@ impl BaseFlags {
 
 impl std::fmt::Debug for BaseFlags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "0x{:04X} PR={} {:?}", self.0, self.priority(), self.names())
+        write!(
+            f,
+            "0x{:04X} PR={} {:?}",
+            self.0,
+            self.priority(),
+            self.names()
+        )
     }
 }
 
@@ -105,7 +111,11 @@ impl BaseHeader {
         let reserved = r.u8("BaseHeader.Reserved")?;
         let flags = BaseFlags(r.u16("BaseHeader.Flags")?);
         if r.u32("BaseHeader.Signature")? != SIGNATURE {
-            return Err(WireError::new(ErrorKind::BadValue, "BaseHeader.Signature", 4));
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "BaseHeader.Signature",
+                4,
+            ));
         }
         let packet_size = r.u32("BaseHeader.PacketSize")?;
         if packet_size < BASE_HEADER_LEN as u32 {
@@ -116,7 +126,11 @@ impl BaseHeader {
             ));
         }
         if packet_size > MAX_PACKET_SIZE {
-            return Err(WireError::new(ErrorKind::Overflow, "BaseHeader.PacketSize", 8));
+            return Err(WireError::new(
+                ErrorKind::Overflow,
+                "BaseHeader.PacketSize",
+                8,
+            ));
         }
         let time_to_reach_queue = r.u32("BaseHeader.TimeToReachQueue")?;
         Ok(BaseHeader {

@@ -127,7 +127,11 @@ impl EstablishConnection {
         r.take(BASE_HEADER_LEN, "BaseHeader")?;
         let internal = InternalHeader::parse(&mut r)?;
         if internal.flags.packet_type() != PacketType::ESTABLISH_CONNECTION {
-            return Err(WireError::new(ErrorKind::BadValue, "InternalHeader.Flags.PT", 18));
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "InternalHeader.Flags.PT",
+                18,
+            ));
         }
         Ok(EstablishConnection {
             base,
@@ -148,7 +152,10 @@ impl EstablishConnection {
         w.guid(&self.client_guid, "EstablishConnection.ClientGuid")?;
         w.guid(&self.server_guid, "EstablishConnection.ServerGuid")?;
         w.u32(self.time_stamp, "EstablishConnection.TimeStamp")?;
-        w.u16(self.operating_system.0, "EstablishConnection.OperatingSystem")?;
+        w.u16(
+            self.operating_system.0,
+            "EstablishConnection.OperatingSystem",
+        )?;
         w.u16(self.reserved, "EstablishConnection.Reserved")?;
         w.put(&self.padding, "EstablishConnection.Padding")?;
         Ok(w.pos())
@@ -196,7 +203,11 @@ impl ConnectionParameters {
         r.take(BASE_HEADER_LEN, "BaseHeader")?;
         let internal = InternalHeader::parse(&mut r)?;
         if internal.flags.packet_type() != PacketType::CONNECTION_PARAMETERS {
-            return Err(WireError::new(ErrorKind::BadValue, "InternalHeader.Flags.PT", 18));
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "InternalHeader.Flags.PT",
+                18,
+            ));
         }
         Ok(ConnectionParameters {
             base,
@@ -300,13 +311,21 @@ impl SessionAck {
         expect_size(&base, SESSION_ACK_LEN, "BaseHeader.PacketSize")?;
         expect_len(buf, SESSION_ACK_LEN, "SessionAck")?;
         if !base.flags.session() {
-            return Err(WireError::new(ErrorKind::BadValue, "BaseHeader.Flags.SH", 2));
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "BaseHeader.Flags.SH",
+                2,
+            ));
         }
         let mut r = Reader::new(buf);
         r.take(BASE_HEADER_LEN, "BaseHeader")?;
         let internal = InternalHeader::parse(&mut r)?;
         if internal.flags.packet_type() != PacketType::SESSION_ACK {
-            return Err(WireError::new(ErrorKind::BadValue, "InternalHeader.Flags.PT", 18));
+            return Err(WireError::new(
+                ErrorKind::BadValue,
+                "InternalHeader.Flags.PT",
+                18,
+            ));
         }
         let session = SessionHeader::parse(&mut r)?;
         Ok(SessionAck {

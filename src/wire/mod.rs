@@ -141,7 +141,11 @@ impl Guid {
 
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{{{}}}", self.to_uuid().hyphenated().to_string().to_uppercase())
+        write!(
+            f,
+            "{{{}}}",
+            self.to_uuid().hyphenated().to_string().to_uppercase()
+        )
     }
 }
 
@@ -312,7 +316,8 @@ impl<'a> Writer<'a> {
 
     /// Zero padding up to the next multiple of 4 from the start of the buffer (= the packet).
     pub fn align4(&mut self, field: &'static str) -> Result<()> {
-        let target = align4(self.pos).ok_or(WireError::new(ErrorKind::Overflow, field, self.pos))?;
+        let target =
+            align4(self.pos).ok_or(WireError::new(ErrorKind::Overflow, field, self.pos))?;
         self.fill(0, target - self.pos, field)
     }
 
@@ -388,8 +393,14 @@ mod tests {
             0x26, 0xC6,
         ]);
         assert_eq!(g.to_string(), "{557358D1-9150-9595-4997-B6E611EA26C6}");
-        assert_eq!(Guid::parse_text("{557358d1-9150-9595-4997-b6e611ea26c6}"), Some(g));
-        assert_eq!(Guid::parse_text("557358D1-9150-9595-4997-B6E611EA26C6"), Some(g));
+        assert_eq!(
+            Guid::parse_text("{557358d1-9150-9595-4997-b6e611ea26c6}"),
+            Some(g)
+        );
+        assert_eq!(
+            Guid::parse_text("557358D1-9150-9595-4997-B6E611EA26C6"),
+            Some(g)
+        );
         assert_eq!(Guid::parse_text("557358D1"), None);
     }
 
@@ -399,7 +410,10 @@ mod tests {
         let mut r = Reader::with_base(&data, 100);
         assert_eq!(r.u16("a").unwrap(), 0x0201);
         let e = r.u32("b").unwrap_err();
-        assert_eq!((e.kind, e.field, e.offset), (ErrorKind::Truncated, "b", 102));
+        assert_eq!(
+            (e.kind, e.field, e.offset),
+            (ErrorKind::Truncated, "b", 102)
+        );
         let e = r.take(usize::MAX, "c").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Overflow);
     }

@@ -1,9 +1,7 @@
 //! Stream framing (DIGEST §1.1) and the top-level packet dispatch (MS-MQQB 3.1.5.1.1).
 
 use super::base::{BaseHeader, PacketType, BASE_HEADER_LEN, INTERNAL_HEADER_LEN};
-use super::control::{
-    ConnectionParameters, EstablishConnection, SessionAck, SESSION_HEADER_LEN,
-};
+use super::control::{ConnectionParameters, EstablishConnection, SessionAck, SESSION_HEADER_LEN};
 use super::user::UserMessage;
 use super::{ErrorKind, Reader, Result, WireError};
 
@@ -51,10 +49,18 @@ pub fn parse_packet(frame: &[u8]) -> Result<Packet<'_>> {
     let base = BaseHeader::parse(frame)?;
     let want = frame_len(frame)?.unwrap_or(BASE_HEADER_LEN);
     if frame.len() < want {
-        return Err(WireError::new(ErrorKind::Truncated, "BaseHeader.PacketSize", frame.len()));
+        return Err(WireError::new(
+            ErrorKind::Truncated,
+            "BaseHeader.PacketSize",
+            frame.len(),
+        ));
     }
     if frame.len() > want {
-        return Err(WireError::new(ErrorKind::SizeMismatch, "BaseHeader.PacketSize", 8));
+        return Err(WireError::new(
+            ErrorKind::SizeMismatch,
+            "BaseHeader.PacketSize",
+            8,
+        ));
     }
     if !base.flags.internal() {
         return UserMessage::parse(frame).map(Packet::User);

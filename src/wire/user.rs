@@ -99,6 +99,10 @@ pub struct UserMessage<'a> {
 
 impl<'a> UserMessage<'a> {
     pub fn parse(frame: &'a [u8]) -> Result<Self> {
-        Err(WireError::new(ErrorKind::Unsupported, "UserMessage", frame.len().min(16)))
+        Err(WireError::new(
+            ErrorKind::Unsupported,
+            "UserMessage",
+            frame.len().min(16),
+        ))
     }
 }
