@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod decode;
+pub mod engine;
 pub mod ping;
 pub mod qm;
 pub mod session;
+pub mod store;
 pub mod wire;

@@ -1,0 +1,359 @@
+//! The store's IO boundary: segment files written through io_uring and read through memmap2.
+//!
+//! It owns files, mappings and in-flight buffers; it must not interpret records. This is the only
+//! part of `store/` with `unsafe` (the mappings and the ring writes).
+
+use super::{segment_file_name, StoreError};
+use crate::engine::uring::{
+    classify_file_errno, Completion, FileErrnoDecision, OpKind, Ring, UserData, RING_ENTRIES,
+};
+use memmap2::{Mmap, MmapOptions};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes staged for one segment: written at `offset`, then that segment is data-synced.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The segment's base sequence number.
+    pub segment: u64,
+    /// Byte offset in the segment.
+    pub offset: u32,
+    /// The bytes; owned by the disk while the batch is in flight, handed back for reuse.
+    pub buf: Vec<u8>,
+}
+
+/// What the store needs from storage. One batch is in flight at a time.
+pub trait Disk {
+    /// Base sequence numbers of the segments present, ascending.
+    fn segments(&mut self) -> Result<Vec<u64>, StoreError>;
+    /// Create (preallocate) segment `base` of `bytes`; its directory entry is durable on return.
+    /// `StoreError::DiskFull` leaves nothing behind.
+    fn create_segment(&mut self, base: u64, bytes: u32) -> Result<(), StoreError>;
+    /// Remove a segment (durably; the file may be kept for reuse under a non-segment name).
+    fn remove_segment(&mut self, base: u64) -> Result<(), StoreError>;
+    /// The whole segment as the page cache holds it. Bytes of the in-flight batch must not be
+    /// relied on until it completes.
+    fn read(&self, base: u64) -> &[u8];
+    /// Start writing `chunks` in order, each followed by an fdatasync of its segment; a chunk
+    /// is written only after the previous chunk's sync completed.
+    fn submit(&mut self, chunks: Vec<Chunk>) -> Result<(), StoreError>;
+    /// If the in-flight batch is durable, hand its chunks back. Blocks for it when `wait`.
+    /// An error means the batch's state on disk is unknown: the caller must poison the log.
+    fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError>;
+    /// Durably overwrite a range with zeros (recovery cuts the torn tail with this).
+    fn zero(&mut self, base: u64, offset: u64, len: u64) -> Result<(), StoreError>;
+}
+
+/// Removed segment files kept for reuse at most. A reused file has every block already
+/// written, so its fdatasyncs need no extent-conversion metadata (see perf/store.md).
+pub const RECYCLE_MAX: usize = 4;
+
+struct Segment {
+    file: File,
+    map: Mmap,
+}
+
+struct InFlight {
+    chunks: Vec<Chunk>,
+    generation: u32,
+    ops: u32,
+    done: u32,
+    resubmit: bool,
+    failure: Option<StoreError>,
+}
+
+/// Segment files in a directory, written with io_uring, read with memmap2.
+pub struct UringDisk {
+    dir: PathBuf,
+    dir_file: File,
+    _lock: File,
+    segs: BTreeMap<u64, Segment>,
+    recycled: Vec<PathBuf>,
+    ring: Ring,
+    inflight: Option<InFlight>,
+    generation: u32,
+    completions: Vec<Completion>,
+}
+
+fn io_err(e: std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull,
+        Some(errno) => StoreError::Io { errno },
+        None => StoreError::Io { errno: libc::EIO },
+    }
+}
+
+impl UringDisk {
+    /// Open (creating if needed) a store directory. Takes an exclusive `flock` on `LOCK` so no
+    /// other process maps or truncates these files while we run.
+    pub fn open(dir: &Path) -> Result<UringDisk, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_err)?;
+        // SAFETY: flock on an fd we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(StoreError::Io {
+                errno: libc::EWOULDBLOCK,
+            });
+        }
+        let dir_file = File::open(dir).map_err(io_err)?;
+        let ring = Ring::new(RING_ENTRIES).map_err(StoreError::Ring)?;
+        let mut d = UringDisk {
+            dir: dir.to_path_buf(),
+            dir_file,
+            _lock: lock,
+            segs: BTreeMap::new(),
+            recycled: Vec::new(),
+            ring,
+            inflight: None,
+            generation: 0,
+            completions: Vec::with_capacity(RING_ENTRIES as usize),
+        };
+        for entry in std::fs::read_dir(dir).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(num) = name.strip_suffix(".log") {
+                if num.len() == 20 {
+                    if let Ok(base) = num.parse::<u64>() {
+                        d.map_segment(base)?;
+                    }
+                }
+            } else if name.starts_with("free-") {
+                if d.recycled.len() < RECYCLE_MAX {
+                    d.recycled.push(entry.path());
+                } else {
+                    std::fs::remove_file(entry.path()).map_err(io_err)?;
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    fn map_segment(&mut self, base: u64) -> Result<(), StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(segment_file_name(base)))
+            .map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        // SAFETY: the file belongs to this store: the directory is locked with flock, and the
+        // store never truncates a mapped file. The mapping lives in `self.segs` until
+        // `remove_segment`, which needs `&mut self`, so no slice from `read(&self)` outlives it.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }.map_err(io_err)?;
+        self.segs.insert(base, Segment { file, map });
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        self.dir_file.sync_all().map_err(io_err)
+    }
+
+    fn push_batch(&mut self) -> Result<(), StoreError> {
+        let Some(inf) = self.inflight.as_mut() else {
+            return Ok(());
+        };
+        let n = inf.chunks.len();
+        for (i, c) in inf.chunks.iter().enumerate() {
+            let seg = self.segs.get(&c.segment).ok_or(StoreError::Io {
+                errno: libc::ENOENT,
+            })?;
+            let fd = seg.file.as_raw_fd();
+            let slot = (i * 2) as u32;
+            // SAFETY: the buffer is owned by `self.inflight` and neither moved nor freed until
+            // every completion of this generation has been drained in `poll`; the file stays
+            // open in `self.segs` (segments are not removed while a batch is in flight).
+            unsafe {
+                self.ring
+                    .push_write(
+                        fd,
+                        c.buf.as_ptr(),
+                        c.buf.len() as u32,
+                        c.offset as u64,
+                        UserData::new(OpKind::StoreWrite, slot, inf.generation),
+                        true,
+                    )
+                    .map_err(StoreError::Ring)?;
+            }
+            self.ring
+                .push_fdatasync(
+                    fd,
+                    UserData::new(OpKind::StoreSync, slot + 1, inf.generation),
+                    i + 1 < n,
+                )
+                .map_err(StoreError::Ring)?;
+        }
+        inf.ops = 2 * n as u32;
+        inf.done = 0;
+        inf.resubmit = false;
+        self.ring.submit(0).map_err(StoreError::Ring)
+    }
+}
+
+impl Disk for UringDisk {
+    fn segments(&mut self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.segs.keys().copied().collect())
+    }
+
+    fn create_segment(&mut self, base: u64, bytes: u32) -> Result<(), StoreError> {
+        let path = self.dir.join(segment_file_name(base));
+        if let Some(old) = self.recycled.pop() {
+            let ok = std::fs::metadata(&old)
+                .map(|m| m.len() == bytes as u64)
+                .unwrap_or(false);
+            if ok {
+                std::fs::rename(&old, &path).map_err(io_err)?;
+                self.sync_dir()?;
+                return self.map_segment(base);
+            }
+            std::fs::remove_file(&old).map_err(io_err)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err)?;
+        // SAFETY: fallocate on an fd we own; no memory is involved.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+        let res = if rc != 0 {
+            Err(io_err(std::io::Error::last_os_error()))
+        } else {
+            file.sync_all()
+                .map_err(io_err)
+                .and_then(|_| self.sync_dir())
+        };
+        if let Err(e) = res {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        drop(file);
+        self.map_segment(base)
+    }
+
+    fn remove_segment(&mut self, base: u64) -> Result<(), StoreError> {
+        let Some(seg) = self.segs.remove(&base) else {
+            return Ok(());
+        };
+        drop(seg);
+        let path = self.dir.join(segment_file_name(base));
+        if self.recycled.len() < RECYCLE_MAX {
+            let free = self.dir.join(format!("free-{base:020}"));
+            std::fs::rename(&path, &free).map_err(io_err)?;
+            self.recycled.push(free);
+        } else {
+            std::fs::remove_file(&path).map_err(io_err)?;
+        }
+        self.sync_dir()
+    }
+
+    fn read(&self, base: u64) -> &[u8] {
+        match self.segs.get(&base) {
+            Some(s) => &s.map[..],
+            None => &[],
+        }
+    }
+
+    fn submit(&mut self, chunks: Vec<Chunk>) -> Result<(), StoreError> {
+        assert!(self.inflight.is_none(), "one batch in flight at a time");
+        assert!(chunks.len() * 2 <= RING_ENTRIES as usize);
+        self.generation = self.generation.wrapping_add(1);
+        self.inflight = Some(InFlight {
+            chunks,
+            generation: self.generation & crate::engine::uring::GENERATION_MASK,
+            ops: 0,
+            done: 0,
+            resubmit: false,
+            failure: None,
+        });
+        self.push_batch()
+    }
+
+    fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError> {
+        loop {
+            let Some(inf) = self.inflight.as_ref() else {
+                return Ok(None);
+            };
+            let remaining = (inf.ops - inf.done) as usize;
+            self.completions.clear();
+            self.ring.drain(&mut self.completions);
+            if self.completions.is_empty() {
+                if !wait {
+                    return Ok(None);
+                }
+                self.ring
+                    .submit(remaining.max(1))
+                    .map_err(StoreError::Ring)?;
+                self.ring.drain(&mut self.completions);
+            }
+            let inf = self.inflight.as_mut().expect("checked above");
+            for c in &self.completions {
+                if c.user_data.generation() != inf.generation {
+                    continue; // A stale completion of an earlier batch: dropped.
+                }
+                inf.done += 1;
+                let slot = c.user_data.slot() as usize;
+                let expected = match c.user_data.kind() {
+                    Some(OpKind::StoreWrite) => inf.chunks[slot / 2].buf.len() as i32,
+                    _ => 0,
+                };
+                if c.result == expected || (expected == 0 && c.result >= 0) {
+                    continue;
+                }
+                if c.result >= 0 {
+                    // A short write into preallocated space: the device is failing. Poison.
+                    inf.failure
+                        .get_or_insert(StoreError::Poisoned { errno: libc::EIO });
+                    continue;
+                }
+                let errno = -c.result;
+                match classify_file_errno(errno) {
+                    FileErrnoDecision::Resubmit => inf.resubmit = true,
+                    FileErrnoDecision::LinkCancelled => {}
+                    // Space was preallocated, so ENOSPC on a write or sync means the file system
+                    // could not keep its promise (thin provisioning, CoW): the written state is
+                    // unknown, so this poisons like any other failed write.
+                    FileErrnoDecision::DiskFull | FileErrnoDecision::Poison => {
+                        inf.failure.get_or_insert(StoreError::Poisoned { errno });
+                    }
+                }
+            }
+            if inf.done < inf.ops {
+                if wait {
+                    continue;
+                }
+                return Ok(None);
+            }
+            if let Some(e) = inf.failure {
+                // Never retried: a failed fsync may already have dropped the dirty pages.
+                self.inflight = None;
+                return Err(e);
+            }
+            if inf.resubmit {
+                // Nothing failed, an op was interrupted (EINTR/EAGAIN) and its successors
+                // cancelled: the writes are idempotent, so the whole batch is issued again.
+                self.push_batch()?;
+                continue;
+            }
+            return Ok(self.inflight.take().map(|i| i.chunks));
+        }
+    }
+
+    fn zero(&mut self, base: u64, offset: u64, len: u64) -> Result<(), StoreError> {
+        let Some(seg) = self.segs.get(&base) else {
+            return Ok(());
+        };
+        let zeros = vec![0u8; len as usize];
+        seg.file.write_all_at(&zeros, offset).map_err(io_err)?;
+        seg.file.sync_data().map_err(io_err)
+    }
+}
