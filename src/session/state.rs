@@ -128,7 +128,9 @@ pub enum Event {
     Closed(CloseReason),
 }
 
-/// What a frame brought in.
+/// What a frame brought in. The UserMessage variant is the common case; it is not boxed, so
+/// that receiving a message never allocates.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound<'a> {
     /// A session-control packet, fully handled here.

@@ -23,6 +23,10 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
 }
 
 /// One parsed packet from TCP 1801.
+///
+/// UserMessage, the common case, is the large variant; boxing it would allocate per packet on
+/// the hot path, so the size difference is accepted.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet<'a> {
     EstablishConnection(EstablishConnection<'a>),
