@@ -865,7 +865,7 @@ fn sendable() -> impl Strategy<Value = FormatName> {
             journal: false
         }),
         single().prop_filter("sendable", |f| !f.is_read_only()
-            && !f.as_direct().is_some_and(|d| d.queue.subqueue().is_some())),
+            && f.as_direct().is_none_or(|d| d.queue.subqueue().is_none())),
     ]
 }
 

@@ -2,6 +2,7 @@
 //! states, acks and NACKs, dead-letter and journal, duplicate detection, transactional receipt,
 //! access checks and hardened mode. Knows nothing about io_uring or sockets.
 
+pub mod broker;
 pub mod catalog;
 pub mod dedup;
 pub mod identity;

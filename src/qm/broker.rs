@@ -1,0 +1,783 @@
+//! The queue manager proper: takes each incoming UserMessage to its queue (or to the dead-letter
+//! queue, never dropping it without a trace), and serves the local API (queue administration,
+//! peek, receive).
+//!
+//! Storage is partitioned: one store (one append-only log, one group commit) per engine shard,
+//! so a shard appends to its own partition without contending with other shards; a queue's
+//! messages may lie in several partitions. The local API looks at every partition. Tables
+//! shared by all shards (catalog, duplicate table, transactional sequences) sit behind locks
+//! taken once per message for a few hundred nanoseconds.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use crate::config::Config;
+use crate::store::{
+    Class, Cursor, FileStore, LookupId, MessageId, MessageMeta, QueueId, QueueQuota, QueueStore,
+    QuotaKind, Reservation, Select, StoreConfig, StoreError, Ticket, UringDisk, EXPIRY_NEVER,
+};
+use crate::wire::base::INFINITE;
+use crate::wire::headers::MessageClass;
+use crate::wire::user::UserMessage;
+use crate::wire::Guid;
+
+use super::catalog::{Catalog, CatalogError, QueueDef, QueueKind, DEADLETTER_ID, DEADXACT_ID};
+use super::dedup::DuplicateTable;
+use super::identity::load_or_create_guid;
+use super::routing::{route, LocalIdentity, Route};
+use super::txn::{IncomingSequence, TxKey, TxVerdict, TxnTable};
+use crate::wire::format_name::SystemQueue;
+
+/// Internal store queue holding the persistent transactional sequence states (one record per
+/// sender and queue; the message id field is the sender GUID and the queue id).
+pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
+/// Senders × queues whose transactional sequence state is kept.
+pub const TXN_TABLE_MAX: usize = 65_536;
+/// Messages one receive call returns at most.
+pub const RECEIVE_BATCH_MAX: usize = 10_000;
+
+/// Counters of the queue manager, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    pub messages_stored: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub tx_rejected: AtomicU64,
+    pub expired_on_arrival: AtomicU64,
+    pub nacks_owed: AtomicU64,
+    pub refused_store_errors: AtomicU64,
+    pub messages_received: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One store partition with the work it owes at its next commit.
+#[derive(Debug)]
+pub struct Partition<S> {
+    pub store: S,
+    /// Reservations to release once their removal is durable.
+    pending_release: Vec<Reservation>,
+    /// Transactional sequence states changed since the last commit, written once per commit.
+    txn_dirty: HashMap<TxKey, IncomingSequence>,
+}
+
+impl<S: QueueStore> Partition<S> {
+    pub fn new(store: S) -> Self {
+        Partition {
+            store,
+            pending_release: Vec::new(),
+            txn_dirty: HashMap::new(),
+        }
+    }
+
+    /// Writes what is owed and starts a group commit, then reaps completions; with `wait_for`,
+    /// blocks until that ticket is durable. Returns the durable watermark.
+    pub fn commit(&mut self, wait_for: Option<Ticket>) -> Result<Ticket, StoreError> {
+        for (key, s) in std::mem::take(&mut self.txn_dirty) {
+            let id = txn_record_id(&key);
+            // Remove the previous record of this key (durable since the last commit).
+            while let Some(r) = self.store.receive(TXN_STATE_QUEUE, Select::MessageId(id))? {
+                self.pending_release.push(r);
+            }
+            let mut bytes = [0u8; 12];
+            bytes[..8].copy_from_slice(&s.seq_id.to_le_bytes());
+            bytes[8..].copy_from_slice(&s.seq_no.to_le_bytes());
+            let meta = MessageMeta {
+                priority: 0,
+                class: Class::Recoverable,
+                message_id: id,
+                expiry_unix_s: EXPIRY_NEVER,
+            };
+            self.store.append(TXN_STATE_QUEUE, &meta, &bytes)?;
+        }
+        self.store.flush()?;
+        let mut mark = self.store.poll_durable(false)?;
+        if let Some(t) = wait_for {
+            // Each round waits for one batch; the batch holding `t` is at most the second one
+            // from now (one may already be in flight), so the bound is generous.
+            let mut rounds = 0;
+            while !self.store.is_durable(t) {
+                rounds += 1;
+                if rounds > COMMIT_WAIT_ROUNDS_MAX {
+                    return Err(StoreError::NotDurable);
+                }
+                mark = self.store.poll_durable(true)?;
+                self.store.flush()?;
+            }
+        }
+        let store = &mut self.store;
+        let mut keep = Vec::new();
+        for r in self.pending_release.drain(..) {
+            if store.is_durable(r.ticket) {
+                store.release(r)?;
+            } else {
+                keep.push(r);
+            }
+        }
+        self.pending_release = keep;
+        Ok(mark)
+    }
+}
+
+/// Batches `commit` waits for at most before it gives up (a store that never completes).
+const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
+
+fn txn_record_id(key: &TxKey) -> MessageId {
+    let mut id = [0u8; 20];
+    id[..16].copy_from_slice(&key.0 .0);
+    id[16..].copy_from_slice(&key.1.to_le_bytes());
+    MessageId(id)
+}
+
+/// What happened to one incoming message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored in `queue`; the sender may be acknowledged once `ticket` is durable.
+    Stored { queue: u32, ticket: Ticket },
+    /// Stored in a dead-letter queue because it could not be delivered; `class` is the NACK
+    /// the spec names for it.
+    DeadLettered {
+        queue: u32,
+        ticket: Ticket,
+        class: MessageClass,
+    },
+    /// A duplicate of a message already received: dropped (acknowledged at session level).
+    Duplicate,
+    /// A transactional message out of order or already received: dropped; the OrderAck tells
+    /// the sender where the sequence stands.
+    TxRejected,
+    /// Expired before it arrived (TimeToReachQueue): discarded, as the spec says.
+    Expired,
+    /// It cannot be stored now (store poisoned, disk or machine quota full): the session must be
+    /// closed so the sender keeps the message and tries again later.
+    Refuse(StoreError),
+}
+
+/// The result of [`Broker::deliver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub verdict: Verdict,
+    /// Set for transactional messages: the sequence state to acknowledge with an OrderAck.
+    pub order_ack: Option<(TxKey, IncomingSequence)>,
+    /// An admin acknowledgement the sender asked for (ACK_REACH_QUEUE or a NACK class).
+    pub admin_ack: Option<MessageClass>,
+}
+
+/// A message handed out by receive or peek, copied out of the store.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub queue: String,
+    pub partition: usize,
+    pub lookup_id: u64,
+    pub priority: u8,
+    pub class: Class,
+    pub bytes: Vec<u8>,
+}
+
+/// Errors of the local API.
+#[derive(Debug)]
+pub enum ApiError {
+    Catalog(CatalogError),
+    Store(StoreError),
+    NoSuchQueue(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Catalog(e) => write!(f, "{e}"),
+            ApiError::Store(e) => write!(f, "{e}"),
+            ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Store(e)
+    }
+}
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        ApiError::Catalog(e)
+    }
+}
+
+/// Per-queue counts for the API.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QueueInfo {
+    pub name: String,
+    pub id: u32,
+    pub kind: QueueKind,
+    pub transactional: bool,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// The queue manager shared by the engine shards and the local API.
+#[derive(Debug)]
+pub struct Broker<S> {
+    pub identity: LocalIdentity,
+    pub config: Config,
+    catalog: RwLock<Catalog>,
+    partitions: Vec<Mutex<Partition<S>>>,
+    dedup: Mutex<DuplicateTable>,
+    txn: Mutex<TxnTable>,
+    pub counters: BrokerCounters,
+    /// Woken whenever messages become receivable (for receive with a wait).
+    pub arrivals: tokio::sync::Notify,
+    /// Wakes pollers when partition commits advance (for API receivers waiting for durability).
+    receive_cursor: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a programmer error that already stopped a
+    // shard; the data behind it is still consistent at message granularity.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Broker<FileStore> {
+    /// Opens the data directory with `partitions` store partitions (at least as many as exist).
+    pub fn open(config: Config, partitions: usize) -> anyhow::Result<Broker<FileStore>> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        let existing = count_partitions(&dir);
+        let n = partitions.max(existing).max(1);
+        let store_cfg = StoreConfig {
+            machine_bytes_max: config.parameters.MachineQuota.saturating_mul(1024),
+            ..StoreConfig::default()
+        };
+        let mut stores = Vec::with_capacity(n);
+        for i in 0..n {
+            let pdir = dir.join(format!("partition-{i}"));
+            std::fs::create_dir_all(&pdir)?;
+            let disk = UringDisk::open(&pdir)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", pdir.display()))?;
+            let (store, report) = crate::store::Store::open(disk, store_cfg)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", pdir.display()))?;
+            tracing::info!(
+                partition = i,
+                segments = report.segments,
+                messages = report.messages,
+                cut_bytes = report.cut_bytes,
+                "store recovered"
+            );
+            stores.push(store);
+        }
+        Broker::with_stores(config, stores)
+    }
+}
+
+fn count_partitions(dir: &Path) -> usize {
+    (0..)
+        .take_while(|i| dir.join(format!("partition-{i}")).is_dir())
+        .count()
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Builds a broker over already opened stores (tests and simulation use in-memory ones).
+    pub fn with_stores(config: Config, stores: Vec<S>) -> anyhow::Result<Broker<S>> {
+        let guid = load_or_create_guid(&config.data_dir)?;
+        let identity = LocalIdentity::discover(guid, &config.aliases);
+        let catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut txn = TxnTable::new(TXN_TABLE_MAX);
+        let mut partitions = Vec::new();
+        for store in stores {
+            // Restore the transactional sequence states.
+            let mut cursor = Cursor::new(TXN_STATE_QUEUE);
+            while let Some(m) = store.cursor_next(&mut cursor) {
+                if m.bytes.len() == 12 {
+                    let id = m.meta.message_id.0;
+                    let mut g = [0u8; 16];
+                    g.copy_from_slice(&id[..16]);
+                    let q = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
+                    let seq_id = u64::from_le_bytes(m.bytes[..8].try_into().unwrap_or([0; 8]));
+                    let seq_no = u32::from_le_bytes(m.bytes[8..].try_into().unwrap_or([0; 4]));
+                    txn.restore(
+                        (Guid(g), q),
+                        IncomingSequence {
+                            seq_id,
+                            seq_no,
+                            reject_count: 0,
+                        },
+                    );
+                }
+            }
+            partitions.push(Mutex::new(Partition::new(store)));
+        }
+        let p = &config.parameters;
+        let dedup = DuplicateTable::new(
+            p.RemoveDuplicateSize as usize,
+            u64::from(p.RemoveDuplicateCleanup),
+        );
+        Ok(Broker {
+            identity,
+            catalog: RwLock::new(catalog),
+            partitions,
+            dedup: Mutex::new(dedup),
+            txn: Mutex::new(txn),
+            counters: BrokerCounters::default(),
+            arrivals: tokio::sync::Notify::new(),
+            receive_cursor: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    /// Takes the stores back (tests simulate a crash and a restart with them).
+    pub fn into_stores(self) -> Vec<S> {
+        self.partitions
+            .into_iter()
+            .map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner()).store)
+            .collect()
+    }
+
+    pub fn guid(&self) -> Guid {
+        self.identity.guid
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Locks partition `i` (a shard locks its own once per batch).
+    pub fn partition(&self, i: usize) -> MutexGuard<'_, Partition<S>> {
+        lock(&self.partitions[i % self.partitions.len()])
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn resolve(&self, route: &Route) -> Option<QueueDef> {
+        let cat = self.catalog();
+        match route {
+            Route::Named(n) => cat.lookup(n).cloned(),
+            Route::Number(n) => cat.by_id(*n).cloned(),
+            Route::System(SystemQueue::DeadLetter) => cat.lookup("deadletter").cloned(),
+            Route::System(SystemQueue::DeadXact) => cat.lookup("deadxact").cloned(),
+            Route::System(SystemQueue::Journal) => cat.lookup("journal").cloned(),
+            Route::NotHere(_) | Route::Unknown(_) => None,
+        }
+    }
+
+    /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
+    /// duplicate checks, then storage in its queue or a dead-letter queue.
+    pub fn deliver(
+        &self,
+        part: &mut Partition<S>,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        now_unix: u32,
+        now_ms: u64,
+    ) -> Delivered {
+        let u = &msg.user;
+        let transactional = u.flags.transactional();
+        let acks = msg.properties.flags;
+        let mut out = Delivered {
+            verdict: Verdict::Expired,
+            order_ack: None,
+            admin_ack: None,
+        };
+        // TimeToReachQueue: expired messages are ignored by the receiver (MS-MQMQ 2.2.19.1).
+        let ttrq = msg.base.time_to_reach_queue;
+        if ttrq != INFINITE && now_unix.saturating_sub(u.sent_time) > ttrq && u.sent_time != 0 {
+            bump(&self.counters.expired_on_arrival);
+            tracing::info!(
+                source = %u.source_queue_manager, id = u.message_id,
+                "message expired before reaching its queue; discarded"
+            );
+            if acks.negative_arrival() {
+                out.admin_ack = Some(MessageClass::NACK_REACH_QUEUE_TIMEOUT);
+            }
+            return out;
+        }
+        let route = route(u, &self.identity);
+        let Some(queue) = self.resolve(&route) else {
+            let why = match &route {
+                Route::NotHere(w) | Route::Unknown(w) => w.clone(),
+                Route::Named(n) => format!("no queue named {n}"),
+                Route::Number(n) => format!("no private queue number {n:#x}"),
+                Route::System(s) => format!("no system queue {s:?}"),
+            };
+            return self.dead_letter(part, frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
+        };
+        if transactional && !queue.transactional {
+            return self.dead_letter(
+                part,
+                frame,
+                msg,
+                MessageClass::NACK_NOT_TRANSACTIONAL_Q,
+                &format!(
+                    "transactional message for non-transactional queue {}",
+                    queue.name
+                ),
+            );
+        }
+        if !transactional && queue.transactional {
+            return self.dead_letter(
+                part,
+                frame,
+                msg,
+                MessageClass::NACK_NOT_TRANSACTIONAL_MSG,
+                &format!(
+                    "non-transactional message for transactional queue {}",
+                    queue.name
+                ),
+            );
+        }
+        let key = (u.source_queue_manager, queue.id);
+        let mut tx_state = None;
+        if let (true, Some(th)) = (transactional, msg.transaction) {
+            let seq_id = th.tx_sequence_id;
+            let mut txn = lock(&self.txn);
+            let verdict = txn.check(
+                key,
+                seq_id,
+                th.tx_sequence_number,
+                th.previous_tx_sequence_number,
+            );
+            if verdict == TxVerdict::Reject {
+                bump(&self.counters.tx_rejected);
+                out.verdict = Verdict::TxRejected;
+                out.order_ack = Some((key, txn.get(&key)));
+                return out;
+            }
+            tx_state = Some((seq_id, th.tx_sequence_number));
+        } else if lock(&self.dedup).check_and_insert((u.source_queue_manager, u.message_id), now_ms)
+        {
+            bump(&self.counters.duplicates_dropped);
+            out.verdict = Verdict::Duplicate;
+            return out;
+        }
+        match self.store(part, queue.id, frame, msg) {
+            Ok(ticket) => {
+                bump(&self.counters.messages_stored);
+                self.counters
+                    .bytes_stored
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                out.verdict = Verdict::Stored {
+                    queue: queue.id,
+                    ticket,
+                };
+                if let Some((seq_id, seq_no)) = tx_state {
+                    let mut txn = lock(&self.txn);
+                    match txn.commit(key, seq_id, seq_no) {
+                        Ok(s) => {
+                            part.txn_dirty.insert(key, s);
+                            out.order_ack = Some((key, s));
+                        }
+                        Err(_) => {
+                            tracing::warn!("transactional sequence table full ({TXN_TABLE_MAX})")
+                        }
+                    }
+                }
+                if acks.positive_arrival() {
+                    out.admin_ack = Some(MessageClass::ACK_REACH_QUEUE);
+                }
+                if u.flags.recoverable() {
+                    // Visible to receivers once durable; waiters poll after the commit.
+                } else {
+                    self.arrivals.notify_waiters();
+                }
+                out
+            }
+            Err(StoreError::Quota {
+                kind: QuotaKind::QueueBytes | QuotaKind::QueueMessages,
+                used,
+                limit,
+            }) => {
+                // A full queue: NACK_Q_EXCEED_QUOTA; the message goes to our dead-letter queue
+                // if the sender asked for negative journaling (MS-MQQB 3.1.5.8.8).
+                tracing::info!(queue = %queue.name, used, limit, "queue quota exceeded");
+                if u.flags.journal_negative() && !transactional {
+                    self.dead_letter(part, frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
+                } else {
+                    bump(&self.counters.nacks_owed);
+                    Delivered {
+                        verdict: Verdict::DeadLettered {
+                            queue: queue.id,
+                            ticket: Ticket::IMMEDIATE,
+                            class: MessageClass::NACK_Q_EXCEED_QUOTA,
+                        },
+                        order_ack: None,
+                        admin_ack: Some(MessageClass::NACK_Q_EXCEED_QUOTA)
+                            .filter(|_| acks.negative_arrival()),
+                    }
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.refused_store_errors);
+                Delivered {
+                    verdict: Verdict::Refuse(e),
+                    order_ack: None,
+                    admin_ack: None,
+                }
+            }
+        }
+    }
+
+    fn store(
+        &self,
+        part: &mut Partition<S>,
+        queue: u32,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+    ) -> Result<Ticket, StoreError> {
+        let u = &msg.user;
+        let class = if u.flags.transactional() {
+            Class::Transactional
+        } else if u.flags.recoverable() {
+            Class::Recoverable
+        } else {
+            Class::Express
+        };
+        let expiry_unix_s = if u.time_to_be_received == INFINITE {
+            EXPIRY_NEVER
+        } else {
+            u.sent_time
+                .saturating_add(u.time_to_be_received)
+                .min(EXPIRY_NEVER - 1)
+        };
+        let mut id = [0u8; 20];
+        id[..16].copy_from_slice(&u.source_queue_manager.0);
+        id[16..].copy_from_slice(&u.message_id.to_le_bytes());
+        let meta = MessageMeta {
+            priority: msg.base.flags.priority(),
+            class,
+            message_id: MessageId(id),
+            expiry_unix_s,
+        };
+        part.store
+            .append(QueueId(queue), &meta, frame)
+            .map(|a| a.ticket)
+    }
+
+    fn dead_letter(
+        &self,
+        part: &mut Partition<S>,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        class: MessageClass,
+        why: &str,
+    ) -> Delivered {
+        let dlq = if msg.user.flags.transactional() {
+            DEADXACT_ID
+        } else {
+            DEADLETTER_ID
+        };
+        let acks = msg.properties.flags;
+        let admin_ack = (acks.negative_arrival()).then_some(class);
+        let has_admin_queue = msg.user.admin.code() != 0;
+        tracing::warn!(
+            source = %msg.user.source_queue_manager,
+            id = msg.user.message_id,
+            nack = ?class,
+            nack_requested = acks.negative_arrival(),
+            admin_queue = has_admin_queue,
+            "undeliverable message moved to the dead-letter queue: {why}"
+        );
+        match self.store(part, dlq, frame, msg) {
+            Ok(ticket) => {
+                bump(&self.counters.dead_lettered);
+                if admin_ack.is_some() && has_admin_queue {
+                    bump(&self.counters.nacks_owed);
+                }
+                Delivered {
+                    verdict: Verdict::DeadLettered {
+                        queue: dlq,
+                        ticket,
+                        class,
+                    },
+                    order_ack: None,
+                    admin_ack,
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.refused_store_errors);
+                Delivered {
+                    verdict: Verdict::Refuse(e),
+                    order_ack: None,
+                    admin_ack: None,
+                }
+            }
+        }
+    }
+
+    // ---- the local API ----
+
+    pub fn create_queue(&self, name: &str, transactional: bool) -> Result<QueueDef, ApiError> {
+        let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let q = cat.create(name, transactional)?;
+        tracing::info!(queue = %q.name, id = q.id, transactional, "queue created");
+        Ok(q)
+    }
+
+    pub fn delete_queue(&self, name: &str) -> Result<(), ApiError> {
+        let q = {
+            let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+            cat.delete(name)?
+        };
+        for p in &self.partitions {
+            let mut p = lock(p);
+            let t = p.store.delete_queue(QueueId(q.id))?;
+            p.commit(Some(t))?;
+        }
+        tracing::info!(queue = %q.name, "queue deleted");
+        Ok(())
+    }
+
+    pub fn purge_queue(&self, name: &str) -> Result<(), ApiError> {
+        let q = self.lookup(name)?;
+        for p in &self.partitions {
+            let mut p = lock(p);
+            let t = p.store.purge(QueueId(q.id))?;
+            p.commit(Some(t))?;
+        }
+        Ok(())
+    }
+
+    pub fn lookup(&self, name: &str) -> Result<QueueDef, ApiError> {
+        self.catalog()
+            .lookup(name)
+            .cloned()
+            .ok_or_else(|| ApiError::NoSuchQueue(name.to_string()))
+    }
+
+    pub fn set_queue_quota(&self, name: &str, quota: QueueQuota) -> Result<(), ApiError> {
+        let q = self.lookup(name)?;
+        for p in &self.partitions {
+            lock(p).store.set_queue_quota(QueueId(q.id), quota);
+        }
+        Ok(())
+    }
+
+    pub fn list_queues(&self) -> Vec<QueueInfo> {
+        let defs: Vec<QueueDef> = self.catalog().iter().cloned().collect();
+        defs.into_iter()
+            .map(|q| {
+                let (mut messages, mut bytes) = (0, 0);
+                for p in &self.partitions {
+                    let (m, b) = lock(p).store.queue_len(QueueId(q.id));
+                    messages += m;
+                    bytes += b;
+                }
+                QueueInfo {
+                    name: q.name,
+                    id: q.id,
+                    kind: q.kind,
+                    transactional: q.transactional,
+                    messages,
+                    bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// Peeks at up to `count` messages of a queue in delivery order, without removing them.
+    pub fn peek(&self, name: &str, count: usize) -> Result<Vec<Received>, ApiError> {
+        let q = self.lookup(name)?;
+        let mut out = Vec::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            let p = lock(p);
+            let mut c = Cursor::new(QueueId(q.id));
+            while out.len() < count.min(RECEIVE_BATCH_MAX) {
+                let Some(m) = p.store.cursor_next(&mut c) else {
+                    break;
+                };
+                out.push(Received {
+                    queue: q.name.clone(),
+                    partition: i,
+                    lookup_id: m.lookup_id.0,
+                    priority: m.meta.priority,
+                    class: m.meta.class,
+                    bytes: m.bytes.to_vec(),
+                });
+            }
+        }
+        out.sort_by_key(|m| std::cmp::Reverse(m.priority));
+        out.truncate(count);
+        Ok(out)
+    }
+
+    /// Receives (removes) up to `count` messages. Each removal is durable before the message
+    /// is returned: a crash after this call never brings a received message back.
+    pub fn receive(&self, name: &str, count: usize) -> Result<Vec<Received>, ApiError> {
+        let q = self.lookup(name)?;
+        let n = self.partitions.len();
+        let mut out = Vec::new();
+        // Start at a rotating partition so no partition is always served last.
+        let start = self.receive_cursor.fetch_add(1, Ordering::Relaxed) as usize;
+        while out.len() < count.min(RECEIVE_BATCH_MAX) {
+            // The highest priority at the front of any partition goes first.
+            let mut best: Option<(u8, usize)> = None;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let p = lock(&self.partitions[i]);
+                if let Some(m) = p.store.peek(QueueId(q.id), Select::Front) {
+                    if best.is_none_or(|(prio, _)| m.meta.priority > prio) {
+                        best = Some((m.meta.priority, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else {
+                break;
+            };
+            let mut p = lock(&self.partitions[i]);
+            // Take a batch from this partition under one commit.
+            let mut reservations = Vec::new();
+            while out.len() + reservations.len() < count.min(RECEIVE_BATCH_MAX) {
+                match p.store.receive(QueueId(q.id), Select::Front)? {
+                    Some(r) => reservations.push(r),
+                    None => break,
+                }
+                if p.store
+                    .peek(QueueId(q.id), Select::Front)
+                    .is_none_or(|m| Some(m.meta.priority) < best.map(|b| b.0))
+                {
+                    break;
+                }
+            }
+            if reservations.is_empty() {
+                continue;
+            }
+            let last = reservations.iter().map(|r| r.ticket).max();
+            p.commit(last)?;
+            for r in reservations {
+                let m = p.store.reserved(&r)?;
+                out.push(Received {
+                    queue: q.name.clone(),
+                    partition: i,
+                    lookup_id: m.lookup_id.0,
+                    priority: m.meta.priority,
+                    class: m.meta.class,
+                    bytes: m.bytes.to_vec(),
+                });
+                p.store.release(r)?;
+            }
+        }
+        self.counters
+            .messages_received
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Lookup ids of messages whose TimeToBeReceived has passed, per partition.
+    pub fn expired(&self, now_unix: u32, max: usize) -> Vec<(usize, QueueId, LookupId)> {
+        let mut out = Vec::new();
+        for (i, p) in self.partitions.iter().enumerate() {
+            let mut v = Vec::new();
+            lock(p).store.expired(now_unix, max, &mut v);
+            out.extend(v.into_iter().map(|(q, l)| (i, q, l)));
+        }
+        out
+    }
+}
