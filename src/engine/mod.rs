@@ -1,0 +1,11 @@
+//! The engine: io_uring rings, buffers, the slab of connections, timers, core pinning and the
+//! shard event loops; it moves bytes and time between sockets and the layers above and must not
+//! make protocol decisions.
+
+mod buffers;
+pub mod net;
+pub mod probe;
+mod shard;
+pub mod signal;
+mod sockets;
+mod timers;
