@@ -717,3 +717,24 @@ fn outgoing_connect_times_out() {
     assert_eq!(handle.counters().connect_timed_out, 1);
     handle.shutdown().expect("clean shutdown");
 }
+
+// ----- start-up errors -----
+
+#[test]
+fn start_reports_bad_configuration_and_cores() {
+    let bad = EngineConfig {
+        recv_buffer_count: 3,
+        ..loopback_config(vec![0])
+    };
+    let error = Engine::start(bad, |_| Ticker).err().expect("refused");
+    assert!(error.to_string().contains("recv_buffer_count"), "{error}");
+
+    let no_such_core = EngineConfig {
+        cores: vec![100_000],
+        ..loopback_config(Vec::new())
+    };
+    let error = Engine::start(no_such_core, |_| Ticker)
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("sched_setaffinity"), "{error}");
+}

@@ -542,7 +542,8 @@ impl<A: App> Shard<A> {
             }
         };
         let generation = self.next_generation();
-        let key = self.slab.vacant_entry().key();
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
         let id = ConnId {
             slot: key as u32,
             generation,
@@ -555,8 +556,7 @@ impl<A: App> Shard<A> {
             // Failing to set an option on a live socket only costs latency; not worth a close.
             let _ = sockets::set_nodelay(fd.as_raw_fd());
         }
-        self.slab
-            .insert(Slot::new(fd, generation, SlotState::Open, conn));
+        entry.insert(Slot::new(fd, generation, SlotState::Open, conn));
         Counters::bump(&self.counters.accepted, 1);
         self.arm_recv(key)?;
         self.touch(key);
@@ -733,7 +733,12 @@ impl<A: App> Shard<A> {
             }
             slot.deadline_ms = None;
             if let Some(conn) = slot.conn.as_mut() {
-                self.app.on_timeout(self.now_ms, conn);
+                // The app may have moved its deadline during this turn (say in on_recv) without
+                // the engine having re-read it yet: ask again so a moved deadline never fires
+                // early. The touch below re-reads and reschedules it either way.
+                if self.app.deadline(conn).is_some_and(|at| at <= self.now_ms) {
+                    self.app.on_timeout(self.now_ms, conn);
+                }
             }
             self.touch(key);
         }
