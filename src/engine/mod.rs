@@ -1,6 +1,12 @@
-//! The shard's IO engine: io_uring rings and (later) buffers, sessions and timers.
-//!
-//! It owns kernel interaction; it must not make protocol decisions. Today it holds only the
-//! minimal file-IO ring the store uses; the network engine extends the same ring type.
+//! The engine: io_uring rings, buffers, the slab of connections, timers, core pinning and the
+//! shard event loops; it moves bytes and time between sockets (and files, for the store) and the
+//! layers above and must not make protocol decisions.
 
+mod buffers;
+pub mod net;
+pub mod probe;
+mod shard;
+pub mod signal;
+mod sockets;
+mod timers;
 pub mod uring;
