@@ -4,10 +4,13 @@
 //! See README.md for the architecture and the data flow between the modules.
 
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod engine;
+pub mod http;
 pub mod ping;
 pub mod qm;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod wire;

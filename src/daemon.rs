@@ -1,0 +1,129 @@
+//! `lior serve`: opens the data directory, starts the engine shards, the local API and the
+//! optional Ping responder, prints one `lior ready ...` line with the chosen addresses, and runs
+//! until SIGTERM or SIGINT, then finishes the pending group commit and closes cleanly.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::engine::net::{Counters as EngineCounters, Engine, EngineConfig};
+use crate::http::serve_api;
+use crate::ping::PingResponder;
+use crate::qm::broker::Broker;
+use crate::qm::identity::OrdinalAllocator;
+use crate::server::{MsmqApp, Shared};
+use crate::store::FileStore;
+
+/// Runs the server until a signal arrives.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    crate::engine::probe::probe().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signal = crate::engine::signal::install()?;
+    let cores = if config.cores.is_empty() {
+        online_cores()
+    } else {
+        config.cores.clone()
+    };
+    let broker = Arc::new(Broker::open(config.clone(), cores.len())?);
+    let ordinals = OrdinalAllocator::open(&config.data_dir)?;
+    let shared = Arc::new(Shared::new(broker.clone(), ordinals));
+    let hardened = config.parameters.Hardened_MSMQ;
+    let engine_cfg = EngineConfig {
+        // Hardened mode listens on no raw MS-MQQB port (only SRMP over HTTP is accepted).
+        listen_addr: (!hardened).then_some(config.listen),
+        cores: cores.clone(),
+        max_connections: config.limits.connections_per_shard_max,
+        send_buffered_max_bytes: config.limits.session_transmit_bytes_max.max(4 << 20) + (64 << 10),
+        ..EngineConfig::default()
+    };
+    let s2 = shared.clone();
+    let engine = Engine::start(engine_cfg, move |shard| MsmqApp::new(s2.clone(), shard))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine_counters: Vec<Arc<EngineCounters>> = (0..engine.shard_count())
+        .filter_map(|i| engine.shard_counters(i))
+        .collect();
+    let s3 = shared.clone();
+    let metrics = Arc::new(move || render_metrics(&s3, &engine_counters));
+    let api = serve_api(config.api, broker.clone(), metrics)
+        .map_err(|e| anyhow::anyhow!("cannot listen on the API address {}: {e}", config.api))?;
+    let ping = if config.parameters.security.EnablePingService {
+        let mut addr = config.listen;
+        addr.set_port(config.parameters.MsmqIpPingPort);
+        Some(PingResponder::start(
+            addr,
+            broker.guid(),
+            Arc::new(AtomicBool::new(false)),
+        )?)
+    } else {
+        None
+    };
+    let listen = engine
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "none(hardened)".into());
+    // The first line on stdout names the chosen ports, so scripts and tests can use port 0.
+    println!(
+        "lior ready listen={listen} api={} qm={} cores={:?} data_dir={}",
+        api.local_addr,
+        broker.guid(),
+        engine.cores(),
+        config.data_dir.display()
+    );
+    tracing::info!(%listen, api = %api.local_addr, qm = %broker.guid(), "lior is serving");
+    let sig = signal.wait();
+    tracing::info!(signal = sig, "shutting down");
+    engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
+    api.stop();
+    if let Some(p) = ping {
+        p.stop();
+    }
+    for i in 0..broker.partition_count() {
+        if let Err(e) = broker.partition(i).commit(None) {
+            tracing::error!(partition = i, error = %e, "final commit failed");
+        }
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn online_cores() -> Vec<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n).collect()
+}
+
+/// Prometheus text exposition of every counter.
+pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]) -> String {
+    let mut out = String::new();
+    let mut put = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP lior_{name} {help}\n# TYPE lior_{name} counter\nlior_{name} {v}");
+    };
+    let c = &shared.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    put("sessions_accepted_total", "Incoming MS-MQQB sessions accepted.", load(&c.sessions_accepted));
+    put("sessions_refused_total", "Sessions refused at MaxInSessions.", load(&c.sessions_refused));
+    put("sessions_established_total", "Sessions that completed the handshake.", load(&c.sessions_established));
+    put("sessions_closed_protocol_total", "Sessions closed for a malformed or unexpected packet.", load(&c.sessions_closed_protocol));
+    put("messages_in_total", "UserMessages received.", load(&c.messages_in));
+    put("session_acks_out_total", "SessionAck packets sent.", load(&c.acks_out));
+    put("order_acks_out_total", "OrderAck packets sent.", load(&c.order_acks_out));
+    put("group_commits_total", "Store group commits that carried recoverable messages.", load(&c.commits));
+    let b = &shared.broker.counters;
+    put("messages_stored_total", "Messages stored in a queue.", load(&b.messages_stored));
+    put("duplicates_dropped_total", "Duplicate messages dropped.", load(&b.duplicates_dropped));
+    put("dead_lettered_total", "Messages moved to a dead-letter queue.", load(&b.dead_lettered));
+    put("tx_rejected_total", "Transactional messages refused as duplicate or out of order.", load(&b.tx_rejected));
+    put("expired_on_arrival_total", "Messages expired before reaching their queue.", load(&b.expired_on_arrival));
+    put("messages_received_total", "Messages received by local applications.", load(&b.messages_received));
+    put("store_refusals_total", "Messages refused because the store could not take them.", load(&b.refused_store_errors));
+    let mut e = crate::engine::net::CountersSnapshot::default();
+    for s in engine {
+        e.add(&s.snapshot());
+    }
+    put("connections_accepted_total", "TCP connections accepted.", e.accepted);
+    put("connections_refused_limit_total", "TCP connections refused at the engine limit.", e.refused_limit);
+    put("bytes_in_total", "Bytes received.", e.bytes_in);
+    put("bytes_out_total", "Bytes sent.", e.bytes_out);
+    put("recv_buffer_exhausted_total", "Times the receive buffer ring ran dry.", e.recv_buffer_exhausted);
+    out
+}

@@ -1,0 +1,445 @@
+//! The MSMQ server on the engine: one [`MsmqApp`] per shard joins the engine's connections to
+//! MS-MQQB sessions and the queue manager. Bytes arrive zero-copy from the engine's receive
+//! buffers, are framed and parsed in place, and each UserMessage goes to the broker, which
+//! appends it to the shard's own store partition. Once per loop turn the partition commits
+//! (one fdatasync for every message of every session of the shard), and only then do the
+//! sessions acknowledge their recoverable messages.
+//!
+//! This module decides nothing about the protocol (that is `session/` and `qm/`) and knows
+//! nothing of io_uring (that is `engine/`).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
+use crate::qm::broker::{Broker, Verdict};
+use crate::qm::catalog::ORDER_QUEUE_ID;
+use crate::qm::identity::OrdinalAllocator;
+use crate::qm::txn::{IncomingSequence, OrderAckTimer, TxKey};
+use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
+use crate::store::{QueueStore, Ticket};
+use crate::wire::user::{OrderAckBody, QueueRef, UserMessage};
+use crate::wire::{utf16z, Guid, Utf16};
+
+/// AppError codes this module closes connections with.
+pub mod close_code {
+    /// A packet failed to parse or arrived in the wrong state.
+    pub const PROTOCOL: u32 = 1;
+    /// The store refused a message (poisoned, disk full, machine quota).
+    pub const STORE: u32 = 2;
+}
+
+/// Server-wide counters, shared by all shards (for metrics).
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    pub sessions_accepted: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub sessions_established: AtomicU64,
+    pub sessions_closed_protocol: AtomicU64,
+    pub sessions_closed_other: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub acks_out: AtomicU64,
+    pub order_acks_out: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+/// What every shard shares.
+#[derive(Debug)]
+pub struct Shared<S> {
+    pub broker: Arc<Broker<S>>,
+    pub counters: ServerCounters,
+    /// Incoming sessions open now, across shards (for `MaxInSessions`).
+    pub sessions_in: AtomicU32,
+    pub ordinals: Mutex<OrdinalAllocator>,
+    pub session_config: SessionConfig,
+}
+
+impl<S> Shared<S> {
+    pub fn new(broker: Arc<Broker<S>>, ordinals: OrdinalAllocator) -> Self
+    where
+        S: QueueStore,
+    {
+        let p = &broker.config.parameters;
+        let session_config = SessionConfig {
+            own_guid: broker.guid(),
+            window_size: p.MaxUnackedPacket,
+            ack_timeout_ms: p.AckTimeout,
+            init_timeout_ms: broker.config.session_init_timeout_ms(),
+            cleanup_interval_ms: u64::from(p.CleanupInterval),
+            ack_wait_multiplier: 1,
+            refuse: false,
+            transmit_limit_bytes: broker.config.limits.session_transmit_bytes_max,
+        };
+        Shared {
+            broker,
+            counters: ServerCounters::default(),
+            sessions_in: AtomicU32::new(0),
+            ordinals: Mutex::new(ordinals),
+            session_config,
+        }
+    }
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct MsmqConn {
+    id: ConnId,
+    peer: SocketAddr,
+    session: Session,
+    framer: Framer,
+    /// Recoverable messages appended but not yet durable: (store ticket, recoverable seq).
+    pending_durable: VecDeque<(Ticket, u16)>,
+    /// OrderAck state per (sender, queue) of the transactional messages on this session.
+    order_acks: HashMap<TxKey, (OrderAckTimer, IncomingSequence)>,
+    /// Set when any received message used a direct format name (MS-MQQB 3.1.7.17).
+    direct_format: bool,
+    incoming: bool,
+    established: bool,
+}
+
+/// The per-shard app.
+pub struct MsmqApp<S> {
+    shared: Arc<Shared<S>>,
+    shard: usize,
+    /// The highest ticket appended to the partition this turn, if any.
+    appended: Option<Ticket>,
+    /// Connections with recoverable messages waiting for the disk.
+    waiting: Vec<ConnId>,
+    ready: Vec<ConnId>,
+    /// Durable watermark of the partition after the last commit.
+    durable: Ticket,
+}
+
+impl<S> MsmqApp<S> {
+    pub fn new(shared: Arc<Shared<S>>, shard: usize) -> Self {
+        MsmqApp {
+            shared,
+            shard,
+            appended: None,
+            waiting: Vec::new(),
+            ready: Vec::new(),
+            durable: Ticket(0),
+        }
+    }
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+impl<S: QueueStore> MsmqApp<S> {
+    /// Processes one frame; Err closes the connection at once.
+    fn handle_frame(
+        &mut self,
+        now_ms: u64,
+        conn: &mut MsmqConn,
+        part: &mut crate::qm::broker::Partition<S>,
+        frame: &[u8],
+    ) -> Result<(), u32> {
+        let inbound = match conn.session.handle_frame(now_ms, frame) {
+            Ok(i) => i,
+            // The session queued its own goodbye (a refusal reply) if it has one; `wants_close`
+            // closes once it is sent.
+            Err(_) => return Ok(()),
+        };
+        let Inbound::Message { msg, rec_seq, .. } = inbound else {
+            return Ok(());
+        };
+        self.shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        if msg.user.destination.code() == 7 {
+            conn.direct_format = true;
+        }
+        let d = self
+            .shared
+            .broker
+            .deliver(part, frame, &msg, unix_now(), now_ms);
+        let ticket = match d.verdict {
+            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => Some(ticket),
+            Verdict::Refuse(e) => {
+                tracing::error!(peer = %conn.peer, error = %e, "cannot store a message; closing the session so the sender keeps it");
+                return Err(close_code::STORE);
+            }
+            Verdict::Duplicate | Verdict::TxRejected | Verdict::Expired => None,
+        };
+        if let Some(class) = d.admin_ack {
+            tracing::debug!(peer = %conn.peer, ?class, "admin acknowledgement requested");
+        }
+        if let Some((key, state)) = d.order_ack {
+            let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
+            let e = conn.order_acks.entry(key).or_default();
+            e.0.on_accepted(now_ms, max_delay);
+            e.1 = state;
+        }
+        if let Some(rec) = rec_seq {
+            match ticket {
+                Some(t) if t != Ticket::IMMEDIATE => {
+                    conn.pending_durable.push_back((t, rec));
+                    self.appended = Some(self.appended.map_or(t, |a| a.max(t)));
+                    if !self.waiting.contains(&conn.id) {
+                        self.waiting.push(conn.id);
+                    }
+                }
+                // Nothing was written (a duplicate, or an express copy): nothing to wait for.
+                _ => conn.session.handle_durable(now_ms, rec),
+            }
+        }
+        Ok(())
+    }
+
+    fn send_order_acks(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        let own = self.shared.broker.guid();
+        let remote = conn.session.remote_qm();
+        let due: Vec<IncomingSequence> = conn
+            .order_acks
+            .values_mut()
+            .filter_map(|(t, s)| t.fire(now_ms).then_some(*s))
+            .collect();
+        for s in due {
+            let body = OrderAckBody {
+                tx_sequence_id: s.seq_id,
+                tx_sequence_number: s.seq_no,
+                tx_previous_sequence_number: s.seq_no.saturating_sub(1),
+            }
+            .to_bytes();
+            let ordinal = match self.shared.ordinals.lock() {
+                Ok(mut o) => o.allocate().unwrap_or(0),
+                Err(p) => p.into_inner().allocate().unwrap_or(0),
+            };
+            // Address it as MS-MQQB 3.1.7.17 says: DIRECT=TCP to the sender's address when the
+            // session carried direct format names, else PRIVATE=<sender>\4.
+            let direct = utf16z(&format!(
+                "TCP:{}\\PRIVATE$\\order_queue$",
+                conn.peer.ip()
+            ));
+            let m = if conn.direct_format {
+                UserMessage::order_ack(own, ordinal, QueueRef::Direct(Utf16(&direct)), &body)
+            } else {
+                UserMessage::order_ack(
+                    own,
+                    ordinal,
+                    QueueRef::DestinationPrivate(ORDER_QUEUE_ID),
+                    &body,
+                )
+                .with_queue_manager_address(remote)
+            };
+            let mut bytes = vec![0u8; m.frame_len()];
+            match m.encode(&mut bytes) {
+                Ok(n) => bytes.truncate(n),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode an OrderAck");
+                    continue;
+                }
+            }
+            match conn.session.send_message(now_ms, &bytes, false, 0) {
+                Ok(_) => {
+                    self.shared
+                        .counters
+                        .order_acks_out
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // The window is full: try again shortly; the OrderAck is cumulative.
+                    tracing::debug!(?e, "OrderAck deferred");
+                    if let Some(entry) = conn.order_acks.values_mut().find(|(_, st)| *st == s) {
+                        entry.0.deadline_ms = Some(now_ms + 50);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_durability(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        let mut last = None;
+        while let Some(&(t, rec)) = conn.pending_durable.front() {
+            if t < self.durable {
+                last = Some(rec);
+                conn.pending_durable.pop_front();
+            } else {
+                break;
+            }
+        }
+        if let Some(rec) = last {
+            conn.session.handle_durable(now_ms, rec);
+        }
+    }
+
+    fn drain_events(&mut self, conn: &mut MsmqConn) {
+        while let Some(ev) = conn.session.poll_event() {
+            match ev {
+                Event::Established {
+                    remote_qm,
+                    peer_window,
+                } => {
+                    conn.established = true;
+                    self.shared
+                        .counters
+                        .sessions_established
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(peer = %conn.peer, %remote_qm, peer_window, "session established");
+                }
+                Event::Acked { .. } => {}
+                Event::Closed(reason) => {
+                    tracing::info!(peer = %conn.peer, reason = %reason.describe(), "session closing");
+                    let c = match reason {
+                        crate::session::CloseReason::Malformed(_)
+                        | crate::session::CloseReason::Unexpected { .. }
+                        | crate::session::CloseReason::CountMismatch => {
+                            &self.shared.counters.sessions_closed_protocol
+                        }
+                        _ => &self.shared.counters.sessions_closed_other,
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl<S: QueueStore> App for MsmqApp<S> {
+    type Conn = MsmqConn;
+
+    fn accept(&mut self, now_ms: u64, id: ConnId, peer: SocketAddr) -> Option<MsmqConn> {
+        let max = self.shared.broker.config.parameters.MaxInSessions;
+        let n = self.shared.sessions_in.fetch_add(1, Ordering::Relaxed);
+        let mut cfg = self.shared.session_config.clone();
+        // Past MaxInSessions the EstablishConnection is answered with CS=1, as Windows does,
+        // and the connection closes once the answer is sent.
+        cfg.refuse = n >= max;
+        if cfg.refuse {
+            self.shared
+                .counters
+                .sessions_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, max, "MaxInSessions reached; refusing the session");
+        } else {
+            self.shared
+                .counters
+                .sessions_accepted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Some(MsmqConn {
+            id,
+            peer,
+            session: Session::acceptor(cfg, now_ms),
+            framer: Framer::new(),
+            pending_durable: VecDeque::new(),
+            order_acks: HashMap::new(),
+            direct_format: false,
+            incoming: true,
+            established: false,
+        })
+    }
+
+    fn on_recv(&mut self, now_ms: u64, conn: &mut MsmqConn, bytes: &[u8]) -> Result<(), AppError> {
+        let shared = self.shared.clone();
+        let mut part = shared.broker.partition(self.shard);
+        let mut framer = std::mem::take(&mut conn.framer);
+        let r = framer.feed(bytes, |frame| self.handle_frame(now_ms, conn, &mut part, frame));
+        conn.framer = framer;
+        drop(part);
+        self.drain_events(conn);
+        match r {
+            Ok(()) => Ok(()),
+            Err(FrameError::Wire(e)) => {
+                tracing::warn!(peer = %conn.peer, error = %e, "malformed packet; closing the session");
+                self.shared
+                    .counters
+                    .sessions_closed_protocol
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(AppError(close_code::PROTOCOL))
+            }
+            Err(FrameError::Handler(code)) => Err(AppError(code)),
+        }
+    }
+
+    fn poll_transmit(&mut self, now_ms: u64, conn: &mut MsmqConn, buf: &mut Vec<u8>) {
+        self.apply_durability(now_ms, conn);
+        if !conn.order_acks.is_empty() {
+            self.send_order_acks(now_ms, conn);
+        }
+        let before = conn.session.counters().acks_sent;
+        conn.session.flush_acks();
+        let sent = conn.session.counters().acks_sent - before;
+        if sent > 0 {
+            self.shared
+                .counters
+                .acks_out
+                .fetch_add(sent, Ordering::Relaxed);
+        }
+        if conn.session.has_transmit() {
+            let spare = std::mem::take(buf);
+            *buf = conn.session.take_transmit(spare);
+        }
+        if !conn.pending_durable.is_empty() && !self.waiting.contains(&conn.id) {
+            self.waiting.push(conn.id);
+        }
+        self.drain_events(conn);
+    }
+
+    fn deadline(&self, conn: &MsmqConn) -> Option<u64> {
+        let order = conn.order_acks.values().filter_map(|(t, _)| t.deadline_ms).min();
+        match (conn.session.poll_timeout(), order) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timeout(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        conn.session.handle_timeout(now_ms);
+        self.send_order_acks(now_ms, conn);
+        conn.order_acks.retain(|_, (t, _)| t.deadline_ms.is_some() || t.last_sent_ms == 0);
+        self.drain_events(conn);
+    }
+
+    fn wants_close(&self, conn: &MsmqConn) -> bool {
+        conn.session.is_closed()
+    }
+
+    fn on_closed(&mut self, _now_ms: u64, conn: MsmqConn, reason: NetClose) {
+        if conn.incoming {
+            self.shared.sessions_in.fetch_sub(1, Ordering::Relaxed);
+        }
+        tracing::info!(
+            peer = %conn.peer,
+            ?reason,
+            established = conn.established,
+            remote_qm = %conn.session.remote_qm(),
+            "connection closed"
+        );
+    }
+
+    fn end_of_turn(&mut self, _now_ms: u64) {
+        let wait_for = self.appended.take();
+        let mut part = self.shared.broker.partition(self.shard);
+        // The group commit: one flush for every message this shard appended this turn, across
+        // all its sessions and queues. The sessions acknowledge only after it completes.
+        match part.commit(wait_for) {
+            Ok(mark) => {
+                self.durable = mark;
+                if wait_for.is_some() {
+                    self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.broker.arrivals.notify_waiters();
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = self.shard, error = %e, "store commit failed; recoverable messages stay unacknowledged");
+            }
+        }
+        drop(part);
+        self.ready.append(&mut self.waiting);
+    }
+
+    fn poll_ready(&mut self) -> Option<ConnId> {
+        self.ready.pop()
+    }
+}
+
+/// Our GUID as the text Windows would print (for logs and the API).
+pub fn guid_text(g: Guid) -> String {
+    g.to_string()
+}
