@@ -268,6 +268,9 @@ fn app_error_closes_only_that_connection() {
     expect_closed(&mut b);
     round_trip(&mut a, b"still here");
     round_trip(&mut c, b"me too");
+    // The client sees the close (the engine shuts the socket down first) before the shard has
+    // counted it and called on_closed, so read both after shutdown.
+    let counters = final_counters(handle);
     let closed: Vec<CloseReason> = events
         .try_iter()
         .filter_map(|event| match event {
@@ -275,9 +278,16 @@ fn app_error_closes_only_that_connection() {
             _ => None,
         })
         .collect();
-    assert_eq!(closed, vec![CloseReason::App(AppError(7))]);
-    assert_eq!(handle.counters().closed_app_error, 1);
-    handle.shutdown().expect("clean shutdown");
+    assert_eq!(
+        closed,
+        vec![
+            CloseReason::App(AppError(7)),
+            CloseReason::Shutdown,
+            CloseReason::Shutdown
+        ]
+    );
+    assert_eq!(counters.closed_app_error, 1);
+    assert_eq!(counters.closed_shutdown, 2);
 }
 
 #[test]
@@ -444,8 +454,7 @@ fn deadlines_fire_in_order_and_wants_close_flushes_first() {
             start.elapsed()
         );
     }
-    assert_eq!(handle.counters().closed_app_requested, 5);
-    handle.shutdown().expect("clean shutdown");
+    assert_eq!(final_counters(handle).closed_app_requested, 5);
 }
 
 /// Starts with a 30 ms deadline and moves it to 300 ms after the first received byte; ticks
@@ -737,4 +746,147 @@ fn start_reports_bad_configuration_and_cores() {
         .err()
         .expect("refused");
     assert!(error.to_string().contains("sched_setaffinity"), "{error}");
+}
+
+// ----- cross-connection work through poll_ready -----
+
+/// Forwards what one member sends to every other member. The receivers are not touched by IO,
+/// so only `poll_ready` gets their transmits polled.
+#[derive(Default)]
+struct Hub {
+    members: Vec<ConnId>,
+    outbox: std::collections::HashMap<ConnId, Vec<u8>>,
+    ready: VecDeque<ConnId>,
+}
+
+impl App for Hub {
+    type Conn = ConnId;
+
+    fn accept(&mut self, _now_ms: u64, id: ConnId, _peer: SocketAddr) -> Option<ConnId> {
+        self.members.push(id);
+        Some(id)
+    }
+
+    fn on_recv(&mut self, _now_ms: u64, conn: &mut ConnId, bytes: &[u8]) -> Result<(), AppError> {
+        for other in self.members.iter().filter(|m| *m != conn) {
+            self.outbox
+                .entry(*other)
+                .or_default()
+                .extend_from_slice(bytes);
+            self.ready.push_back(*other);
+        }
+        Ok(())
+    }
+
+    fn poll_transmit(&mut self, _now_ms: u64, conn: &mut ConnId, buf: &mut Vec<u8>) {
+        if let Some(out) = self.outbox.get_mut(conn) {
+            std::mem::swap(buf, out);
+        }
+    }
+
+    fn deadline(&self, _conn: &ConnId) -> Option<u64> {
+        None
+    }
+
+    fn on_timeout(&mut self, _now_ms: u64, _conn: &mut ConnId) {}
+
+    fn wants_close(&self, _conn: &ConnId) -> bool {
+        false
+    }
+
+    fn on_closed(&mut self, _now_ms: u64, conn: ConnId, _reason: CloseReason) {
+        self.members.retain(|m| *m != conn);
+        self.outbox.remove(&conn);
+    }
+
+    fn end_of_turn(&mut self, _now_ms: u64) {}
+
+    fn poll_ready(&mut self) -> Option<ConnId> {
+        self.ready.pop_front()
+    }
+}
+
+#[test]
+fn poll_ready_drives_transmits_on_connections_without_io() {
+    let handle = Engine::start(loopback_config(vec![0]), |_| Hub::default()).expect("starts");
+    let mut a = connect(&handle);
+    let mut b = connect(&handle);
+    let mut c = connect(&handle);
+    eventually("three members", || handle.counters().accepted == 3);
+    a.write_all(b"hi all").expect("write");
+    for stream in [&mut b, &mut c] {
+        let mut got = [0u8; 6];
+        stream.read_exact(&mut got).expect("forwarded");
+        assert_eq!(&got, b"hi all");
+    }
+    c.write_all(b"back").expect("write");
+    for stream in [&mut a, &mut b] {
+        let mut got = [0u8; 4];
+        stream.read_exact(&mut got).expect("forwarded");
+        assert_eq!(&got, b"back");
+    }
+    handle.shutdown().expect("clean shutdown");
+}
+
+// ----- shutdown with a transmit stuck behind a peer that never reads -----
+
+struct Firehose;
+
+impl App for Firehose {
+    type Conn = Vec<u8>;
+
+    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<Vec<u8>> {
+        // Far more than loopback socket buffers hold, so the send stays in flight.
+        Some(vec![0x5a; 4 * 1024 * 1024])
+    }
+
+    fn on_recv(
+        &mut self,
+        _now_ms: u64,
+        _conn: &mut Vec<u8>,
+        _bytes: &[u8],
+    ) -> Result<(), AppError> {
+        Ok(())
+    }
+
+    fn poll_transmit(&mut self, _now_ms: u64, conn: &mut Vec<u8>, buf: &mut Vec<u8>) {
+        std::mem::swap(buf, conn);
+    }
+
+    fn deadline(&self, _conn: &Vec<u8>) -> Option<u64> {
+        None
+    }
+
+    fn on_timeout(&mut self, _now_ms: u64, _conn: &mut Vec<u8>) {}
+
+    fn wants_close(&self, _conn: &Vec<u8>) -> bool {
+        false
+    }
+
+    fn on_closed(&mut self, _now_ms: u64, _conn: Vec<u8>, _reason: CloseReason) {}
+
+    fn end_of_turn(&mut self, _now_ms: u64) {}
+}
+
+#[test]
+fn shutdown_cancels_a_stuck_transmit_after_the_grace_period() {
+    let config = EngineConfig {
+        shutdown_grace_ms: 100,
+        ..loopback_config(vec![0])
+    };
+    let handle = Engine::start(config, |_| Firehose).expect("starts");
+    let counters = handle.shard_counters(0).expect("shard 0");
+    let _silent = connect(&handle);
+    eventually("the send to start", || counters.snapshot().bytes_out > 0);
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done_tx.send(handle.shutdown().map_err(|e| e.to_string()));
+    });
+    done_rx
+        .recv_timeout(WAIT)
+        .expect("shutdown does not wait for a peer that never reads")
+        .expect("clean shutdown");
+    let counters = counters.snapshot();
+    assert_eq!(counters.closed_shutdown, 1);
+    assert!(counters.bytes_out < 4 * 1024 * 1024);
 }

@@ -24,6 +24,32 @@
 //! 5. For every connection touched this turn (accepted, connected, received bytes, finished a
 //!    send, timed out, or named by `poll_ready`): [`App::poll_transmit`] if no send is in
 //!    flight, then [`App::wants_close`], then re-read [`App::deadline`].
+//!
+//! # Decisions worth knowing
+//!
+//! - Timers: each shard keeps a bounded heap of connection deadlines (lazy invalidation) and
+//!   bounds its `io_uring_enter` wait by the earliest live one (`IORING_ENTER_EXT_ARG` with a
+//!   timespec). That is the one ring timeout per shard, with nothing to cancel or re-arm when the
+//!   earliest deadline moves and no stale timeout completions to recognise.
+//! - Receive: multishot receive into a registered buffer ring
+//!   ([`EngineConfig::recv_buffer_count`] x [`EngineConfig::recv_buffer_size`] per shard). Every
+//!   buffer goes back to the kernel as soon as [`App::on_recv`] returns, so when the ring runs
+//!   dry (ENOBUFS) the engine counts it and re-arms that receive at the end of the same turn.
+//! - No receive backpressure: the engine receives as long as the peer sends. The protocol's own
+//!   window (or an [`AppError`]) is what bounds a peer.
+//! - Wake-ups: each shard reads its eventfd through the ring, so a [`Waker`] from any thread
+//!   ends the shard's wait.
+//! - Closing: the engine shuts the socket down, cancels every operation on it and removes the
+//!   slot only after the last completion. A close with unread bytes from the peer may reach the
+//!   peer as a reset (ordinary TCP behaviour).
+//! - Errno decisions: receive ECONNRESET/EPIPE close with [`CloseReason::PeerReset`], ENOBUFS
+//!   re-arms, EINTR/EAGAIN re-arm, ECANCELED is our own close, anything else closes with
+//!   [`CloseReason::Io`]; send EINTR/EAGAIN resend, ECONNRESET/EPIPE close with `PeerReset`,
+//!   others `Io`; accept ECONNABORTED/EINTR/EAGAIN/EPROTO are ignored, EMFILE/ENFILE/ENOMEM/
+//!   ENOBUFS and anything unexpected pause accepting for [`EngineConfig::accept_backoff_ms`];
+//!   connect errors become [`CloseReason::ConnectFailed`], the link timeout
+//!   [`CloseReason::ConnectTimedOut`]; `io_uring_enter` ETIME/EINTR/EBUSY/EAGAIN just run a turn,
+//!   any other error stops the shard with [`EngineError::Io`].
 
 use std::fmt;
 use std::io;

@@ -1046,8 +1046,8 @@ impl<A: App> Shard<A> {
         if let Some(transmit) = slot.send {
             self.spares.put(transmit.buf);
         }
-        drop(slot.fd);
         self.counters.count_close(slot.close_reason);
+        drop(slot.fd);
         if let Some(conn) = slot.conn {
             self.app.on_closed(self.now_ms, conn, slot.close_reason);
         }
