@@ -18,7 +18,7 @@ use crate::store::FileStore;
 /// Runs the server until a signal arrives.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    crate::engine::probe::probe().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::engine::probe::check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let signal = crate::engine::signal::install()?;
     let cores = if config.cores.is_empty() {
         online_cores()
@@ -96,34 +96,109 @@ fn online_cores() -> Vec<usize> {
 pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]) -> String {
     let mut out = String::new();
     let mut put = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP lior_{name} {help}\n# TYPE lior_{name} counter\nlior_{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP lior_{name} {help}\n# TYPE lior_{name} counter\nlior_{name} {v}"
+        );
     };
     let c = &shared.counters;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    put("sessions_accepted_total", "Incoming MS-MQQB sessions accepted.", load(&c.sessions_accepted));
-    put("sessions_refused_total", "Sessions refused at MaxInSessions.", load(&c.sessions_refused));
-    put("sessions_established_total", "Sessions that completed the handshake.", load(&c.sessions_established));
-    put("sessions_closed_protocol_total", "Sessions closed for a malformed or unexpected packet.", load(&c.sessions_closed_protocol));
-    put("messages_in_total", "UserMessages received.", load(&c.messages_in));
-    put("session_acks_out_total", "SessionAck packets sent.", load(&c.acks_out));
-    put("order_acks_out_total", "OrderAck packets sent.", load(&c.order_acks_out));
-    put("group_commits_total", "Store group commits that carried recoverable messages.", load(&c.commits));
+    put(
+        "sessions_accepted_total",
+        "Incoming MS-MQQB sessions accepted.",
+        load(&c.sessions_accepted),
+    );
+    put(
+        "sessions_refused_total",
+        "Sessions refused at MaxInSessions.",
+        load(&c.sessions_refused),
+    );
+    put(
+        "sessions_established_total",
+        "Sessions that completed the handshake.",
+        load(&c.sessions_established),
+    );
+    put(
+        "sessions_closed_protocol_total",
+        "Sessions closed for a malformed or unexpected packet.",
+        load(&c.sessions_closed_protocol),
+    );
+    put(
+        "messages_in_total",
+        "UserMessages received.",
+        load(&c.messages_in),
+    );
+    put(
+        "session_acks_out_total",
+        "SessionAck packets sent.",
+        load(&c.acks_out),
+    );
+    put(
+        "order_acks_out_total",
+        "OrderAck packets sent.",
+        load(&c.order_acks_out),
+    );
+    put(
+        "group_commits_total",
+        "Store group commits that carried recoverable messages.",
+        load(&c.commits),
+    );
     let b = &shared.broker.counters;
-    put("messages_stored_total", "Messages stored in a queue.", load(&b.messages_stored));
-    put("duplicates_dropped_total", "Duplicate messages dropped.", load(&b.duplicates_dropped));
-    put("dead_lettered_total", "Messages moved to a dead-letter queue.", load(&b.dead_lettered));
-    put("tx_rejected_total", "Transactional messages refused as duplicate or out of order.", load(&b.tx_rejected));
-    put("expired_on_arrival_total", "Messages expired before reaching their queue.", load(&b.expired_on_arrival));
-    put("messages_received_total", "Messages received by local applications.", load(&b.messages_received));
-    put("store_refusals_total", "Messages refused because the store could not take them.", load(&b.refused_store_errors));
+    put(
+        "messages_stored_total",
+        "Messages stored in a queue.",
+        load(&b.messages_stored),
+    );
+    put(
+        "duplicates_dropped_total",
+        "Duplicate messages dropped.",
+        load(&b.duplicates_dropped),
+    );
+    put(
+        "dead_lettered_total",
+        "Messages moved to a dead-letter queue.",
+        load(&b.dead_lettered),
+    );
+    put(
+        "tx_rejected_total",
+        "Transactional messages refused as duplicate or out of order.",
+        load(&b.tx_rejected),
+    );
+    put(
+        "expired_on_arrival_total",
+        "Messages expired before reaching their queue.",
+        load(&b.expired_on_arrival),
+    );
+    put(
+        "messages_received_total",
+        "Messages received by local applications.",
+        load(&b.messages_received),
+    );
+    put(
+        "store_refusals_total",
+        "Messages refused because the store could not take them.",
+        load(&b.refused_store_errors),
+    );
     let mut e = crate::engine::net::CountersSnapshot::default();
     for s in engine {
         e.add(&s.snapshot());
     }
-    put("connections_accepted_total", "TCP connections accepted.", e.accepted);
-    put("connections_refused_limit_total", "TCP connections refused at the engine limit.", e.refused_limit);
+    put(
+        "connections_accepted_total",
+        "TCP connections accepted.",
+        e.accepted,
+    );
+    put(
+        "connections_refused_limit_total",
+        "TCP connections refused at the engine limit.",
+        e.refused_limit,
+    );
     put("bytes_in_total", "Bytes received.", e.bytes_in);
     put("bytes_out_total", "Bytes sent.", e.bytes_out);
-    put("recv_buffer_exhausted_total", "Times the receive buffer ring ran dry.", e.recv_buffer_exhausted);
+    put(
+        "recv_buffer_exhausted_total",
+        "Times the receive buffer ring ran dry.",
+        e.recv_buffer_exhausted,
+    );
     out
 }

@@ -33,6 +33,83 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the queue manager: MS-MQQB on TCP 1801 and the local API.
+    Serve(ServeArgs),
+    /// Administer queues through the local API.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Look at messages without removing them.
+    Peek {
+        queue: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Receive (remove) messages; each removal is on disk before the message is printed.
+    Receive {
+        queue: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Wait up to this long for a message to arrive.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct ApiArg {
+    /// Address of the local API of a running `lior serve`.
+    #[arg(long, default_value = "127.0.0.1:1802", global = true)]
+    api: String,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Create a private queue.
+    Create {
+        name: String,
+        #[arg(long)]
+        transactional: bool,
+    },
+    /// List queues with their message counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a private queue and its messages.
+    Delete { name: String },
+    /// Remove every message of a queue.
+    Purge { name: String },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (keys as `lior config` prints them).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (queues, logs, the queue-manager GUID).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// MS-MQQB listener; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Local API listener; port 0 picks a free port.
+    #[arg(long)]
+    api: Option<std::net::SocketAddr>,
+    /// Cores to run shards on, e.g. `0,1` or `2-3`; default all.
+    #[arg(long)]
+    cores: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +117,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Decode { file, json } => decode(file, json),
         Command::Config { config } => print_config(config),
+        Command::Serve(args) => serve(args),
+        Command::Queue { command, api } => queue(command, &api.api),
+        Command::Peek {
+            queue,
+            count,
+            json,
+            api,
+        } => messages(&api.api, &queue, "GET", "messages", count, 0, json),
+        Command::Receive {
+            queue,
+            count,
+            wait_ms,
+            json,
+            api,
+        } => messages(&api.api, &queue, "POST", "receive", count, wait_ms, json),
     };
     match result {
         Ok(code) => code,
@@ -93,5 +185,217 @@ fn print_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         None => lior::config::Config::default(),
     };
     print!("{}", cfg.to_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_cores(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+                anyhow::ensure!(a <= b, "bad core range {part:?}");
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse()?),
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "--cores names no core");
+    Ok(out)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = match &args.config {
+        Some(p) => lior::config::Config::load(p)?,
+        None => lior::config::Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(a) = args.api {
+        cfg.api = a;
+    }
+    if let Some(c) = args.cores {
+        cfg.cores = parse_cores(&c)?;
+    }
+    lior::daemon::serve(cfg)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn url(api: &str, path: &str) -> String {
+    format!("http://{api}{path}")
+}
+
+/// Percent-encodes a queue name for a URL path segment.
+fn seg(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn call(req: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let r = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match r {
+        Ok(resp) => {
+            let text = resp.into_string()?;
+            if text.is_empty() {
+                Ok(serde_json::Value::Null)
+            } else {
+                Ok(serde_json::from_str(&text)?)
+            }
+        }
+        Err(ureq::Error::Status(code, resp)) => {
+            let text = resp.into_string().unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or(text);
+            anyhow::bail!("{msg} (HTTP {code})")
+        }
+        Err(e) => {
+            anyhow::bail!("cannot reach the lior API: {e} (is `lior serve` running? see --api)")
+        }
+    }
+}
+
+fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
+    match cmd {
+        QueueCommand::Create {
+            name,
+            transactional,
+        } => {
+            let v = call(
+                ureq::post(&url(api, "/v1/queues")),
+                Some(serde_json::json!({"name": name, "transactional": transactional})),
+            )?;
+            println!(
+                "created {} (private queue number {:#x}{})",
+                v["name"].as_str().unwrap_or(&name),
+                v["id"].as_u64().unwrap_or(0),
+                if transactional { ", transactional" } else { "" }
+            );
+        }
+        QueueCommand::List { json } => {
+            let v = call(ureq::get(&url(api, "/v1/queues")), None)?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<32} {:>10} {:>12} {:>14} kind",
+                    "queue", "id", "messages", "bytes"
+                );
+                for q in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<32} {:>#10x} {:>12} {:>14} {}{}",
+                        q["name"].as_str().unwrap_or("?"),
+                        q["id"].as_u64().unwrap_or(0),
+                        q["messages"].as_u64().unwrap_or(0),
+                        q["bytes"].as_u64().unwrap_or(0),
+                        q["kind"].as_str().unwrap_or("?"),
+                        if q["transactional"].as_bool() == Some(true) {
+                            ", transactional"
+                        } else {
+                            ""
+                        },
+                    );
+                }
+            }
+        }
+        QueueCommand::Delete { name } => {
+            call(
+                ureq::delete(&url(api, &format!("/v1/queues/{}", seg(&name)))),
+                None,
+            )?;
+            println!("deleted {name}");
+        }
+        QueueCommand::Purge { name } => {
+            call(
+                ureq::post(&url(api, &format!("/v1/queues/{}/purge", seg(&name)))),
+                None,
+            )?;
+            println!("purged {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn messages(
+    api: &str,
+    queue: &str,
+    method: &str,
+    what: &str,
+    count: usize,
+    wait_ms: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let path = format!(
+        "/v1/queues/{}/{what}?count={count}&wait_ms={wait_ms}",
+        seg(queue)
+    );
+    let timeout = std::time::Duration::from_millis(wait_ms + 30_000);
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let v = call(agent.request(method, &url(api, &path)), None)?;
+    let list = v.as_array().cloned().unwrap_or_default();
+    for m in &list {
+        if json {
+            println!("{m}");
+        } else {
+            let body = m["body_base64"]
+                .as_str()
+                .and_then(|b| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(b).ok()
+                })
+                .unwrap_or_default();
+            println!("label:    {}", m["label"].as_str().unwrap_or(""));
+            println!(
+                "priority: {}   class: {}   message class: {}",
+                m["priority"],
+                m["class"].as_str().unwrap_or("?"),
+                m["message_class"].as_str().unwrap_or("?")
+            );
+            println!(
+                "id:       {}   lookup id: {}",
+                m["message_id"].as_str().unwrap_or("?"),
+                m["lookup_id"]
+            );
+            println!(
+                "sender:   {}{}",
+                m["source_qm"].as_str().unwrap_or("?"),
+                m["sender_sid"]
+                    .as_str()
+                    .map(|s| format!("  sid {s}"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "body:     {} bytes: {}",
+                body.len(),
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            );
+            println!();
+        }
+    }
+    if list.is_empty() && !json {
+        eprintln!("no message in {queue}");
+    }
     Ok(ExitCode::SUCCESS)
 }

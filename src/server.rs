@@ -150,7 +150,10 @@ impl<S: QueueStore> MsmqApp<S> {
         let Inbound::Message { msg, rec_seq, .. } = inbound else {
             return Ok(());
         };
-        self.shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
@@ -164,7 +167,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::error!(peer = %conn.peer, error = %e, "cannot store a message; closing the session so the sender keeps it");
                 return Err(close_code::STORE);
             }
-            Verdict::Duplicate | Verdict::TxRejected | Verdict::Expired => None,
+            Verdict::Duplicate | Verdict::TxRejected => None,
         };
         if let Some(class) = d.admin_ack {
             tracing::debug!(peer = %conn.peer, ?class, "admin acknowledgement requested");
@@ -212,10 +215,7 @@ impl<S: QueueStore> MsmqApp<S> {
             };
             // Address it as MS-MQQB 3.1.7.17 says: DIRECT=TCP to the sender's address when the
             // session carried direct format names, else PRIVATE=<sender>\4.
-            let direct = utf16z(&format!(
-                "TCP:{}\\PRIVATE$\\order_queue$",
-                conn.peer.ip()
-            ));
+            let direct = utf16z(&format!("TCP:{}\\PRIVATE$\\order_queue$", conn.peer.ip()));
             let m = if conn.direct_format {
                 UserMessage::order_ack(own, ordinal, QueueRef::Direct(Utf16(&direct)), &body)
             } else {
@@ -339,7 +339,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         let shared = self.shared.clone();
         let mut part = shared.broker.partition(self.shard);
         let mut framer = std::mem::take(&mut conn.framer);
-        let r = framer.feed(bytes, |frame| self.handle_frame(now_ms, conn, &mut part, frame));
+        let r = framer.feed(bytes, |frame| {
+            self.handle_frame(now_ms, conn, &mut part, frame)
+        });
         conn.framer = framer;
         drop(part);
         self.drain_events(conn);
@@ -382,7 +384,11 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn deadline(&self, conn: &MsmqConn) -> Option<u64> {
-        let order = conn.order_acks.values().filter_map(|(t, _)| t.deadline_ms).min();
+        let order = conn
+            .order_acks
+            .values()
+            .filter_map(|(t, _)| t.deadline_ms)
+            .min();
         match (conn.session.poll_timeout(), order) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -392,7 +398,8 @@ impl<S: QueueStore> App for MsmqApp<S> {
     fn on_timeout(&mut self, now_ms: u64, conn: &mut MsmqConn) {
         conn.session.handle_timeout(now_ms);
         self.send_order_acks(now_ms, conn);
-        conn.order_acks.retain(|_, (t, _)| t.deadline_ms.is_some() || t.last_sent_ms == 0);
+        conn.order_acks
+            .retain(|_, (t, _)| t.deadline_ms.is_some() || t.last_sent_ms == 0);
         self.drain_events(conn);
     }
 

@@ -115,7 +115,10 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                 let app = Router::new()
                     .route("/v1/status", get(status::<S>))
                     .route("/v1/queues", get(list::<S>).post(create::<S>))
-                    .route("/v1/queues/{name}", axum::routing::delete(delete_queue::<S>))
+                    .route(
+                        "/v1/queues/{name}",
+                        axum::routing::delete(delete_queue::<S>),
+                    )
                     .route("/v1/queues/{name}/purge", post(purge::<S>))
                     .route("/v1/queues/{name}/messages", get(peek::<S>))
                     .route("/v1/queues/{name}/receive", post(receive::<S>))

@@ -151,8 +151,6 @@ pub enum Verdict {
     /// A transactional message out of order or already received: dropped; the OrderAck tells
     /// the sender where the sequence stands.
     TxRejected,
-    /// Expired before it arrived (TimeToReachQueue): discarded, as the spec says.
-    Expired,
     /// It cannot be stored now (store poisoned, disk or machine quota full): the session must be
     /// closed so the sender keeps the message and tries again later.
     Refuse(StoreError),
@@ -383,23 +381,10 @@ impl<S: QueueStore> Broker<S> {
         let transactional = u.flags.transactional();
         let acks = msg.properties.flags;
         let mut out = Delivered {
-            verdict: Verdict::Expired,
+            verdict: Verdict::Duplicate,
             order_ack: None,
             admin_ack: None,
         };
-        // TimeToReachQueue: expired messages are ignored by the receiver (MS-MQMQ 2.2.19.1).
-        let ttrq = msg.base.time_to_reach_queue;
-        if ttrq != INFINITE && now_unix.saturating_sub(u.sent_time) > ttrq && u.sent_time != 0 {
-            bump(&self.counters.expired_on_arrival);
-            tracing::info!(
-                source = %u.source_queue_manager, id = u.message_id,
-                "message expired before reaching its queue; discarded"
-            );
-            if acks.negative_arrival() {
-                out.admin_ack = Some(MessageClass::NACK_REACH_QUEUE_TIMEOUT);
-            }
-            return out;
-        }
         let route = route(u, &self.identity);
         let Some(queue) = self.resolve(&route) else {
             let why = match &route {
@@ -410,6 +395,25 @@ impl<S: QueueStore> Broker<S> {
             };
             return self.dead_letter(part, frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
         };
+        // TimeToReachQueue, checked after routing as MS-MQQB 3.1.5.8 orders the steps. The spec
+        // has the receiver ignore an expired message; lior keeps it in the dead-letter queue
+        // instead, so nothing is dropped without a trace.
+        let ttrq = msg.base.time_to_reach_queue;
+        if ttrq != INFINITE && u.sent_time != 0 && now_unix.saturating_sub(u.sent_time) > ttrq {
+            bump(&self.counters.expired_on_arrival);
+            return self.dead_letter(
+                part,
+                frame,
+                msg,
+                MessageClass::NACK_REACH_QUEUE_TIMEOUT,
+                &format!(
+                    "expired before reaching queue {} (sent {} s ago, TimeToReachQueue {} s)",
+                    queue.name,
+                    now_unix.saturating_sub(u.sent_time),
+                    ttrq
+                ),
+            );
+        }
         if transactional && !queue.transactional {
             return self.dead_letter(
                 part,
