@@ -1,0 +1,162 @@
+//! `lior serve` on real io_uring at 127.0.0.1: the spec's session, delivery to our own queue
+//! read back through the CLI, many sessions beside hostile ones.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{message, vector, Client, Server};
+use lior::wire::user::{QueueRef, UserMessage};
+use lior::wire::{parse_packet, utf16z, EstablishConnection, Guid, Packet, Utf16};
+
+fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    s.read_exact(&mut b).expect("reply");
+    b
+}
+
+fn raw(server: &Server) -> TcpStream {
+    let s = TcpStream::connect(server.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn the_spec_session_gets_windows_replies_and_frame7_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+
+    // Frame 3 as published names a ServerGuid that is not ours: refused with CS=1, as the
+    // spec says, and the connection is closed.
+    let mut s = raw(&server);
+    s.write_all(&vector("frame3-establish-connection-request.bin")).unwrap();
+    let reply = read_exact(&mut s, 572);
+    let ec = EstablishConnection::parse(&reply).unwrap();
+    assert!(ec.internal.flags.refused());
+    assert_eq!(&reply[..16], &vector("frame4-establish-connection-response.bin")[..16]);
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "closed after the refusal");
+
+    // The same request for a direct format name (ServerGuid zero) opens the session.
+    let mut s = raw(&server);
+    let mut f3 = vector("frame3-establish-connection-request.bin");
+    f3[36..52].fill(0);
+    s.write_all(&f3).unwrap();
+    let reply = read_exact(&mut s, 572);
+    let ec = EstablishConnection::parse(&reply).unwrap();
+    assert!(!ec.internal.flags.refused());
+    assert_eq!(reply[1], 0x5A, "BaseHeader.Reserved 0x5A like Windows");
+    assert_eq!(&reply[20..36], &f3[20..36], "ClientGuid echoed");
+    assert_eq!(ec.time_stamp, 0x1DDE_CA4E, "TimeStamp echoed");
+    s.write_all(&vector("frame5-connection-parameters-request.bin")).unwrap();
+    let cp = read_exact(&mut s, 32);
+    assert_eq!(&cp[20..], &vector("frame5-connection-parameters-request.bin")[20..]);
+    s.write_all(&vector("frame7-user-message-express.bin")).unwrap();
+    let ack = read_exact(&mut s, 36);
+    let Ok(Packet::SessionAck(ack)) = parse_packet(&ack) else {
+        panic!("a SessionAck");
+    };
+    assert_eq!(ack.session.ack_sequence_number, 1);
+    assert_eq!(ack.session.window_size, 64);
+
+    // Frame 7 is for OS:a04bm02\q, another machine: it is in the dead-letter queue.
+    let dead = server.receive_all("deadletter");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["label"], "mqsender label");
+    assert_eq!(dead[0]["body_size"], 2000);
+    assert_eq!(dead[0]["destination"], "DIRECT=OS:a04bm02\\q");
+    assert_eq!(
+        dead[0]["sender_sid"],
+        "S-1-5-21-3181267629-1039849782-3663111779-1000"
+    );
+}
+
+#[test]
+fn frame7_addressed_to_our_queue_is_received_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.cli(&["queue", "create", "orders"]);
+    let f7 = vector("frame7-user-message-express.bin");
+    let mut m = UserMessage::parse(&f7).unwrap();
+    let dest = utf16z("OS:localhost\\private$\\orders");
+    m.user.destination = QueueRef::Direct(Utf16(&dest));
+    // The spec's SentTime bytes are "LIOR" (a 2013 date): refresh it so the message is fresh.
+    m.user.sent_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    m.sync();
+    let mut frame = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut frame).unwrap();
+    frame.truncate(n);
+
+    let mut c = Client::connect(server.listen, Guid([0x33; 16]));
+    c.send(&frame, false, 1);
+    c.wait_acked();
+    let text = server.cli(&["receive", "orders"]);
+    assert!(text.contains("label:    mqsender label"), "{text}");
+    assert!(text.contains("body:     2000 bytes: a"), "{text}");
+    let json = server.cli(&["peek", "orders", "--json"]);
+    assert!(json.is_empty(), "received means removed: {json}");
+}
+
+#[test]
+fn many_sessions_deliver_while_hostile_ones_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.cli(&["queue", "create", "load"]);
+    const SESSIONS: u32 = 8;
+    const PER_SESSION: u32 = 300;
+    let listen = server.listen;
+    let senders: Vec<_> = (0..SESSIONS)
+        .map(|s| {
+            std::thread::spawn(move || {
+                let guid = Guid([s as u8 + 1; 16]);
+                let mut c = Client::connect(listen, guid);
+                for i in 0..PER_SESSION {
+                    let recoverable = i % 2 == 0;
+                    let f = message(guid, i + 1, "TCP:127.0.0.1\\private$\\load", &[7; 100], recoverable);
+                    c.send(&f, recoverable, u64::from(i));
+                }
+                c.wait_acked();
+                c.acked.len()
+            })
+        })
+        .collect();
+    // Hostile neighbours at the same time.
+    let mut garbage = raw(&server);
+    garbage.write_all(&[0xAB; 4096]).unwrap();
+    let mut huge = raw(&server);
+    let mut h = vector("frame3-establish-connection-request.bin");
+    h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    huge.write_all(&h).unwrap();
+    let mut early = raw(&server);
+    early
+        .write_all(&message(Guid([9; 16]), 1, "OS:localhost\\load", b"x", false))
+        .unwrap();
+    for s in [&mut garbage, &mut huge, &mut early] {
+        let mut b = Vec::new();
+        // Each is closed by the server (EOF or reset), without any reply that opens a session.
+        let _ = s.read_to_end(&mut b);
+        assert!(b.is_empty(), "no reply to a hostile session");
+    }
+    for t in senders {
+        assert_eq!(t.join().unwrap(), PER_SESSION as usize);
+    }
+    let got = server.receive_all("load");
+    assert_eq!(got.len(), (SESSIONS * PER_SESSION) as usize);
+    let metrics = ureq::get(&format!("http://{}/metrics", server.api))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let closed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lior_sessions_closed_protocol_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(closed >= 3, "the three hostile sessions are counted: {closed}");
+}
