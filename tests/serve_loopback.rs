@@ -31,13 +31,21 @@ fn the_spec_session_gets_windows_replies_and_frame7_is_dead_lettered() {
     // Frame 3 as published names a ServerGuid that is not ours: refused with CS=1, as the
     // spec says, and the connection is closed.
     let mut s = raw(&server);
-    s.write_all(&vector("frame3-establish-connection-request.bin")).unwrap();
+    s.write_all(&vector("frame3-establish-connection-request.bin"))
+        .unwrap();
     let reply = read_exact(&mut s, 572);
     let ec = EstablishConnection::parse(&reply).unwrap();
     assert!(ec.internal.flags.refused());
-    assert_eq!(&reply[..16], &vector("frame4-establish-connection-response.bin")[..16]);
+    assert_eq!(
+        &reply[..16],
+        &vector("frame4-establish-connection-response.bin")[..16]
+    );
     let mut rest = Vec::new();
-    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0, "closed after the refusal");
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed after the refusal"
+    );
 
     // The same request for a direct format name (ServerGuid zero) opens the session.
     let mut s = raw(&server);
@@ -50,10 +58,15 @@ fn the_spec_session_gets_windows_replies_and_frame7_is_dead_lettered() {
     assert_eq!(reply[1], 0x5A, "BaseHeader.Reserved 0x5A like Windows");
     assert_eq!(&reply[20..36], &f3[20..36], "ClientGuid echoed");
     assert_eq!(ec.time_stamp, 0x1DDE_CA4E, "TimeStamp echoed");
-    s.write_all(&vector("frame5-connection-parameters-request.bin")).unwrap();
+    s.write_all(&vector("frame5-connection-parameters-request.bin"))
+        .unwrap();
     let cp = read_exact(&mut s, 32);
-    assert_eq!(&cp[20..], &vector("frame5-connection-parameters-request.bin")[20..]);
-    s.write_all(&vector("frame7-user-message-express.bin")).unwrap();
+    assert_eq!(
+        &cp[20..],
+        &vector("frame5-connection-parameters-request.bin")[20..]
+    );
+    s.write_all(&vector("frame7-user-message-express.bin"))
+        .unwrap();
     let ack = read_exact(&mut s, 36);
     let Ok(Packet::SessionAck(ack)) = parse_packet(&ack) else {
         panic!("a SessionAck");
@@ -117,7 +130,13 @@ fn many_sessions_deliver_while_hostile_ones_are_closed() {
                 let mut c = Client::connect(listen, guid);
                 for i in 0..PER_SESSION {
                     let recoverable = i % 2 == 0;
-                    let f = message(guid, i + 1, "TCP:127.0.0.1\\private$\\load", &[7; 100], recoverable);
+                    let f = message(
+                        guid,
+                        i + 1,
+                        "TCP:127.0.0.1\\private$\\load",
+                        &[7; 100],
+                        recoverable,
+                    );
                     c.send(&f, recoverable, u64::from(i));
                 }
                 c.wait_acked();
@@ -134,7 +153,13 @@ fn many_sessions_deliver_while_hostile_ones_are_closed() {
     huge.write_all(&h).unwrap();
     let mut early = raw(&server);
     early
-        .write_all(&message(Guid([9; 16]), 1, "OS:localhost\\load", b"x", false))
+        .write_all(&message(
+            Guid([9; 16]),
+            1,
+            "OS:localhost\\load",
+            b"x",
+            false,
+        ))
         .unwrap();
     for s in [&mut garbage, &mut huge, &mut early] {
         let mut b = Vec::new();
@@ -158,5 +183,8 @@ fn many_sessions_deliver_while_hostile_ones_are_closed() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(closed >= 3, "the three hostile sessions are counted: {closed}");
+    assert!(
+        closed >= 3,
+        "the three hostile sessions are counted: {closed}"
+    );
 }

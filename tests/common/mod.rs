@@ -36,7 +36,14 @@ impl Server {
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
@@ -49,7 +56,10 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the ready line");
-        assert!(line.starts_with("lior ready "), "unexpected first line: {line:?}");
+        assert!(
+            line.starts_with("lior ready "),
+            "unexpected first line: {line:?}"
+        );
         let field = |k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))
@@ -144,7 +154,10 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(10);
         while c.session.state() != lior::session::SessionState::Open {
             assert!(Instant::now() < deadline, "handshake timed out");
-            assert!(!c.session.is_closed(), "session closed during the handshake");
+            assert!(
+                !c.session.is_closed(),
+                "session closed during the handshake"
+            );
             c.pump();
         }
         c
@@ -212,6 +225,28 @@ impl Client {
         }
     }
 
+    /// Sends one message unless the session closes first; false once it is closed.
+    pub fn try_send(&mut self, frame: &[u8], recoverable: bool, token: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.closed || self.session.is_closed() {
+                return false;
+            }
+            let now = self.now();
+            if self
+                .session
+                .send_message(now, frame, recoverable, token)
+                .is_ok()
+            {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            self.pump();
+        }
+    }
+
     /// Pumps until every sent message is acknowledged.
     pub fn wait_acked(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,10 +266,16 @@ pub fn message(source: Guid, id: u32, queue_path: &str, body: &[u8], recoverable
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as u32;
-    let m = UserMessage::new(source, id, QueueRef::Direct(Utf16(&dest)), Utf16(&label), body)
-        .with_recoverable(recoverable)
-        .with_sent_time(now)
-        .with_time_to_reach_queue(345_600);
+    let m = UserMessage::new(
+        source,
+        id,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        body,
+    )
+    .with_recoverable(recoverable)
+    .with_sent_time(now)
+    .with_time_to_reach_queue(345_600);
     let mut out = vec![0u8; m.frame_len()];
     let n = m.encode(&mut out).expect("encode");
     out.truncate(n);
