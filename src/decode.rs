@@ -7,6 +7,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::wire::control::PING_LEN;
+use crate::wire::format_name::FormatName;
+use crate::wire::headers::MqfElement;
+use crate::wire::user::{QueueRef, UserFlags, UserMessage};
 use crate::wire::{frame_len, parse_packet, Packet, Ping, SessionHeader, WireError};
 
 /// Why the input could not be decoded completely.
@@ -281,20 +284,280 @@ pub fn packet_value(p: &Packet<'_>) -> Value {
     Value::Object(m)
 }
 
+fn queue_value(q: &QueueRef<'_>, u: &UserMessage<'_>) -> Value {
+    let encoding = match q.code() {
+        0 => "0 (none)",
+        1 => "1 (same as admin queue)",
+        2 => "2 (private queue on the source QM)",
+        3 => "3 (private queue on the destination QM)",
+        4 => "4 (private queue on the admin queue's QM)",
+        5 => "5 (public queue)",
+        6 => "6 (private queue on another QM)",
+        _ => "7 (direct format name)",
+    };
+    let mut m = Map::new();
+    m.insert("encoding".into(), json!(encoding));
+    match q {
+        QueueRef::None | QueueRef::SameAsAdmin => {}
+        QueueRef::SourcePrivate(n)
+        | QueueRef::DestinationPrivate(n)
+        | QueueRef::AdminHostPrivate(n) => {
+            m.insert("PrivateQueueId".into(), hex(u64::from(*n), 8));
+        }
+        QueueRef::Public(g) => {
+            m.insert("QueueGuid".into(), json!(g.to_string()));
+        }
+        QueueRef::Private { qm, id } => {
+            m.insert("QueueManagerGuid".into(), json!(qm.to_string()));
+            m.insert("PrivateQueueId".into(), hex(u64::from(*id), 8));
+        }
+        QueueRef::Direct(s) => {
+            m.insert("Count".into(), json!(s.byte_len()));
+            m.insert("DirectName".into(), json!(s.to_string_lossy()));
+        }
+    }
+    if let Ok(f) = FormatName::from_queue_ref(
+        q,
+        u.user.source_queue_manager,
+        u.user.queue_manager_address,
+        None,
+    ) {
+        m.insert("format_name".into(), json!(f.to_string()));
+    }
+    Value::Object(m)
+}
+
+fn bytes_summary(b: &[u8]) -> Value {
+    const SHOWN: usize = 32;
+    let head: String = b.iter().take(SHOWN).map(|x| format!("{x:02X}")).collect();
+    if b.len() > SHOWN {
+        json!(format!("{} bytes: {head}...", b.len()))
+    } else {
+        json!(format!("{} bytes: {head}", b.len()))
+    }
+}
+
+/// The message body: UTF-16 text when it looks like it, else printable ASCII, else hex.
+fn body_preview(b: &[u8]) -> Value {
+    const SHOWN: usize = 64;
+    let utf16_text = b.len() >= 2
+        && b.len() % 2 == 0
+        && b.chunks_exact(2)
+            .all(|c| c[1] == 0 && (c[0] >= 0x20 || c[0] == b'\n'));
+    if utf16_text {
+        let t: String = b
+            .chunks_exact(2)
+            .take(SHOWN)
+            .map(|c| c[0] as char)
+            .collect();
+        return json!(format!(
+            "UTF-16 text: {t:?}{}",
+            if b.len() / 2 > SHOWN { "..." } else { "" }
+        ));
+    }
+    if !b.is_empty() && b.iter().all(|&c| (0x20..0x7F).contains(&c) || c == b'\n') {
+        let t: String = b.iter().take(SHOWN).map(|&c| c as char).collect();
+        return json!(format!(
+            "text: {t:?}{}",
+            if b.len() > SHOWN { "..." } else { "" }
+        ));
+    }
+    bytes_summary(b)
+}
+
 /// The headers of a UserMessage, in wire order.
-fn user_message_fields(u: &crate::wire::user::UserMessage<'_>, m: &mut Map<String, Value>) {
+fn user_message_fields(u: &UserMessage<'_>, m: &mut Map<String, Value>) {
     let h = &u.user;
-    m.insert(
-        "UserHeader".into(),
+    let f = h.flags;
+    let mut set = Vec::new();
+    for (bit, name) in [
+        (UserFlags::JN, "JN"),
+        (UserFlags::JP, "JP"),
+        (UserFlags::SH, "SH"),
+        (UserFlags::TH, "TH"),
+        (UserFlags::MP, "MP"),
+        (UserFlags::CQ, "CQ"),
+        (UserFlags::MQ, "MQ"),
+        (UserFlags::AH, "AH"),
+        (UserFlags::HH, "HH"),
+    ] {
+        if f.0 & bit != 0 {
+            set.push(name);
+        }
+    }
+    let mut uh = Map::new();
+    uh.insert(
+        "SourceQueueManager".into(),
+        json!(h.source_queue_manager.to_string()),
+    );
+    uh.insert(
+        "QueueManagerAddress".into(),
+        json!(h.queue_manager_address.to_string()),
+    );
+    uh.insert("TimeToBeReceived".into(), ttl(h.time_to_be_received));
+    uh.insert("SentTime".into(), json!(h.sent_time));
+    uh.insert("MessageID".into(), json!(h.message_id));
+    uh.insert(
+        "Flags".into(),
         json!({
-            "SourceQueueManager": h.source_queue_manager.to_string(),
-            "QueueManagerAddress": h.queue_manager_address.to_string(),
-            "TimeToBeReceived": ttl(h.time_to_be_received),
-            "SentTime": h.sent_time,
-            "MessageID": h.message_id,
-            "Flags": hex(u64::from(h.flags.0), 8),
+            "value": hex(u64::from(f.0), 8),
+            "RC (hop count)": f.hop_count(),
+            "DM (delivery)": if f.recoverable() { "1 (recoverable)" } else { "0 (express)" },
+            "DQ": f.dq(), "AQ": f.aq(), "RQ": f.rq(),
+            "set": set,
         }),
     );
+    uh.insert("DestinationQueue".into(), queue_value(&h.destination, u));
+    if h.admin.code() != 0 {
+        uh.insert("AdminQueue".into(), queue_value(&h.admin, u));
+    }
+    if h.response.code() != 0 {
+        uh.insert("ResponseQueue".into(), queue_value(&h.response, u));
+    }
+    if let Some(g) = h.connector_type {
+        uh.insert("ConnectorType".into(), json!(g.to_string()));
+    }
+    m.insert("UserHeader".into(), Value::Object(uh));
+
+    if let Some(t) = &u.transaction {
+        m.insert(
+            "TransactionHeader".into(),
+            json!({
+                "Flags": {
+                    "value": hex(u64::from(t.flags.0), 8),
+                    "CG (connector GUID)": t.flags.connector_qm_guid_present(),
+                    "FA (final ack)": t.flags.final_ack_requested(),
+                    "FM (first message)": t.flags.first_message(),
+                    "LM (last message)": t.flags.last_message(),
+                    "ID (transaction index)": t.flags.transaction_index(),
+                },
+                "TxSequenceID": hex(t.tx_sequence_id, 16),
+                "TxSequenceID.Ordinal": t.tx_sequence_ordinal(),
+                "TxSequenceID.TimeStamp": t.tx_sequence_timestamp(),
+                "TxSequenceNumber": t.tx_sequence_number,
+                "PreviousTxSequenceNumber": t.previous_tx_sequence_number,
+                "ConnectorQMGuid": t.connector_qm_guid.map(|g| g.to_string()),
+            }),
+        );
+    }
+    if let Some(sec) = &u.security {
+        let mut sm = Map::new();
+        let fl = sec.flags;
+        sm.insert(
+            "Flags".into(),
+            json!({
+                "value": hex(u64::from(fl.0), 4),
+                "ST (sender id type)": fl.sender_id_type().name(),
+                "EB (body encrypted)": fl.body_encrypted(),
+                "DE (default provider)": fl.default_provider(),
+                "AI (security data)": fl.security_data_present(),
+            }),
+        );
+        sm.insert("SenderIdSize".into(), json!(sec.sender_id.len()));
+        sm.insert("EncryptionKeySize".into(), json!(sec.encryption_key.len()));
+        sm.insert("SignatureSize".into(), json!(sec.signature.len()));
+        sm.insert("SenderCertSize".into(), json!(sec.sender_cert.len()));
+        sm.insert("ProviderInfoSize".into(), json!(sec.provider_info.len()));
+        if let Some(sid) = sec.sender_sid() {
+            sm.insert("SenderId (SID)".into(), json!(sid.to_string()));
+        } else if let Some(g) = sec.sender_qm_guid() {
+            sm.insert("SenderId (QM GUID)".into(), json!(g.to_string()));
+        } else if !sec.sender_id.is_empty() {
+            sm.insert("SenderId".into(), bytes_summary(sec.sender_id));
+        }
+        for (k, v) in [
+            ("EncryptionKey", sec.encryption_key),
+            ("Signature", sec.signature),
+            ("SenderCert", sec.sender_cert),
+        ] {
+            if !v.is_empty() {
+                sm.insert(k.into(), bytes_summary(v));
+            }
+        }
+        if let Some(name) = sec.provider_name() {
+            sm.insert("ProviderName".into(), json!(name.to_string_lossy()));
+        }
+        m.insert("SecurityHeader".into(), Value::Object(sm));
+    }
+    let p = &u.properties;
+    let mut acks = Vec::new();
+    for (bit, name) in [(0x01, "PA"), (0x02, "PR"), (0x04, "NA"), (0x08, "NR")] {
+        if p.flags.0 & bit != 0 {
+            acks.push(name);
+        }
+    }
+    m.insert(
+        "MessagePropertiesHeader".into(),
+        json!({
+            "Flags": { "value": hex(u64::from(p.flags.0), 2), "acks requested": acks },
+            "LabelLength": p.label.byte_len() / 2,
+            "MessageClass": format!("0x{:04X} ({})", p.message_class.0, p.message_class.name()),
+            "CorrelationID": p.correlation_id.iter().map(|b| format!("{b:02X}")).collect::<String>(),
+            "BodyType": p.body_type,
+            "ApplicationTag": p.application_tag,
+            "MessageSize": p.message_size,
+            "AllocationBodySize": p.allocation_body_size,
+            "PrivacyLevel": format!("{} ({})", p.privacy_level.0, p.privacy_level.name()),
+            "HashAlgorithm": format!("0x{:04X} ({})", p.hash_algorithm.0, p.hash_algorithm.name()),
+            "EncryptionAlgorithm": format!("0x{:04X} ({})", p.encryption_algorithm.0, p.encryption_algorithm.name()),
+            "ExtensionSize": p.extension.len(),
+            "Label": p.label.to_string_lossy(),
+            "Body": body_preview(u.body()),
+        }),
+    );
+    if let Some(d) = &u.debug {
+        m.insert(
+            "DebugHeader".into(),
+            json!({
+                "Flags": hex(u64::from(d.flags), 4),
+                "QueueIdentifier": d.queue_identifier.map(|g| g.to_string()),
+            }),
+        );
+    }
+    if let Some(e) = &u.srmp_envelope {
+        m.insert(
+            "SRMPEnvelopeHeader".into(),
+            json!({ "HeaderId": e.header_id, "Data": e.data.to_string_lossy() }),
+        );
+    }
+    if let Some(c) = &u.compound_message {
+        m.insert(
+            "CompoundMessageHeader".into(),
+            json!({
+                "HeaderId": c.header_id,
+                "HTTPBodySize": c.http_body.len(),
+                "MsgBodySize": c.msg_body_size,
+                "MsgBodyOffset": c.msg_body_offset,
+            }),
+        );
+    }
+    if let Some(sp) = &u.soap {
+        m.insert(
+            "SoapHeader".into(),
+            json!({ "Header": sp.header.to_string_lossy(), "Body": sp.body.to_string_lossy() }),
+        );
+    }
+    if let Some(mq) = &u.multi_queue {
+        let list = |a: &crate::wire::headers::MqfAddressHeader<'_>| -> Value {
+            a.elements()
+                .map(|e| match e {
+                    MqfElement::Public(g) => json!(format!("PUBLIC={g}")),
+                    MqfElement::Private { qm, id } => json!(format!("PRIVATE={qm}\\{id:08x}")),
+                    MqfElement::Direct(s) => json!(format!("DIRECT={}", s.to_string_lossy())),
+                    MqfElement::DistributionList(g) => json!(format!("DL={g}")),
+                })
+                .collect()
+        };
+        m.insert(
+            "MultiQueueFormatHeader".into(),
+            json!({
+                "Destination": list(&mq.destination),
+                "Administration": list(&mq.administration),
+                "Response": list(&mq.response),
+                "SignatureSize": mq.signature.len(),
+            }),
+        );
+    }
 }
 
 /// Renders a value tree as indented text.
