@@ -129,7 +129,9 @@ impl<D: Disk> Store<D> {
                 <= config.segment_bytes as usize
                 && record::message_space(config.message_bytes_max as usize)
                     <= config.batch_bytes_max as usize
-                && 2 * config.batch_bytes_max as usize + 4 * COMMON_HEADER
+                && 2 * config.batch_bytes_max as usize
+                    + 4 * COMMON_HEADER
+                    + config.removal_reserve_bytes as usize
                     <= config.segment_bytes as usize,
             "a largest message must fit a segment and a batch"
         );
@@ -194,7 +196,7 @@ impl<D: Disk> Store<D> {
         if bases.len() >= 2 {
             let last = *bases.last().expect("len >= 2");
             let prev = bases[bases.len() - 2];
-            let empty = !matches!(record::decode(self.disk.read(last)), Ok(r) if r.seq == last);
+            let empty = !matches!(record::decode(self.disk.read(last)), Ok(r) if r.seq >= last);
             if empty && !self.segment_sealed(prev) {
                 self.disk.remove_segment(last)?;
                 bases.pop();
@@ -229,7 +231,7 @@ impl<D: Disk> Store<D> {
             loop {
                 let data = self.disk.read(base);
                 let rec = match record::decode(&data[off..]) {
-                    Ok(r) if r.seq >= base && r.seq > prev_seq && (off > 0 || r.seq == base) => r,
+                    Ok(r) if r.seq >= base && r.seq > prev_seq => r,
                     _ => break,
                 };
                 let (seq, space, kind) = (rec.seq, rec.space, rec.kind);
@@ -487,9 +489,9 @@ impl<D: Disk> Store<D> {
     }
 
     /// Make room for `space` bytes in the active segment, rolling to a new one if needed.
-    fn room(&mut self, space: usize) -> Result<(), StoreError> {
+    fn room(&mut self, space: usize, reserve: usize) -> Result<(), StoreError> {
         let s = *self.segs.back().expect("at least one segment");
-        if s.write_end as usize + space + COMMON_HEADER <= s.size as usize {
+        if s.write_end as usize + space + reserve + COMMON_HEADER <= s.size as usize {
             return Ok(());
         }
         let seal_seq = self.next_seq;
@@ -544,9 +546,12 @@ impl<D: Disk> Store<D> {
         lookup: u64,
     ) -> Result<u64, StoreError> {
         self.check_writable()?;
-        // Removals must not be refused for a full batch forever; they are small, so they may
-        // exceed the batch bound by one record.
-        self.room(COMMON_HEADER)?;
+        // Every record respects the batch bound: recovery relies on it to tell a torn last
+        // batch from damage.
+        if self.pending_bytes + COMMON_HEADER > self.cfg.batch_bytes_max as usize {
+            return Err(StoreError::BatchFull);
+        }
+        self.room(COMMON_HEADER, 0)?;
         Ok(self.stage_control(kind, queue, lookup))
     }
 
@@ -563,7 +568,7 @@ impl<D: Disk> Store<D> {
         {
             return Err(StoreError::BatchFull);
         }
-        self.room(space)?;
+        self.room(space, self.cfg.removal_reserve_bytes as usize)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let lookup = lookup.unwrap_or(seq);
