@@ -106,7 +106,8 @@ pub enum Select {
     Front,
     /// By lookup id.
     Lookup(LookupId),
-    /// By message id (the most recent message with that id in this queue).
+    /// By message id: the first visible message with that id in delivery order (a scan of the
+    /// queue; the queue manager keeps its own index if it needs this often).
     MessageId(MessageId),
 }
 
