@@ -11,6 +11,7 @@ fn cfg() -> StoreConfig {
         batch_bytes_max: 16 << 10,
         message_bytes_max: 8 << 10,
         compact_segments_min: 3,
+        removal_reserve_bytes: 2 << 10,
         compact_live_percent: 30,
         ..StoreConfig::default()
     }

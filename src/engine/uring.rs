@@ -184,9 +184,13 @@ impl Ring {
             .offset(offset)
             .build()
             .user_data(user_data.0);
+        // ASYNC: the copy into the page cache runs on an io-wq worker (the other core) instead
+        // of inline in io_uring_enter, so the shard keeps staging records meanwhile.
+        let mut flags = squeue::Flags::ASYNC;
         if link {
-            e = e.flags(squeue::Flags::IO_LINK);
+            flags |= squeue::Flags::IO_LINK;
         }
+        e = e.flags(flags);
         // SAFETY: the caller guarantees the buffer and fd outlive the operation (see above).
         unsafe { self.ring.submission().push(&e) }.map_err(|_| RingError::SubmissionFull)?;
         self.in_flight += 1;

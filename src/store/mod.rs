@@ -106,7 +106,8 @@ pub enum Select {
     Front,
     /// By lookup id.
     Lookup(LookupId),
-    /// By message id (the most recent message with that id in this queue).
+    /// By message id: the first visible message with that id in delivery order (a scan of the
+    /// queue; the queue manager keeps its own index if it needs this often).
     MessageId(MessageId),
 }
 
@@ -301,6 +302,9 @@ pub struct StoreConfig {
     pub compact_live_percent: u32,
     /// Bytes copied forward per `maintain` call at most.
     pub compact_bytes_per_call: u32,
+    /// Bytes at the end of each segment that only removal records may use, so messages can be
+    /// consumed (and space reclaimed) when the disk is too full for a new segment.
+    pub removal_reserve_bytes: u32,
     /// Start-up: cut the log at mid-segment damage instead of refusing to start.
     pub salvage: bool,
 }
@@ -318,6 +322,7 @@ impl Default for StoreConfig {
             compact_segments_min: 4,
             compact_live_percent: 25,
             compact_bytes_per_call: 4 << 20,
+            removal_reserve_bytes: 256 << 10,
             salvage: false,
         }
     }

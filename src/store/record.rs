@@ -3,8 +3,9 @@
 //! ```text
 //!  0 len     u32  record bytes before padding (header + payload)
 //!  4 crc     u32  crc32 over bytes 8..len
-//!  8 seq     u64  strictly increasing across the log; the first record of a segment has
-//!                 seq == the segment's base (its file name)
+//!  8 seq     u64  strictly increasing across the log; every record of a segment has
+//!                 seq >= the segment's base (its file name), which is one past the previous
+//!                 segment's seal (stale records in a reused file are below it)
 //! 16 kind    u8   1 message, 2 remove, 3 purge, 4 seal
 //! 17 prio    u8   message priority 0..=7
 //! 18 class   u8   1 recoverable, 2 transactional

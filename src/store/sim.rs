@@ -66,6 +66,15 @@ impl SimDisk {
     /// Power loss: every unsynced sector survives or not at random (the last survivor may be
     /// torn mid-sector); the page cache is lost. The in-flight batch never completes.
     pub fn crash(&mut self) {
+        // Chunks of the in-flight batch are written in order, each after the previous chunk's
+        // sync (io_uring links): some prefix of them may have completed.
+        if let Some(chunks) = self.inflight.take() {
+            let k = (self.next() % chunks.len() as u64) as usize;
+            for i in 1..=k {
+                self.sync_segment(chunks[i - 1].segment);
+                self.write_cache(&chunks[i]);
+            }
+        }
         let unsynced = std::mem::take(&mut self.unsynced);
         for (base, off, len) in unsynced {
             let mut s = off;
@@ -80,7 +89,6 @@ impl SimDisk {
                     0 | 1 => seg.platter[s..e].copy_from_slice(&seg.cache[s..e]),
                     2 => {
                         let cut = s + (self.rng as usize % (e - s));
-                        let seg = self.segs.get_mut(&base).expect("checked");
                         seg.platter[s..cut].copy_from_slice(&seg.cache[s..cut]);
                     }
                     _ => {}
@@ -92,6 +100,19 @@ impl SimDisk {
             seg.cache.clone_from(&seg.platter);
         }
         self.inflight = None;
+    }
+
+    fn write_cache(&mut self, c: &Chunk) {
+        let seg = self.segs.get_mut(&c.segment).expect("segment of a write");
+        let o = c.offset as usize;
+        seg.cache[o..o + c.buf.len()].copy_from_slice(&c.buf);
+        self.unsynced.push((c.segment, o, c.buf.len()));
+    }
+
+    fn sync_segment(&mut self, base: u64) {
+        let seg = self.segs.get_mut(&base).expect("segment of a sync");
+        seg.platter.clone_from(&seg.cache);
+        self.unsynced.retain(|u| u.0 != base);
     }
 
     /// Flip one bit of a segment on the platter and in the cache (media damage).
@@ -149,13 +170,14 @@ impl Disk for SimDisk {
 
     fn submit(&mut self, chunks: Vec<Chunk>) -> Result<(), StoreError> {
         assert!(self.inflight.is_none(), "one batch in flight at a time");
-        for c in &chunks {
-            let seg = self.segs.get_mut(&c.segment).ok_or(StoreError::Io {
+        if chunks.iter().any(|c| !self.segs.contains_key(&c.segment)) {
+            return Err(StoreError::Io {
                 errno: libc::ENOENT,
-            })?;
-            let o = c.offset as usize;
-            seg.cache[o..o + c.buf.len()].copy_from_slice(&c.buf);
-            self.unsynced.push((c.segment, o, c.buf.len()));
+            });
+        }
+        // Only the first chunk is written now; each later one after the previous one's sync.
+        if let Some(c) = chunks.first() {
+            self.write_cache(c);
         }
         self.inflight = Some(chunks);
         Ok(())
@@ -173,13 +195,11 @@ impl Disk for SimDisk {
             // The kernel dropped the dirty pages: what reached the platter is unknown.
             return Err(StoreError::Poisoned { errno });
         }
-        for c in &chunks {
-            let seg = self
-                .segs
-                .get_mut(&c.segment)
-                .expect("segment of an in-flight write");
-            seg.platter.clone_from(&seg.cache);
-            self.unsynced.retain(|u| u.0 != c.segment);
+        for (i, c) in chunks.iter().enumerate() {
+            if i > 0 {
+                self.write_cache(c);
+            }
+            self.sync_segment(c.segment);
         }
         Ok(Some(chunks))
     }
