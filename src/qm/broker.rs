@@ -120,6 +120,16 @@ impl<S: QueueStore> Partition<S> {
             }
         }
         self.pending_release = keep;
+        // Reclaim consumed segments and copy a few old live messages forward (bounded work per
+        // call, so a few old messages never pin unbounded space).
+        let m = self.store.maintain()?;
+        if m.segments_reclaimed > 0 || m.messages_copied > 0 {
+            tracing::debug!(
+                reclaimed = m.segments_reclaimed,
+                copied = m.messages_copied,
+                "store maintenance"
+            );
+        }
         Ok(mark)
     }
 }
