@@ -26,6 +26,9 @@ pub struct Config {
     /// Extra names this machine answers to in DIRECT=OS: and DIRECT=TCP: format names, beside
     /// the host name and every local address.
     pub aliases: Vec<String>,
+    /// The TCP port of remote queue managers (Windows always listens on 1801; tests and
+    /// unusual set-ups change it).
+    pub remote_port: u16,
     /// Engine and store limits that have no Windows counterpart.
     pub limits: Limits,
     #[serde(rename = "Parameters")]
@@ -40,6 +43,7 @@ impl Default for Config {
             api: "127.0.0.1:1802".parse().expect("literal address"),
             cores: Vec::new(),
             aliases: Vec::new(),
+            remote_port: 1801,
             limits: Limits::default(),
             parameters: Parameters::default(),
         }

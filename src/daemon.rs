@@ -11,9 +11,11 @@ use crate::engine::net::{Counters as EngineCounters, Engine, EngineConfig};
 use crate::http::serve_api;
 use crate::ping::PingResponder;
 use crate::qm::broker::Broker;
-use crate::qm::identity::OrdinalAllocator;
 use crate::server::{MsmqApp, Shared};
 use crate::store::FileStore;
+
+/// How often every shard is woken for housekeeping (outgoing retries).
+pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
 
 /// Runs the server until a signal arrives.
 pub fn serve(config: Config) -> anyhow::Result<()> {
@@ -26,8 +28,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config.cores.clone()
     };
     let broker = Arc::new(Broker::open(config.clone(), cores.len())?);
-    let ordinals = OrdinalAllocator::open(&config.data_dir)?;
-    let shared = Arc::new(Shared::new(broker.clone(), ordinals));
+    let shared = Arc::new(Shared::new(broker.clone()));
     let hardened = config.parameters.Hardened_MSMQ;
     let engine_cfg = EngineConfig {
         // Hardened mode listens on no raw MS-MQQB port (only SRMP over HTTP is accepted).
@@ -40,6 +41,31 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let s2 = shared.clone();
     let engine = Engine::start(engine_cfg, move |shard| MsmqApp::new(s2.clone(), shard))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Other threads (the API, a shard queueing an admin ack for another shard) wake a shard
+    // when its outgoing queues have new messages.
+    let wakers: Vec<_> = (0..engine.shard_count())
+        .filter_map(|i| engine.waker(i))
+        .collect();
+    let ticker_wakers = wakers.clone();
+    broker.set_waker(Box::new(move |i| {
+        if let Some(w) = wakers.get(i % wakers.len().max(1)) {
+            let _ = w.wake();
+        }
+    }));
+    // Housekeeping: every shard runs a loop turn at least once a second, so outgoing queues
+    // retry (TryConnectInterval) even when no socket is busy.
+    let ticking = Arc::new(AtomicBool::new(true));
+    let t = ticking.clone();
+    let ticker = std::thread::Builder::new()
+        .name("lior-tick".into())
+        .spawn(move || {
+            while t.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(HOUSEKEEPING_INTERVAL_MS));
+                for w in &ticker_wakers {
+                    let _ = w.wake();
+                }
+            }
+        })?;
     let engine_counters: Vec<Arc<EngineCounters>> = (0..engine.shard_count())
         .filter_map(|i| engine.shard_counters(i))
         .collect();
@@ -73,6 +99,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(%listen, api = %api.local_addr, qm = %broker.guid(), "lior is serving");
     let sig = signal.wait();
     tracing::info!(signal = sig, "shutting down");
+    ticking.store(false, Ordering::Relaxed);
+    let _ = ticker.join();
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     api.stop();
     if let Some(p) = ping {

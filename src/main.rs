@@ -52,6 +52,30 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Send a message to a queue, here or on a remote queue manager (it waits in an outgoing
+    /// queue until the remote machine takes it).
+    Send {
+        /// A format name, e.g. `DIRECT=OS:winbox\private$\orders`.
+        to: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// The body as text...
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        /// ...or read from a file.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        priority: u8,
+        /// Recoverable (on disk at every hop) instead of express.
+        #[arg(long)]
+        recoverable: bool,
+        /// Send this many copies.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Receive (remove) messages; each removal is on disk before the message is printed.
     Receive {
         queue: String,
@@ -125,6 +149,25 @@ fn main() -> ExitCode {
             json,
             api,
         } => messages(&api.api, &queue, "GET", "messages", count, 0, json),
+        Command::Send {
+            to,
+            label,
+            body,
+            body_file,
+            priority,
+            recoverable,
+            count,
+            api,
+        } => send(
+            &api.api,
+            &to,
+            &label,
+            body,
+            body_file,
+            priority,
+            recoverable,
+            count,
+        ),
         Command::Receive {
             queue,
             count,
@@ -396,6 +439,44 @@ fn messages(
     }
     if list.is_empty() && !json {
         eprintln!("no message in {queue}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    api: &str,
+    to: &str,
+    label: &str,
+    body: Option<String>,
+    body_file: Option<PathBuf>,
+    priority: u8,
+    recoverable: bool,
+    count: u32,
+) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    let bytes = match (body, body_file) {
+        (_, Some(f)) => {
+            std::fs::read(&f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?
+        }
+        (Some(t), None) => t.into_bytes(),
+        (None, None) => Vec::new(),
+    };
+    let req = serde_json::json!({
+        "to": to,
+        "label": label,
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "priority": priority,
+        "recoverable": recoverable,
+    });
+    for _ in 0..count {
+        let v = call(ureq::post(&url(api, "/v1/send")), Some(req.clone()))?;
+        println!(
+            "sent {} ({} queue {})",
+            v["message_id"].as_str().unwrap_or("?"),
+            v["placed"].as_str().unwrap_or("?"),
+            v["queue"].as_str().unwrap_or("?")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,15 +11,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{Broker, Verdict};
 use crate::qm::catalog::ORDER_QUEUE_ID;
-use crate::qm::identity::OrdinalAllocator;
 use crate::qm::txn::{IncomingSequence, OrderAckTimer, TxKey};
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
-use crate::store::{QueueStore, Ticket};
+use crate::store::{Cursor, LookupId, QueueId, QueueStore, Ticket};
 use crate::wire::user::{OrderAckBody, QueueRef, UserMessage};
 use crate::wire::{utf16z, Guid, Utf16};
 
@@ -52,12 +51,11 @@ pub struct Shared<S> {
     pub counters: ServerCounters,
     /// Incoming sessions open now, across shards (for `MaxInSessions`).
     pub sessions_in: AtomicU32,
-    pub ordinals: Mutex<OrdinalAllocator>,
     pub session_config: SessionConfig,
 }
 
 impl<S> Shared<S> {
-    pub fn new(broker: Arc<Broker<S>>, ordinals: OrdinalAllocator) -> Self
+    pub fn new(broker: Arc<Broker<S>>) -> Self
     where
         S: QueueStore,
     {
@@ -76,7 +74,6 @@ impl<S> Shared<S> {
             broker,
             counters: ServerCounters::default(),
             sessions_in: AtomicU32::new(0),
-            ordinals: Mutex::new(ordinals),
             session_config,
         }
     }
@@ -97,6 +94,34 @@ pub struct MsmqConn {
     direct_format: bool,
     incoming: bool,
     established: bool,
+    /// For sessions we opened: the outgoing queue (store queue id) they carry.
+    outgoing: Option<u32>,
+}
+
+/// Where an outgoing queue stands (MS-MQQB 3.1.1.3.1: WAITING_RECONNECT and friends).
+#[derive(Debug)]
+enum OutPhase {
+    /// Nothing to send, or not yet tried.
+    Idle,
+    /// A host name is being resolved on a helper thread.
+    Resolving(std::sync::mpsc::Receiver<std::io::Result<SocketAddr>>),
+    /// A connection is being opened or the handshake runs.
+    Connecting,
+    /// A session is open on this connection.
+    Open(ConnId),
+    /// Closed; retry at this time (`TryConnectInterval`).
+    Retry(u64),
+    /// Hardened mode, or a transport lior does not send: kept, never sent.
+    Locked,
+}
+
+#[derive(Debug)]
+struct OutQueue {
+    def: crate::qm::outgoing::OutgoingDef,
+    phase: OutPhase,
+    /// The next message to send, in delivery order; reset when a session closes, so every
+    /// message not yet acknowledged is sent again (MS-MQQB 3.1.5.9).
+    cursor: Cursor,
 }
 
 /// The per-shard app.
@@ -110,7 +135,17 @@ pub struct MsmqApp<S> {
     ready: Vec<ConnId>,
     /// Durable watermark of the partition after the last commit.
     durable: Ticket,
+    /// The outgoing queues this shard sends, by store queue id.
+    out: HashMap<u32, OutQueue>,
+    /// Connections to open: (address, outgoing queue id).
+    connects: VecDeque<(SocketAddr, u32)>,
+    now_ms: u64,
+    /// Admin acknowledgements owed for frames received this turn.
+    admin_acks: Vec<(Vec<u8>, crate::wire::headers::MessageClass)>,
 }
+
+/// Admin acknowledgements one shard builds per loop turn at most (a bound on the copies kept).
+pub const ADMIN_ACKS_PER_TURN_MAX: usize = 4_096;
 
 impl<S> MsmqApp<S> {
     pub fn new(shared: Arc<Shared<S>>, shard: usize) -> Self {
@@ -121,6 +156,10 @@ impl<S> MsmqApp<S> {
             waiting: Vec::new(),
             ready: Vec::new(),
             durable: Ticket(0),
+            out: HashMap::new(),
+            connects: VecDeque::new(),
+            now_ms: 0,
+            admin_acks: Vec::new(),
         }
     }
 }
@@ -170,7 +209,13 @@ impl<S: QueueStore> MsmqApp<S> {
             Verdict::Duplicate | Verdict::TxRejected => None,
         };
         if let Some(class) = d.admin_ack {
-            tracing::debug!(peer = %conn.peer, ?class, "admin acknowledgement requested");
+            // Built after the partition lock is released: its outgoing queue may live in this
+            // same partition.
+            if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                self.admin_acks.push((frame.to_vec(), class));
+            } else {
+                tracing::warn!("too many admin acknowledgements in one turn; dropping one");
+            }
         }
         if let Some((key, state)) = d.order_ack {
             let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
@@ -209,10 +254,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 tx_previous_sequence_number: s.seq_no.saturating_sub(1),
             }
             .to_bytes();
-            let ordinal = match self.shared.ordinals.lock() {
-                Ok(mut o) => o.allocate().unwrap_or(0),
-                Err(p) => p.into_inner().allocate().unwrap_or(0),
-            };
+            let ordinal = self.shared.broker.next_ordinal();
             // Address it as MS-MQQB 3.1.7.17 says: DIRECT=TCP to the sender's address when the
             // session carried direct format names, else PRIVATE=<sender>\4.
             let direct = utf16z(&format!("TCP:{}\\PRIVATE$\\order_queue$", conn.peer.ip()));
@@ -276,13 +318,28 @@ impl<S: QueueStore> MsmqApp<S> {
                     peer_window,
                 } => {
                     conn.established = true;
+                    if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
+                        q.phase = OutPhase::Open(conn.id);
+                    }
                     self.shared
                         .counters
                         .sessions_established
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(peer = %conn.peer, %remote_qm, peer_window, "session established");
                 }
-                Event::Acked { .. } => {}
+                Event::Acked { token } => {
+                    if let Some(q) = conn.outgoing {
+                        let mut part = self.shared.broker.partition(self.shard);
+                        if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
+                            tracing::error!(error = %e, "cannot remove a delivered message");
+                        }
+                        self.shared
+                            .broker
+                            .counters
+                            .outgoing_sent_acked
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Event::Closed(reason) => {
                     tracing::info!(peer = %conn.peer, reason = %reason.describe(), "session closing");
                     let c = match reason {
@@ -294,6 +351,121 @@ impl<S: QueueStore> MsmqApp<S> {
                         _ => &self.shared.counters.sessions_closed_other,
                     };
                     c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl<S: QueueStore> MsmqApp<S> {
+    /// Sends messages of outgoing queue `q` while the peer's window has room.
+    fn fill_window(&mut self, now_ms: u64, conn: &mut MsmqConn, q: u32) {
+        let Some(out) = self.out.get_mut(&q) else {
+            return;
+        };
+        if !matches!(out.phase, OutPhase::Open(_)) {
+            return;
+        }
+        let part = self.shared.broker.partition(self.shard);
+        while conn.session.window_available() > 0 {
+            let before = out.cursor;
+            let Some(m) = part.store.cursor_next(&mut out.cursor) else {
+                break;
+            };
+            let recoverable = m.meta.class != crate::store::Class::Express;
+            if conn
+                .session
+                .send_message(now_ms, m.bytes, recoverable, m.lookup_id.0)
+                .is_err()
+            {
+                out.cursor = before;
+                break;
+            }
+        }
+    }
+
+    /// Starts connections for outgoing queues with messages, resolves names, retries.
+    fn manage_outgoing(&mut self, now_ms: u64) {
+        let broker = self.shared.broker.clone();
+        if broker.take_outgoing_dirty(self.shard) {
+            for def in broker.outgoing_for(self.shard) {
+                self.out.entry(def.id).or_insert_with(|| OutQueue {
+                    cursor: Cursor::new(QueueId(def.id)),
+                    def,
+                    phase: OutPhase::Idle,
+                });
+            }
+        }
+        let hardened = broker.config.parameters.Hardened_MSMQ;
+        let port = broker.config.remote_port;
+        let retry = u64::from(broker.config.parameters.TryConnectInterval);
+        for out in self.out.values_mut() {
+            match &out.phase {
+                OutPhase::Idle => {}
+                OutPhase::Retry(t) if *t <= now_ms => {}
+                OutPhase::Resolving(rx) => {
+                    match rx.try_recv() {
+                        Ok(Ok(addr)) => {
+                            self.connects.push_back((addr, out.def.id));
+                            out.phase = OutPhase::Connecting;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(destination = %out.def.key, error = %e, "cannot resolve; will retry");
+                            out.phase = OutPhase::Retry(now_ms + retry);
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            out.phase = OutPhase::Retry(now_ms + retry);
+                        }
+                    }
+                    continue;
+                }
+                OutPhase::Open(id) => {
+                    // New messages may have arrived for an open session.
+                    self.ready.push(*id);
+                    continue;
+                }
+                _ => continue,
+            }
+            let pending = broker
+                .partition(self.shard)
+                .store
+                .queue_len(QueueId(out.def.id))
+                .0;
+            if pending == 0 {
+                out.phase = OutPhase::Idle;
+                continue;
+            }
+            if hardened || out.def.transport != crate::qm::outgoing::Transport::Mqqb {
+                tracing::warn!(destination = %out.def.key, pending, "outgoing queue locked");
+                out.phase = OutPhase::Locked;
+                continue;
+            }
+            match out.def.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    self.connects
+                        .push_back((SocketAddr::new(ip, port), out.def.id));
+                    out.phase = OutPhase::Connecting;
+                }
+                Err(_) => {
+                    // Name resolution may block: it runs on a short-lived thread.
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let host = out.def.host.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("lior-resolve".into())
+                        .spawn(move || {
+                            use std::net::ToSocketAddrs;
+                            let r = (host.as_str(), port).to_socket_addrs().and_then(|mut a| {
+                                a.next().ok_or_else(|| {
+                                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+                                })
+                            });
+                            let _ = tx.send(r);
+                        });
+                    out.phase = match spawned {
+                        Ok(_) => OutPhase::Resolving(rx),
+                        Err(_) => OutPhase::Retry(now_ms + retry),
+                    };
                 }
             }
         }
@@ -332,6 +504,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             direct_format: false,
             incoming: true,
             established: false,
+            outgoing: None,
         })
     }
 
@@ -344,6 +517,11 @@ impl<S: QueueStore> App for MsmqApp<S> {
         });
         conn.framer = framer;
         drop(part);
+        for (frame, class) in std::mem::take(&mut self.admin_acks) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.shared.broker.send_admin_ack(&msg, class);
+            }
+        }
         self.drain_events(conn);
         match r {
             Ok(()) => Ok(()),
@@ -363,6 +541,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         self.apply_durability(now_ms, conn);
         if !conn.order_acks.is_empty() {
             self.send_order_acks(now_ms, conn);
+        }
+        if let Some(q) = conn.outgoing {
+            self.fill_window(now_ms, conn, q);
         }
         let before = conn.session.counters().acks_sent;
         conn.session.flush_acks();
@@ -407,9 +588,15 @@ impl<S: QueueStore> App for MsmqApp<S> {
         conn.session.is_closed()
     }
 
-    fn on_closed(&mut self, _now_ms: u64, conn: MsmqConn, reason: NetClose) {
+    fn on_closed(&mut self, now_ms: u64, conn: MsmqConn, reason: NetClose) {
         if conn.incoming {
             self.shared.sessions_in.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
+            let retry = u64::from(self.shared.broker.config.parameters.TryConnectInterval);
+            q.phase = OutPhase::Retry(now_ms + retry);
+            q.cursor = Cursor::new(QueueId(q.def.id));
+            tracing::info!(destination = %q.def.key, ?reason, retry_ms = retry, "outgoing session closed");
         }
         tracing::info!(
             peer = %conn.peer,
@@ -420,7 +607,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
         );
     }
 
-    fn end_of_turn(&mut self, _now_ms: u64) {
+    fn end_of_turn(&mut self, now_ms: u64) {
         let wait_for = self.appended.take();
         let mut part = self.shared.broker.partition(self.shard);
         // The group commit: one flush for every message this shard appended this turn, across
@@ -439,10 +626,47 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         drop(part);
         self.ready.append(&mut self.waiting);
+        self.now_ms = now_ms;
+        self.manage_outgoing(now_ms);
     }
 
     fn poll_ready(&mut self) -> Option<ConnId> {
         self.ready.pop()
+    }
+
+    fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, MsmqConn)> {
+        let (addr, q) = self.connects.pop_front()?;
+        tracing::info!(%addr, queue = q, "opening an outgoing session");
+        let mut cfg = self.shared.session_config.clone();
+        // Direct-format sessions wait twice as long for acks (QosCleanupIntervalMultiplier).
+        cfg.ack_wait_multiplier = self
+            .shared
+            .broker
+            .config
+            .parameters
+            .QosCleanupIntervalMultiplier;
+        Some((
+            addr,
+            MsmqConn {
+                id: ConnId {
+                    slot: u32::MAX,
+                    generation: 0,
+                },
+                peer: addr,
+                session: Session::initiator(cfg, Guid::NULL, now_ms),
+                framer: Framer::new(),
+                pending_durable: VecDeque::new(),
+                order_acks: HashMap::new(),
+                direct_format: true,
+                incoming: false,
+                established: false,
+                outgoing: Some(q),
+            },
+        ))
+    }
+
+    fn on_connected(&mut self, _now_ms: u64, id: ConnId, conn: &mut MsmqConn) {
+        conn.id = id;
     }
 }
 

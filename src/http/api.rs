@@ -75,6 +75,31 @@ struct CreateQueue {
 }
 
 #[derive(Deserialize)]
+struct SendBody {
+    to: String,
+    #[serde(default)]
+    label: String,
+    /// The body as text (UTF-8 bytes), or...
+    #[serde(default)]
+    body: Option<String>,
+    /// ...as base64.
+    #[serde(default)]
+    body_base64: Option<String>,
+    #[serde(default = "default_priority")]
+    priority: u8,
+    #[serde(default)]
+    recoverable: bool,
+    time_to_reach_queue: Option<u32>,
+    time_to_be_received: Option<u32>,
+    #[serde(default)]
+    app_specific: u32,
+}
+
+fn default_priority() -> u8 {
+    3
+}
+
+#[derive(Deserialize)]
 struct MessagesQuery {
     count: Option<usize>,
     wait_ms: Option<u64>,
@@ -122,6 +147,8 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/v1/queues/{name}/purge", post(purge::<S>))
                     .route("/v1/queues/{name}/messages", get(peek::<S>))
                     .route("/v1/queues/{name}/receive", post(receive::<S>))
+                    .route("/v1/send", post(send::<S>))
+                    .route("/v1/outgoing", get(outgoing::<S>))
                     .route("/metrics", get(metrics_route::<S>))
                     .with_state(ctx);
                 let r = axum::serve(listener, app)
@@ -236,4 +263,52 @@ async fn metrics_route<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Res
         (c.metrics)(),
     )
         .into_response()
+}
+
+async fn send<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Json(req): Json<SendBody>,
+) -> Response {
+    use base64::Engine as _;
+    let body = match (&req.body, &req.body_base64) {
+        (Some(t), None) => t.as_bytes().to_vec(),
+        (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("body_base64: {e}")),
+        },
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give body or body_base64, not both",
+            )
+        }
+    };
+    if req.priority > 7 {
+        return error(StatusCode::BAD_REQUEST, "priority must be 0..=7");
+    }
+    let r = crate::qm::broker::SendRequest {
+        label: &req.label,
+        body: &body,
+        priority: req.priority,
+        recoverable: req.recoverable,
+        time_to_reach_queue: req.time_to_reach_queue,
+        time_to_be_received: req.time_to_be_received,
+        app_specific: req.app_specific,
+    };
+    match c.broker.send(&req.to, &r) {
+        Ok(o) => (StatusCode::ACCEPTED, Json(o)).into_response(),
+        Err(ApiError::Send(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => api_error(e),
+    }
+}
+
+async fn outgoing<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
+    let list: Vec<serde_json::Value> = c
+        .broker
+        .list_outgoing()
+        .into_iter()
+        .map(|(d, n)| json!({"destination": d.key, "transport": d.transport, "shard": d.shard, "messages": n}))
+        .collect();
+    Json(list).into_response()
 }

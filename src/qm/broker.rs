@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::config::Config;
 use crate::store::{
@@ -25,7 +26,8 @@ use crate::wire::Guid;
 
 use super::catalog::{Catalog, CatalogError, QueueDef, QueueKind, DEADLETTER_ID, DEADXACT_ID};
 use super::dedup::DuplicateTable;
-use super::identity::load_or_create_guid;
+use super::identity::{load_or_create_guid, OrdinalAllocator};
+use super::outgoing::{OutgoingDef, OutgoingTable, Transport};
 use super::routing::{route, LocalIdentity, Route};
 use super::txn::{IncomingSequence, TxKey, TxVerdict, TxnTable};
 use crate::wire::format_name::SystemQueue;
@@ -50,6 +52,10 @@ pub struct BrokerCounters {
     pub nacks_owed: AtomicU64,
     pub refused_store_errors: AtomicU64,
     pub messages_received: AtomicU64,
+    pub admin_acks_queued: AtomicU64,
+    pub acks_unroutable: AtomicU64,
+    pub nacks_suppressed: AtomicU64,
+    pub outgoing_sent_acked: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -137,6 +143,17 @@ impl<S: QueueStore> Partition<S> {
 /// Batches `commit` waits for at most before it gives up (a store that never completes).
 const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
 
+impl<S: QueueStore> Partition<S> {
+    /// Removes a message the remote queue manager acknowledged from its outgoing queue; the
+    /// removal is committed with the next group commit.
+    pub fn remove_delivered(&mut self, queue: QueueId, lookup: LookupId) -> Result<(), StoreError> {
+        if let Some(r) = self.store.receive(queue, Select::Lookup(lookup))? {
+            self.pending_release.push(r);
+        }
+        Ok(())
+    }
+}
+
 fn txn_record_id(key: &TxKey) -> MessageId {
     let mut id = [0u8; 20];
     id[..16].copy_from_slice(&key.0 .0);
@@ -193,6 +210,8 @@ pub enum ApiError {
     Catalog(CatalogError),
     Store(StoreError),
     NoSuchQueue(String),
+    /// A send could not be placed (bad format name, outgoing table full, ...).
+    Send(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -201,6 +220,7 @@ impl std::fmt::Display for ApiError {
             ApiError::Catalog(e) => write!(f, "{e}"),
             ApiError::Store(e) => write!(f, "{e}"),
             ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
+            ApiError::Send(e) => write!(f, "{e}"),
         }
     }
 }
@@ -230,7 +250,6 @@ pub struct QueueInfo {
 }
 
 /// The queue manager shared by the engine shards and the local API.
-#[derive(Debug)]
 pub struct Broker<S> {
     pub identity: LocalIdentity,
     pub config: Config,
@@ -241,8 +260,14 @@ pub struct Broker<S> {
     pub counters: BrokerCounters,
     /// Woken whenever messages become receivable (for receive with a wait).
     pub arrivals: tokio::sync::Notify,
-    /// Wakes pollers when partition commits advance (for API receivers waiting for durability).
+    /// Rotates the partition receive starts at.
     receive_cursor: AtomicU64,
+    outgoing: Mutex<OutgoingTable>,
+    ordinals: Mutex<OrdinalAllocator>,
+    /// Per shard: new outgoing messages were queued for it by another thread.
+    outgoing_dirty: Vec<AtomicBool>,
+    /// Wakes a shard (set by the daemon once the engine runs).
+    waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -327,8 +352,16 @@ impl<S: QueueStore> Broker<S> {
             p.RemoveDuplicateSize as usize,
             u64::from(p.RemoveDuplicateCleanup),
         );
+        let shards = partitions.len();
+        let outgoing =
+            OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ordinals = OrdinalAllocator::open(&config.data_dir)?;
         Ok(Broker {
             identity,
+            outgoing: Mutex::new(outgoing),
+            ordinals: Mutex::new(ordinals),
+            outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
+            waker: OnceLock::new(),
             catalog: RwLock::new(catalog),
             partitions,
             dedup: Mutex::new(dedup),
@@ -546,30 +579,7 @@ impl<S: QueueStore> Broker<S> {
         frame: &[u8],
         msg: &UserMessage<'_>,
     ) -> Result<Ticket, StoreError> {
-        let u = &msg.user;
-        let class = if u.flags.transactional() {
-            Class::Transactional
-        } else if u.flags.recoverable() {
-            Class::Recoverable
-        } else {
-            Class::Express
-        };
-        let expiry_unix_s = if u.time_to_be_received == INFINITE {
-            EXPIRY_NEVER
-        } else {
-            u.sent_time
-                .saturating_add(u.time_to_be_received)
-                .min(EXPIRY_NEVER - 1)
-        };
-        let mut id = [0u8; 20];
-        id[..16].copy_from_slice(&u.source_queue_manager.0);
-        id[16..].copy_from_slice(&u.message_id.to_le_bytes());
-        let meta = MessageMeta {
-            priority: msg.base.flags.priority(),
-            class,
-            message_id: MessageId(id),
-            expiry_unix_s,
-        };
+        let meta = message_meta(msg);
         part.store
             .append(QueueId(queue), &meta, frame)
             .map(|a| a.ticket)
@@ -793,5 +803,331 @@ impl<S: QueueStore> Broker<S> {
             out.extend(v.into_iter().map(|(q, l)| (i, q, l)));
         }
         out
+    }
+}
+
+impl<S> std::fmt::Debug for Broker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("guid", &self.identity.guid)
+            .field("partitions", &self.partitions.len())
+            .finish()
+    }
+}
+
+/// What the local API's send did with a message.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SendOutcome {
+    /// `local` (stored in one of our queues) or `outgoing` (waiting for the remote machine).
+    pub placed: &'static str,
+    /// The local queue, or the outgoing queue's destination.
+    pub queue: String,
+    pub message_id: String,
+}
+
+/// What a local application sends.
+#[derive(Clone, Debug)]
+pub struct SendRequest<'a> {
+    pub label: &'a str,
+    pub body: &'a [u8],
+    pub priority: u8,
+    pub recoverable: bool,
+    /// Seconds; `None` = 4 days (the Windows default).
+    pub time_to_reach_queue: Option<u32>,
+    pub time_to_be_received: Option<u32>,
+    pub app_specific: u32,
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Default TimeToReachQueue: 4 days (MS-MQDMPR 3.1.1.12).
+pub const TIME_TO_REACH_QUEUE_DEFAULT_S: u32 = 345_600;
+
+fn encode_message(m: &UserMessage<'_>) -> Result<Vec<u8>, ApiError> {
+    let mut out = vec![0u8; m.frame_len()];
+    let n = m
+        .encode(&mut out)
+        .map_err(|e| ApiError::Send(format!("cannot encode the message: {e}")))?;
+    out.truncate(n);
+    Ok(out)
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Installs the function that wakes shard `i` (its engine loop) from another thread.
+    pub fn set_waker(&self, f: Box<dyn Fn(usize) + Send + Sync>) {
+        let _ = self.waker.set(f);
+    }
+
+    fn wake(&self, shard: usize) {
+        if let Some(w) = self.waker.get() {
+            w(shard);
+        }
+    }
+
+    /// A fresh MessageIdOrdinal (unique across restarts).
+    pub fn next_ordinal(&self) -> u32 {
+        lock(&self.ordinals).allocate().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
+            0
+        })
+    }
+
+    /// Takes (and clears) the flag saying shard `i` has new outgoing messages.
+    pub fn take_outgoing_dirty(&self, shard: usize) -> bool {
+        self.outgoing_dirty
+            .get(shard)
+            .is_some_and(|f| f.swap(false, Ordering::AcqRel))
+    }
+
+    /// The outgoing queues shard `i` sends.
+    pub fn outgoing_for(&self, shard: usize) -> Vec<OutgoingDef> {
+        lock(&self.outgoing)
+            .iter()
+            .filter(|q| q.shard == shard)
+            .cloned()
+            .collect()
+    }
+
+    /// Every outgoing queue with its message count (for the API).
+    pub fn list_outgoing(&self) -> Vec<(OutgoingDef, u64)> {
+        let defs: Vec<OutgoingDef> = lock(&self.outgoing).iter().cloned().collect();
+        defs.into_iter()
+            .map(|d| {
+                let n = self
+                    .partitions
+                    .get(d.shard % self.partitions.len())
+                    .map_or(0, |p| lock(p).store.queue_len(QueueId(d.id)).0);
+                (d, n)
+            })
+            .collect()
+    }
+
+    /// Stores an encoded message in the outgoing queue of its direct destination, durably
+    /// when `recoverable`, and wakes the shard that sends it.
+    pub fn enqueue_outgoing(
+        &self,
+        dest: &crate::wire::format_name::DirectName,
+        frame: &[u8],
+        meta: &MessageMeta,
+    ) -> Result<OutgoingDef, ApiError> {
+        let def = lock(&self.outgoing)
+            .get_or_create(dest)
+            .map_err(|e| ApiError::Send(e.to_string()))?;
+        let shard = def.shard % self.partitions.len();
+        {
+            let mut p = lock(&self.partitions[shard]);
+            let a = p.store.append(QueueId(def.id), meta, frame)?;
+            p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
+        }
+        if def.transport != Transport::Mqqb || self.config.parameters.Hardened_MSMQ {
+            tracing::warn!(
+                destination = %def.key,
+                "message kept in a locked outgoing queue: {}",
+                if self.config.parameters.Hardened_MSMQ {
+                    "hardened mode sends only over HTTP"
+                } else {
+                    "this transport is not sent by lior yet"
+                }
+            );
+        }
+        if let Some(f) = self.outgoing_dirty.get(shard) {
+            f.store(true, Ordering::Release);
+        }
+        self.wake(shard);
+        Ok(def)
+    }
+
+    /// Sends a message from a local application to `to`: into our own queue when the format
+    /// name names this machine, else into the outgoing queue of the remote machine. No contact
+    /// with the remote machine is made here.
+    pub fn send(&self, to: &str, req: &SendRequest<'_>) -> Result<SendOutcome, ApiError> {
+        let fname = crate::wire::format_name::FormatName::parse(to)
+            .map_err(|e| ApiError::Send(format!("{to}: {e}")))?;
+        let Some(direct) = fname.as_direct() else {
+            return Err(ApiError::Send(format!(
+                "{to}: only DIRECT= format names can be sent to without a directory service"
+            )));
+        };
+        let wire = direct.wire_bytes();
+        let label = crate::wire::utf16z(req.label);
+        let label = if req.label.is_empty() {
+            Vec::new()
+        } else {
+            label
+        };
+        let own = self.guid();
+        let ordinal = self.next_ordinal();
+        let now = unix_now();
+        let mut m = UserMessage::new(
+            own,
+            ordinal,
+            crate::wire::user::QueueRef::Direct(crate::wire::Utf16(&wire)),
+            crate::wire::Utf16(&label),
+            req.body,
+        )
+        .with_recoverable(req.recoverable)
+        .with_priority(req.priority.min(7))
+        .with_sent_time(now)
+        .with_time_to_reach_queue(
+            req.time_to_reach_queue
+                .unwrap_or(TIME_TO_REACH_QUEUE_DEFAULT_S),
+        )
+        .with_time_to_be_received(req.time_to_be_received.unwrap_or(INFINITE));
+        m.properties.application_tag = req.app_specific;
+        let frame = encode_message(&m)?;
+        let message_id = format!("{own}\\{ordinal}");
+        if self.identity.is_local(&direct.address) {
+            let msg = UserMessage::parse(&frame)
+                .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
+            let shard = ordinal as usize % self.partitions.len();
+            let mut p = lock(&self.partitions[shard]);
+            let d = self.deliver(&mut p, &frame, &msg, now, 0);
+            let (queue, ticket) = match d.verdict {
+                Verdict::Stored { queue, ticket } => (queue, ticket),
+                Verdict::DeadLettered { class, .. } => {
+                    return Err(ApiError::Send(format!(
+                        "{to}: not deliverable here ({}); moved to the dead-letter queue",
+                        class.name()
+                    )))
+                }
+                Verdict::Refuse(e) => return Err(ApiError::Store(e)),
+                Verdict::Duplicate | Verdict::TxRejected => {
+                    return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
+                }
+            };
+            p.commit((ticket != Ticket::IMMEDIATE).then_some(ticket))?;
+            drop(p);
+            self.arrivals.notify_waiters();
+            let name = self
+                .catalog()
+                .by_id(queue)
+                .map_or_else(|| format!("{queue:#x}"), |q| q.name.clone());
+            return Ok(SendOutcome {
+                placed: "local",
+                queue: name,
+                message_id,
+            });
+        }
+        let meta = message_meta(&m);
+        let def = self.enqueue_outgoing(direct, &frame, &meta)?;
+        Ok(SendOutcome {
+            placed: "outgoing",
+            queue: def.key,
+            message_id,
+        })
+    }
+
+    /// Builds the admin acknowledgement (or NACK) of `msg` (MS-MQQB 3.1.7.15) and queues it
+    /// for the sender's admin queue. Only direct admin queues can be reached without a
+    /// directory service; others are logged and counted.
+    pub fn send_admin_ack(&self, msg: &UserMessage<'_>, class: MessageClass) {
+        let u = &msg.user;
+        // Windows 7+ does not acknowledge acknowledgements (MS-MQQB <62>).
+        if msg.properties.message_class != MessageClass::NORMAL {
+            return;
+        }
+        let insecure = matches!(
+            class,
+            MessageClass::NACK_BAD_DST_Q
+                | MessageClass::NACK_BAD_ENCRYPTION
+                | MessageClass::NACK_BAD_SIGNATURE
+                | MessageClass::NACK_ACCESS_DENIED
+                | MessageClass::NACK_UNSUPPORTED_CRYPTO_PROVIDER
+        );
+        if insecure && !self.config.parameters.security.PermitInsecureNacks {
+            tracing::info!(nack = ?class, "NACK not sent: PermitInsecureNacks is off (SendInsecureNacks)");
+            bump(&self.counters.nacks_suppressed);
+            return;
+        }
+        let admin = match crate::wire::format_name::FormatName::from_queue_ref(
+            &u.admin,
+            u.source_queue_manager,
+            u.queue_manager_address,
+            None,
+        ) {
+            Ok(f) => f,
+            Err(_) => {
+                bump(&self.counters.acks_unroutable);
+                return;
+            }
+        };
+        let Some(dest) = admin.as_direct() else {
+            tracing::info!(admin = %admin, "admin queue needs a directory service; ack not sent");
+            bump(&self.counters.acks_unroutable);
+            return;
+        };
+        let wire = dest.wire_bytes();
+        let ordinal = self.next_ordinal();
+        let body: &[u8] =
+            if class.is_nack() && !msg.security.is_some_and(|s| s.flags.body_encrypted()) {
+                msg.body()
+            } else {
+                &[]
+            };
+        let mut m = UserMessage::new(
+            self.guid(),
+            ordinal,
+            crate::wire::user::QueueRef::Direct(crate::wire::Utf16(&wire)),
+            msg.properties.label,
+            body,
+        )
+        .with_recoverable(u.flags.recoverable())
+        .with_sent_time(unix_now());
+        if let crate::wire::user::QueueRef::Direct(_) = u.destination {
+            m = m.with_response_queue(u.destination);
+        }
+        m.properties.message_class = class;
+        let mut corr = [0u8; 20];
+        corr[..16].copy_from_slice(&u.source_queue_manager.0);
+        corr[16..].copy_from_slice(&u.message_id.to_le_bytes());
+        m.properties.correlation_id = corr;
+        m.properties.body_type = msg.properties.body_type;
+        m.sync();
+        let frame = match encode_message(&m) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build an admin acknowledgement");
+                return;
+            }
+        };
+        let meta = message_meta(&m);
+        match self.enqueue_outgoing(dest, &frame, &meta) {
+            Ok(def) => {
+                bump(&self.counters.admin_acks_queued);
+                tracing::info!(class = class.name(), to = %admin, via = %def.key, "admin acknowledgement queued");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot queue an admin acknowledgement"),
+        }
+    }
+}
+
+/// The store metadata of a message we built.
+pub fn message_meta(m: &UserMessage<'_>) -> MessageMeta {
+    let u = &m.user;
+    let mut id = [0u8; 20];
+    id[..16].copy_from_slice(&u.source_queue_manager.0);
+    id[16..].copy_from_slice(&u.message_id.to_le_bytes());
+    MessageMeta {
+        priority: m.base.flags.priority(),
+        class: if u.flags.transactional() {
+            Class::Transactional
+        } else if u.flags.recoverable() {
+            Class::Recoverable
+        } else {
+            Class::Express
+        },
+        message_id: MessageId(id),
+        expiry_unix_s: if u.time_to_be_received == INFINITE {
+            EXPIRY_NEVER
+        } else {
+            u.sent_time
+                .saturating_add(u.time_to_be_received)
+                .min(EXPIRY_NEVER - 1)
+        },
     }
 }

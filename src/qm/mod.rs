@@ -6,5 +6,6 @@ pub mod broker;
 pub mod catalog;
 pub mod dedup;
 pub mod identity;
+pub mod outgoing;
 pub mod routing;
 pub mod txn;

@@ -35,8 +35,14 @@ impl LocalIdentity {
         }
         id.add_name("localhost");
         for a in aliases {
-            id.add_name(a);
+            // An alias that is an address adds that address (e.g. a NAT or loopback alias).
+            match a.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+                Ok(ip) => id.addrs.push(ip),
+                Err(_) => id.add_name(a),
+            }
         }
+        id.addrs.push(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        id.addrs.push(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
         if let Ok(t) = std::fs::read_to_string("/proc/net/fib_trie") {
             id.addrs.extend(local_ipv4_from_fib_trie(&t));
         }
@@ -63,12 +69,19 @@ impl LocalIdentity {
         }
     }
 
+    /// Whether `a` is one of this machine's addresses. Only 127.0.0.1 and ::1 of the loopback
+    /// range count (plus aliases), so other loopback addresses can stand for other machines
+    /// in tests on one host.
     pub fn is_local_addr(&self, a: &IpAddr) -> bool {
-        a.is_loopback() || self.addrs.contains(a)
+        self.addrs.contains(a)
     }
 
     pub fn is_local_name(&self, host: &str) -> bool {
         let lower = host.to_ascii_lowercase();
+        // `DIRECT=OS:.\...` names the local computer (MS-MQMQ 2.1.2).
+        if lower == "." {
+            return true;
+        }
         if let Ok(ip) = lower
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
@@ -179,6 +192,8 @@ mod tests {
             addrs: vec!["192.0.2.20".parse().unwrap()],
         };
         id.add_name("Linux1.example.com");
+        id.addrs.push("127.0.0.1".parse().unwrap());
+        id.addrs.push("127.0.0.7".parse().unwrap());
         id
     }
 
@@ -204,6 +219,7 @@ mod tests {
             "OS:LINUX1.example.com\\PRIVATE$\\orders",
             "TCP:192.0.2.20\\private$\\orders",
             "TCP:127.0.0.1\\orders",
+            "TCP:127.0.0.7\\orders",
             "HTTP://linux1/msmq/private$/orders",
         ] {
             let w = utf16z(name);

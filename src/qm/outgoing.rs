@@ -1,0 +1,187 @@
+//! Outgoing queues: messages for remote queue managers wait here until a session to the
+//! destination carries them and the peer acknowledges them (MS-MQQB 3.1.7.1). Opening a remote
+//! queue for sending makes no contact with the remote machine; the message is stored at once.
+//!
+//! One outgoing queue per destination machine (protocol and address of a direct format name).
+//! Its messages live in the store partition of the shard that owns the destination, under a
+//! store queue id from this table, so recoverable outgoing messages survive a crash and are
+//! sent again after a restart. The table is persisted (`outgoing.json`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::identity::write_atomic;
+use crate::wire::format_name::{DirectAddress, DirectName};
+
+/// File of the table in the data directory.
+pub const OUTGOING_FILE: &str = "outgoing.json";
+/// Store queue ids of outgoing queues start here (outside private numbers and system ids).
+pub const OUTGOING_ID_BASE: u32 = 0xFFFE_0000;
+/// Outgoing queues at most (a named bound: one per remote machine).
+pub const OUTGOING_QUEUES_MAX: usize = 4_096;
+
+/// How an outgoing queue can be reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// MS-MQQB over TCP to an address or a host name, port 1801 (`remote_port`).
+    Mqqb,
+    /// SRMP over HTTP(S): not sent by this version; kept until it is.
+    Http,
+    /// IPX/SPX: not supported on Linux; kept, never sent.
+    Ipx,
+}
+
+/// One outgoing queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingDef {
+    /// Store queue id.
+    pub id: u32,
+    /// `TCP:192.0.2.10`, `OS:winbox`, `HTTP:host` (lower case).
+    pub key: String,
+    /// The host part, as given (an IP literal or a name to resolve).
+    pub host: String,
+    pub transport: Transport,
+    /// The shard (and store partition) that owns it.
+    pub shard: usize,
+}
+
+/// Why a destination cannot get an outgoing queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutgoingError {
+    Full(usize),
+    Io(String),
+}
+
+impl std::fmt::Display for OutgoingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutgoingError::Full(n) => write!(f, "too many outgoing queues ({n})"),
+            OutgoingError::Io(e) => write!(f, "cannot save the outgoing queue table: {e}"),
+        }
+    }
+}
+
+/// The key and transport of a direct name's machine.
+pub fn destination_of(d: &DirectName) -> (String, String, Transport) {
+    let host = d.host().to_string();
+    let (proto, transport) = match &d.address {
+        DirectAddress::Tcp(_) => ("TCP", Transport::Mqqb),
+        DirectAddress::Os(_) => ("OS", Transport::Mqqb),
+        DirectAddress::Http { .. } => ("HTTP", Transport::Http),
+        DirectAddress::Https { .. } => ("HTTPS", Transport::Http),
+        DirectAddress::Ipx(_) | DirectAddress::Spx(_) => ("IPX", Transport::Ipx),
+    };
+    (
+        format!("{proto}:{}", host.to_ascii_lowercase()),
+        host,
+        transport,
+    )
+}
+
+/// The persisted table of outgoing queues.
+#[derive(Debug)]
+pub struct OutgoingTable {
+    path: PathBuf,
+    shards: usize,
+    by_key: BTreeMap<String, OutgoingDef>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct TableFile {
+    queues: Vec<OutgoingDef>,
+}
+
+impl OutgoingTable {
+    pub fn open(data_dir: &Path, shards: usize) -> Result<OutgoingTable, OutgoingError> {
+        let path = data_dir.join(OUTGOING_FILE);
+        let file: TableFile = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| OutgoingError::Io(format!("{} is damaged: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TableFile::default(),
+            Err(e) => return Err(OutgoingError::Io(e.to_string())),
+        };
+        let by_key = file
+            .queues
+            .into_iter()
+            .map(|mut q| {
+                // A queue keeps its partition; with fewer shards now, the shard that owns
+                // the partition index modulo the count sends it.
+                q.shard %= shards.max(1);
+                (q.key.clone(), q)
+            })
+            .collect();
+        Ok(OutgoingTable {
+            path,
+            shards: shards.max(1),
+            by_key,
+        })
+    }
+
+    /// The outgoing queue of a destination, created (and saved) on first use.
+    pub fn get_or_create(&mut self, d: &DirectName) -> Result<OutgoingDef, OutgoingError> {
+        let (key, host, transport) = destination_of(d);
+        if let Some(q) = self.by_key.get(&key) {
+            return Ok(q.clone());
+        }
+        if self.by_key.len() >= OUTGOING_QUEUES_MAX {
+            return Err(OutgoingError::Full(OUTGOING_QUEUES_MAX));
+        }
+        let n = self.by_key.len() as u32;
+        let q = OutgoingDef {
+            id: OUTGOING_ID_BASE + n,
+            key: key.clone(),
+            host,
+            transport,
+            shard: (n as usize) % self.shards,
+        };
+        self.by_key.insert(key, q.clone());
+        let file = TableFile {
+            queues: self.by_key.values().cloned().collect(),
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| OutgoingError::Io(e.to_string()))?;
+        write_atomic(&self.path, &bytes).map_err(|e| OutgoingError::Io(e.to_string()))?;
+        Ok(q)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &OutgoingDef> {
+        self.by_key.values()
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&OutgoingDef> {
+        self.by_key.values().find(|q| q.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::format_name::FormatName;
+
+    #[test]
+    fn one_queue_per_machine_persisted_with_a_stable_id() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = OutgoingTable::open(d.path(), 2).unwrap();
+        let a = FormatName::parse("DIRECT=OS:WinBox\\private$\\a").unwrap();
+        let b = FormatName::parse("DIRECT=OS:winbox\\private$\\b").unwrap();
+        let c = FormatName::parse("DIRECT=TCP:192.0.2.10\\private$\\a").unwrap();
+        let qa = t.get_or_create(a.as_direct().unwrap()).unwrap();
+        let qb = t.get_or_create(b.as_direct().unwrap()).unwrap();
+        let qc = t.get_or_create(c.as_direct().unwrap()).unwrap();
+        assert_eq!(qa, qb, "same machine, same outgoing queue");
+        assert_eq!(qa.key, "OS:winbox");
+        assert_ne!(qa.id, qc.id);
+        assert_ne!(qa.shard, qc.shard, "spread over shards");
+        drop(t);
+        let mut t = OutgoingTable::open(d.path(), 2).unwrap();
+        assert_eq!(t.get_or_create(c.as_direct().unwrap()).unwrap(), qc);
+        let h = FormatName::parse("DIRECT=HTTP://web/msmq/private$/q").unwrap();
+        assert_eq!(
+            t.get_or_create(h.as_direct().unwrap()).unwrap().transport,
+            Transport::Http
+        );
+    }
+}

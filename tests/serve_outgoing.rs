@@ -1,0 +1,166 @@
+//! Two `lior serve` processes on one host, standing for two machines (127.0.0.2 and
+//! 127.0.0.3): messages for a remote queue wait in an outgoing queue and reach the other queue
+//! manager over MS-MQQB; a NACK the sender asked for comes back to its admin queue.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Server};
+use lior::wire::headers::AckFlags;
+use lior::wire::user::{QueueRef, UserMessage};
+use lior::wire::{utf16z, Guid, Utf16};
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(dir: &std::path::Path, alias: &str, remote_port: u16, extra: &str) -> String {
+    let path = dir.join("lior.toml");
+    std::fs::write(
+        &path,
+        format!("aliases = [\"{alias}\"]\nremote_port = {remote_port}\n{extra}"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port_a = free_port("127.0.0.3");
+    let cb = config(
+        db.path(),
+        "127.0.0.2",
+        port_a,
+        "[Parameters.Security]\nPermitInsecureNacks = true\n",
+    );
+    let b = Server::start_with(
+        &db.path().join("data"),
+        &["--config", &cb, "--listen", "127.0.0.2:0"],
+    );
+    let ca = config(da.path(), "127.0.0.3", b.listen.port(), "");
+    let listen_a = format!("127.0.0.3:{port_a}");
+    let a = Server::start_with(
+        &da.path().join("data"),
+        &["--config", &ca, "--listen", &listen_a],
+    );
+    b.cli(&["queue", "create", "orders"]);
+    a.cli(&["queue", "create", "admin"]);
+
+    // A sends to B's queue: stored in A's outgoing queue, then delivered.
+    let out = a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.2\\private$\\orders",
+        "--label",
+        "from A",
+        "--body",
+        "hello",
+        "--recoverable",
+        "--count",
+        "5",
+    ]);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("outgoing queue TCP:127.0.0.2"))
+            .count(),
+        5,
+        "{out}"
+    );
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let o = b.cli(&[
+            "receive",
+            "orders",
+            "--count",
+            "10",
+            "--wait-ms",
+            "200",
+            "--json",
+        ]);
+        got.extend(
+            o.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+        if got.len() >= 5 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 5);
+    assert!(got
+        .iter()
+        .all(|m| m["label"] == "from A" && m["class"] == "recoverable"));
+
+    // A message to a machine where nothing listens is accepted at once and waits.
+    let out = a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.9\\private$\\x",
+        "--body",
+        "later",
+    ]);
+    assert!(out.contains("outgoing queue TCP:127.0.0.9"), "{out}");
+    let list: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("http://{}/v1/outgoing", a.api))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let waiting = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["destination"] == "TCP:127.0.0.9")
+        .unwrap();
+    assert_eq!(waiting["messages"], 1);
+
+    // A Windows-like sender asks B for negative-arrival acks on its admin queue on A, and
+    // names a queue B does not have: B dead-letters it and sends NACK_BAD_DST_Q to A.
+    let mut c = Client::connect(b.listen, Guid([0x44; 16]));
+    let dest = utf16z("TCP:127.0.0.2\\private$\\nosuch");
+    let admin = utf16z("TCP:127.0.0.3\\private$\\admin");
+    let label = utf16z("lost");
+    let m = UserMessage::new(
+        Guid([0x44; 16]),
+        77,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        b"payload",
+    )
+    .with_admin_queue(QueueRef::Direct(Utf16(&admin)), AckFlags(AckFlags::NA));
+    let mut f = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut f).unwrap();
+    c.send(&f[..n], false, 1);
+    c.wait_acked();
+    let mut nack = Vec::new();
+    for _ in 0..50 {
+        let o = a.cli(&["receive", "admin", "--wait-ms", "200", "--json"]);
+        nack.extend(
+            o.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+        if !nack.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(nack.len(), 1, "the NACK reached the admin queue");
+    assert_eq!(nack[0]["message_class"], "NACK_BAD_DST_Q");
+    assert_eq!(nack[0]["label"], "lost");
+    use base64::Engine as _;
+    let corr = base64::engine::general_purpose::STANDARD
+        .decode(nack[0]["correlation_id_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        &corr[..16],
+        &[0x44; 16],
+        "CorrelationID names the original sender"
+    );
+    assert_eq!(u32::from_le_bytes(corr[16..].try_into().unwrap()), 77);
+    assert_eq!(b.receive_all("deadletter").len(), 1);
+}
