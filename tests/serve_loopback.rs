@@ -188,3 +188,47 @@ fn many_sessions_deliver_while_hostile_ones_are_closed() {
         "the three hostile sessions are counted: {closed}"
     );
 }
+
+#[test]
+fn max_in_sessions_refuses_with_cs_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lior.toml");
+    std::fs::write(&cfg, "[Parameters]\nMaxInSessions = 2\n").unwrap();
+    let mut server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    server.cli(&["queue", "create", "q"]);
+    let mut c1 = Client::connect(server.listen, Guid([1; 16]));
+    let _c2 = Client::connect(server.listen, Guid([2; 16]));
+    // The third session is answered with CS=1 (connection refused), as Windows does.
+    let mut s = raw(&server);
+    let mut f3 = vector("frame3-establish-connection-request.bin");
+    f3[36..52].fill(0);
+    s.write_all(&f3).unwrap();
+    let ec = read_exact(&mut s, 572);
+    assert!(EstablishConnection::parse(&ec)
+        .unwrap()
+        .internal
+        .flags
+        .refused());
+    // The first two keep working.
+    c1.send(
+        &message(Guid([1; 16]), 1, "OS:localhost\\q", b"x", true),
+        true,
+        1,
+    );
+    c1.wait_acked();
+    // SIGTERM: the server finishes its work and exits 0.
+    let pid = server.child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // And what was acknowledged is there after a restart.
+    let server = Server::start(&dir.path().join("data"));
+    assert_eq!(server.receive_all("q").len(), 1);
+}
