@@ -142,7 +142,11 @@ pub struct MsmqApp<S> {
     now_ms: u64,
     /// Admin acknowledgements owed for frames received this turn.
     admin_acks: Vec<(Vec<u8>, crate::wire::headers::MessageClass)>,
+    next_expiry_ms: u64,
 }
+
+/// How often a shard looks for messages whose TimeToBeReceived passed.
+pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
 
 /// Admin acknowledgements one shard builds per loop turn at most (a bound on the copies kept).
 pub const ADMIN_ACKS_PER_TURN_MAX: usize = 4_096;
@@ -160,6 +164,7 @@ impl<S> MsmqApp<S> {
             connects: VecDeque::new(),
             now_ms: 0,
             admin_acks: Vec::new(),
+            next_expiry_ms: 0,
         }
     }
 }
@@ -628,6 +633,10 @@ impl<S: QueueStore> App for MsmqApp<S> {
         self.ready.append(&mut self.waiting);
         self.now_ms = now_ms;
         self.manage_outgoing(now_ms);
+        if now_ms >= self.next_expiry_ms {
+            self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
+            self.shared.broker.expire_partition(self.shard, unix_now());
+        }
     }
 
     fn poll_ready(&mut self) -> Option<ConnId> {

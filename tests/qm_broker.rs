@@ -44,7 +44,12 @@ fn deliver(b: &Broker<SimStore>, bytes: &[u8]) -> lior::qm::broker::Delivered {
     let msg = UserMessage::parse(bytes).unwrap();
     let mut p = b.partition(0);
     let d = b.deliver(&mut p, bytes, &msg, 1_700_000_000, 0);
-    p.commit(None).unwrap();
+    // As the server does at the end of a loop turn: wait until the message is durable.
+    let wait = match d.verdict {
+        Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => Some(ticket),
+        _ => None,
+    };
+    p.commit(wait).unwrap();
     d
 }
 
@@ -193,4 +198,39 @@ fn transactional_messages_are_exactly_once_in_order_and_survive_a_restart() {
         Verdict::Stored { .. }
     ));
     assert_eq!(body_ids(&b, "txq", 10), [1, 2, 3]);
+}
+
+#[test]
+fn messages_past_time_to_be_received_leave_their_queue_for_the_dead_letter_queue() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    b.create_queue("q", false).unwrap();
+    let now = 1_700_000_000u32;
+    // Sent 100 s ago with 10 s to be received, negative journaling asked (JN).
+    let f = frame("OS:localhost\\q", 1, true, |mut m| {
+        m.user.flags = m.user.flags.with(lior::wire::user::UserFlags::JN, true);
+        m.with_sent_time(now - 100).with_time_to_be_received(10)
+    });
+    // Without JN: simply removed.
+    let g = frame("OS:localhost\\q", 2, true, |m| {
+        m.with_sent_time(now - 100).with_time_to_be_received(10)
+    });
+    // Still valid.
+    let h = frame("OS:localhost\\q", 3, true, |m| {
+        m.with_sent_time(now - 100).with_time_to_be_received(1_000)
+    });
+    for x in [&f, &g, &h] {
+        assert!(matches!(deliver(&b, x).verdict, Verdict::Stored { .. }));
+    }
+    let ql = |b: &Broker<SimStore>| {
+        b.list_queues()
+            .into_iter()
+            .find(|q| q.name == "q")
+            .unwrap()
+            .messages
+    };
+    assert_eq!(ql(&b), 3);
+    assert_eq!(b.expire_partition(0, now), 2);
+    assert_eq!(body_ids(&b, "q", 10), [3]);
+    assert_eq!(body_ids(&b, "deadletter", 10), [1]);
 }

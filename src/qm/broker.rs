@@ -37,6 +37,8 @@ use crate::wire::format_name::SystemQueue;
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
 /// Senders × queues whose transactional sequence state is kept.
 pub const TXN_TABLE_MAX: usize = 65_536;
+/// Expired messages one expiry pass handles at most (the rest wait for the next pass).
+pub const EXPIRY_BATCH_MAX: usize = 1_024;
 /// Messages one receive call returns at most.
 pub const RECEIVE_BATCH_MAX: usize = 10_000;
 
@@ -56,6 +58,7 @@ pub struct BrokerCounters {
     pub acks_unroutable: AtomicU64,
     pub nacks_suppressed: AtomicU64,
     pub outgoing_sent_acked: AtomicU64,
+    pub expired_in_queue: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -792,6 +795,69 @@ impl<S: QueueStore> Broker<S> {
             .messages_received
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Removes the messages of partition `i` whose TimeToBeReceived has passed (MS-MQDMPR
+    /// 3.1.7.1.x): each goes to the dead-letter queue when its sender asked for negative
+    /// journaling (JN), and a NACK_RECEIVE_TIMEOUT goes to the admin queue when it asked for
+    /// negative receive acks; otherwise it is deleted, logged and counted. Returns how many
+    /// expired.
+    pub fn expire_partition(&self, i: usize, now_unix: u32) -> usize {
+        let mut nacks = Vec::new();
+        let n;
+        {
+            let mut part = lock(&self.partitions[i % self.partitions.len()]);
+            let mut found = Vec::new();
+            part.store.expired(now_unix, EXPIRY_BATCH_MAX, &mut found);
+            n = found.len();
+            for (q, lookup) in found {
+                if q == TXN_STATE_QUEUE {
+                    continue;
+                }
+                let Some(m) = part.store.peek(q, Select::Lookup(lookup)) else {
+                    continue;
+                };
+                let frame = m.bytes.to_vec();
+                let meta = m.meta;
+                if let Ok(msg) = UserMessage::parse(&frame) {
+                    if msg.user.flags.journal_negative() {
+                        let dlq = if msg.user.flags.transactional() {
+                            DEADXACT_ID
+                        } else {
+                            DEADLETTER_ID
+                        };
+                        if let Err(e) = part.store.append(QueueId(dlq), &meta, &frame) {
+                            tracing::error!(error = %e, "cannot dead-letter an expired message; keeping it");
+                            continue;
+                        }
+                    }
+                    if msg.properties.flags.negative_receive() {
+                        nacks.push(frame.clone());
+                    }
+                }
+                if let Err(e) = part.remove_delivered(q, lookup) {
+                    tracing::error!(error = %e, "cannot remove an expired message");
+                    continue;
+                }
+                bump(&self.counters.expired_in_queue);
+                tracing::info!(
+                    queue = q.0,
+                    lookup = lookup.0,
+                    "message expired (TimeToBeReceived)"
+                );
+            }
+            if n > 0 {
+                if let Err(e) = part.commit(None) {
+                    tracing::error!(error = %e, "commit after expiry failed");
+                }
+            }
+        }
+        for frame in nacks {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+            }
+        }
+        n
     }
 
     /// Lookup ids of messages whose TimeToBeReceived has passed, per partition.
