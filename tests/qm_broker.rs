@@ -234,3 +234,22 @@ fn messages_past_time_to_be_received_leave_their_queue_for_the_dead_letter_queue
     assert_eq!(body_ids(&b, "q", 10), [3]);
     assert_eq!(body_ids(&b, "deadletter", 10), [1]);
 }
+
+#[test]
+fn the_duplicate_table_is_rebuilt_after_a_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    b.create_queue("q", false).unwrap();
+    let f = frame("OS:localhost\\q", 5, true, |m| m);
+    assert!(matches!(deliver(&b, &f).verdict, Verdict::Stored { .. }));
+    let store = b.into_stores().into_iter().next().unwrap();
+    let (store, _) = store.crash_and_recover(StoreConfig::default()).unwrap();
+    let cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    let b = Broker::with_stores(cfg, vec![store]).unwrap();
+    // The sender never saw our ack and sends it again.
+    assert_eq!(deliver(&b, &f).verdict, Verdict::Duplicate);
+    assert_eq!(body_ids(&b, "q", 10), [5]);
+}

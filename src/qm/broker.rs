@@ -351,10 +351,28 @@ impl<S: QueueStore> Broker<S> {
             partitions.push(Mutex::new(Partition::new(store)));
         }
         let p = &config.parameters;
-        let dedup = DuplicateTable::new(
+        let mut dedup = DuplicateTable::new(
             p.RemoveDuplicateSize as usize,
             u64::from(p.RemoveDuplicateCleanup),
         );
+        // Windows keeps the duplicate table across restarts; lior rebuilds it from the messages
+        // still stored, so a sender's resend after a crash of ours is still recognised.
+        for part in &partitions {
+            let part = lock(part);
+            for q in catalog.iter() {
+                let mut c = Cursor::new(QueueId(q.id));
+                while let Some(m) = part.store.cursor_next(&mut c) {
+                    if m.meta.class == Class::Transactional {
+                        continue;
+                    }
+                    let id = m.meta.message_id.0;
+                    let mut g = [0u8; 16];
+                    g.copy_from_slice(&id[..16]);
+                    let n = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
+                    dedup.check_and_insert((Guid(g), n), 0);
+                }
+            }
+        }
         let shards = partitions.len();
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
