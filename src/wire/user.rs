@@ -534,12 +534,8 @@ pub struct UserMessage<'a> {
     pub session: Option<SessionHeader>,
 }
 
-/// The SOAP and MQF headers and where parsing ended, for the order-detection retry.
-type Tail<'a> = (
-    Option<SoapHeader<'a>>,
-    Option<MultiQueueFormatHeader<'a>>,
-    usize,
-);
+/// The SOAP and MQF headers found after the fixed part of the packet.
+type Tail<'a> = (Option<SoapHeader<'a>>, Option<MultiQueueFormatHeader<'a>>);
 
 impl<'a> UserMessage<'a> {
     /// Parses one framed UserMessage: `frame` is exactly PacketSize bytes, plus the 16-byte
@@ -674,7 +670,7 @@ impl<'a> UserMessage<'a> {
         bool,
     )> {
         if !(soap && mqf) {
-            let (s, m, _) = Self::parse_tail(r, soap, mqf, false)?;
+            let (s, m) = Self::parse_tail(r, soap, mqf, false)?;
             return Ok((s, m, false));
         }
         let mut peek = r;
@@ -693,9 +689,9 @@ impl<'a> UserMessage<'a> {
             ))
         };
         match soap_first {
-            Ok((s, m, _)) => Ok((s, m, false)),
+            Ok((s, m)) => Ok((s, m, false)),
             Err(e) if id4 == MqfAddressHeader::DESTINATION_ID => {
-                let (s, m, _) = Self::parse_tail(r, true, true, true).map_err(|e2| {
+                let (s, m) = Self::parse_tail(r, true, true, true).map_err(|e2| {
                     // Report the error of the order the bytes claimed to be in.
                     if id0 == SoapHeader::HEADER_SECTION_ID {
                         e
@@ -731,7 +727,7 @@ impl<'a> UserMessage<'a> {
                 end,
             ));
         }
-        Ok((s, m, end))
+        Ok((s, m))
     }
 
     /// The PacketSize this message encodes to (headers and padding, not the SessionHeader).
