@@ -229,7 +229,12 @@ impl<D: Disk> Store<D> {
             loop {
                 let data = self.disk.read(base);
                 let rec = match record::decode(&data[off..]) {
-                    Ok(r) if r.seq >= base && r.seq > prev_seq && (off > 0 || r.seq == base) => r,
+                    // The first record of a segment may have a seq above the base: express
+                    // messages take sequence numbers (their lookup ids) without writing a
+                    // record, so on a fresh or just recovered log the first record written can
+                    // come after a few of them. Stale records of a recycled segment are older
+                    // than its base and still fail `seq >= base`.
+                    Ok(r) if r.seq >= base && r.seq > prev_seq => r,
                     _ => break,
                 };
                 let (seq, space, kind) = (rec.seq, rec.space, rec.kind);
