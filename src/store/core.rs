@@ -229,6 +229,11 @@ impl<D: Disk> Store<D> {
             loop {
                 let data = self.disk.read(base);
                 let rec = match record::decode(&data[off..]) {
+                    // The first record of a segment may have a seq above the base: express
+                    // messages take sequence numbers (their lookup ids) without writing a
+                    // record, so on a fresh or just recovered log the first record written can
+                    // come after a few of them. Stale records of a recycled segment are older
+                    // than its base and still fail `seq >= base`.
                     Ok(r) if r.seq >= base && r.seq > prev_seq => r,
                     _ => break,
                 };

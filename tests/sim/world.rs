@@ -1,0 +1,1109 @@
+//! The driver: clients, links and the real server, stepped on one simulated clock.
+//!
+//! The server side is `lior::server::MsmqApp` (the same glue `lior serve` runs) over the real
+//! broker and store on a [`SimDisk`], driven the way `engine/shard.rs` drives it each loop turn:
+//! receives (`on_recv`), due timers (`on_timeout`), `end_of_turn` (the group commit),
+//! `poll_ready`, then `poll_transmit` for every touched connection without a send in flight.
+//! A crash drops the process state and keeps only the disk, which loses or tears what was not
+//! synced; the restart rebuilds the broker from it.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use lior::config::Config;
+use lior::engine::net::{App, CloseReason as NetClose, ConnId};
+use lior::qm::broker::Broker;
+use lior::qm::identity::OrdinalAllocator;
+use lior::server::{MsmqApp, MsmqConn, Shared};
+use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
+use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig};
+use lior::wire::headers::{TransactionHeader, TxFlags};
+use lior::wire::user::{QueueRef, UserMessage};
+use lior::wire::{utf16z, Guid, Utf16};
+
+use super::auditor::{self, AuditCounts, Auditor, Fact, Kind, QUEUES, TX_QUEUE_FIRST};
+use super::net::{Link, PipeShape};
+use super::rng::Rng;
+
+/// A run that has not converged after this many steps is a livelock.
+pub const STEPS_MAX: u64 = 200_000;
+/// Simulated time allowed after the last fault for every message to be acknowledged.
+pub const QUIET_MS_MAX: u64 = 600_000;
+/// The sender's transactional resend timer (`SeqResend13Time`, 30 s): transactional messages
+/// still waiting for their OrderAck are sent again.
+const TX_RESEND_MS: u64 = 30_000;
+/// EIO, for a failed fsync.
+const EIO: i32 = 5;
+
+/// Store geometry of a run.
+#[derive(Clone, Copy, Debug)]
+pub enum StoreShape {
+    /// 128 KiB segments and 16 KiB commit batches: segment rolls and full batches are common.
+    Small,
+    /// 1 MiB segments and 256 KiB batches.
+    Medium,
+}
+
+impl StoreShape {
+    fn config(self) -> StoreConfig {
+        let (segment, batch, message) = match self {
+            StoreShape::Small => (128 << 10, 16 << 10, 4 << 10),
+            StoreShape::Medium => (1 << 20, 256 << 10, 16 << 10),
+        };
+        StoreConfig {
+            segment_bytes: segment,
+            batch_bytes_max: batch,
+            message_bytes_max: message,
+            ..StoreConfig::default()
+        }
+    }
+}
+
+/// Every fault rate and workload parameter of a run, drawn from its seed. Each seed switches
+/// some fault kinds off entirely (swarm testing), so rare interleavings of the others show up.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub clients: usize,
+    pub messages_per_client: usize,
+    pub express_pct: u32,
+    pub tx_pct: u32,
+    /// Messages are handed to the clients at random times in `0..=load_ms`.
+    pub load_ms: u64,
+    /// No fault is injected from this time on: the system must then converge.
+    pub faults_until_ms: u64,
+    pub step_ms_max: u64,
+    pub pipe: PipeShape,
+    /// Chance per step and connection of a reset.
+    pub reset_ppm: u32,
+    /// Chance per step of a server crash...
+    pub crash_ppm: u32,
+    /// ...in the middle of a loop turn, after some receives and before the commit...
+    pub crash_mid_turn_pct: u32,
+    /// ...or after the appended records were submitted to the disk but before the sync, so
+    /// recovery sees a torn batch (otherwise between two loop turns).
+    pub crash_after_submit_pct: u32,
+    /// Chance per step that the next fsync fails (the store poisons; a restart follows).
+    pub fsync_fail_ppm: u32,
+    /// Chance per step that a local application receives from a queue.
+    pub consume_ppm: u32,
+    /// Chance per step of a store maintenance pass (reclaim, compaction).
+    pub maintain_ppm: u32,
+    /// MaxUnackedPacket on both sides.
+    pub window: u16,
+    pub store: StoreShape,
+    pub downtime_max_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Faults {
+    pub fn draw(rng: &mut Rng) -> Faults {
+        fn off_or(rng: &mut Rng, off_pct: u32, lo: u64, hi: u64) -> u32 {
+            if rng.percent(off_pct) {
+                0
+            } else {
+                rng.range(lo, hi) as u32
+            }
+        }
+        let load_ms = rng.range(0, 20_000);
+        let latency_min_ms = rng.range(0, 5);
+        Faults {
+            clients: rng.range(1, 3) as usize,
+            messages_per_client: rng.range(5, 150) as usize,
+            express_pct: rng.pick(&[0, 10, 30, 60]),
+            tx_pct: rng.pick(&[0, 30, 50, 80]),
+            load_ms,
+            faults_until_ms: load_ms + rng.range(0, 10_000),
+            step_ms_max: rng.range(1, 40),
+            pipe: PipeShape {
+                latency_min_ms,
+                latency_max_ms: latency_min_ms + rng.range(0, 60),
+                split_max: rng.pick(&[7, 100, 1500, 65536]),
+                read_max: rng.pick(&[16, 512, 16384]),
+            },
+            reset_ppm: off_or(rng, 25, 100, 20_000),
+            crash_ppm: off_or(rng, 25, 50, 3_000),
+            crash_mid_turn_pct: rng.range(0, 40) as u32,
+            crash_after_submit_pct: rng.range(0, 40) as u32,
+            fsync_fail_ppm: off_or(rng, 50, 50, 1_000),
+            consume_ppm: off_or(rng, 20, 1_000, 200_000),
+            maintain_ppm: off_or(rng, 50, 1_000, 50_000),
+            window: rng.pick(&[1, 2, 4, 8, 64]),
+            store: rng.pick(&[StoreShape::Small, StoreShape::Medium]),
+            downtime_max_ms: rng.range(0, 3_000),
+            reconnect_max_ms: rng.range(1, 2_000),
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub steps: u64,
+    pub sim_ms: u64,
+    pub messages: u64,
+    pub links: u64,
+    pub resets: u64,
+    pub crashes: u64,
+    pub crashes_mid_turn: u64,
+    pub crashes_after_submit: u64,
+    pub fsync_failures: u64,
+    pub recovery_cut_bytes: u64,
+    pub server_closes: u64,
+    pub consumer_calls: u64,
+    pub maintain_calls: u64,
+    pub audit: AuditCounts,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MState {
+    /// The application has not handed it over yet.
+    Unsubmitted,
+    /// To be sent on the current (or next) session.
+    Pending,
+    InFlight,
+    /// Transactional: session-acknowledged, waiting for its OrderAck.
+    SessionAcked,
+    /// Deleted by the sender.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Planned {
+    kind: Kind,
+    queue: usize,
+    submit_at_ms: u64,
+}
+
+/// A sending queue manager: its outgoing table and its current session.
+struct Client {
+    guid: Guid,
+    plan: Vec<Planned>,
+    state: Vec<MState>,
+    /// Sent in index order, so each transactional sequence goes out in order.
+    pending: BTreeSet<usize>,
+    next_submit: usize,
+    done: usize,
+    link: Option<u32>,
+    session: Option<Session>,
+    framer: Framer,
+    reconnect_at_ms: u64,
+    last_order_ack: [u32; 2],
+    order_progress_ms: u64,
+}
+
+/// The engine's per-connection slot.
+struct Slot {
+    generation: u32,
+    conn: MsmqConn,
+    link: u32,
+    deadline_ms: Option<u64>,
+    send_in_flight: bool,
+}
+
+struct Server {
+    config: Config,
+    store_cfg: StoreConfig,
+    shared: Option<Arc<Shared<SimStore>>>,
+    app: Option<MsmqApp<SimStore>>,
+    slots: Vec<Option<Slot>>,
+    generation: u32,
+    /// While crashed: when it restarts, and its disk.
+    down: Option<(u64, SimStore)>,
+    /// Server incarnation, from 0.
+    epoch: u32,
+    /// A restart is due (after a failed fsync poisoned the store).
+    crash_at_ms: Option<u64>,
+    qids: Vec<QueueId>,
+}
+
+impl Server {
+    fn up(&self) -> bool {
+        self.app.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CrashPlan {
+    None,
+    /// Crash after this many receives of the turn, before its commit.
+    MidTurn(u32),
+    /// Crash after the turn's receives, with their records submitted but not synced.
+    AfterSubmit,
+}
+
+/// One simulation run.
+pub struct World {
+    rng: Rng,
+    pub f: Faults,
+    now: u64,
+    server: Server,
+    clients: Vec<Client>,
+    links: Vec<Link>,
+    aud: Auditor,
+    pub stats: Stats,
+    trace: Option<VecDeque<String>>,
+    _dir: tempfile::TempDir,
+}
+
+const TRACE_LINES: usize = 400;
+
+impl World {
+    /// A run of `seed`. `fsync_failures` off zeroes that fault rate after the draw (the rest of
+    /// the run is the same schedule); `trace` keeps the last events for the failure message.
+    pub fn new(seed: u64, fsync_failures: bool, trace: bool) -> Result<World, String> {
+        let mut rng = Rng::new(seed);
+        let mut f = Faults::draw(&mut rng);
+        if !fsync_failures {
+            f.fsync_fail_ppm = 0;
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.parameters.MaxUnackedPacket = f.window;
+        let store_cfg = f.store.config();
+        let (store, _) = Store::open(SimDisk::new(rng.next_u64()), store_cfg)
+            .map_err(|e| format!("store open: {e}"))?;
+        let broker =
+            Broker::with_stores(config.clone(), vec![store]).map_err(|e| format!("broker: {e}"))?;
+        let mut qids = Vec::new();
+        for (name, tx) in QUEUES {
+            let q = broker
+                .create_queue(name, tx)
+                .map_err(|e| format!("create queue {name}: {e}"))?;
+            qids.push(QueueId(q.id));
+        }
+        let ordinals = OrdinalAllocator::open(dir.path()).map_err(|e| format!("ordinals: {e}"))?;
+        let shared = Arc::new(Shared::new(Arc::new(broker), ordinals));
+        let app = MsmqApp::new(shared.clone(), 0);
+
+        let mut clients = Vec::new();
+        let mut facts = Vec::new();
+        for c in 0..f.clients {
+            let n = f.messages_per_client;
+            let mut times: Vec<u64> = (0..n).map(|_| rng.range(0, f.load_ms)).collect();
+            times.sort_unstable();
+            let mut seq = [0u32; 2];
+            let mut plan = Vec::new();
+            let mut cf = Vec::new();
+            for (i, &t) in times.iter().enumerate() {
+                let r = rng.below(100) as u32;
+                let (kind, queue) = if r < f.express_pct {
+                    (Kind::Express, rng.below(2) as usize)
+                } else if r < f.express_pct + f.tx_pct {
+                    let q = TX_QUEUE_FIRST + rng.below(2) as usize;
+                    seq[q - TX_QUEUE_FIRST] += 1;
+                    (
+                        Kind::Tx {
+                            seq_no: seq[q - TX_QUEUE_FIRST],
+                        },
+                        q,
+                    )
+                } else {
+                    (Kind::Recoverable, rng.below(2) as usize)
+                };
+                plan.push(Planned {
+                    kind,
+                    queue,
+                    submit_at_ms: t,
+                });
+                cf.push(Fact {
+                    kind,
+                    queue,
+                    msg_id: i as u32 + 1,
+                    guid: auditor::client_guid(c),
+                    acked_at_ms: None,
+                    first_sent_ms: None,
+                    consumed_epochs: Vec::new(),
+                });
+            }
+            facts.push(cf);
+            clients.push(Client {
+                guid: auditor::client_guid(c),
+                state: vec![MState::Unsubmitted; n],
+                plan,
+                pending: BTreeSet::new(),
+                next_submit: 0,
+                done: 0,
+                link: None,
+                session: None,
+                framer: Framer::new(),
+                reconnect_at_ms: 0,
+                last_order_ack: [0; 2],
+                order_progress_ms: 0,
+            });
+        }
+        let stats = Stats {
+            messages: (f.clients * f.messages_per_client) as u64,
+            ..Stats::default()
+        };
+        Ok(World {
+            rng,
+            f,
+            now: 0,
+            server: Server {
+                config,
+                store_cfg,
+                shared: Some(shared),
+                app: Some(app),
+                slots: Vec::new(),
+                generation: 0,
+                down: None,
+                epoch: 0,
+                crash_at_ms: None,
+                qids,
+            },
+            clients,
+            links: Vec::new(),
+            aud: Auditor::new(facts),
+            stats,
+            trace: trace.then(VecDeque::new),
+            _dir: dir,
+        })
+    }
+
+    fn log(&mut self, what: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            if t.len() == TRACE_LINES {
+                t.pop_front();
+            }
+            t.push_back(format!("{:>8} ms  {}", self.now, what()));
+        }
+    }
+
+    /// The last trace lines (with `LIOR_SIM_TRACE=1`).
+    pub fn trace_tail(&self) -> String {
+        match &self.trace {
+            Some(t) => t.iter().cloned().collect::<Vec<_>>().join("\n"),
+            None => "(run with LIOR_SIM_TRACE=1 for the last events)".into(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now
+    }
+
+    /// Runs to the end: faults, then a quiet period in which everything must be acknowledged,
+    /// then a drain of every queue and the final audit.
+    pub fn run(&mut self) -> Result<Stats, String> {
+        loop {
+            self.stats.steps += 1;
+            if self.stats.steps > STEPS_MAX {
+                return Err(format!(
+                    "livelock: not converged after {STEPS_MAX} steps ({})",
+                    self.progress()
+                ));
+            }
+            self.step()?;
+            if self.now >= self.f.faults_until_ms
+                && self.server.crash_at_ms.is_none()
+                && self.clients.iter().all(|c| c.done == c.plan.len())
+            {
+                break;
+            }
+            if self.now > self.f.faults_until_ms + QUIET_MS_MAX {
+                return Err(format!(
+                    "livelock: {QUIET_MS_MAX} ms after the last fault not everything is \
+                     acknowledged ({})",
+                    self.progress()
+                ));
+            }
+        }
+        self.drain()?;
+        self.aud.final_check()?;
+        self.stats.sim_ms = self.now;
+        self.stats.audit = self.aud.counts;
+        Ok(self.stats)
+    }
+
+    fn progress(&self) -> String {
+        let per: Vec<String> = self
+            .clients
+            .iter()
+            .map(|c| {
+                let count = |s: MState| c.state.iter().filter(|&&x| x == s).count();
+                format!(
+                    "done {}/{} pending {} in flight {} awaiting OrderAck {} (last OrderAcks {:?})",
+                    c.done,
+                    c.plan.len(),
+                    count(MState::Pending),
+                    count(MState::InFlight),
+                    count(MState::SessionAcked),
+                    c.last_order_ack
+                )
+            })
+            .collect();
+        format!(
+            "server up {}, epoch {}; clients: {}",
+            self.server.up(),
+            self.server.epoch,
+            per.join("; ")
+        )
+    }
+
+    fn next_event_ms(&self) -> Option<u64> {
+        let mut t: Option<u64> = None;
+        let mut at = |x: Option<u64>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        for l in &self.links {
+            at(l.c2s.next_at());
+            at(l.s2c.next_at());
+        }
+        for c in &self.clients {
+            at(c.plan.get(c.next_submit).map(|p| p.submit_at_ms));
+            match &c.session {
+                Some(s) => at(s.poll_timeout()),
+                None => at(Some(c.reconnect_at_ms)),
+            }
+            if c.state.contains(&MState::SessionAcked) {
+                at(Some(c.order_progress_ms + TX_RESEND_MS));
+            }
+        }
+        for s in self.server.slots.iter().flatten() {
+            at(s.deadline_ms);
+            if s.send_in_flight {
+                at(Some(self.now));
+            }
+        }
+        at(self.server.down.as_ref().map(|d| d.0));
+        at(self.server.crash_at_ms);
+        t
+    }
+
+    fn advance_clock(&mut self) {
+        let candidate = self.now + self.rng.range(1, self.f.step_ms_max);
+        self.now = match self.next_event_ms() {
+            Some(t) if t > candidate => t,
+            _ => candidate,
+        };
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.advance_clock();
+        let faulty = self.now < self.f.faults_until_ms;
+        if self.server.up() && self.server.crash_at_ms.is_some_and(|t| self.now >= t) {
+            self.log(|| "restart of the poisoned server".into());
+            self.crash(false)?;
+        }
+        if faulty {
+            for serial in 0..self.links.len() {
+                let l = &self.links[serial];
+                if !(l.server_gone && l.client_gone) && self.rng.chance(self.f.reset_ppm) {
+                    self.stats.resets += 1;
+                    self.log(|| format!("reset link {serial}"));
+                    self.reset_link(serial as u32);
+                }
+            }
+            if self.server.up()
+                && self.server.crash_at_ms.is_none()
+                && self.rng.chance(self.f.fsync_fail_ppm)
+            {
+                self.stats.fsync_failures += 1;
+                let at = self.now + self.rng.range(0, 5_000);
+                self.log(|| format!("the next fsync fails; restart at {at} ms"));
+                self.server.crash_at_ms = Some(at);
+                if let Some(shared) = &self.server.shared {
+                    shared
+                        .broker
+                        .partition(0)
+                        .store
+                        .disk_mut()
+                        .faults
+                        .fail_next_sync = Some(EIO);
+                }
+            }
+        }
+        let mut plan = CrashPlan::None;
+        if faulty && self.server.up() && self.rng.chance(self.f.crash_ppm) {
+            let r = self.rng.below(100) as u32;
+            if r < self.f.crash_mid_turn_pct {
+                plan = CrashPlan::MidTurn(self.rng.range(1, 4) as u32);
+            } else if r < self.f.crash_mid_turn_pct + self.f.crash_after_submit_pct {
+                plan = CrashPlan::AfterSubmit;
+            } else {
+                self.log(|| "crash between turns".into());
+                self.crash(false)?;
+            }
+        }
+        if self.server.down.as_ref().is_some_and(|d| self.now >= d.0) {
+            self.restart()?;
+        }
+        if self.server.up() {
+            self.server_turn(plan)?;
+        }
+        for c in 0..self.clients.len() {
+            self.client_turn(c)?;
+        }
+        if self.server.up() && self.rng.chance(self.f.consume_ppm) {
+            let q = self.rng.below(QUEUES.len() as u64) as usize;
+            let n = self.rng.range(1, 40) as usize;
+            self.consume(q, n)?;
+        }
+        if self.server.up() && self.rng.chance(self.f.maintain_ppm) {
+            self.stats.maintain_calls += 1;
+            if let Some(shared) = &self.server.shared {
+                // Errors (a poisoned store) are the store's business; the audit sees the effect.
+                let _ = shared.broker.partition(0).store.maintain();
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the server, as the engine drives it ----
+
+    fn server_turn(&mut self, plan: CrashPlan) -> Result<(), String> {
+        let now = self.now;
+        let mut touched: Vec<usize> = Vec::new();
+        for (i, s) in self.server.slots.iter_mut().enumerate() {
+            if let Some(s) = s {
+                if s.send_in_flight {
+                    s.send_in_flight = false;
+                    touched.push(i);
+                }
+            }
+        }
+        let n = self.server.slots.len();
+        let start = self.rng.below(n as u64) as usize;
+        let mut recvs = 0;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let reads = self.rng.range(1, 3);
+            for _ in 0..reads {
+                let result = {
+                    let Some(slot) = self.server.slots[i].as_mut() else {
+                        break;
+                    };
+                    let link = &mut self.links[slot.link as usize];
+                    let Some(bytes) = link.c2s.read(&mut self.rng, now, &self.f.pipe) else {
+                        break;
+                    };
+                    let app = self.server.app.as_mut().expect("the server is up");
+                    app.on_recv(now, &mut slot.conn, &bytes)
+                };
+                touched.push(i);
+                recvs += 1;
+                if let Err(e) = result {
+                    self.stats.server_closes += 1;
+                    self.log(|| format!("server closes slot {i}: app error {}", e.0));
+                    self.close_slot(i, NetClose::App(e), false);
+                    break;
+                }
+                if matches!(plan, CrashPlan::MidTurn(k) if recvs >= k) {
+                    break;
+                }
+            }
+            if matches!(plan, CrashPlan::MidTurn(k) if recvs >= k) {
+                break;
+            }
+        }
+        match plan {
+            CrashPlan::MidTurn(_) => {
+                self.stats.crashes_mid_turn += 1;
+                self.log(|| format!("crash mid-turn after {recvs} receives"));
+                return self.crash(false);
+            }
+            CrashPlan::AfterSubmit => {
+                self.stats.crashes_after_submit += 1;
+                self.log(|| format!("crash after submitting {recvs} receives' records"));
+                return self.crash(true);
+            }
+            CrashPlan::None => {}
+        }
+        let app = self.server.app.as_mut().expect("the server is up");
+        for (i, s) in self.server.slots.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            if s.deadline_ms.is_some_and(|d| d <= now) {
+                s.deadline_ms = None;
+                if app.deadline(&s.conn).is_some_and(|d| d <= now) {
+                    app.on_timeout(now, &mut s.conn);
+                }
+                touched.push(i);
+            }
+        }
+        app.end_of_turn(now);
+        while let Some(id) = app.poll_ready() {
+            let i = id.slot as usize;
+            if matches!(self.server.slots.get(i), Some(Some(s)) if s.generation == id.generation) {
+                touched.push(i);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let shared = self.server.shared.clone().expect("the server is up");
+        for i in touched {
+            let app = self.server.app.as_mut().expect("the server is up");
+            let Some(slot) = self.server.slots[i].as_mut() else {
+                continue;
+            };
+            if !slot.send_in_flight {
+                let mut buf = Vec::new();
+                app.poll_transmit(now, &mut slot.conn, &mut buf);
+                if !buf.is_empty() {
+                    let link = &mut self.links[slot.link as usize];
+                    self.aud.check_server_output(
+                        &shared.broker,
+                        &self.server.qids,
+                        link,
+                        &buf,
+                        now,
+                    )?;
+                    link.s2c.write(&mut self.rng, now, &self.f.pipe, &buf);
+                    slot.send_in_flight = true;
+                }
+            }
+            if !slot.send_in_flight && app.wants_close(&slot.conn) {
+                self.log(|| format!("server closes slot {i} (session closed)"));
+                self.close_slot(i, NetClose::AppRequested, true);
+                continue;
+            }
+            slot.deadline_ms = app.deadline(&slot.conn);
+        }
+        Ok(())
+    }
+
+    /// The server side of slot `i` closes; `graceful` lets what was sent still arrive.
+    fn close_slot(&mut self, i: usize, reason: NetClose, graceful: bool) {
+        let Some(slot) = self.server.slots[i].take() else {
+            return;
+        };
+        if let Some(app) = self.server.app.as_mut() {
+            app.on_closed(self.now, slot.conn, reason);
+        }
+        let link = &mut self.links[slot.link as usize];
+        link.server_slot = None;
+        link.server_gone = true;
+        if !graceful {
+            link.c2s.clear();
+            link.s2c.clear();
+        }
+    }
+
+    /// A TCP reset: both ends close and whatever was in flight is lost.
+    fn reset_link(&mut self, serial: u32) {
+        let link = &mut self.links[serial as usize];
+        link.c2s.clear();
+        link.s2c.clear();
+        if let Some(i) = link.server_slot {
+            self.close_slot(i, NetClose::PeerReset, false);
+        }
+        let link = &mut self.links[serial as usize];
+        link.server_gone = true;
+        link.client_gone = true;
+        let c = link.client;
+        if self.clients[c].link == Some(serial) {
+            self.client_disconnect(c);
+        }
+    }
+
+    fn crash(&mut self, submit_first: bool) -> Result<(), String> {
+        self.stats.crashes += 1;
+        self.aud.on_crash(self.now);
+        for link in &mut self.links {
+            if !link.server_gone {
+                link.server_slot = None;
+                link.server_gone = true;
+                link.c2s.clear();
+                link.s2c.clear();
+            }
+        }
+        self.server.slots.clear();
+        self.server.app = None;
+        let shared = self.server.shared.take().expect("the server is up");
+        let Ok(Shared { broker, .. }) = Arc::try_unwrap(shared) else {
+            return Err("harness: the server state is still shared at the crash".into());
+        };
+        let Ok(broker) = Arc::try_unwrap(broker) else {
+            return Err("harness: the broker is still shared at the crash".into());
+        };
+        let mut store = broker
+            .into_stores()
+            .pop()
+            .expect("the simulation runs one partition");
+        self.log(|| {
+            format!(
+                "store at the crash: {:?} in flight {}",
+                store.stats(),
+                store.in_flight()
+            )
+        });
+        if submit_first {
+            // The records of this turn reach the disk's cache but not its platter: the crash
+            // then tears them. A real commit would have appended the transactional sequence
+            // records behind them in the same batch, so any prefix kept here is also a prefix
+            // of that batch: a state a real crash can produce.
+            let _ = store.flush();
+        }
+        let (store, report) = store
+            .crash_and_recover(self.server.store_cfg)
+            .map_err(|e| format!("recovery after the crash failed: {e}"))?;
+        self.stats.recovery_cut_bytes += report.cut_bytes;
+        let back = self.now + self.rng.range(0, self.f.downtime_max_ms);
+        self.log(|| format!("crashed; recovered {report:?}; back at {back} ms"));
+        self.server.down = Some((back, store));
+        self.server.crash_at_ms = None;
+        Ok(())
+    }
+
+    fn restart(&mut self) -> Result<(), String> {
+        let (_, mut store) = self.server.down.take().expect("the server is down");
+        // The failing fsync was the last one of the previous incarnation.
+        store.disk_mut().faults.fail_next_sync = None;
+        let broker = Broker::with_stores(self.server.config.clone(), vec![store])
+            .map_err(|e| format!("broker restart failed: {e}"))?;
+        let ordinals = OrdinalAllocator::open(&self.server.config.data_dir)
+            .map_err(|e| format!("ordinals: {e}"))?;
+        let shared = Arc::new(Shared::new(Arc::new(broker), ordinals));
+        self.server.app = Some(MsmqApp::new(shared.clone(), 0));
+        self.server.shared = Some(shared.clone());
+        self.server.epoch += 1;
+        let epoch = self.server.epoch;
+        self.log(|| format!("server restarted, epoch {epoch}"));
+        self.aud
+            .check_recovery(&shared.broker, &self.server.qids, self.now)
+    }
+
+    fn consume(&mut self, q: usize, n: usize) -> Result<(), String> {
+        self.stats.consumer_calls += 1;
+        let Some(shared) = self.server.shared.clone() else {
+            return Ok(());
+        };
+        // A failure (a poisoned store) hands nothing out; the restart brings the messages back.
+        let r = shared.broker.receive(QUEUES[q].0, n);
+        self.log(|| {
+            format!(
+                "consumer receive {} x{n}: {:?}",
+                QUEUES[q].0,
+                r.as_ref().map(|v| v.len()).map_err(|e| e.to_string())
+            )
+        });
+        if let Ok(got) = r {
+            for r in got {
+                self.aud.on_consumed(q, &r.bytes)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the quiet period: restart if needed and receive everything.
+    fn drain(&mut self) -> Result<(), String> {
+        if let Some(d) = &mut self.server.down {
+            d.0 = self.now;
+            self.restart()?;
+        }
+        let shared = self.server.shared.clone().expect("the server is up");
+        for (q, (name, _)) in QUEUES.iter().enumerate() {
+            loop {
+                let got = shared
+                    .broker
+                    .receive(name, 1000)
+                    .map_err(|e| format!("final receive from {name}: {e}"))?;
+                if got.is_empty() {
+                    break;
+                }
+                for r in got {
+                    self.aud.on_consumed(q, &r.bytes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- the clients ----
+
+    fn connect(&mut self, c: usize) {
+        let now = self.now;
+        let serial = self.links.len() as u32;
+        let mut link = Link::new(serial, c);
+        let i = match self.server.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.server.slots.push(None);
+                self.server.slots.len() - 1
+            }
+        };
+        self.server.generation += 1;
+        let generation = self.server.generation;
+        let id = ConnId {
+            slot: i as u32,
+            generation,
+        };
+        let peer = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + c as u8)),
+            40_000 + (serial % 20_000) as u16,
+        );
+        let app = self.server.app.as_mut().expect("the server is up");
+        match app.accept(now, id, peer) {
+            Some(conn) => {
+                self.server.slots[i] = Some(Slot {
+                    generation,
+                    conn,
+                    link: serial,
+                    deadline_ms: None,
+                    send_in_flight: false,
+                });
+                link.server_slot = Some(i);
+            }
+            None => link.server_gone = true,
+        }
+        self.aud.on_link(serial, self.server.epoch);
+        self.links.push(link);
+        self.stats.links += 1;
+        let cl = &mut self.clients[c];
+        let cfg = SessionConfig {
+            own_guid: cl.guid,
+            window_size: self.f.window,
+            ..SessionConfig::default()
+        };
+        cl.session = Some(Session::initiator(cfg, Guid::NULL, now));
+        cl.framer = Framer::new();
+        cl.link = Some(serial);
+        self.log(|| format!("client {c} connects: link {serial}, server slot {i}"));
+    }
+
+    /// The client's connection is gone: everything not deleted is sent again on the next.
+    fn client_disconnect(&mut self, c: usize) {
+        let reconnect = self.now + self.rng.range(1, self.f.reconnect_max_ms);
+        let cl = &mut self.clients[c];
+        if let Some(serial) = cl.link.take() {
+            self.links[serial as usize].client_gone = true;
+        }
+        cl.session = None;
+        cl.framer = Framer::new();
+        for (i, s) in cl.state.iter_mut().enumerate() {
+            if matches!(s, MState::InFlight | MState::SessionAcked) {
+                *s = MState::Pending;
+                cl.pending.insert(i);
+            }
+        }
+        cl.reconnect_at_ms = reconnect;
+    }
+
+    fn encode(&self, c: usize, idx: usize, serial: u32) -> Vec<u8> {
+        let p = self.clients[c].plan[idx];
+        let dest = utf16z(&format!("OS:localhost\\private$\\{}", QUEUES[p.queue].0));
+        let label = utf16z("sim");
+        let body = auditor::body(c, idx, serial);
+        let mut m = UserMessage::new(
+            self.clients[c].guid,
+            idx as u32 + 1,
+            QueueRef::Direct(Utf16(&dest)),
+            Utf16(&label),
+            &body,
+        )
+        .with_recoverable(p.kind != Kind::Express);
+        if let Kind::Tx { seq_no } = p.kind {
+            m = m.with_transaction(TransactionHeader::new(
+                TxFlags::default(),
+                auditor::tx_sequence_id(c, p.queue),
+                seq_no,
+                seq_no - 1,
+            ));
+        }
+        let mut out = vec![0u8; m.frame_len()];
+        let n = m.encode(&mut out).expect("simulated messages encode");
+        out.truncate(n);
+        out
+    }
+
+    fn client_turn(&mut self, c: usize) -> Result<(), String> {
+        let now = self.now;
+        {
+            let cl = &mut self.clients[c];
+            while cl
+                .plan
+                .get(cl.next_submit)
+                .is_some_and(|p| p.submit_at_ms <= now)
+            {
+                cl.state[cl.next_submit] = MState::Pending;
+                cl.pending.insert(cl.next_submit);
+                cl.next_submit += 1;
+            }
+        }
+        if self.clients[c].link.is_none() {
+            if now < self.clients[c].reconnect_at_ms {
+                return Ok(());
+            }
+            if !self.server.up() {
+                self.clients[c].reconnect_at_ms = now + self.rng.range(1, self.f.reconnect_max_ms);
+                return Ok(());
+            }
+            self.connect(c);
+        }
+        let serial = self.clients[c].link.expect("connected");
+        // Receive.
+        let mut order_acks = Vec::new();
+        let mut broken = false;
+        while let Some(bytes) =
+            self.links[serial as usize]
+                .s2c
+                .read(&mut self.rng, now, &self.f.pipe)
+        {
+            let cl = &mut self.clients[c];
+            let session = cl.session.as_mut().expect("connected");
+            let r = cl.framer.feed(&bytes, |frame| {
+                match session.handle_frame(now, frame) {
+                    Ok(Inbound::Message { msg, rec_seq, .. }) => {
+                        if let Some(b) = msg.order_ack_body() {
+                            order_acks.push(b);
+                        }
+                        // Nothing the server sends us needs our disk.
+                        if let Some(r) = rec_seq {
+                            session.handle_durable(now, r);
+                        }
+                        Ok(())
+                    }
+                    Ok(Inbound::Control) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            });
+            if r.is_err() {
+                broken = true;
+                break;
+            }
+        }
+        for b in order_acks {
+            let Some(q) = (TX_QUEUE_FIRST..QUEUES.len())
+                .find(|&q| auditor::tx_sequence_id(c, q) == b.tx_sequence_id)
+            else {
+                return Err(format!("client {c} got an OrderAck for a foreign sequence"));
+            };
+            self.on_order_ack(c, q, b.tx_sequence_number)?;
+        }
+        if self.drain_client_events(c)? || broken {
+            self.log(|| format!("client {c} closes link {serial}"));
+            self.reset_link(serial);
+            return Ok(());
+        }
+        let link = &self.links[serial as usize];
+        if link.server_gone && link.s2c.is_empty() {
+            self.log(|| format!("client {c} sees link {serial} closed"));
+            self.client_disconnect(c);
+            return Ok(());
+        }
+        let session = self.clients[c].session.as_mut().expect("connected");
+        if session.poll_timeout().is_some_and(|t| t <= now) {
+            session.handle_timeout(now);
+            if self.drain_client_events(c)? {
+                self.log(|| format!("client {c} session timed out on link {serial}"));
+                self.reset_link(serial);
+                return Ok(());
+            }
+        }
+        // The transactional resend timer.
+        let cl = &mut self.clients[c];
+        if cl.state.contains(&MState::SessionAcked) && now >= cl.order_progress_ms + TX_RESEND_MS {
+            for (i, s) in cl.state.iter_mut().enumerate() {
+                if *s == MState::SessionAcked {
+                    *s = MState::Pending;
+                    cl.pending.insert(i);
+                }
+            }
+            cl.order_progress_ms = now;
+        }
+        // Send what the window admits, oldest first.
+        while let Some(&idx) = self.clients[c].pending.first() {
+            let frame = self.encode(c, idx, serial);
+            let kind = self.clients[c].plan[idx].kind;
+            let cl = &mut self.clients[c];
+            let session = cl.session.as_mut().expect("connected");
+            if session
+                .send_message(now, &frame, kind != Kind::Express, idx as u64)
+                .is_err()
+            {
+                break;
+            }
+            cl.pending.remove(&idx);
+            cl.state[idx] = MState::InFlight;
+            if kind != Kind::Express {
+                self.links[serial as usize].rec_map.push(idx);
+            }
+            self.aud.on_sent(c, idx, now);
+            self.log(|| format!("client {c} sends #{idx} {kind:?} on link {serial}"));
+        }
+        let session = self.clients[c].session.as_mut().expect("connected");
+        session.flush_acks();
+        if session.has_transmit() {
+            let bytes = session.take_transmit(Vec::new());
+            self.links[serial as usize]
+                .c2s
+                .write(&mut self.rng, now, &self.f.pipe, &bytes);
+        }
+        Ok(())
+    }
+
+    /// Handles the client session's events; true if it closed.
+    fn drain_client_events(&mut self, c: usize) -> Result<bool, String> {
+        let mut closed = false;
+        loop {
+            let Some(ev) = self.clients[c]
+                .session
+                .as_mut()
+                .and_then(|s| s.poll_event())
+            else {
+                return Ok(closed);
+            };
+            match ev {
+                Event::Acked { token } => self.on_acked(c, token as usize)?,
+                Event::Closed(_) => closed = true,
+                Event::Established { .. } => {}
+            }
+        }
+    }
+
+    fn on_acked(&mut self, c: usize, idx: usize) -> Result<(), String> {
+        if self.clients[c].state[idx] != MState::InFlight {
+            return Err(format!(
+                "client {c}: ack for message #{idx} in state {:?}",
+                self.clients[c].state[idx]
+            ));
+        }
+        let p = self.clients[c].plan[idx];
+        self.log(|| format!("client {c} acked #{idx}"));
+        let shared = self.server.shared.clone();
+        if let Some(shared) = &shared {
+            self.aud
+                .on_client_ack(&shared.broker, &self.server.qids, c, idx, self.now)?;
+        }
+        let cl = &mut self.clients[c];
+        cl.state[idx] = match p.kind {
+            Kind::Tx { seq_no } if seq_no > cl.last_order_ack[p.queue - TX_QUEUE_FIRST] => {
+                MState::SessionAcked
+            }
+            _ => {
+                cl.done += 1;
+                MState::Done
+            }
+        };
+        Ok(())
+    }
+
+    fn on_order_ack(&mut self, c: usize, q: usize, n: u32) -> Result<(), String> {
+        self.log(|| format!("client {c} OrderAck {} up to {n}", QUEUES[q].0));
+        if let Some(shared) = self.server.shared.clone() {
+            self.aud
+                .check_order_ack(&shared.broker, &self.server.qids, c, q, n, self.now, true)?;
+        }
+        let now = self.now;
+        let cl = &mut self.clients[c];
+        let last = &mut cl.last_order_ack[q - TX_QUEUE_FIRST];
+        if n > *last {
+            *last = n;
+            cl.order_progress_ms = now;
+        }
+        for idx in 0..cl.plan.len() {
+            let p = cl.plan[idx];
+            if let Kind::Tx { seq_no } = p.kind {
+                if p.queue == q && seq_no <= n && cl.state[idx] == MState::SessionAcked {
+                    cl.state[idx] = MState::Done;
+                    cl.done += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
