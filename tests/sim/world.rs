@@ -14,7 +14,6 @@ use std::sync::Arc;
 use lior::config::Config;
 use lior::engine::net::{App, CloseReason as NetClose, ConnId};
 use lior::qm::broker::Broker;
-use lior::qm::identity::OrdinalAllocator;
 use lior::server::{MsmqApp, MsmqConn, Shared};
 use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
 use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig};
@@ -55,6 +54,7 @@ impl StoreShape {
             segment_bytes: segment,
             batch_bytes_max: batch,
             message_bytes_max: message,
+            removal_reserve_bytes: segment / 16,
             ..StoreConfig::default()
         }
     }
@@ -275,8 +275,7 @@ impl World {
                 .map_err(|e| format!("create queue {name}: {e}"))?;
             qids.push(QueueId(q.id));
         }
-        let ordinals = OrdinalAllocator::open(dir.path()).map_err(|e| format!("ordinals: {e}"))?;
-        let shared = Arc::new(Shared::new(Arc::new(broker), ordinals));
+        let shared = Arc::new(Shared::new(Arc::new(broker)));
         let app = MsmqApp::new(shared.clone(), 0);
 
         let mut clients = Vec::new();
@@ -755,9 +754,7 @@ impl World {
         store.disk_mut().faults.fail_next_sync = None;
         let broker = Broker::with_stores(self.server.config.clone(), vec![store])
             .map_err(|e| format!("broker restart failed: {e}"))?;
-        let ordinals = OrdinalAllocator::open(&self.server.config.data_dir)
-            .map_err(|e| format!("ordinals: {e}"))?;
-        let shared = Arc::new(Shared::new(Arc::new(broker), ordinals));
+        let shared = Arc::new(Shared::new(Arc::new(broker)));
         self.server.app = Some(MsmqApp::new(shared.clone(), 0));
         self.server.shared = Some(shared.clone());
         self.server.epoch += 1;
