@@ -86,8 +86,9 @@ pub struct MsmqConn {
     peer: SocketAddr,
     session: Session,
     framer: Framer,
-    /// Recoverable messages appended but not yet durable: (store ticket, recoverable seq).
-    pending_durable: VecDeque<(Ticket, u16)>,
+    /// Recoverable messages not yet durable, in arrival order: (store partition, ticket,
+    /// recoverable seq). A duplicate waits for its first copy, wherever that was stored.
+    pending_durable: VecDeque<(usize, Ticket, u16)>,
     /// OrderAck state per (sender, queue) of the transactional messages on this session.
     order_acks: HashMap<TxKey, (OrderAckTimer, IncomingSequence)>,
     /// Set when any received message used a direct format name (MS-MQQB 3.1.7.17).
@@ -135,6 +136,8 @@ pub struct MsmqApp<S> {
     ready: Vec<ConnId>,
     /// Durable watermark of the partition after the last commit.
     durable: Ticket,
+    /// False once a commit failed: the store is poisoned and nothing more becomes durable.
+    commit_ok: bool,
     /// The outgoing queues this shard sends, by store queue id.
     out: HashMap<u32, OutQueue>,
     /// Connections to open: (address, outgoing queue id).
@@ -148,6 +151,9 @@ pub struct MsmqApp<S> {
 /// How often a shard looks for messages whose TimeToBeReceived passed.
 pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
 
+/// How soon an OrderAck held back for durability is tried again.
+pub const ORDER_ACK_RETRY_MS: u64 = 10;
+
 /// Admin acknowledgements one shard builds per loop turn at most (a bound on the copies kept).
 pub const ADMIN_ACKS_PER_TURN_MAX: usize = 4_096;
 
@@ -160,6 +166,7 @@ impl<S> MsmqApp<S> {
             waiting: Vec::new(),
             ready: Vec::new(),
             durable: Ticket(0),
+            commit_ok: true,
             out: HashMap::new(),
             connects: VecDeque::new(),
             now_ms: 0,
@@ -205,13 +212,15 @@ impl<S: QueueStore> MsmqApp<S> {
             .shared
             .broker
             .deliver(part, frame, &msg, unix_now(), now_ms);
-        let ticket = match d.verdict {
-            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => Some(ticket),
+        let own = part.index;
+        let wait_for = match d.verdict {
+            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => (own, ticket),
             Verdict::Refuse(e) => {
                 tracing::error!(peer = %conn.peer, error = %e, "cannot store a message; closing the session so the sender keeps it");
                 return Err(close_code::STORE);
             }
-            Verdict::Duplicate | Verdict::TxRejected => None,
+            // A duplicate is acknowledged only once its first copy is durable.
+            Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => origin,
         };
         if let Some(class) = d.admin_ack {
             // Built after the partition lock is released: its outgoing queue may live in this
@@ -229,22 +238,35 @@ impl<S: QueueStore> MsmqApp<S> {
             e.1 = state;
         }
         if let Some(rec) = rec_seq {
-            match ticket {
-                Some(t) if t != Ticket::IMMEDIATE => {
-                    conn.pending_durable.push_back((t, rec));
+            let (p, t) = wait_for;
+            if t == Ticket::IMMEDIATE && conn.pending_durable.is_empty() {
+                // Nothing to wait for, and nothing earlier on this session waits either
+                // (durability is acknowledged cumulatively).
+                conn.session.handle_durable(now_ms, rec);
+            } else {
+                conn.pending_durable.push_back((p, t, rec));
+                if p == own && t != Ticket::IMMEDIATE {
                     self.appended = Some(self.appended.map_or(t, |a| a.max(t)));
-                    if !self.waiting.contains(&conn.id) {
-                        self.waiting.push(conn.id);
-                    }
                 }
-                // Nothing was written (a duplicate, or an express copy): nothing to wait for.
-                _ => conn.session.handle_durable(now_ms, rec),
+                if !self.waiting.contains(&conn.id) {
+                    self.waiting.push(conn.id);
+                }
             }
         }
         Ok(())
     }
 
     fn send_order_acks(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        // An OrderAck says every message up to its number is stored: it waits while any
+        // message of this session is not yet durable.
+        if !conn.pending_durable.is_empty() {
+            for (t, _) in conn.order_acks.values_mut() {
+                if t.deadline_ms.is_some_and(|d| d <= now_ms) {
+                    t.deadline_ms = Some(now_ms + ORDER_ACK_RETRY_MS);
+                }
+            }
+            return;
+        }
         let own = self.shared.broker.guid();
         let remote = conn.session.remote_qm();
         let due: Vec<IncomingSequence> = conn
@@ -302,8 +324,16 @@ impl<S: QueueStore> MsmqApp<S> {
 
     fn apply_durability(&mut self, now_ms: u64, conn: &mut MsmqConn) {
         let mut last = None;
-        while let Some(&(t, rec)) = conn.pending_durable.front() {
-            if t < self.durable {
+        let own = self.shard % self.shared.broker.partition_count();
+        while let Some(&(p, t, rec)) = conn.pending_durable.front() {
+            let durable = if p == own && self.commit_ok {
+                t < self.durable
+            } else if p == own {
+                false
+            } else {
+                self.shared.broker.is_durable(p, t)
+            };
+            if durable {
                 last = Some(rec);
                 conn.pending_durable.pop_front();
             } else {
@@ -626,6 +656,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 }
             }
             Err(e) => {
+                self.commit_ok = false;
                 tracing::error!(shard = self.shard, error = %e, "store commit failed; recoverable messages stay unacknowledged");
             }
         }

@@ -24,6 +24,7 @@ fn a_recoverable_message_behind_an_express_one_survives_a_crash() {
         segment_bytes: 128 << 10,
         batch_bytes_max: 16 << 10,
         message_bytes_max: 4 << 10,
+        removal_reserve_bytes: 8 << 10,
         ..StoreConfig::default()
     };
     let (mut s, _) = Store::open(SimDisk::new(1), cfg).unwrap();

@@ -69,6 +69,8 @@ fn bump(c: &AtomicU64) {
 #[derive(Debug)]
 pub struct Partition<S> {
     pub store: S,
+    /// This partition's index among the broker's partitions.
+    pub index: usize,
     /// Reservations to release once their removal is durable.
     pending_release: Vec<Reservation>,
     /// Transactional sequence states changed since the last commit, written once per commit.
@@ -76,9 +78,10 @@ pub struct Partition<S> {
 }
 
 impl<S: QueueStore> Partition<S> {
-    pub fn new(store: S) -> Self {
+    pub fn new(store: S, index: usize) -> Self {
         Partition {
             store,
+            index,
             pending_release: Vec::new(),
             txn_dirty: HashMap::new(),
         }
@@ -176,11 +179,12 @@ pub enum Verdict {
         ticket: Ticket,
         class: MessageClass,
     },
-    /// A duplicate of a message already received: dropped (acknowledged at session level).
-    Duplicate,
+    /// A duplicate of a message already received: dropped, and acknowledged at session level
+    /// once the first copy (in partition `origin.0`, ticket `origin.1`) is durable.
+    Duplicate { origin: (usize, Ticket) },
     /// A transactional message out of order or already received: dropped; the OrderAck tells
     /// the sender where the sequence stands.
-    TxRejected,
+    TxRejected { origin: (usize, Ticket) },
     /// It cannot be stored now (store poisoned, disk or machine quota full): the session must be
     /// closed so the sender keeps the message and tries again later.
     Refuse(StoreError),
@@ -343,12 +347,13 @@ impl<S: QueueStore> Broker<S> {
                         IncomingSequence {
                             seq_id,
                             seq_no,
-                            reject_count: 0,
+                            ..Default::default()
                         },
                     );
                 }
             }
-            partitions.push(Mutex::new(Partition::new(store)));
+            let index = partitions.len();
+            partitions.push(Mutex::new(Partition::new(store, index)));
         }
         let p = &config.parameters;
         let mut dedup = DuplicateTable::new(
@@ -356,20 +361,35 @@ impl<S: QueueStore> Broker<S> {
             u64::from(p.RemoveDuplicateCleanup),
         );
         // Windows keeps the duplicate table across restarts; lior rebuilds it from the messages
-        // still stored, so a sender's resend after a crash of ours is still recognised.
+        // still stored, so a sender's resend after a crash of ours is still recognised. The
+        // transactional sequence states are also raised to the highest message still stored:
+        // a torn commit can keep a message record without the state record written after it.
         for part in &partitions {
             let part = lock(part);
             for q in catalog.iter() {
                 let mut c = Cursor::new(QueueId(q.id));
                 while let Some(m) = part.store.cursor_next(&mut c) {
                     if m.meta.class == Class::Transactional {
+                        let Ok(msg) = UserMessage::parse(m.bytes) else {
+                            continue;
+                        };
+                        if let Some(t) = msg.transaction {
+                            txn.restore(
+                                (msg.user.source_queue_manager, q.id),
+                                IncomingSequence {
+                                    seq_id: t.tx_sequence_id,
+                                    seq_no: t.tx_sequence_number,
+                                    ..Default::default()
+                                },
+                            );
+                        }
                         continue;
                     }
                     let id = m.meta.message_id.0;
                     let mut g = [0u8; 16];
                     g.copy_from_slice(&id[..16]);
                     let n = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
-                    dedup.check_and_insert((Guid(g), n), 0);
+                    dedup.check_and_insert((Guid(g), n), 0, (part.index, 0));
                 }
             }
         }
@@ -410,6 +430,14 @@ impl<S: QueueStore> Broker<S> {
         self.partitions.len()
     }
 
+    /// Whether `ticket` of partition `i` is durable.
+    pub fn is_durable(&self, i: usize, ticket: Ticket) -> bool {
+        ticket == Ticket::IMMEDIATE
+            || lock(&self.partitions[i % self.partitions.len()])
+                .store
+                .is_durable(ticket)
+    }
+
     /// Locks partition `i` (a shard locks its own once per batch).
     pub fn partition(&self, i: usize) -> MutexGuard<'_, Partition<S>> {
         lock(&self.partitions[i % self.partitions.len()])
@@ -445,7 +473,9 @@ impl<S: QueueStore> Broker<S> {
         let transactional = u.flags.transactional();
         let acks = msg.properties.flags;
         let mut out = Delivered {
-            verdict: Verdict::Duplicate,
+            verdict: Verdict::Duplicate {
+                origin: (0, Ticket::IMMEDIATE),
+            },
             order_ack: None,
             admin_ack: None,
         };
@@ -515,18 +545,37 @@ impl<S: QueueStore> Broker<S> {
             );
             if verdict == TxVerdict::Reject {
                 bump(&self.counters.tx_rejected);
-                out.verdict = Verdict::TxRejected;
-                out.order_ack = Some((key, txn.get(&key)));
+                let state = txn.get(&key);
+                out.verdict = Verdict::TxRejected {
+                    origin: (state.origin.0, Ticket(state.origin.1)),
+                };
+                out.order_ack = Some((key, state));
                 return out;
             }
             tx_state = Some((seq_id, th.tx_sequence_number));
-        } else if lock(&self.dedup).check_and_insert((u.source_queue_manager, u.message_id), now_ms)
-        {
-            bump(&self.counters.duplicates_dropped);
-            out.verdict = Verdict::Duplicate;
-            return out;
         }
-        match self.store(part, queue.id, frame, msg) {
+        let dedup_key = (u.source_queue_manager, u.message_id);
+        if tx_state.is_none() {
+            if let Some(origin) =
+                lock(&self.dedup).check_and_insert(dedup_key, now_ms, (part.index, 0))
+            {
+                bump(&self.counters.duplicates_dropped);
+                out.verdict = Verdict::Duplicate {
+                    origin: (origin.0, Ticket(origin.1)),
+                };
+                return out;
+            }
+        }
+        let stored = self.store(part, queue.id, frame, msg);
+        if tx_state.is_none() {
+            let mut dedup = lock(&self.dedup);
+            match stored {
+                Ok(ticket) => dedup.set_origin(&dedup_key, (part.index, ticket.0)),
+                // Not stored: a resend must be taken, not dropped as a duplicate.
+                Err(_) => dedup.remove(&dedup_key),
+            }
+        }
+        match stored {
             Ok(ticket) => {
                 bump(&self.counters.messages_stored);
                 self.counters
@@ -538,7 +587,7 @@ impl<S: QueueStore> Broker<S> {
                 };
                 if let Some((seq_id, seq_no)) = tx_state {
                     let mut txn = lock(&self.txn);
-                    match txn.commit(key, seq_id, seq_no) {
+                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0)) {
                         Ok(s) => {
                             part.txn_dirty.insert(key, s);
                             out.order_ack = Some((key, s));
@@ -1080,7 +1129,7 @@ impl<S: QueueStore> Broker<S> {
                     )))
                 }
                 Verdict::Refuse(e) => return Err(ApiError::Store(e)),
-                Verdict::Duplicate | Verdict::TxRejected => {
+                Verdict::Duplicate { .. } | Verdict::TxRejected { .. } => {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
             };

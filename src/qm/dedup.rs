@@ -12,13 +12,17 @@ use crate::wire::Guid;
 /// A message identifier: source queue-manager GUID and its MessageID ordinal.
 pub type MessageKey = (Guid, u32);
 
+/// Where the first copy of a message was stored: store partition and the append's ticket. A
+/// duplicate may be acknowledged only once that copy is durable.
+pub type Origin = (usize, u64);
+
 /// The bounded history of recently seen message identifiers.
 #[derive(Debug)]
 pub struct DuplicateTable {
     capacity: usize,
     max_age_ms: u64,
-    /// Last time each identifier was seen.
-    seen: HashMap<MessageKey, u64>,
+    /// Last time each identifier was seen, and where its first copy went.
+    seen: HashMap<MessageKey, (u64, Origin)>,
     /// One entry per key, in the order of the time recorded with it (older first). An entry
     /// whose key was seen again since carries a stale time and is refreshed when it surfaces.
     order: VecDeque<(MessageKey, u64)>,
@@ -45,25 +49,45 @@ impl DuplicateTable {
         self.seen.is_empty()
     }
 
-    /// Records `key` at `now_ms`. Returns `true` when it was already there: the message is a
-    /// duplicate and is to be discarded (after its session-level accounting).
-    pub fn check_and_insert(&mut self, key: MessageKey, now_ms: u64) -> bool {
-        if let Some(t) = self.seen.get_mut(&key) {
+    /// Records `key` at `now_ms` with the place its copy is about to be stored. Returns the
+    /// origin of the first copy when it was already there: the message is a duplicate and is to
+    /// be discarded (after its session-level accounting).
+    pub fn check_and_insert(
+        &mut self,
+        key: MessageKey,
+        now_ms: u64,
+        origin: Origin,
+    ) -> Option<Origin> {
+        if let Some((t, o)) = self.seen.get_mut(&key) {
             *t = now_ms;
-            return true;
+            return Some(*o);
         }
         while self.seen.len() >= self.capacity {
             self.evict_oldest();
         }
-        self.seen.insert(key, now_ms);
+        self.seen.insert(key, (now_ms, origin));
         self.order.push_back((key, now_ms));
-        false
+        None
+    }
+
+    /// Sets where the copy recorded by `check_and_insert` was stored, once the append returned
+    /// its ticket.
+    pub fn set_origin(&mut self, key: &MessageKey, origin: Origin) {
+        if let Some((_, o)) = self.seen.get_mut(key) {
+            *o = origin;
+        }
+    }
+
+    /// Forgets `key`: its message was not stored after all (the store refused it), so a resend
+    /// must be taken, not dropped as a duplicate.
+    pub fn remove(&mut self, key: &MessageKey) {
+        self.seen.remove(key);
     }
 
     fn evict_oldest(&mut self) {
         while let Some((key, t)) = self.order.pop_front() {
-            match self.seen.get(&key) {
-                Some(&latest) if latest != t => self.order.push_back((key, latest)),
+            match self.seen.get(&key).map(|v| v.0) {
+                Some(latest) if latest != t => self.order.push_back((key, latest)),
                 Some(_) => {
                     self.seen.remove(&key);
                     return;
@@ -86,11 +110,11 @@ impl DuplicateTable {
             let Some((key, t)) = self.order.pop_front() else {
                 break;
             };
-            match self.seen.get(&key) {
-                Some(&latest) if latest < cutoff => {
+            match self.seen.get(&key).map(|v| v.0) {
+                Some(latest) if latest < cutoff => {
                     self.seen.remove(&key);
                 }
-                Some(&latest) => self.order.push_back((key, latest.max(t))),
+                Some(latest) => self.order.push_back((key, latest.max(t))),
                 None => {}
             }
         }
@@ -108,26 +132,40 @@ mod tests {
     #[test]
     fn duplicates_are_found_by_the_full_identifier() {
         let mut t = DuplicateTable::new(10, 1000);
-        assert!(!t.check_and_insert(k(1), 0));
-        assert!(t.check_and_insert(k(1), 1));
+        assert_eq!(t.check_and_insert(k(1), 0, (0, 5)), None);
+        t.set_origin(&k(1), (1, 6));
+        assert_eq!(
+            t.check_and_insert(k(1), 1, (0, 9)),
+            Some((1, 6)),
+            "the first copy's place"
+        );
         // Same ordinal from another queue manager is not a duplicate.
-        assert!(!t.check_and_insert((Guid([8; 16]), 1), 2));
+        assert_eq!(t.check_and_insert((Guid([8; 16]), 1), 2, (0, 0)), None);
+        // A message the store refused is forgotten, so its resend is taken.
+        t.remove(&k(1));
+        assert_eq!(t.check_and_insert(k(1), 3, (0, 0)), None);
     }
 
     #[test]
     fn the_table_is_bounded_and_evicts_the_least_recently_seen() {
         let mut t = DuplicateTable::new(3, 1_000_000);
         for n in 1..=3 {
-            t.check_and_insert(k(n), u64::from(n));
+            t.check_and_insert(k(n), u64::from(n), (0, 0));
         }
         // Seeing 1 again makes 2 the oldest.
-        assert!(t.check_and_insert(k(1), 10));
-        assert!(!t.check_and_insert(k(4), 11));
+        assert!(t.check_and_insert(k(1), 10, (0, 0)).is_some());
+        assert!(t.check_and_insert(k(4), 11, (0, 0)).is_none());
         assert_eq!(t.len(), 3);
-        assert!(t.check_and_insert(k(1), 12), "1 was refreshed and kept");
-        assert!(!t.check_and_insert(k(2), 13), "2 was evicted");
+        assert!(
+            t.check_and_insert(k(1), 12, (0, 0)).is_some(),
+            "1 was refreshed and kept"
+        );
+        assert!(
+            t.check_and_insert(k(2), 13, (0, 0)).is_none(),
+            "2 was evicted"
+        );
         for n in 0..10_000 {
-            t.check_and_insert(k(100 + n), 100 + u64::from(n));
+            t.check_and_insert(k(100 + n), 100 + u64::from(n), (0, 0));
         }
         assert_eq!(t.len(), 3);
         assert!(t.order.len() <= 3, "the order queue is bounded too");
@@ -136,12 +174,15 @@ mod tests {
     #[test]
     fn cleanup_purges_entries_older_than_the_period() {
         let mut t = DuplicateTable::new(100, 1_800_000);
-        t.check_and_insert(k(1), 0);
-        t.check_and_insert(k(2), 1_000_000);
+        t.check_and_insert(k(1), 0, (0, 0));
+        t.check_and_insert(k(2), 1_000_000, (0, 0));
         t.cleanup(1_800_001);
-        assert!(!t.check_and_insert(k(1), 1_800_002), "1 was purged");
         assert!(
-            t.check_and_insert(k(2), 1_800_003),
+            t.check_and_insert(k(1), 1_800_002, (0, 0)).is_none(),
+            "1 was purged"
+        );
+        assert!(
+            t.check_and_insert(k(2), 1_800_003, (0, 0)).is_some(),
             "2 is younger than the period"
         );
     }

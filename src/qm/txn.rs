@@ -18,6 +18,9 @@ pub struct IncomingSequence {
     pub seq_no: u32,
     /// Messages refused since the last accepted one (TxMessageRejectCount).
     pub reject_count: u32,
+    /// Where the last accepted message was stored (partition, store ticket); not persisted.
+    /// An OrderAck or a duplicate's ack covering it waits until it is durable.
+    pub origin: (usize, u64),
 }
 
 /// The verdict on one incoming transactional message.
@@ -87,6 +90,7 @@ impl TxnTable {
         key: TxKey,
         seq_id: u64,
         seq_no: u32,
+        origin: (usize, u64),
     ) -> Result<IncomingSequence, TxnTableFull> {
         if !self.states.contains_key(&key) && self.states.len() >= self.capacity {
             return Err(TxnTableFull);
@@ -95,12 +99,14 @@ impl TxnTable {
             seq_id,
             seq_no,
             reject_count: 0,
+            origin,
         };
         self.states.insert(key, s);
         Ok(s)
     }
 
-    /// Restores a state read back from disk at start-up.
+    /// Restores a state read back from disk at start-up (the highest position wins, whether
+    /// it comes from a state record or from a message still in its queue).
     pub fn restore(&mut self, key: TxKey, s: IncomingSequence) {
         let cur = self.get(&key);
         if (s.seq_id, s.seq_no) > (cur.seq_id, cur.seq_no) {
@@ -161,7 +167,7 @@ mod tests {
         let s = IncomingSequence {
             seq_id: SEQ,
             seq_no: 3,
-            reject_count: 0,
+            ..Default::default()
         };
         assert_eq!(accept(&s, SEQ, 4, 3), TxVerdict::Accept, "the next one");
         assert_eq!(
@@ -193,7 +199,7 @@ mod tests {
         let key = (Guid([1; 16]), 7);
         for n in 1..=3 {
             assert_eq!(t.check(key, SEQ, n, n - 1), TxVerdict::Accept);
-            t.commit(key, SEQ, n).unwrap();
+            t.commit(key, SEQ, n, (0, 0)).unwrap();
         }
         assert_eq!(t.check(key, SEQ, 2, 1), TxVerdict::Reject);
         assert_eq!(t.check(key, SEQ, 1, 0), TxVerdict::Reject);
@@ -206,11 +212,14 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let mut t = TxnTable::new(2);
-        t.commit((Guid([1; 16]), 1), SEQ, 1).unwrap();
-        t.commit((Guid([2; 16]), 1), SEQ, 1).unwrap();
-        assert_eq!(t.commit((Guid([3; 16]), 1), SEQ, 1), Err(TxnTableFull));
+        t.commit((Guid([1; 16]), 1), SEQ, 1, (0, 0)).unwrap();
+        t.commit((Guid([2; 16]), 1), SEQ, 1, (0, 0)).unwrap();
+        assert_eq!(
+            t.commit((Guid([3; 16]), 1), SEQ, 1, (0, 0)),
+            Err(TxnTableFull)
+        );
         // Existing keys still advance.
-        assert!(t.commit((Guid([1; 16]), 1), SEQ, 2).is_ok());
+        assert!(t.commit((Guid([1; 16]), 1), SEQ, 2, (0, 0)).is_ok());
     }
 
     #[test]
