@@ -164,3 +164,74 @@ fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
     assert_eq!(u32::from_le_bytes(corr[16..].try_into().unwrap()), 77);
     assert_eq!(b.receive_all("deadletter").len(), 1);
 }
+
+#[test]
+fn receive_and_purge_send_the_receive_acknowledgements_the_sender_asked_for() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port_a = free_port("127.0.0.5");
+    let cb = config(db.path(), "127.0.0.4", port_a, "");
+    let b = Server::start_with(
+        &db.path().join("data"),
+        &["--config", &cb, "--listen", "127.0.0.4:0"],
+    );
+    let ca = config(da.path(), "127.0.0.5", b.listen.port(), "");
+    let listen_a = format!("127.0.0.5:{port_a}");
+    let a = Server::start_with(
+        &da.path().join("data"),
+        &["--config", &ca, "--listen", &listen_a],
+    );
+    b.cli(&["queue", "create", "orders"]);
+    a.cli(&["queue", "create", "admin"]);
+
+    let mut c = Client::connect(b.listen, Guid([0x55; 16]));
+    let dest = utf16z("TCP:127.0.0.4\\private$\\orders");
+    let admin = utf16z("TCP:127.0.0.5\\private$\\admin");
+    let label = utf16z("tracked");
+    for id in [1u32, 2] {
+        let m = UserMessage::new(
+            Guid([0x55; 16]),
+            id,
+            QueueRef::Direct(Utf16(&dest)),
+            Utf16(&label),
+            b"x",
+        )
+        .with_recoverable(true)
+        .with_admin_queue(
+            QueueRef::Direct(Utf16(&admin)),
+            AckFlags(AckFlags::PR | AckFlags::NR),
+        );
+        let mut f = vec![0u8; m.frame_len()];
+        let n = m.encode(&mut f).unwrap();
+        c.send(&f[..n], true, u64::from(id));
+    }
+    c.wait_acked();
+    // The application receives message 1: ACK_RECEIVE. The queue is purged with 2 in it:
+    // NACK_Q_PURGED.
+    assert_eq!(b.cli(&["receive", "orders", "--json"]).lines().count(), 1);
+    b.cli(&["queue", "purge", "orders"]);
+    let mut acks = Vec::new();
+    for _ in 0..50 {
+        let o = a.cli(&[
+            "receive",
+            "admin",
+            "--count",
+            "10",
+            "--wait-ms",
+            "200",
+            "--json",
+        ]);
+        acks.extend(
+            o.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+        if acks.len() >= 2 {
+            break;
+        }
+    }
+    let mut classes: Vec<String> = acks
+        .iter()
+        .map(|m| m["message_class"].as_str().unwrap().to_string())
+        .collect();
+    classes.sort();
+    assert_eq!(classes, ["ACK_RECEIVE", "NACK_Q_PURGED"]);
+}

@@ -720,22 +720,57 @@ impl<S: QueueStore> Broker<S> {
             let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
             cat.delete(name)?
         };
+        let nacks = self.negative_receive_frames(q.id);
         for p in &self.partitions {
             let mut p = lock(p);
             let t = p.store.delete_queue(QueueId(q.id))?;
             p.commit(Some(t))?;
         }
+        self.send_receive_acks(&nacks, MessageClass::NACK_Q_DELETED);
         tracing::info!(queue = %q.name, "queue deleted");
         Ok(())
     }
 
+    /// Copies of the messages of queue `id` whose senders asked for negative receive acks (NR):
+    /// purging or deleting the queue owes them a NACK (MS-MQDMPR, MS-MQQB 3.1.7.2).
+    fn negative_receive_frames(&self, id: u32) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for p in &self.partitions {
+            let p = lock(p);
+            let mut c = Cursor::new(QueueId(id));
+            while let Some(m) = p.store.cursor_next(&mut c) {
+                if out.len() >= RECEIVE_BATCH_MAX {
+                    tracing::warn!(
+                        "more than {RECEIVE_BATCH_MAX} NACKs owed; the rest are not sent"
+                    );
+                    return out;
+                }
+                if UserMessage::parse(m.bytes).is_ok_and(|u| u.properties.flags.negative_receive())
+                {
+                    out.push(m.bytes.to_vec());
+                }
+            }
+        }
+        out
+    }
+
+    fn send_receive_acks(&self, frames: &[Vec<u8>], class: MessageClass) {
+        for f in frames {
+            if let Ok(m) = UserMessage::parse(f) {
+                self.send_admin_ack(&m, class);
+            }
+        }
+    }
+
     pub fn purge_queue(&self, name: &str) -> Result<(), ApiError> {
         let q = self.lookup(name)?;
+        let nacks = self.negative_receive_frames(q.id);
         for p in &self.partitions {
             let mut p = lock(p);
             let t = p.store.purge(QueueId(q.id))?;
             p.commit(Some(t))?;
         }
+        self.send_receive_acks(&nacks, MessageClass::NACK_Q_PURGED);
         Ok(())
     }
 
@@ -861,6 +896,14 @@ impl<S: QueueStore> Broker<S> {
         self.counters
             .messages_received
             .fetch_add(out.len() as u64, Ordering::Relaxed);
+        // Positive receive acknowledgements (PR), now that the removals are durable.
+        for r in &out {
+            if let Ok(m) = UserMessage::parse(&r.bytes) {
+                if m.properties.flags.positive_receive() {
+                    self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
+                }
+            }
+        }
         Ok(out)
     }
 
