@@ -70,6 +70,9 @@ enum Command {
         /// Recoverable (on disk at every hop) instead of express.
         #[arg(long)]
         recoverable: bool,
+        /// Transactional: exactly once, in order, to a transactional queue.
+        #[arg(long)]
+        transactional: bool,
         /// Send this many copies.
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -156,6 +159,7 @@ fn main() -> ExitCode {
             body_file,
             priority,
             recoverable,
+            transactional,
             count,
             api,
         } => send(
@@ -165,7 +169,8 @@ fn main() -> ExitCode {
             body,
             body_file,
             priority,
-            recoverable,
+            recoverable || transactional,
+            transactional,
             count,
         ),
         Command::Receive {
@@ -452,6 +457,7 @@ fn send(
     body_file: Option<PathBuf>,
     priority: u8,
     recoverable: bool,
+    transactional: bool,
     count: u32,
 ) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
@@ -468,9 +474,17 @@ fn send(
         "body_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
         "priority": priority,
         "recoverable": recoverable,
+        "transactional": transactional,
     });
-    for _ in 0..count {
-        let v = call(ureq::post(&url(api, "/v1/send")), Some(req.clone()))?;
+    for i in 0..count {
+        let mut req = req.clone();
+        if count > 1 && bytes.is_empty() {
+            // Numbered bodies make copies tell apart.
+            req["body_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}", i + 1))
+                .into();
+        }
+        let v = call(ureq::post(&url(api, "/v1/send")), Some(req))?;
         println!(
             "sent {} ({} queue {})",
             v["message_id"].as_str().unwrap_or("?"),

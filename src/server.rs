@@ -123,6 +123,10 @@ struct OutQueue {
     /// The next message to send, in delivery order; reset when a session closes, so every
     /// message not yet acknowledged is sent again (MS-MQQB 3.1.5.9).
     cursor: Cursor,
+    /// Transactional resend timer (MS-MQQB 3.1.1.3 ResendTimerTable): when it fires with no
+    /// OrderAck progress, every message is sent again and the interval grows.
+    tx_resend_at: Option<u64>,
+    tx_resend_index: usize,
 }
 
 /// The per-shard app.
@@ -145,6 +149,10 @@ pub struct MsmqApp<S> {
     now_ms: u64,
     /// Admin acknowledgements owed for frames received this turn.
     admin_acks: Vec<(Vec<u8>, crate::wire::headers::MessageClass)>,
+    /// OrderAcks and FinalAcks for our own sends received this turn.
+    tx_acks: Vec<Vec<u8>>,
+    /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
+    resend_ms: [u64; 10],
     next_expiry_ms: u64,
 }
 
@@ -159,7 +167,13 @@ pub const ADMIN_ACKS_PER_TURN_MAX: usize = 4_096;
 
 impl<S> MsmqApp<S> {
     pub fn new(shared: Arc<Shared<S>>, shard: usize) -> Self {
+        let resend_ms = shared
+            .broker
+            .config
+            .resend_schedule_s()
+            .map(|s| u64::from(s) * 1000);
         MsmqApp {
+            resend_ms,
             shared,
             shard,
             appended: None,
@@ -171,6 +185,7 @@ impl<S> MsmqApp<S> {
             connects: VecDeque::new(),
             now_ms: 0,
             admin_acks: Vec::new(),
+            tx_acks: Vec::new(),
             next_expiry_ms: 0,
         }
     }
@@ -221,6 +236,13 @@ impl<S: QueueStore> MsmqApp<S> {
             }
             // A duplicate is acknowledged only once its first copy is durable.
             Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => origin,
+            Verdict::TxAck => {
+                // Handled once the partition lock is released (it may touch any partition).
+                if self.tx_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                    self.tx_acks.push(frame.to_vec());
+                }
+                (own, Ticket::IMMEDIATE)
+            }
         };
         if let Some(class) = d.admin_ack {
             // Built after the partition lock is released: its outgoing queue may live in this
@@ -365,14 +387,21 @@ impl<S: QueueStore> MsmqApp<S> {
                 Event::Acked { token } => {
                     if let Some(q) = conn.outgoing {
                         let mut part = self.shared.broker.partition(self.shard);
-                        if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
-                            tracing::error!(error = %e, "cannot remove a delivered message");
+                        let transactional = part
+                            .store
+                            .peek(QueueId(q), crate::store::Select::Lookup(LookupId(token)))
+                            .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
+                        // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
+                        if !transactional {
+                            if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
+                                tracing::error!(error = %e, "cannot remove a delivered message");
+                            }
+                            self.shared
+                                .broker
+                                .counters
+                                .outgoing_sent_acked
+                                .fetch_add(1, Ordering::Relaxed);
                         }
-                        self.shared
-                            .broker
-                            .counters
-                            .outgoing_sent_acked
-                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Event::Closed(reason) => {
@@ -416,6 +445,9 @@ impl<S: QueueStore> MsmqApp<S> {
                 out.cursor = before;
                 break;
             }
+            if m.meta.class == crate::store::Class::Transactional && out.tx_resend_at.is_none() {
+                out.tx_resend_at = Some(now_ms + self.resend_ms[out.tx_resend_index]);
+            }
         }
     }
 
@@ -428,7 +460,26 @@ impl<S: QueueStore> MsmqApp<S> {
                     cursor: Cursor::new(QueueId(def.id)),
                     def,
                     phase: OutPhase::Idle,
+                    tx_resend_at: None,
+                    tx_resend_index: 0,
                 });
+            }
+        }
+        // OrderAck progress restarts the resend schedule; a time-out without progress sends
+        // every waiting message again, with the next (longer) interval.
+        let ids: Vec<u32> = self.out.keys().copied().collect();
+        for id in broker.take_tx_progress(&ids) {
+            if let Some(o) = self.out.get_mut(&id) {
+                o.tx_resend_index = 0;
+                o.tx_resend_at = None;
+            }
+        }
+        for o in self.out.values_mut() {
+            if o.tx_resend_at.is_some_and(|t| t <= now_ms) {
+                o.tx_resend_index = (o.tx_resend_index + 1).min(self.resend_ms.len() - 1);
+                o.tx_resend_at = None;
+                o.cursor = Cursor::new(QueueId(o.def.id));
+                tracing::info!(destination = %o.def.key, interval = o.tx_resend_index, "no OrderAck in time; resending");
             }
         }
         let hardened = broker.config.parameters.Hardened_MSMQ;
@@ -555,6 +606,11 @@ impl<S: QueueStore> App for MsmqApp<S> {
         for (frame, class) in std::mem::take(&mut self.admin_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
                 self.shared.broker.send_admin_ack(&msg, class);
+            }
+        }
+        for frame in std::mem::take(&mut self.tx_acks) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.shared.broker.handle_tx_ack(&msg);
             }
         }
         self.drain_events(conn);

@@ -235,3 +235,87 @@ fn receive_and_purge_send_the_receive_acknowledgements_the_sender_asked_for() {
     classes.sort();
     assert_eq!(classes, ["ACK_RECEIVE", "NACK_Q_PURGED"]);
 }
+
+#[test]
+fn transactional_sends_arrive_exactly_once_in_order_and_leave_on_the_order_ack() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port_a = free_port("127.0.0.7");
+    let cb = config(db.path(), "127.0.0.6", port_a, "");
+    let b = Server::start_with(
+        &db.path().join("data"),
+        &["--config", &cb, "--listen", "127.0.0.6:0"],
+    );
+    let ca = config(da.path(), "127.0.0.7", b.listen.port(), "");
+    let listen_a = format!("127.0.0.7:{port_a}");
+    let a = Server::start_with(
+        &da.path().join("data"),
+        &["--config", &ca, "--listen", &listen_a],
+    );
+    b.cli(&["queue", "create", "txq", "--transactional"]);
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.6\\private$\\txq",
+        "--transactional",
+        "--count",
+        "20",
+    ]);
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let o = b.cli(&[
+            "receive",
+            "txq",
+            "--count",
+            "100",
+            "--wait-ms",
+            "200",
+            "--json",
+        ]);
+        got.extend(
+            o.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+        if got.len() >= 20 {
+            break;
+        }
+    }
+    let numbers: Vec<u64> = got
+        .iter()
+        .map(|m| m["tx_sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=20).collect::<Vec<u64>>(),
+        "exactly once, in order"
+    );
+    use base64::Engine as _;
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|m| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(m["body_base64"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(bodies, (1..=20).map(|i| i.to_string()).collect::<Vec<_>>());
+    // The OrderAck came back: A's outgoing queue is empty.
+    let mut left = u64::MAX;
+    for _ in 0..100 {
+        let list: serde_json::Value = serde_json::from_str(
+            &ureq::get(&format!("http://{}/v1/outgoing", a.api))
+                .call()
+                .unwrap()
+                .into_string()
+                .unwrap(),
+        )
+        .unwrap();
+        left = list[0]["messages"].as_u64().unwrap();
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(left, 0, "messages wait until the OrderAck and no longer");
+}

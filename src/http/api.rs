@@ -93,6 +93,8 @@ struct SendBody {
     time_to_be_received: Option<u32>,
     #[serde(default)]
     app_specific: u32,
+    #[serde(default)]
+    transactional: bool,
 }
 
 fn default_priority() -> u8 {
@@ -295,6 +297,7 @@ async fn send<S: QueueStore + Send + 'static>(
         time_to_reach_queue: req.time_to_reach_queue,
         time_to_be_received: req.time_to_be_received,
         app_specific: req.app_specific,
+        transactional: req.transactional,
     };
     match c.broker.send(&req.to, &r) {
         Ok(o) => (StatusCode::ACCEPTED, Json(o)).into_response(),

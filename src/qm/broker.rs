@@ -9,6 +9,8 @@
 //! taken once per message for a few hundred nanoseconds.
 
 use std::collections::HashMap;
+
+use crate::wire::headers::{TransactionHeader, TxFlags};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +61,8 @@ pub struct BrokerCounters {
     pub nacks_suppressed: AtomicU64,
     pub outgoing_sent_acked: AtomicU64,
     pub expired_in_queue: AtomicU64,
+    pub order_acks_received: AtomicU64,
+    pub final_acks_received: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -185,6 +189,9 @@ pub enum Verdict {
     /// A transactional message out of order or already received: dropped; the OrderAck tells
     /// the sender where the sequence stands.
     TxRejected { origin: (usize, Ticket) },
+    /// An OrderAck or FinalAck for our own transactional sends: not stored; the caller hands
+    /// the frame to [`Broker::handle_tx_ack`] once it holds no partition lock.
+    TxAck,
     /// It cannot be stored now (store poisoned, disk or machine quota full): the session must be
     /// closed so the sender keeps the message and tries again later.
     Refuse(StoreError),
@@ -275,6 +282,22 @@ pub struct Broker<S> {
     outgoing_dirty: Vec<AtomicBool>,
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
+    /// Outgoing transactional sequences, by outgoing queue id (MS-MQQB TxOutgoingSequence).
+    tx_out: Mutex<HashMap<u32, TxOut>>,
+    /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
+    tx_progress: Mutex<Vec<u32>>,
+}
+
+/// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
+/// start-up, so it needs no file of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxOut {
+    /// TxSequenceID as a u64 (TimeStamp << 32 | Ordinal).
+    pub seq_id: u64,
+    /// The number the next message gets.
+    pub next_no: u32,
+    /// The highest number an OrderAck acknowledged.
+    pub acked_no: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -403,6 +426,8 @@ impl<S: QueueStore> Broker<S> {
             ordinals: Mutex::new(ordinals),
             outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
             waker: OnceLock::new(),
+            tx_out: Mutex::new(HashMap::new()),
+            tx_progress: Mutex::new(Vec::new()),
             catalog: RwLock::new(catalog),
             partitions,
             dedup: Mutex::new(dedup),
@@ -479,6 +504,10 @@ impl<S: QueueStore> Broker<S> {
             order_ack: None,
             admin_ack: None,
         };
+        if msg.is_order_ack() || msg.is_final_ack() {
+            out.verdict = Verdict::TxAck;
+            return out;
+        }
         let route = route(u, &self.identity);
         let Some(queue) = self.resolve(&route) else {
             let why = match &route {
@@ -1012,6 +1041,9 @@ pub struct SendRequest<'a> {
     pub time_to_reach_queue: Option<u32>,
     pub time_to_be_received: Option<u32>,
     pub app_specific: u32,
+    /// Send inside a (single-message) transaction: exactly once, in order. The destination
+    /// must be a transactional queue.
+    pub transactional: bool,
 }
 
 fn unix_now() -> u32 {
@@ -1155,9 +1187,47 @@ impl<S: QueueStore> Broker<S> {
         )
         .with_time_to_be_received(req.time_to_be_received.unwrap_or(INFINITE));
         m.properties.application_tag = req.app_specific;
+        let local = self.identity.is_local(&direct.address);
+        // Transactional numbering is assigned under the sequence lock and the message is
+        // stored before the lock is released, so numbers follow the queue order.
+        let mut tx_guard = None;
+        if req.transactional {
+            let (seq_id, no) = if local {
+                let q = match crate::qm::routing::route(&m.user, &self.identity) {
+                    Route::Named(n) => self.lookup(&n)?.id,
+                    Route::Number(n) => n,
+                    _ => return Err(ApiError::Send(format!("{to}: no such local queue"))),
+                };
+                let s = lock(&self.txn).get(&(own, q));
+                let seq_id = if s.seq_id == 0 {
+                    (u64::from(now) << 32) | 1
+                } else {
+                    s.seq_id
+                };
+                (seq_id, s.seq_no.wrapping_add(1))
+            } else {
+                let def = lock(&self.outgoing)
+                    .get_or_create(direct)
+                    .map_err(|e| ApiError::Send(e.to_string()))?;
+                let mut g = lock(&self.tx_out);
+                let t = self.tx_out_state(&mut g, &def);
+                let r = (t.seq_id, t.next_no);
+                tx_guard = Some((g, def.id));
+                r
+            };
+            m = m.with_transaction(TransactionHeader::new(
+                TxFlags::default()
+                    .with(TxFlags::FM, true)
+                    .with(TxFlags::LM, true)
+                    .with_transaction_index(ordinal & 0x000F_FFFF),
+                seq_id,
+                no,
+                no.saturating_sub(1),
+            ));
+        }
         let frame = encode_message(&m)?;
         let message_id = format!("{own}\\{ordinal}");
-        if self.identity.is_local(&direct.address) {
+        if local {
             let msg = UserMessage::parse(&frame)
                 .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
             let shard = ordinal as usize % self.partitions.len();
@@ -1172,7 +1242,7 @@ impl<S: QueueStore> Broker<S> {
                     )))
                 }
                 Verdict::Refuse(e) => return Err(ApiError::Store(e)),
-                Verdict::Duplicate { .. } | Verdict::TxRejected { .. } => {
+                Verdict::Duplicate { .. } | Verdict::TxRejected { .. } | Verdict::TxAck => {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
             };
@@ -1191,11 +1261,133 @@ impl<S: QueueStore> Broker<S> {
         }
         let meta = message_meta(&m);
         let def = self.enqueue_outgoing(direct, &frame, &meta)?;
+        if let Some((mut g, id)) = tx_guard {
+            if let Some(t) = g.get_mut(&id) {
+                t.next_no = t.next_no.wrapping_add(1);
+            }
+        }
         Ok(SendOutcome {
             placed: "outgoing",
             queue: def.key,
             message_id,
         })
+    }
+
+    /// The outgoing transactional sequence of `def`, read back from the stored messages the
+    /// first time (the last stored number continues; an empty queue starts a new sequence whose
+    /// TimeStamp is now, later than any earlier one).
+    fn tx_out_state<'g>(
+        &self,
+        g: &'g mut MutexGuard<'_, HashMap<u32, TxOut>>,
+        def: &OutgoingDef,
+    ) -> &'g mut TxOut {
+        g.entry(def.id).or_insert_with(|| {
+            let part = lock(&self.partitions[def.shard % self.partitions.len()]);
+            let mut c = Cursor::new(QueueId(def.id));
+            let mut best: Option<(u64, u32)> = None;
+            while let Some(m) = part.store.cursor_next(&mut c) {
+                if m.meta.class != Class::Transactional {
+                    continue;
+                }
+                if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
+                    let k = (t.tx_sequence_id, t.tx_sequence_number);
+                    if best.is_none_or(|b| k > b) {
+                        best = Some(k);
+                    }
+                }
+            }
+            match best {
+                Some((seq_id, no)) => TxOut {
+                    seq_id,
+                    next_no: no.wrapping_add(1),
+                    acked_no: 0,
+                },
+                None => TxOut {
+                    seq_id: (u64::from(unix_now()) << 32) | 1,
+                    next_no: 1,
+                    acked_no: 0,
+                },
+            }
+        })
+    }
+
+    /// An OrderAck or FinalAck for our own transactional sends arrived (MS-MQQB 3.1.5.6, 3.1.5.7).
+    /// An OrderAck deletes every message of its sequence up to its number from the outgoing
+    /// queue; a FinalAck is logged and counted.
+    pub fn handle_tx_ack(&self, msg: &UserMessage<'_>) {
+        if let Some(fa) = msg.final_ack_body() {
+            bump(&self.counters.final_acks_received);
+            tracing::info!(
+                class = msg.properties.message_class.name(),
+                message = %format!("{}\\{}", fa.source_guid, fa.message_id),
+                "FinalAck received"
+            );
+            return;
+        }
+        let Some(oa) = msg.order_ack_body() else {
+            tracing::warn!("malformed OrderAck body; ignored");
+            return;
+        };
+        bump(&self.counters.order_acks_received);
+        let targets: Vec<u32> = {
+            let mut g = lock(&self.tx_out);
+            g.iter_mut()
+                .filter(|(_, t)| t.seq_id == oa.tx_sequence_id)
+                .map(|(id, t)| {
+                    t.acked_no = t.acked_no.max(oa.tx_sequence_number);
+                    *id
+                })
+                .collect()
+        };
+        let defs: Vec<OutgoingDef> = lock(&self.outgoing)
+            .iter()
+            .filter(|d| targets.contains(&d.id))
+            .cloned()
+            .collect();
+        for def in defs {
+            let shard = def.shard % self.partitions.len();
+            let mut part = lock(&self.partitions[shard]);
+            let mut c = Cursor::new(QueueId(def.id));
+            let mut done = Vec::new();
+            while let Some(m) = part.store.cursor_next(&mut c) {
+                if m.meta.class != Class::Transactional {
+                    continue;
+                }
+                if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
+                    if t.tx_sequence_id == oa.tx_sequence_id
+                        && t.tx_sequence_number <= oa.tx_sequence_number
+                    {
+                        done.push(m.lookup_id);
+                    }
+                }
+            }
+            for l in &done {
+                if let Err(e) = part.remove_delivered(QueueId(def.id), *l) {
+                    tracing::error!(error = %e, "cannot remove an ordered-acknowledged message");
+                }
+            }
+            if let Err(e) = part.commit(None) {
+                tracing::error!(error = %e, "commit after an OrderAck failed");
+            }
+            drop(part);
+            self.counters
+                .outgoing_sent_acked
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            lock(&self.tx_progress).push(def.id);
+            if let Some(f) = self.outgoing_dirty.get(shard) {
+                f.store(true, Ordering::Release);
+            }
+            self.wake(shard);
+        }
+    }
+
+    /// Outgoing queues of shard `shard` whose transactional sequence progressed since the last
+    /// call (their resend interval starts over).
+    pub fn take_tx_progress(&self, ids: &[u32]) -> Vec<u32> {
+        let mut g = lock(&self.tx_progress);
+        let (mine, rest): (Vec<u32>, Vec<u32>) = g.drain(..).partition(|id| ids.contains(id));
+        *g = rest;
+        mine
     }
 
     /// Builds the admin acknowledgement (or NACK) of `msg` (MS-MQQB 3.1.7.15) and queues it
