@@ -64,6 +64,10 @@ pub struct Limits {
     pub session_transmit_bytes_max: usize,
     /// Messages waiting in one outgoing queue.
     pub outgoing_queue_messages_max: usize,
+    /// Bytes of partly received packets one shard holds for all its sessions together; a
+    /// session that pushes past it is closed (a flood of half-sent 4 MB packets cannot exhaust
+    /// memory).
+    pub reassembly_bytes_per_shard_max: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +78,7 @@ impl Default for Limits {
             connections_per_shard_max: 4_096,
             session_transmit_bytes_max: 8 << 20,
             outgoing_queue_messages_max: 1_000_000,
+            reassembly_bytes_per_shard_max: 256 << 20,
         }
     }
 }

@@ -153,6 +153,8 @@ pub struct MsmqApp<S> {
     tx_acks: Vec<Vec<u8>>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
+    /// Bytes held in the framers of this shard's sessions.
+    reassembly_bytes: usize,
     next_expiry_ms: u64,
 }
 
@@ -187,6 +189,7 @@ impl<S> MsmqApp<S> {
             admin_acks: Vec::new(),
             tx_acks: Vec::new(),
             next_expiry_ms: 0,
+            reassembly_bytes: 0,
         }
     }
 }
@@ -598,11 +601,28 @@ impl<S: QueueStore> App for MsmqApp<S> {
         let shared = self.shared.clone();
         let mut part = shared.broker.partition(self.shard);
         let mut framer = std::mem::take(&mut conn.framer);
+        let before = framer.buffered();
         let r = framer.feed(bytes, |frame| {
             self.handle_frame(now_ms, conn, &mut part, frame)
         });
+        let after = framer.buffered();
         conn.framer = framer;
         drop(part);
+        self.reassembly_bytes = (self.reassembly_bytes + after).saturating_sub(before);
+        let limit = self
+            .shared
+            .broker
+            .config
+            .limits
+            .reassembly_bytes_per_shard_max;
+        if after > before && self.reassembly_bytes > limit {
+            tracing::warn!(peer = %conn.peer, held = self.reassembly_bytes, limit, "partial packets over the shard's limit; closing the session");
+            self.shared
+                .counters
+                .sessions_closed_protocol
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(AppError(close_code::PROTOCOL));
+        }
         for (frame, class) in std::mem::take(&mut self.admin_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
                 self.shared.broker.send_admin_ack(&msg, class);
@@ -680,6 +700,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn on_closed(&mut self, now_ms: u64, conn: MsmqConn, reason: NetClose) {
+        self.reassembly_bytes = self.reassembly_bytes.saturating_sub(conn.framer.buffered());
         if conn.incoming {
             self.shared.sessions_in.fetch_sub(1, Ordering::Relaxed);
         }

@@ -232,3 +232,67 @@ fn max_in_sessions_refuses_with_cs_and_sigterm_stops_cleanly() {
     let server = Server::start(&dir.path().join("data"));
     assert_eq!(server.receive_all("q").len(), 1);
 }
+
+#[test]
+fn half_sent_huge_packets_cannot_exhaust_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lior.toml");
+    // One shard, so all sessions share one reassembly budget of 1 MiB.
+    std::fs::write(
+        &cfg,
+        "cores = [0]\n[limits]\nreassembly_bytes_per_shard_max = 1048576\n",
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    server.cli(&["queue", "create", "q"]);
+    let mut c = Client::connect(server.listen, Guid([1; 16]));
+    // Each flooder announces a 4 MB UserMessage and sends 600 KB of it.
+    let mut header = message(Guid([2; 16]), 1, "OS:localhost\\q", b"x", false);
+    header[8..12].copy_from_slice(&0x0040_0000u32.to_le_bytes());
+    let mut flooders = Vec::new();
+    for _ in 0..3 {
+        let mut s = raw(&server);
+        let mut f3 = vector("frame3-establish-connection-request.bin");
+        f3[36..52].fill(0);
+        s.write_all(&f3).unwrap();
+        let _ = read_exact(&mut s, 572);
+        s.write_all(&vector("frame5-connection-parameters-request.bin"))
+            .unwrap();
+        let _ = read_exact(&mut s, 32);
+        s.write_all(&header[..64]).unwrap();
+        let _ = s.write_all(&vec![0u8; 600 << 10]);
+        flooders.push(s);
+    }
+    // At least one flooder was cut off (counted as a protocol close); the well-behaved session
+    // still delivers.
+    let mut closed = 0;
+    for _ in 0..50 {
+        let metrics = ureq::get(&format!("http://{}/metrics", server.api))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        closed = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lior_sessions_closed_protocol_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+        if closed >= 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(closed >= 1, "a flooder past the budget is closed");
+    drop(flooders);
+    c.send(
+        &message(Guid([1; 16]), 7, "OS:localhost\\q", b"fine", true),
+        true,
+        7,
+    );
+    c.wait_acked();
+    assert_eq!(server.receive_all("q").len(), 1);
+}
