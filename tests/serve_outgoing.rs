@@ -19,6 +19,26 @@ fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// Two queue managers standing for two machines: `a` at `ip_a`, `b` at `ip_b` (with
+/// `extra_b` in its config). Each reaches the other on its port.
+fn pair(ip_a: &str, ip_b: &str, extra_b: &str) -> (Server, Server, [tempfile::TempDir; 2]) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port_a = free_port(ip_a);
+    let cb = config(db.path(), ip_b, port_a, extra_b);
+    let listen_b = format!("{ip_b}:0");
+    let b = Server::start_with(
+        &db.path().join("data"),
+        &["--config", &cb, "--listen", &listen_b],
+    );
+    let ca = config(da.path(), ip_a, b.listen.port(), "");
+    let listen_a = format!("{ip_a}:{port_a}");
+    let a = Server::start_with(
+        &da.path().join("data"),
+        &["--config", &ca, "--listen", &listen_a],
+    );
+    (a, b, [da, db])
+}
+
 fn config(dir: &std::path::Path, alias: &str, remote_port: u16, extra: &str) -> String {
     let path = dir.join("lior.toml");
     std::fs::write(
@@ -31,23 +51,10 @@ fn config(dir: &std::path::Path, alias: &str, remote_port: u16, extra: &str) -> 
 
 #[test]
 fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port_a = free_port("127.0.0.3");
-    let cb = config(
-        db.path(),
+    let (a, b, _dirs) = pair(
+        "127.0.0.3",
         "127.0.0.2",
-        port_a,
         "[Parameters.Security]\nPermitInsecureNacks = true\n",
-    );
-    let b = Server::start_with(
-        &db.path().join("data"),
-        &["--config", &cb, "--listen", "127.0.0.2:0"],
-    );
-    let ca = config(da.path(), "127.0.0.3", b.listen.port(), "");
-    let listen_a = format!("127.0.0.3:{port_a}");
-    let a = Server::start_with(
-        &da.path().join("data"),
-        &["--config", &ca, "--listen", &listen_a],
     );
     b.cli(&["queue", "create", "orders"]);
     a.cli(&["queue", "create", "admin"]);
@@ -167,19 +174,7 @@ fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
 
 #[test]
 fn receive_and_purge_send_the_receive_acknowledgements_the_sender_asked_for() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port_a = free_port("127.0.0.5");
-    let cb = config(db.path(), "127.0.0.4", port_a, "");
-    let b = Server::start_with(
-        &db.path().join("data"),
-        &["--config", &cb, "--listen", "127.0.0.4:0"],
-    );
-    let ca = config(da.path(), "127.0.0.5", b.listen.port(), "");
-    let listen_a = format!("127.0.0.5:{port_a}");
-    let a = Server::start_with(
-        &da.path().join("data"),
-        &["--config", &ca, "--listen", &listen_a],
-    );
+    let (a, b, _dirs) = pair("127.0.0.5", "127.0.0.4", "");
     b.cli(&["queue", "create", "orders"]);
     a.cli(&["queue", "create", "admin"]);
 
@@ -238,19 +233,7 @@ fn receive_and_purge_send_the_receive_acknowledgements_the_sender_asked_for() {
 
 #[test]
 fn transactional_sends_arrive_exactly_once_in_order_and_leave_on_the_order_ack() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let port_a = free_port("127.0.0.7");
-    let cb = config(db.path(), "127.0.0.6", port_a, "");
-    let b = Server::start_with(
-        &db.path().join("data"),
-        &["--config", &cb, "--listen", "127.0.0.6:0"],
-    );
-    let ca = config(da.path(), "127.0.0.7", b.listen.port(), "");
-    let listen_a = format!("127.0.0.7:{port_a}");
-    let a = Server::start_with(
-        &da.path().join("data"),
-        &["--config", &ca, "--listen", &listen_a],
-    );
+    let (a, b, _dirs) = pair("127.0.0.7", "127.0.0.6", "");
     b.cli(&["queue", "create", "txq", "--transactional"]);
     a.cli(&[
         "send",

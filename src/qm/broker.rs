@@ -749,14 +749,26 @@ impl<S: QueueStore> Broker<S> {
             let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
             cat.delete(name)?
         };
-        let nacks = self.negative_receive_frames(q.id);
+        self.empty_queue(q.id, MessageClass::NACK_Q_DELETED, |s, q| s.delete_queue(q))?;
+        tracing::info!(queue = %q.name, "queue deleted");
+        Ok(())
+    }
+
+    /// Removes every message of queue `id` in every partition with `remove` (purge or delete),
+    /// durably, then sends `class` to the senders that asked for negative receive acks.
+    fn empty_queue(
+        &self,
+        id: u32,
+        class: MessageClass,
+        remove: impl Fn(&mut S, QueueId) -> Result<Ticket, StoreError>,
+    ) -> Result<(), ApiError> {
+        let nacks = self.negative_receive_frames(id);
         for p in &self.partitions {
             let mut p = lock(p);
-            let t = p.store.delete_queue(QueueId(q.id))?;
+            let t = remove(&mut p.store, QueueId(id))?;
             p.commit(Some(t))?;
         }
-        self.send_receive_acks(&nacks, MessageClass::NACK_Q_DELETED);
-        tracing::info!(queue = %q.name, "queue deleted");
+        self.send_receive_acks(&nacks, class);
         Ok(())
     }
 
@@ -793,14 +805,7 @@ impl<S: QueueStore> Broker<S> {
 
     pub fn purge_queue(&self, name: &str) -> Result<(), ApiError> {
         let q = self.lookup(name)?;
-        let nacks = self.negative_receive_frames(q.id);
-        for p in &self.partitions {
-            let mut p = lock(p);
-            let t = p.store.purge(QueueId(q.id))?;
-            p.commit(Some(t))?;
-        }
-        self.send_receive_acks(&nacks, MessageClass::NACK_Q_PURGED);
-        Ok(())
+        self.empty_queue(q.id, MessageClass::NACK_Q_PURGED, |s, q| s.purge(q))
     }
 
     pub fn lookup(&self, name: &str) -> Result<QueueDef, ApiError> {
