@@ -21,6 +21,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The local HTTP/JSON API for administration and for Linux applications.
     pub api: SocketAddr,
+    /// The SRMP (MSMQ over HTTP) endpoint, `/msmq/...`; off unless set. In hardened mode it
+    /// defaults to 0.0.0.0:80, the only way in.
+    pub srmp_listen: Option<SocketAddr>,
     /// Cores to run shards on; empty means every online core.
     pub cores: Vec<usize>,
     /// Extra names this machine answers to in DIRECT=OS: and DIRECT=TCP: format names, beside
@@ -41,6 +44,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./lior-data"),
             listen: "0.0.0.0:1801".parse().expect("literal address"),
             api: "127.0.0.1:1802".parse().expect("literal address"),
+            srmp_listen: None,
             cores: Vec::new(),
             aliases: Vec::new(),
             remote_port: 1801,

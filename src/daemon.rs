@@ -73,6 +73,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(move || render_metrics(&s3, &engine_counters));
     let api = serve_api(config.api, broker.clone(), metrics)
         .map_err(|e| anyhow::anyhow!("cannot listen on the API address {}: {e}", config.api))?;
+    let srmp_addr = config
+        .srmp_listen
+        .or_else(|| hardened.then(|| "0.0.0.0:80".parse().expect("literal address")));
+    let srmp = match srmp_addr {
+        Some(a) => Some(
+            crate::http::srmp::serve_srmp(a, broker.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen for SRMP on {a}: {e}"))?,
+        ),
+        None => None,
+    };
     let ping = if config.parameters.security.EnablePingService {
         let mut addr = config.listen;
         addr.set_port(config.parameters.MsmqIpPingPort);
@@ -90,8 +100,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| "none(hardened)".into());
     // The first line on stdout names the chosen ports, so scripts and tests can use port 0.
     println!(
-        "lior ready listen={listen} api={} qm={} cores={:?} data_dir={}",
+        "lior ready listen={listen} api={} srmp={} qm={} cores={:?} data_dir={}",
         api.local_addr,
+        srmp.as_ref()
+            .map_or_else(|| "off".to_string(), |s| s.local_addr.to_string()),
         broker.guid(),
         engine.cores(),
         config.data_dir.display()
@@ -103,6 +115,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let _ = ticker.join();
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     api.stop();
+    if let Some(s) = srmp {
+        s.stop();
+    }
     if let Some(p) = ping {
         p.stop();
     }

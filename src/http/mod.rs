@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod message_json;
+pub mod srmp;
 
 pub use api::{serve_api, ApiHandle};

@@ -495,18 +495,12 @@ impl<S: QueueStore> Broker<S> {
         now_ms: u64,
     ) -> Delivered {
         let u = &msg.user;
-        let transactional = u.flags.transactional();
-        let acks = msg.properties.flags;
-        let mut out = Delivered {
-            verdict: Verdict::Duplicate {
-                origin: (0, Ticket::IMMEDIATE),
-            },
-            order_ack: None,
-            admin_ack: None,
-        };
         if msg.is_order_ack() || msg.is_final_ack() {
-            out.verdict = Verdict::TxAck;
-            return out;
+            return Delivered {
+                verdict: Verdict::TxAck,
+                order_ack: None,
+                admin_ack: None,
+            };
         }
         let route = route(u, &self.identity);
         let Some(queue) = self.resolve(&route) else {
@@ -517,6 +511,29 @@ impl<S: QueueStore> Broker<S> {
                 Route::System(s) => format!("no system queue {s:?}"),
             };
             return self.dead_letter(part, frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
+        };
+        self.deliver_to(part, frame, msg, &queue, now_unix, now_ms)
+    }
+
+    /// Delivers a message whose queue is already known (an SRMP post names it by its URL).
+    pub fn deliver_to(
+        &self,
+        part: &mut Partition<S>,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        queue: &QueueDef,
+        now_unix: u32,
+        now_ms: u64,
+    ) -> Delivered {
+        let u = &msg.user;
+        let transactional = u.flags.transactional();
+        let acks = msg.properties.flags;
+        let mut out = Delivered {
+            verdict: Verdict::Duplicate {
+                origin: (0, Ticket::IMMEDIATE),
+            },
+            order_ack: None,
+            admin_ack: None,
         };
         // TimeToReachQueue, checked after routing as MS-MQQB 3.1.5.8 orders the steps. The spec
         // has the receiver ignore an expired message; lior keeps it in the dead-letter queue

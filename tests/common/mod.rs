@@ -27,6 +27,8 @@ pub struct Server {
     pub child: Child,
     pub listen: SocketAddr,
     pub api: String,
+    /// The SRMP endpoint, when one runs.
+    pub srmp: Option<SocketAddr>,
 }
 
 impl Server {
@@ -67,8 +69,12 @@ impl Server {
                 .to_string()
         };
         Server {
-            listen: field("listen=").parse().expect("listen address"),
+            // In hardened mode no raw listener runs; the field says so.
+            listen: field("listen=")
+                .parse()
+                .unwrap_or_else(|_| "0.0.0.0:0".parse().expect("literal")),
             api: field("api="),
+            srmp: field("srmp=").parse().ok(),
             child,
         }
     }
