@@ -253,3 +253,20 @@ fn the_duplicate_table_is_rebuilt_after_a_crash() {
     assert!(matches!(deliver(&b, &f).verdict, Verdict::Duplicate { .. }));
     assert_eq!(body_ids(&b, "q", 10), [5]);
 }
+
+#[test]
+fn routes_follow_the_catalog_when_queues_are_deleted_and_created() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    let first = b.create_queue("q", false).unwrap().id;
+    let f = |id| frame("OS:localhost\\private$\\q", id, true, |m| m);
+    assert!(matches!(deliver(&b, &f(1)).verdict, Verdict::Stored { queue, .. } if queue == first));
+    b.delete_queue("q").unwrap();
+    assert!(
+        matches!(deliver(&b, &f(2)).verdict, Verdict::DeadLettered { .. }),
+        "not to the deleted queue"
+    );
+    let second = b.create_queue("q", false).unwrap().id;
+    assert_ne!(first, second);
+    assert!(matches!(deliver(&b, &f(3)).verdict, Verdict::Stored { queue, .. } if queue == second));
+}

@@ -14,7 +14,7 @@ use crate::wire::headers::{TransactionHeader, TxFlags};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::config::Config;
 use crate::store::{
@@ -39,6 +39,19 @@ use crate::wire::format_name::SystemQueue;
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
 /// Senders × queues whose transactional sequence state is kept.
 pub const TXN_TABLE_MAX: usize = 65_536;
+/// Destinations the route cache remembers at most (it starts over when full).
+pub const ROUTE_CACHE_MAX: usize = 4_096;
+
+/// Destinations already resolved to a local queue, valid for one catalog generation.
+#[derive(Debug, Default)]
+struct RouteCache {
+    generation: u64,
+    /// By the raw UTF-16 bytes of a direct format name.
+    direct: HashMap<Vec<u8>, Arc<QueueDef>>,
+    /// By private queue number.
+    numbers: HashMap<u32, Arc<QueueDef>>,
+}
+
 /// Expired messages one expiry pass handles at most (the rest wait for the next pass).
 pub const EXPIRY_BATCH_MAX: usize = 1_024;
 /// Messages one receive call returns at most.
@@ -286,6 +299,9 @@ pub struct Broker<S> {
     tx_out: Mutex<HashMap<u32, TxOut>>,
     /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
     tx_progress: Mutex<Vec<u32>>,
+    route_cache: RwLock<RouteCache>,
+    /// Bumped by every catalog change; the route cache is valid for one generation.
+    catalog_generation: AtomicU64,
 }
 
 /// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
@@ -428,6 +444,8 @@ impl<S: QueueStore> Broker<S> {
             waker: OnceLock::new(),
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
+            route_cache: RwLock::new(RouteCache::default()),
+            catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,
             dedup: Mutex::new(dedup),
@@ -472,6 +490,37 @@ impl<S: QueueStore> Broker<S> {
         self.catalog.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn cached_route(&self, dest: &crate::wire::user::QueueRef<'_>) -> Option<Arc<QueueDef>> {
+        let c = self.route_cache.read().unwrap_or_else(|p| p.into_inner());
+        if c.generation != self.catalog_generation.load(Ordering::Acquire) {
+            return None;
+        }
+        match dest {
+            crate::wire::user::QueueRef::Direct(s) => c.direct.get(s.0).cloned(),
+            crate::wire::user::QueueRef::DestinationPrivate(n) => c.numbers.get(n).cloned(),
+            _ => None,
+        }
+    }
+
+    fn cache_route(&self, dest: &crate::wire::user::QueueRef<'_>, q: &Arc<QueueDef>) {
+        let mut c = self.route_cache.write().unwrap_or_else(|p| p.into_inner());
+        let generation = self.catalog_generation.load(Ordering::Acquire);
+        if c.generation != generation || c.direct.len() + c.numbers.len() >= ROUTE_CACHE_MAX {
+            c.direct.clear();
+            c.numbers.clear();
+            c.generation = generation;
+        }
+        match dest {
+            crate::wire::user::QueueRef::Direct(s) => {
+                c.direct.insert(s.0.to_vec(), q.clone());
+            }
+            crate::wire::user::QueueRef::DestinationPrivate(n) => {
+                c.numbers.insert(*n, q.clone());
+            }
+            _ => {}
+        }
+    }
+
     fn resolve(&self, route: &Route) -> Option<QueueDef> {
         let cat = self.catalog();
         match route {
@@ -502,6 +551,13 @@ impl<S: QueueStore> Broker<S> {
                 admin_ack: None,
             };
         }
+        // The hot path: a destination seen before resolves from the cache without parsing the
+        // format name or cloning the queue definition.
+        if u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid {
+            if let Some(q) = self.cached_route(&u.destination) {
+                return self.deliver_to(part, frame, msg, &q, now_unix, now_ms);
+            }
+        }
         let route = route(u, &self.identity);
         let Some(queue) = self.resolve(&route) else {
             let why = match &route {
@@ -512,6 +568,8 @@ impl<S: QueueStore> Broker<S> {
             };
             return self.dead_letter(part, frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
         };
+        let queue = Arc::new(queue);
+        self.cache_route(&u.destination, &queue);
         self.deliver_to(part, frame, msg, &queue, now_unix, now_ms)
     }
 
@@ -757,6 +815,7 @@ impl<S: QueueStore> Broker<S> {
     pub fn create_queue(&self, name: &str, transactional: bool) -> Result<QueueDef, ApiError> {
         let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
         let q = cat.create(name, transactional)?;
+        self.catalog_generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(queue = %q.name, id = q.id, transactional, "queue created");
         Ok(q)
     }
@@ -764,7 +823,9 @@ impl<S: QueueStore> Broker<S> {
     pub fn delete_queue(&self, name: &str) -> Result<(), ApiError> {
         let q = {
             let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
-            cat.delete(name)?
+            let q = cat.delete(name)?;
+            self.catalog_generation.fetch_add(1, Ordering::AcqRel);
+            q
         };
         self.empty_queue(q.id, MessageClass::NACK_Q_DELETED, |s, q| s.delete_queue(q))?;
         tracing::info!(queue = %q.name, "queue deleted");
