@@ -6,6 +6,7 @@
 //! every second, stops them and summarises.
 
 pub mod client;
+pub mod pair;
 pub mod report;
 
 use std::net::{SocketAddr, ToSocketAddrs};
