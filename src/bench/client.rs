@@ -417,10 +417,13 @@ impl App for BenchApp {
     fn deadline(&self, conn: &BenchConn) -> Option<u64> {
         let session = conn.session.poll_timeout();
         let due = if conn.started && !self.shared.stop.load(Ordering::Relaxed) {
-            conn.sender.next_due_ns().map(|ns| {
-                let ms = ns.div_ceil(1_000_000);
-                self.shared.epoch_engine_ms + ms
-            })
+            // Rounded down: the engine's deadlines are in milliseconds, so within the last
+            // millisecond before a message is due the shard polls without sleeping (it has its
+            // own core), and the message leaves within microseconds of when it is due rather
+            // than at the next millisecond tick.
+            conn.sender
+                .next_due_ns()
+                .map(|ns| self.shared.epoch_engine_ms + ns / 1_000_000)
         } else {
             None
         };
