@@ -7,7 +7,7 @@
 //! it means), and the queue index grows as the queue does.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use lior::bench::client::SessionPlan;
 use lior::bench::pair::{mem_broker, MemStore, Pair};
@@ -15,19 +15,31 @@ use lior::wire::utf16z;
 
 struct Counting;
 
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Allocations made by this thread: the tests of this file run in parallel, and each counts
+    /// only its own.
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    ALLOCS.with(|c| c.set(c.get() + 1));
+}
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
 
 // SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        count();
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -50,9 +62,9 @@ fn plan(size: usize, recoverable: bool) -> SessionPlan {
 /// its steady size.
 fn allocs_per_message(pair: &mut Pair<MemStore>, n: u64) -> (u64, u64) {
     pair.run(100_000);
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocs();
     let done = pair.run(n);
-    (ALLOCS.load(Ordering::Relaxed) - before, done)
+    (allocs() - before, done)
 }
 
 #[test]

@@ -11,7 +11,12 @@ use common::{Server, BIN};
 fn bench(server: &Server, args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
         .arg("bench")
-        .args(["--connect", &server.listen.to_string(), "--api", &server.api])
+        .args([
+            "--connect",
+            &server.listen.to_string(),
+            "--api",
+            &server.api,
+        ])
         .args(["--json", "--quiet", "--cores", "0"])
         .args(args)
         .output()
@@ -45,7 +50,16 @@ fn bench_count_express_and_recoverable_with_consume() {
 
     let s = bench(
         &server,
-        &["--to", to, "--count", "3000", "--sessions", "3", "--size", "100"],
+        &[
+            "--to",
+            to,
+            "--count",
+            "3000",
+            "--sessions",
+            "3",
+            "--size",
+            "100",
+        ],
     );
     assert_eq!(s["sent"], 3000, "{s}");
     assert_eq!(s["acked"], 3000, "{s}");
@@ -55,7 +69,10 @@ fn bench_count_express_and_recoverable_with_consume() {
     }
     let lat = &s["latency_us"];
     for k in ["p50", "p90", "p99", "p999", "max"] {
-        assert!(lat[k].as_f64().is_some_and(|v| v > 0.0), "latency {k} in {s}");
+        assert!(
+            lat[k].as_f64().is_some_and(|v| v > 0.0),
+            "latency {k} in {s}"
+        );
     }
     assert!(lat["p50"].as_f64() <= lat["max"].as_f64());
     assert_eq!(lat["samples"], 3000);
@@ -96,7 +113,13 @@ fn bench_reports_a_refused_connection() {
         .expect("port")
         .port();
     let out = Command::new(BIN)
-        .args(["bench", "--to", "DIRECT=TCP:127.0.0.1\\PRIVATE$\\q", "--count", "10"])
+        .args([
+            "bench",
+            "--to",
+            "DIRECT=TCP:127.0.0.1\\PRIVATE$\\q",
+            "--count",
+            "10",
+        ])
         .args(["--connect", &format!("127.0.0.1:{port}"), "--cores", "0"])
         .output()
         .expect("run lior bench");
