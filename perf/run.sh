@@ -37,7 +37,8 @@ WINDOW=64
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 STAMP=$(date -u +%Y-%m-%d-%H%M)
-WORK="$ROOT/target/perf-work/$STAMP"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WORK="$TARGET/perf-work/$STAMP"
 OUT="$ROOT/perf/results"
 mkdir -p "$WORK" "$OUT"
 JSONL="$OUT/$STAMP.jsonl"
@@ -54,9 +55,9 @@ trap cleanup EXIT
 
 say "building release (lior, tcp_ceiling, perf_report)"
 cargo build --release --quiet --bin lior --example tcp_ceiling --example perf_report
-LIOR="$ROOT/target/release/lior"
-CEIL="$ROOT/target/release/examples/tcp_ceiling"
-REPORT="$ROOT/target/release/examples/perf_report"
+LIOR="$TARGET/release/lior"
+CEIL="$TARGET/release/examples/tcp_ceiling"
+REPORT="$TARGET/release/examples/perf_report"
 
 if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
     say "installing Redis from the distribution: apt-get install -y redis-server redis-tools"
