@@ -172,7 +172,8 @@ median_rate() { # kind size delivery sessions
 HALF_ROWS=("100 express 1" "100 recoverable 16")
 for row in "${HALF_ROWS[@]}"; do
     read -r size delivery sessions <<<"$row"
-    max=$(median_rate lior "$size" "$delivery" "$sessions")
+    max=$(median_rate lior "$size" "$delivery" "$sessions" || true)
+    max=${max:-0}
     half=$(awk -v m="$max" 'BEGIN {printf("%d", m / 2)}')
     [ "$half" -gt 0 ] || continue
     for run in $(seq "$RUNS"); do
