@@ -70,11 +70,11 @@ say "starting lior serve on core $SERVER_CORE"
 taskset -c "$SERVER_CORE" "$LIOR" serve --listen 127.0.0.1:0 --api 127.0.0.1:0 \
     --data-dir "$WORK/lior-data" --cores "$SERVER_CORE" >"$WORK/serve.out" 2>"$WORK/serve.err" &
 PIDS+=($!)
-for _ in $(seq 100); do [ -s "$WORK/serve.out" ] && break; sleep 0.1; done
+for _ in $(seq 300); do [ -s "$WORK/serve.out" ] && break; sleep 0.1; done
 READY=$(head -1 "$WORK/serve.out")
 LISTEN=$(sed -n 's/.* listen=\([^ ]*\).*/\1/p' <<<"$READY")
 API=$(sed -n 's/.* api=\([^ ]*\).*/\1/p' <<<"$READY")
-[ -n "$LISTEN" ] || { say "lior serve did not start: $(cat "$WORK/serve.err")"; exit 1; }
+[ -n "$LISTEN" ] || { say "lior serve did not start within 30 s: $(cat "$WORK/serve.out" "$WORK/serve.err")"; exit 1; }
 "$LIOR" queue create bench --api "$API" >/dev/null
 TO='DIRECT=TCP:127.0.0.1\PRIVATE$\bench'
 
