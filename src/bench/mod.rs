@@ -127,14 +127,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
     );
     let shared = Arc::new(Shared::new());
     let consume_stop = Arc::new(AtomicBool::new(false));
-    let consumer = args.consume.as_ref().map(|q| {
-        Consumer::start(
-            args.api.clone(),
-            q.clone(),
-            Arc::clone(&consume_stop),
-            shared.epoch,
-        )
-    });
+    let consumer = args
+        .consume
+        .as_ref()
+        .map(|q| Consumer::start(args.api.clone(), q.clone(), Arc::clone(&consume_stop)));
     let mut summary = match &args.to {
         Some(to) => send(args, to, &shared)?,
         None => {
@@ -358,7 +354,7 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn start(api: String, queue: String, stop: Arc<AtomicBool>, _epoch: Instant) -> Consumer {
+    fn start(api: String, queue: String, stop: Arc<AtomicBool>) -> Consumer {
         let received = Arc::new(AtomicU64::new(0));
         let r2 = Arc::clone(&received);
         let thread = std::thread::spawn(move || consume(&api, &queue, &stop, &r2));
