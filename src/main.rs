@@ -35,6 +35,8 @@ enum Command {
     },
     /// Run the queue manager: MS-MQQB on TCP 1801 and the local API.
     Serve(ServeArgs),
+    /// Load generator: N MS-MQQB sessions to any queue manager; messages/s and ack latency.
+    Bench(lior::bench::BenchArgs),
     /// Administer queues through the local API.
     Queue {
         #[command(subcommand)]
@@ -145,6 +147,7 @@ fn main() -> ExitCode {
         Command::Decode { file, json } => decode(file, json),
         Command::Config { config } => print_config(config),
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => lior::bench::main(args),
         Command::Queue { command, api } => queue(command, &api.api),
         Command::Peek {
             queue,

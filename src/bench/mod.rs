@@ -1,0 +1,444 @@
+//! `lior bench`: a load generator that speaks MS-MQQB as N initiator sessions to any queue
+//! manager (lior or Windows MSMQ) and reports acknowledged messages/s, MB/s and the latency from
+//! send to the SessionAck that covers each message; optionally it drains a lior queue through the
+//! local API and reports end-to-end latency. The sessions run on lior's own engine
+//! ([`client::BenchApp`]); this module is the controller: it starts them, prints a progress line
+//! every second, stops them and summarises.
+
+pub mod client;
+pub mod pair;
+pub mod report;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::net::{Engine, EngineConfig};
+use crate::wire::format_name::FormatName;
+
+use client::{build_conn, BenchApp, BenchConn, SessionPlan, Shared};
+use report::{ConsumeSummary, Latency, Summary};
+
+/// How long the sessions may take to open.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight messages may take to be acknowledged after the run stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages per receive call of the consumer.
+const CONSUME_BATCH: usize = 1000;
+
+/// Delivery class of the messages sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Delivery {
+    Express,
+    Recoverable,
+}
+
+/// The arguments of `lior bench`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Destination format name, e.g. `DIRECT=TCP:127.0.0.1\PRIVATE$\bench`.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Where to connect; default: the host named in the format name, port 1801.
+    #[arg(long)]
+    pub connect: Option<String>,
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 1)]
+    pub sessions: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    #[arg(long, value_enum, default_value_t = Delivery::Express)]
+    pub delivery: Delivery,
+    /// Run for this many seconds (default 10 unless --count is given).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Send this many messages in total, then stop once they are acknowledged.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Open loop: send at this many messages per second over all sessions, and measure latency
+    /// from when each message was due (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// CPUs to run the sending shards on, e.g. `1` or `0,1` (each shard is pinned).
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// Our session window (MaxUnackedPacket); the smaller of ours and the peer's applies.
+    #[arg(long, default_value_t = 64)]
+    pub window: u16,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Also drain this lior queue through the local API and report end-to-end latency.
+    #[arg(long)]
+    pub consume: Option<String>,
+    /// The local API of the lior that holds the `--consume` queue.
+    #[arg(long, default_value = "127.0.0.1:1802")]
+    pub api: String,
+}
+
+/// Runs `lior bench` and prints its summary.
+pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let summary = run(&args)?;
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(if summary.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Resolves the address to connect to: `--connect`, else the format name's host on port 1801.
+fn connect_addr(args: &BenchArgs, fname: &FormatName) -> anyhow::Result<SocketAddr> {
+    let text = match &args.connect {
+        Some(c) => c.clone(),
+        None => {
+            let d = fname
+                .as_direct()
+                .ok_or_else(|| anyhow::anyhow!("--connect is needed for a non-direct name"))?;
+            let host = d.host();
+            if host.contains(':') {
+                format!("[{host}]:1801")
+            } else {
+                format!("{host}:1801")
+            }
+        }
+    };
+    text.to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("cannot resolve {text}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{text} resolves to no address"))
+}
+
+/// Runs a bench and returns its summary (progress lines go to stderr unless `quiet`).
+pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        args.to.is_some() || args.consume.is_some(),
+        "say where to send (--to) or what to drain (--consume)"
+    );
+    let shared = Arc::new(Shared::new());
+    let consume_stop = Arc::new(AtomicBool::new(false));
+    let consumer = args
+        .consume
+        .as_ref()
+        .map(|q| Consumer::start(args.api.clone(), q.clone(), Arc::clone(&consume_stop)));
+    let mut summary = match &args.to {
+        Some(to) => send(args, to, &shared)?,
+        None => {
+            // Drain only: run for the duration, or until --count messages arrived.
+            let c = consumer.as_ref().map(|c| Arc::clone(&c.received));
+            let start = Instant::now();
+            let limit = Duration::from_secs_f64(args.duration.unwrap_or(10.0));
+            while start.elapsed() < limit {
+                let got = c.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
+                if args.count.is_some_and(|n| got >= n) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Summary::default()
+        }
+    };
+    consume_stop.store(true, Ordering::Relaxed);
+    if let Some(c) = consumer {
+        summary.consume = Some(c.finish()?);
+    }
+    Ok(summary)
+}
+
+fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summary> {
+    let fname = FormatName::parse(to).map_err(|e| anyhow::anyhow!("--to {to:?}: {e}"))?;
+    let destination_wire = fname
+        .direct_wire_string()
+        .ok_or_else(|| anyhow::anyhow!("--to must be a DIRECT= format name, not {to:?}"))?;
+    let addr = connect_addr(args, &fname)?;
+    anyhow::ensure!(args.sessions > 0, "--sessions must be at least 1");
+    anyhow::ensure!(args.window > 0, "--window must be at least 1");
+    let recoverable = args.delivery == Delivery::Recoverable;
+    let per_session_rate = args.rate.map(|r| r / args.sessions as f64);
+    if let Some(r) = per_session_rate {
+        anyhow::ensure!(r > 0.0, "--rate must be positive");
+    }
+    let (cores, pin) = if args.cores.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ((0..n.min(args.sessions)).collect::<Vec<_>>(), false)
+    } else {
+        (args.cores.clone(), true)
+    };
+    let shards = cores.len();
+    let now_ms = crate::engine::net::now_ms();
+    let mut per_shard: Vec<Vec<(SocketAddr, BenchConn)>> =
+        (0..shards).map(|_| Vec::new()).collect();
+    for i in 0..args.sessions {
+        let quota = args.count.map(|n| {
+            let base = n / args.sessions as u64;
+            base + u64::from((i as u64) < n % args.sessions as u64)
+        });
+        let plan = SessionPlan {
+            destination_wire: destination_wire.clone(),
+            body_size: args.size,
+            recoverable,
+            window: args.window,
+            quota,
+            interval_ns: per_session_rate.map(|r| (1e9 / r).max(1.0) as u64),
+        };
+        per_shard[i % shards].push((addr, build_conn(i, &plan, now_ms)?));
+    }
+    let per_shard: Vec<Mutex<Vec<(SocketAddr, BenchConn)>>> =
+        per_shard.into_iter().map(Mutex::new).collect();
+    let engine_cfg = EngineConfig {
+        listen_addr: None,
+        cores,
+        pin_threads: pin,
+        max_connections: args.sessions + 16,
+        connects_per_turn_max: 256,
+        ..EngineConfig::default()
+    };
+    let s2 = Arc::clone(shared);
+    let engine = Engine::start(engine_cfg, move |shard| {
+        let conns =
+            std::mem::take(&mut *per_shard[shard].lock().unwrap_or_else(|p| p.into_inner()));
+        BenchApp::new(Arc::clone(&s2), conns)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A shard polls for connections to open at the end of a loop turn; wake each once so the
+    // first turn does not wait for a completion that never comes.
+    wake_all(&engine);
+
+    let mut summary = Summary {
+        target: to.to_string(),
+        connect: addr.to_string(),
+        sessions: args.sessions,
+        size: args.size,
+        delivery: if recoverable {
+            "recoverable"
+        } else {
+            "express"
+        }
+        .into(),
+        window: args.window,
+        rate: args.rate,
+        ..Summary::default()
+    };
+    let errors = |s: &Shared| s.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+
+    // Wait for every session to open.
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while shared.sessions_open.load(Ordering::Relaxed) < args.sessions {
+        let closed = shared.sessions_closed.load(Ordering::Relaxed);
+        if closed > 0 || Instant::now() > deadline {
+            let _ = engine.shutdown();
+            let mut e = errors(shared);
+            if e.is_empty() {
+                e.push(format!("{closed} sessions could not be opened in time"));
+            }
+            anyhow::bail!("cannot open the sessions to {addr}: {}", e.join("; "));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // Go: reset the histograms, then wake every shard so each starts its sessions.
+    for h in [&shared.interval, &shared.total] {
+        h.lock().unwrap_or_else(|p| p.into_inner()).reset();
+    }
+    let start = Instant::now();
+    shared.go.store(true, Ordering::Release);
+    wake_all(&engine);
+    let duration = match (args.duration, args.count) {
+        (Some(d), _) => Some(Duration::from_secs_f64(d)),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let mut next_tick = start + Duration::from_secs(1);
+    let mut last_acked = 0;
+    let mut last_tick = start;
+    let mut second = 0;
+    let end = loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        if now >= next_tick {
+            second += 1;
+            let acked = shared.acked.load(Ordering::Relaxed);
+            let lat = {
+                let mut h = shared.interval.lock().unwrap_or_else(|p| p.into_inner());
+                let l = Latency::from_histogram(&h);
+                h.reset();
+                l
+            };
+            if !args.quiet {
+                eprintln!(
+                    "{}",
+                    report::progress_line(
+                        second,
+                        acked,
+                        acked - last_acked,
+                        (now - last_tick).as_secs_f64(),
+                        args.size,
+                        &lat
+                    )
+                );
+            }
+            last_acked = acked;
+            last_tick = now;
+            next_tick += Duration::from_secs(1);
+        }
+        if duration.is_some_and(|d| now - start >= d) {
+            break now;
+        }
+        if duration.is_none() && shared.sessions_done.load(Ordering::Relaxed) >= args.sessions {
+            break now;
+        }
+        if shared.sessions_closed.load(Ordering::Relaxed) > 0 {
+            break now;
+        }
+    };
+    let acked_at_end = shared.acked.load(Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Release);
+
+    // Let what is in flight be acknowledged, so the counts add up.
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while shared.acked.load(Ordering::Relaxed) < shared.sent.load(Ordering::Relaxed)
+        && shared.sessions_closed.load(Ordering::Relaxed) == 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let elapsed = (end - start).as_secs_f64();
+    summary.elapsed_s = (elapsed * 1000.0).round() / 1000.0;
+    summary.sent = shared.sent.load(Ordering::Relaxed);
+    summary.acked = shared.acked.load(Ordering::Relaxed);
+    let counted = if duration.is_some() {
+        acked_at_end
+    } else {
+        summary.acked
+    };
+    summary.msgs_per_sec = (counted as f64 / elapsed.max(1e-9)).round();
+    summary.mb_per_sec =
+        ((counted as f64 * args.size as f64 / 1e6 / elapsed.max(1e-9)) * 100.0).round() / 100.0;
+    summary.latency_us =
+        Latency::from_histogram(&shared.total.lock().unwrap_or_else(|p| p.into_inner()));
+    summary.errors = errors(shared);
+    if summary.acked < summary.sent {
+        summary.errors.push(format!(
+            "{} messages were not acknowledged",
+            summary.sent - summary.acked
+        ));
+    }
+    Ok(summary)
+}
+
+fn wake_all(engine: &crate::engine::net::EngineHandle) {
+    for i in 0..engine.shard_count() {
+        if let Some(w) = engine.waker(i) {
+            // A failed wake leaves the shard to its next completion or deadline; nothing to do.
+            let _ = w.wake();
+        }
+    }
+}
+
+/// Drains a queue through the local API on its own thread.
+struct Consumer {
+    received: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<anyhow::Result<ConsumeSummary>>,
+}
+
+impl Consumer {
+    fn start(api: String, queue: String, stop: Arc<AtomicBool>) -> Consumer {
+        let received = Arc::new(AtomicU64::new(0));
+        let r2 = Arc::clone(&received);
+        let thread = std::thread::spawn(move || consume(&api, &queue, &stop, &r2));
+        Consumer { received, thread }
+    }
+
+    fn finish(self) -> anyhow::Result<ConsumeSummary> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?
+    }
+}
+
+fn consume(
+    api: &str,
+    queue: &str,
+    stop: &AtomicBool,
+    received: &AtomicU64,
+) -> anyhow::Result<ConsumeSummary> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let seg: String = queue
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let url = format!("http://{api}/v1/queues/{seg}/receive?count={CONSUME_BATCH}&wait_ms=100");
+    let mut hist = client::new_histogram();
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let resp = agent
+            .post(&url)
+            .call()
+            .map_err(|e| anyhow::anyhow!("receive from {queue} through {api}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(&resp.into_string()?)?;
+        let now_unix = client::unix_ns();
+        let list = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        if list.is_empty() && stop.load(Ordering::Relaxed) {
+            break;
+        }
+        for m in list {
+            n += 1;
+            // Only the first 24 base64 characters are needed: they hold the 16-byte stamp.
+            let Some(b) = m["body_base64"].as_str() else {
+                continue;
+            };
+            let Some(prefix) = b.get(..24) else {
+                continue;
+            };
+            let Ok(bytes) = b64.decode(prefix) else {
+                continue;
+            };
+            if bytes[..8] == client::STAMP_TAG {
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&bytes[8..16]);
+                let sent = u64::from_le_bytes(t);
+                hist.saturating_record(now_unix.saturating_sub(sent).max(1));
+            }
+        }
+        if !list.is_empty() {
+            first.get_or_insert_with(Instant::now);
+            last = Instant::now();
+            received.store(n, Ordering::Relaxed);
+        }
+    }
+    let secs = first.map_or(0.0, |f| (last - f).as_secs_f64());
+    Ok(ConsumeSummary {
+        queue: queue.to_string(),
+        received: n,
+        msgs_per_sec: if secs > 0.0 {
+            (n as f64 / secs).round()
+        } else {
+            0.0
+        },
+        end_to_end_us: Latency::from_histogram(&hist),
+    })
+}
