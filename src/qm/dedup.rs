@@ -6,8 +6,81 @@
 //! only the ordinal, but 3.1.5.8.2 stores both, and ordinals of different senders collide.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 
 use crate::wire::Guid;
+
+/// A fast keyed hash for message identifiers (this table sits on the per-message hot path, and
+/// SipHash showed in the profile). The keys come from the network, so the hash is seeded from a
+/// random key per table: a sender cannot precompute colliding identifiers.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedHash {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyedHash {
+    fn random() -> Self {
+        let g = Guid::new_random().0;
+        let k0 = u64::from_le_bytes(g[..8].try_into().unwrap_or([1; 8]));
+        let k1 = u64::from_le_bytes(g[8..].try_into().unwrap_or([2; 8]));
+        KeyedHash { k0, k1: k1 | 1 }
+    }
+}
+
+impl BuildHasher for KeyedHash {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher {
+            h: self.k0,
+            k: self.k1,
+        }
+    }
+}
+
+/// Folded multiply-mix over 8-byte words (the construction of foldhash/ahash's fallback).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyedHasher {
+    h: u64,
+    k: u64,
+}
+
+impl KeyedHasher {
+    #[inline]
+    fn mix(&mut self, v: u64) {
+        let m = u128::from(self.h ^ v) * u128::from(self.k);
+        self.h = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+impl Hasher for KeyedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.mix(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.mix(v);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.mix(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.h.rotate_left(23) ^ self.k
+    }
+}
 
 /// A message identifier: source queue-manager GUID and its MessageID ordinal.
 pub type MessageKey = (Guid, u32);
@@ -22,7 +95,7 @@ pub struct DuplicateTable {
     capacity: usize,
     max_age_ms: u64,
     /// Last time each identifier was seen, and where its first copy went.
-    seen: HashMap<MessageKey, (u64, Origin)>,
+    seen: HashMap<MessageKey, (u64, Origin), KeyedHash>,
     /// One entry per key, in the order of the time recorded with it (older first). An entry
     /// whose key was seen again since carries a stale time and is refreshed when it surfaces.
     order: VecDeque<(MessageKey, u64)>,
@@ -35,7 +108,7 @@ impl DuplicateTable {
         DuplicateTable {
             capacity,
             max_age_ms,
-            seen: HashMap::with_capacity(capacity),
+            seen: HashMap::with_capacity_and_hasher(capacity, KeyedHash::random()),
             order: VecDeque::with_capacity(capacity),
             last_cleanup_ms: 0,
         }

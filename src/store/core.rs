@@ -4,14 +4,14 @@
 //! It owns the index and the commit order; it must not do IO except through `Disk`, and it
 //! holds no `unsafe`.
 
-use super::index::{Entry, QueueIndex, EXPRESS_SEG};
+use super::express::{is_express, ExpressArena};
+use super::index::{Entry, QueueIndex};
 use super::record::{self, Kind, COMMON_HEADER};
 use super::{
     Appended, Chunk, Class, Cursor, Disk, LookupId, Maintenance, MessageMeta, MessageRef, QueueId,
     QueueQuota, QueueStore, QuotaKind, RecoveryReport, Reservation, Select, StoreConfig,
     StoreError, StoreStats, Ticket, EXPIRY_NEVER,
 };
-use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -106,7 +106,7 @@ pub struct Store<D: Disk> {
     queues: HashMap<QueueId, QueueIndex, Fast>,
     quotas: HashMap<QueueId, QueueQuota, Fast>,
     reserved: HashMap<(QueueId, u64), Reserved, Fast>,
-    express: Slab<Vec<u8>>,
+    express: ExpressArena,
     moves: VecDeque<Move>,
     compact_at: (u64, u32),
     messages: u64,
@@ -149,7 +149,7 @@ impl<D: Disk> Store<D> {
             queues: HashMap::default(),
             quotas: HashMap::default(),
             reserved: HashMap::default(),
-            express: Slab::new(),
+            express: ExpressArena::default(),
             moves: VecDeque::new(),
             compact_at: (0, 0),
             messages: 0,
@@ -394,8 +394,8 @@ impl<D: Disk> Store<D> {
         let _ = queue;
         self.messages -= 1;
         self.bytes -= e.bytes as u64;
-        if e.seg == EXPRESS_SEG {
-            self.express.try_remove(e.off as usize);
+        if is_express(e.seg) {
+            self.express.remove(e.seg);
         } else if let Some(si) = seg_index(&self.segs, e.seg) {
             let s = &mut self.segs[si];
             s.live -= 1;
@@ -407,8 +407,8 @@ impl<D: Disk> Store<D> {
     // ---- reading ----
 
     fn record_bytes(&self, e: &Entry) -> &[u8] {
-        if e.seg == EXPRESS_SEG {
-            return &self.express[e.off as usize];
+        if is_express(e.seg) {
+            return self.express.get(e.seg, e.off, e.space);
         }
         let data = self.disk.read(e.seg);
         &data[e.off as usize..e.off as usize + e.space as usize]
@@ -425,7 +425,7 @@ impl<D: Disk> Store<D> {
     }
 
     fn visible(&self, e: &Entry) -> bool {
-        e.seg == EXPRESS_SEG || e.lookup < self.durable
+        is_express(e.seg) || e.lookup < self.durable
     }
 
     /// Position of the message `select` means, if visible.
@@ -794,15 +794,15 @@ impl<D: Disk> QueueStore for Store<D> {
         let (lookup, ticket, e) = if meta.class == Class::Express {
             let seq = self.next_seq;
             self.next_seq += 1;
-            let mut rec = Vec::with_capacity(record::message_space(bytes.len()));
-            record::encode_message(&mut rec, seq, queue, LookupId(seq), meta, bytes);
-            let space = rec.len() as u32;
-            let key = self.express.insert(rec);
+            let space = record::message_space(bytes.len());
+            let (seg, off) = self.express.insert(space, |buf| {
+                record::encode_message(buf, seq, queue, LookupId(seq), meta, bytes);
+            });
             let e = Entry {
                 lookup: seq,
-                seg: EXPRESS_SEG,
-                off: key as u32,
-                space,
+                seg,
+                off,
+                space: space as u32,
                 bytes: bytes.len() as u32,
                 expiry: meta.expiry_unix_s,
                 removed: false,
@@ -912,7 +912,7 @@ impl<D: Disk> QueueStore for Store<D> {
             return Ok(None);
         };
         let e = self.queues[&queue].prios[p][i];
-        let ticket = if e.seg == EXPRESS_SEG {
+        let ticket = if is_express(e.seg) {
             Ticket::IMMEDIATE
         } else {
             Ticket(self.stage_removal(Kind::Remove, queue, e.lookup)?)
@@ -953,8 +953,8 @@ impl<D: Disk> QueueStore for Store<D> {
         let e = res.entry;
         self.messages -= 1;
         self.bytes -= e.bytes as u64;
-        if e.seg == EXPRESS_SEG {
-            self.express.try_remove(e.off as usize);
+        if is_express(e.seg) {
+            self.express.remove(e.seg);
         } else if let Some(si) = seg_index(&self.segs, e.seg) {
             let s = &mut self.segs[si];
             s.live -= 1;

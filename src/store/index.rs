@@ -7,9 +7,6 @@
 use super::QueueQuota;
 use std::collections::VecDeque;
 
-/// `Entry::seg` of a message held in the express arena (`off` is the arena key).
-pub(crate) const EXPRESS_SEG: u64 = u64::MAX;
-
 /// Where a message is and what the index needs without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {

@@ -12,6 +12,7 @@
 
 mod core;
 mod disk;
+mod express;
 mod index;
 pub mod record;
 pub mod sim;
