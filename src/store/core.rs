@@ -889,7 +889,7 @@ impl<D: Disk> QueueStore for Store<D> {
                 Some(l) if p == start_prio => d.partition_point(|e| e.lookup <= l),
                 _ => 0,
             };
-            for e in d.range(from..) {
+            for e in d.range_from(from) {
                 if e.removed {
                     continue;
                 }
@@ -1005,7 +1005,7 @@ impl<D: Disk> QueueStore for Store<D> {
         let mut n = 0;
         for (&qid, q) in &self.queues {
             for d in &q.prios {
-                for e in d {
+                for e in d.iter() {
                     if n >= max {
                         return;
                     }

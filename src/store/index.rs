@@ -4,8 +4,8 @@
 //!
 //! It owns no bytes, only locations; it must not do IO.
 
+use super::chunked::ChunkedDeque;
 use super::QueueQuota;
-use std::collections::VecDeque;
 
 /// Where a message is and what the index needs without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub(crate) struct Entry {
 
 /// One queue's messages.
 pub(crate) struct QueueIndex {
-    pub prios: [VecDeque<Entry>; 8],
+    pub prios: [ChunkedDeque<Entry>; 8],
     removed: [u32; 8],
     pub messages: u64,
     pub bytes: u64,

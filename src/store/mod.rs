@@ -10,6 +10,7 @@
 //! implementation ([`UringDisk`]: io_uring writes, memmap2 reads) and a simulated one
 //! ([`sim::SimDisk`]: in memory, tears writes and loses unsynced data on `crash`).
 
+mod chunked;
 mod core;
 mod disk;
 mod express;
