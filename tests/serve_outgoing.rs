@@ -78,25 +78,7 @@ fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
         5,
         "{out}"
     );
-    let mut got = Vec::new();
-    for _ in 0..50 {
-        let o = b.cli(&[
-            "receive",
-            "orders",
-            "--count",
-            "10",
-            "--wait-ms",
-            "200",
-            "--json",
-        ]);
-        got.extend(
-            o.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-        if got.len() >= 5 {
-            break;
-        }
-    }
+    let got = b.receive_until("orders", 5);
     assert_eq!(got.len(), 5);
     assert!(got
         .iter()
@@ -144,18 +126,7 @@ fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
     let n = m.encode(&mut f).unwrap();
     c.send(&f[..n], false, 1);
     c.wait_acked();
-    let mut nack = Vec::new();
-    for _ in 0..50 {
-        let o = a.cli(&["receive", "admin", "--wait-ms", "200", "--json"]);
-        nack.extend(
-            o.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-        if !nack.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let nack = a.receive_until("admin", 1);
     assert_eq!(nack.len(), 1, "the NACK reached the admin queue");
     assert_eq!(nack[0]["message_class"], "NACK_BAD_DST_Q");
     assert_eq!(nack[0]["label"], "lost");
@@ -204,25 +175,7 @@ fn receive_and_purge_send_the_receive_acknowledgements_the_sender_asked_for() {
     // NACK_Q_PURGED.
     assert_eq!(b.cli(&["receive", "orders", "--json"]).lines().count(), 1);
     b.cli(&["queue", "purge", "orders"]);
-    let mut acks = Vec::new();
-    for _ in 0..50 {
-        let o = a.cli(&[
-            "receive",
-            "admin",
-            "--count",
-            "10",
-            "--wait-ms",
-            "200",
-            "--json",
-        ]);
-        acks.extend(
-            o.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-        if acks.len() >= 2 {
-            break;
-        }
-    }
+    let acks = a.receive_until("admin", 2);
     let mut classes: Vec<String> = acks
         .iter()
         .map(|m| m["message_class"].as_str().unwrap().to_string())
@@ -242,25 +195,7 @@ fn transactional_sends_arrive_exactly_once_in_order_and_leave_on_the_order_ack()
         "--count",
         "20",
     ]);
-    let mut got = Vec::new();
-    for _ in 0..50 {
-        let o = b.cli(&[
-            "receive",
-            "txq",
-            "--count",
-            "100",
-            "--wait-ms",
-            "200",
-            "--json",
-        ]);
-        got.extend(
-            o.lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
-        );
-        if got.len() >= 20 {
-            break;
-        }
-    }
+    let got = b.receive_until("txq", 20);
     let numbers: Vec<u64> = got
         .iter()
         .map(|m| m["tx_sequence_number"].as_u64().unwrap())

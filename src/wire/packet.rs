@@ -48,10 +48,17 @@ impl Packet<'_> {
     }
 }
 
-/// Parses exactly one framed packet: `frame` must be the `frame_len` bytes of it.
-pub fn parse_packet(frame: &[u8]) -> Result<Packet<'_>> {
-    let base = BaseHeader::parse(frame)?;
-    let want = frame_len(frame)?.unwrap_or(BASE_HEADER_LEN);
+/// Checks that `frame` holds exactly the bytes `base` announces: PacketSize, plus a
+/// SessionHeader piggy-backed on a UserMessage. Returns PacketSize.
+pub(crate) fn expect_frame_len(frame: &[u8], base: &BaseHeader) -> Result<usize> {
+    let packet_size = base.packet_size as usize;
+    let trailer = if !base.flags.internal() && base.flags.session() {
+        SESSION_HEADER_LEN
+    } else {
+        0
+    };
+    // BaseHeader::parse bounds PacketSize to 4 MiB, so this sum cannot overflow.
+    let want = packet_size + trailer;
     if frame.len() < want {
         return Err(WireError::new(
             ErrorKind::Truncated,
@@ -66,6 +73,13 @@ pub fn parse_packet(frame: &[u8]) -> Result<Packet<'_>> {
             8,
         ));
     }
+    Ok(packet_size)
+}
+
+/// Parses exactly one framed packet: `frame` must be the `frame_len` bytes of it.
+pub fn parse_packet(frame: &[u8]) -> Result<Packet<'_>> {
+    let base = BaseHeader::parse(frame)?;
+    expect_frame_len(frame, &base)?;
     if !base.flags.internal() {
         return UserMessage::parse(frame).map(Packet::User);
     }

@@ -552,28 +552,7 @@ impl<'a> UserMessage<'a> {
                 2,
             ));
         }
-        let packet_size = base.packet_size as usize;
-        let trailer = if base.flags.session() {
-            SESSION_HEADER_LEN
-        } else {
-            0
-        };
-        // BaseHeader::parse bounds PacketSize to 4 MiB, so this sum cannot overflow.
-        let want = packet_size + trailer;
-        if frame.len() < want {
-            return Err(WireError::new(
-                ErrorKind::Truncated,
-                "BaseHeader.PacketSize",
-                frame.len(),
-            ));
-        }
-        if frame.len() > want {
-            return Err(WireError::new(
-                ErrorKind::SizeMismatch,
-                "BaseHeader.PacketSize",
-                8,
-            ));
-        }
+        let packet_size = super::packet::expect_frame_len(frame, &base)?;
         // Headers are read from the PacketSize bytes only: a header that overruns PacketSize
         // is reported as truncated at its own field, never read from the trailer.
         let mut r = Reader::new(&frame[..packet_size]);

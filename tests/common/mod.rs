@@ -100,6 +100,31 @@ impl Server {
         String::from_utf8(out.stdout).expect("utf-8")
     }
 
+    /// Receives from `queue` until `n` messages came or about 10 s passed (messages from another
+    /// queue manager arrive asynchronously); returns what came.
+    pub fn receive_until(&self, queue: &str, n: usize) -> Vec<serde_json::Value> {
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            let o = self.cli(&[
+                "receive",
+                queue,
+                "--count",
+                "100",
+                "--wait-ms",
+                "200",
+                "--json",
+            ]);
+            got.extend(
+                o.lines()
+                    .map(|l| serde_json::from_str(l).expect("json line")),
+            );
+            if got.len() >= n {
+                break;
+            }
+        }
+        got
+    }
+
     /// Receives everything in `queue` as JSON objects.
     pub fn receive_all(&self, queue: &str) -> Vec<serde_json::Value> {
         let mut all = Vec::new();
