@@ -231,6 +231,19 @@ pub struct Received {
     pub bytes: Vec<u8>,
 }
 
+impl Received {
+    fn copy(queue: &str, partition: usize, m: &crate::store::MessageRef<'_>) -> Received {
+        Received {
+            queue: queue.to_string(),
+            partition,
+            lookup_id: m.lookup_id.0,
+            priority: m.meta.priority,
+            class: m.meta.class,
+            bytes: m.bytes.to_vec(),
+        }
+    }
+}
+
 /// Errors of the local API.
 #[derive(Debug)]
 pub enum ApiError {
@@ -934,14 +947,7 @@ impl<S: QueueStore> Broker<S> {
                 let Some(m) = p.store.cursor_next(&mut c) else {
                     break;
                 };
-                out.push(Received {
-                    queue: q.name.clone(),
-                    partition: i,
-                    lookup_id: m.lookup_id.0,
-                    priority: m.meta.priority,
-                    class: m.meta.class,
-                    bytes: m.bytes.to_vec(),
-                });
+                out.push(Received::copy(&q.name, i, &m));
             }
         }
         out.sort_by_key(|m| std::cmp::Reverse(m.priority));
@@ -994,14 +1000,7 @@ impl<S: QueueStore> Broker<S> {
             p.commit(last)?;
             for r in reservations {
                 let m = p.store.reserved(&r)?;
-                out.push(Received {
-                    queue: q.name.clone(),
-                    partition: i,
-                    lookup_id: m.lookup_id.0,
-                    priority: m.meta.priority,
-                    class: m.meta.class,
-                    bytes: m.bytes.to_vec(),
-                });
+                out.push(Received::copy(&q.name, i, &m));
                 p.store.release(r)?;
             }
         }
@@ -1366,19 +1365,10 @@ impl<S: QueueStore> Broker<S> {
     ) -> &'g mut TxOut {
         g.entry(def.id).or_insert_with(|| {
             let part = lock(&self.partitions[def.shard % self.partitions.len()]);
-            let mut c = Cursor::new(QueueId(def.id));
-            let mut best: Option<(u64, u32)> = None;
-            while let Some(m) = part.store.cursor_next(&mut c) {
-                if m.meta.class != Class::Transactional {
-                    continue;
-                }
-                if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
-                    let k = (t.tx_sequence_id, t.tx_sequence_number);
-                    if best.is_none_or(|b| k > b) {
-                        best = Some(k);
-                    }
-                }
-            }
+            let best = stored_tx_positions(&part.store, def.id)
+                .into_iter()
+                .map(|(_, id, no)| (id, no))
+                .max();
             match best {
                 Some((seq_id, no)) => TxOut {
                     seq_id,
@@ -1430,20 +1420,11 @@ impl<S: QueueStore> Broker<S> {
         for def in defs {
             let shard = def.shard % self.partitions.len();
             let mut part = lock(&self.partitions[shard]);
-            let mut c = Cursor::new(QueueId(def.id));
-            let mut done = Vec::new();
-            while let Some(m) = part.store.cursor_next(&mut c) {
-                if m.meta.class != Class::Transactional {
-                    continue;
-                }
-                if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
-                    if t.tx_sequence_id == oa.tx_sequence_id
-                        && t.tx_sequence_number <= oa.tx_sequence_number
-                    {
-                        done.push(m.lookup_id);
-                    }
-                }
-            }
+            let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
+                .into_iter()
+                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= oa.tx_sequence_number)
+                .map(|(l, _, _)| l)
+                .collect();
             for l in &done {
                 if let Err(e) = part.remove_delivered(QueueId(def.id), *l) {
                     tracing::error!(error = %e, "cannot remove an ordered-acknowledged message");
@@ -1555,6 +1536,22 @@ impl<S: QueueStore> Broker<S> {
             Err(e) => tracing::error!(error = %e, "cannot queue an admin acknowledgement"),
         }
     }
+}
+
+/// (lookup id, TxSequenceID, TxSequenceNumber) of every transactional message stored in
+/// outgoing queue `queue`, in delivery order.
+fn stored_tx_positions<S: QueueStore>(store: &S, queue: u32) -> Vec<(LookupId, u64, u32)> {
+    let mut c = Cursor::new(QueueId(queue));
+    let mut out = Vec::new();
+    while let Some(m) = store.cursor_next(&mut c) {
+        if m.meta.class != Class::Transactional {
+            continue;
+        }
+        if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
+            out.push((m.lookup_id, t.tx_sequence_id, t.tx_sequence_number));
+        }
+    }
+    out
 }
 
 /// The store metadata of a message we built.
