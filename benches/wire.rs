@@ -10,7 +10,7 @@ use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{parse_packet, utf16z, Guid, Utf16};
 
 const FRAME7: &[u8] =
-    include_bytes!("../../shared/vectors/mqqb-4.1/frame7-user-message-express.bin");
+    include_bytes!("../tests/vectors/mqqb-4.1/frame7-user-message-express.bin");
 
 fn bench_frame(c: &mut Criterion, name: &str, frame: &[u8]) {
     let mut g = c.benchmark_group(name);

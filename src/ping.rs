@@ -119,7 +119,7 @@ mod tests {
             .unwrap();
         let frame1 = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/vectors/mqqb-4.1/frame1-ping-request.bin"
+            "/tests/vectors/mqqb-4.1/frame1-ping-request.bin"
         ))
         .unwrap();
         client.send_to(b"junk", r.local_addr).unwrap();

@@ -13,7 +13,7 @@ fn cfg(g: u8) -> SessionConfig {
 
 fn vector(name: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/../shared/vectors/mqqb-4.1/{name}",
+        "{}/tests/vectors/mqqb-4.1/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .expect("vector file")

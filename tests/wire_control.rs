@@ -9,7 +9,7 @@ use lior::wire::{
 
 fn vector(name: &str) -> Vec<u8> {
     let path = format!(
-        "{}/../shared/vectors/mqqb-4.1/{name}",
+        "{}/tests/vectors/mqqb-4.1/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))

@@ -14,7 +14,7 @@ use lior::wire::{frame_len, parse_packet, ErrorKind, Guid, Packet, SessionHeader
 use proptest::prelude::*;
 
 const FRAME7: &[u8] =
-    include_bytes!("../../shared/vectors/mqqb-4.1/frame7-user-message-express.bin");
+    include_bytes!("vectors/mqqb-4.1/frame7-user-message-express.bin");
 
 /// A queue reference with owned name storage.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use lior::wire::{
 };
 
 const FRAME7: &[u8] =
-    include_bytes!("../../shared/vectors/mqqb-4.1/frame7-user-message-express.bin");
+    include_bytes!("vectors/mqqb-4.1/frame7-user-message-express.bin");
 
 /// Parses a DIGEST-style hex dump: each line is an offset followed by hex byte pairs.
 fn hex(dump: &str) -> Vec<u8> {

@@ -16,7 +16,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_lior");
 
 pub fn vector(name: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/../shared/vectors/mqqb-4.1/{name}",
+        "{}/tests/vectors/mqqb-4.1/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .expect("vector file")

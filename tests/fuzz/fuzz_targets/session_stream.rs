@@ -8,8 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use lior::session::{Framer, Session, SessionConfig};
 use lior::wire::Guid;
 
-const F3: &[u8] = include_bytes!("../../../../shared/vectors/mqqb-4.1/frame3-establish-connection-request.bin");
-const F5: &[u8] = include_bytes!("../../../../shared/vectors/mqqb-4.1/frame5-connection-parameters-request.bin");
+const F3: &[u8] = include_bytes!("../../vectors/mqqb-4.1/frame3-establish-connection-request.bin");
+const F5: &[u8] = include_bytes!("../../vectors/mqqb-4.1/frame5-connection-parameters-request.bin");
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
