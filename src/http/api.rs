@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,13 +16,24 @@ use serde_json::json;
 use crate::qm::broker::{ApiError, Broker};
 use crate::qm::catalog::CatalogError;
 use crate::store::QueueStore;
+use crate::wire::base::MAX_PACKET_SIZE;
 
 use super::message_json::message_value;
 
 /// The most one request waits for messages.
 pub const RECEIVE_WAIT_MAX_MS: u64 = 300_000;
-/// The most messages one request returns.
-pub const RECEIVE_COUNT_MAX: usize = 10_000;
+/// The most messages one peek or receive request returns; a larger `count` is refused (400),
+/// never silently cut (`lior receive` loops for more).
+pub const RECEIVE_COUNT_MAX: usize = crate::qm::broker::RECEIVE_BATCH_MAX;
+/// Room the headers of a locally sent message may take inside one packet (base, user, property
+/// and transaction headers, the destination format name, a label of up to 250 characters).
+pub const SEND_HEADERS_BYTES_MAX: usize = 8 << 10;
+/// The largest message body `POST /v1/send`, `lior send` and `lior bench` take: a whole packet,
+/// headers included, is at most 4 MiB (MS-MQMQ 2.2.19.1 `PacketSize` <= 0x00400000).
+pub const SEND_BODY_BYTES_MAX: usize = MAX_PACKET_SIZE as usize - SEND_HEADERS_BYTES_MAX;
+/// The largest `POST /v1/send` request: the body as base64 (4/3 of its size) plus the rest of
+/// the JSON object.
+pub const SEND_REQUEST_BYTES_MAX: usize = SEND_BODY_BYTES_MAX.div_ceil(3) * 4 + (64 << 10);
 
 /// Where metrics come from: the server adds its counters to the broker's.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
@@ -107,6 +119,26 @@ struct MessagesQuery {
     wait_ms: Option<u64>,
 }
 
+/// The `count` of a peek or receive: 1 by default, refused outside 1..=[`RECEIVE_COUNT_MAX`].
+fn message_count(q: &MessagesQuery) -> Result<usize, Response> {
+    match q.count.unwrap_or(1) {
+        0 => Err(error(
+            StatusCode::BAD_REQUEST,
+            "count must be at least 1 (count=0 would do nothing)",
+        )),
+        n if n > RECEIVE_COUNT_MAX => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("count {n} is more than one request returns ({RECEIVE_COUNT_MAX}); ask again for the rest"),
+        )),
+        n => Ok(n),
+    }
+}
+
+/// "message too large", said the same way by the API and the CLI.
+pub fn too_large(bytes: usize) -> String {
+    format!("message too large: {bytes} bytes, limit {SEND_BODY_BYTES_MAX} (a packet with its headers is at most {MAX_PACKET_SIZE} bytes)")
+}
+
 /// Starts the API on `addr` (port 0 picks one) on its own thread.
 pub fn serve_api<S: QueueStore + Send + 'static>(
     addr: SocketAddr,
@@ -152,6 +184,7 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/v1/send", post(send::<S>))
                     .route("/v1/outgoing", get(outgoing::<S>))
                     .route("/metrics", get(metrics_route::<S>))
+                    .layer(DefaultBodyLimit::max(SEND_REQUEST_BYTES_MAX))
                     .with_state(ctx);
                 let r = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -221,7 +254,10 @@ async fn peek<S: QueueStore + Send + 'static>(
     Path(name): Path<String>,
     Query(q): Query<MessagesQuery>,
 ) -> Response {
-    let count = q.count.unwrap_or(1).min(RECEIVE_COUNT_MAX);
+    let count = match message_count(&q) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
     match c.broker.peek(&name, count) {
         Ok(msgs) => Json(msgs.iter().map(message_value).collect::<Vec<_>>()).into_response(),
         Err(e) => api_error(e),
@@ -233,7 +269,10 @@ async fn receive<S: QueueStore + Send + 'static>(
     Path(name): Path<String>,
     Query(q): Query<MessagesQuery>,
 ) -> Response {
-    let count = q.count.unwrap_or(1).clamp(1, RECEIVE_COUNT_MAX);
+    let count = match message_count(&q) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(RECEIVE_WAIT_MAX_MS));
     let deadline = Instant::now() + wait;
     loop {
@@ -269,9 +308,27 @@ async fn metrics_route<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Res
 
 async fn send<S: QueueStore + Send + 'static>(
     State(c): Ctxt<S>,
-    Json(req): Json<SendBody>,
+    headers: HeaderMap,
+    req: Result<Json<SendBody>, JsonRejection>,
 ) -> Response {
     use base64::Engine as _;
+    let req = match req {
+        Ok(Json(r)) => r,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let len = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "of unknown size".to_string(), |v| format!("of {v} bytes"));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "message too large: a request {len}, limit {SEND_REQUEST_BYTES_MAX} \
+                     (a body of at most {SEND_BODY_BYTES_MAX} bytes; base64 grows it by 4/3)"
+                ),
+            );
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let body = match (&req.body, &req.body_base64) {
         (Some(t), None) => t.as_bytes().to_vec(),
         (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
@@ -286,6 +343,9 @@ async fn send<S: QueueStore + Send + 'static>(
             )
         }
     };
+    if body.len() > SEND_BODY_BYTES_MAX {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, too_large(body.len()));
+    }
     if req.priority > 7 {
         return error(StatusCode::BAD_REQUEST, "priority must be 0..=7");
     }
