@@ -356,9 +356,7 @@ fn call(req: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<s
                 .unwrap_or(text);
             anyhow::bail!("{msg} (HTTP {code})")
         }
-        Err(ureq::Error::Transport(t))
-            if sent_bytes > 0 && t.kind() == ureq::ErrorKind::Io =>
-        {
+        Err(ureq::Error::Transport(t)) if sent_bytes > 0 && t.kind() == ureq::ErrorKind::Io => {
             // The server answers and closes before reading a request it will refuse (a body
             // over its limit): the write then fails, and the answer is lost with it.
             anyhow::bail!(
@@ -396,7 +394,10 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
             } else {
                 outln!(
                     "{:<32} {:>10} {:>12} {:>14} kind",
-                    "queue", "id", "messages", "bytes"
+                    "queue",
+                    "id",
+                    "messages",
+                    "bytes"
                 );
                 for q in v.as_array().into_iter().flatten() {
                     outln!(

@@ -133,13 +133,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
     );
     let shared = Arc::new(Shared::new());
     let consume_stop = Arc::new(AtomicBool::new(false));
-    let consumer = args
-        .consume
-        .as_ref()
-        .map(|q| {
-            let batch = (CONSUME_BATCH_BYTES / args.size.max(1)).clamp(1, CONSUME_BATCH);
-            Consumer::start(args.api.clone(), q.clone(), batch, Arc::clone(&consume_stop))
-        });
+    let consumer = args.consume.as_ref().map(|q| {
+        let batch = (CONSUME_BATCH_BYTES / args.size.max(1)).clamp(1, CONSUME_BATCH);
+        Consumer::start(
+            args.api.clone(),
+            q.clone(),
+            batch,
+            Arc::clone(&consume_stop),
+        )
+    });
     let mut summary = match &args.to {
         Some(to) => send(args, to, &shared)?,
         None => {

@@ -318,7 +318,10 @@ async fn send<S: QueueStore + Send + 'static>(
             let len = headers
                 .get(axum::http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .map_or_else(|| "of unknown size".to_string(), |v| format!("of {v} bytes"));
+                .map_or_else(
+                    || "of unknown size".to_string(),
+                    |v| format!("of {v} bytes"),
+                );
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(

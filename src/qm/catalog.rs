@@ -370,7 +370,13 @@ mod tests {
         assert!(refused("caf\u{e9}").contains("non-ASCII"));
         assert!(refused("a\u{7f}").contains("control"));
         assert!(refused("..").contains("URL"));
-        for reserved in ["deadletter", "Journal", "DEADXACT", "order_queue$", "private$\\journal"] {
+        for reserved in [
+            "deadletter",
+            "Journal",
+            "DEADXACT",
+            "order_queue$",
+            "private$\\journal",
+        ] {
             assert!(refused(reserved).contains("reserved"), "{reserved}");
         }
     }
