@@ -533,3 +533,90 @@ fn a_local_send_of_the_wrong_transaction_type_is_an_error_and_leaves_no_copy() {
     ]);
     assert_eq!(queue_len(&server, "txq"), 1);
 }
+
+// ---- README ----
+
+/// The text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in README.md, fences removed.
+fn readme_block(name: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let from = readme.find(&begin).expect("begin marker") + begin.len();
+    let to = readme.find(&end).expect("end marker");
+    readme[from..to]
+        .lines()
+        .filter(|l| !l.starts_with("```"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_readme_srmp_example_works_as_pasted() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: the README example uses curl, which is not installed here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lior.toml");
+    std::fs::write(&cfg, "srmp_listen = \"127.0.0.1:0\"\n").unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    server.cli(&["queue", "create", "orders"]);
+    let script = readme_block("srmp-example");
+    assert!(script.contains("127.0.0.1:8080"), "{script}");
+    // The only change: the port this server chose instead of the README's 8080.
+    let script = script.replace(
+        "127.0.0.1:8080",
+        &server.srmp.expect("an SRMP endpoint").to_string(),
+    );
+    let o = Command::new("sh")
+        .args(["-e", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the README example failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let got = server.receive_all("orders");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["label"], "hello label");
+    let body = b64()
+        .decode(got[0]["body_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(body, b"hello over SRMP");
+}
+
+#[test]
+fn the_readme_states_the_limits_lior_applies() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commas = |n: usize| {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    for n in [
+        lior::http::api::SEND_BODY_BYTES_MAX,
+        lior::http::api::SEND_REQUEST_BYTES_MAX,
+        lior::http::api::RECEIVE_COUNT_MAX,
+    ] {
+        assert!(
+            readme.contains(&commas(n)),
+            "README does not say {}",
+            commas(n)
+        );
+    }
+    assert!(readme.contains(&format!("limit {BODY_MAX}")));
+}

@@ -279,12 +279,21 @@ impl Catalog {
 
     /// Finds a queue by name: a private queue name (with or without `private$\`), or a machine
     /// queue (`system$;deadletter`, `deadletter`, `deadxact`, `journal`, `order_queue$`).
+    ///
+    /// With an explicit `private$\` prefix the name is a private queue's only: a private queue
+    /// named like a machine queue, created before such names were refused, stays reachable
+    /// (and deletable) as `private$\deadletter`.
     pub fn lookup(&self, name: &str) -> Option<&QueueDef> {
         let lower = name.to_ascii_lowercase();
-        let lower = lower
+        let private = lower
             .strip_prefix("private$\\")
-            .or_else(|| lower.strip_prefix("private$/"))
-            .unwrap_or(&lower);
+            .or_else(|| lower.strip_prefix("private$/"));
+        if let Some(p) = private {
+            if let Some(q) = self.by_name.get(p).filter(|q| q.kind == QueueKind::Private) {
+                return Some(q);
+            }
+        }
+        let lower = private.unwrap_or(&lower);
         let key = match lower {
             "deadletter" | "deadletter$" => "system$;deadletter",
             "deadxact" | "xactdeadletter" => "system$;deadxact",
@@ -379,6 +388,40 @@ mod tests {
         ] {
             assert!(refused(reserved).contains("reserved"), "{reserved}");
         }
+    }
+
+    #[test]
+    fn a_private_queue_named_like_a_machine_queue_from_an_older_catalog_stays_reachable() {
+        let d = tempfile::tempdir().unwrap();
+        // A catalog written before such names were refused.
+        let old = CatalogFile {
+            next_id: FIRST_USER_QUEUE_ID + 1,
+            queues: vec![QueueDef {
+                id: FIRST_USER_QUEUE_ID,
+                name: "deadletter".into(),
+                kind: QueueKind::Private,
+                transactional: false,
+                quota_bytes: None,
+                journal: false,
+                write_access: Vec::new(),
+            }],
+        };
+        std::fs::write(
+            d.path().join(CATALOG_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("deadletter").unwrap().kind, QueueKind::DeadLetter);
+        assert_eq!(
+            c.lookup("private$\\deadletter").unwrap().id,
+            FIRST_USER_QUEUE_ID
+        );
+        assert_eq!(
+            c.delete("private$\\deadletter").unwrap().id,
+            FIRST_USER_QUEUE_ID
+        );
+        assert_eq!(c.lookup("deadletter").unwrap().kind, QueueKind::DeadLetter);
     }
 
     #[test]
