@@ -326,8 +326,10 @@ mod tests {
         let text = Config::default().to_toml();
         assert!(text.contains("# srmp_listen = "), "{text}");
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
-        let mut c = Config::default();
-        c.srmp_listen = Some("127.0.0.1:8080".parse().unwrap());
+        let c = Config {
+            srmp_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Config::default()
+        };
         let text = c.to_toml();
         assert!(text.contains("srmp_listen = \"127.0.0.1:8080\""), "{text}");
         assert_eq!(Config::from_toml(&text).unwrap(), c);

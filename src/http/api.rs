@@ -119,16 +119,13 @@ struct MessagesQuery {
     wait_ms: Option<u64>,
 }
 
-/// The `count` of a peek or receive: 1 by default, refused outside 1..=[`RECEIVE_COUNT_MAX`].
-fn message_count(q: &MessagesQuery) -> Result<usize, Response> {
+/// The `count` of a peek or receive: 1 by default, refused (400, with the reason) outside
+/// 1..=[`RECEIVE_COUNT_MAX`].
+fn message_count(q: &MessagesQuery) -> Result<usize, String> {
     match q.count.unwrap_or(1) {
-        0 => Err(error(
-            StatusCode::BAD_REQUEST,
-            "count must be at least 1 (count=0 would do nothing)",
-        )),
-        n if n > RECEIVE_COUNT_MAX => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("count {n} is more than one request returns ({RECEIVE_COUNT_MAX}); ask again for the rest"),
+        0 => Err("count must be at least 1 (count=0 would do nothing)".into()),
+        n if n > RECEIVE_COUNT_MAX => Err(format!(
+            "count {n} is more than one request returns ({RECEIVE_COUNT_MAX}); ask again for the rest"
         )),
         n => Ok(n),
     }
@@ -256,7 +253,7 @@ async fn peek<S: QueueStore + Send + 'static>(
 ) -> Response {
     let count = match message_count(&q) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match c.broker.peek(&name, count) {
         Ok(msgs) => Json(msgs.iter().map(message_value).collect::<Vec<_>>()).into_response(),
@@ -271,7 +268,7 @@ async fn receive<S: QueueStore + Send + 'static>(
 ) -> Response {
     let count = match message_count(&q) {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(RECEIVE_WAIT_MAX_MS));
     let deadline = Instant::now() + wait;
