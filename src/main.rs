@@ -505,13 +505,34 @@ fn terminal_safe(text: &str) -> String {
 /// How much of a body `lior peek`/`lior receive` shows without `--json`.
 const BODY_SHOWN_BYTES_MAX: usize = 200;
 
-/// A body for a person: printable UTF-8 as text, anything else as a hex summary with its
-/// length (raw binary on a terminal can garble it or send it control sequences).
-fn body_text(body: &[u8]) -> String {
+/// BodyType values (VARTYPE) of a string sent as UTF-16LE: VT_BSTR (the ActiveX/.NET string
+/// formatter) and VT_LPWSTR.
+const BODY_TYPES_UTF16: [u64; 2] = [8, 31];
+
+/// A body for a person: printable text as text (UTF-8, or UTF-16LE when its BodyType says it
+/// is a string), anything else as a hex summary with its length (raw binary on a terminal can
+/// garble it or send it control sequences).
+fn body_text(body: &[u8], body_type: Option<u64>) -> String {
     let printable = |t: &str| {
         !t.chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
     };
+    let utf16 = body_type
+        .filter(|t| BODY_TYPES_UTF16.contains(t) && body.len() % 2 == 0)
+        .and_then(|_| {
+            let units: Vec<u16> = body
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        })
+        .map(|t| t.trim_end_matches('\0').to_string())
+        .filter(|t| printable(t));
+    if let Some(t) = utf16 {
+        let shown: String = t.chars().take(BODY_SHOWN_BYTES_MAX).collect();
+        let more = if shown.len() < t.len() { " ..." } else { "" };
+        return format!("{} bytes: {shown}{more} (UTF-16 text)", body.len());
+    }
     match std::str::from_utf8(body) {
         Ok(t) if printable(t) => {
             let mut end = t.len().min(BODY_SHOWN_BYTES_MAX);
@@ -565,7 +586,7 @@ fn print_message(m: &serde_json::Value) {
             .map(|s| format!("  sid {s}"))
             .unwrap_or_default()
     );
-    outln!("body:     {}", body_text(&body));
+    outln!("body:     {}", body_text(&body, m["body_type"].as_u64()));
     outln!();
 }
 
