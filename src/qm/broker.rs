@@ -767,9 +767,20 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
     ) -> Result<Ticket, StoreError> {
         let meta = message_meta(msg);
-        part.store
-            .append(QueueId(queue), &meta, frame)
-            .map(|a| a.ticket)
+        match part.store.append(QueueId(queue), &meta, frame) {
+            // Large messages fill a commit batch within one loop turn (three 3 MB messages
+            // pass the 8 MiB batch): commit what is staged now, instead of refusing the
+            // message and closing its session, then stage it in the next batch.
+            Err(StoreError::BatchFull) => {
+                part.store.flush()?;
+                part.store.poll_durable(true)?;
+                part.store.flush()?;
+                part.store
+                    .append(QueueId(queue), &meta, frame)
+                    .map(|a| a.ticket)
+            }
+            r => r.map(|a| a.ticket),
+        }
     }
 
     fn dead_letter(
