@@ -323,6 +323,15 @@ fn seg(name: &str) -> String {
 }
 
 fn call(req: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    call_more(req, body).map(|(v, _)| v)
+}
+
+/// [`call`], and whether the answer says more messages may be waiting
+/// (`lior::http::api::MORE_HEADER`).
+fn call_more(
+    req: ureq::Request,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(serde_json::Value, bool)> {
     let url = req.url().to_string();
     let (r, sent_bytes) = match body {
         Some(b) => {
@@ -338,14 +347,15 @@ fn call(req: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<s
     };
     match r {
         Ok(resp) => {
+            let more = resp.header(lior::http::api::MORE_HEADER) == Some("true");
             // Read through a reader: ureq's `into_string` stops at 10 MB, and a batch of large
             // messages is bigger than that.
             let mut text = Vec::new();
             resp.into_reader().read_to_end(&mut text)?;
             if text.is_empty() {
-                Ok(serde_json::Value::Null)
+                Ok((serde_json::Value::Null, more))
             } else {
-                Ok(serde_json::from_slice(&text)?)
+                Ok((serde_json::from_slice(&text)?, more))
             }
         }
         Err(ureq::Error::Status(code, resp)) => {
@@ -460,7 +470,7 @@ fn messages(
             "/v1/queues/{}/{what}?count={batch}&wait_ms={wait}",
             seg(queue)
         );
-        let v = call(agent.request(method, &url(api, &path)), None)?;
+        let (v, more) = call_more(agent.request(method, &url(api, &path)), None)?;
         let list = v.as_array().cloned().unwrap_or_default();
         for m in &list {
             if json {
@@ -470,7 +480,9 @@ fn messages(
             }
         }
         shown += list.len();
-        if list.len() < batch || shown >= count || verb == "peek" {
+        // Fewer than asked means the queue ran empty, unless the answer stopped at its byte
+        // bound and says more may be waiting.
+        if list.is_empty() || (list.len() < batch && !more) || shown >= count || verb == "peek" {
             break;
         }
     }

@@ -139,6 +139,44 @@ fn a_body_over_the_limit_is_refused_with_its_size_and_the_limit() {
     assert_eq!(queue_len(&server, "big"), 0);
 }
 
+#[test]
+fn receiving_many_large_messages_is_split_into_bounded_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    server.cli(&["queue", "create", "big"]);
+    // 18 messages of 4 MB: 72 MB, more than one answer carries (64 MiB).
+    let o = Command::new(BIN)
+        .args(["bench", "--connect", &server.listen.to_string()])
+        .args(["--to", "DIRECT=TCP:127.0.0.1\\PRIVATE$\\big"])
+        .args(["--count", "18", "--size", "4000000", "--json", "--quiet"])
+        .args(["--cores", "0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One API call stops at its byte bound and says more may wait.
+    let resp = ureq::post(&format!(
+        "http://{}/v1/queues/big/receive?count=18",
+        server.api
+    ))
+    .call()
+    .unwrap();
+    assert_eq!(resp.header(lior::http::api::MORE_HEADER), Some("true"));
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut resp.into_reader(), &mut text).unwrap();
+    let first: Vec<serde_json::Value> = serde_json::from_slice(&text).unwrap();
+    let bound = lior::http::api::RECEIVE_RESPONSE_BYTES_MAX / 4_000_000;
+    assert!(
+        (1..=bound + 1).contains(&first.len()),
+        "{} messages in one answer",
+        first.len()
+    );
+    // The CLI keeps asking until it has what it asked for.
+    let left = 18 - first.len();
+    let out = server.cli(&["receive", "big", "--count", &left.to_string(), "--json"]);
+    assert_eq!(out.lines().count(), left);
+    assert_eq!(queue_len(&server, "big"), 0);
+}
+
 // ---- counts ----
 
 #[test]

@@ -25,6 +25,15 @@ pub const RECEIVE_WAIT_MAX_MS: u64 = 300_000;
 /// The most messages one peek or receive request returns; a larger `count` is refused (400),
 /// never silently cut (`lior receive` loops for more).
 pub const RECEIVE_COUNT_MAX: usize = crate::qm::broker::RECEIVE_BATCH_MAX;
+/// About how many message bytes one receive answer carries: past it the answer stops early and
+/// says so with the header [`MORE_HEADER`] (`count` messages of 4 MB each would otherwise be
+/// built into one answer of gigabytes).
+pub const RECEIVE_RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// Messages taken by the first step of a receive, before their sizes are known.
+const RECEIVE_FIRST_STEP: usize = 16;
+/// Response header of a receive that stopped at [`RECEIVE_RESPONSE_BYTES_MAX`] with messages
+/// possibly left: `x-lior-more: true`.
+pub const MORE_HEADER: &str = "x-lior-more";
 /// Room the headers of a locally sent message may take inside one packet (base, user, property
 /// and transaction headers, the destination format name, a label of up to 250 characters).
 pub const SEND_HEADERS_BYTES_MAX: usize = 8 << 10;
@@ -277,9 +286,10 @@ async fn receive<S: QueueStore + Send + 'static>(
         let notified = c.broker.arrivals.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match c.broker.receive(&name, count) {
-            Ok(msgs) if !msgs.is_empty() => {
-                return Json(msgs.iter().map(message_value).collect::<Vec<_>>()).into_response()
+        match receive_bounded(&c.broker, &name, count) {
+            Ok((msgs, more)) if !msgs.is_empty() => {
+                let more = if more { "true" } else { "false" };
+                return ([(MORE_HEADER, more)], Json(msgs)).into_response();
             }
             Ok(_) => {}
             Err(e) => return api_error(e),
@@ -292,6 +302,46 @@ async fn receive<S: QueueStore + Send + 'static>(
         // missed notification from turning into a full wait.
         let slice = (deadline - now).min(Duration::from_millis(100));
         let _ = tokio::time::timeout(slice, notified).await;
+    }
+}
+
+/// Receives up to `count` messages, in steps sized by what came so far, until about
+/// [`RECEIVE_RESPONSE_BYTES_MAX`] bytes; says whether it stopped at that bound.
+fn receive_bounded<S: QueueStore>(
+    broker: &Broker<S>,
+    name: &str,
+    count: usize,
+) -> Result<(Vec<serde_json::Value>, bool), ApiError> {
+    let mut out = Vec::new();
+    let (mut bytes, mut largest) = (0usize, 0usize);
+    loop {
+        let left = count - out.len();
+        let step = if largest == 0 {
+            left.min(RECEIVE_FIRST_STEP)
+        } else {
+            left.min(((RECEIVE_RESPONSE_BYTES_MAX - bytes) / largest).max(1))
+        };
+        let got = match broker.receive(name, step) {
+            Ok(g) => g,
+            // Messages already taken are on their way out: they must reach the caller.
+            Err(e) if !out.is_empty() => {
+                tracing::warn!(queue = name, error = %e, "receive stopped early");
+                return Ok((out, false));
+            }
+            Err(e) => return Err(e),
+        };
+        let n = got.len();
+        for r in &got {
+            bytes += r.bytes.len();
+            largest = largest.max(r.bytes.len());
+            out.push(message_value(r));
+        }
+        if n < step || out.len() >= count {
+            return Ok((out, false));
+        }
+        if bytes >= RECEIVE_RESPONSE_BYTES_MAX {
+            return Ok((out, true));
+        }
     }
 }
 
