@@ -316,10 +316,9 @@ fn receive_bounded<S: QueueStore>(
     let (mut bytes, mut largest) = (0usize, 0usize);
     loop {
         let left = count - out.len();
-        let step = if largest == 0 {
-            left.min(RECEIVE_FIRST_STEP)
-        } else {
-            left.min(((RECEIVE_RESPONSE_BYTES_MAX - bytes) / largest).max(1))
+        let step = match (RECEIVE_RESPONSE_BYTES_MAX - bytes).checked_div(largest) {
+            None => left.min(RECEIVE_FIRST_STEP),
+            Some(fits) => left.min(fits.max(1)),
         };
         let got = match broker.receive(name, step) {
             Ok(g) => g,
