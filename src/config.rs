@@ -206,7 +206,17 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("the configuration always serialises")
+        let text = toml::to_string_pretty(self).expect("the configuration always serialises");
+        if self.srmp_listen.is_some() {
+            return text;
+        }
+        // TOML has no "unset": name the setting in a comment, so `lior config` shows it exists.
+        let note = "# srmp_listen = \"0.0.0.0:80\"  # SRMP (MSMQ over HTTP) endpoint; off unless \
+                    set (hardened mode: 0.0.0.0:80)\n";
+        match text.find("\ncores") {
+            Some(i) => format!("{}{note}{}", &text[..=i], &text[i + 1..]),
+            None => format!("{note}{text}"),
+        }
     }
 
     /// Checks ranges the wire or the product impose.
@@ -309,6 +319,20 @@ mod tests {
         assert_eq!(c.session_init_timeout_ms(), 60_200);
         assert_eq!(c.listen.port(), 0);
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn every_setting_is_named_in_the_printed_file_even_when_unset() {
+        let text = Config::default().to_toml();
+        assert!(text.contains("# srmp_listen = "), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+        let c = Config {
+            srmp_listen: Some("127.0.0.1:8080".parse().unwrap()),
+            ..Config::default()
+        };
+        let text = c.to_toml();
+        assert!(text.contains("srmp_listen = \"127.0.0.1:8080\""), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
     }
 
     #[test]

@@ -27,7 +27,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         config.cores.clone()
     };
-    let broker = Arc::new(Broker::open(config.clone(), cores.len())?);
+    check_data_dir(&config.data_dir)?;
+    let broker = Arc::new(Broker::open(config.clone(), cores.len()).map_err(|e| {
+        anyhow::anyhow!(
+            "opening the data directory {}: {e:#}{}",
+            config.data_dir.display(),
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            }) || format!("{e:#}").contains("os error 13")
+            {
+                " (give the user running lior write access to it and everything in it, or \
+                 choose another --data-dir)"
+            } else {
+                ""
+            }
+        )
+    })?);
     let shared = Arc::new(Shared::new(broker.clone()));
     let hardened = config.parameters.Hardened_MSMQ;
     let engine_cfg = EngineConfig {
@@ -39,8 +55,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let s2 = shared.clone();
-    let engine = Engine::start(engine_cfg, move |shard| MsmqApp::new(s2.clone(), shard))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let engine =
+        Engine::start(engine_cfg, move |shard| MsmqApp::new(s2.clone(), shard)).map_err(|e| {
+            match &e {
+                crate::engine::net::EngineError::Io {
+                    what: "binding the listening socket",
+                    error,
+                    ..
+                } => listen_error("MS-MQQB (listen)", config.listen, error),
+                _ => anyhow::anyhow!("{e}"),
+            }
+        })?;
     // Other threads (the API, a shard queueing an admin ack for another shard) wake a shard
     // when its outgoing queues have new messages.
     let wakers: Vec<_> = (0..engine.shard_count())
@@ -72,14 +97,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let s3 = shared.clone();
     let metrics = Arc::new(move || render_metrics(&s3, &engine_counters));
     let api = serve_api(config.api, broker.clone(), metrics)
-        .map_err(|e| anyhow::anyhow!("cannot listen on the API address {}: {e}", config.api))?;
+        .map_err(|e| listen_error("API (api)", config.api, &e))?;
     let srmp_addr = config
         .srmp_listen
         .or_else(|| hardened.then(|| "0.0.0.0:80".parse().expect("literal address")));
     let srmp = match srmp_addr {
         Some(a) => Some(
             crate::http::srmp::serve_srmp(a, broker.clone())
-                .map_err(|e| anyhow::anyhow!("cannot listen for SRMP on {a}: {e}"))?,
+                .map_err(|e| listen_error("SRMP (srmp_listen)", a, &e))?,
         ),
         None => None,
     };
@@ -128,6 +153,63 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Makes sure the data directory exists and is writable, and says which path and what to do
+/// when it is not (a bare "Permission denied" or "File exists" names neither).
+fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => anyhow::bail!(
+            "data directory {shown} exists but is not a directory; remove or rename it, or \
+             choose another --data-dir (data_dir in the config file)"
+        ),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create data directory {shown}: {e}; create it with write access for \
+                     the user running lior, or choose another --data-dir"
+                )
+            })?;
+        }
+        Err(e) => anyhow::bail!(
+            "cannot use data directory {shown}: {e}; check the permissions of it and of its \
+             parents, or choose another --data-dir"
+        ),
+    }
+    // Write access is checked the only reliable way: by writing.
+    let probe = dir.join(".lior-write-check");
+    let written = std::fs::write(&probe, b"");
+    let _ = std::fs::remove_file(&probe);
+    written.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write in data directory {shown}: {e}; give the user running lior write \
+             access (chown/chmod), or choose another --data-dir"
+        )
+    })
+}
+
+/// A listener that could not be opened, with the address and what to do about it.
+fn listen_error(what: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let remedy = match e.kind() {
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "port {} is privileged: use a port >= 1024, or let lior bind low ports with \
+             `sudo setcap cap_net_bind_service=+ep $(command -v lior)` (or run it under systemd \
+             with AmbientCapabilities=CAP_NET_BIND_SERVICE)",
+            addr.port()
+        ),
+        std::io::ErrorKind::AddrInUse => format!(
+            "another program already listens on {addr} (another `lior serve`? see \
+             `ss -ltnp 'sport = :{}'`); stop it or choose another port",
+            addr.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{} is not an address of this machine", addr.ip())
+        }
+        _ => "check the address".to_string(),
+    };
+    anyhow::anyhow!("cannot listen for {what} on {addr}: {e}; {remedy}")
 }
 
 fn online_cores() -> Vec<usize> {

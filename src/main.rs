@@ -1,10 +1,28 @@
 //! The `lior` command line: parses arguments and starts things; holds no logic worth testing.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lior::http::api::{too_large, RECEIVE_COUNT_MAX, SEND_BODY_BYTES_MAX};
+
+/// `println!` that exits quietly when stdout's reader went away (`lior peek ... | head`).
+macro_rules! outln {
+    () => {
+        lior::bench::report::print_stdout("\n")
+    };
+    ($($t:tt)*) => {
+        lior::bench::report::print_stdout(&format!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` with the same care.
+macro_rules! out {
+    ($($t:tt)*) => {
+        lior::bench::report::print_stdout(&format!($($t)*))
+    };
+}
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,6 +65,7 @@ enum Command {
     /// Look at messages without removing them.
     Peek {
         queue: String,
+        /// How many, from the front of the queue (at least 1).
         #[arg(long, default_value_t = 1)]
         count: usize,
         #[arg(long)]
@@ -75,7 +94,7 @@ enum Command {
         /// Transactional: exactly once, in order, to a transactional queue.
         #[arg(long)]
         transactional: bool,
-        /// Send this many copies.
+        /// Send this many copies (at least 1).
         #[arg(long, default_value_t = 1)]
         count: u32,
         #[command(flatten)]
@@ -84,6 +103,7 @@ enum Command {
     /// Receive (remove) messages; each removal is on disk before the message is printed.
     Receive {
         queue: String,
+        /// How many (at least 1); fewer only when the queue runs empty, said on stderr.
         #[arg(long, default_value_t = 1)]
         count: usize,
         /// Wait up to this long for a message to arrive.
@@ -213,12 +233,12 @@ fn decode(file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let (packets, error) = lior::decode::decode_stream(&bytes);
     for (i, p) in packets.iter().enumerate() {
         if json {
-            println!("{p}");
+            outln!("{p}");
         } else {
             if i > 0 {
-                println!();
+                outln!();
             }
-            print!("{}", lior::decode::to_text(p));
+            out!("{}", lior::decode::to_text(p));
         }
     }
     match error {
@@ -235,7 +255,7 @@ fn print_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Some(p) => lior::config::Config::load(&p)?,
         None => lior::config::Config::default(),
     };
-    print!("{}", cfg.to_toml());
+    out!("{}", cfg.to_toml());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -262,6 +282,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut cfg = match &args.config {
         Some(p) => lior::config::Config::load(p)?,
@@ -301,17 +323,39 @@ fn seg(name: &str) -> String {
 }
 
 fn call(req: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
-    let r = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
+    call_more(req, body).map(|(v, _)| v)
+}
+
+/// [`call`], and whether the answer says more messages may be waiting
+/// (`lior::http::api::MORE_HEADER`).
+fn call_more(
+    req: ureq::Request,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(serde_json::Value, bool)> {
+    let url = req.url().to_string();
+    let (r, sent_bytes) = match body {
+        Some(b) => {
+            let text = b.to_string();
+            let n = text.len();
+            (
+                req.set("Content-Type", "application/json")
+                    .send_string(&text),
+                n,
+            )
+        }
+        None => (req.call(), 0),
     };
     match r {
         Ok(resp) => {
-            let text = resp.into_string()?;
+            let more = resp.header(lior::http::api::MORE_HEADER) == Some("true");
+            // Read through a reader: ureq's `into_string` stops at 10 MB, and a batch of large
+            // messages is bigger than that.
+            let mut text = Vec::new();
+            resp.into_reader().read_to_end(&mut text)?;
             if text.is_empty() {
-                Ok(serde_json::Value::Null)
+                Ok((serde_json::Value::Null, more))
             } else {
-                Ok(serde_json::from_str(&text)?)
+                Ok((serde_json::from_slice(&text)?, more))
             }
         }
         Err(ureq::Error::Status(code, resp)) => {
@@ -321,6 +365,14 @@ fn call(req: ureq::Request, body: Option<serde_json::Value>) -> anyhow::Result<s
                 .and_then(|v| v["error"].as_str().map(String::from))
                 .unwrap_or(text);
             anyhow::bail!("{msg} (HTTP {code})")
+        }
+        Err(ureq::Error::Transport(t)) if sent_bytes > 0 && t.kind() == ureq::ErrorKind::Io => {
+            // The server answers and closes before reading a request it will refuse (a body
+            // over its limit): the write then fails, and the answer is lost with it.
+            anyhow::bail!(
+                "the lior API at {url} closed the connection while a request of {sent_bytes} \
+                 bytes was sent: {t} (a message body may be at most {SEND_BODY_BYTES_MAX} bytes)"
+            )
         }
         Err(e) => {
             anyhow::bail!("cannot reach the lior API: {e} (is `lior serve` running? see --api)")
@@ -338,7 +390,7 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 ureq::post(&url(api, "/v1/queues")),
                 Some(serde_json::json!({"name": name, "transactional": transactional})),
             )?;
-            println!(
+            outln!(
                 "created {} (private queue number {:#x}{})",
                 v["name"].as_str().unwrap_or(&name),
                 v["id"].as_u64().unwrap_or(0),
@@ -348,14 +400,17 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
         QueueCommand::List { json } => {
             let v = call(ureq::get(&url(api, "/v1/queues")), None)?;
             if json {
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!(
+                outln!(
                     "{:<32} {:>10} {:>12} {:>14} kind",
-                    "queue", "id", "messages", "bytes"
+                    "queue",
+                    "id",
+                    "messages",
+                    "bytes"
                 );
                 for q in v.as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{:<32} {:>#10x} {:>12} {:>14} {}{}",
                         q["name"].as_str().unwrap_or("?"),
                         q["id"].as_u64().unwrap_or(0),
@@ -376,14 +431,14 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 ureq::delete(&url(api, &format!("/v1/queues/{}", seg(&name)))),
                 None,
             )?;
-            println!("deleted {name}");
+            outln!("deleted {name}");
         }
         QueueCommand::Purge { name } => {
             call(
                 ureq::post(&url(api, &format!("/v1/queues/{}/purge", seg(&name)))),
                 None,
             )?;
-            println!("purged {name}");
+            outln!("purged {name}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -398,57 +453,153 @@ fn messages(
     wait_ms: u64,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let path = format!(
-        "/v1/queues/{}/{what}?count={count}&wait_ms={wait_ms}",
-        seg(queue)
+    let verb = if what == "receive" { "receive" } else { "peek" };
+    anyhow::ensure!(
+        count > 0,
+        "--count 0: lior {verb} takes at least 1 message; nothing was done"
     );
     let timeout = std::time::Duration::from_millis(wait_ms + 30_000);
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-    let v = call(agent.request(method, &url(api, &path)), None)?;
-    let list = v.as_array().cloned().unwrap_or_default();
-    for m in &list {
-        if json {
-            println!("{m}");
-        } else {
-            let body = m["body_base64"]
-                .as_str()
-                .and_then(|b| {
-                    use base64::Engine as _;
-                    base64::engine::general_purpose::STANDARD.decode(b).ok()
-                })
-                .unwrap_or_default();
-            println!("label:    {}", m["label"].as_str().unwrap_or(""));
-            println!(
-                "priority: {}   class: {}   message class: {}",
-                m["priority"],
-                m["class"].as_str().unwrap_or("?"),
-                m["message_class"].as_str().unwrap_or("?")
-            );
-            println!(
-                "id:       {}   lookup id: {}",
-                m["message_id"].as_str().unwrap_or("?"),
-                m["lookup_id"]
-            );
-            println!(
-                "sender:   {}{}",
-                m["source_qm"].as_str().unwrap_or("?"),
-                m["sender_sid"]
-                    .as_str()
-                    .map(|s| format!("  sid {s}"))
-                    .unwrap_or_default()
-            );
-            println!(
-                "body:     {} bytes: {}",
-                body.len(),
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            );
-            println!();
+    let mut shown = 0usize;
+    loop {
+        // A peek always starts at the front of the queue, so it cannot ask for "the next" batch.
+        let batch = (count - shown).min(RECEIVE_COUNT_MAX);
+        // Only the first call waits; later ones take what is there.
+        let wait = if shown == 0 { wait_ms } else { 0 };
+        let path = format!(
+            "/v1/queues/{}/{what}?count={batch}&wait_ms={wait}",
+            seg(queue)
+        );
+        let (v, more) = call_more(agent.request(method, &url(api, &path)), None)?;
+        let list = v.as_array().cloned().unwrap_or_default();
+        for m in &list {
+            if json {
+                outln!("{m}");
+            } else {
+                print_message(m);
+            }
+        }
+        shown += list.len();
+        // Fewer than asked means the queue ran empty, unless the answer stopped at its byte
+        // bound and says more may be waiting.
+        if list.is_empty() || (list.len() < batch && !more) || shown >= count || verb == "peek" {
+            break;
         }
     }
-    if list.is_empty() && !json {
+    if shown == 0 {
         eprintln!("no message in {queue}");
+    } else if shown < count && count > 1 {
+        if verb == "peek" && shown == RECEIVE_COUNT_MAX {
+            eprintln!(
+                "lior peek: showed the first {shown} of the {count} asked for \
+                 (one peek shows at most {RECEIVE_COUNT_MAX})"
+            );
+        } else {
+            eprintln!("lior {verb}: {shown} of the {count} asked for; {queue} has no more");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Text that is safe to put on a terminal: control characters (escape sequences, bells,
+/// backspaces) are shown escaped.
+fn terminal_safe(text: &str) -> String {
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        text.escape_debug().to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// How much of a body `lior peek`/`lior receive` shows without `--json`.
+const BODY_SHOWN_BYTES_MAX: usize = 200;
+
+/// BodyType values (VARTYPE) of a string sent as UTF-16LE: VT_BSTR (the ActiveX/.NET string
+/// formatter) and VT_LPWSTR.
+const BODY_TYPES_UTF16: [u64; 2] = [8, 31];
+
+/// A body for a person: printable text as text (UTF-8, or UTF-16LE when its BodyType says it
+/// is a string), anything else as a hex summary with its length (raw binary on a terminal can
+/// garble it or send it control sequences).
+fn body_text(body: &[u8], body_type: Option<u64>) -> String {
+    let printable = |t: &str| {
+        !t.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+    };
+    let utf16 = body_type
+        .filter(|t| BODY_TYPES_UTF16.contains(t) && body.len() % 2 == 0)
+        .and_then(|_| {
+            let units: Vec<u16> = body
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        })
+        .map(|t| t.trim_end_matches('\0').to_string())
+        .filter(|t| printable(t));
+    if let Some(t) = utf16 {
+        let shown: String = t.chars().take(BODY_SHOWN_BYTES_MAX).collect();
+        let more = if shown.len() < t.len() { " ..." } else { "" };
+        return format!("{} bytes: {shown}{more} (UTF-16 text)", body.len());
+    }
+    match std::str::from_utf8(body) {
+        Ok(t) if printable(t) => {
+            let mut end = t.len().min(BODY_SHOWN_BYTES_MAX);
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            let more = if end < t.len() { " ..." } else { "" };
+            format!("{} bytes: {}{more}", body.len(), &t[..end])
+        }
+        _ => {
+            let shown = &body[..body.len().min(32)];
+            let hex: Vec<String> = shown.iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "{} bytes, binary: {}{} (--json gives all of it as base64)",
+                body.len(),
+                hex.join(" "),
+                if shown.len() < body.len() { " ..." } else { "" }
+            )
+        }
+    }
+}
+
+fn print_message(m: &serde_json::Value) {
+    let body = m["body_base64"]
+        .as_str()
+        .and_then(|b| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(b).ok()
+        })
+        .unwrap_or_default();
+    outln!(
+        "label:    {}",
+        terminal_safe(m["label"].as_str().unwrap_or(""))
+    );
+    outln!(
+        "priority: {}   class: {}   message class: {}",
+        m["priority"],
+        m["class"].as_str().unwrap_or("?"),
+        m["message_class"].as_str().unwrap_or("?")
+    );
+    outln!(
+        "id:       {}   lookup id: {}",
+        m["message_id"].as_str().unwrap_or("?"),
+        m["lookup_id"]
+    );
+    outln!(
+        "sender:   {}{}",
+        m["source_qm"].as_str().unwrap_or("?"),
+        m["sender_sid"]
+            .as_str()
+            .map(|s| format!("  sid {s}"))
+            .unwrap_or_default()
+    );
+    outln!("body:     {}", body_text(&body, m["body_type"].as_u64()));
+    outln!();
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -471,6 +622,15 @@ fn send(
         (Some(t), None) => t.into_bytes(),
         (None, None) => Vec::new(),
     };
+    anyhow::ensure!(
+        count > 0,
+        "--count 0: lior send sends at least 1 message; nothing was sent"
+    );
+    anyhow::ensure!(
+        bytes.len() <= SEND_BODY_BYTES_MAX,
+        "{}; nothing was sent",
+        too_large(bytes.len())
+    );
     let req = serde_json::json!({
         "to": to,
         "label": label,
@@ -488,7 +648,7 @@ fn send(
                 .into();
         }
         let v = call(ureq::post(&url(api, "/v1/send")), Some(req))?;
-        println!(
+        outln!(
             "sent {} ({} queue {})",
             v["message_id"].as_str().unwrap_or("?"),
             v["placed"].as_str().unwrap_or("?"),

@@ -127,3 +127,49 @@ fn bench_reports_a_refused_connection() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot open the sessions"), "{err}");
 }
+
+#[test]
+fn bench_sends_messages_of_several_megabytes_and_refuses_too_large_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    server.cli(&["queue", "create", "big"]);
+    let to = "DIRECT=TCP:127.0.0.1\\PRIVATE$\\big";
+    // A window of 3 MB messages is far more than one write may carry: the bench must batch
+    // by bytes, not close its own connection as TransmitTooLarge.
+    for delivery in ["express", "recoverable"] {
+        let s = bench(
+            &server,
+            &[
+                "--to",
+                to,
+                "--count",
+                "4",
+                "--size",
+                "3000000",
+                "--delivery",
+                delivery,
+            ],
+        );
+        assert_eq!(s["acked"], 4, "{s}");
+        assert_eq!(s["errors"].as_array().map(Vec::len), Some(0), "{s}");
+    }
+    assert_eq!(queue_messages(&server, "big"), 8);
+    // The largest body lior states it takes goes through too.
+    let max = lior::http::api::SEND_BODY_BYTES_MAX.to_string();
+    let s = bench(&server, &["--to", to, "--count", "1", "--size", &max]);
+    assert_eq!(s["acked"], 1, "{s}");
+    // One byte more is refused up front, with the sizes.
+    let over = (lior::http::api::SEND_BODY_BYTES_MAX + 1).to_string();
+    let out = Command::new(BIN)
+        .args(["bench", "--to", to, "--count", "1", "--size", &over])
+        .args(["--connect", &server.listen.to_string(), "--cores", "0"])
+        .output()
+        .expect("run lior bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("message too large"), "{err}");
+    assert!(
+        err.contains(&format!("limit {}", lior::http::api::SEND_BODY_BYTES_MAX)),
+        "{err}"
+    );
+}

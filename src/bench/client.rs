@@ -121,6 +121,16 @@ pub struct SessionPlan {
 }
 
 /// Encodes the template of `plan`'s message; returns it with the body's offset in it.
+/// The most bytes one bench session queues for one write: a window of small messages fits, and
+/// a single message of up to 4 MiB goes alone. The engine allows one packet more than this
+/// ([`ENGINE_TRANSMIT_BYTES_MAX`]), so a full batch never closes the connection as
+/// `TransmitTooLarge`.
+pub const TRANSMIT_BYTES_MAX: usize = 4 << 20;
+/// The engine's per-write limit for bench connections: a full batch, plus one largest frame
+/// (the session lets one frame past its limit when its buffer is empty), plus acks.
+pub const ENGINE_TRANSMIT_BYTES_MAX: usize =
+    TRANSMIT_BYTES_MAX + crate::wire::base::MAX_PACKET_SIZE as usize + (64 << 10);
+
 pub fn encode_template(source: Guid, plan: &SessionPlan) -> anyhow::Result<(Vec<u8>, usize)> {
     let mut body = vec![0u8; plan.body_size];
     for (i, b) in body.iter_mut().enumerate() {
@@ -289,6 +299,7 @@ pub fn build_conn(index: usize, plan: &SessionPlan, now_ms: u64) -> anyhow::Resu
     let cfg = SessionConfig {
         own_guid: own,
         window_size: plan.window,
+        transmit_limit_bytes: TRANSMIT_BYTES_MAX,
         ..SessionConfig::default()
     };
     Ok(BenchConn {

@@ -25,8 +25,10 @@ use report::{ConsumeSummary, Latency, Summary};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight messages may take to be acknowledged after the run stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages per receive call of the consumer.
+/// Messages per receive call of the consumer...
 const CONSUME_BATCH: usize = 1000;
+/// ...and about how many body bytes, so a batch of large messages stays a modest response.
+const CONSUME_BATCH_BYTES: usize = 16 << 20;
 
 /// Delivery class of the messages sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -86,9 +88,13 @@ pub struct BenchArgs {
 pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let summary = run(&args)?;
     if args.json {
-        println!("{}", summary.to_json());
+        report::print_stdout(&format!("{}\n", summary.to_json()));
+        // The JSON carries the errors too; stderr says them so a failed run is never silent.
+        for e in &summary.errors {
+            eprintln!("lior bench: error: {e}");
+        }
     } else {
-        print!("{}", summary.to_text());
+        report::print_stdout(&summary.to_text());
     }
     Ok(if summary.errors.is_empty() {
         ExitCode::SUCCESS
@@ -127,10 +133,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
     );
     let shared = Arc::new(Shared::new());
     let consume_stop = Arc::new(AtomicBool::new(false));
-    let consumer = args
-        .consume
-        .as_ref()
-        .map(|q| Consumer::start(args.api.clone(), q.clone(), Arc::clone(&consume_stop)));
+    let consumer = args.consume.as_ref().map(|q| {
+        let batch = (CONSUME_BATCH_BYTES / args.size.max(1)).clamp(1, CONSUME_BATCH);
+        Consumer::start(
+            args.api.clone(),
+            q.clone(),
+            batch,
+            Arc::clone(&consume_stop),
+        )
+    });
     let mut summary = match &args.to {
         Some(to) => send(args, to, &shared)?,
         None => {
@@ -162,6 +173,12 @@ fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summ
         .ok_or_else(|| anyhow::anyhow!("--to must be a DIRECT= format name, not {to:?}"))?;
     let addr = connect_addr(args, &fname)?;
     anyhow::ensure!(args.sessions > 0, "--sessions must be at least 1");
+    anyhow::ensure!(
+        args.size <= crate::http::api::SEND_BODY_BYTES_MAX,
+        "--size {}: {}",
+        args.size,
+        crate::http::api::too_large(args.size)
+    );
     anyhow::ensure!(args.window > 0, "--window must be at least 1");
     let recoverable = args.delivery == Delivery::Recoverable;
     let per_session_rate = args.rate.map(|r| r / args.sessions as f64);
@@ -201,6 +218,7 @@ fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summ
         pin_threads: pin,
         max_connections: args.sessions + 16,
         connects_per_turn_max: 256,
+        send_buffered_max_bytes: client::ENGINE_TRANSMIT_BYTES_MAX,
         ..EngineConfig::default()
     };
     let s2 = Arc::clone(shared);
@@ -354,10 +372,10 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn start(api: String, queue: String, stop: Arc<AtomicBool>) -> Consumer {
+    fn start(api: String, queue: String, batch: usize, stop: Arc<AtomicBool>) -> Consumer {
         let received = Arc::new(AtomicU64::new(0));
         let r2 = Arc::clone(&received);
-        let thread = std::thread::spawn(move || consume(&api, &queue, &stop, &r2));
+        let thread = std::thread::spawn(move || consume(&api, &queue, batch, &stop, &r2));
         Consumer { received, thread }
     }
 
@@ -371,6 +389,7 @@ impl Consumer {
 fn consume(
     api: &str,
     queue: &str,
+    batch: usize,
     stop: &AtomicBool,
     received: &AtomicU64,
 ) -> anyhow::Result<ConsumeSummary> {
@@ -389,7 +408,7 @@ fn consume(
             }
         })
         .collect();
-    let url = format!("http://{api}/v1/queues/{seg}/receive?count={CONSUME_BATCH}&wait_ms=100");
+    let url = format!("http://{api}/v1/queues/{seg}/receive?count={batch}&wait_ms=100");
     let mut hist = client::new_histogram();
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
@@ -399,7 +418,8 @@ fn consume(
             .post(&url)
             .call()
             .map_err(|e| anyhow::anyhow!("receive from {queue} through {api}: {e}"))?;
-        let v: serde_json::Value = serde_json::from_str(&resp.into_string()?)?;
+        // A reader, not `into_string`: that stops at 10 MB, less than a batch of large bodies.
+        let v: serde_json::Value = serde_json::from_reader(resp.into_reader())?;
         let now_unix = client::unix_ns();
         let list = v.as_array().map(Vec::as_slice).unwrap_or_default();
         if list.is_empty() && stop.load(Ordering::Relaxed) {

@@ -4,6 +4,21 @@
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Writes to stdout for the CLI. A reader that went away (`lior peek ... | head`) is not an
+/// error worth a panic: the process exits quietly, as a command killed by SIGPIPE would, and
+/// with the same status (128 + 13).
+pub fn print_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("lior: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct Latency {

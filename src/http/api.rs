@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,13 +16,33 @@ use serde_json::json;
 use crate::qm::broker::{ApiError, Broker};
 use crate::qm::catalog::CatalogError;
 use crate::store::QueueStore;
+use crate::wire::base::MAX_PACKET_SIZE;
 
 use super::message_json::message_value;
 
 /// The most one request waits for messages.
 pub const RECEIVE_WAIT_MAX_MS: u64 = 300_000;
-/// The most messages one request returns.
-pub const RECEIVE_COUNT_MAX: usize = 10_000;
+/// The most messages one peek or receive request returns; a larger `count` is refused (400),
+/// never silently cut (`lior receive` loops for more).
+pub const RECEIVE_COUNT_MAX: usize = crate::qm::broker::RECEIVE_BATCH_MAX;
+/// About how many message bytes one receive answer carries: past it the answer stops early and
+/// says so with the header [`MORE_HEADER`] (`count` messages of 4 MB each would otherwise be
+/// built into one answer of gigabytes).
+pub const RECEIVE_RESPONSE_BYTES_MAX: usize = 64 << 20;
+/// Messages taken by the first step of a receive, before their sizes are known.
+const RECEIVE_FIRST_STEP: usize = 16;
+/// Response header of a receive that stopped at [`RECEIVE_RESPONSE_BYTES_MAX`] with messages
+/// possibly left: `x-lior-more: true`.
+pub const MORE_HEADER: &str = "x-lior-more";
+/// Room the headers of a locally sent message may take inside one packet (base, user, property
+/// and transaction headers, the destination format name, a label of up to 250 characters).
+pub const SEND_HEADERS_BYTES_MAX: usize = 8 << 10;
+/// The largest message body `POST /v1/send`, `lior send` and `lior bench` take: a whole packet,
+/// headers included, is at most 4 MiB (MS-MQMQ 2.2.19.1 `PacketSize` <= 0x00400000).
+pub const SEND_BODY_BYTES_MAX: usize = MAX_PACKET_SIZE as usize - SEND_HEADERS_BYTES_MAX;
+/// The largest `POST /v1/send` request: the body as base64 (4/3 of its size) plus the rest of
+/// the JSON object.
+pub const SEND_REQUEST_BYTES_MAX: usize = SEND_BODY_BYTES_MAX.div_ceil(3) * 4 + (64 << 10);
 
 /// Where metrics come from: the server adds its counters to the broker's.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
@@ -107,6 +128,23 @@ struct MessagesQuery {
     wait_ms: Option<u64>,
 }
 
+/// The `count` of a peek or receive: 1 by default, refused (400, with the reason) outside
+/// 1..=[`RECEIVE_COUNT_MAX`].
+fn message_count(q: &MessagesQuery) -> Result<usize, String> {
+    match q.count.unwrap_or(1) {
+        0 => Err("count must be at least 1 (count=0 would do nothing)".into()),
+        n if n > RECEIVE_COUNT_MAX => Err(format!(
+            "count {n} is more than one request returns ({RECEIVE_COUNT_MAX}); ask again for the rest"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// "message too large", said the same way by the API and the CLI.
+pub fn too_large(bytes: usize) -> String {
+    format!("message too large: {bytes} bytes, limit {SEND_BODY_BYTES_MAX} (a packet with its headers is at most {MAX_PACKET_SIZE} bytes)")
+}
+
 /// Starts the API on `addr` (port 0 picks one) on its own thread.
 pub fn serve_api<S: QueueStore + Send + 'static>(
     addr: SocketAddr,
@@ -152,6 +190,7 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/v1/send", post(send::<S>))
                     .route("/v1/outgoing", get(outgoing::<S>))
                     .route("/metrics", get(metrics_route::<S>))
+                    .layer(DefaultBodyLimit::max(SEND_REQUEST_BYTES_MAX))
                     .with_state(ctx);
                 let r = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -221,7 +260,10 @@ async fn peek<S: QueueStore + Send + 'static>(
     Path(name): Path<String>,
     Query(q): Query<MessagesQuery>,
 ) -> Response {
-    let count = q.count.unwrap_or(1).min(RECEIVE_COUNT_MAX);
+    let count = match message_count(&q) {
+        Ok(n) => n,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     match c.broker.peek(&name, count) {
         Ok(msgs) => Json(msgs.iter().map(message_value).collect::<Vec<_>>()).into_response(),
         Err(e) => api_error(e),
@@ -233,7 +275,10 @@ async fn receive<S: QueueStore + Send + 'static>(
     Path(name): Path<String>,
     Query(q): Query<MessagesQuery>,
 ) -> Response {
-    let count = q.count.unwrap_or(1).clamp(1, RECEIVE_COUNT_MAX);
+    let count = match message_count(&q) {
+        Ok(n) => n,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(RECEIVE_WAIT_MAX_MS));
     let deadline = Instant::now() + wait;
     loop {
@@ -241,9 +286,10 @@ async fn receive<S: QueueStore + Send + 'static>(
         let notified = c.broker.arrivals.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match c.broker.receive(&name, count) {
-            Ok(msgs) if !msgs.is_empty() => {
-                return Json(msgs.iter().map(message_value).collect::<Vec<_>>()).into_response()
+        match receive_bounded(&c.broker, &name, count) {
+            Ok((msgs, more)) if !msgs.is_empty() => {
+                let more = if more { "true" } else { "false" };
+                return ([(MORE_HEADER, more)], Json(msgs)).into_response();
             }
             Ok(_) => {}
             Err(e) => return api_error(e),
@@ -259,6 +305,45 @@ async fn receive<S: QueueStore + Send + 'static>(
     }
 }
 
+/// Receives up to `count` messages, in steps sized by what came so far, until about
+/// [`RECEIVE_RESPONSE_BYTES_MAX`] bytes; says whether it stopped at that bound.
+fn receive_bounded<S: QueueStore>(
+    broker: &Broker<S>,
+    name: &str,
+    count: usize,
+) -> Result<(Vec<serde_json::Value>, bool), ApiError> {
+    let mut out = Vec::new();
+    let (mut bytes, mut largest) = (0usize, 0usize);
+    loop {
+        let left = count - out.len();
+        let step = match (RECEIVE_RESPONSE_BYTES_MAX - bytes).checked_div(largest) {
+            None => left.min(RECEIVE_FIRST_STEP),
+            Some(fits) => left.min(fits.max(1)),
+        };
+        let got = match broker.receive(name, step) {
+            Ok(g) => g,
+            // Messages already taken are on their way out: they must reach the caller.
+            Err(e) if !out.is_empty() => {
+                tracing::warn!(queue = name, error = %e, "receive stopped early");
+                return Ok((out, false));
+            }
+            Err(e) => return Err(e),
+        };
+        let n = got.len();
+        for r in &got {
+            bytes += r.bytes.len();
+            largest = largest.max(r.bytes.len());
+            out.push(message_value(r));
+        }
+        if n < step || out.len() >= count {
+            return Ok((out, false));
+        }
+        if bytes >= RECEIVE_RESPONSE_BYTES_MAX {
+            return Ok((out, true));
+        }
+    }
+}
+
 async fn metrics_route<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -269,9 +354,30 @@ async fn metrics_route<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Res
 
 async fn send<S: QueueStore + Send + 'static>(
     State(c): Ctxt<S>,
-    Json(req): Json<SendBody>,
+    headers: HeaderMap,
+    req: Result<Json<SendBody>, JsonRejection>,
 ) -> Response {
     use base64::Engine as _;
+    let req = match req {
+        Ok(Json(r)) => r,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let len = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(
+                    || "of unknown size".to_string(),
+                    |v| format!("of {v} bytes"),
+                );
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "message too large: a request {len}, limit {SEND_REQUEST_BYTES_MAX} \
+                     (a body of at most {SEND_BODY_BYTES_MAX} bytes; base64 grows it by 4/3)"
+                ),
+            );
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let body = match (&req.body, &req.body_base64) {
         (Some(t), None) => t.as_bytes().to_vec(),
         (None, Some(b)) => match base64::engine::general_purpose::STANDARD.decode(b) {
@@ -286,6 +392,9 @@ async fn send<S: QueueStore + Send + 'static>(
             )
         }
     };
+    if body.len() > SEND_BODY_BYTES_MAX {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, too_large(body.len()));
+    }
     if req.priority > 7 {
         return error(StatusCode::BAD_REQUEST, "priority must be 0..=7");
     }

@@ -767,9 +767,20 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
     ) -> Result<Ticket, StoreError> {
         let meta = message_meta(msg);
-        part.store
-            .append(QueueId(queue), &meta, frame)
-            .map(|a| a.ticket)
+        match part.store.append(QueueId(queue), &meta, frame) {
+            // Large messages fill a commit batch within one loop turn (three 3 MB messages
+            // pass the 8 MiB batch): commit what is staged now, instead of refusing the
+            // message and closing its session, then stage it in the next batch.
+            Err(StoreError::BatchFull) => {
+                part.store.flush()?;
+                part.store.poll_durable(true)?;
+                part.store.flush()?;
+                part.store
+                    .append(QueueId(queue), &meta, frame)
+                    .map(|a| a.ticket)
+            }
+            r => r.map(|a| a.ticket),
+        }
     }
 
     fn dead_letter(
@@ -1307,14 +1318,46 @@ impl<S: QueueStore> Broker<S> {
                 no.saturating_sub(1),
             ));
         }
+        if m.frame_len() > crate::wire::base::MAX_PACKET_SIZE as usize {
+            return Err(ApiError::Send(format!(
+                "message too large: the packet would be {} bytes (body {} bytes), limit {} \
+                 (MS-MQMQ PacketSize)",
+                m.frame_len(),
+                req.body.len(),
+                crate::wire::base::MAX_PACKET_SIZE
+            )));
+        }
         let frame = encode_message(&m)?;
         let message_id = format!("{own}\\{ordinal}");
         if local {
             let msg = UserMessage::parse(&frame)
                 .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
+            // A local application hears of a wrong queue or transaction type as an error, and
+            // the message is not kept: no copy goes to a dead-letter queue (that is for messages
+            // that arrive from other machines, whose senders cannot be told directly).
+            let Some(queue) = self.resolve(&route(&msg.user, &self.identity)) else {
+                return Err(ApiError::Send(format!(
+                    "{to}: no such queue on this machine (see `lior queue list`); nothing was sent"
+                )));
+            };
+            if queue.transactional != req.transactional {
+                return Err(ApiError::Send(if queue.transactional {
+                    format!(
+                        "{to}: {} is a transactional queue; send with --transactional \
+                         (API: \"transactional\": true); nothing was sent",
+                        queue.name
+                    )
+                } else {
+                    format!(
+                        "{to}: {} is not a transactional queue; send without --transactional; \
+                         nothing was sent",
+                        queue.name
+                    )
+                }));
+            }
             let shard = ordinal as usize % self.partitions.len();
             let mut p = lock(&self.partitions[shard]);
-            let d = self.deliver(&mut p, &frame, &msg, now, 0);
+            let d = self.deliver_to(&mut p, &frame, &msg, &queue, now, 0);
             let (queue, ticket) = match d.verdict {
                 Verdict::Stored { queue, ticket } => (queue, ticket),
                 Verdict::DeadLettered { class, .. } => {

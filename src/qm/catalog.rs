@@ -103,8 +103,34 @@ struct CatalogFile {
     queues: Vec<QueueDef>,
 }
 
-/// Checks a private queue name against MS-MQMQ 2.1.1: 1-124 characters, none of `\ ; + , "`
-/// nor control characters. A `private$\` prefix is accepted and removed.
+/// Names a private queue may not take: the machine queues `lookup` answers to by these names
+/// (a private queue so named would be shadowed, never readable nor deletable), and the private
+/// system queues Windows keeps.
+pub const RESERVED_QUEUE_NAMES: &[&str] = &[
+    "deadletter",
+    "deadletter$",
+    "deadxact",
+    "xactdeadletter",
+    "journal",
+    "journal$",
+    "order_queue$",
+    "admin_queue$",
+    "notify_queue$",
+    "mqis_queue$",
+];
+
+/// Whether `c` may appear in a queue name (MS-MQMQ 2.1.1, MSMQ 2.0-6.0):
+/// `QueueName = 1*124(%x21 / %x23-2A / %x2D-3A / %x3C-5B / %x5D-7F)`, i.e. visible ASCII but
+/// `"` `+` `,` `;` `\`; lior also refuses `/` (MSMQ over HTTP reads it as the path separator:
+/// `DIRECT=HTTP://host/msmq/private$/q`) and DEL (a control character).
+fn name_char_allowed(c: char) -> bool {
+    matches!(c, '\x21'..='\x7e') && !matches!(c, '"' | '+' | ',' | ';' | '\\' | '/')
+}
+
+/// Checks a private queue name against MS-MQMQ 2.1.1: 1-124 characters from the grammar's set
+/// (see [`name_char_allowed`]), not a reserved name (see [`RESERVED_QUEUE_NAMES`]), not `.` or
+/// `..` (an HTTP path cannot carry them). A `private$\` prefix is accepted and removed. The
+/// error names the character or the name refused.
 pub fn normalize_name(name: &str) -> Result<String, CatalogError> {
     let lower = name.to_ascii_lowercase();
     let bare = if lower.starts_with("private$\\") || lower.starts_with("private$/") {
@@ -118,12 +144,27 @@ pub fn normalize_name(name: &str) -> Result<String, CatalogError> {
             "{bare:?} has {n} characters; 1 to {QUEUE_NAME_LEN_MAX} are allowed"
         )));
     }
-    if let Some(c) = bare
-        .chars()
-        .find(|c| matches!(c, '\\' | ';' | '+' | ',' | '"') || c.is_control())
-    {
+    if let Some(c) = bare.chars().find(|&c| !name_char_allowed(c)) {
+        let what = match c {
+            ' ' => "a space".to_string(),
+            c if c.is_control() => format!("the control character {c:?}"),
+            c if !c.is_ascii() => format!("the non-ASCII character {c:?}"),
+            c => format!("{c:?}"),
+        };
         return Err(CatalogError::BadName(format!(
-            "{bare:?} contains {c:?}, which queue names may not"
+            "{bare:?} contains {what}; a queue name holds visible ASCII characters except \
+             \" + , ; \\ / (MS-MQMQ 2.1.1)"
+        )));
+    }
+    if bare == "." || bare == ".." {
+        return Err(CatalogError::BadName(format!(
+            "{bare:?} cannot be a queue name: a URL path (SRMP, the API) cannot carry it"
+        )));
+    }
+    let lower_bare = bare.to_ascii_lowercase();
+    if RESERVED_QUEUE_NAMES.contains(&lower_bare.as_str()) || lower_bare.starts_with("system$") {
+        return Err(CatalogError::BadName(format!(
+            "{bare:?} is reserved for a system queue; choose another name"
         )));
     }
     Ok(bare.to_string())
@@ -238,12 +279,21 @@ impl Catalog {
 
     /// Finds a queue by name: a private queue name (with or without `private$\`), or a machine
     /// queue (`system$;deadletter`, `deadletter`, `deadxact`, `journal`, `order_queue$`).
+    ///
+    /// With an explicit `private$\` prefix the name is a private queue's only: a private queue
+    /// named like a machine queue, created before such names were refused, stays reachable
+    /// (and deletable) as `private$\deadletter`.
     pub fn lookup(&self, name: &str) -> Option<&QueueDef> {
         let lower = name.to_ascii_lowercase();
-        let lower = lower
+        let private = lower
             .strip_prefix("private$\\")
-            .or_else(|| lower.strip_prefix("private$/"))
-            .unwrap_or(&lower);
+            .or_else(|| lower.strip_prefix("private$/"));
+        if let Some(p) = private {
+            if let Some(q) = self.by_name.get(p).filter(|q| q.kind == QueueKind::Private) {
+                return Some(q);
+            }
+        }
+        let lower = private.unwrap_or(&lower);
         let key = match lower {
             "deadletter" | "deadletter$" => "system$;deadletter",
             "deadxact" | "xactdeadletter" => "system$;deadxact",
@@ -306,6 +356,72 @@ mod tests {
         for bad in ["a;b", "a,b", "a+b", "a\"b", "a\\b", "a\u{1}b"] {
             assert!(normalize_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_follow_the_path_name_grammar_and_reserved_names_are_refused() {
+        for good in [
+            "orders",
+            "bench",
+            "Orders-2026.v1",
+            "a$",
+            "x!#%&'()*-.:<=>?@[]^_`{|}~",
+            "private$\\tx",
+        ] {
+            assert!(normalize_name(good).is_ok(), "{good:?}");
+        }
+        let refused = |n: &str| match normalize_name(n) {
+            Err(CatalogError::BadName(why)) => why,
+            other => panic!("{n:?} accepted: {other:?}"),
+        };
+        assert!(refused("a b").contains("a space"));
+        assert!(refused("a/b").contains("'/'"));
+        assert!(refused("caf\u{e9}").contains("non-ASCII"));
+        assert!(refused("a\u{7f}").contains("control"));
+        assert!(refused("..").contains("URL"));
+        for reserved in [
+            "deadletter",
+            "Journal",
+            "DEADXACT",
+            "order_queue$",
+            "private$\\journal",
+        ] {
+            assert!(refused(reserved).contains("reserved"), "{reserved}");
+        }
+    }
+
+    #[test]
+    fn a_private_queue_named_like_a_machine_queue_from_an_older_catalog_stays_reachable() {
+        let d = tempfile::tempdir().unwrap();
+        // A catalog written before such names were refused.
+        let old = CatalogFile {
+            next_id: FIRST_USER_QUEUE_ID + 1,
+            queues: vec![QueueDef {
+                id: FIRST_USER_QUEUE_ID,
+                name: "deadletter".into(),
+                kind: QueueKind::Private,
+                transactional: false,
+                quota_bytes: None,
+                journal: false,
+                write_access: Vec::new(),
+            }],
+        };
+        std::fs::write(
+            d.path().join(CATALOG_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("deadletter").unwrap().kind, QueueKind::DeadLetter);
+        assert_eq!(
+            c.lookup("private$\\deadletter").unwrap().id,
+            FIRST_USER_QUEUE_ID
+        );
+        assert_eq!(
+            c.delete("private$\\deadletter").unwrap().id,
+            FIRST_USER_QUEUE_ID
+        );
+        assert_eq!(c.lookup("deadletter").unwrap().kind, QueueKind::DeadLetter);
     }
 
     #[test]
