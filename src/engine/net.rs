@@ -59,6 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+use super::admission::PeerLimiter;
 use super::probe::{self, ProbeError};
 use super::shard::Shard;
 use super::signal::ShutdownSignal;
@@ -182,6 +183,14 @@ pub trait App {
     fn poll_ready(&mut self) -> Option<ConnId> {
         None
     }
+
+    /// Other connections the app wants closed now, with the code handed back in
+    /// [`CloseReason::App`] (say, to drop the session holding the oldest partial packet when a
+    /// shared budget runs out). Drained after `end_of_turn` and after every receive completion;
+    /// stale ids are ignored.
+    fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
+        None
+    }
 }
 
 /// Every limit and knob of the engine, per shard unless said otherwise. A full table refuses;
@@ -229,6 +238,9 @@ pub struct EngineConfig {
     pub shutdown_grace_ms: u64,
     /// Set TCP_NODELAY on every connection. Default true.
     pub tcp_nodelay: bool,
+    /// Incoming connections one peer IP address may hold open at once over every shard;
+    /// beyond it new ones are closed at once (counted in `refused_per_ip`). Default unlimited.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for EngineConfig {
@@ -250,6 +262,7 @@ impl Default for EngineConfig {
             accept_backoff_ms: 100,
             shutdown_grace_ms: 5000,
             tcp_nodelay: true,
+            max_connections_per_ip: usize::MAX,
         }
     }
 }
@@ -257,6 +270,9 @@ impl Default for EngineConfig {
 impl EngineConfig {
     fn validate(&self) -> Result<(), EngineError> {
         let bad = |what: &'static str| Err(EngineError::Config(what));
+        if self.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip must be positive");
+        }
         if self.max_connections == 0 || self.max_connections > (u32::MAX as usize) {
             return bad("max_connections must be between 1 and u32::MAX");
         }
@@ -317,6 +333,8 @@ counters! {
     refused_limit,
     /// Incoming connections the app refused.
     refused_app,
+    /// Incoming connections closed at once because their peer address had too many open.
+    refused_per_ip,
     /// Incoming connections closed at once because the shard was shutting down.
     refused_shutdown,
     /// Accept failures other than a peer aborting before the accept.
@@ -450,6 +468,7 @@ pub(crate) struct ShardSetup {
     pub(crate) eventfd: Arc<OwnedFd>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) peers: Arc<PeerLimiter>,
 }
 
 struct ShardHandle {
@@ -605,6 +624,7 @@ impl Engine {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
+        let peers = PeerLimiter::new(config.max_connections_per_ip);
         let factory = Arc::new(app_factory);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), EngineError>)>();
         let mut handle = EngineHandle {
@@ -626,6 +646,7 @@ impl Engine {
                 eventfd: Arc::clone(&eventfd),
                 stop: Arc::clone(&stop),
                 counters: Arc::clone(&counters),
+                peers: Arc::clone(&peers),
             };
             let factory = Arc::clone(&factory);
             let ready = ready_tx.clone();
