@@ -19,7 +19,7 @@ use crate::store::FileStore;
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
 
 /// Runs the server until a signal arrives.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+pub fn serve(mut config: Config) -> anyhow::Result<()> {
     config.validate()?;
     // One server per data directory and per address: the lock is held until this returns.
     let _lock = host::lock_data_dir(&config.data_dir).map_err(anyhow::Error::msg)?;
@@ -61,6 +61,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         api = budget.api,
         "file-descriptor budget"
     );
+    // The API reads its cap from the configuration the broker holds.
+    config.limits.api_connections_max = budget.api;
     let broker = Arc::new(Broker::open(config.clone(), cores.len())?);
     let shared = Arc::new(Shared::new(broker.clone()));
     let engine_cfg = EngineConfig {
