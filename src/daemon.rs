@@ -117,7 +117,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
                 broker.clone(),
                 crate::http::srmp::SrmpLimits::from_config(&config.limits, budget.srmp),
             )
-                .map_err(|e| anyhow::anyhow!("cannot listen for SRMP on {a}: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("cannot listen for SRMP on {a}: {e}"))?,
         ),
         None => None,
     };

@@ -136,7 +136,8 @@ pub static DEAD_LETTER: RateLog = RateLog::new("dead-letter", RATELOG_BURST, RAT
 pub static MALFORMED: RateLog =
     RateLog::new("malformed-packet", RATELOG_BURST, RATELOG_INTERVAL_MS);
 /// Sessions and connections refused at a limit (MaxInSessions, slots, per-IP, descriptors).
-pub static REFUSED: RateLog = RateLog::new("refused-connection", RATELOG_BURST, RATELOG_INTERVAL_MS);
+pub static REFUSED: RateLog =
+    RateLog::new("refused-connection", RATELOG_BURST, RATELOG_INTERVAL_MS);
 /// SRMP requests refused or malformed (`http::srmp`).
 pub static SRMP: RateLog = RateLog::new("srmp-request", RATELOG_BURST, RATELOG_INTERVAL_MS);
 
@@ -174,6 +175,9 @@ mod tests {
         assert_eq!(r.suppressed(), 3, "not before the interval ends");
         r.flush_at(t1 + Duration::from_millis(1_000));
         assert_eq!(r.suppressed(), 0);
-        assert!(!r.allow_at(t1 + Duration::from_millis(1_001)), "the new interval starts full");
+        assert!(
+            !r.allow_at(t1 + Duration::from_millis(1_001)),
+            "the new interval starts full"
+        );
     }
 }

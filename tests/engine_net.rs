@@ -968,7 +968,12 @@ impl App for Closer {
         })
     }
 
-    fn on_recv(&mut self, _now_ms: u64, conn: &mut CloserConn, bytes: &[u8]) -> Result<(), AppError> {
+    fn on_recv(
+        &mut self,
+        _now_ms: u64,
+        conn: &mut CloserConn,
+        bytes: &[u8],
+    ) -> Result<(), AppError> {
         if bytes.contains(&b'K') {
             let me = conn.id;
             self.to_close

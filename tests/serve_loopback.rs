@@ -276,17 +276,20 @@ fn half_sent_huge_packets_cannot_exhaust_memory() {
             .into_string()
             .unwrap();
         // Cut off as the newcomer past the budget, or dropped as the oldest partial packet.
-        closed = ["lior_sessions_closed_protocol_total ", "lior_sessions_dropped_reassembly_total "]
-            .iter()
-            .map(|name| {
-                metrics
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()
-            })
-            .sum();
+        closed = [
+            "lior_sessions_closed_protocol_total ",
+            "lior_sessions_dropped_reassembly_total ",
+        ]
+        .iter()
+        .map(|name| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
         if closed >= 1 {
             break;
         }

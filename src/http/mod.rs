@@ -53,7 +53,15 @@ impl axum::serve::Listener for CappedListener {
                 }
             };
             match std::sync::Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(slot) => return (CappedStream { stream, _slot: slot }, peer),
+                Ok(slot) => {
+                    return (
+                        CappedStream {
+                            stream,
+                            _slot: slot,
+                        },
+                        peer,
+                    )
+                }
                 Err(_) => {
                     if crate::ratelog::REFUSED.allow() {
                         tracing::warn!(what = self.what, %peer, limit = self.max, "connections full; closing a new one");

@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use http_body_util::BodyExt;
-use tokio::sync::{Notify, Semaphore};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use http_body_util::BodyExt;
 use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader as XmlReader;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::engine::admission::PeerLimiter;
 use crate::qm::broker::{Broker, Verdict};
@@ -644,7 +644,10 @@ impl Drop for BodyTicket {
 }
 
 /// Reads a request body into memory under the budget: at most [`SRMP_BODY_BYTES_MAX`] bytes,
-/// every allocation reserved first, within `timeout`.
+/// every chunk reserved before it is kept, within `timeout`. The chunks are hyper's own buffers
+/// (no copy, no growing allocation); they are joined once, into one allocation of the exact
+/// size, when the body is complete. The SRMP thread handles one finished body at a time, so the
+/// join adds at most one body to the bound.
 async fn read_body(
     body: axum::body::Body,
     budget: &Arc<BodyBudget>,
@@ -653,7 +656,8 @@ async fn read_body(
     let ticket = budget.register();
     let read = async {
         let mut body = body;
-        let mut buf: Vec<u8> = Vec::new();
+        let mut chunks: Vec<axum::body::Bytes> = Vec::new();
+        let mut len = 0usize;
         loop {
             let frame = tokio::select! {
                 _ = ticket.dropped() => {
@@ -666,7 +670,7 @@ async fn read_body(
                 f = body.frame() => f,
             };
             let Some(frame) = frame else {
-                return Ok(buf);
+                break;
             };
             let frame = frame.map_err(|e| {
                 (
@@ -677,25 +681,26 @@ async fn read_body(
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let need = buf.len() + data.len();
-            if need > SRMP_BODY_BYTES_MAX {
+            len += data.len();
+            if len > SRMP_BODY_BYTES_MAX {
                 return Err((
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("request body larger than {SRMP_BODY_BYTES_MAX} bytes"),
                 ));
             }
-            if need > buf.capacity() {
-                let cap = need.max(2 * buf.capacity()).clamp(64 << 10, SRMP_BODY_BYTES_MAX);
-                if !budget.reserve(ticket.id, cap - buf.capacity()) {
-                    return Err((
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the SRMP body memory is full; retry".to_string(),
-                    ));
-                }
-                buf.reserve_exact(cap - buf.len());
+            if !budget.reserve(ticket.id, data.len()) {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the SRMP body memory is full; retry".to_string(),
+                ));
             }
-            buf.extend_from_slice(&data);
+            chunks.push(data);
         }
+        let mut whole = Vec::with_capacity(len);
+        for c in chunks {
+            whole.extend_from_slice(&c);
+        }
+        Ok(whole)
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(r) => r,
