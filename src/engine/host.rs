@@ -99,7 +99,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
             );
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// Fails when any socket already listens on `addr` (or on an address covering it, such as
