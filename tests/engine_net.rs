@@ -1028,3 +1028,33 @@ fn the_app_can_close_another_connection_through_poll_close() {
     let counters = final_counters(handle);
     assert_eq!(counters.closed_app_error, 3);
 }
+
+#[test]
+fn a_second_engine_on_a_listening_address_is_refused() {
+    let (first, _events) = start_echo(loopback_config(vec![0]), None, false);
+    let addr = first.local_addr().expect("listening");
+    let config = EngineConfig {
+        listen_addr: Some(addr),
+        ..loopback_config(vec![0])
+    };
+    let (tx, _rx) = mpsc::channel();
+    let second = Engine::start(config, move |shard| Echo {
+        shard,
+        events: tx.clone(),
+        poison: None,
+        log_turns: false,
+    });
+    match second {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(
+                text.contains(&addr.to_string()) && text.contains("in use"),
+                "{text}"
+            );
+        }
+        Ok(_) => panic!("a second engine joined {addr} through SO_REUSEPORT"),
+    }
+    let mut stream = connect(&first);
+    round_trip(&mut stream, b"the first engine still serves");
+    first.shutdown().expect("clean shutdown");
+}

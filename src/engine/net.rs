@@ -4,8 +4,10 @@
 //!
 //! # Shape
 //!
-//! [`Engine::start`] probes io_uring, binds one `SO_REUSEPORT` listening socket per shard (the
-//! kernel spreads incoming connections across them), then starts one thread per core in
+//! [`Engine::start`] probes io_uring, checks that no other socket listens on the address (the
+//! kernel would let another process of the same user join the `SO_REUSEPORT` group and take a
+//! share of the connections), binds one `SO_REUSEPORT` listening socket per shard (the kernel
+//! spreads incoming connections across them), then starts one thread per core in
 //! [`EngineConfig::cores`], each pinned to its core and owning its own ring, buffers, connection
 //! table and app instance (from the factory, called on that thread). It returns an
 //! [`EngineHandle`] once every shard is ready, so [`EngineHandle::local_addr`] is known (port 0
@@ -429,6 +431,8 @@ pub enum EngineError {
     },
     /// A shard thread panicked.
     ShardPanicked(usize),
+    /// Another socket already listens on the address; the message names its holder.
+    AddressInUse(String),
 }
 
 impl fmt::Display for EngineError {
@@ -447,6 +451,7 @@ impl fmt::Display for EngineError {
                 error,
             } => write!(f, "{what}: {error}"),
             EngineError::ShardPanicked(shard) => write!(f, "shard {shard} panicked"),
+            EngineError::AddressInUse(what) => f.write_str(what),
         }
     }
 }
@@ -606,6 +611,9 @@ impl Engine {
         let mut listeners = Vec::with_capacity(cores.len());
         let mut local_addr = None;
         if let Some(mut addr) = config.listen_addr {
+            // SO_REUSEPORT would also let another process (of the same user) share the port
+            // and take a share of the connections: refuse to start beside one.
+            super::host::ensure_no_listener(addr, "listen").map_err(EngineError::AddressInUse)?;
             for _ in &cores {
                 let fd =
                     sockets::listen_reuseport(addr, config.listen_backlog).map_err(|error| {

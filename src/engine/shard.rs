@@ -522,6 +522,14 @@ impl<A: App> Shard<A> {
                 // Out of descriptors or memory: accepting again at once would spin, so pause.
                 libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
                     Counters::bump(&self.counters.accept_errors, 1);
+                    if crate::ratelog::REFUSED.allow() {
+                        tracing::warn!(
+                            shard = self.index,
+                            errno = %Errno(-result),
+                            pause_ms = self.config.accept_backoff_ms,
+                            "out of descriptors or memory; accepting paused (see the descriptor budget and RLIMIT_NOFILE)"
+                        );
+                    }
                     self.accept_paused_until_ms = Some(self.now_ms + self.config.accept_backoff_ms);
                 }
                 errno => {
