@@ -581,11 +581,21 @@ impl BodyBudget {
     /// most `max`), or when `id` itself was dropped meanwhile.
     fn reserve(&self, id: u64, n: usize) -> bool {
         let mut s = self.state();
-        if !s.holders.contains_key(&id) {
+        let Some(&(own, _)) = s.holders.get(&id) else {
+            return false;
+        };
+        if own + n > self.max {
+            // Dropping every other body would not make room: drop none.
             return false;
         }
         while s.used + n > self.max {
-            let Some(victim) = s.holders.keys().copied().find(|&k| k != id) else {
+            // The oldest other body that holds memory (ids grow with age).
+            let Some(victim) = s
+                .holders
+                .iter()
+                .find(|(k, (bytes, _))| **k != id && *bytes > 0)
+                .map(|(k, _)| *k)
+            else {
                 return false;
             };
             if let Some((bytes, signal)) = s.holders.remove(&victim) {
@@ -789,14 +799,6 @@ async fn post<S: QueueStore + Send + 'static>(
     (status, why).into_response()
 }
 
-/// Starts the SRMP endpoint on `addr` on its own thread, with the default limits.
-pub fn serve_srmp_default<S: QueueStore + Send + 'static>(
-    addr: SocketAddr,
-    broker: Arc<Broker<S>>,
-) -> std::io::Result<SrmpHandle> {
-    serve_srmp(addr, broker, SrmpLimits::default())
-}
-
 /// Starts the SRMP endpoint on `addr` on its own thread.
 ///
 /// Each connection is served by hyper's HTTP/1.1 with a header time-out (an idle or slow
@@ -911,6 +913,25 @@ async fn run_srmp(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_budget_drops_the_oldest_holder_first() {
+        let b = BodyBudget::new(100);
+        let (t1, t2, t3) = (b.register(), b.register(), b.register());
+        assert!(b.reserve(t1.id, 40) && b.reserve(t2.id, 40));
+        // t3 needs 30: the oldest (t1) goes, t2 stays.
+        assert!(b.reserve(t3.id, 30));
+        assert!(t1.signal.dropped.load(Ordering::SeqCst));
+        assert!(!t2.signal.dropped.load(Ordering::SeqCst));
+        assert_eq!(b.used(), 70);
+        assert!(!b.reserve(t1.id, 1), "a dropped body gets nothing more");
+        // One body alone never exceeds the bound.
+        assert!(!b.reserve(t3.id, 200));
+        assert!(!t2.signal.dropped.load(Ordering::SeqCst));
+        drop((t2, t3));
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.dropped(), 1);
+    }
 
     /// MC-MQSRM 4.1, with the line breaks of the published example (none before boundaries).
     pub const EXAMPLE_4_1: &str = "--MSMQ - SOAP boundary, 53287\r\nContent-Type: text/xml; charset=UTF-8\r\nContent-Length: 619\r\n\r\n<se:Envelope xmlns:se=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns=\"http://schemas.xmlsoap.org/srmp/\"><se:Header><path xmlns=\"http://schemas.xmlsoap.org/rp/\" se:mustUnderstand=\"1\"><action>MSMQ:mqsender label</action><to>http://machine2/msmq/private$/simpleq</to><id>uuid:1@00000000-0000-0000-0000-000000000000</id></path><properties se:mustUnderstand=\"1\"><expiresAt>20070609T164419</expiresAt><sentAt>20070608T164419</sentAt></properties></se:Header><se:Body></se:Body></se:Envelope>--MSMQ - SOAP boundary, 53287\r\nContent-Type: application/octet-stream\r\nContent-Length: 13\r\nContent-Id: body@ff3af301-3196-497a-a918-72147c871a13\r\n\r\nFirst Message--MSMQ - SOAP boundary, 53287--";
