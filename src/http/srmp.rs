@@ -896,7 +896,12 @@ async fn run_srmp(
                 .max_buf_size(SRMP_HEAD_BYTES_MAX)
                 .keep_alive(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = conn.await;
+            if let Err(error) = conn.await {
+                if error.is_timeout() && crate::ratelog::SRMP.allow() {
+                    // Also an idle kept-alive connection: information, not a warning.
+                    tracing::info!(%peer, %error, "no SRMP request head within limits.srmp_header_timeout_ms; closed an idle or slow connection");
+                }
+            }
             drop(guard);
             drop(slot);
         });
