@@ -138,6 +138,27 @@ pub fn ensure_no_listener(addr: SocketAddr, what: &str) -> Result<(), String> {
     }
 }
 
+/// Claims `addr` for this process until the returned socket is dropped: binds the abstract Unix
+/// socket `lior-listen-<addr>`, which the kernel grants to one socket at a time in a network
+/// namespace and releases when the process ends. Two lior processes started in the same instant
+/// on the same address cannot then both pass [`ensure_no_listener`] and share the port.
+pub fn claim_address(addr: SocketAddr) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("lior-listen-{addr}");
+    let unix = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| format!("cannot name the claim of {addr}: {e}"))?;
+    std::os::unix::net::UnixListener::bind_addr(&unix).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            format!(
+                "the listen address {addr} is being claimed by another lior process; stop \
+                 that server or choose another address"
+            )
+        } else {
+            format!("cannot claim the listen address {addr}: {e}")
+        }
+    })
+}
+
 /// Processes (pid, command name) holding a listening TCP socket on `port`, as far as /proc shows
 /// them to this user. Best effort, for error messages only.
 pub fn listeners_of_port(port: u16) -> Vec<(u32, String)> {
@@ -205,6 +226,9 @@ mod tests {
         lock_data_dir(dir.path()).unwrap();
 
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let claim = claim_address(l.local_addr().unwrap()).unwrap();
+        assert!(claim_address(l.local_addr().unwrap()).is_err());
+        drop(claim);
         let addr = l.local_addr().unwrap();
         let e = ensure_no_listener(addr, "test").unwrap_err();
         assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");

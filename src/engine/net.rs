@@ -486,6 +486,8 @@ struct ShardHandle {
 /// The running engine. Dropping it shuts the shards down too (errors are then lost; call
 /// [`EngineHandle::shutdown`] to see them).
 pub struct EngineHandle {
+    /// Holds the listen address against another lior process (see `host::claim_address`).
+    _claim: Option<std::os::unix::net::UnixListener>,
     local_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     shards: Vec<ShardHandle>,
@@ -610,9 +612,13 @@ impl Engine {
         // the port chosen for port 0 is shared by every shard.
         let mut listeners = Vec::with_capacity(cores.len());
         let mut local_addr = None;
+        let mut claim = None;
         if let Some(mut addr) = config.listen_addr {
             // SO_REUSEPORT would also let another process (of the same user) share the port
             // and take a share of the connections: refuse to start beside one.
+            if addr.port() != 0 {
+                claim = Some(super::host::claim_address(addr).map_err(EngineError::AddressInUse)?);
+            }
             super::host::ensure_no_listener(addr, "listen").map_err(EngineError::AddressInUse)?;
             for _ in &cores {
                 let fd =
@@ -636,6 +642,7 @@ impl Engine {
         let factory = Arc::new(app_factory);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), EngineError>)>();
         let mut handle = EngineHandle {
+            _claim: claim,
             local_addr,
             stop: Arc::clone(&stop),
             shards: Vec::with_capacity(cores.len()),
