@@ -109,9 +109,9 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 ///
 /// The probe binds a socket with `SO_REUSEADDR` but without `SO_REUSEPORT`: that succeeds past
 /// TIME_WAIT connections of an earlier run, and fails with EADDRINUSE exactly when some socket is
-/// bound or listening there. Port 0 is skipped (the kernel picks a free port). A process started
-/// in the same instant could still slip between this check and the bind; the data-directory lock
-/// covers the usual case of the same installation started twice.
+/// bound or listening there. Port 0 is skipped (the kernel picks a free port). Another lior
+/// started in the same instant cannot slip between this check and the bind: the engine first
+/// takes [`claim_address`].
 pub fn ensure_no_listener(addr: SocketAddr, what: &str) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
