@@ -72,6 +72,34 @@ pub struct Limits {
     /// session that pushes past it is closed (a flood of half-sent 4 MB packets cannot exhaust
     /// memory).
     pub reassembly_bytes_per_shard_max: usize,
+    /// Bytes of a partly received packet one session may hold (at most one frame is ever held;
+    /// lower it to refuse large packets). When the shard's total is reached, the session whose
+    /// partial packet is the oldest is closed first, not the newcomer.
+    pub reassembly_bytes_per_session_max: usize,
+    /// Connections one peer IP address may hold open at once, on each door (MS-MQQB and SRMP
+    /// counted apart); past it new connections from that address are closed at once and logged.
+    pub connections_per_ip_max: usize,
+    /// An incoming MS-MQQB connection must finish its handshake (EstablishConnection and
+    /// ConnectionParameters) within this many ms (plus 2 x RoundTripDelay), or it is closed.
+    /// Windows waits 60 s (the Session Initialization Timer); an idle socket holds a slot and a
+    /// descriptor that long, so lior waits less for incoming sessions.
+    pub handshake_timeout_ms: u64,
+    /// Descriptors kept back from the connection budget for the store, rings and threads. The
+    /// rest of RLIMIT_NOFILE (raised to its hard limit at start-up) is split between the doors:
+    /// 70% MS-MQQB, 20% SRMP, 10% the API (MS-MQQB 90% when SRMP is off).
+    pub fd_reserve: usize,
+    /// SRMP connections open at once (the descriptor budget may lower it).
+    pub srmp_connections_max: usize,
+    /// An SRMP request's headers must arrive within this many ms of its first byte (or of the
+    /// connection's opening); an idle kept-alive connection is closed after it too.
+    pub srmp_header_timeout_ms: u64,
+    /// An SRMP request's body must arrive within this many ms of its headers.
+    pub srmp_body_timeout_ms: u64,
+    /// Bytes of SRMP request bodies held in memory at once, over all connections. When a body
+    /// needs more, the oldest unfinished body elsewhere is dropped (its request answered 503).
+    pub srmp_body_bytes_in_flight_max: usize,
+    /// Connections to the local HTTP API open at once (the descriptor budget may lower it).
+    pub api_connections_max: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +111,16 @@ impl Default for Limits {
             session_transmit_bytes_max: 8 << 20,
             outgoing_queue_messages_max: 1_000_000,
             reassembly_bytes_per_shard_max: 256 << 20,
+            reassembly_bytes_per_session_max: crate::wire::base::MAX_PACKET_SIZE as usize
+                + crate::wire::control::SESSION_HEADER_LEN,
+            connections_per_ip_max: 256,
+            handshake_timeout_ms: 5_000,
+            fd_reserve: 1_024,
+            srmp_connections_max: 4_096,
+            srmp_header_timeout_ms: 10_000,
+            srmp_body_timeout_ms: 60_000,
+            srmp_body_bytes_in_flight_max: 64 << 20,
+            api_connections_max: 256,
         }
     }
 }
@@ -263,8 +301,32 @@ impl Config {
                 s.EncryptionAlgorithm
             )));
         }
-        if self.limits.queues_max == 0 || self.limits.connections_per_shard_max == 0 {
-            return Err(ConfigError("limits must be at least 1".into()));
+        let l = &self.limits;
+        for (name, v) in [
+            ("queues_max", l.queues_max),
+            ("connections_per_shard_max", l.connections_per_shard_max),
+            ("connections_per_ip_max", l.connections_per_ip_max),
+            ("srmp_connections_max", l.srmp_connections_max),
+            ("api_connections_max", l.api_connections_max),
+            (
+                "reassembly_bytes_per_session_max",
+                l.reassembly_bytes_per_session_max,
+            ),
+            ("handshake_timeout_ms", l.handshake_timeout_ms as usize),
+            ("srmp_header_timeout_ms", l.srmp_header_timeout_ms as usize),
+            ("srmp_body_timeout_ms", l.srmp_body_timeout_ms as usize),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("limits.{name} must be at least 1")));
+            }
+        }
+        if l.srmp_body_bytes_in_flight_max < crate::http::srmp::SRMP_BODY_BYTES_MAX {
+            return Err(ConfigError(format!(
+                "limits.srmp_body_bytes_in_flight_max is {}; it must hold at least one largest \
+                 body ({} bytes)",
+                l.srmp_body_bytes_in_flight_max,
+                crate::http::srmp::SRMP_BODY_BYTES_MAX
+            )));
         }
         Ok(())
     }
@@ -285,6 +347,13 @@ impl Config {
     /// The Session Initialization Timer: 60,000 + 2 × RoundTripDelay ms (MS-MQQB <43>).
     pub fn session_init_timeout_ms(&self) -> u64 {
         60_000 + 2 * u64::from(self.parameters.RoundTripDelay)
+    }
+
+    /// The handshake time-out of incoming sessions: `limits.handshake_timeout_ms` + 2 ×
+    /// RoundTripDelay, never longer than the Session Initialization Timer.
+    pub fn incoming_handshake_timeout_ms(&self) -> u64 {
+        (self.limits.handshake_timeout_ms + 2 * u64::from(self.parameters.RoundTripDelay))
+            .min(self.session_init_timeout_ms())
     }
 }
 

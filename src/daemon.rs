@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::engine::host::{self, FdBudget};
 use crate::engine::net::{Counters as EngineCounters, Engine, EngineConfig};
 use crate::http::serve_api;
 use crate::ping::PingResponder;
@@ -18,8 +19,22 @@ use crate::store::FileStore;
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
 
 /// Runs the server until a signal arrives.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+pub fn serve(mut config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    check_data_dir(&config.data_dir)?;
+    // One server per data directory and per address: the lock is held until this returns.
+    let _lock = host::lock_data_dir(&config.data_dir).map_err(anyhow::Error::msg)?;
+    let hardened = config.parameters.Hardened_MSMQ;
+    let srmp_addr = config
+        .srmp_listen
+        .or_else(|| hardened.then(|| "0.0.0.0:80".parse().expect("literal address")));
+    if !hardened {
+        host::ensure_no_listener(config.listen, "MS-MQQB listen").map_err(anyhow::Error::msg)?;
+    }
+    host::ensure_no_listener(config.api, "API").map_err(anyhow::Error::msg)?;
+    if let Some(a) = srmp_addr {
+        host::ensure_no_listener(a, "SRMP").map_err(anyhow::Error::msg)?;
+    }
     crate::engine::probe::check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let signal = crate::engine::signal::install()?;
     let cores = if config.cores.is_empty() {
@@ -27,7 +42,28 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         config.cores.clone()
     };
-    check_data_dir(&config.data_dir)?;
+    // The descriptor budget: raise the soft limit, then give each door its share so that a
+    // flood on one door cannot take the descriptors the others (and the store) need.
+    let nofile = host::raise_nofile_limit().unwrap_or(1024) as usize;
+    let l = &config.limits;
+    let budget = FdBudget::split(
+        nofile,
+        l.fd_reserve,
+        cores.len(),
+        srmp_addr.is_some(),
+        l.connections_per_shard_max,
+        l.srmp_connections_max,
+        l.api_connections_max,
+    );
+    tracing::info!(
+        nofile,
+        mqqb_per_shard = budget.mqqb_per_shard,
+        srmp = budget.srmp,
+        api = budget.api,
+        "file-descriptor budget"
+    );
+    // The API reads its cap from the configuration the broker holds.
+    config.limits.api_connections_max = budget.api;
     let broker = Arc::new(Broker::open(config.clone(), cores.len()).map_err(|e| {
         anyhow::anyhow!(
             "opening the data directory {}: {e:#}{}",
@@ -45,12 +81,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?);
     let shared = Arc::new(Shared::new(broker.clone()));
-    let hardened = config.parameters.Hardened_MSMQ;
     let engine_cfg = EngineConfig {
         // Hardened mode listens on no raw MS-MQQB port (only SRMP over HTTP is accepted).
         listen_addr: (!hardened).then_some(config.listen),
         cores: cores.clone(),
-        max_connections: config.limits.connections_per_shard_max,
+        max_connections: budget.mqqb_per_shard,
+        max_connections_per_ip: config.limits.connections_per_ip_max,
         send_buffered_max_bytes: config.limits.session_transmit_bytes_max.max(4 << 20) + (64 << 10),
         ..EngineConfig::default()
     };
@@ -89,6 +125,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 for w in &ticker_wakers {
                     let _ = w.wake();
                 }
+                crate::ratelog::flush_all();
             }
         })?;
     let engine_counters: Vec<Arc<EngineCounters>> = (0..engine.shard_count())
@@ -98,13 +135,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(move || render_metrics(&s3, &engine_counters));
     let api = serve_api(config.api, broker.clone(), metrics)
         .map_err(|e| listen_error("API (api)", config.api, &e))?;
-    let srmp_addr = config
-        .srmp_listen
-        .or_else(|| hardened.then(|| "0.0.0.0:80".parse().expect("literal address")));
     let srmp = match srmp_addr {
         Some(a) => Some(
-            crate::http::srmp::serve_srmp(a, broker.clone())
-                .map_err(|e| listen_error("SRMP (srmp_listen)", a, &e))?,
+            crate::http::srmp::serve_srmp(
+                a,
+                broker.clone(),
+                crate::http::srmp::SrmpLimits::from_config(&config.limits, budget.srmp),
+            )
+            .map_err(|e| listen_error("SRMP (srmp_listen)", a, &e))?,
         ),
         None => None,
     };
@@ -249,6 +287,11 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         load(&c.sessions_closed_protocol),
     );
     put(
+        "sessions_dropped_reassembly_total",
+        "Sessions closed to free the reassembly budget, the oldest partial packet first.",
+        load(&c.sessions_dropped_reassembly),
+    );
+    put(
         "messages_in_total",
         "UserMessages received.",
         load(&c.messages_in),
@@ -317,6 +360,11 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         "connections_refused_limit_total",
         "TCP connections refused at the engine limit.",
         e.refused_limit,
+    );
+    put(
+        "connections_refused_per_ip_total",
+        "TCP connections refused at limits.connections_per_ip_max.",
+        e.refused_per_ip,
     );
     put("bytes_in_total", "Bytes received.", e.bytes_in);
     put("bytes_out_total", "Bytes sent.", e.bytes_out);

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod http;
 pub mod ping;
 pub mod qm;
+pub mod ratelog;
 pub mod server;
 pub mod session;
 pub mod store;

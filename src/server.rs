@@ -38,6 +38,8 @@ pub struct ServerCounters {
     pub sessions_established: AtomicU64,
     pub sessions_closed_protocol: AtomicU64,
     pub sessions_closed_other: AtomicU64,
+    /// Sessions closed to free the shard's reassembly budget (oldest partial packet first).
+    pub sessions_dropped_reassembly: AtomicU64,
     pub messages_in: AtomicU64,
     pub acks_out: AtomicU64,
     pub order_acks_out: AtomicU64,
@@ -155,6 +157,12 @@ pub struct MsmqApp<S> {
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
     reassembly_bytes: usize,
+    /// Sessions holding part of a packet: since when (ms) and how many bytes.
+    partials: HashMap<ConnId, (u64, usize)>,
+    /// Sessions dropped to free the reassembly budget, until their close completes.
+    evicted: std::collections::HashSet<ConnId>,
+    /// Closes for the engine to carry out (see `App::poll_close`).
+    closes: Vec<ConnId>,
     next_expiry_ms: u64,
 }
 
@@ -190,6 +198,9 @@ impl<S> MsmqApp<S> {
             tx_acks: Vec::new(),
             next_expiry_ms: 0,
             reassembly_bytes: 0,
+            partials: HashMap::new(),
+            evicted: std::collections::HashSet::new(),
+            closes: Vec::new(),
         }
     }
 }
@@ -561,6 +572,74 @@ impl<S: QueueStore> MsmqApp<S> {
     }
 }
 
+impl<S> MsmqApp<S> {
+    /// Accounts the partial packet `conn` now holds (`held` bytes) against the session's and the
+    /// shard's reassembly budgets. Past the shard's, the sessions whose partial packets are the
+    /// oldest are dropped first (a flood of half-sent packets cannot lock out a newcomer); Err
+    /// closes `conn` itself (over the per-session budget, or nothing older to drop).
+    fn account_reassembly(&mut self, now_ms: u64, conn: &MsmqConn, held: usize) -> Result<(), u32> {
+        let old = match held {
+            0 => self.partials.remove(&conn.id).map_or(0, |(_, b)| b),
+            n => {
+                let e = self.partials.entry(conn.id).or_insert((now_ms, 0));
+                std::mem::replace(&mut e.1, n)
+            }
+        };
+        self.reassembly_bytes = (self.reassembly_bytes + held).saturating_sub(old);
+        let limits = &self.shared.broker.config.limits;
+        let (per_session, per_shard) = (
+            limits.reassembly_bytes_per_session_max,
+            limits.reassembly_bytes_per_shard_max,
+        );
+        if held > per_session {
+            if crate::ratelog::MALFORMED.allow() {
+                tracing::warn!(peer = %conn.peer, held, limit = per_session, "partial packet over limits.reassembly_bytes_per_session_max; closing the session");
+            }
+            self.shared
+                .counters
+                .sessions_closed_protocol
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(close_code::PROTOCOL);
+        }
+        while held > old && self.reassembly_bytes > per_shard {
+            let victim = self
+                .partials
+                .iter()
+                .filter(|(id, _)| **id != conn.id)
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(id, (since, bytes))| (*id, *since, *bytes));
+            let Some((id, since, bytes)) = victim else {
+                if crate::ratelog::MALFORMED.allow() {
+                    tracing::warn!(peer = %conn.peer, held = self.reassembly_bytes, limit = per_shard, "partial packets over limits.reassembly_bytes_per_shard_max; closing the session");
+                }
+                self.shared
+                    .counters
+                    .sessions_closed_protocol
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(close_code::PROTOCOL);
+            };
+            self.partials.remove(&id);
+            self.reassembly_bytes = self.reassembly_bytes.saturating_sub(bytes);
+            self.evicted.insert(id);
+            self.closes.push(id);
+            self.shared
+                .counters
+                .sessions_dropped_reassembly
+                .fetch_add(1, Ordering::Relaxed);
+            if crate::ratelog::MALFORMED.allow() {
+                tracing::warn!(
+                    held = bytes,
+                    age_ms = now_ms.saturating_sub(since),
+                    limit = per_shard,
+                    "partial packets over limits.reassembly_bytes_per_shard_max; dropping the \
+                     session whose partial packet is the oldest"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<S: QueueStore> App for MsmqApp<S> {
     type Conn = MsmqConn;
 
@@ -568,6 +647,10 @@ impl<S: QueueStore> App for MsmqApp<S> {
         let max = self.shared.broker.config.parameters.MaxInSessions;
         let n = self.shared.sessions_in.fetch_add(1, Ordering::Relaxed);
         let mut cfg = self.shared.session_config.clone();
+        // A connection that does not finish its handshake soon holds a slot and a descriptor
+        // for nothing: incoming sessions get limits.handshake_timeout_ms, not the 60 s
+        // Session Initialization Timer.
+        cfg.init_timeout_ms = self.shared.broker.config.incoming_handshake_timeout_ms();
         // Past MaxInSessions the EstablishConnection is answered with CS=1, as Windows does,
         // and the connection closes once the answer is sent.
         cfg.refuse = n >= max;
@@ -576,7 +659,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 .counters
                 .sessions_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, max, "MaxInSessions reached; refusing the session");
+            if crate::ratelog::REFUSED.allow() {
+                tracing::warn!(%peer, max, "MaxInSessions reached; refusing the session");
+            }
         } else {
             self.shared
                 .counters
@@ -598,30 +683,21 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn on_recv(&mut self, now_ms: u64, conn: &mut MsmqConn, bytes: &[u8]) -> Result<(), AppError> {
+        if self.evicted.contains(&conn.id) {
+            // Dropped for the reassembly budget; its close is under way.
+            return Err(AppError(close_code::PROTOCOL));
+        }
         let shared = self.shared.clone();
         let mut part = shared.broker.partition(self.shard);
         let mut framer = std::mem::take(&mut conn.framer);
-        let before = framer.buffered();
         let r = framer.feed(bytes, |frame| {
             self.handle_frame(now_ms, conn, &mut part, frame)
         });
         let after = framer.buffered();
         conn.framer = framer;
         drop(part);
-        self.reassembly_bytes = (self.reassembly_bytes + after).saturating_sub(before);
-        let limit = self
-            .shared
-            .broker
-            .config
-            .limits
-            .reassembly_bytes_per_shard_max;
-        if after > before && self.reassembly_bytes > limit {
-            tracing::warn!(peer = %conn.peer, held = self.reassembly_bytes, limit, "partial packets over the shard's limit; closing the session");
-            self.shared
-                .counters
-                .sessions_closed_protocol
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(AppError(close_code::PROTOCOL));
+        if let Err(code) = self.account_reassembly(now_ms, conn, after) {
+            return Err(AppError(code));
         }
         for (frame, class) in std::mem::take(&mut self.admin_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
@@ -637,7 +713,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         match r {
             Ok(()) => Ok(()),
             Err(FrameError::Wire(e)) => {
-                tracing::warn!(peer = %conn.peer, error = %e, "malformed packet; closing the session");
+                if crate::ratelog::MALFORMED.allow() {
+                    tracing::warn!(peer = %conn.peer, error = %e, "malformed packet; closing the session");
+                }
                 self.shared
                     .counters
                     .sessions_closed_protocol
@@ -700,7 +778,10 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn on_closed(&mut self, now_ms: u64, conn: MsmqConn, reason: NetClose) {
-        self.reassembly_bytes = self.reassembly_bytes.saturating_sub(conn.framer.buffered());
+        if let Some((_, held)) = self.partials.remove(&conn.id) {
+            self.reassembly_bytes = self.reassembly_bytes.saturating_sub(held);
+        }
+        self.evicted.remove(&conn.id);
         if conn.incoming {
             self.shared.sessions_in.fetch_sub(1, Ordering::Relaxed);
         }
@@ -749,6 +830,12 @@ impl<S: QueueStore> App for MsmqApp<S> {
 
     fn poll_ready(&mut self) -> Option<ConnId> {
         self.ready.pop()
+    }
+
+    fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
+        self.closes
+            .pop()
+            .map(|id| (id, AppError(close_code::PROTOCOL)))
     }
 
     fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, MsmqConn)> {

@@ -890,3 +890,171 @@ fn shutdown_cancels_a_stuck_transmit_after_the_grace_period() {
     assert_eq!(counters.closed_shutdown, 1);
     assert!(counters.bytes_out < 4 * 1024 * 1024);
 }
+
+// ----- admission: per-address limits and closing another connection -----
+
+/// A connection to the engine from the loopback address `src` (127.0.0.2, ...).
+fn connect_from(handle: &EngineHandle, src: &str) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let to = handle.local_addr().expect("listening");
+    let stream = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(format!("{src}:0").parse().expect("address"))?;
+            sock.connect(to).await?.into_std()
+        })
+        .expect("connect from another loopback address");
+    stream.set_nonblocking(false).expect("blocking");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
+    stream
+}
+
+#[test]
+fn one_address_past_its_limit_is_refused_on_every_shard_while_others_are_served() {
+    let config = EngineConfig {
+        max_connections_per_ip: 3,
+        ..loopback_config(vec![0, 1])
+    };
+    let (handle, _events) = start_echo(config, None, false);
+    let mut kept: Vec<TcpStream> = (0..3).map(|_| connect_from(&handle, "127.0.0.2")).collect();
+    for stream in &mut kept {
+        round_trip(stream, b"in");
+    }
+    // The kernel spreads one address's connections over both shards; the count is shared.
+    let mut flood: Vec<TcpStream> = (0..8).map(|_| connect_from(&handle, "127.0.0.2")).collect();
+    for stream in &mut flood {
+        let _ = stream.write_all(b"x");
+        expect_closed(stream);
+    }
+    assert_eq!(handle.counters().refused_per_ip, 8);
+    let mut other = connect(&handle);
+    round_trip(&mut other, b"another address is served");
+    // A closed connection gives its address a slot back.
+    drop(kept.pop());
+    eventually("the address's freed slot to be reused", || {
+        let mut stream = connect_from(&handle, "127.0.0.2");
+        if stream.write_all(b"again").is_err() {
+            return false;
+        }
+        let mut back = [0u8; 5];
+        stream.read_exact(&mut back).is_ok() && &back == b"again"
+    });
+    handle.shutdown().expect("clean shutdown");
+}
+
+/// Echoes; a `K` received on one connection closes every other one through `poll_close`.
+struct Closer {
+    open: Vec<ConnId>,
+    to_close: Vec<ConnId>,
+}
+
+struct CloserConn {
+    id: ConnId,
+    out: Vec<u8>,
+}
+
+impl App for Closer {
+    type Conn = CloserConn;
+
+    fn accept(&mut self, _now_ms: u64, id: ConnId, _peer: SocketAddr) -> Option<CloserConn> {
+        self.open.push(id);
+        Some(CloserConn {
+            id,
+            out: Vec::new(),
+        })
+    }
+
+    fn on_recv(
+        &mut self,
+        _now_ms: u64,
+        conn: &mut CloserConn,
+        bytes: &[u8],
+    ) -> Result<(), AppError> {
+        if bytes.contains(&b'K') {
+            let me = conn.id;
+            self.to_close
+                .extend(self.open.iter().copied().filter(|id| *id != me));
+        }
+        conn.out.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn poll_transmit(&mut self, _now_ms: u64, conn: &mut CloserConn, buf: &mut Vec<u8>) {
+        std::mem::swap(buf, &mut conn.out);
+    }
+
+    fn deadline(&self, _conn: &CloserConn) -> Option<u64> {
+        None
+    }
+
+    fn on_timeout(&mut self, _now_ms: u64, _conn: &mut CloserConn) {}
+
+    fn wants_close(&self, _conn: &CloserConn) -> bool {
+        false
+    }
+
+    fn on_closed(&mut self, _now_ms: u64, conn: CloserConn, _reason: CloseReason) {
+        self.open.retain(|id| *id != conn.id);
+    }
+
+    fn end_of_turn(&mut self, _now_ms: u64) {}
+
+    fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
+        self.to_close.pop().map(|id| (id, AppError(9)))
+    }
+}
+
+#[test]
+fn the_app_can_close_another_connection_through_poll_close() {
+    let handle = Engine::start(loopback_config(vec![0]), |_| Closer {
+        open: Vec::new(),
+        to_close: Vec::new(),
+    })
+    .expect("engine starts");
+    let mut others: Vec<TcpStream> = (0..3).map(|_| connect(&handle)).collect();
+    for stream in &mut others {
+        round_trip(stream, b"in");
+    }
+    let mut killer = connect(&handle);
+    round_trip(&mut killer, b"K");
+    for stream in &mut others {
+        expect_closed(stream);
+    }
+    round_trip(&mut killer, b"still served");
+    let counters = final_counters(handle);
+    assert_eq!(counters.closed_app_error, 3);
+}
+
+#[test]
+fn a_second_engine_on_a_listening_address_is_refused() {
+    let (first, _events) = start_echo(loopback_config(vec![0]), None, false);
+    let addr = first.local_addr().expect("listening");
+    let config = EngineConfig {
+        listen_addr: Some(addr),
+        ..loopback_config(vec![0])
+    };
+    let (tx, _rx) = mpsc::channel();
+    let second = Engine::start(config, move |shard| Echo {
+        shard,
+        events: tx.clone(),
+        poison: None,
+        log_turns: false,
+    });
+    match second {
+        Err(error) => {
+            let text = error.to_string();
+            assert!(
+                text.contains(&addr.to_string()) && text.contains("in use"),
+                "{text}"
+            );
+        }
+        Ok(_) => panic!("a second engine joined {addr} through SO_REUSEPORT"),
+    }
+    let mut stream = connect(&first);
+    round_trip(&mut stream, b"the first engine still serves");
+    first.shutdown().expect("clean shutdown");
+}

@@ -2,7 +2,9 @@
 //! shard event loops; it moves bytes and time between sockets (and files, for the store) and the
 //! layers above and must not make protocol decisions.
 
+pub mod admission;
 mod buffers;
+pub mod host;
 pub mod net;
 pub mod probe;
 mod shard;

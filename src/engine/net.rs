@@ -4,8 +4,10 @@
 //!
 //! # Shape
 //!
-//! [`Engine::start`] probes io_uring, binds one `SO_REUSEPORT` listening socket per shard (the
-//! kernel spreads incoming connections across them), then starts one thread per core in
+//! [`Engine::start`] probes io_uring, checks that no other socket listens on the address (the
+//! kernel would let another process of the same user join the `SO_REUSEPORT` group and take a
+//! share of the connections), binds one `SO_REUSEPORT` listening socket per shard (the kernel
+//! spreads incoming connections across them), then starts one thread per core in
 //! [`EngineConfig::cores`], each pinned to its core and owning its own ring, buffers, connection
 //! table and app instance (from the factory, called on that thread). It returns an
 //! [`EngineHandle`] once every shard is ready, so [`EngineHandle::local_addr`] is known (port 0
@@ -59,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
+use super::admission::PeerLimiter;
 use super::probe::{self, ProbeError};
 use super::shard::Shard;
 use super::signal::ShutdownSignal;
@@ -182,6 +185,14 @@ pub trait App {
     fn poll_ready(&mut self) -> Option<ConnId> {
         None
     }
+
+    /// Other connections the app wants closed now, with the code handed back in
+    /// [`CloseReason::App`] (say, to drop the session holding the oldest partial packet when a
+    /// shared budget runs out). Drained after `end_of_turn` and after every receive completion;
+    /// stale ids are ignored.
+    fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
+        None
+    }
 }
 
 /// Every limit and knob of the engine, per shard unless said otherwise. A full table refuses;
@@ -229,6 +240,9 @@ pub struct EngineConfig {
     pub shutdown_grace_ms: u64,
     /// Set TCP_NODELAY on every connection. Default true.
     pub tcp_nodelay: bool,
+    /// Incoming connections one peer IP address may hold open at once over every shard;
+    /// beyond it new ones are closed at once (counted in `refused_per_ip`). Default unlimited.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for EngineConfig {
@@ -250,6 +264,7 @@ impl Default for EngineConfig {
             accept_backoff_ms: 100,
             shutdown_grace_ms: 5000,
             tcp_nodelay: true,
+            max_connections_per_ip: usize::MAX,
         }
     }
 }
@@ -257,6 +272,9 @@ impl Default for EngineConfig {
 impl EngineConfig {
     fn validate(&self) -> Result<(), EngineError> {
         let bad = |what: &'static str| Err(EngineError::Config(what));
+        if self.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip must be positive");
+        }
         if self.max_connections == 0 || self.max_connections > (u32::MAX as usize) {
             return bad("max_connections must be between 1 and u32::MAX");
         }
@@ -317,6 +335,8 @@ counters! {
     refused_limit,
     /// Incoming connections the app refused.
     refused_app,
+    /// Incoming connections closed at once because their peer address had too many open.
+    refused_per_ip,
     /// Incoming connections closed at once because the shard was shutting down.
     refused_shutdown,
     /// Accept failures other than a peer aborting before the accept.
@@ -411,6 +431,8 @@ pub enum EngineError {
     },
     /// A shard thread panicked.
     ShardPanicked(usize),
+    /// Another socket already listens on the address; the message names its holder.
+    AddressInUse(String),
 }
 
 impl fmt::Display for EngineError {
@@ -429,6 +451,7 @@ impl fmt::Display for EngineError {
                 error,
             } => write!(f, "{what}: {error}"),
             EngineError::ShardPanicked(shard) => write!(f, "shard {shard} panicked"),
+            EngineError::AddressInUse(what) => f.write_str(what),
         }
     }
 }
@@ -450,6 +473,7 @@ pub(crate) struct ShardSetup {
     pub(crate) eventfd: Arc<OwnedFd>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) peers: Arc<PeerLimiter>,
 }
 
 struct ShardHandle {
@@ -462,6 +486,8 @@ struct ShardHandle {
 /// The running engine. Dropping it shuts the shards down too (errors are then lost; call
 /// [`EngineHandle::shutdown`] to see them).
 pub struct EngineHandle {
+    /// Holds the listen address against another lior process (see `host::claim_address`).
+    _claim: Option<std::os::unix::net::UnixListener>,
     local_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     shards: Vec<ShardHandle>,
@@ -586,7 +612,14 @@ impl Engine {
         // the port chosen for port 0 is shared by every shard.
         let mut listeners = Vec::with_capacity(cores.len());
         let mut local_addr = None;
+        let mut claim = None;
         if let Some(mut addr) = config.listen_addr {
+            // SO_REUSEPORT would also let another process (of the same user) share the port
+            // and take a share of the connections: refuse to start beside one.
+            if addr.port() != 0 {
+                claim = Some(super::host::claim_address(addr).map_err(EngineError::AddressInUse)?);
+            }
+            super::host::ensure_no_listener(addr, "listen").map_err(EngineError::AddressInUse)?;
             for _ in &cores {
                 let fd =
                     sockets::listen_reuseport(addr, config.listen_backlog).map_err(|error| {
@@ -605,9 +638,11 @@ impl Engine {
         }
 
         let stop = Arc::new(AtomicBool::new(false));
+        let peers = PeerLimiter::new(config.max_connections_per_ip);
         let factory = Arc::new(app_factory);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), EngineError>)>();
         let mut handle = EngineHandle {
+            _claim: claim,
             local_addr,
             stop: Arc::clone(&stop),
             shards: Vec::with_capacity(cores.len()),
@@ -626,6 +661,7 @@ impl Engine {
                 eventfd: Arc::clone(&eventfd),
                 stop: Arc::clone(&stop),
                 counters: Arc::clone(&counters),
+                peers: Arc::clone(&peers),
             };
             let factory = Arc::clone(&factory);
             let ready = ready_tx.clone();

@@ -10,6 +10,7 @@
 //! reused while an operation may still name it.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use slab::Slab;
 
+use super::admission::PeerLimiter;
 use super::buffers::{RecvBufRing, SparePool};
 use super::net::{
     App, CloseReason, ConnId, Counters, EngineConfig, EngineError, Errno, ShardSetup,
@@ -107,6 +109,8 @@ struct Slot<C> {
     touched: bool,
     /// The address an in-flight connect reads; boxed so it stays put until the completion.
     connect_addr: Option<Box<RawSockAddr>>,
+    /// The peer address counted in the shared per-IP table (incoming connections only).
+    counted_ip: Option<IpAddr>,
 }
 
 impl<C> Slot<C> {
@@ -125,6 +129,7 @@ impl<C> Slot<C> {
             deadline_ms: None,
             touched: false,
             connect_addr: None,
+            counted_ip: None,
         }
     }
 }
@@ -140,6 +145,8 @@ pub(crate) struct Shard<A: App> {
     spares: SparePool,
     timers: TimerHeap,
     counters: Arc<Counters>,
+    /// Open incoming connections per peer address, shared by every shard.
+    peers: Arc<PeerLimiter>,
     stop: Arc<AtomicBool>,
     listener: Option<OwnedFd>,
     accept_armed: bool,
@@ -178,6 +185,7 @@ impl<A: App> Shard<A> {
             eventfd,
             stop,
             counters,
+            peers,
         } = setup;
         let shard = Some(index);
         let entries = config.ring_entries;
@@ -222,6 +230,7 @@ impl<A: App> Shard<A> {
             ),
             timers: TimerHeap::new(2 * config.max_connections + 16),
             counters,
+            peers,
             stop,
             listener,
             accept_armed: false,
@@ -258,6 +267,7 @@ impl<A: App> Shard<A> {
                 self.poll_connects()?;
             }
             self.poll_ready();
+            self.poll_closes()?;
             self.service_touched()?;
             self.rearm_recvs()?;
 
@@ -512,6 +522,14 @@ impl<A: App> Shard<A> {
                 // Out of descriptors or memory: accepting again at once would spin, so pause.
                 libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS => {
                     Counters::bump(&self.counters.accept_errors, 1);
+                    if crate::ratelog::REFUSED.allow() {
+                        tracing::warn!(
+                            shard = self.index,
+                            errno = %Errno(-result),
+                            pause_ms = self.config.accept_backoff_ms,
+                            "out of descriptors or memory; accepting paused (see the descriptor budget and RLIMIT_NOFILE)"
+                        );
+                    }
                     self.accept_paused_until_ms = Some(self.now_ms + self.config.accept_backoff_ms);
                 }
                 errno => {
@@ -529,10 +547,6 @@ impl<A: App> Shard<A> {
             Counters::bump(&self.counters.refused_shutdown, 1);
             return Ok(());
         }
-        if self.slab.len() >= self.config.max_connections {
-            Counters::bump(&self.counters.refused_limit, 1);
-            return Ok(());
-        }
         let peer = match sockets::peer_addr(fd.as_raw_fd()) {
             Ok(peer) => peer,
             Err(_) => {
@@ -541,6 +555,32 @@ impl<A: App> Shard<A> {
                 return Ok(());
             }
         };
+        if self.slab.len() >= self.config.max_connections {
+            Counters::bump(&self.counters.refused_limit, 1);
+            if crate::ratelog::REFUSED.allow() {
+                tracing::warn!(
+                    shard = self.index,
+                    %peer,
+                    limit = self.config.max_connections,
+                    refused = self.counters.refused_limit.load(Ordering::Relaxed),
+                    "connection table full; closing a new connection (limits.connections_per_shard_max and the descriptor budget)"
+                );
+            }
+            return Ok(());
+        }
+        if !self.peers.try_add(peer.ip()) {
+            Counters::bump(&self.counters.refused_per_ip, 1);
+            if crate::ratelog::REFUSED.allow() {
+                tracing::warn!(
+                    shard = self.index,
+                    %peer,
+                    limit = self.peers.max(),
+                    refused = self.counters.refused_per_ip.load(Ordering::Relaxed),
+                    "too many connections from one address; closing a new one (limits.connections_per_ip_max)"
+                );
+            }
+            return Ok(());
+        }
         let generation = self.next_generation();
         let entry = self.slab.vacant_entry();
         let key = entry.key();
@@ -549,6 +589,7 @@ impl<A: App> Shard<A> {
             generation,
         };
         let Some(conn) = self.app.accept(self.now_ms, id, peer) else {
+            self.peers.remove(peer.ip());
             Counters::bump(&self.counters.refused_app, 1);
             return Ok(());
         };
@@ -556,7 +597,9 @@ impl<A: App> Shard<A> {
             // Failing to set an option on a live socket only costs latency; not worth a close.
             let _ = sockets::set_nodelay(fd.as_raw_fd());
         }
-        entry.insert(Slot::new(fd, generation, SlotState::Open, conn));
+        let mut slot = Slot::new(fd, generation, SlotState::Open, conn);
+        slot.counted_ip = Some(peer.ip());
+        entry.insert(slot);
         Counters::bump(&self.counters.accepted, 1);
         self.arm_recv(key)?;
         self.touch(key);
@@ -628,7 +671,11 @@ impl<A: App> Shard<A> {
                 }
             }
         }
-        let slot = &self.slab[key];
+        self.poll_closes()?;
+        // The app may have named this very connection in `poll_close`; it may be gone.
+        let Some(slot) = self.slab.get(key) else {
+            return Ok(());
+        };
         if let Some(reason) = close {
             self.begin_close(key, reason, false)?;
         } else if slot.state == SlotState::Open {
@@ -803,6 +850,20 @@ impl<A: App> Shard<A> {
             }
         }
         self.more_work = true;
+    }
+
+    /// Closes the connections the app names in [`App::poll_close`].
+    fn poll_closes(&mut self) -> Result<(), EngineError> {
+        for _ in 0..self.config.max_connections {
+            let Some((id, error)) = self.app.poll_close() else {
+                return Ok(());
+            };
+            let key = id.slot as usize;
+            if matches!(self.slab.get(key), Some(slot) if slot.generation == id.generation) {
+                self.begin_close(key, CloseReason::App(error), false)?;
+            }
+        }
+        Ok(())
     }
 
     fn touch(&mut self, key: usize) {
@@ -1047,6 +1108,9 @@ impl<A: App> Shard<A> {
             self.spares.put(transmit.buf);
         }
         self.counters.count_close(slot.close_reason);
+        if let Some(ip) = slot.counted_ip {
+            self.peers.remove(ip);
+        }
         drop(slot.fd);
         if let Some(conn) = slot.conn {
             self.app.on_closed(self.now_ms, conn, slot.close_reason);

@@ -143,6 +143,17 @@ pub(crate) fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<Own
     Ok(fd)
 }
 
+/// Binds (and closes) a socket on `addr` with `SO_REUSEADDR` but without `SO_REUSEPORT`: it
+/// fails with EADDRINUSE when any other socket is bound or listening there, even one that set
+/// `SO_REUSEPORT` itself (see `host::ensure_no_listener`).
+pub(crate) fn probe_bind(addr: SocketAddr) -> io::Result<()> {
+    let fd = tcp_socket(&addr)?;
+    set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let raw = RawSockAddr::from_socket_addr(addr);
+    // SAFETY: `raw` is a valid sockaddr of `raw.len` bytes living on this frame for the call.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), raw.as_ptr(), raw.len) }).map(drop)
+}
+
 /// The address a socket is bound to.
 pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     name_of(fd, false)

@@ -155,6 +155,7 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let api_cap = broker.config.limits.api_connections_max;
     let ctx = Arc::new(Ctx { broker, metrics });
     let thread = std::thread::Builder::new()
         .name("lior-api".into())
@@ -192,7 +193,7 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/metrics", get(metrics_route::<S>))
                     .layer(DefaultBodyLimit::max(SEND_REQUEST_BYTES_MAX))
                     .with_state(ctx);
-                let r = axum::serve(listener, app)
+                let r = axum::serve(super::CappedListener::new(listener, api_cap, "API"), app)
                     .with_graceful_shutdown(async {
                         let _ = rx.await;
                     })

@@ -11,17 +11,22 @@
 //! Not yet: delivery, commitment and stream receipts (the sender keeps resending a stream
 //! message it gets no receipt for; lior's exactly-once check drops the copies).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use http_body_util::BodyExt;
 use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader as XmlReader;
+use tokio::sync::{Notify, Semaphore};
 
+use crate::engine::admission::PeerLimiter;
 use crate::qm::broker::{Broker, Verdict};
 use crate::store::{QueueStore, Ticket};
 use crate::wire::headers::{MessageClass, TransactionHeader, TxFlags};
@@ -34,6 +39,12 @@ pub const SRMP_BODY_BYTES_MAX: usize = (4 << 20) + (64 << 10);
 pub const SRMP_ENVELOPE_BYTES_MAX: usize = 64 << 10;
 /// MIME parts looked at, at most.
 pub const SRMP_PARTS_MAX: usize = 8;
+/// Longest MIME boundary taken (RFC 2046 allows 70 characters).
+pub const SRMP_BOUNDARY_LEN_MAX: usize = 200;
+/// Largest request head (request line and headers).
+pub const SRMP_HEAD_BYTES_MAX: usize = 64 << 10;
+/// How long shutdown waits for open SRMP requests to finish.
+pub const SRMP_SHUTDOWN_GRACE_MS: u64 = 2_000;
 
 /// The message an SRMP post carries, read from its envelope and body part.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -94,14 +105,14 @@ fn boundary_of(content_type: &str) -> Option<String> {
     })
 }
 
+/// The first `needle` in `hay` at or after `from`, in time linear in `hay.len() - from` whatever
+/// the needle (two-way search with SIMD prefilters, `memchr::memmem`): a hostile boundary of
+/// hundreds of KB cannot make the split quadratic.
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || from >= hay.len() {
         return None;
     }
-    hay[from..]
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+    memchr::memmem::find(&hay[from..], needle).map(|p| p + from)
 }
 
 /// One MIME part: its headers (lower-case names) and its content.
@@ -294,6 +305,13 @@ pub fn parse_srmp(content_type: &str, body: &[u8]) -> Result<SrmpMessage, String
         ));
     }
     let boundary = boundary_of(content_type).ok_or("Content-Type names no boundary")?;
+    if boundary.is_empty() || boundary.len() > SRMP_BOUNDARY_LEN_MAX {
+        return Err(format!(
+            "MIME boundary of {} bytes; RFC 2046 allows 1 to 70 (lior takes up to \
+             {SRMP_BOUNDARY_LEN_MAX})",
+            boundary.len()
+        ));
+    }
     let parts = split_parts(body, &boundary)?;
     let envelope = parts.first().ok_or("no SOAP envelope part")?;
     let mut m = SrmpMessage {
@@ -462,6 +480,250 @@ pub fn accept<S: QueueStore>(
     (StatusCode::OK, String::new())
 }
 
+/// The bounds of the SRMP endpoint (from `[limits]` and the descriptor budget).
+#[derive(Clone, Debug)]
+pub struct SrmpLimits {
+    /// Connections open at once; past it new ones are closed at once.
+    pub connections_max: usize,
+    /// Connections one peer address may hold open.
+    pub connections_per_ip_max: usize,
+    /// A request's head must arrive within this time.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this time of its head.
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held at once over every connection.
+    pub body_bytes_in_flight_max: usize,
+}
+
+impl SrmpLimits {
+    pub fn from_config(l: &crate::config::Limits, fd_share: usize) -> Self {
+        SrmpLimits {
+            connections_max: l.srmp_connections_max.min(fd_share).max(1),
+            connections_per_ip_max: l.connections_per_ip_max,
+            header_timeout: Duration::from_millis(l.srmp_header_timeout_ms),
+            body_timeout: Duration::from_millis(l.srmp_body_timeout_ms),
+            body_bytes_in_flight_max: l.srmp_body_bytes_in_flight_max.max(SRMP_BODY_BYTES_MAX),
+        }
+    }
+}
+
+impl Default for SrmpLimits {
+    fn default() -> Self {
+        SrmpLimits::from_config(&crate::config::Limits::default(), usize::MAX)
+    }
+}
+
+/// The memory of unfinished request bodies, shared by every connection. A body reserves what
+/// it allocates before allocating it; when the total would pass the bound, the oldest other
+/// unfinished bodies are dropped first (their requests answered 503), so a flood of slow bodies
+/// can hold at most `max` bytes and cannot starve a newcomer.
+#[derive(Debug)]
+pub struct BodyBudget {
+    max: usize,
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    used: usize,
+    next_id: u64,
+    /// Unfinished bodies by age (ids only grow): bytes held and the signal that drops them.
+    holders: BTreeMap<u64, (usize, Arc<BodyDrop>)>,
+    dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct BodyDrop {
+    dropped: AtomicBool,
+    notify: Notify,
+}
+
+impl BodyBudget {
+    pub fn new(max: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            max,
+            state: Mutex::new(BudgetState::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.state().used
+    }
+
+    /// Bodies dropped to make room so far.
+    pub fn dropped(&self) -> u64 {
+        self.state().dropped
+    }
+
+    fn register(self: &Arc<Self>) -> BodyTicket {
+        let mut s = self.state();
+        let id = s.next_id;
+        s.next_id += 1;
+        let signal = Arc::new(BodyDrop::default());
+        s.holders.insert(id, (0, Arc::clone(&signal)));
+        BodyTicket {
+            budget: Arc::clone(self),
+            id,
+            signal,
+        }
+    }
+
+    /// Reserves `n` more bytes for body `id`, dropping the oldest other bodies while the total
+    /// would pass the bound. False when even that cannot make room (never for one body of at
+    /// most `max`), or when `id` itself was dropped meanwhile.
+    fn reserve(&self, id: u64, n: usize) -> bool {
+        let mut s = self.state();
+        let Some(&(own, _)) = s.holders.get(&id) else {
+            return false;
+        };
+        if own + n > self.max {
+            // Dropping every other body would not make room: drop none.
+            return false;
+        }
+        while s.used + n > self.max {
+            // The oldest other body that holds memory (ids grow with age).
+            let Some(victim) = s
+                .holders
+                .iter()
+                .find(|(k, (bytes, _))| **k != id && *bytes > 0)
+                .map(|(k, _)| *k)
+            else {
+                return false;
+            };
+            if let Some((bytes, signal)) = s.holders.remove(&victim) {
+                s.used -= bytes;
+                s.dropped += 1;
+                signal.dropped.store(true, Ordering::SeqCst);
+                signal.notify.notify_one();
+                if crate::ratelog::SRMP.allow() {
+                    tracing::warn!(
+                        freed = bytes,
+                        limit = self.max,
+                        "SRMP body memory full (limits.srmp_body_bytes_in_flight_max); dropping \
+                         the oldest unfinished request body"
+                    );
+                }
+            }
+        }
+        s.used += n;
+        if let Some(h) = s.holders.get_mut(&id) {
+            h.0 += n;
+        }
+        true
+    }
+
+    fn release(&self, id: u64) {
+        let mut s = self.state();
+        if let Some((bytes, _)) = s.holders.remove(&id) {
+            s.used -= bytes;
+        }
+    }
+}
+
+/// One unfinished body's share of the budget; dropping it gives the bytes back.
+struct BodyTicket {
+    budget: Arc<BodyBudget>,
+    id: u64,
+    signal: Arc<BodyDrop>,
+}
+
+impl BodyTicket {
+    async fn dropped(&self) {
+        loop {
+            let notified = self.signal.notify.notified();
+            if self.signal.dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for BodyTicket {
+    fn drop(&mut self) {
+        self.budget.release(self.id);
+    }
+}
+
+/// Reads a request body into memory under the budget: at most [`SRMP_BODY_BYTES_MAX`] bytes,
+/// every chunk reserved before it is kept, within `timeout`. The chunks are hyper's own buffers
+/// (no copy, no growing allocation); they are joined once, into one allocation of the exact
+/// size, when the body is complete. The SRMP thread handles one finished body at a time, so the
+/// join adds at most one body to the bound.
+async fn read_body(
+    body: axum::body::Body,
+    budget: &Arc<BodyBudget>,
+    timeout: Duration,
+) -> Result<Vec<u8>, (StatusCode, String)> {
+    let ticket = budget.register();
+    let read = async {
+        let mut body = body;
+        let mut chunks: Vec<axum::body::Bytes> = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let frame = tokio::select! {
+                _ = ticket.dropped() => {
+                    return Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the SRMP body memory is full and this request was the oldest; retry"
+                            .to_string(),
+                    ));
+                }
+                f = body.frame() => f,
+            };
+            let Some(frame) = frame else {
+                break;
+            };
+            let frame = frame.map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            len += data.len();
+            if len > SRMP_BODY_BYTES_MAX {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {SRMP_BODY_BYTES_MAX} bytes"),
+                ));
+            }
+            if !budget.reserve(ticket.id, data.len()) {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the SRMP body memory is full; retry".to_string(),
+                ));
+            }
+            chunks.push(data);
+        }
+        let mut whole = Vec::with_capacity(len);
+        for c in chunks {
+            whole.extend_from_slice(&c);
+        }
+        Ok(whole)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (limits.srmp_body_timeout_ms)",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 /// A running SRMP endpoint.
 pub struct SrmpHandle {
     pub local_addr: SocketAddr,
@@ -480,37 +742,73 @@ impl SrmpHandle {
     }
 }
 
+struct Ctx<S> {
+    broker: Arc<Broker<S>>,
+    budget: Arc<BodyBudget>,
+    body_timeout: Duration,
+}
+
 async fn post<S: QueueStore + Send + 'static>(
-    State(b): State<Arc<Broker<S>>>,
+    State(ctx): State<Arc<Ctx<S>>>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let Some(path) = queue_path(uri.path()) else {
         return (StatusCode::NOT_FOUND, "not an MSMQ queue path\n").into_response();
+    };
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > SRMP_BODY_BYTES_MAX) {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {SRMP_BODY_BYTES_MAX} bytes\n"),
+        )
+            .into_response();
+    }
+    let body = match read_body(body, &ctx.budget, ctx.body_timeout).await {
+        Ok(b) => b,
+        Err((status, why)) => {
+            if crate::ratelog::SRMP.allow() {
+                tracing::warn!(%path, %status, %why, "SRMP request body not read");
+            }
+            return (status, format!("{why}\n")).into_response();
+        }
     };
     let ct = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let m = match parse_srmp(ct, &body) {
+    let parsed = parse_srmp(ct, &body);
+    drop(body);
+    let m = match parsed {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(%path, error = %e, "malformed SRMP message");
+            if crate::ratelog::SRMP.allow() {
+                tracing::warn!(%path, error = %e, "malformed SRMP message");
+            }
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    let (status, why) = accept(&b, &path, &m);
-    if status != StatusCode::OK {
+    let (status, why) = accept(&ctx.broker, &path, &m);
+    if status != StatusCode::OK && crate::ratelog::SRMP.allow() {
         tracing::warn!(%path, %status, %why, "SRMP message refused");
     }
     (status, why).into_response()
 }
 
 /// Starts the SRMP endpoint on `addr` on its own thread.
+///
+/// Each connection is served by hyper's HTTP/1.1 with a header time-out (an idle or slow
+/// connection is closed), a bounded head, and the body read under the shared [`BodyBudget`].
+/// Connections past `connections_max`, or past `connections_per_ip_max` from one address, are
+/// closed as soon as they are accepted, with a rate-limited log line.
 pub fn serve_srmp<S: QueueStore + Send + 'static>(
     addr: SocketAddr,
     broker: Arc<Broker<S>>,
+    limits: SrmpLimits,
 ) -> std::io::Result<SrmpHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -531,18 +829,15 @@ pub fn serve_srmp<S: QueueStore + Send + 'static>(
                     tracing::error!("cannot use the SRMP socket");
                     return;
                 };
+                let ctx = Arc::new(Ctx {
+                    broker,
+                    budget: BodyBudget::new(limits.body_bytes_in_flight_max),
+                    body_timeout: limits.body_timeout,
+                });
                 let app = Router::new()
                     .fallback(axum::routing::post(post::<S>))
-                    .layer(axum::extract::DefaultBodyLimit::max(SRMP_BODY_BYTES_MAX))
-                    .with_state(broker);
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "SRMP endpoint stopped");
-                }
+                    .with_state(ctx);
+                run_srmp(listener, app, limits, rx).await;
             });
         })?;
     Ok(SrmpHandle {
@@ -552,9 +847,96 @@ pub fn serve_srmp<S: QueueStore + Send + 'static>(
     })
 }
 
+async fn run_srmp(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: SrmpLimits,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let peers = PeerLimiter::new(limits.connections_per_ip_max);
+    let mut refused: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors (EMFILE) or a transient error: pause instead of spinning.
+                if crate::ratelog::REFUSED.allow() {
+                    tracing::warn!(error = %e, "SRMP accept failed; pausing 100 ms");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refused += 1;
+            if crate::ratelog::REFUSED.allow() {
+                tracing::warn!(%peer, limit = limits.connections_max, refused, "SRMP connections full (limits.srmp_connections_max and the descriptor budget); closing a new one");
+            }
+            continue;
+        };
+        let Some(guard) = peers.admit(peer.ip()) else {
+            refused += 1;
+            if crate::ratelog::REFUSED.allow() {
+                tracing::warn!(%peer, limit = limits.connections_per_ip_max, refused, "too many SRMP connections from one address (limits.connections_per_ip_max); closing a new one");
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let header_timeout = limits.header_timeout;
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(SRMP_HEAD_BYTES_MAX)
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(error) = conn.await {
+                if error.is_timeout() && crate::ratelog::SRMP.allow() {
+                    // Also an idle kept-alive connection: information, not a warning.
+                    tracing::info!(%peer, %error, "no SRMP request head within limits.srmp_header_timeout_ms; closed an idle or slow connection");
+                }
+            }
+            drop(guard);
+            drop(slot);
+        });
+    }
+    // Let open requests finish (their messages may be committing), briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(SRMP_SHUTDOWN_GRACE_MS);
+    while slots.available_permits() < limits.connections_max
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_budget_drops_the_oldest_holder_first() {
+        let b = BodyBudget::new(100);
+        let (t1, t2, t3) = (b.register(), b.register(), b.register());
+        assert!(b.reserve(t1.id, 40) && b.reserve(t2.id, 40));
+        // t3 needs 30: the oldest (t1) goes, t2 stays.
+        assert!(b.reserve(t3.id, 30));
+        assert!(t1.signal.dropped.load(Ordering::SeqCst));
+        assert!(!t2.signal.dropped.load(Ordering::SeqCst));
+        assert_eq!(b.used(), 70);
+        assert!(!b.reserve(t1.id, 1), "a dropped body gets nothing more");
+        // One body alone never exceeds the bound.
+        assert!(!b.reserve(t3.id, 200));
+        assert!(!t2.signal.dropped.load(Ordering::SeqCst));
+        drop((t2, t3));
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.dropped(), 1);
+    }
 
     /// MC-MQSRM 4.1, with the line breaks of the published example (none before boundaries).
     pub const EXAMPLE_4_1: &str = "--MSMQ - SOAP boundary, 53287\r\nContent-Type: text/xml; charset=UTF-8\r\nContent-Length: 619\r\n\r\n<se:Envelope xmlns:se=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns=\"http://schemas.xmlsoap.org/srmp/\"><se:Header><path xmlns=\"http://schemas.xmlsoap.org/rp/\" se:mustUnderstand=\"1\"><action>MSMQ:mqsender label</action><to>http://machine2/msmq/private$/simpleq</to><id>uuid:1@00000000-0000-0000-0000-000000000000</id></path><properties se:mustUnderstand=\"1\"><expiresAt>20070609T164419</expiresAt><sentAt>20070608T164419</sentAt></properties></se:Header><se:Body></se:Body></se:Envelope>--MSMQ - SOAP boundary, 53287\r\nContent-Type: application/octet-stream\r\nContent-Length: 13\r\nContent-Id: body@ff3af301-3196-497a-a918-72147c871a13\r\n\r\nFirst Message--MSMQ - SOAP boundary, 53287--";

@@ -799,14 +799,18 @@ impl<S: QueueStore> Broker<S> {
         let acks = msg.properties.flags;
         let admin_ack = (acks.negative_arrival()).then_some(class);
         let has_admin_queue = msg.user.admin.code() != 0;
-        tracing::warn!(
-            source = %msg.user.source_queue_manager,
-            id = msg.user.message_id,
-            nack = ?class,
-            nack_requested = acks.negative_arrival(),
-            admin_queue = has_admin_queue,
-            "undeliverable message moved to the dead-letter queue: {why}"
-        );
+        // One line per message would let a sender fill the disk with log: rate-limited, with
+        // a summary of what was left out (the dead_lettered counter has every one).
+        if crate::ratelog::DEAD_LETTER.allow() {
+            tracing::warn!(
+                source = %msg.user.source_queue_manager,
+                id = msg.user.message_id,
+                nack = ?class,
+                nack_requested = acks.negative_arrival(),
+                admin_queue = has_admin_queue,
+                "undeliverable message moved to the dead-letter queue: {why}"
+            );
+        }
         match self.store(part, dlq, frame, msg) {
             Ok(ticket) => {
                 bump(&self.counters.dead_lettered);
