@@ -854,7 +854,10 @@ impl<D: Disk> Store<D> {
                     let (seq, new_seg, new_off, space2) =
                         match self.stage_message(queue, Some(lookup), &meta, &payload) {
                             Ok(x) => x,
-                            Err(StoreError::BatchFull) => break,
+                            // Compaction is optional work: a full batch waits for the next
+                            // call, and a full disk must not fail the caller's commit (that
+                            // wedged a shard's acks after disk-full until a restart).
+                            Err(StoreError::BatchFull) | Err(StoreError::DiskFull) => break,
                             Err(e) => return Err(e),
                         };
                     self.moves.push_back(Move {
