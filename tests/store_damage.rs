@@ -367,3 +367,22 @@ fn clean_stop_with_recycled_segments_restarts_with_bounded_work() {
         report.crc_bytes
     );
 }
+
+/// A stop request (what `lior serve` asks on SIGTERM/SIGINT) abandons recovery with
+/// `Interrupted` and changes nothing; the next start recovers everything.
+#[test]
+fn recovery_stops_when_asked_and_changes_nothing() {
+    let (disk, all) = build_sim();
+    let mut asked = 0;
+    let err = Store::open_until(disk, sim_cfg(), &mut || {
+        asked += 1;
+        asked > 2
+    })
+    .err()
+    .unwrap();
+    assert_eq!(err, StoreError::Interrupted);
+    assert!(err.to_string().contains("stopped by a signal"));
+    let (disk, _) = build_sim();
+    let (s, _) = Store::open_until(disk, sim_cfg(), &mut || false).unwrap();
+    assert!(contents(&s) == all);
+}
