@@ -313,8 +313,7 @@ fn script<S: QueueStore>(s: &mut S, seed: u64) -> Vec<String> {
                 s.flush().unwrap();
                 // A full batch may have been submitted mid-turn: wait until all is durable.
                 let mut d = s.poll_durable(true);
-                while s.stats().pending_bytes > 0 || held.iter().any(|r| !s.is_durable(r.ticket))
-                {
+                while s.stats().pending_bytes > 0 || held.iter().any(|r| !s.is_durable(r.ticket)) {
                     s.flush().unwrap();
                     d = s.poll_durable(true);
                 }

@@ -88,10 +88,14 @@ fn many_large_messages_in_one_turn_commit_sim() {
 fn many_large_messages_in_one_turn_commit_files() {
     let cfg = big_cfg();
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(UringDisk::open(dir.path()).unwrap(), cfg).unwrap().0;
+    let mut s = Store::open(UringDisk::open(dir.path()).unwrap(), cfg)
+        .unwrap()
+        .0;
     let sent = large_messages(&mut s, &cfg);
     drop(s);
-    let s = Store::open(UringDisk::open(dir.path()).unwrap(), cfg).unwrap().0;
+    let s = Store::open(UringDisk::open(dir.path()).unwrap(), cfg)
+        .unwrap()
+        .0;
     assert_eq!(present(&s), sent);
 }
 

@@ -58,7 +58,10 @@ fn data_dir(dir: &Path) -> usize {
     drop(s);
     // Find message 30 (the records are 8-aligned; its payload is 500 bytes of 30).
     let data = std::fs::read(p0.join(segment_file_name(1))).unwrap();
-    let at = data.windows(500).position(|w| w.iter().all(|&b| b == 30)).unwrap();
+    let at = data
+        .windows(500)
+        .position(|w| w.iter().all(|&b| b == 30))
+        .unwrap();
     at - 56
 }
 
@@ -115,7 +118,11 @@ fn check_and_salvage_a_real_data_dir() {
         "{err}"
     );
     assert!(err.contains("lior store salvage"), "{err}");
-    assert_eq!(std::fs::read(&seg).unwrap(), data, "start-up changed the log");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        data,
+        "start-up changed the log"
+    );
 
     // Salvage: the damaged file is copied aside, every other record kept.
     let out = lior().args(["store", "salvage"]).arg(dir).output().unwrap();

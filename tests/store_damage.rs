@@ -96,7 +96,12 @@ fn contents<S: QueueStore>(s: &S) -> Vec<(u64, Vec<u8>)> {
 
 /// Salvage keeps every message but the damaged one; a damaged removal brings its message back
 /// (delivered twice rather than lost: salvage cannot know it was removed).
-fn assert_kept(got: &[(u64, Vec<u8>)], all: &[(u64, Vec<u8>)], rec: &(u64, usize, usize, Kind, u64), i: usize) {
+fn assert_kept(
+    got: &[(u64, Vec<u8>)],
+    all: &[(u64, Vec<u8>)],
+    rec: &(u64, usize, usize, Kind, u64),
+    i: usize,
+) {
     let lost: Vec<u64> = all
         .iter()
         .filter(|m| !got.contains(m))
@@ -108,11 +113,17 @@ fn assert_kept(got: &[(u64, Vec<u8>)], all: &[(u64, Vec<u8>)], rec: &(u64, usize
         .map(|m| m.0)
         .collect();
     match rec.3 {
-        Kind::Message => assert!(lost.iter().all(|&l| l == rec.4), "record {i} {rec:?}: lost {lost:?}"),
+        Kind::Message => assert!(
+            lost.iter().all(|&l| l == rec.4),
+            "record {i} {rec:?}: lost {lost:?}"
+        ),
         _ => assert!(lost.is_empty(), "record {i} {rec:?}: lost {lost:?}"),
     }
     match rec.3 {
-        Kind::Remove => assert!(extra.iter().all(|&l| l == rec.4), "record {i}: extra {extra:?}"),
+        Kind::Remove => assert!(
+            extra.iter().all(|&l| l == rec.4),
+            "record {i}: extra {extra:?}"
+        ),
         _ => assert!(extra.is_empty(), "record {i} {rec:?}: extra {extra:?}"),
     }
 }
@@ -168,7 +179,11 @@ fn a_flipped_byte_in_any_record_loses_no_other_record_sim() {
             Err(StoreError::Corrupt {
                 segment, offset, ..
             }) => {
-                assert_eq!((segment, offset), (rec.0, rec.1 as u64), "record {i} {rec:?}");
+                assert_eq!(
+                    (segment, offset),
+                    (rec.0, rec.1 as u64),
+                    "record {i} {rec:?}"
+                );
             }
             Ok((s, _)) => {
                 // Only the idle commit marker ending the log may read as a torn tail: it
@@ -205,7 +220,9 @@ fn a_flipped_byte_in_any_record_loses_no_other_record_sim() {
         settle(&mut s);
         let s = Store::open(s.into_disk(), sim_cfg()).unwrap().0;
         assert_eq!(
-            s.peek(QueueId(1), Select::Lookup(a.lookup_id)).unwrap().bytes,
+            s.peek(QueueId(1), Select::Lookup(a.lookup_id))
+                .unwrap()
+                .bytes,
             &payload(9999)[..]
         );
     }
@@ -265,7 +282,11 @@ fn a_flipped_byte_in_any_record_loses_no_other_record_files() {
                 segment, offset, ..
             }) => assert_eq!((segment, offset), (rec.0, rec.1 as u64), "record {i}"),
             Ok(s) => {
-                assert_eq!(i, recs.len() - 1, "record {i} {rec:?}: damage taken for torn");
+                assert_eq!(
+                    i,
+                    recs.len() - 1,
+                    "record {i} {rec:?}: damage taken for torn"
+                );
                 assert!(contents(&s) == all, "record {i}: contents differ");
                 continue;
             }
@@ -275,7 +296,9 @@ fn a_flipped_byte_in_any_record_loses_no_other_record_files() {
         assert!(report.damaged(), "record {i}: check missed it");
         let done = check::salvage(&dir).unwrap();
         assert_eq!(done.len(), 1);
-        assert!(done[0].copies[0].to_string_lossy().ends_with(".log.damaged"));
+        assert!(done[0].copies[0]
+            .to_string_lossy()
+            .ends_with(".log.damaged"));
         assert_eq!(done[0].skipped[0].0, rec.0);
         let s = open_file(&dir, file_cfg())
             .unwrap_or_else(|e| panic!("record {i}: start after salvage: {e}"));
@@ -354,11 +377,20 @@ fn clean_stop_with_recycled_segments_restarts_with_bounded_work() {
         .sum();
     let last = layout.partitions[0].segments.last().unwrap();
     let tail = std::fs::read(tmp.path().join(lior::store::segment_file_name(last.base))).unwrap();
-    let stale = tail[last.end as usize..].iter().filter(|&&b| b != 0).count();
-    assert!(stale > 256 << 10, "the tail segment is a recycled file: {stale} stale bytes");
+    let stale = tail[last.end as usize..]
+        .iter()
+        .filter(|&&b| b != 0)
+        .count();
+    assert!(
+        stale > 256 << 10,
+        "the tail segment is a recycled file: {stale} stale bytes"
+    );
     let (s, report) = Store::open(UringDisk::open(tmp.path()).unwrap(), cfg).unwrap();
     assert_eq!(s.stats().messages, live);
-    assert_eq!(report.cut_bytes, 0, "a cleanly stopped store has no torn tail");
+    assert_eq!(
+        report.cut_bytes, 0,
+        "a cleanly stopped store has no torn tail"
+    );
     // Work is bounded by the log, not the stale bytes: only the records replayed are
     // checksummed (stale data costs comparisons, never a crc).
     assert!(

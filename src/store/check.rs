@@ -87,7 +87,10 @@ impl CheckReport {
                     holes += 1;
                     bad_bytes += h.len as u64;
                     let then = match h.next_seq {
-                        Some(seq) => format!("valid records continue at offset {} (seq {seq})", h.offset + h.len),
+                        Some(seq) => format!(
+                            "valid records continue at offset {} (seq {seq})",
+                            h.offset + h.len
+                        ),
                         None => "up to the segment's end (its seal is lost)".to_string(),
                     };
                     out.push_str(&format!(
@@ -232,8 +235,15 @@ pub fn check_partition(dir: &Path) -> Result<PartitionCheck, String> {
             ));
             damaged_note = true;
         }
-        let s = scan::scan_segment(&data, base, prev_seq, next_base, &mut || false, &mut |_, _| {})
-            .map_err(|_| "stopped".to_string())?;
+        let s = scan::scan_segment(
+            &data,
+            base,
+            prev_seq,
+            next_base,
+            &mut || false,
+            &mut |_, _| {},
+        )
+        .map_err(|_| "stopped".to_string())?;
         if let Some(v) = s.old_format {
             notes.push(format!(
                 "written in record format {v}; this lior reads format {}",
@@ -323,12 +333,13 @@ pub fn salvage(dir: &Path) -> Result<Vec<Salvaged>, String> {
             let mut to = p.dir.join(format!("{}.damaged", segment_file_name(s.base)));
             let mut n = 1;
             while to.exists() {
-                to = p.dir.join(format!("{}.damaged.{n}", segment_file_name(s.base)));
+                to = p
+                    .dir
+                    .join(format!("{}.damaged.{n}", segment_file_name(s.base)));
                 n += 1;
             }
-            std::fs::copy(&from, &to).map_err(|e| {
-                format!("cannot copy {} to {}: {e}", from.display(), to.display())
-            })?;
+            std::fs::copy(&from, &to)
+                .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
             std::fs::File::open(&to)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| format!("cannot sync {}: {e}", to.display()))?;

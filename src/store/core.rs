@@ -6,14 +6,14 @@
 
 use super::express::{is_express, ExpressArena};
 use super::index::{Entry, QueueIndex};
-use super::scan;
 use super::record::{self, Kind, COMMON_HEADER};
+use super::scan;
+use super::segment_file_name;
 use super::{
     Appended, Chunk, Class, Cursor, Disk, LookupId, Maintenance, MessageMeta, MessageRef, QueueId,
     QueueQuota, QueueStore, QuotaKind, RecoveryReport, Reservation, Select, StoreConfig,
     StoreError, StoreStats, Ticket, EXPIRY_NEVER,
 };
-use super::segment_file_name;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -278,7 +278,9 @@ impl<D: Disk> Store<D> {
             // as it would have before the restart (see `mark_idle`).
             let mut write_end = scan.end;
             if let Some(&(off, info)) = replayed.last() {
-                if next_base.is_none() && info.kind == Kind::Marker && off + COMMON_HEADER == scan.end
+                if next_base.is_none()
+                    && info.kind == Kind::Marker
+                    && off + COMMON_HEADER == scan.end
                 {
                     write_end = off;
                 }
@@ -305,11 +307,13 @@ impl<D: Disk> Store<D> {
                 );
                 match h.next_seq {
                     // A filler spanning the hole; its seq lies between its neighbours'.
-                    Some(next) if h.len >= COMMON_HEADER && h.after_seq + 1 < next => patches.push((
-                        base,
-                        h.offset as u64,
-                        record::control(h.after_seq + 1, Kind::Filler, h.len as u64),
-                    )),
+                    Some(next) if h.len >= COMMON_HEADER && h.after_seq + 1 < next => {
+                        patches.push((
+                            base,
+                            h.offset as u64,
+                            record::control(h.after_seq + 1, Kind::Filler, h.len as u64),
+                        ))
+                    }
                     // The segment's end: a seal, so the log continues in the next segment.
                     None if h.len >= COMMON_HEADER
                         && next_base.is_some_and(|nb| nb - 1 > h.after_seq) =>

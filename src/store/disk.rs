@@ -380,7 +380,10 @@ impl Disk for UringDisk {
         bytes: &[u8],
         sync: bool,
     ) -> Result<(), StoreError> {
-        debug_assert!(self.inflight.is_none(), "write_at while a batch is in flight");
+        debug_assert!(
+            self.inflight.is_none(),
+            "write_at while a batch is in flight"
+        );
         let seg = self.segs.get(&base).ok_or(StoreError::Io {
             errno: libc::ENOENT,
         })?;

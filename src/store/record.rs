@@ -121,16 +121,10 @@ pub fn encode_control(
     lookup: u64,
 ) -> usize {
     let start = out.len();
-    out.resize(start + COMMON_HEADER, 0);
-    let r = &mut out[start..start + COMMON_HEADER];
-    r[0..4].copy_from_slice(&(COMMON_HEADER as u32).to_le_bytes());
-    r[8..16].copy_from_slice(&seq.to_le_bytes());
-    r[16] = kind as u8;
-    r[19] = FORMAT_VERSION;
+    let mut r = control(seq, kind, 0);
     r[20..24].copy_from_slice(&queue.0.to_le_bytes());
-    r[24..32].copy_from_slice(&lookup.to_le_bytes());
-    let crc = crc32fast::hash(&r[8..]);
-    r[4..8].copy_from_slice(&crc.to_le_bytes());
+    patch_control(&mut r, lookup);
+    out.extend_from_slice(&r);
     start
 }
 
@@ -142,11 +136,16 @@ pub fn patch_control(r: &mut [u8], lookup: u64) {
     r[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// A 32-byte control record, standalone (markers and fillers written outside a batch).
+/// A 32-byte control record, standalone (markers and fillers written outside a batch); no
+/// allocation.
 pub fn control(seq: u64, kind: Kind, lookup: u64) -> [u8; COMMON_HEADER] {
-    let mut v = Vec::with_capacity(COMMON_HEADER);
-    encode_control(&mut v, seq, kind, QueueId(0), lookup);
-    v.try_into().expect("a control record is 32 bytes")
+    let mut r = [0u8; COMMON_HEADER];
+    r[0..4].copy_from_slice(&(COMMON_HEADER as u32).to_le_bytes());
+    r[8..16].copy_from_slice(&seq.to_le_bytes());
+    r[16] = kind as u8;
+    r[19] = FORMAT_VERSION;
+    patch_control(&mut r, lookup);
+    r
 }
 
 /// A record that passed its checks.

@@ -93,7 +93,8 @@ pub fn scan_segment(
         }
         if off + COMMON_HEADER <= data.len() {
             let after = s.last_seq.max(base.saturating_sub(1));
-            if let Some((_, len, _)) = record::plausible(&data[off..], after, below, data.len() - off)
+            if let Some((_, len, _)) =
+                record::plausible(&data[off..], after, below, data.len() - off)
             {
                 s.crc_bytes += len as u64;
                 if let Ok(r) = record::decode(&data[off..]) {
@@ -116,7 +117,15 @@ pub fn scan_segment(
             }
         }
         // `off` ends the valid records. Anything valid further on?
-        match resume(data, off, s.last_seq, base, next_base, stop, &mut s.crc_bytes)? {
+        match resume(
+            data,
+            off,
+            s.last_seq,
+            base,
+            next_base,
+            stop,
+            &mut s.crc_bytes,
+        )? {
             Some((at, seq)) => {
                 s.holes.push(Hole {
                     offset: off,
@@ -175,7 +184,8 @@ fn resume(
                 if steps % STOP_CHECK_STEPS == 0 && stop() {
                     return Err(Stopped);
                 }
-                if let Some((_, len, _)) = record::plausible(&data[p..], after, below, data.len() - p)
+                if let Some((_, len, _)) =
+                    record::plausible(&data[p..], after, below, data.len() - p)
                 {
                     if let Some(seq) = verify(p, len) {
                         return Ok(Some((p, seq)));

@@ -221,7 +221,10 @@ impl Disk for SimDisk {
         bytes: &[u8],
         sync: bool,
     ) -> Result<(), StoreError> {
-        assert!(self.inflight.is_none(), "write_at while a batch is in flight");
+        assert!(
+            self.inflight.is_none(),
+            "write_at while a batch is in flight"
+        );
         if !self.segs.contains_key(&base) {
             return Err(StoreError::Io {
                 errno: libc::ENOENT,
