@@ -236,8 +236,17 @@ impl<D: Disk> Store<D> {
             }
             let next_base = bases.get(i + 1).copied();
             if i > 0 && prev_sealed && base != prev_seq + 1 {
-                // A segment file is missing between two sealed ones.
+                // A segment file is missing between two sealed ones. Salvage re-seals the
+                // previous segment so the log continues here (its seal's seq is base - 1).
                 first_damage.get_or_insert((base, 0));
+                let prev = self.segs.back().expect("a previous segment");
+                if prev.write_end as usize >= COMMON_HEADER && base > prev_seq + 1 {
+                    patches.push((
+                        prev.base,
+                        (prev.write_end as usize - COMMON_HEADER) as u64,
+                        record::control(base - 1, Kind::Seal, 0),
+                    ));
+                }
             }
             let size = self.disk.read(base).len() as u32;
             self.segs.push_back(Seg {
