@@ -471,3 +471,19 @@ fn a_missing_segment_is_refused_then_salvaged() {
     assert!(!report.salvaged);
     assert!(contents(&s) == got);
 }
+
+/// A log written in the record format before commit markers (version byte 0) is refused with
+/// a message saying so, not misread as damage or an empty log.
+#[test]
+fn an_old_record_format_is_refused() {
+    let mut disk = SimDisk::new(1);
+    disk.create_segment(1, sim_cfg().segment_bytes).unwrap();
+    let mut rec = record::control(1, Kind::Remove, 7);
+    rec[19] = 0;
+    let crc = crc32fast::hash(&rec[8..]);
+    rec[4..8].copy_from_slice(&crc.to_le_bytes());
+    disk.write_at(1, 0, &rec, true).unwrap();
+    let err = Store::open(disk, sim_cfg()).err().unwrap();
+    assert_eq!(err, StoreError::Format { found: 0 });
+    assert!(err.to_string().contains("record format 0"), "{err}");
+}

@@ -346,7 +346,9 @@ impl<D: Disk> Store<D> {
                 let window = self.cfg.batch_bytes_max as usize + 4 * COMMON_HEADER;
                 let data = self.disk.read(base);
                 let to = (scan.end + window).min(data.len());
-                if scan::torn_leftovers(data, scan.end, to, prev_seq, base) {
+                let (leftovers, crc) = scan::torn_leftovers(data, scan.end, to, prev_seq, base);
+                report.crc_bytes += crc;
+                if leftovers {
                     let last_nonzero = data[scan.end..to].iter().rposition(|&b| b != 0);
                     let len = last_nonzero.map_or(0, |l| l + 1);
                     report.cut_bytes = len as u64;

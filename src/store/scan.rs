@@ -236,18 +236,23 @@ fn resume(
     Ok(Some((mpos, mseq)))
 }
 
-/// Whether `data[from..to]` holds anything that could be a record of the log after `last`
-/// (a header passing [`record::plausible`]): a torn batch's leftovers, which must be zeroed so
-/// they are never read as records after new ones are written before them.
-pub fn torn_leftovers(data: &[u8], from: usize, to: usize, last: u64, base: u64) -> bool {
+/// Whether `data[from..to]` holds a record that verifies and belongs after `last` (a torn
+/// batch's leftovers), which must be zeroed so it is never read as a record once new ones are
+/// written before it. Only headers passing [`record::plausible`] are checksummed, within the
+/// window, so stale data costs comparisons. Returns it and the bytes checksummed.
+pub fn torn_leftovers(data: &[u8], from: usize, to: usize, last: u64, base: u64) -> (bool, u64) {
     let after = last.max(base.saturating_sub(1));
     let to = to.min(data.len());
+    let mut crc = 0u64;
     let mut p = from;
     while p + COMMON_HEADER <= to {
-        if record::plausible(&data[p..], after, u64::MAX, data.len() - p).is_some() {
-            return true;
+        if let Some((_, len, _)) = record::plausible(&data[p..to], after, u64::MAX, to - p) {
+            crc += len as u64;
+            if record::decode(&data[p..to]).is_ok() {
+                return (true, crc);
+            }
         }
         p += ALIGN;
     }
-    false
+    (false, crc)
 }
