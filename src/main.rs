@@ -163,6 +163,10 @@ struct ServeArgs {
     /// Cores to run shards on, e.g. `0,1` or `2-3`; default all.
     #[arg(long)]
     cores: Option<String>,
+    /// Salvage a damaged store first, as `lior store salvage` does (damaged segment files are
+    /// copied aside; every record that verifies is kept).
+    #[arg(long)]
+    salvage: bool,
 }
 
 fn main() -> ExitCode {
@@ -327,6 +331,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = args.cores {
         cfg.cores = parse_cores(&c)?;
+    }
+    if args.salvage && cfg.data_dir.join("partition-0").is_dir() {
+        let done = lior::store::check::salvage(&cfg.data_dir).map_err(anyhow::Error::msg)?;
+        eprint!(
+            "{}",
+            lior::store::check::salvaged_text(&cfg.data_dir, &done)
+        );
     }
     lior::daemon::serve(cfg)?;
     Ok(ExitCode::SUCCESS)

@@ -142,3 +142,58 @@ fn check_and_salvage_a_real_data_dir() {
     );
     assert_eq!(count(&dir.join("partition-0")), 59);
 }
+
+/// `lior serve --salvage` salvages a damaged data directory, starts, and after SIGTERM leaves a
+/// clean store behind (the clean stop's commit marker included).
+#[test]
+fn serve_salvage_starts_on_a_damaged_dir_and_stops_clean() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let rec = data_dir(dir);
+    let seg = dir.join("partition-0").join(segment_file_name(1));
+    let mut data = std::fs::read(&seg).unwrap();
+    data[rec + 100] ^= 4;
+    std::fs::write(&seg, &data).unwrap();
+    let mut child = lior()
+        .args([
+            "serve",
+            "--salvage",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--cores",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("lior ready"), "{line}");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(dir
+        .join("partition-0")
+        .join(format!("{}.damaged", segment_file_name(1)))
+        .exists());
+    let out = lior().args(["store", "check"]).arg(dir).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(count(&dir.join("partition-0")), 59);
+}
