@@ -185,8 +185,13 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         p.stop();
     }
     for i in 0..broker.partition_count() {
-        if let Err(e) = broker.partition(i).commit(None) {
+        let mut part = broker.partition(i);
+        if let Err(e) = part.commit(None) {
             tracing::error!(partition = i, error = %e, "final commit failed");
+        }
+        // Wait for the last batch and confirm it with a synced commit marker.
+        if let Err(e) = part.store.close() {
+            tracing::error!(partition = i, error = %e, "closing the store failed");
         }
     }
     tracing::info!("stopped cleanly");

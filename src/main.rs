@@ -62,6 +62,11 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Verify a data directory's message store, or salvage a damaged one.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Look at messages without removing them.
     Peek {
         queue: String,
@@ -116,6 +121,25 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify every record of every partition, changing nothing; exit 0 clean, 1 damaged.
+    Check {
+        /// The data directory (or one partition's directory).
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep every record that verifies: copies each damaged segment file aside
+    /// (`<name>.log.damaged`), then patches the damage so `lior serve` starts. Stop lior first.
+    Salvage {
+        /// The data directory (or one partition's directory).
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(clap::Args)]
 struct ApiArg {
     /// Address of the local API of a running `lior serve`.
@@ -159,6 +183,10 @@ struct ServeArgs {
     /// Cores to run shards on, e.g. `0,1` or `2-3`; default all.
     #[arg(long)]
     cores: Option<String>,
+    /// Salvage a damaged store first, as `lior store salvage` does (damaged segment files are
+    /// copied aside; every record that verifies is kept).
+    #[arg(long)]
+    salvage: bool,
 }
 
 fn main() -> ExitCode {
@@ -169,6 +197,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => lior::bench::main(args),
         Command::Queue { command, api } => queue(command, &api.api),
+        Command::Store { command } => store(command),
         Command::Peek {
             queue,
             count,
@@ -250,6 +279,30 @@ fn decode(file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn store(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
+    use lior::store::check;
+    match cmd {
+        StoreCommand::Check { dir, json } => {
+            let report = check::check(&dir).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(ExitCode::from(u8::from(report.damaged())))
+        }
+        StoreCommand::Salvage { dir, json } => {
+            let done = check::salvage(&dir).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", check::salvaged_json(&done));
+            } else {
+                print!("{}", check::salvaged_text(&dir, &done));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn print_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let cfg = match path {
         Some(p) => lior::config::Config::load(&p)?,
@@ -300,6 +353,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = args.cores {
         cfg.cores = parse_cores(&c)?;
+    }
+    if args.salvage && cfg.data_dir.join("partition-0").is_dir() {
+        let done = lior::store::check::salvage(&cfg.data_dir).map_err(anyhow::Error::msg)?;
+        eprint!(
+            "{}",
+            lior::store::check::salvaged_text(&cfg.data_dir, &done)
+        );
     }
     lior::daemon::serve(cfg)?;
     Ok(ExitCode::SUCCESS)

@@ -311,7 +311,13 @@ fn script<S: QueueStore>(s: &mut S, seed: u64) -> Vec<String> {
             }
             8 => {
                 s.flush().unwrap();
-                out.push(format!("durable {:?}", s.poll_durable(true)));
+                // A full batch may have been submitted mid-turn: wait until all is durable.
+                let mut d = s.poll_durable(true);
+                while s.stats().pending_bytes > 0 || held.iter().any(|r| !s.is_durable(r.ticket)) {
+                    s.flush().unwrap();
+                    d = s.poll_durable(true);
+                }
+                out.push(format!("durable {d:?}"));
                 for r in held.drain(..) {
                     out.push(format!("got {:?}", s.reserved(&r).map(|m| m.bytes.len())));
                     s.release(r).unwrap();

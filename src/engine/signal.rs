@@ -90,3 +90,13 @@ impl ShutdownSignal {
         }
     }
 }
+
+/// Non-blocking: the shutdown signal received so far, if any (`None` before one, or when no
+/// handlers are installed).
+/// Long start-up work (store recovery) polls this to stop promptly on SIGTERM/SIGINT.
+pub fn stop_requested() -> Option<i32> {
+    match SIGNAL_RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}

@@ -353,13 +353,21 @@ impl Broker<FileStore> {
             std::fs::create_dir_all(&pdir)?;
             let disk = UringDisk::open(&pdir)
                 .map_err(|e| anyhow::anyhow!("store {}: {e}", pdir.display()))?;
-            let (store, report) = crate::store::Store::open(disk, store_cfg)
-                .map_err(|e| anyhow::anyhow!("store {}: {e}", pdir.display()))?;
+            // Recovery stops promptly on SIGTERM/SIGINT (the handlers are installed first).
+            let mut stop = || crate::engine::signal::stop_requested().is_some();
+            let (store, report) = crate::store::Store::open_until(disk, store_cfg, &mut stop)
+                .map_err(|e| {
+                    if e == crate::store::StoreError::Interrupted {
+                        tracing::warn!(partition = i, "store recovery stopped by a signal");
+                    }
+                    anyhow::anyhow!("store {}: {e}", pdir.display())
+                })?;
             tracing::info!(
                 partition = i,
                 segments = report.segments,
                 messages = report.messages,
                 cut_bytes = report.cut_bytes,
+                crc_bytes = report.crc_bytes,
                 "store recovered"
             );
             stores.push(store);

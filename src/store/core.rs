@@ -7,6 +7,8 @@
 use super::express::{is_express, ExpressArena};
 use super::index::{Entry, QueueIndex};
 use super::record::{self, Kind, COMMON_HEADER};
+use super::scan;
+use super::segment_file_name;
 use super::{
     Appended, Chunk, Class, Cursor, Disk, LookupId, Maintenance, MessageMeta, MessageRef, QueueId,
     QueueQuota, QueueStore, QuotaKind, RecoveryReport, Reservation, Select, StoreConfig,
@@ -46,6 +48,8 @@ type Fast = BuildHasherDefault<IdHasher>;
 
 /// Buffers kept for reuse between batches at most.
 const FREE_BUFFERS_MAX: usize = 4;
+/// Bytes at the end of every segment kept for its seal, an idle marker and a batch's marker.
+const SEGMENT_SLACK: usize = 3 * COMMON_HEADER;
 
 #[derive(Clone, Copy, Debug)]
 struct Seg {
@@ -102,6 +106,8 @@ pub struct Store<D: Disk> {
     pending_bytes: usize,
     inflight_end: Option<u64>,
     flush_wanted: bool,
+    /// Where the staged batch's commit marker sits: (pending chunk, offset in its buffer).
+    marker_at: Option<(usize, usize)>,
     free_bufs: Vec<Vec<u8>>,
     queues: HashMap<QueueId, QueueIndex, Fast>,
     quotas: HashMap<QueueId, QueueQuota, Fast>,
@@ -122,6 +128,16 @@ impl<D: Disk> Store<D> {
     /// Open a store on `disk`, recovering what is there: verify every record, cut a torn tail,
     /// rebuild the index. Mid-segment damage fails with `Corrupt` unless `config.salvage`.
     pub fn open(disk: D, config: StoreConfig) -> Result<(Store<D>, RecoveryReport), StoreError> {
+        Store::open_until(disk, config, &mut || false)
+    }
+
+    /// [`Store::open`], asking `stop` now and then during recovery (every segment, every 64 Ki
+    /// records, every 8 MiB searched): `true` abandons it with `Interrupted`, nothing changed.
+    pub fn open_until(
+        disk: D,
+        config: StoreConfig,
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<(Store<D>, RecoveryReport), StoreError> {
         assert!(config.segment_bytes % 8 == 0);
         assert!(
             record::message_space(config.message_bytes_max as usize) + COMMON_HEADER
@@ -145,6 +161,7 @@ impl<D: Disk> Store<D> {
             pending_bytes: 0,
             inflight_end: None,
             flush_wanted: false,
+            marker_at: None,
             free_bufs: Vec::new(),
             queues: HashMap::default(),
             quotas: HashMap::default(),
@@ -156,7 +173,7 @@ impl<D: Disk> Store<D> {
             bytes: 0,
             batches: 0,
         };
-        let report = s.recover()?;
+        let report = s.recover(stop)?;
         Ok((s, report))
     }
 
@@ -182,7 +199,13 @@ impl<D: Disk> Store<D> {
 
     // ---- recovery ----
 
-    fn recover(&mut self) -> Result<RecoveryReport, StoreError> {
+    /// Rebuild the index from the log. Each segment is walked by [`scan::scan_segment`], which
+    /// tells a torn tail (cut: zeroed, as its batch was never acknowledged) from damage (a bad
+    /// record in synced data, proven by a commit marker or a later segment after it). Damage
+    /// stops start-up with `Corrupt` naming the segment, the offset and what follows, and
+    /// nothing is written; with `salvage`, every valid record is kept and each damaged region
+    /// gets a filler (or, at the end of a segment, a seal) so later starts read past it.
+    fn recover(&mut self, stop: &mut dyn FnMut() -> bool) -> Result<RecoveryReport, StoreError> {
         let mut report = RecoveryReport::default();
         let mut bases = self.disk.segments()?;
         if bases.is_empty() {
@@ -202,17 +225,28 @@ impl<D: Disk> Store<D> {
         }
         let mut prev_seq = 0u64;
         let n = bases.len();
-        let window = self.cfg.batch_bytes_max as usize + 2 * COMMON_HEADER;
+        // The first damage: (segment, offset), and what verifies after it.
+        let mut first_damage: Option<(u64, u64)> = None;
+        let (mut records_after, mut bytes_after) = (0u64, 0u64);
+        let mut patches: Vec<(u64, u64, [u8; COMMON_HEADER])> = Vec::new();
+        let mut prev_sealed = true;
         for (i, &base) in bases.iter().enumerate() {
-            let is_last = i + 1 == n;
-            if i > 0 && base != prev_seq + 1 {
-                if !self.cfg.salvage {
-                    return Err(StoreError::Corrupt {
-                        segment: base,
-                        offset: 0,
-                    });
+            if stop() {
+                return Err(StoreError::Interrupted);
+            }
+            let next_base = bases.get(i + 1).copied();
+            if i > 0 && prev_sealed && base != prev_seq + 1 {
+                // A segment file is missing between two sealed ones. Salvage re-seals the
+                // previous segment so the log continues here (its seal's seq is base - 1).
+                first_damage.get_or_insert((base, 0));
+                let prev = self.segs.back().expect("a previous segment");
+                if prev.write_end as usize >= COMMON_HEADER && base > prev_seq + 1 {
+                    patches.push((
+                        prev.base,
+                        (prev.write_end as usize - COMMON_HEADER) as u64,
+                        record::control(base - 1, Kind::Seal, 0),
+                    ));
                 }
-                report.salvaged = true;
             }
             let size = self.disk.read(base).len() as u32;
             self.segs.push_back(Seg {
@@ -224,87 +258,117 @@ impl<D: Disk> Store<D> {
                 last_kill: 0,
             });
             report.segments += 1;
-            let mut off = 0usize;
-            let mut sealed = false;
-            loop {
+            let mut replayed = Vec::new();
+            let damaged_before = first_damage.is_some();
+            let scan = {
                 let data = self.disk.read(base);
-                let rec = match record::decode(&data[off..]) {
-                    // The first record of a segment may have a seq above the base: express
-                    // messages take sequence numbers (their lookup ids) without writing a
-                    // record, so on a fresh or just recovered log the first record written can
-                    // come after a few of them. Stale records of a recycled segment are older
-                    // than its base and still fail `seq >= base`.
-                    Ok(r) if r.seq >= base && r.seq > prev_seq => r,
-                    _ => break,
-                };
-                let (seq, space, kind) = (rec.seq, rec.space, rec.kind);
-                let info = Replayed {
-                    seq,
-                    kind,
-                    queue: rec.queue,
-                    lookup: rec.lookup,
-                    meta: rec.meta,
-                    payload_len: rec.payload.len() as u32,
-                    space: space as u32,
-                };
+                scan::scan_segment(data, base, prev_seq, next_base, stop, &mut |off, r| {
+                    replayed.push((
+                        off,
+                        Replayed {
+                            seq: r.seq,
+                            kind: r.kind,
+                            queue: r.queue,
+                            lookup: r.lookup,
+                            meta: r.meta,
+                            payload_len: r.payload.len() as u32,
+                            space: r.space as u32,
+                        },
+                    ))
+                })
+                .map_err(|_| StoreError::Interrupted)?
+            };
+            report.crc_bytes += scan.crc_bytes;
+            if let Some(found) = scan.old_format {
+                return Err(StoreError::Format { found });
+            }
+            let first_hole_off = scan.holes.first().map(|h| h.offset);
+            // A log that ends with a commit marker (idle or clean stop) continues on top of it,
+            // as it would have before the restart (see `mark_idle`).
+            let mut write_end = scan.end;
+            if let Some(&(off, info)) = replayed.last() {
+                if next_base.is_none()
+                    && info.kind == Kind::Marker
+                    && off + COMMON_HEADER == scan.end
+                {
+                    write_end = off;
+                }
+            }
+            for (off, info) in replayed {
+                if damaged_before || first_hole_off.is_some_and(|h| off > h) {
+                    records_after += 1;
+                    bytes_after += info.space as u64;
+                }
                 self.replay(base, off as u32, info);
                 report.records += 1;
-                prev_seq = seq;
-                off += space;
-                if kind == Kind::Seal {
-                    sealed = true;
-                    break;
-                }
             }
-            self.segs.back_mut().expect("pushed").write_end = off as u32;
-            if !is_last {
-                if !sealed {
-                    if !self.cfg.salvage {
-                        return Err(StoreError::Corrupt {
-                            segment: base,
-                            offset: off as u64,
-                        });
+            if let Some(h) = scan.holes.first() {
+                first_damage.get_or_insert((base, h.offset as u64));
+            }
+            for h in &scan.holes {
+                report.holes += 1;
+                report.skipped_bytes += h.len as u64;
+                tracing::warn!(
+                    segment = %segment_file_name(base),
+                    offset = h.offset,
+                    bytes = h.len,
+                    "store log damaged: a bad record in synced data"
+                );
+                match h.next_seq {
+                    // A filler spanning the hole; its seq lies between its neighbours'.
+                    Some(next) if h.len >= COMMON_HEADER && h.after_seq + 1 < next => {
+                        patches.push((
+                            base,
+                            h.offset as u64,
+                            record::control(h.after_seq + 1, Kind::Filler, h.len as u64),
+                        ))
                     }
-                    report.salvaged = true;
-                }
-                continue;
-            }
-            // The tail. Anything valid further on than one batch means mid-segment damage.
-            let data = self.disk.read(base);
-            let mut far = None;
-            let mut max_seen = prev_seq;
-            let mut p = off + record::ALIGN;
-            while p + COMMON_HEADER <= data.len() {
-                if let Some(seq) = record::peek_seq(&data[p..]) {
-                    if seq > prev_seq && seq >= base && record::decode(&data[p..]).is_ok() {
-                        max_seen = max_seen.max(seq);
-                        if p - off > window {
-                            far = Some(p);
-                            break;
-                        }
+                    // The segment's end: a seal, so the log continues in the next segment.
+                    None if h.len >= COMMON_HEADER
+                        && next_base.is_some_and(|nb| nb - 1 > h.after_seq) =>
+                    {
+                        let nb = next_base.expect("checked");
+                        patches.push((
+                            base,
+                            h.offset as u64,
+                            record::control(nb - 1, Kind::Seal, 0),
+                        ))
                     }
+                    _ => {}
                 }
-                p += record::ALIGN;
             }
-            let mut cut_to = (off + window).min(data.len());
-            if far.is_some() {
-                if !self.cfg.salvage {
-                    return Err(StoreError::Corrupt {
-                        segment: base,
-                        offset: off as u64,
-                    });
+            prev_sealed = scan.sealed;
+            prev_seq = scan.last_seq;
+            self.segs.back_mut().expect("pushed").write_end = write_end as u32;
+            if next_base.is_none() && (first_damage.is_none() || self.cfg.salvage) {
+                // The tail: zero what a torn last batch left, so it is never read as records
+                // once new ones are written before it. Only a batch can be torn.
+                let window = self.cfg.batch_bytes_max as usize + 4 * COMMON_HEADER;
+                let data = self.disk.read(base);
+                let to = (scan.end + window).min(data.len());
+                let (leftovers, crc) = scan::torn_leftovers(data, scan.end, to, prev_seq, base);
+                report.crc_bytes += crc;
+                if leftovers {
+                    let last_nonzero = data[scan.end..to].iter().rposition(|&b| b != 0);
+                    let len = last_nonzero.map_or(0, |l| l + 1);
+                    report.cut_bytes = len as u64;
+                    self.disk.zero(base, scan.end as u64, len as u64)?;
                 }
-                report.salvaged = true;
-                cut_to = data.len();
             }
-            let dirty = data[off..cut_to].iter().any(|&b| b != 0);
-            if dirty {
-                let last_nonzero = data[off..cut_to].iter().rposition(|&b| b != 0).unwrap_or(0);
-                report.cut_bytes = last_nonzero as u64 + 1;
-                self.disk.zero(base, off as u64, (cut_to - off) as u64)?;
+        }
+        if let Some((segment, offset)) = first_damage {
+            if !self.cfg.salvage {
+                return Err(StoreError::Corrupt {
+                    segment,
+                    offset,
+                    records_after,
+                    bytes_after,
+                });
             }
-            // Sequence numbers seen in the cut tail are never reused.
-            prev_seq = max_seen;
+            for (base, off, rec) in &patches {
+                self.disk.write_at(*base, *off, rec, true)?;
+            }
+            report.salvaged = true;
         }
         self.next_seq = prev_seq.max(bases[n - 1].saturating_sub(1)) + 1;
         self.durable = self.next_seq;
@@ -385,7 +449,7 @@ impl<D: Disk> Store<D> {
                     self.forget(rec.queue, &e, rec.seq);
                 }
             }
-            Kind::Seal => {}
+            Kind::Seal | Kind::Marker | Kind::Filler => {}
         }
     }
 
@@ -487,10 +551,11 @@ impl<D: Disk> Store<D> {
         }
     }
 
-    /// Make room for `space` bytes in the active segment, rolling to a new one if needed.
+    /// Make room for `space` bytes in the active segment, rolling to a new one if needed. The
+    /// last bytes of a segment stay free for its seal, an idle marker and a batch's marker.
     fn room(&mut self, space: usize, reserve: usize) -> Result<(), StoreError> {
         let s = *self.segs.back().expect("at least one segment");
-        if s.write_end as usize + space + reserve + COMMON_HEADER <= s.size as usize {
+        if s.write_end as usize + space + reserve + SEGMENT_SLACK <= s.size as usize {
             return Ok(());
         }
         let seal_seq = self.next_seq;
@@ -545,13 +610,99 @@ impl<D: Disk> Store<D> {
         lookup: u64,
     ) -> Result<u64, StoreError> {
         self.check_writable()?;
-        // Every record respects the batch bound: recovery relies on it to tell a torn last
-        // batch from damage.
-        if self.pending_bytes + COMMON_HEADER > self.cfg.batch_bytes_max as usize {
-            return Err(StoreError::BatchFull);
-        }
-        self.room(COMMON_HEADER, 0)?;
+        self.begin_record(COMMON_HEADER, 0, true)?;
         Ok(self.stage_control(kind, queue, lookup))
+    }
+
+    /// Before staging a record of `space` bytes: keep the batch within `batch_bytes_max` (a
+    /// full batch is submitted, after waiting for the one in flight, unless `may_submit` is
+    /// false: then `BatchFull`), make room in the segment, and open the batch with its commit
+    /// marker. Staged memory stays below two batches: the one in flight and this one.
+    fn begin_record(
+        &mut self,
+        space: usize,
+        reserve: usize,
+        may_submit: bool,
+    ) -> Result<(), StoreError> {
+        if self.pending_bytes > 0 && self.pending_bytes + space > self.cfg.batch_bytes_max as usize
+        {
+            if !may_submit {
+                return Err(StoreError::BatchFull);
+            }
+            self.submit_now()?;
+        }
+        let marker = if self.marker_at.is_none() {
+            COMMON_HEADER
+        } else {
+            0
+        };
+        self.room(space + marker, reserve)?;
+        if self.marker_at.is_none() {
+            // D is patched in at submit, when the previous batch is durable.
+            self.stage_control(Kind::Marker, QueueId(0), 0);
+            let ci = self.pending.len() - 1;
+            let at = self.pending[ci].buf.len() - COMMON_HEADER;
+            self.marker_at = Some((ci, at));
+        }
+        Ok(())
+    }
+
+    /// Submit the staged batch now, waiting first for the one in flight.
+    fn submit_now(&mut self) -> Result<(), StoreError> {
+        while self.inflight_end.is_some() {
+            match self.disk.poll(true) {
+                Ok(Some(chunks)) => self.completed(chunks),
+                Ok(None) => {}
+                Err(e) => return Err(self.poison(e)),
+            }
+        }
+        self.submit()
+    }
+
+    /// After a batch completed with nothing staged: write a commit marker after it, so recovery
+    /// can tell damage in this last batch from a torn tail. It gets no sync of its own (it
+    /// states only what is durable already) and the write end does not move past it: the next
+    /// batch starts on top of it with its own marker (or a seal) stating the same. Were the
+    /// next batch written after it instead, a crash could keep that batch's marker and lose
+    /// this unsynced one, and the lost one would look like damage to synced data. Skipped if
+    /// the disk cannot write outside a batch.
+    fn mark_idle(&mut self) {
+        let s = *self.segs.back().expect("at least one segment");
+        if s.write_end as usize + COMMON_HEADER > s.size as usize {
+            return;
+        }
+        let rec = record::control(self.next_seq, Kind::Marker, self.durable);
+        if self
+            .disk
+            .write_at(s.base, s.write_end as u64, &rec, false)
+            .is_ok()
+        {
+            self.next_seq += 1;
+        }
+    }
+
+    /// A clean stop: commit what is staged, wait for it, and write a synced commit marker at
+    /// the end of the log, so the last batch is confirmed. The store stays usable.
+    pub fn close(&mut self) -> Result<(), StoreError> {
+        self.check_writable()?;
+        if !self.pending.is_empty() {
+            self.submit_now()?;
+        }
+        self.submit_now()?;
+        let s = *self.segs.back().expect("at least one segment");
+        if s.write_end as usize + COMMON_HEADER > s.size as usize {
+            return Ok(());
+        }
+        // Like the idle marker, at the write end (the next batch, if any, starts on top of it).
+        let rec = record::control(self.next_seq, Kind::Marker, self.durable);
+        match self.disk.write_at(s.base, s.write_end as u64, &rec, true) {
+            Ok(()) => {
+                self.next_seq += 1;
+                Ok(())
+            }
+            Err(StoreError::Io { errno }) if errno == libc::EOPNOTSUPP => Ok(()),
+            Err(e) => Err(self.poison(e)),
+        }
     }
 
     /// Stage a message record; returns (seq, segment, offset, space).
@@ -563,11 +714,11 @@ impl<D: Disk> Store<D> {
         bytes: &[u8],
     ) -> Result<(u64, u64, u32, u32), StoreError> {
         let space = record::message_space(bytes.len());
-        if self.pending_bytes > 0 && self.pending_bytes + space > self.cfg.batch_bytes_max as usize
-        {
-            return Err(StoreError::BatchFull);
-        }
-        self.room(space, self.cfg.removal_reserve_bytes as usize)?;
+        self.begin_record(
+            space,
+            self.cfg.removal_reserve_bytes as usize,
+            lookup.is_none(),
+        )?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let lookup = lookup.unwrap_or(seq);
@@ -587,7 +738,11 @@ impl<D: Disk> Store<D> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let chunks = std::mem::take(&mut self.pending);
+        let mut chunks = std::mem::take(&mut self.pending);
+        if let Some((ci, at)) = self.marker_at.take() {
+            // Nothing is in flight: every seq below `durable` is on disk.
+            record::patch_control(&mut chunks[ci].buf[at..], self.durable);
+        }
         self.pending_bytes = 0;
         self.inflight_end = Some(self.next_seq);
         self.flush_wanted = false;
@@ -714,7 +869,10 @@ impl<D: Disk> Store<D> {
                     let (seq, new_seg, new_off, space2) =
                         match self.stage_message(queue, Some(lookup), &meta, &payload) {
                             Ok(x) => x,
-                            Err(StoreError::BatchFull) => break,
+                            // Compaction is optional work: a full batch waits for the next
+                            // call, and a full disk must not fail the caller's commit (that
+                            // wedged a shard's acks after disk-full until a restart).
+                            Err(StoreError::BatchFull) | Err(StoreError::DiskFull) => break,
                             Err(e) => return Err(e),
                         };
                     self.moves.push_back(Move {
@@ -852,6 +1010,8 @@ impl<D: Disk> QueueStore for Store<D> {
                     self.completed(chunks);
                     if self.flush_wanted {
                         self.submit()?;
+                    } else if self.pending.is_empty() {
+                        self.mark_idle();
                     }
                     if !wait {
                         break;
@@ -974,9 +1134,7 @@ impl<D: Disk> QueueStore for Store<D> {
         // The record says "below seq": patch the lookup field now that seq is known.
         let c = self.pending.last_mut().expect("just staged");
         let at = c.buf.len() - COMMON_HEADER;
-        c.buf[at + 24..at + 32].copy_from_slice(&seq.to_le_bytes());
-        let crc = crc32fast::hash(&c.buf[at + 8..at + COMMON_HEADER]);
-        c.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        record::patch_control(&mut c.buf[at..], seq);
         let mut gone = Vec::new();
         if let Some(q) = self.queues.get_mut(&queue) {
             q.purge_below(seq, |e| gone.push(*e));

@@ -45,6 +45,22 @@ pub trait Disk {
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError>;
     /// Durably overwrite a range with zeros (recovery cuts the torn tail with this).
     fn zero(&mut self, base: u64, offset: u64, len: u64) -> Result<(), StoreError>;
+    /// Write `bytes` at `offset` of segment `base` now, while no batch is in flight, and
+    /// fdatasync it if `sync`. Used for the idle commit marker (unsynced: it only states what is
+    /// already durable, so it needs no sync of its own) and by salvage (synced). A disk that
+    /// cannot (the benches' in-memory one) returns an error and the store does without.
+    fn write_at(
+        &mut self,
+        base: u64,
+        offset: u64,
+        bytes: &[u8],
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let _ = (base, offset, bytes, sync);
+        Err(StoreError::Io {
+            errno: libc::EOPNOTSUPP,
+        })
+    }
 }
 
 /// Removed segment files kept for reuse at most. A reused file has every block already
@@ -355,5 +371,26 @@ impl Disk for UringDisk {
         let zeros = vec![0u8; len as usize];
         seg.file.write_all_at(&zeros, offset).map_err(io_err)?;
         seg.file.sync_data().map_err(io_err)
+    }
+
+    fn write_at(
+        &mut self,
+        base: u64,
+        offset: u64,
+        bytes: &[u8],
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        debug_assert!(
+            self.inflight.is_none(),
+            "write_at while a batch is in flight"
+        );
+        let seg = self.segs.get(&base).ok_or(StoreError::Io {
+            errno: libc::ENOENT,
+        })?;
+        seg.file.write_all_at(bytes, offset).map_err(io_err)?;
+        if sync {
+            seg.file.sync_data().map_err(io_err)?;
+        }
+        Ok(())
     }
 }

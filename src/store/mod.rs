@@ -10,12 +10,14 @@
 //! implementation ([`UringDisk`]: io_uring writes, memmap2 reads) and a simulated one
 //! ([`sim::SimDisk`]: in memory, tears writes and loses unsynced data on `crash`).
 
+pub mod check;
 mod chunked;
 mod core;
 mod disk;
 mod express;
 mod index;
 pub mod record;
+pub mod scan;
 pub mod sim;
 
 pub use self::core::Store;
@@ -205,7 +207,8 @@ pub enum StoreError {
         /// Its limit.
         limit: u64,
     },
-    /// The pending batch is full: call `flush` and `poll_durable` first.
+    /// No longer returned by `append`/`receive` (a full batch is submitted and a new one
+    /// started); kept for callers that still match it.
     BatchFull,
     /// The message exceeds [`StoreConfig::message_bytes_max`].
     TooLarge {
@@ -220,13 +223,27 @@ pub enum StoreError {
     NotDurable,
     /// No such reservation.
     NotFound,
-    /// Damage in the log that is not a torn tail: start-up stops unless `salvage` is set.
+    /// Damage in the log that is not a torn tail (a bad record in data known to be synced):
+    /// start-up stops, nothing is changed on disk. `lior store check` shows it, `lior store
+    /// salvage` keeps every record that verifies.
     Corrupt {
         /// The segment's first sequence number (its file is `<20 digits>.log`).
         segment: u64,
         /// Byte offset of the first bad record.
         offset: u64,
+        /// Valid records found after it (in this segment and later ones).
+        records_after: u64,
+        /// Bytes of those records.
+        bytes_after: u64,
     },
+    /// The log was written in another record format (the version byte found): refused rather
+    /// than misread.
+    Format {
+        /// The version byte of the first record.
+        found: u8,
+    },
+    /// Start-up was stopped by a signal (SIGTERM/SIGINT) during recovery; nothing was changed.
+    Interrupted,
     /// An operating error from a file system call at open/create/remove time (errno).
     Io {
         /// The errno.
@@ -254,12 +271,30 @@ impl fmt::Display for StoreError {
             StoreError::TooManyQueues => write!(f, "queue table full"),
             StoreError::NotDurable => write!(f, "removal not durable yet"),
             StoreError::NotFound => write!(f, "no such message"),
-            StoreError::Corrupt { segment, offset } => write!(
+            StoreError::Corrupt {
+                segment,
+                offset,
+                records_after,
+                bytes_after,
+            } => write!(
                 f,
-                "log damaged in {} at offset {offset} (not a torn tail); start with salvage to \
-                 cut the log there and lose what follows",
+                "log damaged in {} at offset {offset}: a record fails its checks in data that \
+                 was already synced (not a torn tail), and {records_after} valid records \
+                 ({bytes_after} bytes) follow it; nothing was changed on disk. See it with \
+                 `lior store check DATA_DIR`; `lior store salvage DATA_DIR` copies the damaged \
+                 segment aside and keeps every record that verifies",
                 segment_file_name(*segment)
             ),
+            StoreError::Format { found } => write!(
+                f,
+                "the log was written in record format {found} (before commit markers); this lior \
+                 reads format {} only: drain the data directory with the lior that wrote it, or \
+                 move it aside",
+                record::FORMAT_VERSION
+            ),
+            StoreError::Interrupted => {
+                write!(f, "store recovery stopped by a signal; nothing was changed")
+            }
             StoreError::Io { errno } => {
                 write!(
                     f,
@@ -284,8 +319,9 @@ pub fn segment_file_name(base: u64) -> String {
 pub struct StoreConfig {
     /// Bytes per segment file (preallocated).
     pub segment_bytes: u32,
-    /// Bytes one commit batch may hold; `append` returns `BatchFull` beyond it. Also bounds what
-    /// recovery treats as a torn tail.
+    /// Bytes one commit batch may hold; beyond it the store submits the batch (waiting for the
+    /// one in flight first) and starts another, so staged memory stays below two batches. Also
+    /// bounds what recovery zeroes as a torn tail.
     pub batch_bytes_max: u32,
     /// Largest packet accepted (MSMQ: 4 MB).
     pub message_bytes_max: u32,
@@ -307,7 +343,8 @@ pub struct StoreConfig {
     /// Bytes at the end of each segment that only removal records may use, so messages can be
     /// consumed (and space reclaimed) when the disk is too full for a new segment.
     pub removal_reserve_bytes: u32,
-    /// Start-up: cut the log at mid-segment damage instead of refusing to start.
+    /// Start-up: instead of refusing on damage, keep every record that verifies and write a
+    /// filler over each damaged region (the caller copies damaged files aside first).
     pub salvage: bool,
 }
 
@@ -339,10 +376,16 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Messages in the index afterwards.
     pub messages: u64,
-    /// Bytes cut from the tail (torn or salvaged).
+    /// Bytes zeroed at the tail (a torn last batch).
     pub cut_bytes: u64,
     /// Whether damage was salvaged (only with `salvage`).
     pub salvaged: bool,
+    /// Damaged regions skipped by salvage, and their bytes.
+    pub holes: u32,
+    /// Bytes of the damaged regions skipped.
+    pub skipped_bytes: u64,
+    /// Bytes whose crc recovery computed (bounds its work: stale data costs no crc).
+    pub crc_bytes: u64,
 }
 
 /// What `maintain` did.

@@ -213,6 +213,33 @@ impl Disk for SimDisk {
         }
         Ok(())
     }
+
+    fn write_at(
+        &mut self,
+        base: u64,
+        offset: u64,
+        bytes: &[u8],
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        assert!(
+            self.inflight.is_none(),
+            "write_at while a batch is in flight"
+        );
+        if !self.segs.contains_key(&base) {
+            return Err(StoreError::Io {
+                errno: libc::ENOENT,
+            });
+        }
+        self.write_cache(&Chunk {
+            segment: base,
+            offset: offset as u32,
+            buf: bytes.to_vec(),
+        });
+        if sync {
+            self.sync_segment(base);
+        }
+        Ok(())
+    }
 }
 
 impl Store<SimDisk> {
