@@ -9,8 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{parse_packet, utf16z, Guid, Utf16};
 
-const FRAME7: &[u8] =
-    include_bytes!("../tests/vectors/mqqb-4.1/frame7-user-message-express.bin");
+const FRAME7: &[u8] = include_bytes!("../tests/vectors/mqqb-4.1/frame7-user-message-express.bin");
 
 fn bench_frame(c: &mut Criterion, name: &str, frame: &[u8]) {
     let mut g = c.benchmark_group(name);

@@ -208,6 +208,16 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         load(&b.tx_rejected),
     );
     put(
+        "tx_acks_refused_total",
+        "OrderAcks/FinalAcks ignored: not from the queue manager the sequence was sent to, or for numbers not sent.",
+        load(&b.tx_acks_refused),
+    );
+    put(
+        "order_acks_in_total",
+        "OrderAcks taken for our own transactional sends.",
+        load(&b.order_acks_received),
+    );
+    put(
         "expired_on_arrival_total",
         "Messages expired before reaching their queue.",
         load(&b.expired_on_arrival),

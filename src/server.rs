@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
-use crate::qm::broker::{Broker, Verdict};
+use crate::qm::broker::{AckSource, Broker, Verdict};
 use crate::qm::catalog::ORDER_QUEUE_ID;
 use crate::qm::txn::{IncomingSequence, OrderAckTimer, TxKey};
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
@@ -127,6 +127,12 @@ struct OutQueue {
     /// OrderAck progress, every message is sent again and the interval grows.
     tx_resend_at: Option<u64>,
     tx_resend_index: usize,
+    /// Lookup ids sent on the current session and still stored (in flight, or transactional
+    /// and waiting for their OrderAck): never sent twice on one session.
+    sent: std::collections::HashSet<u64>,
+    /// New messages were queued: the priorities above the cursor's are looked at again, so a
+    /// new message of a higher priority than the cursor's is not left behind it.
+    rescan: bool,
 }
 
 /// The per-shard app.
@@ -149,8 +155,9 @@ pub struct MsmqApp<S> {
     now_ms: u64,
     /// Admin acknowledgements owed for frames received this turn.
     admin_acks: Vec<(Vec<u8>, crate::wire::headers::MessageClass)>,
-    /// OrderAcks and FinalAcks for our own sends received this turn.
-    tx_acks: Vec<Vec<u8>>,
+    /// OrderAcks and FinalAcks for our own sends received this turn, with the session each
+    /// came on.
+    tx_acks: Vec<(Vec<u8>, AckSource)>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
@@ -242,7 +249,12 @@ impl<S: QueueStore> MsmqApp<S> {
             Verdict::TxAck => {
                 // Handled once the partition lock is released (it may touch any partition).
                 if self.tx_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                    self.tx_acks.push(frame.to_vec());
+                    let from = AckSource {
+                        remote_qm: conn.session.remote_qm(),
+                        ip: conn.peer.ip(),
+                        outgoing: conn.outgoing,
+                    };
+                    self.tx_acks.push((frame.to_vec(), from));
                 }
                 (own, Ticket::IMMEDIATE)
             }
@@ -380,6 +392,9 @@ impl<S: QueueStore> MsmqApp<S> {
                     conn.established = true;
                     if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
                         q.phase = OutPhase::Open(conn.id);
+                        self.shared
+                            .broker
+                            .note_outgoing_peer(q.def.id, remote_qm, conn.peer.ip());
                     }
                     self.shared
                         .counters
@@ -396,6 +411,9 @@ impl<S: QueueStore> MsmqApp<S> {
                             .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
                         // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
                         if !transactional {
+                            if let Some(o) = self.out.get_mut(&q) {
+                                o.sent.remove(&token);
+                            }
                             if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
                                 tracing::error!(error = %e, "cannot remove a delivered message");
                             }
@@ -424,6 +442,37 @@ impl<S: QueueStore> MsmqApp<S> {
     }
 }
 
+/// Sends one stored message of an outgoing queue on `conn`; false when the session cannot take
+/// it now.
+fn send_one(
+    now_ms: u64,
+    conn: &mut MsmqConn,
+    out: &mut OutQueue,
+    m: &crate::store::MessageRef<'_>,
+    resend_ms: u64,
+    tx_sent: &mut Option<(u64, u32)>,
+) -> bool {
+    let recoverable = m.meta.class != crate::store::Class::Express;
+    if conn
+        .session
+        .send_message(now_ms, m.bytes, recoverable, m.lookup_id.0)
+        .is_err()
+    {
+        return false;
+    }
+    out.sent.insert(m.lookup_id.0);
+    if m.meta.class == crate::store::Class::Transactional {
+        if out.tx_resend_at.is_none() {
+            out.tx_resend_at = Some(now_ms + resend_ms);
+        }
+        if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
+            let pos = (t.tx_sequence_id, t.tx_sequence_number);
+            *tx_sent = Some(tx_sent.map_or(pos, |p| p.max(pos)));
+        }
+    }
+    true
+}
+
 impl<S: QueueStore> MsmqApp<S> {
     /// Sends messages of outgoing queue `q` while the peer's window has room.
     fn fill_window(&mut self, now_ms: u64, conn: &mut MsmqConn, q: u32) {
@@ -434,23 +483,47 @@ impl<S: QueueStore> MsmqApp<S> {
             return;
         }
         let part = self.shared.broker.partition(self.shard);
+        // The highest transactional position sent now (noted once the partition is unlocked).
+        let mut tx_sent: Option<(u64, u32)> = None;
+        let resend_ms = self.resend_ms[out.tx_resend_index];
+        // New messages of a priority above the cursor's sort before it: send those first.
+        if out.rescan {
+            out.rescan = false;
+            if let Some((cp, cl)) = out.cursor.last {
+                let mut c = Cursor::new(QueueId(q));
+                while let Some(m) = part.store.cursor_next(&mut c) {
+                    let (p, l) = c.last.unwrap_or((0, LookupId(0)));
+                    if p < cp || (p == cp && l >= cl) {
+                        break;
+                    }
+                    if out.sent.contains(&m.lookup_id.0) {
+                        continue;
+                    }
+                    if conn.session.window_available() == 0
+                        || !send_one(now_ms, conn, out, &m, resend_ms, &mut tx_sent)
+                    {
+                        out.rescan = true;
+                        break;
+                    }
+                }
+            }
+        }
         while conn.session.window_available() > 0 {
             let before = out.cursor;
             let Some(m) = part.store.cursor_next(&mut out.cursor) else {
                 break;
             };
-            let recoverable = m.meta.class != crate::store::Class::Express;
-            if conn
-                .session
-                .send_message(now_ms, m.bytes, recoverable, m.lookup_id.0)
-                .is_err()
-            {
+            if out.sent.contains(&m.lookup_id.0) {
+                continue;
+            }
+            if !send_one(now_ms, conn, out, &m, resend_ms, &mut tx_sent) {
                 out.cursor = before;
                 break;
             }
-            if m.meta.class == crate::store::Class::Transactional && out.tx_resend_at.is_none() {
-                out.tx_resend_at = Some(now_ms + self.resend_ms[out.tx_resend_index]);
-            }
+        }
+        drop(part);
+        if let Some((seq_id, no)) = tx_sent {
+            self.shared.broker.note_tx_sent(q, seq_id, no);
         }
     }
 
@@ -458,6 +531,9 @@ impl<S: QueueStore> MsmqApp<S> {
     fn manage_outgoing(&mut self, now_ms: u64) {
         let broker = self.shared.broker.clone();
         if broker.take_outgoing_dirty(self.shard) {
+            for o in self.out.values_mut() {
+                o.rescan = true;
+            }
             for def in broker.outgoing_for(self.shard) {
                 self.out.entry(def.id).or_insert_with(|| OutQueue {
                     cursor: Cursor::new(QueueId(def.id)),
@@ -465,6 +541,8 @@ impl<S: QueueStore> MsmqApp<S> {
                     phase: OutPhase::Idle,
                     tx_resend_at: None,
                     tx_resend_index: 0,
+                    sent: std::collections::HashSet::new(),
+                    rescan: false,
                 });
             }
         }
@@ -475,6 +553,13 @@ impl<S: QueueStore> MsmqApp<S> {
             if let Some(o) = self.out.get_mut(&id) {
                 o.tx_resend_index = 0;
                 o.tx_resend_at = None;
+                // Forget what the OrderAck removed.
+                let part = broker.partition(self.shard);
+                o.sent.retain(|&l| {
+                    part.store
+                        .peek(QueueId(id), crate::store::Select::Lookup(LookupId(l)))
+                        .is_some()
+                });
             }
         }
         for o in self.out.values_mut() {
@@ -482,6 +567,13 @@ impl<S: QueueStore> MsmqApp<S> {
                 o.tx_resend_index = (o.tx_resend_index + 1).min(self.resend_ms.len() - 1);
                 o.tx_resend_at = None;
                 o.cursor = Cursor::new(QueueId(o.def.id));
+                // Transactional messages are sent again; others still in flight are not.
+                let part = broker.partition(self.shard);
+                o.sent.retain(|&l| {
+                    part.store
+                        .peek(QueueId(o.def.id), crate::store::Select::Lookup(LookupId(l)))
+                        .is_some_and(|m| m.meta.class != crate::store::Class::Transactional)
+                });
                 tracing::info!(destination = %o.def.key, interval = o.tx_resend_index, "no OrderAck in time; resending");
             }
         }
@@ -628,9 +720,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 self.shared.broker.send_admin_ack(&msg, class);
             }
         }
-        for frame in std::mem::take(&mut self.tx_acks) {
+        for (frame, from) in std::mem::take(&mut self.tx_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.handle_tx_ack(&msg);
+                self.shared.broker.handle_tx_ack(&msg, &from);
             }
         }
         self.drain_events(conn);
@@ -708,6 +800,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             let retry = u64::from(self.shared.broker.config.parameters.TryConnectInterval);
             q.phase = OutPhase::Retry(now_ms + retry);
             q.cursor = Cursor::new(QueueId(q.def.id));
+            q.sent.clear();
             tracing::info!(destination = %q.def.key, ?reason, retry_ms = retry, "outgoing session closed");
         }
         tracing::info!(

@@ -237,3 +237,120 @@ fn transactional_sends_arrive_exactly_once_in_order_and_leave_on_the_order_ack()
     }
     assert_eq!(left, 0, "messages wait until the OrderAck and no longer");
 }
+
+/// One `lior serve` at `ip:port` over data directory `dir` (kept across restarts), reaching its
+/// peer on `remote_port`.
+fn start_at(dir: &std::path::Path, ip: &str, port: u16, remote_port: u16) -> Server {
+    let c = config(dir, ip, remote_port, "");
+    let listen = format!("{ip}:{port}");
+    Server::start_with(&dir.join("data"), &["--config", &c, "--listen", &listen])
+}
+
+/// Messages waiting in `s`'s outgoing queues, summed.
+fn outgoing_len(s: &Server) -> u64 {
+    let list: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("http://{}/v1/outgoing", s.api))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["messages"].as_u64().unwrap())
+        .sum()
+}
+
+fn bodies(got: &[serde_json::Value]) -> Vec<String> {
+    use base64::Engine as _;
+    got.iter()
+        .map(|m| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(m["body_base64"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Issue 8.2: transactional messages queued before the sender restarted used to stay in its
+/// outgoing queue (the OrderAck matched no sequence the restarted sender knew) and were resent
+/// every 30 s; messages sent later waited behind them.
+#[test]
+fn transactional_sends_survive_a_sender_restart_and_the_outgoing_queue_empties() {
+    let (ip_a, ip_b) = ("127.0.0.11", "127.0.0.10");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
+    let mut b = start_at(db.path(), ip_b, port_b, port_a);
+    b.cli(&["queue", "create", "txq", "--transactional"]);
+    b.cli(&["queue", "create", "rq"]);
+    b.kill9();
+    let mut a = start_at(da.path(), ip_a, port_a, port_b);
+    for i in 1..=3 {
+        a.cli(&[
+            "send",
+            "DIRECT=TCP:127.0.0.10\\private$\\txq",
+            "--transactional",
+            "--body",
+            &format!("t{i}"),
+        ]);
+    }
+    for i in 1..=2 {
+        a.cli(&[
+            "send",
+            "DIRECT=TCP:127.0.0.10\\private$\\rq",
+            "--recoverable",
+            "--body",
+            &format!("r{i}"),
+        ]);
+    }
+    assert_eq!(outgoing_len(&a), 5);
+    // The sender restarts while the receiver is away, then the receiver comes back.
+    a.kill9();
+    let a = start_at(da.path(), ip_a, port_a, port_b);
+    let b = start_at(db.path(), ip_b, port_b, port_a);
+    let tx = b.receive_until("txq", 3);
+    assert_eq!(bodies(&tx), ["t1", "t2", "t3"], "exactly once, in order");
+    // The OrderAck reaches the restarted sender: its outgoing queue empties well before the
+    // first transactional resend (30 s).
+    let mut left = u64::MAX;
+    for _ in 0..150 {
+        left = outgoing_len(&a);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, 0, "the OrderAck emptied the outgoing queue");
+    // Later messages of every class go through at once, none behind a resend.
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.10\\private$\\rq",
+        "--body",
+        "e1",
+    ]);
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.10\\private$\\txq",
+        "--transactional",
+        "--body",
+        "t4",
+    ]);
+    let r = b.receive_until("rq", 3);
+    assert_eq!(bodies(&r), ["r1", "r2", "e1"]);
+    let tx = b.receive_until("txq", 1);
+    assert_eq!(bodies(&tx), ["t4"]);
+    for _ in 0..150 {
+        left = outgoing_len(&a);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, 0);
+    assert!(b.receive_all("txq").is_empty() && b.receive_all("rq").is_empty());
+}

@@ -13,8 +13,7 @@ use lior::wire::user::{QueueRef, UserFlags, UserHeader, UserMessage};
 use lior::wire::{frame_len, parse_packet, ErrorKind, Guid, Packet, SessionHeader, Utf16};
 use proptest::prelude::*;
 
-const FRAME7: &[u8] =
-    include_bytes!("vectors/mqqb-4.1/frame7-user-message-express.bin");
+const FRAME7: &[u8] = include_bytes!("vectors/mqqb-4.1/frame7-user-message-express.bin");
 
 /// A queue reference with owned name storage.
 #[derive(Debug, Clone)]

@@ -15,8 +15,7 @@ use lior::wire::{
     frame_len, parse_packet, utf16z, ErrorKind, Guid, Packet, SessionHeader, Utf16, WireError,
 };
 
-const FRAME7: &[u8] =
-    include_bytes!("vectors/mqqb-4.1/frame7-user-message-express.bin");
+const FRAME7: &[u8] = include_bytes!("vectors/mqqb-4.1/frame7-user-message-express.bin");
 
 /// Parses a DIGEST-style hex dump: each line is an offset followed by hex byte pairs.
 fn hex(dump: &str) -> Vec<u8> {

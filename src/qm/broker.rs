@@ -39,6 +39,10 @@ use crate::wire::format_name::SystemQueue;
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
 /// Senders × queues whose transactional sequence state is kept.
 pub const TXN_TABLE_MAX: usize = 65_536;
+/// Ignored OrderAcks/FinalAcks are logged once per peer per this many seconds.
+pub const TX_ACK_REFUSED_LOG_INTERVAL_S: u32 = 60;
+/// Peers whose last such log line is remembered (the memory starts over when full).
+pub const TX_ACK_REFUSED_LOG_PEERS_MAX: usize = 1_024;
 /// Destinations the route cache remembers at most (it starts over when full).
 pub const ROUTE_CACHE_MAX: usize = 4_096;
 
@@ -76,6 +80,9 @@ pub struct BrokerCounters {
     pub expired_in_queue: AtomicU64,
     pub order_acks_received: AtomicU64,
     pub final_acks_received: AtomicU64,
+    /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
+    /// for an unknown sequence, or for numbers not sent.
+    pub tx_acks_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -312,13 +319,15 @@ pub struct Broker<S> {
     tx_out: Mutex<HashMap<u32, TxOut>>,
     /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
     tx_progress: Mutex<Vec<u32>>,
+    /// When an ignored OrderAck/FinalAck was last logged, per peer address.
+    refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
     route_cache: RwLock<RouteCache>,
     /// Bumped by every catalog change; the route cache is valid for one generation.
     catalog_generation: AtomicU64,
 }
 
 /// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
-/// start-up, so it needs no file of its own.
+/// start-up (the sequence id also from `outgoing.json`), so it needs no file of its own.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TxOut {
     /// TxSequenceID as a u64 (TimeStamp << 32 | Ordinal).
@@ -327,6 +336,23 @@ pub struct TxOut {
     pub next_no: u32,
     /// The highest number an OrderAck acknowledged.
     pub acked_no: u32,
+    /// The highest number of `seq_id` sent on a session by this process: an OrderAck may
+    /// acknowledge no more than this (MS-MQQB 3.1.5.6 acknowledges what was sent).
+    pub sent_no: u32,
+    /// The queue manager our outgoing session to this destination reached (its GUID and
+    /// address): only it may acknowledge the sequence.
+    pub peer: Option<(Guid, std::net::IpAddr)>,
+}
+
+/// Where an OrderAck or FinalAck came from: the session it arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckSource {
+    /// The queue manager GUID the peer gave when the session was established.
+    pub remote_qm: Guid,
+    /// The peer's address.
+    pub ip: std::net::IpAddr,
+    /// For a session we opened: the outgoing queue it carries.
+    pub outgoing: Option<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -457,6 +483,7 @@ impl<S: QueueStore> Broker<S> {
             waker: OnceLock::new(),
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
+            refused_log: Mutex::new(HashMap::new()),
             route_cache: RwLock::new(RouteCache::default()),
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
@@ -1357,72 +1384,163 @@ impl<S: QueueStore> Broker<S> {
 
     /// The outgoing transactional sequence of `def`, read back from the stored messages the
     /// first time (the last stored number continues; an empty queue starts a new sequence whose
-    /// TimeStamp is now, later than any earlier one).
+    /// id is above every earlier one of this destination, kept in `outgoing.json`).
     fn tx_out_state<'g>(
         &self,
         g: &'g mut MutexGuard<'_, HashMap<u32, TxOut>>,
         def: &OutgoingDef,
     ) -> &'g mut TxOut {
         g.entry(def.id).or_insert_with(|| {
-            let part = lock(&self.partitions[def.shard % self.partitions.len()]);
-            let best = stored_tx_positions(&part.store, def.id)
-                .into_iter()
-                .map(|(_, id, no)| (id, no))
-                .max();
-            match best {
+            let best = {
+                let part = lock(&self.partitions[def.shard % self.partitions.len()]);
+                stored_tx_positions(&part.store, def.id)
+                    .into_iter()
+                    .map(|(_, id, no)| (id, no))
+                    .max()
+            };
+            let t = match best {
                 Some((seq_id, no)) => TxOut {
                     seq_id,
                     next_no: no.wrapping_add(1),
-                    acked_no: 0,
+                    ..TxOut::default()
                 },
-                None => TxOut {
-                    seq_id: (u64::from(unix_now()) << 32) | 1,
-                    next_no: 1,
-                    acked_no: 0,
-                },
+                None => {
+                    let last = lock(&self.outgoing)
+                        .by_id(def.id)
+                        .map_or(def.tx_sequence_id, |d| d.tx_sequence_id);
+                    TxOut {
+                        seq_id: ((u64::from(unix_now()) << 32) | 1).max(last.saturating_add(1)),
+                        next_no: 1,
+                        ..TxOut::default()
+                    }
+                }
+            };
+            if let Err(e) = lock(&self.outgoing).set_tx_sequence_id(def.id, t.seq_id) {
+                tracing::error!(destination = %def.key, error = %e, "cannot record the outgoing transactional sequence id; a restart within this second could reuse it");
             }
+            t
         })
     }
 
-    /// An OrderAck or FinalAck for our own transactional sends arrived (MS-MQQB 3.1.5.6, 3.1.5.7).
-    /// An OrderAck deletes every message of its sequence up to its number from the outgoing
-    /// queue; a FinalAck is logged and counted.
-    pub fn handle_tx_ack(&self, msg: &UserMessage<'_>) {
+    /// Our outgoing session for queue `queue` was established with queue manager `guid` at
+    /// `ip`: OrderAcks for its sequence are taken from that queue manager only.
+    pub fn note_outgoing_peer(&self, queue: u32, guid: Guid, ip: std::net::IpAddr) {
+        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+            return;
+        };
+        let mut g = lock(&self.tx_out);
+        self.tx_out_state(&mut g, &def).peer = Some((guid, ip));
+    }
+
+    /// Transactional messages of outgoing queue `queue` were sent on a session: (TxSequenceID,
+    /// highest TxSequenceNumber).
+    pub fn note_tx_sent(&self, queue: u32, seq_id: u64, no: u32) {
+        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+            return;
+        };
+        let mut g = lock(&self.tx_out);
+        let t = self.tx_out_state(&mut g, &def);
+        if t.seq_id == seq_id {
+            t.sent_no = t.sent_no.max(no);
+        }
+    }
+
+    /// Counts and logs (once per peer per interval) an OrderAck or FinalAck we do not take.
+    fn refuse_tx_ack(&self, from: &AckSource, what: &str, why: &str) {
+        bump(&self.counters.tx_acks_refused);
+        let now = unix_now();
+        let mut g = lock(&self.refused_log);
+        let due = g
+            .get(&from.ip)
+            .is_none_or(|&t| now.saturating_sub(t) >= TX_ACK_REFUSED_LOG_INTERVAL_S);
+        if due {
+            if g.len() >= TX_ACK_REFUSED_LOG_PEERS_MAX {
+                g.clear();
+            }
+            g.insert(from.ip, now);
+            tracing::warn!(peer = %from.ip, remote_qm = %from.remote_qm, "{what} ignored: {why} (counted in lior_tx_acks_refused_total; logged once per peer every {TX_ACK_REFUSED_LOG_INTERVAL_S} s)");
+        }
+    }
+
+    /// An OrderAck or FinalAck for our own transactional sends arrived (MS-MQQB 3.1.5.6, 3.1.5.7)
+    /// on a session with `from`. It is taken only from the queue manager the sequence was sent
+    /// to (on our outgoing session to it, or a session from that queue manager's GUID and
+    /// address), and only for numbers actually sent; anything else is counted and logged. An
+    /// OrderAck deletes every message of its sequence up to its number from the outgoing queue;
+    /// a FinalAck is logged and counted. Returns whether it was taken.
+    pub fn handle_tx_ack(&self, msg: &UserMessage<'_>, from: &AckSource) -> bool {
+        let from_peer = |id: u32, t: &TxOut| {
+            from.outgoing == Some(id)
+                || t.peer
+                    .is_some_and(|(g, ip)| g == from.remote_qm && !g.is_null() && ip == from.ip)
+        };
         if let Some(fa) = msg.final_ack_body() {
+            let known = lock(&self.tx_out)
+                .iter()
+                .any(|(id, t)| from_peer(*id, t) && t.seq_id == fa.tx_sequence_id);
+            if !known {
+                self.refuse_tx_ack(
+                    from,
+                    "FinalAck",
+                    "not from a queue manager we sent that sequence to",
+                );
+                return false;
+            }
             bump(&self.counters.final_acks_received);
             tracing::info!(
                 class = msg.properties.message_class.name(),
                 message = %format!("{}\\{}", fa.source_guid, fa.message_id),
                 "FinalAck received"
             );
-            return;
+            return true;
         }
         let Some(oa) = msg.order_ack_body() else {
-            tracing::warn!("malformed OrderAck body; ignored");
-            return;
+            self.refuse_tx_ack(from, "OrderAck", "malformed body");
+            return false;
         };
-        bump(&self.counters.order_acks_received);
-        let targets: Vec<u32> = {
+        let mut beyond_sent = false;
+        let targets: Vec<(u32, u32)> = {
             let mut g = lock(&self.tx_out);
             g.iter_mut()
-                .filter(|(_, t)| t.seq_id == oa.tx_sequence_id)
-                .map(|(id, t)| {
-                    t.acked_no = t.acked_no.max(oa.tx_sequence_number);
-                    *id
+                .filter(|(id, t)| from_peer(**id, t) && t.seq_id == oa.tx_sequence_id)
+                .filter_map(|(id, t)| {
+                    beyond_sent |= oa.tx_sequence_number > t.sent_no;
+                    let n = oa.tx_sequence_number.min(t.sent_no);
+                    (n > 0).then(|| {
+                        t.acked_no = t.acked_no.max(n);
+                        (*id, n)
+                    })
                 })
                 .collect()
         };
-        let defs: Vec<OutgoingDef> = lock(&self.outgoing)
-            .iter()
-            .filter(|d| targets.contains(&d.id))
-            .cloned()
-            .collect();
-        for def in defs {
+        if targets.is_empty() || beyond_sent {
+            self.refuse_tx_ack(
+                from,
+                "OrderAck",
+                if targets.is_empty() {
+                    "no sequence sent to that queue manager has that id"
+                } else {
+                    "it acknowledges numbers not sent yet"
+                },
+            );
+            if targets.is_empty() {
+                return false;
+            }
+        }
+        bump(&self.counters.order_acks_received);
+        let defs: Vec<(OutgoingDef, u32)> = {
+            let t = lock(&self.outgoing);
+            targets
+                .iter()
+                .filter_map(|&(id, n)| t.by_id(id).cloned().map(|d| (d, n)))
+                .collect()
+        };
+        for (def, n) in defs {
             let shard = def.shard % self.partitions.len();
             let mut part = lock(&self.partitions[shard]);
             let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
                 .into_iter()
-                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= oa.tx_sequence_number)
+                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= n)
                 .map(|(l, _, _)| l)
                 .collect();
             for l in &done {
@@ -1443,6 +1561,7 @@ impl<S: QueueStore> Broker<S> {
             }
             self.wake(shard);
         }
+        true
     }
 
     /// Outgoing queues of shard `shard` whose transactional sequence progressed since the last
