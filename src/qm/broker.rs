@@ -27,7 +27,7 @@ use crate::wire::user::UserMessage;
 use crate::wire::Guid;
 
 use super::catalog::{Catalog, CatalogError, QueueDef, QueueKind, DEADLETTER_ID, DEADXACT_ID};
-use super::dedup::DuplicateTable;
+use super::dedup::{DuplicateTable, PENDING};
 use super::identity::{load_or_create_guid, OrdinalAllocator};
 use super::outgoing::{OutgoingDef, OutgoingTable, Transport};
 use super::routing::{route, LocalIdentity, Route};
@@ -39,6 +39,9 @@ use crate::wire::format_name::SystemQueue;
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
 /// Senders × queues whose transactional sequence state is kept.
 pub const TXN_TABLE_MAX: usize = 65_536;
+/// How long a duplicate waits at most for its first copy (being stored by another shard) to get
+/// its place.
+pub const DEDUP_PENDING_WAIT_MS: u64 = 1_000;
 /// Ignored OrderAcks/FinalAcks are logged once per peer per this many seconds.
 pub const TX_ACK_REFUSED_LOG_INTERVAL_S: u32 = 60;
 /// Peers whose last such log line is remembered (the memory starts over when full).
@@ -303,6 +306,8 @@ pub struct Broker<S> {
     catalog: RwLock<Catalog>,
     partitions: Vec<Mutex<Partition<S>>>,
     dedup: Mutex<DuplicateTable>,
+    /// Signalled when a pending duplicate-table entry got its place (or was dropped).
+    dedup_settled: std::sync::Condvar,
     txn: Mutex<TxnTable>,
     pub counters: BrokerCounters,
     /// Woken whenever messages become receivable (for receive with a wait).
@@ -489,6 +494,7 @@ impl<S: QueueStore> Broker<S> {
             catalog: RwLock::new(catalog),
             partitions,
             dedup: Mutex::new(dedup),
+            dedup_settled: std::sync::Condvar::new(),
             txn: Mutex::new(txn),
             counters: BrokerCounters::default(),
             arrivals: tokio::sync::Notify::new(),
@@ -700,14 +706,20 @@ impl<S: QueueStore> Broker<S> {
         }
         let dedup_key = (u.source_queue_manager, u.message_id);
         if tx_state.is_none() {
-            if let Some(origin) =
-                lock(&self.dedup).check_and_insert(dedup_key, now_ms, (part.index, 0))
-            {
-                bump(&self.counters.duplicates_dropped);
-                out.verdict = Verdict::Duplicate {
-                    origin: (origin.0, Ticket(origin.1)),
-                };
-                return out;
+            match self.dedup_check(dedup_key, now_ms) {
+                Ok(None) => {}
+                Ok(Some(origin)) => {
+                    bump(&self.counters.duplicates_dropped);
+                    out.verdict = Verdict::Duplicate {
+                        origin: (origin.0, Ticket(origin.1)),
+                    };
+                    return out;
+                }
+                Err(e) => {
+                    bump(&self.counters.refused_store_errors);
+                    out.verdict = Verdict::Refuse(e);
+                    return out;
+                }
             }
         }
         let stored = self.store(part, queue.id, frame, msg);
@@ -718,6 +730,8 @@ impl<S: QueueStore> Broker<S> {
                 // Not stored: a resend must be taken, not dropped as a duplicate.
                 Err(_) => dedup.remove(&dedup_key),
             }
+            drop(dedup);
+            self.dedup_settled.notify_all();
         }
         match stored {
             Ok(ticket) => {
@@ -783,6 +797,37 @@ impl<S: QueueStore> Broker<S> {
                     admin_ack: None,
                 }
             }
+        }
+    }
+
+    /// Looks a non-transactional message up in the duplicate table and records it as pending
+    /// when new. A duplicate whose first copy another shard is storing at this very moment waits
+    /// (a few microseconds) until that copy has its ticket: until then it has no place the
+    /// duplicate's acknowledgement could wait for. Past [`DEDUP_PENDING_WAIT_MS`] the message is
+    /// refused (the session closes; the sender resends).
+    fn dedup_check(
+        &self,
+        key: (Guid, u32),
+        now_ms: u64,
+    ) -> Result<Option<(usize, u64)>, StoreError> {
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(DEDUP_PENDING_WAIT_MS);
+        let mut dedup = lock(&self.dedup);
+        loop {
+            match dedup.check_and_insert(key, now_ms, PENDING) {
+                Some(o) if o == PENDING => {}
+                found => return Ok(found),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::error!(source = %key.0, id = key.1, "the first copy of a duplicate was not stored in time; refusing the copy");
+                return Err(StoreError::NotDurable);
+            }
+            dedup = self
+                .dedup_settled
+                .wait_timeout(dedup, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
