@@ -409,7 +409,11 @@ impl<S: QueueStore> Broker<S> {
     /// Builds a broker over already opened stores (tests and simulation use in-memory ones).
     pub fn with_stores(config: Config, stores: Vec<S>) -> anyhow::Result<Broker<S>> {
         let guid = load_or_create_guid(&config.data_dir)?;
-        let identity = LocalIdentity::discover(guid, &config.aliases);
+        let mut identity = LocalIdentity::discover(guid, &config.aliases);
+        // The address we listen on names this machine too.
+        if !config.listen.ip().is_unspecified() && !identity.addrs.contains(&config.listen.ip()) {
+            identity.addrs.push(config.listen.ip());
+        }
         let catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut txn = TxnTable::new(TXN_TABLE_MAX);
@@ -1691,6 +1695,10 @@ impl<S: QueueStore> Broker<S> {
                 return;
             }
         };
+        if self.identity.is_local(&dest.address) {
+            self.deliver_local_ack(&frame, class, &admin.to_string());
+            return;
+        }
         let meta = message_meta(&m);
         match self.enqueue_outgoing(dest, &frame, &meta) {
             Ok(def) => {
@@ -1698,6 +1706,38 @@ impl<S: QueueStore> Broker<S> {
                 tracing::info!(class = class.name(), to = %admin, via = %def.key, "admin acknowledgement queued");
             }
             Err(e) => tracing::error!(error = %e, "cannot queue an admin acknowledgement"),
+        }
+    }
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Stores an admin acknowledgement whose admin queue is on this machine straight into it
+    /// (never over the network to ourselves). Call with no partition lock held.
+    fn deliver_local_ack(&self, frame: &[u8], class: MessageClass, to: &str) {
+        let Ok(msg) = UserMessage::parse(frame) else {
+            tracing::error!("an admin acknowledgement we built does not parse");
+            return;
+        };
+        let shard = msg.user.message_id as usize % self.partitions.len();
+        let mut p = lock(&self.partitions[shard]);
+        let d = self.deliver(&mut p, frame, &msg, unix_now(), 0);
+        match d.verdict {
+            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
+                // Durable with this commit or the shard's next one; nobody waits for it.
+                let _ = ticket;
+                if let Err(e) = p.commit(None) {
+                    tracing::error!(error = %e, "commit after a local admin acknowledgement failed");
+                }
+                drop(p);
+                self.arrivals.notify_waiters();
+                bump(&self.counters.admin_acks_queued);
+                tracing::info!(
+                    class = class.name(),
+                    to,
+                    "admin acknowledgement stored locally"
+                );
+            }
+            v => tracing::error!(verdict = ?v, to, "cannot store a local admin acknowledgement"),
         }
     }
 }
