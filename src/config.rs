@@ -72,6 +72,16 @@ pub struct Limits {
     /// session that pushes past it is closed (a flood of half-sent 4 MB packets cannot exhaust
     /// memory).
     pub reassembly_bytes_per_shard_max: usize,
+    /// Incoming transactional sequences (sender queue manager × queue) whose state is kept.
+    /// When full, the longest-idle state idle for at least `tx_sequence_evict_idle_s` makes
+    /// room; otherwise a message starting a new sequence is refused (the sender resends).
+    pub tx_sequences_max: usize,
+    /// Seconds a sequence state must have been idle before a full table may evict it.
+    pub tx_sequence_evict_idle_s: u64,
+    /// Seconds after which an idle sequence state is forgotten in any case; 0 = derived from
+    /// the resend schedule (its ten intervals) plus `RemoveDuplicateCleanup`, as MSMQ keeps
+    /// it until the sender can no longer be resending.
+    pub tx_sequence_idle_max_s: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +93,9 @@ impl Default for Limits {
             session_transmit_bytes_max: 8 << 20,
             outgoing_queue_messages_max: 1_000_000,
             reassembly_bytes_per_shard_max: 256 << 20,
+            tx_sequences_max: 65_536,
+            tx_sequence_evict_idle_s: 600,
+            tx_sequence_idle_max_s: 0,
         }
     }
 }
@@ -253,7 +266,10 @@ impl Config {
                 s.EncryptionAlgorithm
             )));
         }
-        if self.limits.queues_max == 0 || self.limits.connections_per_shard_max == 0 {
+        if self.limits.queues_max == 0
+            || self.limits.connections_per_shard_max == 0
+            || self.limits.tx_sequences_max == 0
+        {
             return Err(ConfigError("limits must be at least 1".into()));
         }
         Ok(())
@@ -270,6 +286,16 @@ impl Config {
             p.SeqResend10Time,
         );
         [a, a, a, b, b, b, c, c, c, d]
+    }
+
+    /// Seconds an idle incoming transactional sequence state is kept (see
+    /// [`Limits::tx_sequence_idle_max_s`]).
+    pub fn tx_sequence_idle_s(&self) -> u64 {
+        if self.limits.tx_sequence_idle_max_s > 0 {
+            return self.limits.tx_sequence_idle_max_s;
+        }
+        let schedule: u64 = self.resend_schedule_s().iter().map(|&s| u64::from(s)).sum();
+        schedule + u64::from(self.parameters.RemoveDuplicateCleanup) / 1000
     }
 
     /// The Session Initialization Timer: 60,000 + 2 × RoundTripDelay ms (MS-MQQB <43>).

@@ -146,8 +146,11 @@ pub struct MsmqApp<S> {
     ready: Vec<ConnId>,
     /// Durable watermark of the partition after the last commit.
     durable: Ticket,
-    /// False once a commit failed: the store is poisoned and nothing more becomes durable.
+    /// False once a commit failed for good: the store is poisoned and nothing more becomes
+    /// durable; sessions waiting for it are closed.
     commit_ok: bool,
+    /// When a transient commit failure was last logged.
+    commit_error_logged_ms: u64,
     /// The outgoing queues this shard sends, by store queue id.
     out: HashMap<u32, OutQueue>,
     /// Connections to open: (address, outgoing queue id).
@@ -167,6 +170,23 @@ pub struct MsmqApp<S> {
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
 pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
+
+/// Transient commit failures are logged at most once per this interval.
+pub const COMMIT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// OrderAck schedules one session keeps at most (one per sender × queue it carries); past it a
+/// sequence's OrderAck waits for that sender's next message or resend.
+pub const ORDER_ACKS_PER_SESSION_MAX: usize = 4_096;
+
+/// Whether a failed commit can never succeed (the log is poisoned or the disk failed), as
+/// opposed to one that is retried (a full batch, a commit that did not complete in time).
+fn is_fatal(e: &crate::store::StoreError) -> bool {
+    use crate::store::StoreError as E;
+    matches!(
+        e,
+        E::Poisoned { .. } | E::Io { .. } | E::Corrupt { .. } | E::Ring(_)
+    )
+}
 
 /// How soon an OrderAck held back for durability is tried again.
 pub const ORDER_ACK_RETRY_MS: u64 = 10;
@@ -190,6 +210,7 @@ impl<S> MsmqApp<S> {
             ready: Vec::new(),
             durable: Ticket(0),
             commit_ok: true,
+            commit_error_logged_ms: 0,
             out: HashMap::new(),
             connects: VecDeque::new(),
             now_ms: 0,
@@ -268,7 +289,9 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::warn!("too many admin acknowledgements in one turn; dropping one");
             }
         }
-        if let Some((key, state)) = d.order_ack {
+        if let Some((key, state)) = d.order_ack.filter(|(k, _)| {
+            conn.order_acks.len() < ORDER_ACKS_PER_SESSION_MAX || conn.order_acks.contains_key(k)
+        }) {
             let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
             let e = conn.order_acks.entry(key).or_default();
             e.0.on_accepted(now_ms, max_delay);
@@ -742,6 +765,12 @@ impl<S: QueueStore> App for MsmqApp<S> {
 
     fn poll_transmit(&mut self, now_ms: u64, conn: &mut MsmqConn, buf: &mut Vec<u8>) {
         self.apply_durability(now_ms, conn);
+        if !self.commit_ok && !conn.pending_durable.is_empty() && !conn.session.is_closed() {
+            // Nothing more becomes durable here: the sender keeps its messages only if the
+            // session ends without acknowledging them.
+            tracing::warn!(peer = %conn.peer, waiting = conn.pending_durable.len(), "store poisoned; closing a session with unacknowledged recoverable messages");
+            conn.session.close_local();
+        }
         if !conn.order_acks.is_empty() {
             self.send_order_acks(now_ms, conn);
         }
@@ -825,9 +854,37 @@ impl<S: QueueStore> App for MsmqApp<S> {
                     self.shared.broker.arrivals.notify_waiters();
                 }
             }
+            Err(e) if is_fatal(&e) => {
+                if self.commit_ok {
+                    self.commit_ok = false;
+                    self.shared
+                        .broker
+                        .counters
+                        .store_poisoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        shard = self.shard,
+                        error = %e,
+                        "store commit failed for good: partition {} is poisoned; closing the \
+                         sessions waiting for it (their senders keep the messages and resend \
+                         elsewhere or after a restart); restart lior once the disk is fixed",
+                        part.index
+                    );
+                }
+            }
             Err(e) => {
-                self.commit_ok = false;
-                tracing::error!(shard = self.shard, error = %e, "store commit failed; recoverable messages stay unacknowledged");
+                // Transient (a full batch, a slow disk): the same commit is tried again next
+                // turn; the sessions keep waiting for it.
+                self.appended = wait_for;
+                self.shared
+                    .broker
+                    .counters
+                    .commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if now_ms >= self.commit_error_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS {
+                    self.commit_error_logged_ms = now_ms;
+                    tracing::error!(shard = self.shard, error = %e, "store commit failed; retrying each turn (logged once per {COMMIT_ERROR_LOG_INTERVAL_MS} ms)");
+                }
             }
         }
         drop(part);
@@ -837,6 +894,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
             self.shared.broker.expire_partition(self.shard, unix_now());
+            if self.shard == 0 {
+                self.shared.broker.sweep_txn(unix_now());
+            }
         }
     }
 

@@ -31,14 +31,14 @@ use super::dedup::{DuplicateTable, PENDING};
 use super::identity::{load_or_create_guid, OrdinalAllocator};
 use super::outgoing::{OutgoingDef, OutgoingTable, Transport};
 use super::routing::{route, LocalIdentity, Route};
-use super::txn::{IncomingSequence, TxKey, TxVerdict, TxnTable};
+use super::txn::{IncomingSequence, TxKey, TxVerdict, TxnLimits, TxnTable};
 use crate::wire::format_name::SystemQueue;
 
 /// Internal store queue holding the persistent transactional sequence states (one record per
 /// sender and queue; the message id field is the sender GUID and the queue id).
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
-/// Senders × queues whose transactional sequence state is kept.
-pub const TXN_TABLE_MAX: usize = 65_536;
+/// Sequence states one sweep looks at most.
+pub const TXN_SWEEP_BATCH_MAX: usize = 4_096;
 /// How long a duplicate waits at most for its first copy (being stored by another shard) to get
 /// its place.
 pub const DEDUP_PENDING_WAIT_MS: u64 = 1_000;
@@ -86,6 +86,13 @@ pub struct BrokerCounters {
     /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
     /// for an unknown sequence, or for numbers not sent.
     pub tx_acks_refused: AtomicU64,
+    /// Messages refused because the transactional sequence table was full.
+    pub tx_table_full: AtomicU64,
+    /// Partitions whose store is poisoned (a failed write or fsync): nothing more becomes
+    /// durable there until restart.
+    pub store_poisoned: AtomicU64,
+    /// Group commits that failed and are retried.
+    pub commit_failures: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -102,6 +109,12 @@ pub struct Partition<S> {
     pending_release: Vec<Reservation>,
     /// Transactional sequence states changed since the last commit, written once per commit.
     txn_dirty: HashMap<TxKey, IncomingSequence>,
+    /// Where each sequence's state record lies in this partition (removed when replaced).
+    txn_records: HashMap<TxKey, LookupId>,
+    /// State records to remove that were not visible yet when replaced.
+    txn_stale: Vec<LookupId>,
+    /// Sequences the table forgot (evicted): their records here go at the next commit.
+    txn_forget: Arc<Mutex<Vec<TxKey>>>,
 }
 
 impl<S: QueueStore> Partition<S> {
@@ -111,18 +124,59 @@ impl<S: QueueStore> Partition<S> {
             index,
             pending_release: Vec::new(),
             txn_dirty: HashMap::new(),
+            txn_records: HashMap::new(),
+            txn_stale: Vec::new(),
+            txn_forget: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Stages the removal of a state record, or remembers it until it is visible.
+    fn drop_txn_record(&mut self, l: LookupId) -> Result<(), StoreError> {
+        match self.store.receive(TXN_STATE_QUEUE, Select::Lookup(l))? {
+            Some(r) => self.pending_release.push(r),
+            None => {
+                if self.txn_stale.len() < TXN_STALE_RECORDS_MAX {
+                    self.txn_stale.push(l);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends, starting a group commit and waiting for it first when the pending batch is
+    /// full (a burst of new sequences writes one record each).
+    fn append_rolling(
+        &mut self,
+        queue: QueueId,
+        meta: &MessageMeta,
+        bytes: &[u8],
+    ) -> Result<crate::store::Appended, StoreError> {
+        match self.store.append(queue, meta, bytes) {
+            Err(StoreError::BatchFull) => {
+                self.store.flush()?;
+                self.store.poll_durable(true)?;
+                self.store.append(queue, meta, bytes)
+            }
+            r => r,
         }
     }
 
     /// Writes what is owed and starts a group commit, then reaps completions; with `wait_for`,
-    /// blocks until that ticket is durable. Returns the durable watermark.
+    /// blocks until that ticket is durable. Returns the durable watermark. On an error the
+    /// state records not yet written stay owed, so a later commit writes them.
     pub fn commit(&mut self, wait_for: Option<Ticket>) -> Result<Ticket, StoreError> {
-        for (key, s) in std::mem::take(&mut self.txn_dirty) {
-            let id = txn_record_id(&key);
-            // Remove the previous record of this key (durable since the last commit).
-            while let Some(r) = self.store.receive(TXN_STATE_QUEUE, Select::MessageId(id))? {
-                self.pending_release.push(r);
+        let forget = std::mem::take(&mut *lock(&self.txn_forget));
+        for key in forget {
+            if let Some(l) = self.txn_records.remove(&key) {
+                self.drop_txn_record(l)?;
             }
+        }
+        for l in std::mem::take(&mut self.txn_stale) {
+            self.drop_txn_record(l)?;
+        }
+        let dirty: Vec<(TxKey, IncomingSequence)> = self.txn_dirty.drain().collect();
+        for (i, (key, s)) in dirty.iter().enumerate() {
+            let id = txn_record_id(key);
             let mut bytes = [0u8; 12];
             bytes[..8].copy_from_slice(&s.seq_id.to_le_bytes());
             bytes[8..].copy_from_slice(&s.seq_no.to_le_bytes());
@@ -132,7 +186,20 @@ impl<S: QueueStore> Partition<S> {
                 message_id: id,
                 expiry_unix_s: EXPIRY_NEVER,
             };
-            self.store.append(TXN_STATE_QUEUE, &meta, &bytes)?;
+            match self.append_rolling(TXN_STATE_QUEUE, &meta, &bytes) {
+                Ok(a) => {
+                    // The previous record of this key goes (durable since an earlier commit).
+                    if let Some(old) = self.txn_records.insert(*key, a.lookup_id) {
+                        self.drop_txn_record(old)?;
+                    }
+                }
+                Err(e) => {
+                    for (k, s) in &dirty[i..] {
+                        self.txn_dirty.entry(*k).or_insert(*s);
+                    }
+                    return Err(e);
+                }
+            }
         }
         self.store.flush()?;
         let mut mark = self.store.poll_durable(false)?;
@@ -173,6 +240,8 @@ impl<S: QueueStore> Partition<S> {
     }
 }
 
+/// State records whose removal waits for them to become visible, per partition, at most.
+const TXN_STALE_RECORDS_MAX: usize = 65_536;
 /// Batches `commit` waits for at most before it gives up (a store that never completes).
 const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
 
@@ -309,6 +378,10 @@ pub struct Broker<S> {
     /// Signalled when a pending duplicate-table entry got its place (or was dropped).
     dedup_settled: std::sync::Condvar,
     txn: Mutex<TxnTable>,
+    /// Per partition: sequences forgotten by the table, whose records go at its next commit.
+    txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
+    /// Unix seconds the full sequence table was last logged.
+    txn_full_logged: std::sync::atomic::AtomicU32,
     pub counters: BrokerCounters,
     /// Woken whenever messages become receivable (for receive with a wait).
     pub arrivals: tokio::sync::Notify,
@@ -416,12 +489,21 @@ impl<S: QueueStore> Broker<S> {
         }
         let catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut txn = TxnTable::new(TXN_TABLE_MAX);
+        let now_s = unix_now();
+        let mut txn = TxnTable::new(TxnLimits {
+            capacity: config.limits.tx_sequences_max,
+            evict_idle_s: u32::try_from(config.limits.tx_sequence_evict_idle_s).unwrap_or(u32::MAX),
+            idle_max_s: u32::try_from(config.tx_sequence_idle_s()).unwrap_or(u32::MAX),
+        });
+        let mut not_restored = 0u64;
         let mut partitions = Vec::new();
         for store in stores {
-            // Restore the transactional sequence states.
+            let index = partitions.len();
+            let mut part = Partition::new(store, index);
+            // Restore the transactional sequence states; older records of a key go.
             let mut cursor = Cursor::new(TXN_STATE_QUEUE);
-            while let Some(m) = store.cursor_next(&mut cursor) {
+            let mut older = Vec::new();
+            while let Some(m) = part.store.cursor_next(&mut cursor) {
                 if m.bytes.len() == 12 {
                     let id = m.meta.message_id.0;
                     let mut g = [0u8; 16];
@@ -429,18 +511,25 @@ impl<S: QueueStore> Broker<S> {
                     let q = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
                     let seq_id = u64::from_le_bytes(m.bytes[..8].try_into().unwrap_or([0; 8]));
                     let seq_no = u32::from_le_bytes(m.bytes[8..].try_into().unwrap_or([0; 4]));
-                    txn.restore(
-                        (Guid(g), q),
-                        IncomingSequence {
-                            seq_id,
-                            seq_no,
-                            ..Default::default()
-                        },
-                    );
+                    let key = (Guid(g), q);
+                    if let Some(prev) = part.txn_records.insert(key, m.lookup_id) {
+                        older.push(prev);
+                    }
+                    let s = IncomingSequence {
+                        seq_id,
+                        seq_no,
+                        ..Default::default()
+                    };
+                    if !txn.restore(key, s, now_s) {
+                        not_restored += 1;
+                    }
                 }
             }
-            let index = partitions.len();
-            partitions.push(Mutex::new(Partition::new(store, index)));
+            for l in older {
+                part.drop_txn_record(l)
+                    .map_err(|e| anyhow::anyhow!("partition {index}: {e}"))?;
+            }
+            partitions.push(Mutex::new(part));
         }
         let p = &config.parameters;
         let mut dedup = DuplicateTable::new(
@@ -461,14 +550,14 @@ impl<S: QueueStore> Broker<S> {
                             continue;
                         };
                         if let Some(t) = msg.transaction {
-                            txn.restore(
-                                (msg.user.source_queue_manager, q.id),
-                                IncomingSequence {
-                                    seq_id: t.tx_sequence_id,
-                                    seq_no: t.tx_sequence_number,
-                                    ..Default::default()
-                                },
-                            );
+                            let s = IncomingSequence {
+                                seq_id: t.tx_sequence_id,
+                                seq_no: t.tx_sequence_number,
+                                ..Default::default()
+                            };
+                            if !txn.restore((msg.user.source_queue_manager, q.id), s, now_s) {
+                                not_restored += 1;
+                            }
                         }
                         continue;
                     }
@@ -480,6 +569,18 @@ impl<S: QueueStore> Broker<S> {
                 }
             }
         }
+        if not_restored > 0 {
+            tracing::error!(
+                not_restored,
+                "more transactional sequence states on disk than limits.tx_sequences_max ({}); \
+                 raise it, or those senders' next messages are refused until idle states age out",
+                config.limits.tx_sequences_max
+            );
+        }
+        let txn_forget = partitions
+            .iter()
+            .map(|p| lock(p).txn_forget.clone())
+            .collect();
         let shards = partitions.len();
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -500,6 +601,8 @@ impl<S: QueueStore> Broker<S> {
             dedup: Mutex::new(dedup),
             dedup_settled: std::sync::Condvar::new(),
             txn: Mutex::new(txn),
+            txn_forget,
+            txn_full_logged: std::sync::atomic::AtomicU32::new(0),
             counters: BrokerCounters::default(),
             arrivals: tokio::sync::Notify::new(),
             receive_cursor: AtomicU64::new(0),
@@ -688,15 +791,24 @@ impl<S: QueueStore> Broker<S> {
         }
         let key = (u.source_queue_manager, queue.id);
         let mut tx_state = None;
+        // Held from the check until the state is recorded, so an accepted message always gets
+        // its state (no other shard fills the table or moves the sequence in between).
+        let mut txn_guard = None;
         if let (true, Some(th)) = (transactional, msg.transaction) {
             let seq_id = th.tx_sequence_id;
             let mut txn = lock(&self.txn);
-            let verdict = txn.check(
+            let mut verdict = txn.check(
                 key,
                 seq_id,
                 th.tx_sequence_number,
                 th.previous_tx_sequence_number,
             );
+            if verdict == TxVerdict::Accept && !txn.has_room(&key, now_unix) {
+                // Full of recently active sequences: refused, not stored without its state
+                // (which would store it again on every resend). The sender resends later.
+                verdict = TxVerdict::Reject;
+                self.log_txn_full(txn.len());
+            }
             if verdict == TxVerdict::Reject {
                 bump(&self.counters.tx_rejected);
                 let state = txn.get(&key);
@@ -707,6 +819,7 @@ impl<S: QueueStore> Broker<S> {
                 return out;
             }
             tx_state = Some((seq_id, th.tx_sequence_number));
+            txn_guard = Some(txn);
         }
         let dedup_key = (u.source_queue_manager, u.message_id);
         if tx_state.is_none() {
@@ -747,18 +860,19 @@ impl<S: QueueStore> Broker<S> {
                     queue: queue.id,
                     ticket,
                 };
-                if let Some((seq_id, seq_no)) = tx_state {
-                    let mut txn = lock(&self.txn);
-                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0)) {
+                if let (Some((seq_id, seq_no)), Some(txn)) = (tx_state, txn_guard.as_mut()) {
+                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0), now_unix) {
                         Ok(s) => {
                             part.txn_dirty.insert(key, s);
                             out.order_ack = Some((key, s));
                         }
-                        Err(_) => {
-                            tracing::warn!("transactional sequence table full ({TXN_TABLE_MAX})")
-                        }
+                        // Room was made above, under the same lock.
+                        Err(_) => self.log_txn_full(txn.len()),
                     }
+                    let evicted = txn.take_evicted();
+                    self.forget_txn(evicted);
                 }
+                drop(txn_guard);
                 if acks.positive_arrival() {
                     out.admin_ack = Some(MessageClass::ACK_REACH_QUEUE);
                 }
@@ -804,6 +918,55 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
+    /// Logs (once a minute) that the transactional sequence table is full.
+    fn log_txn_full(&self, len: usize) {
+        bump(&self.counters.tx_table_full);
+        let now = unix_now();
+        let last = self.txn_full_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= TX_ACK_REFUSED_LOG_INTERVAL_S
+            && self
+                .txn_full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                states = len,
+                "transactional sequence table full (limits.tx_sequences_max = {}); messages \
+                 starting new sequences are refused until states idle for \
+                 limits.tx_sequence_evict_idle_s = {} s can be evicted; raise the limit if \
+                 these senders are legitimate",
+                self.config.limits.tx_sequences_max,
+                self.config.limits.tx_sequence_evict_idle_s
+            );
+        }
+    }
+
+    /// Hands forgotten sequence states to every partition (their records go at its next
+    /// commit).
+    fn forget_txn(&self, keys: Vec<TxKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        for f in &self.txn_forget {
+            lock(f).extend_from_slice(&keys);
+        }
+    }
+
+    /// Forgets transactional sequence states idle past their time (bounded work per call).
+    pub fn sweep_txn(&self, now_unix: u32) {
+        let evicted = {
+            let mut t = lock(&self.txn);
+            t.sweep(now_unix, TXN_SWEEP_BATCH_MAX);
+            t.take_evicted()
+        };
+        self.forget_txn(evicted);
+    }
+
+    /// Transactional sequence states kept now.
+    pub fn txn_len(&self) -> usize {
+        lock(&self.txn).len()
+    }
+
     /// Looks a non-transactional message up in the duplicate table and records it as pending
     /// when new. A duplicate whose first copy another shard is storing at this very moment waits
     /// (a few microseconds) until that copy has its ticket: until then it has no place the
@@ -843,8 +1006,7 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
     ) -> Result<Ticket, StoreError> {
         let meta = message_meta(msg);
-        part.store
-            .append(QueueId(queue), &meta, frame)
+        part.append_rolling(QueueId(queue), &meta, frame)
             .map(|a| a.ticket)
     }
 
