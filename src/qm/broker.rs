@@ -177,16 +177,26 @@ impl<S: QueueStore> Partition<S> {
         let dirty: Vec<(TxKey, IncomingSequence)> = self.txn_dirty.drain().collect();
         for (i, (key, s)) in dirty.iter().enumerate() {
             let id = txn_record_id(key);
-            let mut bytes = [0u8; 12];
+            // (seq_id, seq_no) and, after a move to a newer sequence, where the older stood.
+            let mut bytes = [0u8; 24];
             bytes[..8].copy_from_slice(&s.seq_id.to_le_bytes());
-            bytes[8..].copy_from_slice(&s.seq_no.to_le_bytes());
+            bytes[8..12].copy_from_slice(&s.seq_no.to_le_bytes());
+            let len = match s.prior {
+                Some((pid, pno)) => {
+                    bytes[12..20].copy_from_slice(&pid.to_le_bytes());
+                    bytes[20..].copy_from_slice(&pno.to_le_bytes());
+                    24
+                }
+                None => 12,
+            };
+            let bytes = &bytes[..len];
             let meta = MessageMeta {
                 priority: 0,
                 class: Class::Recoverable,
                 message_id: id,
                 expiry_unix_s: EXPIRY_NEVER,
             };
-            match self.append_rolling(TXN_STATE_QUEUE, &meta, &bytes) {
+            match self.append_rolling(TXN_STATE_QUEUE, &meta, bytes) {
                 Ok(a) => {
                     // The previous record of this key goes (durable since an earlier commit).
                     if let Some(old) = self.txn_records.insert(*key, a.lookup_id) {
@@ -504,13 +514,20 @@ impl<S: QueueStore> Broker<S> {
             let mut cursor = Cursor::new(TXN_STATE_QUEUE);
             let mut older = Vec::new();
             while let Some(m) = part.store.cursor_next(&mut cursor) {
-                if m.bytes.len() == 12 {
+                if m.bytes.len() == 12 || m.bytes.len() == 24 {
                     let id = m.meta.message_id.0;
                     let mut g = [0u8; 16];
                     g.copy_from_slice(&id[..16]);
                     let q = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
-                    let seq_id = u64::from_le_bytes(m.bytes[..8].try_into().unwrap_or([0; 8]));
-                    let seq_no = u32::from_le_bytes(m.bytes[8..].try_into().unwrap_or([0; 4]));
+                    let b = m.bytes;
+                    let seq_id = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+                    let seq_no = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+                    let prior = (b.len() == 24).then(|| {
+                        (
+                            u64::from_le_bytes(b[12..20].try_into().unwrap_or([0; 8])),
+                            u32::from_le_bytes(b[20..24].try_into().unwrap_or([0; 4])),
+                        )
+                    });
                     let key = (Guid(g), q);
                     if let Some(prev) = part.txn_records.insert(key, m.lookup_id) {
                         older.push(prev);
@@ -518,6 +535,7 @@ impl<S: QueueStore> Broker<S> {
                     let s = IncomingSequence {
                         seq_id,
                         seq_no,
+                        prior,
                         ..Default::default()
                     };
                     if !txn.restore(key, s, now_s) {

@@ -21,6 +21,11 @@ pub struct IncomingSequence {
     /// Where the last accepted message was stored (partition, store ticket); not persisted.
     /// An OrderAck or a duplicate's ack covering it waits until it is durable.
     pub origin: (usize, u64),
+    /// The position before the last move to a newer sequence (persisted). A sender still
+    /// sending the older sequence in order shows the move was not its own (a spoofed message
+    /// with its GUID and a higher TxSequenceID): its messages are still taken and the state
+    /// moves back.
+    pub prior: Option<(u64, u32)>,
 }
 
 /// The verdict on one incoming transactional message.
@@ -52,10 +57,6 @@ pub type TxKey = (Guid, u32);
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     s: IncomingSequence,
-    /// The position before the last move to a newer sequence. A sender still sending the
-    /// older sequence in order shows the move was not its own (a spoofed message with its GUID
-    /// and a higher TxSequenceID): its messages are still taken and the state moves back.
-    prior: Option<(u64, u32)>,
     /// Unix seconds of the last accepted message (rejections do not keep a state alive).
     last_s: u32,
 }
@@ -135,7 +136,7 @@ impl TxnTable {
         };
         let mut v = accept(&e.s, seq_id, seq_no, prev_no);
         if v == TxVerdict::Reject {
-            if let Some((pid, pno)) = e.prior {
+            if let Some((pid, pno)) = e.s.prior {
                 if seq_id == pid && seq_no > pno && prev_no <= pno {
                     v = TxVerdict::Accept;
                 }
@@ -235,23 +236,18 @@ impl TxnTable {
             seq_no,
             reject_count: 0,
             origin,
+            prior: None,
         };
         let prior = match old {
             // A move to a newer sequence remembers where the older one stood.
             Some(o) if seq_id > o.s.seq_id => Some((o.s.seq_id, o.s.seq_no)),
             // The same sequence keeps what it had; a move back (the sender of the older
             // sequence went on) drops the newer one.
-            Some(o) if seq_id == o.s.seq_id => o.prior,
+            Some(o) if seq_id == o.s.seq_id => o.s.prior,
             _ => None,
         };
-        self.states.insert(
-            key,
-            Entry {
-                s,
-                prior,
-                last_s: now_s,
-            },
-        );
+        let s = IncomingSequence { prior, ..s };
+        self.states.insert(key, Entry { s, last_s: now_s });
         // One order entry per key: an existing key's entry is refreshed when it surfaces.
         if old.is_none() {
             self.order.push_back((key, now_s));
@@ -274,23 +270,23 @@ impl TxnTable {
     /// it comes from a state record or from a message still in its queue). Restored states
     /// count as active at `now_s`. Past the capacity, the rest are not kept (logged by the
     /// caller).
-    pub fn restore(&mut self, key: TxKey, s: IncomingSequence, now_s: u32) -> bool {
+    pub fn restore(&mut self, key: TxKey, mut s: IncomingSequence, now_s: u32) -> bool {
         let cur = self.get(&key);
         if (s.seq_id, s.seq_no) <= (cur.seq_id, cur.seq_no) {
             return true;
+        }
+        // A move to a newer sequence known only from a stored message (its state record was
+        // torn off, or it is the message of a spoofer) remembers where the older one stood.
+        if s.prior.is_none() && s.seq_id > cur.seq_id && cur.seq_id != 0 {
+            s.prior = Some((cur.seq_id, cur.seq_no));
+        } else if s.prior.is_none() && s.seq_id == cur.seq_id {
+            s.prior = cur.prior;
         }
         if !self.states.contains_key(&key) && self.states.len() >= self.limits.capacity {
             return false;
         }
         let fresh = !self.states.contains_key(&key);
-        self.states.insert(
-            key,
-            Entry {
-                s,
-                prior: None,
-                last_s: now_s,
-            },
-        );
+        self.states.insert(key, Entry { s, last_s: now_s });
         if fresh {
             self.order.push_back((key, now_s));
         }
