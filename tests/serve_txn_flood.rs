@@ -71,3 +71,101 @@ fn a_burst_of_spoofed_transactional_senders_does_not_stop_acks_for_a_legitimate_
     assert_eq!(s.receive_until("orders", 3).len(), 3);
     drop(flood);
 }
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let text = ureq::get(&format!("http://{}/metrics", s.api))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn tx_msg(source: Guid, id: u32, seq_id: u64, no: u32) -> Vec<u8> {
+    let dest = utf16z("TCP:127.0.0.1\\private$\\txq");
+    let label = utf16z("legit");
+    let body = no.to_le_bytes();
+    let m = UserMessage::new(
+        source,
+        id,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        &body,
+    )
+    .with_recoverable(true)
+    .with_transaction(TransactionHeader::new(
+        TxFlags::default(),
+        seq_id,
+        no,
+        no - 1,
+    ));
+    let mut f = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut f).unwrap();
+    f.truncate(n);
+    f
+}
+
+/// Issue 9.5: the incoming sequence table (65,536 sender/queue pairs) never evicted; once
+/// full, a new legitimate sender got no OrderAck and its messages were stored again on every
+/// resend. Now it is bounded by `limits.tx_sequences_max`, evicts idle states, and stays under
+/// its bound across a restart.
+#[test]
+fn the_sequence_table_stays_under_its_bound_and_evicts() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("lior.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\ntx_sequences_max = 100\ntx_sequence_evict_idle_s = 0\n",
+    )
+    .unwrap();
+    let args = ["--config", cfg.to_str().unwrap(), "--cores", "0"];
+    let mut s = Server::start_with(&d.path().join("data"), &args);
+    s.cli(&["queue", "create", "txq", "--transactional"]);
+    let dest = utf16z("TCP:127.0.0.1\\private$\\txq");
+    let mut c = Client::connect(s.listen, Guid([0x79; 16]));
+    for i in 0..300u32 {
+        let mut g = [0u8; 16];
+        g[..4].copy_from_slice(&i.to_le_bytes());
+        c.send(&tx_frame(Guid(g), &dest), true, u64::from(i));
+    }
+    c.wait_acked();
+    assert!(metric(&s, "lior_tx_sequences") <= 100);
+    // A new legitimate sender still gets its sequence in, exactly once.
+    let legit = Guid([0x7A; 16]);
+    let seq = (1_800_000_000u64 << 32) | 1;
+    let mut l = Client::connect(s.listen, legit);
+    for no in 1..=3 {
+        l.send(&tx_msg(legit, no, seq, no), true, u64::from(no));
+    }
+    l.wait_acked();
+    assert!(metric(&s, "lior_tx_sequences") <= 100);
+    drop((c, l));
+    // After a restart the table is still bounded, and the sender's resends are duplicates.
+    s.kill9();
+    let s = Server::start_with(&d.path().join("data"), &args);
+    assert!(metric(&s, "lior_tx_sequences") <= 100);
+    let mut l = Client::connect(s.listen, legit);
+    for no in 1..=3 {
+        l.send(&tx_msg(legit, no, seq, no), true, u64::from(no));
+    }
+    l.send(&tx_msg(legit, 4, seq, 4), true, 4);
+    l.wait_acked();
+    let got: Vec<u32> = s
+        .receive_all("txq")
+        .iter()
+        .filter(|m| m["label"] == "legit")
+        .map(|m| {
+            use base64::Engine as _;
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(m["body_base64"].as_str().unwrap())
+                .unwrap();
+            u32::from_le_bytes(b.try_into().unwrap())
+        })
+        .collect();
+    assert_eq!(got, [1, 2, 3, 4], "exactly once, in order");
+}
