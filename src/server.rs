@@ -151,6 +151,8 @@ pub struct MsmqApp<S> {
     commit_ok: bool,
     /// When a transient commit failure was last logged.
     commit_error_logged_ms: u64,
+    /// When the per-session OrderAck bound was last logged.
+    order_ack_cap_logged_ms: u64,
     /// The outgoing queues this shard sends, by store queue id.
     out: HashMap<u32, OutQueue>,
     /// Connections to open: (address, outgoing queue id).
@@ -211,6 +213,7 @@ impl<S> MsmqApp<S> {
             durable: Ticket(0),
             commit_ok: true,
             commit_error_logged_ms: 0,
+            order_ack_cap_logged_ms: 0,
             out: HashMap::new(),
             connects: VecDeque::new(),
             now_ms: 0,
@@ -289,9 +292,17 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::warn!("too many admin acknowledgements in one turn; dropping one");
             }
         }
-        if let Some((key, state)) = d.order_ack.filter(|(k, _)| {
+        let order_ack = d.order_ack.filter(|(k, _)| {
             conn.order_acks.len() < ORDER_ACKS_PER_SESSION_MAX || conn.order_acks.contains_key(k)
-        }) {
+        });
+        if d.order_ack.is_some()
+            && order_ack.is_none()
+            && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
+        {
+            self.order_ack_cap_logged_ms = now_ms;
+            tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
+        }
+        if let Some((key, state)) = order_ack {
             let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
             let e = conn.order_acks.entry(key).or_default();
             e.0.on_accepted(now_ms, max_delay);

@@ -111,8 +111,9 @@ pub struct Partition<S> {
     txn_dirty: HashMap<TxKey, IncomingSequence>,
     /// Where each sequence's state record lies in this partition (removed when replaced).
     txn_records: HashMap<TxKey, LookupId>,
-    /// State records to remove that were not visible yet when replaced.
-    txn_stale: Vec<LookupId>,
+    /// State records to remove that were not visible yet when replaced, with the commits they
+    /// have waited (a record that never shows up is left to the start-up clean-up).
+    txn_stale: Vec<(LookupId, u16)>,
     /// Sequences the table forgot (evicted): their records here go at the next commit.
     txn_forget: Arc<Mutex<Vec<TxKey>>>,
 }
@@ -132,11 +133,15 @@ impl<S: QueueStore> Partition<S> {
 
     /// Stages the removal of a state record, or remembers it until it is visible.
     fn drop_txn_record(&mut self, l: LookupId) -> Result<(), StoreError> {
+        self.drop_txn_record_try(l, 0)
+    }
+
+    fn drop_txn_record_try(&mut self, l: LookupId, tries: u16) -> Result<(), StoreError> {
         match self.store.receive(TXN_STATE_QUEUE, Select::Lookup(l))? {
             Some(r) => self.pending_release.push(r),
             None => {
-                if self.txn_stale.len() < TXN_STALE_RECORDS_MAX {
-                    self.txn_stale.push(l);
+                if self.txn_stale.len() < TXN_STALE_RECORDS_MAX && tries < TXN_STALE_TRIES_MAX {
+                    self.txn_stale.push((l, tries + 1));
                 }
             }
         }
@@ -171,8 +176,8 @@ impl<S: QueueStore> Partition<S> {
                 self.drop_txn_record(l)?;
             }
         }
-        for l in std::mem::take(&mut self.txn_stale) {
-            self.drop_txn_record(l)?;
+        for (l, tries) in std::mem::take(&mut self.txn_stale) {
+            self.drop_txn_record_try(l, tries)?;
         }
         let dirty: Vec<(TxKey, IncomingSequence)> = self.txn_dirty.drain().collect();
         for (i, (key, s)) in dirty.iter().enumerate() {
@@ -252,6 +257,9 @@ impl<S: QueueStore> Partition<S> {
 
 /// State records whose removal waits for them to become visible, per partition, at most.
 const TXN_STALE_RECORDS_MAX: usize = 65_536;
+/// Commits a replaced state record is waited for at most before it is left to the start-up
+/// clean-up (which keeps the newest record of each sequence).
+const TXN_STALE_TRIES_MAX: u16 = 1_000;
 /// Batches `commit` waits for at most before it gives up (a store that never completes).
 const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
 
