@@ -100,6 +100,16 @@ pub struct Limits {
     pub srmp_body_bytes_in_flight_max: usize,
     /// Connections to the local HTTP API open at once (the descriptor budget may lower it).
     pub api_connections_max: usize,
+    /// Incoming transactional sequences (sender queue manager × queue) whose state is kept.
+    /// When full, the longest-idle state idle for at least `tx_sequence_evict_idle_s` makes
+    /// room; otherwise a message starting a new sequence is refused (the sender resends).
+    pub tx_sequences_max: usize,
+    /// Seconds a sequence state must have been idle before a full table may evict it.
+    pub tx_sequence_evict_idle_s: u64,
+    /// Seconds after which an idle sequence state is forgotten in any case; 0 = derived from
+    /// the resend schedule (its ten intervals) plus `RemoveDuplicateCleanup`, as MSMQ keeps
+    /// it until the sender can no longer be resending.
+    pub tx_sequence_idle_max_s: u64,
 }
 
 impl Default for Limits {
@@ -121,6 +131,9 @@ impl Default for Limits {
             srmp_body_timeout_ms: 60_000,
             srmp_body_bytes_in_flight_max: 64 << 20,
             api_connections_max: 256,
+            tx_sequences_max: 65_536,
+            tx_sequence_evict_idle_s: 600,
+            tx_sequence_idle_max_s: 0,
         }
     }
 }
@@ -304,6 +317,7 @@ impl Config {
         let l = &self.limits;
         for (name, v) in [
             ("queues_max", l.queues_max),
+            ("tx_sequences_max", l.tx_sequences_max),
             ("connections_per_shard_max", l.connections_per_shard_max),
             ("connections_per_ip_max", l.connections_per_ip_max),
             ("srmp_connections_max", l.srmp_connections_max),
@@ -342,6 +356,16 @@ impl Config {
             p.SeqResend10Time,
         );
         [a, a, a, b, b, b, c, c, c, d]
+    }
+
+    /// Seconds an idle incoming transactional sequence state is kept (see
+    /// [`Limits::tx_sequence_idle_max_s`]).
+    pub fn tx_sequence_idle_s(&self) -> u64 {
+        if self.limits.tx_sequence_idle_max_s > 0 {
+            return self.limits.tx_sequence_idle_max_s;
+        }
+        let schedule: u64 = self.resend_schedule_s().iter().map(|&s| u64::from(s)).sum();
+        schedule + u64::from(self.parameters.RemoveDuplicateCleanup) / 1000
     }
 
     /// The Session Initialization Timer: 60,000 + 2 × RoundTripDelay ms (MS-MQQB <43>).

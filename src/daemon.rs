@@ -338,6 +338,36 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         load(&b.tx_rejected),
     );
     put(
+        "tx_acks_refused_total",
+        "OrderAcks/FinalAcks ignored: not from the queue manager the sequence was sent to, or for numbers not sent.",
+        load(&b.tx_acks_refused),
+    );
+    put(
+        "store_poisoned",
+        "Store partitions poisoned by a failed write/fsync (nothing more is acknowledged there until restart).",
+        load(&b.store_poisoned),
+    );
+    put(
+        "store_commit_failures_total",
+        "Group commits that failed and were retried.",
+        load(&b.commit_failures),
+    );
+    put(
+        "tx_table_full_total",
+        "Transactional messages refused because the sequence table (limits.tx_sequences_max) was full.",
+        load(&b.tx_table_full),
+    );
+    put(
+        "tx_sequences",
+        "Incoming transactional sequence states kept.",
+        shared.broker.txn_len() as u64,
+    );
+    put(
+        "order_acks_in_total",
+        "OrderAcks taken for our own transactional sends.",
+        load(&b.order_acks_received),
+    );
+    put(
         "expired_on_arrival_total",
         "Messages expired before reaching their queue.",
         load(&b.expired_on_arrival),

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
-use crate::qm::broker::{Broker, Verdict};
+use crate::qm::broker::{AckSource, Broker, Verdict};
 use crate::qm::catalog::ORDER_QUEUE_ID;
 use crate::qm::txn::{IncomingSequence, OrderAckTimer, TxKey};
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
@@ -129,6 +129,12 @@ struct OutQueue {
     /// OrderAck progress, every message is sent again and the interval grows.
     tx_resend_at: Option<u64>,
     tx_resend_index: usize,
+    /// Lookup ids sent on the current session and still stored (in flight, or transactional
+    /// and waiting for their OrderAck): never sent twice on one session.
+    sent: std::collections::HashSet<u64>,
+    /// New messages were queued: the priorities above the cursor's are looked at again, so a
+    /// new message of a higher priority than the cursor's is not left behind it.
+    rescan: bool,
 }
 
 /// The per-shard app.
@@ -142,8 +148,13 @@ pub struct MsmqApp<S> {
     ready: Vec<ConnId>,
     /// Durable watermark of the partition after the last commit.
     durable: Ticket,
-    /// False once a commit failed: the store is poisoned and nothing more becomes durable.
+    /// False once a commit failed for good: the store is poisoned and nothing more becomes
+    /// durable; sessions waiting for it are closed.
     commit_ok: bool,
+    /// When a transient commit failure was last logged.
+    commit_error_logged_ms: u64,
+    /// When the per-session OrderAck bound was last logged.
+    order_ack_cap_logged_ms: u64,
     /// The outgoing queues this shard sends, by store queue id.
     out: HashMap<u32, OutQueue>,
     /// Connections to open: (address, outgoing queue id).
@@ -151,8 +162,9 @@ pub struct MsmqApp<S> {
     now_ms: u64,
     /// Admin acknowledgements owed for frames received this turn.
     admin_acks: Vec<(Vec<u8>, crate::wire::headers::MessageClass)>,
-    /// OrderAcks and FinalAcks for our own sends received this turn.
-    tx_acks: Vec<Vec<u8>>,
+    /// OrderAcks and FinalAcks for our own sends received this turn, with the session each
+    /// came on.
+    tx_acks: Vec<(Vec<u8>, AckSource)>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
@@ -168,6 +180,23 @@ pub struct MsmqApp<S> {
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
 pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
+
+/// Transient commit failures are logged at most once per this interval.
+pub const COMMIT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// OrderAck schedules one session keeps at most (one per sender × queue it carries); past it a
+/// sequence's OrderAck waits for that sender's next message or resend.
+pub const ORDER_ACKS_PER_SESSION_MAX: usize = 4_096;
+
+/// Whether a failed commit can never succeed (the log is poisoned or the disk failed), as
+/// opposed to one that is retried (a full batch, a commit that did not complete in time).
+fn is_fatal(e: &crate::store::StoreError) -> bool {
+    use crate::store::StoreError as E;
+    matches!(
+        e,
+        E::Poisoned { .. } | E::Io { .. } | E::Corrupt { .. } | E::Ring(_)
+    )
+}
 
 /// How soon an OrderAck held back for durability is tried again.
 pub const ORDER_ACK_RETRY_MS: u64 = 10;
@@ -191,6 +220,8 @@ impl<S> MsmqApp<S> {
             ready: Vec::new(),
             durable: Ticket(0),
             commit_ok: true,
+            commit_error_logged_ms: 0,
+            order_ack_cap_logged_ms: 0,
             out: HashMap::new(),
             connects: VecDeque::new(),
             now_ms: 0,
@@ -253,7 +284,12 @@ impl<S: QueueStore> MsmqApp<S> {
             Verdict::TxAck => {
                 // Handled once the partition lock is released (it may touch any partition).
                 if self.tx_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                    self.tx_acks.push(frame.to_vec());
+                    let from = AckSource {
+                        remote_qm: conn.session.remote_qm(),
+                        ip: conn.peer.ip(),
+                        outgoing: conn.outgoing,
+                    };
+                    self.tx_acks.push((frame.to_vec(), from));
                 }
                 (own, Ticket::IMMEDIATE)
             }
@@ -267,7 +303,17 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::warn!("too many admin acknowledgements in one turn; dropping one");
             }
         }
-        if let Some((key, state)) = d.order_ack {
+        let order_ack = d.order_ack.filter(|(k, _)| {
+            conn.order_acks.len() < ORDER_ACKS_PER_SESSION_MAX || conn.order_acks.contains_key(k)
+        });
+        if d.order_ack.is_some()
+            && order_ack.is_none()
+            && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
+        {
+            self.order_ack_cap_logged_ms = now_ms;
+            tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
+        }
+        if let Some((key, state)) = order_ack {
             let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
             let e = conn.order_acks.entry(key).or_default();
             e.0.on_accepted(now_ms, max_delay);
@@ -391,6 +437,9 @@ impl<S: QueueStore> MsmqApp<S> {
                     conn.established = true;
                     if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
                         q.phase = OutPhase::Open(conn.id);
+                        self.shared
+                            .broker
+                            .note_outgoing_peer(q.def.id, remote_qm, conn.peer.ip());
                     }
                     self.shared
                         .counters
@@ -407,6 +456,9 @@ impl<S: QueueStore> MsmqApp<S> {
                             .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
                         // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
                         if !transactional {
+                            if let Some(o) = self.out.get_mut(&q) {
+                                o.sent.remove(&token);
+                            }
                             if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
                                 tracing::error!(error = %e, "cannot remove a delivered message");
                             }
@@ -435,6 +487,37 @@ impl<S: QueueStore> MsmqApp<S> {
     }
 }
 
+/// Sends one stored message of an outgoing queue on `conn`; false when the session cannot take
+/// it now.
+fn send_one(
+    now_ms: u64,
+    conn: &mut MsmqConn,
+    out: &mut OutQueue,
+    m: &crate::store::MessageRef<'_>,
+    resend_ms: u64,
+    tx_sent: &mut Option<(u64, u32)>,
+) -> bool {
+    let recoverable = m.meta.class != crate::store::Class::Express;
+    if conn
+        .session
+        .send_message(now_ms, m.bytes, recoverable, m.lookup_id.0)
+        .is_err()
+    {
+        return false;
+    }
+    out.sent.insert(m.lookup_id.0);
+    if m.meta.class == crate::store::Class::Transactional {
+        if out.tx_resend_at.is_none() {
+            out.tx_resend_at = Some(now_ms + resend_ms);
+        }
+        if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
+            let pos = (t.tx_sequence_id, t.tx_sequence_number);
+            *tx_sent = Some(tx_sent.map_or(pos, |p| p.max(pos)));
+        }
+    }
+    true
+}
+
 impl<S: QueueStore> MsmqApp<S> {
     /// Sends messages of outgoing queue `q` while the peer's window has room.
     fn fill_window(&mut self, now_ms: u64, conn: &mut MsmqConn, q: u32) {
@@ -445,23 +528,47 @@ impl<S: QueueStore> MsmqApp<S> {
             return;
         }
         let part = self.shared.broker.partition(self.shard);
+        // The highest transactional position sent now (noted once the partition is unlocked).
+        let mut tx_sent: Option<(u64, u32)> = None;
+        let resend_ms = self.resend_ms[out.tx_resend_index];
+        // New messages of a priority above the cursor's sort before it: send those first.
+        if out.rescan {
+            out.rescan = false;
+            if let Some((cp, cl)) = out.cursor.last {
+                let mut c = Cursor::new(QueueId(q));
+                while let Some(m) = part.store.cursor_next(&mut c) {
+                    let (p, l) = c.last.unwrap_or((0, LookupId(0)));
+                    if p < cp || (p == cp && l >= cl) {
+                        break;
+                    }
+                    if out.sent.contains(&m.lookup_id.0) {
+                        continue;
+                    }
+                    if conn.session.window_available() == 0
+                        || !send_one(now_ms, conn, out, &m, resend_ms, &mut tx_sent)
+                    {
+                        out.rescan = true;
+                        break;
+                    }
+                }
+            }
+        }
         while conn.session.window_available() > 0 {
             let before = out.cursor;
             let Some(m) = part.store.cursor_next(&mut out.cursor) else {
                 break;
             };
-            let recoverable = m.meta.class != crate::store::Class::Express;
-            if conn
-                .session
-                .send_message(now_ms, m.bytes, recoverable, m.lookup_id.0)
-                .is_err()
-            {
+            if out.sent.contains(&m.lookup_id.0) {
+                continue;
+            }
+            if !send_one(now_ms, conn, out, &m, resend_ms, &mut tx_sent) {
                 out.cursor = before;
                 break;
             }
-            if m.meta.class == crate::store::Class::Transactional && out.tx_resend_at.is_none() {
-                out.tx_resend_at = Some(now_ms + self.resend_ms[out.tx_resend_index]);
-            }
+        }
+        drop(part);
+        if let Some((seq_id, no)) = tx_sent {
+            self.shared.broker.note_tx_sent(q, seq_id, no);
         }
     }
 
@@ -469,6 +576,9 @@ impl<S: QueueStore> MsmqApp<S> {
     fn manage_outgoing(&mut self, now_ms: u64) {
         let broker = self.shared.broker.clone();
         if broker.take_outgoing_dirty(self.shard) {
+            for o in self.out.values_mut() {
+                o.rescan = true;
+            }
             for def in broker.outgoing_for(self.shard) {
                 self.out.entry(def.id).or_insert_with(|| OutQueue {
                     cursor: Cursor::new(QueueId(def.id)),
@@ -476,6 +586,8 @@ impl<S: QueueStore> MsmqApp<S> {
                     phase: OutPhase::Idle,
                     tx_resend_at: None,
                     tx_resend_index: 0,
+                    sent: std::collections::HashSet::new(),
+                    rescan: false,
                 });
             }
         }
@@ -486,6 +598,13 @@ impl<S: QueueStore> MsmqApp<S> {
             if let Some(o) = self.out.get_mut(&id) {
                 o.tx_resend_index = 0;
                 o.tx_resend_at = None;
+                // Forget what the OrderAck removed.
+                let part = broker.partition(self.shard);
+                o.sent.retain(|&l| {
+                    part.store
+                        .peek(QueueId(id), crate::store::Select::Lookup(LookupId(l)))
+                        .is_some()
+                });
             }
         }
         for o in self.out.values_mut() {
@@ -493,6 +612,13 @@ impl<S: QueueStore> MsmqApp<S> {
                 o.tx_resend_index = (o.tx_resend_index + 1).min(self.resend_ms.len() - 1);
                 o.tx_resend_at = None;
                 o.cursor = Cursor::new(QueueId(o.def.id));
+                // Transactional messages are sent again; others still in flight are not.
+                let part = broker.partition(self.shard);
+                o.sent.retain(|&l| {
+                    part.store
+                        .peek(QueueId(o.def.id), crate::store::Select::Lookup(LookupId(l)))
+                        .is_some_and(|m| m.meta.class != crate::store::Class::Transactional)
+                });
                 tracing::info!(destination = %o.def.key, interval = o.tx_resend_index, "no OrderAck in time; resending");
             }
         }
@@ -704,9 +830,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 self.shared.broker.send_admin_ack(&msg, class);
             }
         }
-        for frame in std::mem::take(&mut self.tx_acks) {
+        for (frame, from) in std::mem::take(&mut self.tx_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.handle_tx_ack(&msg);
+                self.shared.broker.handle_tx_ack(&msg, &from);
             }
         }
         self.drain_events(conn);
@@ -728,6 +854,12 @@ impl<S: QueueStore> App for MsmqApp<S> {
 
     fn poll_transmit(&mut self, now_ms: u64, conn: &mut MsmqConn, buf: &mut Vec<u8>) {
         self.apply_durability(now_ms, conn);
+        if !self.commit_ok && !conn.pending_durable.is_empty() && !conn.session.is_closed() {
+            // Nothing more becomes durable here: the sender keeps its messages only if the
+            // session ends without acknowledging them.
+            tracing::warn!(peer = %conn.peer, waiting = conn.pending_durable.len(), "store poisoned; closing a session with unacknowledged recoverable messages");
+            conn.session.close_local();
+        }
         if !conn.order_acks.is_empty() {
             self.send_order_acks(now_ms, conn);
         }
@@ -789,6 +921,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             let retry = u64::from(self.shared.broker.config.parameters.TryConnectInterval);
             q.phase = OutPhase::Retry(now_ms + retry);
             q.cursor = Cursor::new(QueueId(q.def.id));
+            q.sent.clear();
             tracing::info!(destination = %q.def.key, ?reason, retry_ms = retry, "outgoing session closed");
         }
         tracing::info!(
@@ -813,9 +946,37 @@ impl<S: QueueStore> App for MsmqApp<S> {
                     self.shared.broker.arrivals.notify_waiters();
                 }
             }
+            Err(e) if is_fatal(&e) => {
+                if self.commit_ok {
+                    self.commit_ok = false;
+                    self.shared
+                        .broker
+                        .counters
+                        .store_poisoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        shard = self.shard,
+                        error = %e,
+                        "store commit failed for good: partition {} is poisoned; closing the \
+                         sessions waiting for it (their senders keep the messages and resend \
+                         elsewhere or after a restart); restart lior once the disk is fixed",
+                        part.index
+                    );
+                }
+            }
             Err(e) => {
-                self.commit_ok = false;
-                tracing::error!(shard = self.shard, error = %e, "store commit failed; recoverable messages stay unacknowledged");
+                // Transient (a full batch, a slow disk): the same commit is tried again next
+                // turn; the sessions keep waiting for it.
+                self.appended = wait_for;
+                self.shared
+                    .broker
+                    .counters
+                    .commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if now_ms >= self.commit_error_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS {
+                    self.commit_error_logged_ms = now_ms;
+                    tracing::error!(shard = self.shard, error = %e, "store commit failed; retrying each turn (logged once per {COMMIT_ERROR_LOG_INTERVAL_MS} ms)");
+                }
             }
         }
         drop(part);
@@ -825,6 +986,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
             self.shared.broker.expire_partition(self.shard, unix_now());
+            if self.shard == 0 {
+                self.shared.broker.sweep_txn(unix_now());
+            }
         }
     }
 

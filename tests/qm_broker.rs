@@ -270,3 +270,57 @@ fn routes_follow_the_catalog_when_queues_are_deleted_and_created() {
     assert_ne!(first, second);
     assert!(matches!(deliver(&b, &f(3)).verdict, Verdict::Stored { queue, .. } if queue == second));
 }
+
+fn tx_in(seq_id: u64, seq_no: u32, prev: u32) -> impl FnOnce(UserMessage) -> UserMessage {
+    move |m| {
+        m.with_transaction(TransactionHeader::new(
+            TxFlags::default(),
+            seq_id,
+            seq_no,
+            prev,
+        ))
+    }
+}
+
+/// Issue 9.5: a message claiming a victim's GUID with TxSequenceID 0xFFFF... moved the victim's
+/// sequence state past every id it would ever use, blocking it for good, across restarts.
+#[test]
+fn a_spoofed_highest_sequence_id_does_not_block_the_real_sender_even_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    b.create_queue("txq", true).unwrap();
+    let dest = "OS:localhost\\private$\\txq";
+    let seq = 0x6500_0000_0000_0001u64;
+    for n in 1..=2 {
+        let v = deliver(&b, &frame(dest, n, true, tx_in(seq, n, n - 1)));
+        assert!(matches!(v.verdict, Verdict::Stored { .. }));
+    }
+    // The spoofer (same source GUID as the victim, frame() always uses it) starts a sequence
+    // with the highest id there is. It is taken: MS-MQQB has no way to tell it from a sender.
+    let v = deliver(&b, &frame(dest, 100, true, tx_in(u64::MAX, 1, 0)));
+    assert!(matches!(v.verdict, Verdict::Stored { .. }));
+    // A crash and a restart.
+    let store = b.into_stores().into_iter().next().unwrap();
+    let (store, _) = store.crash_and_recover(StoreConfig::default()).unwrap();
+    let cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    let b = Broker::with_stores(cfg, vec![store]).unwrap();
+    // The victim goes on with its own sequence: taken, exactly once, and the OrderAck names
+    // the victim's sequence.
+    let v = deliver(&b, &frame(dest, 3, true, tx_in(seq, 3, 2)));
+    assert!(
+        matches!(v.verdict, Verdict::Stored { .. }),
+        "the victim is blocked: {v:?}"
+    );
+    let s = v.order_ack.unwrap().1;
+    assert_eq!((s.seq_id, s.seq_no), (seq, 3));
+    for n in 1..=3 {
+        let v = deliver(&b, &frame(dest, n, true, tx_in(seq, n, n - 1)));
+        assert!(matches!(v.verdict, Verdict::TxRejected { .. }), "{n} again");
+    }
+    let v = deliver(&b, &frame(dest, 4, true, tx_in(seq, 4, 3)));
+    assert!(matches!(v.verdict, Verdict::Stored { .. }));
+    assert_eq!(body_ids(&b, "txq", 10), [1, 2, 100, 3, 4]);
+}

@@ -237,3 +237,241 @@ fn transactional_sends_arrive_exactly_once_in_order_and_leave_on_the_order_ack()
     }
     assert_eq!(left, 0, "messages wait until the OrderAck and no longer");
 }
+
+/// One `lior serve` at `ip:port` over data directory `dir` (kept across restarts), reaching its
+/// peer on `remote_port`.
+fn start_at(dir: &std::path::Path, ip: &str, port: u16, remote_port: u16) -> Server {
+    start_at_with(dir, ip, port, remote_port, "")
+}
+
+fn start_at_with(
+    dir: &std::path::Path,
+    ip: &str,
+    port: u16,
+    remote_port: u16,
+    extra: &str,
+) -> Server {
+    let c = config(dir, ip, remote_port, extra);
+    let listen = format!("{ip}:{port}");
+    Server::start_with(&dir.join("data"), &["--config", &c, "--listen", &listen])
+}
+
+/// Messages waiting in `s`'s outgoing queues, summed.
+fn outgoing_len(s: &Server) -> u64 {
+    let list: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("http://{}/v1/outgoing", s.api))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["messages"].as_u64().unwrap())
+        .sum()
+}
+
+fn bodies(got: &[serde_json::Value]) -> Vec<String> {
+    use base64::Engine as _;
+    got.iter()
+        .map(|m| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(m["body_base64"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Issue 8.2: transactional messages queued before the sender restarted used to stay in its
+/// outgoing queue (the OrderAck matched no sequence the restarted sender knew) and were resent
+/// every 30 s; messages sent later waited behind them.
+#[test]
+fn transactional_sends_survive_a_sender_restart_and_the_outgoing_queue_empties() {
+    let (ip_a, ip_b) = ("127.0.0.11", "127.0.0.10");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
+    let mut b = start_at(db.path(), ip_b, port_b, port_a);
+    b.cli(&["queue", "create", "txq", "--transactional"]);
+    b.cli(&["queue", "create", "rq"]);
+    b.kill9();
+    let mut a = start_at(da.path(), ip_a, port_a, port_b);
+    for i in 1..=3 {
+        a.cli(&[
+            "send",
+            "DIRECT=TCP:127.0.0.10\\private$\\txq",
+            "--transactional",
+            "--body",
+            &format!("t{i}"),
+        ]);
+    }
+    for i in 1..=2 {
+        a.cli(&[
+            "send",
+            "DIRECT=TCP:127.0.0.10\\private$\\rq",
+            "--recoverable",
+            "--body",
+            &format!("r{i}"),
+        ]);
+    }
+    assert_eq!(outgoing_len(&a), 5);
+    // The sender restarts while the receiver is away, then the receiver comes back.
+    a.kill9();
+    let a = start_at(da.path(), ip_a, port_a, port_b);
+    let b = start_at(db.path(), ip_b, port_b, port_a);
+    let tx = b.receive_until("txq", 3);
+    assert_eq!(bodies(&tx), ["t1", "t2", "t3"], "exactly once, in order");
+    // The OrderAck reaches the restarted sender: its outgoing queue empties well before the
+    // first transactional resend (30 s).
+    let mut left = u64::MAX;
+    for _ in 0..150 {
+        left = outgoing_len(&a);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, 0, "the OrderAck emptied the outgoing queue");
+    // Later messages of every class go through at once, none behind a resend.
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.10\\private$\\rq",
+        "--body",
+        "e1",
+    ]);
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.10\\private$\\txq",
+        "--transactional",
+        "--body",
+        "t4",
+    ]);
+    let r = b.receive_until("rq", 3);
+    assert_eq!(bodies(&r), ["r1", "r2", "e1"]);
+    let tx = b.receive_until("txq", 1);
+    assert_eq!(bodies(&tx), ["t4"]);
+    for _ in 0..150 {
+        left = outgoing_len(&a);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, 0);
+    assert!(b.receive_all("txq").is_empty() && b.receive_all("rq").is_empty());
+}
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let text = ureq::get(&format!("http://{}/metrics", s.api))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn status_guid(s: &Server) -> Guid {
+    let v: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("http://{}/v1/status", s.api))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    Guid::parse_text(v["qm_guid"].as_str().unwrap()).unwrap()
+}
+
+/// Issue 9.4: an OrderAck was matched by its TxSequenceID alone, so anyone who guessed it (the
+/// send time in seconds, ordinal 1) could delete undelivered transactional messages from an
+/// outgoing queue. Now only the queue manager the sequence was sent to may acknowledge it.
+#[test]
+fn spoofed_order_acks_delete_nothing_from_the_outgoing_queue() {
+    let (ip_a, ip_b) = ("127.0.0.13", "127.0.0.12");
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
+    let b = start_at(db.path(), ip_b, port_b, port_a);
+    // Resends every 2 s, so the real delivery at the end needs no long wait.
+    let a = start_at_with(
+        da.path(),
+        ip_a,
+        port_a,
+        port_b,
+        "[Parameters]\nSeqResend13Time = 2\n",
+    );
+    // B has no queue txq yet: it dead-letters what A sends and sends no OrderAck, so A's
+    // messages are sent but stay in its outgoing queue.
+    for i in 1..=3 {
+        a.cli(&[
+            "send",
+            "DIRECT=TCP:127.0.0.12\\private$\\txq",
+            "--transactional",
+            "--body",
+            &format!("t{i}"),
+        ]);
+    }
+    let dead = b.receive_until("deadxact", 3);
+    assert_eq!(dead.len(), 3);
+    let seq_id = u64::from_str_radix(
+        dead[0]["tx_sequence_id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_eq!(outgoing_len(&a), 3);
+    // Spoofers on their own sessions: a random queue manager, and one claiming B's GUID from
+    // another address. Each acknowledges the right sequence id, and a spread of guesses.
+    let own_a = status_guid(&a);
+    for spoofer in [Guid([0x66; 16]), status_guid(&b)] {
+        let mut c = Client::connect(a.listen, spoofer);
+        for (k, id) in [seq_id, seq_id - (1 << 32), seq_id + (1 << 32), seq_id + 1]
+            .into_iter()
+            .enumerate()
+        {
+            let body = lior::wire::user::OrderAckBody {
+                tx_sequence_id: id,
+                tx_sequence_number: 100,
+                tx_previous_sequence_number: 99,
+            }
+            .to_bytes();
+            let m = UserMessage::order_ack(
+                spoofer,
+                1000 + k as u32,
+                QueueRef::DestinationPrivate(4),
+                &body,
+            )
+            .with_queue_manager_address(own_a);
+            let mut f = vec![0u8; m.frame_len()];
+            let n = m.encode(&mut f).unwrap();
+            c.send(&f[..n], false, k as u64);
+        }
+        c.wait_acked();
+    }
+    assert_eq!(outgoing_len(&a), 3, "the spoofed OrderAcks deleted nothing");
+    assert!(metric(&a, "lior_tx_acks_refused_total") >= 8);
+    // Once B has the queue, A's resend delivers every message, and B's own OrderAck empties
+    // A's outgoing queue.
+    b.cli(&["queue", "create", "txq", "--transactional"]);
+    let got = b.receive_until("txq", 3);
+    assert_eq!(bodies(&got), ["t1", "t2", "t3"]);
+    let mut left = u64::MAX;
+    for _ in 0..150 {
+        left = outgoing_len(&a);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left, 0);
+}

@@ -107,9 +107,10 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 /// kernel also grants to any other process of the same user: without this check a second
 /// `lior serve` would start on the same address and silently take a share of the connections.
 ///
-/// The probe binds a socket with `SO_REUSEADDR` but without `SO_REUSEPORT`: that succeeds past
-/// TIME_WAIT connections of an earlier run, and fails with EADDRINUSE exactly when some socket is
-/// bound or listening there. Port 0 is skipped (the kernel picks a free port). Another lior
+/// The probe binds a socket with `SO_REUSEADDR` but without `SO_REUSEPORT`: that fails with
+/// EADDRINUSE when a socket is listening there, and also when connections of an earlier run are
+/// still closing on the port (a restart after `kill -9`); the kernel's socket tables tell the two
+/// apart ([`listening_on`]). Port 0 is skipped (the kernel picks a free port). Another lior
 /// started in the same instant cannot slip between this check and the bind: the engine first
 /// takes [`claim_address`].
 pub fn ensure_no_listener(addr: SocketAddr, what: &str) -> Result<(), String> {
@@ -118,6 +119,9 @@ pub fn ensure_no_listener(addr: SocketAddr, what: &str) -> Result<(), String> {
     }
     match sockets::probe_bind(addr) {
         Ok(()) => Ok(()),
+        // The probe also collides with the last instance's connections still closing on that
+        // port (FIN_WAIT, TIME_WAIT after a kill -9): only a socket in LISTEN state is a server.
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && !listening_on(addr) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
             let holders = listeners_of_port(addr.port());
             let who = if holders.is_empty() {
@@ -163,6 +167,43 @@ pub fn claim_address(addr: SocketAddr) -> Result<std::os::unix::net::UnixListene
 
 /// Processes (pid, command name) holding a listening TCP socket on `port`, as far as /proc shows
 /// them to this user. Best effort, for error messages only.
+/// Whether the kernel's socket tables hold a TCP socket in LISTEN state that a bind of `addr`
+/// would collide with: same port, and the same IPv4 address or a wildcard on either side (IPv6
+/// listeners are matched by port).
+pub fn listening_on(addr: SocketAddr) -> bool {
+    for (table, v4) in [("/proc/net/tcp", true), ("/proc/net/tcp6", false)] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "0A" {
+                continue;
+            }
+            let Some((ip_hex, port_hex)) = f[1].rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(port_hex, 16).ok() != Some(addr.port()) {
+                continue;
+            }
+            let same_ip = match (v4, addr.ip()) {
+                // The kernel prints the address as the native-endian u32 of its network bytes.
+                (true, std::net::IpAddr::V4(want)) => u32::from_str_radix(ip_hex, 16)
+                    .map(|raw| std::net::Ipv4Addr::from(raw.to_ne_bytes()))
+                    .is_ok_and(|have| {
+                        have == want || have.is_unspecified() || want.is_unspecified()
+                    }),
+                (true, std::net::IpAddr::V6(_)) => true,
+                (false, _) => true,
+            };
+            if same_ip {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 pub fn listeners_of_port(port: u16) -> Vec<(u32, String)> {
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -216,6 +257,24 @@ pub fn listeners_of_port(port: u16) -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_listening_socket_counts_as_a_listener() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        assert!(listening_on(a));
+        assert!(listening_on(SocketAddr::new(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+            a.port()
+        )));
+        // A connection accepted from the listener stays on the port once the listener is gone.
+        let c = std::net::TcpStream::connect(a).unwrap();
+        let (s, _) = l.accept().unwrap();
+        drop(l);
+        assert!(!listening_on(a));
+        assert!(ensure_no_listener(a, "test").is_ok());
+        drop((c, s));
+    }
 
     #[test]
     fn a_second_lock_names_the_holder_and_a_listener_is_found() {

@@ -218,6 +218,11 @@ async fn status<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
         "partitions": c.broker.partition_count(),
         "version": env!("CARGO_PKG_VERSION"),
         "hardened": c.broker.config.parameters.Hardened_MSMQ,
+        "health": if c.broker.counters.store_poisoned.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            "store poisoned: nothing more is acknowledged; restart lior once the disk is fixed"
+        } else {
+            "ok"
+        },
     }))
     .into_response()
 }

@@ -27,18 +27,25 @@ use crate::wire::user::UserMessage;
 use crate::wire::Guid;
 
 use super::catalog::{Catalog, CatalogError, QueueDef, QueueKind, DEADLETTER_ID, DEADXACT_ID};
-use super::dedup::DuplicateTable;
+use super::dedup::{DuplicateTable, PENDING};
 use super::identity::{load_or_create_guid, OrdinalAllocator};
 use super::outgoing::{OutgoingDef, OutgoingTable, Transport};
 use super::routing::{route, LocalIdentity, Route};
-use super::txn::{IncomingSequence, TxKey, TxVerdict, TxnTable};
+use super::txn::{IncomingSequence, TxKey, TxVerdict, TxnLimits, TxnTable};
 use crate::wire::format_name::SystemQueue;
 
 /// Internal store queue holding the persistent transactional sequence states (one record per
 /// sender and queue; the message id field is the sender GUID and the queue id).
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
-/// Senders × queues whose transactional sequence state is kept.
-pub const TXN_TABLE_MAX: usize = 65_536;
+/// Sequence states one sweep looks at most.
+pub const TXN_SWEEP_BATCH_MAX: usize = 4_096;
+/// How long a duplicate waits at most for its first copy (being stored by another shard) to get
+/// its place.
+pub const DEDUP_PENDING_WAIT_MS: u64 = 1_000;
+/// Ignored OrderAcks/FinalAcks are logged once per peer per this many seconds.
+pub const TX_ACK_REFUSED_LOG_INTERVAL_S: u32 = 60;
+/// Peers whose last such log line is remembered (the memory starts over when full).
+pub const TX_ACK_REFUSED_LOG_PEERS_MAX: usize = 1_024;
 /// Destinations the route cache remembers at most (it starts over when full).
 pub const ROUTE_CACHE_MAX: usize = 4_096;
 
@@ -76,6 +83,16 @@ pub struct BrokerCounters {
     pub expired_in_queue: AtomicU64,
     pub order_acks_received: AtomicU64,
     pub final_acks_received: AtomicU64,
+    /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
+    /// for an unknown sequence, or for numbers not sent.
+    pub tx_acks_refused: AtomicU64,
+    /// Messages refused because the transactional sequence table was full.
+    pub tx_table_full: AtomicU64,
+    /// Partitions whose store is poisoned (a failed write or fsync): nothing more becomes
+    /// durable there until restart.
+    pub store_poisoned: AtomicU64,
+    /// Group commits that failed and are retried.
+    pub commit_failures: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -92,6 +109,13 @@ pub struct Partition<S> {
     pending_release: Vec<Reservation>,
     /// Transactional sequence states changed since the last commit, written once per commit.
     txn_dirty: HashMap<TxKey, IncomingSequence>,
+    /// Where each sequence's state record lies in this partition (removed when replaced).
+    txn_records: HashMap<TxKey, LookupId>,
+    /// State records to remove that were not visible yet when replaced, with the commits they
+    /// have waited (a record that never shows up is left to the start-up clean-up).
+    txn_stale: Vec<(LookupId, u16)>,
+    /// Sequences the table forgot (evicted): their records here go at the next commit.
+    txn_forget: Arc<Mutex<Vec<TxKey>>>,
 }
 
 impl<S: QueueStore> Partition<S> {
@@ -101,28 +125,78 @@ impl<S: QueueStore> Partition<S> {
             index,
             pending_release: Vec::new(),
             txn_dirty: HashMap::new(),
+            txn_records: HashMap::new(),
+            txn_stale: Vec::new(),
+            txn_forget: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
-    /// Writes what is owed and starts a group commit, then reaps completions; with `wait_for`,
-    /// blocks until that ticket is durable. Returns the durable watermark.
-    pub fn commit(&mut self, wait_for: Option<Ticket>) -> Result<Ticket, StoreError> {
-        for (key, s) in std::mem::take(&mut self.txn_dirty) {
-            let id = txn_record_id(&key);
-            // Remove the previous record of this key (durable since the last commit).
-            while let Some(r) = self.store.receive(TXN_STATE_QUEUE, Select::MessageId(id))? {
-                self.pending_release.push(r);
+    /// Stages the removal of a state record, or remembers it until it is visible.
+    fn drop_txn_record(&mut self, l: LookupId) -> Result<(), StoreError> {
+        self.drop_txn_record_try(l, 0)
+    }
+
+    fn drop_txn_record_try(&mut self, l: LookupId, tries: u16) -> Result<(), StoreError> {
+        match self.store.receive(TXN_STATE_QUEUE, Select::Lookup(l))? {
+            Some(r) => self.pending_release.push(r),
+            None => {
+                if self.txn_stale.len() < TXN_STALE_RECORDS_MAX && tries < TXN_STALE_TRIES_MAX {
+                    self.txn_stale.push((l, tries + 1));
+                }
             }
-            let mut bytes = [0u8; 12];
+        }
+        Ok(())
+    }
+
+    /// Writes what is owed and starts a group commit, then reaps completions; with `wait_for`,
+    /// blocks until that ticket is durable. Returns the durable watermark. On an error the
+    /// state records not yet written stay owed, so a later commit writes them.
+    pub fn commit(&mut self, wait_for: Option<Ticket>) -> Result<Ticket, StoreError> {
+        let forget = std::mem::take(&mut *lock(&self.txn_forget));
+        for key in forget {
+            if let Some(l) = self.txn_records.remove(&key) {
+                self.drop_txn_record(l)?;
+            }
+        }
+        for (l, tries) in std::mem::take(&mut self.txn_stale) {
+            self.drop_txn_record_try(l, tries)?;
+        }
+        let dirty: Vec<(TxKey, IncomingSequence)> = self.txn_dirty.drain().collect();
+        for (i, (key, s)) in dirty.iter().enumerate() {
+            let id = txn_record_id(key);
+            // (seq_id, seq_no) and, after a move to a newer sequence, where the older stood.
+            let mut bytes = [0u8; 24];
             bytes[..8].copy_from_slice(&s.seq_id.to_le_bytes());
-            bytes[8..].copy_from_slice(&s.seq_no.to_le_bytes());
+            bytes[8..12].copy_from_slice(&s.seq_no.to_le_bytes());
+            let len = match s.prior {
+                Some((pid, pno)) => {
+                    bytes[12..20].copy_from_slice(&pid.to_le_bytes());
+                    bytes[20..].copy_from_slice(&pno.to_le_bytes());
+                    24
+                }
+                None => 12,
+            };
+            let bytes = &bytes[..len];
             let meta = MessageMeta {
                 priority: 0,
                 class: Class::Recoverable,
                 message_id: id,
                 expiry_unix_s: EXPIRY_NEVER,
             };
-            self.store.append(TXN_STATE_QUEUE, &meta, &bytes)?;
+            match self.store.append(TXN_STATE_QUEUE, &meta, bytes) {
+                Ok(a) => {
+                    // The previous record of this key goes (durable since an earlier commit).
+                    if let Some(old) = self.txn_records.insert(*key, a.lookup_id) {
+                        self.drop_txn_record(old)?;
+                    }
+                }
+                Err(e) => {
+                    for (k, s) in &dirty[i..] {
+                        self.txn_dirty.entry(*k).or_insert(*s);
+                    }
+                    return Err(e);
+                }
+            }
         }
         self.store.flush()?;
         let mut mark = self.store.poll_durable(false)?;
@@ -163,6 +237,11 @@ impl<S: QueueStore> Partition<S> {
     }
 }
 
+/// State records whose removal waits for them to become visible, per partition, at most.
+const TXN_STALE_RECORDS_MAX: usize = 65_536;
+/// Commits a replaced state record is waited for at most before it is left to the start-up
+/// clean-up (which keeps the newest record of each sequence).
+const TXN_STALE_TRIES_MAX: u16 = 1_000;
 /// Batches `commit` waits for at most before it gives up (a store that never completes).
 const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
 
@@ -296,7 +375,13 @@ pub struct Broker<S> {
     catalog: RwLock<Catalog>,
     partitions: Vec<Mutex<Partition<S>>>,
     dedup: Mutex<DuplicateTable>,
+    /// Signalled when a pending duplicate-table entry got its place (or was dropped).
+    dedup_settled: std::sync::Condvar,
     txn: Mutex<TxnTable>,
+    /// Per partition: sequences forgotten by the table, whose records go at its next commit.
+    txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
+    /// Unix seconds the full sequence table was last logged.
+    txn_full_logged: std::sync::atomic::AtomicU32,
     pub counters: BrokerCounters,
     /// Woken whenever messages become receivable (for receive with a wait).
     pub arrivals: tokio::sync::Notify,
@@ -312,13 +397,15 @@ pub struct Broker<S> {
     tx_out: Mutex<HashMap<u32, TxOut>>,
     /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
     tx_progress: Mutex<Vec<u32>>,
+    /// When an ignored OrderAck/FinalAck was last logged, per peer address.
+    refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
     route_cache: RwLock<RouteCache>,
     /// Bumped by every catalog change; the route cache is valid for one generation.
     catalog_generation: AtomicU64,
 }
 
 /// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
-/// start-up, so it needs no file of its own.
+/// start-up (the sequence id also from `outgoing.json`), so it needs no file of its own.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TxOut {
     /// TxSequenceID as a u64 (TimeStamp << 32 | Ordinal).
@@ -327,6 +414,23 @@ pub struct TxOut {
     pub next_no: u32,
     /// The highest number an OrderAck acknowledged.
     pub acked_no: u32,
+    /// The highest number of `seq_id` sent on a session by this process: an OrderAck may
+    /// acknowledge no more than this (MS-MQQB 3.1.5.6 acknowledges what was sent).
+    pub sent_no: u32,
+    /// The queue manager our outgoing session to this destination reached (its GUID and
+    /// address): only it may acknowledge the sequence.
+    pub peer: Option<(Guid, std::net::IpAddr)>,
+}
+
+/// Where an OrderAck or FinalAck came from: the session it arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckSource {
+    /// The queue manager GUID the peer gave when the session was established.
+    pub remote_qm: Guid,
+    /// The peer's address.
+    pub ip: std::net::IpAddr,
+    /// For a session we opened: the outgoing queue it carries.
+    pub outgoing: Option<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -386,34 +490,62 @@ impl<S: QueueStore> Broker<S> {
     /// Builds a broker over already opened stores (tests and simulation use in-memory ones).
     pub fn with_stores(config: Config, stores: Vec<S>) -> anyhow::Result<Broker<S>> {
         let guid = load_or_create_guid(&config.data_dir)?;
-        let identity = LocalIdentity::discover(guid, &config.aliases);
+        let mut identity = LocalIdentity::discover(guid, &config.aliases);
+        // The address we listen on names this machine too.
+        if !config.listen.ip().is_unspecified() && !identity.addrs.contains(&config.listen.ip()) {
+            identity.addrs.push(config.listen.ip());
+        }
         let catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut txn = TxnTable::new(TXN_TABLE_MAX);
+        let now_s = unix_now();
+        let mut txn = TxnTable::new(TxnLimits {
+            capacity: config.limits.tx_sequences_max,
+            evict_idle_s: u32::try_from(config.limits.tx_sequence_evict_idle_s).unwrap_or(u32::MAX),
+            idle_max_s: u32::try_from(config.tx_sequence_idle_s()).unwrap_or(u32::MAX),
+        });
+        let mut not_restored = 0u64;
         let mut partitions = Vec::new();
         for store in stores {
-            // Restore the transactional sequence states.
+            let index = partitions.len();
+            let mut part = Partition::new(store, index);
+            // Restore the transactional sequence states; older records of a key go.
             let mut cursor = Cursor::new(TXN_STATE_QUEUE);
-            while let Some(m) = store.cursor_next(&mut cursor) {
-                if m.bytes.len() == 12 {
+            let mut older = Vec::new();
+            while let Some(m) = part.store.cursor_next(&mut cursor) {
+                if m.bytes.len() == 12 || m.bytes.len() == 24 {
                     let id = m.meta.message_id.0;
                     let mut g = [0u8; 16];
                     g.copy_from_slice(&id[..16]);
                     let q = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
-                    let seq_id = u64::from_le_bytes(m.bytes[..8].try_into().unwrap_or([0; 8]));
-                    let seq_no = u32::from_le_bytes(m.bytes[8..].try_into().unwrap_or([0; 4]));
-                    txn.restore(
-                        (Guid(g), q),
-                        IncomingSequence {
-                            seq_id,
-                            seq_no,
-                            ..Default::default()
-                        },
-                    );
+                    let b = m.bytes;
+                    let seq_id = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+                    let seq_no = u32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+                    let prior = (b.len() == 24).then(|| {
+                        (
+                            u64::from_le_bytes(b[12..20].try_into().unwrap_or([0; 8])),
+                            u32::from_le_bytes(b[20..24].try_into().unwrap_or([0; 4])),
+                        )
+                    });
+                    let key = (Guid(g), q);
+                    if let Some(prev) = part.txn_records.insert(key, m.lookup_id) {
+                        older.push(prev);
+                    }
+                    let s = IncomingSequence {
+                        seq_id,
+                        seq_no,
+                        prior,
+                        ..Default::default()
+                    };
+                    if !txn.restore(key, s, now_s) {
+                        not_restored += 1;
+                    }
                 }
             }
-            let index = partitions.len();
-            partitions.push(Mutex::new(Partition::new(store, index)));
+            for l in older {
+                part.drop_txn_record(l)
+                    .map_err(|e| anyhow::anyhow!("partition {index}: {e}"))?;
+            }
+            partitions.push(Mutex::new(part));
         }
         let p = &config.parameters;
         let mut dedup = DuplicateTable::new(
@@ -434,14 +566,14 @@ impl<S: QueueStore> Broker<S> {
                             continue;
                         };
                         if let Some(t) = msg.transaction {
-                            txn.restore(
-                                (msg.user.source_queue_manager, q.id),
-                                IncomingSequence {
-                                    seq_id: t.tx_sequence_id,
-                                    seq_no: t.tx_sequence_number,
-                                    ..Default::default()
-                                },
-                            );
+                            let s = IncomingSequence {
+                                seq_id: t.tx_sequence_id,
+                                seq_no: t.tx_sequence_number,
+                                ..Default::default()
+                            };
+                            if !txn.restore((msg.user.source_queue_manager, q.id), s, now_s) {
+                                not_restored += 1;
+                            }
                         }
                         continue;
                     }
@@ -453,6 +585,18 @@ impl<S: QueueStore> Broker<S> {
                 }
             }
         }
+        if not_restored > 0 {
+            tracing::error!(
+                not_restored,
+                "more transactional sequence states on disk than limits.tx_sequences_max ({}); \
+                 raise it, or those senders' next messages are refused until idle states age out",
+                config.limits.tx_sequences_max
+            );
+        }
+        let txn_forget = partitions
+            .iter()
+            .map(|p| lock(p).txn_forget.clone())
+            .collect();
         let shards = partitions.len();
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -465,12 +609,16 @@ impl<S: QueueStore> Broker<S> {
             waker: OnceLock::new(),
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
+            refused_log: Mutex::new(HashMap::new()),
             route_cache: RwLock::new(RouteCache::default()),
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,
             dedup: Mutex::new(dedup),
+            dedup_settled: std::sync::Condvar::new(),
             txn: Mutex::new(txn),
+            txn_forget,
+            txn_full_logged: std::sync::atomic::AtomicU32::new(0),
             counters: BrokerCounters::default(),
             arrivals: tokio::sync::Notify::new(),
             receive_cursor: AtomicU64::new(0),
@@ -659,15 +807,24 @@ impl<S: QueueStore> Broker<S> {
         }
         let key = (u.source_queue_manager, queue.id);
         let mut tx_state = None;
+        // Held from the check until the state is recorded, so an accepted message always gets
+        // its state (no other shard fills the table or moves the sequence in between).
+        let mut txn_guard = None;
         if let (true, Some(th)) = (transactional, msg.transaction) {
             let seq_id = th.tx_sequence_id;
             let mut txn = lock(&self.txn);
-            let verdict = txn.check(
+            let mut verdict = txn.check(
                 key,
                 seq_id,
                 th.tx_sequence_number,
                 th.previous_tx_sequence_number,
             );
+            if verdict == TxVerdict::Accept && !txn.has_room(&key, now_unix) {
+                // Full of recently active sequences: refused, not stored without its state
+                // (which would store it again on every resend). The sender resends later.
+                verdict = TxVerdict::Reject;
+                self.log_txn_full(txn.len());
+            }
             if verdict == TxVerdict::Reject {
                 bump(&self.counters.tx_rejected);
                 let state = txn.get(&key);
@@ -678,17 +835,24 @@ impl<S: QueueStore> Broker<S> {
                 return out;
             }
             tx_state = Some((seq_id, th.tx_sequence_number));
+            txn_guard = Some(txn);
         }
         let dedup_key = (u.source_queue_manager, u.message_id);
         if tx_state.is_none() {
-            if let Some(origin) =
-                lock(&self.dedup).check_and_insert(dedup_key, now_ms, (part.index, 0))
-            {
-                bump(&self.counters.duplicates_dropped);
-                out.verdict = Verdict::Duplicate {
-                    origin: (origin.0, Ticket(origin.1)),
-                };
-                return out;
+            match self.dedup_check(dedup_key, now_ms) {
+                Ok(None) => {}
+                Ok(Some(origin)) => {
+                    bump(&self.counters.duplicates_dropped);
+                    out.verdict = Verdict::Duplicate {
+                        origin: (origin.0, Ticket(origin.1)),
+                    };
+                    return out;
+                }
+                Err(e) => {
+                    bump(&self.counters.refused_store_errors);
+                    out.verdict = Verdict::Refuse(e);
+                    return out;
+                }
             }
         }
         let stored = self.store(part, queue.id, frame, msg);
@@ -699,6 +863,8 @@ impl<S: QueueStore> Broker<S> {
                 // Not stored: a resend must be taken, not dropped as a duplicate.
                 Err(_) => dedup.remove(&dedup_key),
             }
+            drop(dedup);
+            self.dedup_settled.notify_all();
         }
         match stored {
             Ok(ticket) => {
@@ -710,18 +876,19 @@ impl<S: QueueStore> Broker<S> {
                     queue: queue.id,
                     ticket,
                 };
-                if let Some((seq_id, seq_no)) = tx_state {
-                    let mut txn = lock(&self.txn);
-                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0)) {
+                if let (Some((seq_id, seq_no)), Some(txn)) = (tx_state, txn_guard.as_mut()) {
+                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0), now_unix) {
                         Ok(s) => {
                             part.txn_dirty.insert(key, s);
                             out.order_ack = Some((key, s));
                         }
-                        Err(_) => {
-                            tracing::warn!("transactional sequence table full ({TXN_TABLE_MAX})")
-                        }
+                        // Room was made above, under the same lock.
+                        Err(_) => self.log_txn_full(txn.len()),
                     }
+                    let evicted = txn.take_evicted();
+                    self.forget_txn(evicted);
                 }
+                drop(txn_guard);
                 if acks.positive_arrival() {
                     out.admin_ack = Some(MessageClass::ACK_REACH_QUEUE);
                 }
@@ -764,6 +931,86 @@ impl<S: QueueStore> Broker<S> {
                     admin_ack: None,
                 }
             }
+        }
+    }
+
+    /// Logs (once a minute) that the transactional sequence table is full.
+    fn log_txn_full(&self, len: usize) {
+        bump(&self.counters.tx_table_full);
+        let now = unix_now();
+        let last = self.txn_full_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= TX_ACK_REFUSED_LOG_INTERVAL_S
+            && self
+                .txn_full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                states = len,
+                "transactional sequence table full (limits.tx_sequences_max = {}); messages \
+                 starting new sequences are refused until states idle for \
+                 limits.tx_sequence_evict_idle_s = {} s can be evicted; raise the limit if \
+                 these senders are legitimate",
+                self.config.limits.tx_sequences_max,
+                self.config.limits.tx_sequence_evict_idle_s
+            );
+        }
+    }
+
+    /// Hands forgotten sequence states to every partition (their records go at its next
+    /// commit).
+    fn forget_txn(&self, keys: Vec<TxKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        for f in &self.txn_forget {
+            lock(f).extend_from_slice(&keys);
+        }
+    }
+
+    /// Forgets transactional sequence states idle past their time (bounded work per call).
+    pub fn sweep_txn(&self, now_unix: u32) {
+        let evicted = {
+            let mut t = lock(&self.txn);
+            t.sweep(now_unix, TXN_SWEEP_BATCH_MAX);
+            t.take_evicted()
+        };
+        self.forget_txn(evicted);
+    }
+
+    /// Transactional sequence states kept now.
+    pub fn txn_len(&self) -> usize {
+        lock(&self.txn).len()
+    }
+
+    /// Looks a non-transactional message up in the duplicate table and records it as pending
+    /// when new. A duplicate whose first copy another shard is storing at this very moment waits
+    /// (a few microseconds) until that copy has its ticket: until then it has no place the
+    /// duplicate's acknowledgement could wait for. Past [`DEDUP_PENDING_WAIT_MS`] the message is
+    /// refused (the session closes; the sender resends).
+    fn dedup_check(
+        &self,
+        key: (Guid, u32),
+        now_ms: u64,
+    ) -> Result<Option<(usize, u64)>, StoreError> {
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(DEDUP_PENDING_WAIT_MS);
+        let mut dedup = lock(&self.dedup);
+        loop {
+            match dedup.check_and_insert(key, now_ms, PENDING) {
+                Some(o) if o == PENDING => {}
+                found => return Ok(found),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::error!(source = %key.0, id = key.1, "the first copy of a duplicate was not stored in time; refusing the copy");
+                return Err(StoreError::NotDurable);
+            }
+            dedup = self
+                .dedup_settled
+                .wait_timeout(dedup, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -1403,72 +1650,163 @@ impl<S: QueueStore> Broker<S> {
 
     /// The outgoing transactional sequence of `def`, read back from the stored messages the
     /// first time (the last stored number continues; an empty queue starts a new sequence whose
-    /// TimeStamp is now, later than any earlier one).
+    /// id is above every earlier one of this destination, kept in `outgoing.json`).
     fn tx_out_state<'g>(
         &self,
         g: &'g mut MutexGuard<'_, HashMap<u32, TxOut>>,
         def: &OutgoingDef,
     ) -> &'g mut TxOut {
         g.entry(def.id).or_insert_with(|| {
-            let part = lock(&self.partitions[def.shard % self.partitions.len()]);
-            let best = stored_tx_positions(&part.store, def.id)
-                .into_iter()
-                .map(|(_, id, no)| (id, no))
-                .max();
-            match best {
+            let best = {
+                let part = lock(&self.partitions[def.shard % self.partitions.len()]);
+                stored_tx_positions(&part.store, def.id)
+                    .into_iter()
+                    .map(|(_, id, no)| (id, no))
+                    .max()
+            };
+            let t = match best {
                 Some((seq_id, no)) => TxOut {
                     seq_id,
                     next_no: no.wrapping_add(1),
-                    acked_no: 0,
+                    ..TxOut::default()
                 },
-                None => TxOut {
-                    seq_id: (u64::from(unix_now()) << 32) | 1,
-                    next_no: 1,
-                    acked_no: 0,
-                },
+                None => {
+                    let last = lock(&self.outgoing)
+                        .by_id(def.id)
+                        .map_or(def.tx_sequence_id, |d| d.tx_sequence_id);
+                    TxOut {
+                        seq_id: ((u64::from(unix_now()) << 32) | 1).max(last.saturating_add(1)),
+                        next_no: 1,
+                        ..TxOut::default()
+                    }
+                }
+            };
+            if let Err(e) = lock(&self.outgoing).set_tx_sequence_id(def.id, t.seq_id) {
+                tracing::error!(destination = %def.key, error = %e, "cannot record the outgoing transactional sequence id; a restart within this second could reuse it");
             }
+            t
         })
     }
 
-    /// An OrderAck or FinalAck for our own transactional sends arrived (MS-MQQB 3.1.5.6, 3.1.5.7).
-    /// An OrderAck deletes every message of its sequence up to its number from the outgoing
-    /// queue; a FinalAck is logged and counted.
-    pub fn handle_tx_ack(&self, msg: &UserMessage<'_>) {
+    /// Our outgoing session for queue `queue` was established with queue manager `guid` at
+    /// `ip`: OrderAcks for its sequence are taken from that queue manager only.
+    pub fn note_outgoing_peer(&self, queue: u32, guid: Guid, ip: std::net::IpAddr) {
+        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+            return;
+        };
+        let mut g = lock(&self.tx_out);
+        self.tx_out_state(&mut g, &def).peer = Some((guid, ip));
+    }
+
+    /// Transactional messages of outgoing queue `queue` were sent on a session: (TxSequenceID,
+    /// highest TxSequenceNumber).
+    pub fn note_tx_sent(&self, queue: u32, seq_id: u64, no: u32) {
+        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+            return;
+        };
+        let mut g = lock(&self.tx_out);
+        let t = self.tx_out_state(&mut g, &def);
+        if t.seq_id == seq_id {
+            t.sent_no = t.sent_no.max(no);
+        }
+    }
+
+    /// Counts and logs (once per peer per interval) an OrderAck or FinalAck we do not take.
+    fn refuse_tx_ack(&self, from: &AckSource, what: &str, why: &str) {
+        bump(&self.counters.tx_acks_refused);
+        let now = unix_now();
+        let mut g = lock(&self.refused_log);
+        let due = g
+            .get(&from.ip)
+            .is_none_or(|&t| now.saturating_sub(t) >= TX_ACK_REFUSED_LOG_INTERVAL_S);
+        if due {
+            if g.len() >= TX_ACK_REFUSED_LOG_PEERS_MAX {
+                g.clear();
+            }
+            g.insert(from.ip, now);
+            tracing::warn!(peer = %from.ip, remote_qm = %from.remote_qm, "{what} ignored: {why} (counted in lior_tx_acks_refused_total; logged once per peer every {TX_ACK_REFUSED_LOG_INTERVAL_S} s)");
+        }
+    }
+
+    /// An OrderAck or FinalAck for our own transactional sends arrived (MS-MQQB 3.1.5.6, 3.1.5.7)
+    /// on a session with `from`. It is taken only from the queue manager the sequence was sent
+    /// to (on our outgoing session to it, or a session from that queue manager's GUID and
+    /// address), and only for numbers actually sent; anything else is counted and logged. An
+    /// OrderAck deletes every message of its sequence up to its number from the outgoing queue;
+    /// a FinalAck is logged and counted. Returns whether it was taken.
+    pub fn handle_tx_ack(&self, msg: &UserMessage<'_>, from: &AckSource) -> bool {
+        let from_peer = |id: u32, t: &TxOut| {
+            from.outgoing == Some(id)
+                || t.peer
+                    .is_some_and(|(g, ip)| g == from.remote_qm && !g.is_null() && ip == from.ip)
+        };
         if let Some(fa) = msg.final_ack_body() {
+            let known = lock(&self.tx_out)
+                .iter()
+                .any(|(id, t)| from_peer(*id, t) && t.seq_id == fa.tx_sequence_id);
+            if !known {
+                self.refuse_tx_ack(
+                    from,
+                    "FinalAck",
+                    "not from a queue manager we sent that sequence to",
+                );
+                return false;
+            }
             bump(&self.counters.final_acks_received);
             tracing::info!(
                 class = msg.properties.message_class.name(),
                 message = %format!("{}\\{}", fa.source_guid, fa.message_id),
                 "FinalAck received"
             );
-            return;
+            return true;
         }
         let Some(oa) = msg.order_ack_body() else {
-            tracing::warn!("malformed OrderAck body; ignored");
-            return;
+            self.refuse_tx_ack(from, "OrderAck", "malformed body");
+            return false;
         };
-        bump(&self.counters.order_acks_received);
-        let targets: Vec<u32> = {
+        let mut beyond_sent = false;
+        let targets: Vec<(u32, u32)> = {
             let mut g = lock(&self.tx_out);
             g.iter_mut()
-                .filter(|(_, t)| t.seq_id == oa.tx_sequence_id)
-                .map(|(id, t)| {
-                    t.acked_no = t.acked_no.max(oa.tx_sequence_number);
-                    *id
+                .filter(|(id, t)| from_peer(**id, t) && t.seq_id == oa.tx_sequence_id)
+                .filter_map(|(id, t)| {
+                    beyond_sent |= oa.tx_sequence_number > t.sent_no;
+                    let n = oa.tx_sequence_number.min(t.sent_no);
+                    (n > 0).then(|| {
+                        t.acked_no = t.acked_no.max(n);
+                        (*id, n)
+                    })
                 })
                 .collect()
         };
-        let defs: Vec<OutgoingDef> = lock(&self.outgoing)
-            .iter()
-            .filter(|d| targets.contains(&d.id))
-            .cloned()
-            .collect();
-        for def in defs {
+        if targets.is_empty() || beyond_sent {
+            self.refuse_tx_ack(
+                from,
+                "OrderAck",
+                if targets.is_empty() {
+                    "no sequence sent to that queue manager has that id"
+                } else {
+                    "it acknowledges numbers not sent yet"
+                },
+            );
+            if targets.is_empty() {
+                return false;
+            }
+        }
+        bump(&self.counters.order_acks_received);
+        let defs: Vec<(OutgoingDef, u32)> = {
+            let t = lock(&self.outgoing);
+            targets
+                .iter()
+                .filter_map(|&(id, n)| t.by_id(id).cloned().map(|d| (d, n)))
+                .collect()
+        };
+        for (def, n) in defs {
             let shard = def.shard % self.partitions.len();
             let mut part = lock(&self.partitions[shard]);
             let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
                 .into_iter()
-                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= oa.tx_sequence_number)
+                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= n)
                 .map(|(l, _, _)| l)
                 .collect();
             for l in &done {
@@ -1489,6 +1827,7 @@ impl<S: QueueStore> Broker<S> {
             }
             self.wake(shard);
         }
+        true
     }
 
     /// Outgoing queues of shard `shard` whose transactional sequence progressed since the last
@@ -1573,6 +1912,10 @@ impl<S: QueueStore> Broker<S> {
                 return;
             }
         };
+        if self.identity.is_local(&dest.address) {
+            self.deliver_local_ack(&frame, class, &admin.to_string());
+            return;
+        }
         let meta = message_meta(&m);
         match self.enqueue_outgoing(dest, &frame, &meta) {
             Ok(def) => {
@@ -1580,6 +1923,38 @@ impl<S: QueueStore> Broker<S> {
                 tracing::info!(class = class.name(), to = %admin, via = %def.key, "admin acknowledgement queued");
             }
             Err(e) => tracing::error!(error = %e, "cannot queue an admin acknowledgement"),
+        }
+    }
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Stores an admin acknowledgement whose admin queue is on this machine straight into it
+    /// (never over the network to ourselves). Call with no partition lock held.
+    fn deliver_local_ack(&self, frame: &[u8], class: MessageClass, to: &str) {
+        let Ok(msg) = UserMessage::parse(frame) else {
+            tracing::error!("an admin acknowledgement we built does not parse");
+            return;
+        };
+        let shard = msg.user.message_id as usize % self.partitions.len();
+        let mut p = lock(&self.partitions[shard]);
+        let d = self.deliver(&mut p, frame, &msg, unix_now(), 0);
+        match d.verdict {
+            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
+                // Durable with this commit or the shard's next one; nobody waits for it.
+                let _ = ticket;
+                if let Err(e) = p.commit(None) {
+                    tracing::error!(error = %e, "commit after a local admin acknowledgement failed");
+                }
+                drop(p);
+                self.arrivals.notify_waiters();
+                bump(&self.counters.admin_acks_queued);
+                tracing::info!(
+                    class = class.name(),
+                    to,
+                    "admin acknowledgement stored locally"
+                );
+            }
+            v => tracing::error!(verdict = ?v, to, "cannot store a local admin acknowledgement"),
         }
     }
 }

@@ -89,6 +89,10 @@ pub type MessageKey = (Guid, u32);
 /// duplicate may be acknowledged only once that copy is durable.
 pub type Origin = (usize, u64);
 
+/// The origin of a message whose first copy is being stored right now (its ticket is not known
+/// yet): a duplicate must wait for [`DuplicateTable::set_origin`], never be acknowledged at once.
+pub const PENDING: Origin = (usize::MAX, u64::MAX);
+
 /// The bounded history of recently seen message identifiers.
 #[derive(Debug)]
 pub struct DuplicateTable {

@@ -46,6 +46,11 @@ pub struct OutgoingDef {
     pub transport: Transport,
     /// The shard (and store partition) that owns it.
     pub shard: usize,
+    /// The last outgoing transactional sequence id used for this destination: a new sequence
+    /// must be higher than every earlier one (the receiver refuses a lower or equal one), even
+    /// after a restart within the same second or a clock step back.
+    #[serde(default)]
+    pub tx_sequence_id: u64,
 }
 
 /// Why a destination cannot get an outgoing queue.
@@ -136,15 +141,32 @@ impl OutgoingTable {
             host,
             transport,
             shard: (n as usize) % self.shards,
+            tx_sequence_id: 0,
         };
         self.by_key.insert(key, q.clone());
+        self.save()?;
+        Ok(q)
+    }
+
+    /// Records (durably) the transactional sequence id now used for outgoing queue `id`.
+    pub fn set_tx_sequence_id(&mut self, id: u32, seq_id: u64) -> Result<(), OutgoingError> {
+        let Some(q) = self.by_key.values_mut().find(|q| q.id == id) else {
+            return Ok(());
+        };
+        if q.tx_sequence_id >= seq_id {
+            return Ok(());
+        }
+        q.tx_sequence_id = seq_id;
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), OutgoingError> {
         let file = TableFile {
             queues: self.by_key.values().cloned().collect(),
         };
         let bytes =
             serde_json::to_vec_pretty(&file).map_err(|e| OutgoingError::Io(e.to_string()))?;
-        write_atomic(&self.path, &bytes).map_err(|e| OutgoingError::Io(e.to_string()))?;
-        Ok(q)
+        write_atomic(&self.path, &bytes).map_err(|e| OutgoingError::Io(e.to_string()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &OutgoingDef> {

@@ -1,0 +1,196 @@
+//! Issue 10: the duplicate table recorded a new message's first copy as `(partition, 0)` before
+//! it was stored, and ticket 0 is `Ticket::IMMEDIATE`: a duplicate seen by another shard in that
+//! window was acknowledged at once, before the first copy was on disk. Two threads stand for two
+//! shards; the first copy's append is held at a gate while the duplicate arrives.
+
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use lior::config::Config;
+use lior::qm::broker::{Broker, Verdict};
+use lior::store::{
+    Appended, Cursor, LookupId, Maintenance, MessageMeta, MessageRef, QueueId, QueueQuota,
+    QueueStore, Reservation, Select, SimDisk, SimStore, Store, StoreConfig, StoreError, StoreStats,
+    Ticket,
+};
+use lior::wire::user::{QueueRef, UserMessage};
+use lior::wire::{utf16z, Guid, Utf16};
+
+/// Open (false) or closed (true), and whether an append is waiting at it.
+type Gate = Arc<(Mutex<(bool, bool)>, Condvar)>;
+
+/// A store whose appends to user queues wait while its gate is closed.
+struct GateStore {
+    inner: SimStore,
+    gate: Gate,
+}
+
+impl QueueStore for GateStore {
+    fn append(
+        &mut self,
+        queue: QueueId,
+        meta: &MessageMeta,
+        bytes: &[u8],
+    ) -> Result<Appended, StoreError> {
+        let (m, cv) = &*self.gate;
+        let mut g = m.lock().unwrap();
+        if g.0 {
+            g.1 = true;
+            cv.notify_all();
+            while g.0 {
+                g = cv.wait(g).unwrap();
+            }
+        }
+        drop(g);
+        self.inner.append(queue, meta, bytes)
+    }
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+    fn poll_durable(&mut self, wait: bool) -> Result<Ticket, StoreError> {
+        self.inner.poll_durable(wait)
+    }
+    fn is_durable(&self, ticket: Ticket) -> bool {
+        self.inner.is_durable(ticket)
+    }
+    fn peek(&self, queue: QueueId, select: Select) -> Option<MessageRef<'_>> {
+        self.inner.peek(queue, select)
+    }
+    fn cursor_next(&self, cursor: &mut Cursor) -> Option<MessageRef<'_>> {
+        self.inner.cursor_next(cursor)
+    }
+    fn receive(
+        &mut self,
+        queue: QueueId,
+        select: Select,
+    ) -> Result<Option<Reservation>, StoreError> {
+        self.inner.receive(queue, select)
+    }
+    fn reserved(&self, r: &Reservation) -> Result<MessageRef<'_>, StoreError> {
+        self.inner.reserved(r)
+    }
+    fn release(&mut self, r: Reservation) -> Result<(), StoreError> {
+        self.inner.release(r)
+    }
+    fn purge(&mut self, queue: QueueId) -> Result<Ticket, StoreError> {
+        self.inner.purge(queue)
+    }
+    fn delete_queue(&mut self, queue: QueueId) -> Result<Ticket, StoreError> {
+        self.inner.delete_queue(queue)
+    }
+    fn set_queue_quota(&mut self, queue: QueueId, quota: QueueQuota) {
+        self.inner.set_queue_quota(queue, quota)
+    }
+    fn expired(&self, now: u32, max: usize, out: &mut Vec<(QueueId, LookupId)>) {
+        self.inner.expired(now, max, out)
+    }
+    fn queue_len(&self, queue: QueueId) -> (u64, u64) {
+        self.inner.queue_len(queue)
+    }
+    fn maintain(&mut self) -> Result<Maintenance, StoreError> {
+        self.inner.maintain()
+    }
+    fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+}
+
+fn frame(id: u32) -> Vec<u8> {
+    let d = utf16z("OS:localhost\\private$\\q");
+    let label = utf16z("x");
+    let m = UserMessage::new(
+        Guid([0x21; 16]),
+        id,
+        QueueRef::Direct(Utf16(&d)),
+        Utf16(&label),
+        b"body",
+    )
+    .with_recoverable(true);
+    let mut out = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn a_duplicate_on_another_shard_is_never_acknowledged_before_the_first_copy_is_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    let gates: Vec<Gate> = (0..2)
+        .map(|_| Arc::new((Mutex::new((false, false)), Condvar::new())))
+        .collect();
+    let stores = gates
+        .iter()
+        .enumerate()
+        .map(|(i, g)| GateStore {
+            inner: Store::open(SimDisk::new(11 + i as u64), StoreConfig::default())
+                .unwrap()
+                .0,
+            gate: g.clone(),
+        })
+        .collect();
+    let b = Arc::new(Broker::with_stores(cfg, stores).unwrap());
+    b.create_queue("q", false).unwrap();
+    let f = frame(9);
+
+    // Shard 0 takes the first copy; its append waits at the closed gate.
+    gates[0].0.lock().unwrap().0 = true;
+    let (b0, f0) = (b.clone(), f.clone());
+    let first = std::thread::spawn(move || {
+        let msg = UserMessage::parse(&f0).unwrap();
+        let mut p = b0.partition(0);
+        b0.deliver(&mut p, &f0, &msg, 1_700_000_000, 0).verdict
+    });
+    {
+        let (m, cv) = &*gates[0];
+        let mut g = m.lock().unwrap();
+        while !g.1 {
+            g = cv.wait(g).unwrap();
+        }
+    }
+    // Shard 1 gets the duplicate meanwhile.
+    let (tx, rx) = mpsc::channel();
+    let (b1, f1) = (b.clone(), f.clone());
+    std::thread::spawn(move || {
+        let msg = UserMessage::parse(&f1).unwrap();
+        let mut p = b1.partition(1);
+        let _ = tx.send(b1.deliver(&mut p, &f1, &msg, 1_700_000_000, 1).verdict);
+    });
+    // Whatever the duplicate says while the first copy is not stored must not let its
+    // acknowledgement go out: no IMMEDIATE origin.
+    if let Ok(v) = rx.recv_timeout(Duration::from_millis(300)) {
+        match v {
+            Verdict::Duplicate { origin } => assert!(
+                origin.1 != Ticket::IMMEDIATE && !b.is_durable(origin.0, origin.1),
+                "a duplicate was acknowledged before its first copy was stored: {v:?}"
+            ),
+            Verdict::Refuse(_) => {}
+            other => panic!("unexpected verdict {other:?}"),
+        }
+    }
+    // Open the gate: the first copy is stored; the duplicate waits for exactly it.
+    {
+        let (m, cv) = &*gates[0];
+        m.lock().unwrap().0 = false;
+        cv.notify_all();
+    }
+    let Verdict::Stored { ticket, .. } = first.join().unwrap() else {
+        panic!("the first copy was not stored");
+    };
+    assert_ne!(ticket, Ticket::IMMEDIATE);
+    let v = rx.recv_timeout(Duration::from_secs(10));
+    let Ok(Verdict::Duplicate { origin }) = v else {
+        panic!("unexpected verdict {v:?}");
+    };
+    assert_eq!(
+        origin,
+        (0, ticket),
+        "the duplicate waits for the first copy"
+    );
+    assert!(!b.is_durable(0, ticket), "not durable before the commit");
+    b.partition(0).commit(Some(ticket)).unwrap();
+    assert!(b.is_durable(0, ticket));
+}
