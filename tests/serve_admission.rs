@@ -94,18 +94,11 @@ fn serve_must_fail(args: &[&str]) -> String {
 }
 
 fn metric(server: &Server, name: &str) -> u64 {
-    metric_or_none(server, name).unwrap_or_else(|| panic!("no metric {name}"))
+    common::api::metric(server, &format!("lior_{name}"))
 }
 
 fn metric_or_none(server: &Server, name: &str) -> Option<u64> {
-    let text = ureq::get(&format!("http://{}/metrics", server.api))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("lior_{name} ")))
-        .map(|v| v.parse().unwrap())
+    common::api::metric_or_none(server, &format!("lior_{name}"))
 }
 
 /// VmRSS of a process, bytes (from /proc/PID/status).
