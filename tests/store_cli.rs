@@ -1,9 +1,12 @@
 //! `lior store check` and `lior store salvage` on a real data directory, through the real
 //! binary; and `lior serve` refusing to start on damage, naming it.
 
+mod common;
+
+use common::stores::tagged_meta;
 use lior::store::{
-    segment_file_name, Class, Cursor, FileStore, MessageId, MessageMeta, QueueId, QueueStore,
-    Store, StoreConfig, UringDisk, EXPIRY_NEVER,
+    segment_file_name, Cursor, FileStore, MessageMeta, QueueId, QueueStore, Store, StoreConfig,
+    UringDisk,
 };
 use std::path::Path;
 use std::process::Command;
@@ -12,15 +15,24 @@ fn lior() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lior"))
 }
 
+/// `lior serve` with `extra` over data directory `dir`: loopback ports, no engine cores.
+fn serve(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = lior();
+    c.arg("serve").args(extra).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--cores",
+        "0",
+        "--data-dir",
+    ]);
+    c.arg(dir);
+    c
+}
+
 fn meta(tag: u64) -> MessageMeta {
-    let mut id = [0u8; 20];
-    id[..8].copy_from_slice(&tag.to_le_bytes());
-    MessageMeta {
-        priority: 2,
-        class: Class::Recoverable,
-        message_id: MessageId(id),
-        expiry_unix_s: EXPIRY_NEVER,
-    }
+    tagged_meta(tag, 2)
 }
 
 fn open(dir: &Path) -> FileStore {
@@ -97,20 +109,7 @@ fn check_and_salvage_a_real_data_dir() {
     assert_eq!(v["partitions"][0]["segments"][0]["holes"][0]["offset"], rec);
 
     // lior serve refuses to start, naming the damage, and changes nothing.
-    let out = lior()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--cores",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = serve(dir, &[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -155,19 +154,7 @@ fn serve_salvage_starts_on_a_damaged_dir_and_stops_clean() {
     let mut data = std::fs::read(&seg).unwrap();
     data[rec + 100] ^= 4;
     std::fs::write(&seg, &data).unwrap();
-    let mut child = lior()
-        .args([
-            "serve",
-            "--salvage",
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--cores",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
+    let mut child = serve(dir, &["--salvage"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

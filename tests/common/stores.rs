@@ -2,8 +2,9 @@
 //! `QueueStore` a test can step into, and the records and frames they store.
 
 use lior::store::{
-    Appended, Cursor, LookupId, Maintenance, MessageMeta, MessageRef, QueueId, QueueQuota,
-    QueueStore, Reservation, Select, SimStore, StoreError, StoreStats, Ticket,
+    Appended, Class, Cursor, LookupId, Maintenance, MessageId, MessageMeta, MessageRef, QueueId,
+    QueueQuota, QueueStore, Reservation, Select, SimStore, StoreError, StoreStats, Ticket,
+    EXPIRY_NEVER,
 };
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
@@ -104,4 +105,39 @@ pub fn recoverable_to_q(source: Guid, id: u32) -> Vec<u8> {
     let n = m.encode(&mut out).unwrap();
     out.truncate(n);
     out
+}
+
+/// The meta of a recoverable message that never expires, whose message id begins with `tag`.
+pub fn tagged_meta(tag: u64, priority: u8) -> MessageMeta {
+    let mut id = [0u8; 20];
+    id[..8].copy_from_slice(&tag.to_le_bytes());
+    MessageMeta {
+        priority,
+        class: Class::Recoverable,
+        message_id: MessageId(id),
+        expiry_unix_s: EXPIRY_NEVER,
+    }
+}
+
+/// `len` (at least 8) bytes of `tag % 251` whose first eight are `tag`: a body that names its
+/// message.
+pub fn tagged_body(tag: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![(tag % 251) as u8; len];
+    v[..8].copy_from_slice(&tag.to_le_bytes());
+    v
+}
+
+/// Flushes and waits until nothing is staged or in flight; panics after `rounds` rounds.
+pub fn settle<S: QueueStore>(s: &mut S, rounds: usize) {
+    for _ in 0..rounds {
+        s.flush().unwrap();
+        s.poll_durable(true).unwrap();
+        if s.stats().pending_bytes == 0 {
+            s.poll_durable(true).unwrap();
+            if s.stats().pending_bytes == 0 {
+                return;
+            }
+        }
+    }
+    panic!("store never settled in {rounds} rounds");
 }
