@@ -8,31 +8,20 @@ use std::time::Duration;
 
 use lior::config::Config;
 use lior::qm::broker::{Broker, Verdict};
-use lior::store::{
-    Appended, Cursor, LookupId, Maintenance, MessageMeta, MessageRef, QueueId, QueueQuota,
-    QueueStore, Reservation, Select, SimDisk, SimStore, Store, StoreConfig, StoreError, StoreStats,
-    Ticket,
-};
-use lior::wire::user::{QueueRef, UserMessage};
-use lior::wire::{utf16z, Guid, Utf16};
+use lior::store::{SimDisk, Store, StoreConfig, StoreError, Ticket};
+use lior::wire::user::UserMessage;
+use lior::wire::Guid;
+
+mod common;
+use common::stores::{recoverable_to_q, Hook, Hooked};
 
 /// Open (false) or closed (true), and whether an append is waiting at it.
 type Gate = Arc<(Mutex<(bool, bool)>, Condvar)>;
 
-/// A store whose appends to user queues wait while its gate is closed.
-struct GateStore {
-    inner: SimStore,
-    gate: Gate,
-}
-
-impl QueueStore for GateStore {
-    fn append(
-        &mut self,
-        queue: QueueId,
-        meta: &MessageMeta,
-        bytes: &[u8],
-    ) -> Result<Appended, StoreError> {
-        let (m, cv) = &*self.gate;
+/// Appends to a store hooked by a gate wait while the gate is closed.
+impl Hook for Gate {
+    fn before_append(&self) -> Result<(), StoreError> {
+        let (m, cv) = &**self;
         let mut g = m.lock().unwrap();
         if g.0 {
             g.1 = true;
@@ -41,75 +30,8 @@ impl QueueStore for GateStore {
                 g = cv.wait(g).unwrap();
             }
         }
-        drop(g);
-        self.inner.append(queue, meta, bytes)
+        Ok(())
     }
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-    fn poll_durable(&mut self, wait: bool) -> Result<Ticket, StoreError> {
-        self.inner.poll_durable(wait)
-    }
-    fn is_durable(&self, ticket: Ticket) -> bool {
-        self.inner.is_durable(ticket)
-    }
-    fn peek(&self, queue: QueueId, select: Select) -> Option<MessageRef<'_>> {
-        self.inner.peek(queue, select)
-    }
-    fn cursor_next(&self, cursor: &mut Cursor) -> Option<MessageRef<'_>> {
-        self.inner.cursor_next(cursor)
-    }
-    fn receive(
-        &mut self,
-        queue: QueueId,
-        select: Select,
-    ) -> Result<Option<Reservation>, StoreError> {
-        self.inner.receive(queue, select)
-    }
-    fn reserved(&self, r: &Reservation) -> Result<MessageRef<'_>, StoreError> {
-        self.inner.reserved(r)
-    }
-    fn release(&mut self, r: Reservation) -> Result<(), StoreError> {
-        self.inner.release(r)
-    }
-    fn purge(&mut self, queue: QueueId) -> Result<Ticket, StoreError> {
-        self.inner.purge(queue)
-    }
-    fn delete_queue(&mut self, queue: QueueId) -> Result<Ticket, StoreError> {
-        self.inner.delete_queue(queue)
-    }
-    fn set_queue_quota(&mut self, queue: QueueId, quota: QueueQuota) {
-        self.inner.set_queue_quota(queue, quota)
-    }
-    fn expired(&self, now: u32, max: usize, out: &mut Vec<(QueueId, LookupId)>) {
-        self.inner.expired(now, max, out)
-    }
-    fn queue_len(&self, queue: QueueId) -> (u64, u64) {
-        self.inner.queue_len(queue)
-    }
-    fn maintain(&mut self) -> Result<Maintenance, StoreError> {
-        self.inner.maintain()
-    }
-    fn stats(&self) -> StoreStats {
-        self.inner.stats()
-    }
-}
-
-fn frame(id: u32) -> Vec<u8> {
-    let d = utf16z("OS:localhost\\private$\\q");
-    let label = utf16z("x");
-    let m = UserMessage::new(
-        Guid([0x21; 16]),
-        id,
-        QueueRef::Direct(Utf16(&d)),
-        Utf16(&label),
-        b"body",
-    )
-    .with_recoverable(true);
-    let mut out = vec![0u8; m.frame_len()];
-    let n = m.encode(&mut out).unwrap();
-    out.truncate(n);
-    out
 }
 
 #[test]
@@ -125,16 +47,16 @@ fn a_duplicate_on_another_shard_is_never_acknowledged_before_the_first_copy_is_s
     let stores = gates
         .iter()
         .enumerate()
-        .map(|(i, g)| GateStore {
+        .map(|(i, g)| Hooked {
             inner: Store::open(SimDisk::new(11 + i as u64), StoreConfig::default())
                 .unwrap()
                 .0,
-            gate: g.clone(),
+            hook: g.clone(),
         })
         .collect();
     let b = Arc::new(Broker::with_stores(cfg, stores).unwrap());
     b.create_queue("q", false).unwrap();
-    let f = frame(9);
+    let f = recoverable_to_q(Guid([0x21; 16]), 9);
 
     // Shard 0 takes the first copy; its append waits at the closed gate.
     gates[0].0.lock().unwrap().0 = true;

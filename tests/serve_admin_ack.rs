@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::api::get_json;
 use common::{Client, Server};
 use lior::wire::headers::AckFlags;
 use lior::wire::user::{QueueRef, UserMessage};
@@ -80,14 +81,7 @@ fn acknowledgements_for_a_local_admin_queue_are_stored_locally() {
             "NACK_NOT_TRANSACTIONAL_MSG"
         ]
     );
-    let out: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("http://{}/v1/outgoing", s.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let out = get_json(&s, "/v1/outgoing");
     assert!(
         out.as_array().unwrap().is_empty(),
         "nothing went to an outgoing queue: {out}"

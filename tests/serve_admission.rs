@@ -19,7 +19,7 @@ use lior::wire::Guid;
 
 /// Starts `lior serve` with its log (RUST_LOG=warn) written to `log`.
 fn start_logged(data_dir: &Path, extra: &[&str], log: &Path) -> Server {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("serve")
         .args([
             "--listen",
@@ -35,6 +35,11 @@ fn start_logged(data_dir: &Path, extra: &[&str], log: &Path) -> Server {
         .stderr(std::fs::File::create(log).expect("log file"))
         .spawn()
         .expect("spawn lior serve");
+    ready(child)
+}
+
+/// The `Server` of a `lior serve` child whose stdout is piped, once it said it is ready.
+fn ready(mut child: Child) -> Server {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
@@ -94,18 +99,11 @@ fn serve_must_fail(args: &[&str]) -> String {
 }
 
 fn metric(server: &Server, name: &str) -> u64 {
-    metric_or_none(server, name).unwrap_or_else(|| panic!("no metric {name}"))
+    common::api::metric(server, &format!("lior_{name}"))
 }
 
 fn metric_or_none(server: &Server, name: &str) -> Option<u64> {
-    let text = ureq::get(&format!("http://{}/metrics", server.api))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("lior_{name} ")))
-        .map(|v| v.parse().unwrap())
+    common::api::metric_or_none(server, &format!("lior_{name}"))
 }
 
 /// VmRSS of a process, bytes (from /proc/PID/status).
@@ -389,6 +387,12 @@ fn slow_srmp_body(
 
 const SPEC_SRMP: &str = "--MSMQ - SOAP boundary, 53287\r\nContent-Type: text/xml; charset=UTF-8\r\nContent-Length: 619\r\n\r\n<se:Envelope xmlns:se=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns=\"http://schemas.xmlsoap.org/srmp/\"><se:Header><path xmlns=\"http://schemas.xmlsoap.org/rp/\" se:mustUnderstand=\"1\"><action>MSMQ:mqsender label</action><to>http://machine2/msmq/private$/q</to><id>uuid:1@00000000-0000-0000-0000-000000000000</id></path><properties se:mustUnderstand=\"1\"><expiresAt>20380119T031407</expiresAt></properties><services><durable/></services></se:Header><se:Body></se:Body></se:Envelope>--MSMQ - SOAP boundary, 53287\r\nContent-Type: application/octet-stream\r\nContent-Length: 13\r\nContent-Id: body@ff3af301-3196-497a-a918-72147c871a13\r\n\r\nFirst Message--MSMQ - SOAP boundary, 53287--";
 
+/// A `lior serve` with an SRMP endpoint, its data and config in `dir`.
+fn srmp_server(dir: &Path) -> Server {
+    let cfg = config(dir, "srmp_listen = \"127.0.0.1:0\"\n");
+    Server::start_with(&dir.join("data"), &["--config", &cfg])
+}
+
 fn srmp_post(server: &Server, body: &str) -> u16 {
     let url = format!("http://{}/msmq/private$/q", server.srmp.unwrap());
     match ureq::post(&url)
@@ -408,8 +412,7 @@ fn srmp_post(server: &Server, body: &str) -> u16 {
 #[test]
 fn srmp_slow_bodies_are_bounded_in_memory_and_the_endpoint_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "srmp_listen = \"127.0.0.1:0\"\n");
-    let server = Server::start_with(&dir.path().join("data"), &["--config", &cfg]);
+    let server = srmp_server(dir.path());
     server.cli(&["queue", "create", "q"]);
     let srmp = server.srmp.unwrap();
     let pid = server.child.id();
@@ -458,8 +461,7 @@ fn srmp_slow_bodies_are_bounded_in_memory_and_the_endpoint_keeps_serving() {
 #[test]
 fn an_idle_srmp_connection_is_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "srmp_listen = \"127.0.0.1:0\"\n");
-    let server = Server::start_with(&dir.path().join("data"), &["--config", &cfg]);
+    let server = srmp_server(dir.path());
     let mut idle = TcpStream::connect(server.srmp.unwrap()).unwrap();
     idle.write_all(b"POST /msmq/private$/q HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
@@ -473,8 +475,7 @@ fn an_idle_srmp_connection_is_closed_after_the_header_timeout() {
 #[test]
 fn an_srmp_post_with_a_huge_boundary_is_answered_without_burning_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "srmp_listen = \"127.0.0.1:0\"\n");
-    let server = Server::start_with(&dir.path().join("data"), &["--config", &cfg]);
+    let server = srmp_server(dir.path());
     server.cli(&["queue", "create", "q"]);
     let pid = server.child.id();
     let ticks_before = cpu_ticks(pid);
@@ -557,30 +558,14 @@ fn a_descriptor_flood_on_srmp_leaves_mqqb_and_the_api_served() {
          --data-dir {} --config {cfg}",
         data.display()
     );
-    let mut child = Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", &script])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("lior ready "), "{line}");
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap()
-            .to_string()
-    };
-    let server = Server {
-        listen: field("listen=").parse().unwrap(),
-        api: field("api="),
-        srmp: field("srmp=").parse().ok(),
-        child,
-    };
+    let server = ready(child);
     server.cli(&["queue", "create", "q"]);
     // 600 idle SRMP connections from three addresses: more than the process's descriptors.
     let rt = runtime();

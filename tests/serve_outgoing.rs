@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::api::{get_json, metric, outgoing_len};
 use common::{Client, Server};
 use lior::wire::headers::AckFlags;
 use lior::wire::user::{QueueRef, UserMessage};
@@ -92,14 +93,7 @@ fn remote_sends_wait_in_outgoing_queues_and_nacks_come_back() {
         "later",
     ]);
     assert!(out.contains("outgoing queue TCP:127.0.0.9"), "{out}");
-    let list: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("http://{}/v1/outgoing", a.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let list = get_json(&a, "/v1/outgoing");
     let waiting = list
         .as_array()
         .unwrap()
@@ -205,30 +199,14 @@ fn transactional_sends_arrive_exactly_once_in_order_and_leave_on_the_order_ack()
         (1..=20).collect::<Vec<u64>>(),
         "exactly once, in order"
     );
-    use base64::Engine as _;
-    let bodies: Vec<String> = got
-        .iter()
-        .map(|m| {
-            String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(m["body_base64"].as_str().unwrap())
-                    .unwrap(),
-            )
-            .unwrap()
-        })
-        .collect();
-    assert_eq!(bodies, (1..=20).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        bodies(&got),
+        (1..=20).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
     // The OrderAck came back: A's outgoing queue is empty.
     let mut left = u64::MAX;
     for _ in 0..100 {
-        let list: serde_json::Value = serde_json::from_str(
-            &ureq::get(&format!("http://{}/v1/outgoing", a.api))
-                .call()
-                .unwrap()
-                .into_string()
-                .unwrap(),
-        )
-        .unwrap();
+        let list = get_json(&a, "/v1/outgoing");
         left = list[0]["messages"].as_u64().unwrap();
         if left == 0 {
             break;
@@ -256,21 +234,17 @@ fn start_at_with(
     Server::start_with(&dir.join("data"), &["--config", &c, "--listen", &listen])
 }
 
-/// Messages waiting in `s`'s outgoing queues, summed.
-fn outgoing_len(s: &Server) -> u64 {
-    let list: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("http://{}/v1/outgoing", s.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap(),
-    )
-    .unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["messages"].as_u64().unwrap())
-        .sum()
+/// What is left in `s`'s outgoing queues once they are empty or about 15 s passed.
+fn outgoing_left(s: &Server) -> u64 {
+    let mut left = u64::MAX;
+    for _ in 0..150 {
+        left = outgoing_len(s);
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    left
 }
 
 fn bodies(got: &[serde_json::Value]) -> Vec<String> {
@@ -327,15 +301,11 @@ fn transactional_sends_survive_a_sender_restart_and_the_outgoing_queue_empties()
     assert_eq!(bodies(&tx), ["t1", "t2", "t3"], "exactly once, in order");
     // The OrderAck reaches the restarted sender: its outgoing queue empties well before the
     // first transactional resend (30 s).
-    let mut left = u64::MAX;
-    for _ in 0..150 {
-        left = outgoing_len(&a);
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(left, 0, "the OrderAck emptied the outgoing queue");
+    assert_eq!(
+        outgoing_left(&a),
+        0,
+        "the OrderAck emptied the outgoing queue"
+    );
     // Later messages of every class go through at once, none behind a resend.
     a.cli(&[
         "send",
@@ -354,40 +324,12 @@ fn transactional_sends_survive_a_sender_restart_and_the_outgoing_queue_empties()
     assert_eq!(bodies(&r), ["r1", "r2", "e1"]);
     let tx = b.receive_until("txq", 1);
     assert_eq!(bodies(&tx), ["t4"]);
-    for _ in 0..150 {
-        left = outgoing_len(&a);
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(left, 0);
+    assert_eq!(outgoing_left(&a), 0);
     assert!(b.receive_all("txq").is_empty() && b.receive_all("rq").is_empty());
 }
 
-fn metric(s: &Server, name: &str) -> u64 {
-    let text = ureq::get(&format!("http://{}/metrics", s.api))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no metric {name}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn status_guid(s: &Server) -> Guid {
-    let v: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("http://{}/v1/status", s.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let v = get_json(s, "/v1/status");
     Guid::parse_text(v["qm_guid"].as_str().unwrap()).unwrap()
 }
 
@@ -465,13 +407,5 @@ fn spoofed_order_acks_delete_nothing_from_the_outgoing_queue() {
     b.cli(&["queue", "create", "txq", "--transactional"]);
     let got = b.receive_until("txq", 3);
     assert_eq!(bodies(&got), ["t1", "t2", "t3"]);
-    let mut left = u64::MAX;
-    for _ in 0..150 {
-        left = outgoing_len(&a);
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(left, 0);
+    assert_eq!(outgoing_left(&a), 0);
 }

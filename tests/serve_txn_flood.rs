@@ -7,6 +7,7 @@ mod common;
 
 use std::io::Write;
 
+use common::api::metric;
 use common::{message, Client, Server};
 use lior::wire::headers::{TransactionHeader, TxFlags};
 use lior::wire::user::{QueueRef, UserMessage};
@@ -70,20 +71,6 @@ fn a_burst_of_spoofed_transactional_senders_does_not_stop_acks_for_a_legitimate_
     c.wait_acked();
     assert_eq!(s.receive_until("orders", 3).len(), 3);
     drop(flood);
-}
-
-fn metric(s: &Server, name: &str) -> u64 {
-    let text = ureq::get(&format!("http://{}/metrics", s.api))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no metric {name}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 fn tx_msg(source: Guid, id: u32, seq_id: u64, no: u32) -> Vec<u8> {

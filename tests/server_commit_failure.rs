@@ -14,92 +14,48 @@ use lior::engine::net::{App, ConnId};
 use lior::qm::broker::Broker;
 use lior::server::{MsmqApp, MsmqConn, Shared};
 use lior::session::{Event, Framer, Session, SessionConfig};
-use lior::store::{
-    Appended, Cursor, LookupId, Maintenance, MessageMeta, MessageRef, QueueId, QueueQuota,
-    QueueStore, Reservation, Select, SimDisk, SimStore, Store, StoreConfig, StoreError, StoreStats,
-    Ticket,
-};
-use lior::wire::user::{QueueRef, UserMessage};
-use lior::wire::{utf16z, Guid, Utf16};
+use lior::store::{SimDisk, Store, StoreConfig, StoreError};
+use lior::wire::Guid;
+
+mod common;
+use common::stores::{recoverable_to_q, Hook, Hooked};
 
 /// What the next `poll_durable` calls do: 0 = work, n > 0 = fail transiently n more times,
 /// u32::MAX = the log is poisoned.
 const POISONED: u32 = u32::MAX;
 
-struct FailStore {
-    inner: SimStore,
-    fail: Arc<AtomicU32>,
-}
+/// The failure count of a store: its `poll_durable` fails while it is not 0.
+struct Fail(Arc<AtomicU32>);
 
-impl FailStore {
+impl Fail {
     fn failure(&self) -> Option<StoreError> {
-        match self.fail.load(Ordering::SeqCst) {
+        match self.0.load(Ordering::SeqCst) {
             0 => None,
             POISONED => Some(StoreError::Poisoned { errno: 5 }),
             n => {
-                self.fail.store(n - 1, Ordering::SeqCst);
+                self.0.store(n - 1, Ordering::SeqCst);
                 Some(StoreError::NotDurable)
             }
         }
     }
 }
 
-impl QueueStore for FailStore {
-    fn append(&mut self, q: QueueId, m: &MessageMeta, b: &[u8]) -> Result<Appended, StoreError> {
-        if self.fail.load(Ordering::SeqCst) == POISONED {
+impl Hook for Fail {
+    fn before_append(&self) -> Result<(), StoreError> {
+        if self.0.load(Ordering::SeqCst) == POISONED {
             return Err(StoreError::Poisoned { errno: 5 });
         }
-        self.inner.append(q, m, b)
+        Ok(())
     }
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-    fn poll_durable(&mut self, wait: bool) -> Result<Ticket, StoreError> {
+    fn before_poll_durable(&self) -> Result<(), StoreError> {
         match self.failure() {
             Some(e) => Err(e),
-            None => self.inner.poll_durable(wait),
+            None => Ok(()),
         }
     }
-    fn is_durable(&self, t: Ticket) -> bool {
-        self.inner.is_durable(t)
-    }
-    fn peek(&self, q: QueueId, s: Select) -> Option<MessageRef<'_>> {
-        self.inner.peek(q, s)
-    }
-    fn cursor_next(&self, c: &mut Cursor) -> Option<MessageRef<'_>> {
-        self.inner.cursor_next(c)
-    }
-    fn receive(&mut self, q: QueueId, s: Select) -> Result<Option<Reservation>, StoreError> {
-        self.inner.receive(q, s)
-    }
-    fn reserved(&self, r: &Reservation) -> Result<MessageRef<'_>, StoreError> {
-        self.inner.reserved(r)
-    }
-    fn release(&mut self, r: Reservation) -> Result<(), StoreError> {
-        self.inner.release(r)
-    }
-    fn purge(&mut self, q: QueueId) -> Result<Ticket, StoreError> {
-        self.inner.purge(q)
-    }
-    fn delete_queue(&mut self, q: QueueId) -> Result<Ticket, StoreError> {
-        self.inner.delete_queue(q)
-    }
-    fn set_queue_quota(&mut self, q: QueueId, quota: QueueQuota) {
-        self.inner.set_queue_quota(q, quota)
-    }
-    fn expired(&self, now: u32, max: usize, out: &mut Vec<(QueueId, LookupId)>) {
-        self.inner.expired(now, max, out)
-    }
-    fn queue_len(&self, q: QueueId) -> (u64, u64) {
-        self.inner.queue_len(q)
-    }
-    fn maintain(&mut self) -> Result<Maintenance, StoreError> {
-        self.inner.maintain()
-    }
-    fn stats(&self) -> StoreStats {
-        self.inner.stats()
-    }
 }
+
+type FailStore = Hooked<Fail>;
 
 /// The server app, one connection to it, and the client session at the other end.
 struct Rig {
@@ -153,7 +109,14 @@ fn rig(dir: &std::path::Path, fail: Arc<AtomicU32>) -> Rig {
     let inner = Store::open(SimDisk::new(5), StoreConfig::default())
         .unwrap()
         .0;
-    let broker = Broker::with_stores(cfg, vec![FailStore { inner, fail }]).unwrap();
+    let broker = Broker::with_stores(
+        cfg,
+        vec![Hooked {
+            inner,
+            hook: Fail(fail),
+        }],
+    )
+    .unwrap();
     broker.create_queue("q", false).unwrap();
     let shared = Arc::new(Shared::new(Arc::new(broker)));
     let mut app = MsmqApp::new(shared.clone(), 0);
@@ -191,20 +154,7 @@ fn rig(dir: &std::path::Path, fail: Arc<AtomicU32>) -> Rig {
 }
 
 fn message(id: u32) -> Vec<u8> {
-    let d = utf16z("OS:localhost\\private$\\q");
-    let label = utf16z("x");
-    let m = UserMessage::new(
-        Guid([0x41; 16]),
-        id,
-        QueueRef::Direct(Utf16(&d)),
-        Utf16(&label),
-        b"body",
-    )
-    .with_recoverable(true);
-    let mut out = vec![0u8; m.frame_len()];
-    let n = m.encode(&mut out).unwrap();
-    out.truncate(n);
-    out
+    recoverable_to_q(Guid([0x41; 16]), id)
 }
 
 #[test]

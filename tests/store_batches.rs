@@ -3,9 +3,12 @@
 //! memory stays below two batches. And a full disk: appends work again as soon as space exists,
 //! without consuming anything first.
 
+mod common;
+
+use common::stores::{self, tagged_body as body, tagged_meta};
 use lior::store::{
-    Class, Cursor, MessageId, MessageMeta, QueueId, QueueStore, Select, SimDisk, SimStore, Store,
-    StoreConfig, StoreError, UringDisk, EXPIRY_NEVER,
+    Cursor, MessageMeta, QueueId, QueueStore, Select, SimDisk, SimStore, Store, StoreConfig,
+    StoreError, UringDisk,
 };
 
 fn big_cfg() -> StoreConfig {
@@ -18,34 +21,11 @@ fn big_cfg() -> StoreConfig {
 }
 
 fn meta(tag: u64) -> MessageMeta {
-    let mut id = [0u8; 20];
-    id[..8].copy_from_slice(&tag.to_le_bytes());
-    MessageMeta {
-        priority: 3,
-        class: Class::Recoverable,
-        message_id: MessageId(id),
-        expiry_unix_s: EXPIRY_NEVER,
-    }
-}
-
-fn body(tag: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![(tag % 251) as u8; len];
-    v[..8].copy_from_slice(&tag.to_le_bytes());
-    v
+    tagged_meta(tag, 3)
 }
 
 fn settle<S: QueueStore>(s: &mut S) {
-    for _ in 0..1000 {
-        s.flush().unwrap();
-        s.poll_durable(true).unwrap();
-        if s.stats().pending_bytes == 0 {
-            s.poll_durable(true).unwrap();
-            if s.stats().pending_bytes == 0 {
-                return;
-            }
-        }
-    }
-    panic!("never settled");
+    stores::settle(s, 1000)
 }
 
 /// Many 3-4 MB recoverable messages in one loop turn (as from many sessions at once): every

@@ -1,26 +1,38 @@
 //! `lior store check` and `lior store salvage` on a real data directory, through the real
 //! binary; and `lior serve` refusing to start on damage, naming it.
 
+mod common;
+
+use common::stores::tagged_meta;
 use lior::store::{
-    segment_file_name, Class, Cursor, FileStore, MessageId, MessageMeta, QueueId, QueueStore,
-    Store, StoreConfig, UringDisk, EXPIRY_NEVER,
+    segment_file_name, Cursor, FileStore, MessageMeta, QueueId, QueueStore, Store, StoreConfig,
+    UringDisk,
 };
 use std::path::Path;
 use std::process::Command;
 
 fn lior() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lior"))
+    Command::new(common::BIN)
+}
+
+/// `lior serve` with `extra` over data directory `dir`: loopback ports, no engine cores.
+fn serve(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = lior();
+    c.arg("serve").args(extra).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--cores",
+        "0",
+        "--data-dir",
+    ]);
+    c.arg(dir);
+    c
 }
 
 fn meta(tag: u64) -> MessageMeta {
-    let mut id = [0u8; 20];
-    id[..8].copy_from_slice(&tag.to_le_bytes());
-    MessageMeta {
-        priority: 2,
-        class: Class::Recoverable,
-        message_id: MessageId(id),
-        expiry_unix_s: EXPIRY_NEVER,
-    }
+    tagged_meta(tag, 2)
 }
 
 fn open(dir: &Path) -> FileStore {
@@ -65,6 +77,19 @@ fn data_dir(dir: &Path) -> usize {
     at - 56
 }
 
+/// After salvage of the `data_dir` with one damaged record: `lior store check` finds it clean
+/// and every other message (59) is there.
+fn assert_salvaged(dir: &Path) {
+    let out = lior().args(["store", "check"]).arg(dir).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(count(&dir.join("partition-0")), 59);
+}
+
 #[test]
 fn check_and_salvage_a_real_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
@@ -97,20 +122,7 @@ fn check_and_salvage_a_real_data_dir() {
     assert_eq!(v["partitions"][0]["segments"][0]["holes"][0]["offset"], rec);
 
     // lior serve refuses to start, naming the damage, and changes nothing.
-    let out = lior()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--cores",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = serve(dir, &[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -133,14 +145,7 @@ fn check_and_salvage_a_real_data_dir() {
         .join("partition-0")
         .join(format!("{}.damaged", segment_file_name(1)));
     assert_eq!(std::fs::read(&copy).unwrap(), data);
-    let out = lior().args(["store", "check"]).arg(dir).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(count(&dir.join("partition-0")), 59);
+    assert_salvaged(dir);
 }
 
 /// `lior serve --salvage` salvages a damaged data directory, starts, and after SIGTERM leaves a
@@ -155,19 +160,7 @@ fn serve_salvage_starts_on_a_damaged_dir_and_stops_clean() {
     let mut data = std::fs::read(&seg).unwrap();
     data[rec + 100] ^= 4;
     std::fs::write(&seg, &data).unwrap();
-    let mut child = lior()
-        .args([
-            "serve",
-            "--salvage",
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--cores",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir)
+    let mut child = serve(dir, &["--salvage"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -188,12 +181,5 @@ fn serve_salvage_starts_on_a_damaged_dir_and_stops_clean() {
         .join("partition-0")
         .join(format!("{}.damaged", segment_file_name(1)))
         .exists());
-    let out = lior().args(["store", "check"]).arg(dir).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(count(&dir.join("partition-0")), 59);
+    assert_salvaged(dir);
 }

@@ -6,9 +6,12 @@
 //! restarts with bounded work and cuts nothing.
 
 use lior::store::record::{self, Kind};
+mod common;
+
+use common::stores::{self, tagged_body, tagged_meta};
 use lior::store::{
-    check, Class, Cursor, Disk, FileStore, MessageId, MessageMeta, QueueId, QueueStore, Select,
-    SimDisk, SimStore, Store, StoreConfig, StoreError, UringDisk, EXPIRY_NEVER,
+    check, Cursor, Disk, FileStore, MessageMeta, QueueId, QueueStore, Select, SimDisk, SimStore,
+    Store, StoreConfig, StoreError, UringDisk,
 };
 use std::path::Path;
 
@@ -33,35 +36,16 @@ fn file_cfg() -> StoreConfig {
 }
 
 fn meta(tag: u64) -> MessageMeta {
-    let mut id = [0u8; 20];
-    id[..8].copy_from_slice(&tag.to_le_bytes());
-    MessageMeta {
-        priority: (tag % 8) as u8,
-        class: Class::Recoverable,
-        message_id: MessageId(id),
-        expiry_unix_s: EXPIRY_NEVER,
-    }
+    tagged_meta(tag, (tag % 8) as u8)
 }
 
 fn payload(tag: u64) -> Vec<u8> {
-    let mut v = vec![(tag % 251) as u8; 40 + (tag % 300) as usize];
-    v[..8].copy_from_slice(&tag.to_le_bytes());
-    v
+    tagged_body(tag, 40 + (tag % 300) as usize)
 }
 
 /// Flush and wait until nothing is staged or in flight.
 fn settle<S: QueueStore>(s: &mut S) {
-    for _ in 0..100 {
-        s.flush().unwrap();
-        s.poll_durable(true).unwrap();
-        if s.stats().pending_bytes == 0 {
-            s.poll_durable(true).unwrap();
-            if s.stats().pending_bytes == 0 {
-                return;
-            }
-        }
-    }
-    panic!("store never settled");
+    stores::settle(s, 100)
 }
 
 /// Appends `n` messages in batches of 10, each batch durable before the next; consumes a few.

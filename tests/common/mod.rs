@@ -12,6 +12,9 @@ use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
 
+pub mod api;
+pub mod stores;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_lior");
 
 pub fn vector(name: &str) -> Vec<u8> {
