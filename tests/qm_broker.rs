@@ -450,3 +450,53 @@ fn one_queue_is_fifo_per_priority_whoever_delivers() {
         last.insert((p, s), n);
     }
 }
+
+/// Issue 10: an older lior stored each message in the partition of the shard that took it, so
+/// a queue's messages may lie in several partitions. None of them is lost: the queue is read
+/// from every partition (in the older order) and new messages go to its owner.
+#[test]
+fn messages_an_older_lior_spread_over_partitions_are_all_delivered() {
+    use lior::store::{QueueId, QueueStore};
+    let d = tempfile::tempdir().unwrap();
+    // A catalog from before queues had an owning partition.
+    std::fs::write(
+        d.path().join("queues.json"),
+        r#"{"next_id": 17, "queues": [
+            {"id": 16, "name": "old", "kind": "private", "transactional": false}]}"#,
+    )
+    .unwrap();
+    let mut stores: Vec<SimStore> = (0..2)
+        .map(|i| {
+            Store::open(SimDisk::new(31 + i), StoreConfig::default())
+                .unwrap()
+                .0
+        })
+        .collect();
+    // Message n in partition n % 2, as two shards stored them.
+    for n in 1..=6u32 {
+        let f = frame("OS:localhost\\private$\\old", n, true, |m| m);
+        let msg = UserMessage::parse(&f).unwrap();
+        let s = &mut stores[(n % 2) as usize];
+        let a = s
+            .append(QueueId(16), &lior::qm::broker::message_meta(&msg), &f)
+            .unwrap();
+        s.flush().unwrap();
+        while !s.is_durable(a.ticket) {
+            s.poll_durable(true).unwrap();
+        }
+    }
+    let cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    let b = Broker::with_stores(cfg, stores).unwrap();
+    assert_eq!(b.lookup("old").unwrap().partition, 0, "16 % 2");
+    assert_eq!(b.peek("old", 10).unwrap().len(), 6);
+    let f = frame("OS:localhost\\private$\\old", 7, true, |m| m);
+    let d = deliver(&b, &f);
+    assert!(matches!(d.verdict, Verdict::Stored { .. }));
+    assert_eq!(d.partition, 0, "a new message goes to the owner");
+    let mut got = body_ids(&b, "old", 10);
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3, 4, 5, 6, 7]);
+}
