@@ -500,3 +500,67 @@ fn messages_an_older_lior_spread_over_partitions_are_all_delivered() {
     got.sort_unstable();
     assert_eq!(got, [1, 2, 3, 4, 5, 6, 7]);
 }
+
+/// Issue 10: a message dead-lettered from one partition is stored where the dead-letter queue
+/// lives (its owner), so the dead-letter queue is one queue in one order too.
+#[test]
+fn an_expired_message_is_dead_lettered_into_the_dead_letter_queues_owner() {
+    use lior::qm::catalog::DEADLETTER_ID;
+    use lior::store::{QueueId, QueueStore};
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    let stores = (0..2)
+        .map(|i| {
+            Store::open(SimDisk::new(41 + i), StoreConfig::default())
+                .unwrap()
+                .0
+        })
+        .collect();
+    let b = Broker::with_stores(cfg, stores).unwrap();
+    let q = b.create_queue("q", false).unwrap();
+    let dlq = b.lookup("deadletter").unwrap();
+    assert_ne!(b.owner(&q), b.owner(&dlq), "the test needs two owners");
+    let now = 1_700_000_000u32;
+    let f = frame("OS:localhost\\q", 1, true, |mut m| {
+        m.user.flags = m.user.flags.with(lior::wire::user::UserFlags::JN, true);
+        m.with_sent_time(now - 100).with_time_to_be_received(10)
+    });
+    assert_eq!(deliver(&b, &f).partition, b.owner(&q));
+    assert_eq!(b.expire_partition(b.owner(&q), now), 1);
+    assert_eq!(
+        b.partition(b.owner(&dlq))
+            .store
+            .queue_len(QueueId(DEADLETTER_ID))
+            .0,
+        1,
+        "the copy is in the dead-letter queue's partition"
+    );
+    assert_eq!(body_ids(&b, "deadletter", 10), [1]);
+    assert!(body_ids(&b, "q", 10).is_empty());
+}
+
+/// Two partition locks held by one thread could deadlock against another thread taking them
+/// in the other order; no code needs two, and debug builds refuse it.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "second store partition")]
+fn one_thread_never_holds_two_partition_locks() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    let stores = (0..2)
+        .map(|i| {
+            Store::open(SimDisk::new(51 + i), StoreConfig::default())
+                .unwrap()
+                .0
+        })
+        .collect();
+    let b = Broker::with_stores(cfg, stores).unwrap();
+    let _first = b.partition(0);
+    let _second = b.partition(1);
+}
