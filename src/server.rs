@@ -1,9 +1,9 @@
 //! The MSMQ server on the engine: one [`MsmqApp`] per shard joins the engine's connections to
 //! MS-MQQB sessions and the queue manager. Bytes arrive zero-copy from the engine's receive
 //! buffers, are framed and parsed in place, and each UserMessage goes to the broker, which
-//! appends it to the shard's own store partition. Once per loop turn the partition commits
-//! (one fdatasync for every message of every session of the shard), and only then do the
-//! sessions acknowledge their recoverable messages.
+//! appends it to the store partition that owns its queue. Once per loop turn the shard commits
+//! every partition it appended to (one fdatasync per partition for every message of every
+//! session of the shard), and only then do the sessions acknowledge their recoverable messages.
 //!
 //! This module decides nothing about the protocol (that is `session/` and `qm/`) and knows
 //! nothing of io_uring (that is `engine/`).
@@ -141,13 +141,14 @@ struct OutQueue {
 pub struct MsmqApp<S> {
     shared: Arc<Shared<S>>,
     shard: usize,
-    /// The highest ticket appended to the partition this turn, if any.
-    appended: Option<Ticket>,
+    /// Per partition: the highest ticket this shard appended there (or waits for there) this
+    /// turn, if any; the end of the turn commits each.
+    appended: Vec<Option<Ticket>>,
     /// Connections with recoverable messages waiting for the disk.
     waiting: Vec<ConnId>,
     ready: Vec<ConnId>,
-    /// Durable watermark of the partition after the last commit.
-    durable: Ticket,
+    /// Per partition: the durable watermark after this shard's last commit of it.
+    durable: Vec<Ticket>,
     /// False once a commit failed for good: the store is poisoned and nothing more becomes
     /// durable; sessions waiting for it are closed.
     commit_ok: bool,
@@ -204,8 +205,9 @@ pub const ORDER_ACK_RETRY_MS: u64 = 10;
 /// Admin acknowledgements one shard builds per loop turn at most (a bound on the copies kept).
 pub const ADMIN_ACKS_PER_TURN_MAX: usize = 4_096;
 
-impl<S> MsmqApp<S> {
+impl<S: QueueStore> MsmqApp<S> {
     pub fn new(shared: Arc<Shared<S>>, shard: usize) -> Self {
+        let partitions = shared.broker.partition_count();
         let resend_ms = shared
             .broker
             .config
@@ -215,10 +217,10 @@ impl<S> MsmqApp<S> {
             resend_ms,
             shared,
             shard,
-            appended: None,
+            appended: vec![None; partitions],
             waiting: Vec::new(),
             ready: Vec::new(),
-            durable: Ticket(0),
+            durable: vec![Ticket(0); partitions],
             commit_ok: true,
             commit_error_logged_ms: 0,
             order_ack_cap_logged_ms: 0,
@@ -245,13 +247,7 @@ fn unix_now() -> u32 {
 
 impl<S: QueueStore> MsmqApp<S> {
     /// Processes one frame; Err closes the connection at once.
-    fn handle_frame(
-        &mut self,
-        now_ms: u64,
-        conn: &mut MsmqConn,
-        part: &mut crate::qm::broker::Partition<S>,
-        frame: &[u8],
-    ) -> Result<(), u32> {
+    fn handle_frame(&mut self, now_ms: u64, conn: &mut MsmqConn, frame: &[u8]) -> Result<(), u32> {
         let inbound = match conn.session.handle_frame(now_ms, frame) {
             Ok(i) => i,
             // The session queued its own goodbye (a refusal reply) if it has one; `wants_close`
@@ -268,11 +264,9 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
-        let d = self
-            .shared
-            .broker
-            .deliver(part, frame, &msg, unix_now(), now_ms);
-        let own = part.index;
+        // Stored in the partition owning the queue (locked by the broker for this message only).
+        let d = self.shared.broker.deliver(frame, &msg, unix_now(), now_ms);
+        let own = d.partition;
         let wait_for = match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => (own, ticket),
             Verdict::Refuse(e) => {
@@ -282,7 +276,7 @@ impl<S: QueueStore> MsmqApp<S> {
             // A duplicate is acknowledged only once its first copy is durable.
             Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => origin,
             Verdict::TxAck => {
-                // Handled once the partition lock is released (it may touch any partition).
+                // Handled after the frames of this receive (it locks partitions).
                 if self.tx_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
                     let from = AckSource {
                         remote_qm: conn.session.remote_qm(),
@@ -295,8 +289,7 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         };
         if let Some(class) = d.admin_ack {
-            // Built after the partition lock is released: its outgoing queue may live in this
-            // same partition.
+            // Built after the frames of this receive: it stores into another queue.
             if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
                 self.admin_acks.push((frame.to_vec(), class));
             } else {
@@ -327,8 +320,12 @@ impl<S: QueueStore> MsmqApp<S> {
                 conn.session.handle_durable(now_ms, rec);
             } else {
                 conn.pending_durable.push_back((p, t, rec));
-                if p == own && t != Ticket::IMMEDIATE {
-                    self.appended = Some(self.appended.map_or(t, |a| a.max(t)));
+                if t != Ticket::IMMEDIATE {
+                    // Committed at the end of this turn, whichever partition it is in (a
+                    // duplicate's first copy included).
+                    if let Some(a) = self.appended.get_mut(p) {
+                        *a = Some(a.map_or(t, |a| a.max(t)));
+                    }
                 }
                 if !self.waiting.contains(&conn.id) {
                     self.waiting.push(conn.id);
@@ -406,13 +403,13 @@ impl<S: QueueStore> MsmqApp<S> {
 
     fn apply_durability(&mut self, now_ms: u64, conn: &mut MsmqConn) {
         let mut last = None;
-        let own = self.shard % self.shared.broker.partition_count();
         while let Some(&(p, t, rec)) = conn.pending_durable.front() {
-            let durable = if p == own && self.commit_ok {
-                t < self.durable
-            } else if p == own {
+            let durable = if !self.commit_ok {
                 false
+            } else if self.durable.get(p).is_some_and(|&d| t < d) {
+                true
             } else {
+                // Committed by another shard or an API call since this shard's last commit.
                 self.shared.broker.is_durable(p, t)
             };
             if durable {
@@ -519,6 +516,53 @@ fn send_one(
 }
 
 impl<S: QueueStore> MsmqApp<S> {
+    /// The group commit of partition `p`: one flush for every message this shard appended
+    /// there this turn, across all its sessions and queues, waiting for `wait_for`. The
+    /// sessions acknowledge only after it completes.
+    fn commit_partition(&mut self, now_ms: u64, p: usize, wait_for: Option<Ticket>) {
+        let mut part = self.shared.broker.partition(p);
+        match part.commit(wait_for) {
+            Ok(mark) => {
+                self.durable[p] = mark;
+                if wait_for.is_some() {
+                    self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) if is_fatal(&e) => {
+                if self.commit_ok {
+                    self.commit_ok = false;
+                    self.shared
+                        .broker
+                        .counters
+                        .store_poisoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        shard = self.shard,
+                        error = %e,
+                        "store commit failed for good: partition {} is poisoned; closing the \
+                         sessions waiting for it (their senders keep the messages and resend \
+                         elsewhere or after a restart); restart lior once the disk is fixed",
+                        part.index
+                    );
+                }
+            }
+            Err(e) => {
+                // Transient (a full batch, a slow disk): the same commit is tried again next
+                // turn; the sessions keep waiting for it.
+                self.appended[p] = wait_for;
+                self.shared
+                    .broker
+                    .counters
+                    .commit_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if now_ms >= self.commit_error_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS {
+                    self.commit_error_logged_ms = now_ms;
+                    tracing::error!(shard = self.shard, partition = p, error = %e, "store commit failed; retrying each turn (logged once per {COMMIT_ERROR_LOG_INTERVAL_MS} ms)");
+                }
+            }
+        }
+    }
+
     /// Sends messages of outgoing queue `q` while the peer's window has room.
     fn fill_window(&mut self, now_ms: u64, conn: &mut MsmqConn, q: u32) {
         let Some(out) = self.out.get_mut(&q) else {
@@ -813,15 +857,10 @@ impl<S: QueueStore> App for MsmqApp<S> {
             // Dropped for the reassembly budget; its close is under way.
             return Err(AppError(close_code::PROTOCOL));
         }
-        let shared = self.shared.clone();
-        let mut part = shared.broker.partition(self.shard);
         let mut framer = std::mem::take(&mut conn.framer);
-        let r = framer.feed(bytes, |frame| {
-            self.handle_frame(now_ms, conn, &mut part, frame)
-        });
+        let r = framer.feed(bytes, |frame| self.handle_frame(now_ms, conn, frame));
         let after = framer.buffered();
         conn.framer = framer;
-        drop(part);
         if let Err(code) = self.account_reassembly(now_ms, conn, after) {
             return Err(AppError(code));
         }
@@ -934,52 +973,21 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn end_of_turn(&mut self, now_ms: u64) {
-        let wait_for = self.appended.take();
-        let mut part = self.shared.broker.partition(self.shard);
-        // The group commit: one flush for every message this shard appended this turn, across
-        // all its sessions and queues. The sessions acknowledge only after it completes.
-        match part.commit(wait_for) {
-            Ok(mark) => {
-                self.durable = mark;
-                if wait_for.is_some() {
-                    self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
-                    self.shared.broker.arrivals.notify_waiters();
-                }
+        let own = self.shard % self.shared.broker.partition_count();
+        let mut committed = false;
+        for p in 0..self.appended.len() {
+            let wait_for = self.appended[p].take();
+            // The shard's own partition is committed every turn (completions, releases,
+            // maintenance); another only when this shard appended to it or waits for it.
+            if p != own && wait_for.is_none() {
+                continue;
             }
-            Err(e) if is_fatal(&e) => {
-                if self.commit_ok {
-                    self.commit_ok = false;
-                    self.shared
-                        .broker
-                        .counters
-                        .store_poisoned
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        shard = self.shard,
-                        error = %e,
-                        "store commit failed for good: partition {} is poisoned; closing the \
-                         sessions waiting for it (their senders keep the messages and resend \
-                         elsewhere or after a restart); restart lior once the disk is fixed",
-                        part.index
-                    );
-                }
-            }
-            Err(e) => {
-                // Transient (a full batch, a slow disk): the same commit is tried again next
-                // turn; the sessions keep waiting for it.
-                self.appended = wait_for;
-                self.shared
-                    .broker
-                    .counters
-                    .commit_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                if now_ms >= self.commit_error_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS {
-                    self.commit_error_logged_ms = now_ms;
-                    tracing::error!(shard = self.shard, error = %e, "store commit failed; retrying each turn (logged once per {COMMIT_ERROR_LOG_INTERVAL_MS} ms)");
-                }
-            }
+            self.commit_partition(now_ms, p, wait_for);
+            committed |= wait_for.is_some();
         }
-        drop(part);
+        if committed {
+            self.shared.broker.arrivals.notify_waiters();
+        }
         self.ready.append(&mut self.waiting);
         self.now_ms = now_ms;
         self.manage_outgoing(now_ms);

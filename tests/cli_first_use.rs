@@ -675,3 +675,35 @@ fn the_readme_states_the_limits_lior_applies() {
     }
     assert!(readme.contains(&format!("limit {BODY_MAX}")));
 }
+
+// ---- order (issue 10) ----
+
+/// The user's report: with two cores, `lior send` of n1..n6 one at a time was peeked as
+/// `n1 n3 n5 n2 n4 n6` and received as `n2 n1 n4 n3 n6 n5`. MSMQ delivers a queue in priority
+/// order, FIFO within a priority.
+#[test]
+fn send_peek_receive_keep_order_on_two_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &["--cores", "0,1"]);
+    server.cli(&["queue", "create", "q"]);
+    let to = "DIRECT=OS:localhost\\private$\\q";
+    let names: Vec<String> = (1..=6).map(|i| format!("n{i}")).collect();
+    for n in &names {
+        server.cli(&["send", to, "--body", n]);
+    }
+    let bodies = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                let b = b64()
+                    .decode(v["body_base64"].as_str().expect("body_base64"))
+                    .expect("base64");
+                String::from_utf8(b).expect("utf-8")
+            })
+            .collect()
+    };
+    let peeked = bodies(&server.cli(&["peek", "q", "--count", "6", "--json"]));
+    assert_eq!(peeked, names, "peek order");
+    let received = bodies(&server.cli(&["receive", "q", "--count", "6", "--json"]));
+    assert_eq!(received, names, "receive order");
+}

@@ -63,8 +63,7 @@ fn a_duplicate_on_another_shard_is_never_acknowledged_before_the_first_copy_is_s
     let (b0, f0) = (b.clone(), f.clone());
     let first = std::thread::spawn(move || {
         let msg = UserMessage::parse(&f0).unwrap();
-        let mut p = b0.partition(0);
-        b0.deliver(&mut p, &f0, &msg, 1_700_000_000, 0).verdict
+        b0.deliver(&f0, &msg, 1_700_000_000, 0).verdict
     });
     {
         let (m, cv) = &*gates[0];
@@ -78,8 +77,7 @@ fn a_duplicate_on_another_shard_is_never_acknowledged_before_the_first_copy_is_s
     let (b1, f1) = (b.clone(), f.clone());
     std::thread::spawn(move || {
         let msg = UserMessage::parse(&f1).unwrap();
-        let mut p = b1.partition(1);
-        let _ = tx.send(b1.deliver(&mut p, &f1, &msg, 1_700_000_000, 1).verdict);
+        let _ = tx.send(b1.deliver(&f1, &msg, 1_700_000_000, 1).verdict);
     });
     // Whatever the duplicate says while the first copy is not stored must not let its
     // acknowledgement go out: no IMMEDIATE origin.

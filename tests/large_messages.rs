@@ -25,7 +25,6 @@ fn several_large_recoverable_messages_in_one_turn_are_all_stored() {
     let dest = utf16z("OS:localhost\\private$\\big");
     let label = utf16z("big");
     let mut tickets = Vec::new();
-    let mut p = b.partition(0);
     for id in 1..=4u32 {
         let body = vec![id as u8; 3_000_000];
         let m = UserMessage::new(
@@ -40,14 +39,13 @@ fn several_large_recoverable_messages_in_one_turn_are_all_stored() {
         let n = m.encode(&mut frame).unwrap();
         frame.truncate(n);
         let msg = UserMessage::parse(&frame).unwrap();
-        match b.deliver(&mut p, &frame, &msg, 1_700_000_000, 0).verdict {
+        match b.deliver(&frame, &msg, 1_700_000_000, 0).verdict {
             Verdict::Stored { ticket, .. } => tickets.push(ticket),
             other => panic!("message {id} not stored: {other:?}"),
         }
     }
     // The end of the loop turn.
-    p.commit(tickets.last().copied()).unwrap();
-    drop(p);
+    b.partition(0).commit(tickets.last().copied()).unwrap();
     let got = b.receive("big", 10).unwrap();
     assert_eq!(got.len(), 4);
     for (i, r) in got.iter().enumerate() {

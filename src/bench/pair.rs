@@ -91,13 +91,14 @@ impl<S: QueueStore> Pair<S> {
         let mut wait_for: Option<Ticket> = None;
         let mut not_stored = 0;
         {
-            let mut part = self.broker.as_ref().map(|b| (b, b.partition(0)));
+            let broker = self.broker.as_ref();
             let _ = self.acc_framer.feed(&out, |frame| {
                 if let Ok(Inbound::Message { msg, rec_seq, .. }) =
                     acceptor.handle_frame(now_ms, frame)
                 {
-                    if let Some((b, part)) = part.as_mut() {
-                        let d = b.deliver(part, frame, &msg, 1_700_000_000, now_ms);
+                    if let Some(b) = broker {
+                        // One partition: every queue's owner is partition 0.
+                        let d = b.deliver(frame, &msg, 1_700_000_000, now_ms);
                         match d.verdict {
                             Verdict::Stored { ticket, .. } => {
                                 if ticket != Ticket::IMMEDIATE {
@@ -114,8 +115,8 @@ impl<S: QueueStore> Pair<S> {
                 Ok::<(), ()>(())
             });
             // The group commit of the round, then the recoverable acks may go.
-            if let Some((_, part)) = part.as_mut() {
-                let _ = part.commit(wait_for);
+            if let Some(b) = broker {
+                let _ = b.partition(0).commit(wait_for);
             }
         }
         self.not_stored += not_stored;

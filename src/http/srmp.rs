@@ -452,15 +452,14 @@ pub fn accept<S: QueueStore>(
             "encoded message does not parse".into(),
         );
     };
-    let shard = (m.index as usize) % broker.partition_count();
-    let mut part = broker.partition(shard);
-    let d = broker.deliver_to(&mut part, &frame, &msg, &queue, now, 0);
-    let wait = match d.verdict {
-        Verdict::Stored { ticket, .. } => Some(ticket),
-        // Duplicates and stream messages already received answer 200: the sender may drop
-        // its copy (MC-MQSRM 3.1.5.1).
+    // Stored in the queue's owning partition, like every message of the queue.
+    let d = broker.deliver_to(&frame, &msg, &queue, now, 0);
+    let (p, wait) = match d.verdict {
+        Verdict::Stored { ticket, .. } => (d.partition, Some(ticket)),
+        // Duplicates and stream messages already received answer 200 once the first copy is
+        // durable: the sender may drop its copy (MC-MQSRM 3.1.5.1).
         Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => {
-            (origin.0 == part.index).then_some(origin.1)
+            (origin.0, Some(origin.1))
         }
         Verdict::DeadLettered { class, .. } => {
             return (
@@ -468,14 +467,16 @@ pub fn accept<S: QueueStore>(
                 format!("rejected: {}", class.name()),
             )
         }
-        Verdict::TxAck => None,
+        Verdict::TxAck => (d.partition, None),
         Verdict::Refuse(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     // Durable (or stream) messages are on disk before the 200 (MC-MQSRM 3.1.5.1.3).
-    if let Err(e) = part.commit(wait.filter(|t| *t != Ticket::IMMEDIATE)) {
+    if let Err(e) = broker
+        .partition(p)
+        .commit(wait.filter(|t| *t != Ticket::IMMEDIATE))
+    {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    drop(part);
     broker.arrivals.notify_waiters();
     (StatusCode::OK, String::new())
 }

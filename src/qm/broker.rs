@@ -2,9 +2,13 @@
 //! queue, never dropping it without a trace), and serves the local API (queue administration,
 //! peek, receive).
 //!
-//! Storage is partitioned: one store (one append-only log, one group commit) per engine shard,
-//! so a shard appends to its own partition without contending with other shards; a queue's
-//! messages may lie in several partitions. The local API looks at every partition. Tables
+//! Storage is partitioned: one store (one append-only log, one group commit) per partition, as
+//! many partitions as engine shards. Each queue has one owning partition (`QueueDef.partition`,
+//! persisted in the catalog) and every message of the queue is stored there, whichever shard,
+//! API call or SRMP post brings it, so the queue has one delivery order: priority, then FIFO.
+//! Under today's locks a shard locks the owner's partition for each message it stores there
+//! (never two partition locks at once: see [`PartitionGuard`]). Queues whose messages an older
+//! lior spread over several partitions are read from every partition (see `spread`). Tables
 //! shared by all shards (catalog, duplicate table, transactional sequences) sit behind locks
 //! taken once per message for a few hundred nanoseconds.
 
@@ -97,6 +101,50 @@ pub struct BrokerCounters {
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+std::thread_local! {
+    /// Partition guards this thread holds (at most one: two partition locks taken in different
+    /// orders by two threads would deadlock, and no code needs two).
+    static PARTITION_GUARDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A locked partition. A thread holds at most one (checked in debug builds).
+pub struct PartitionGuard<'a, S> {
+    guard: MutexGuard<'a, Partition<S>>,
+}
+
+impl<'a, S> PartitionGuard<'a, S> {
+    fn lock(m: &'a Mutex<Partition<S>>) -> Self {
+        PARTITION_GUARDS.with(|c| {
+            debug_assert_eq!(
+                c.get(),
+                0,
+                "a thread locks a second store partition while holding one (lock order)"
+            );
+            c.set(c.get() + 1);
+        });
+        PartitionGuard { guard: lock(m) }
+    }
+}
+
+impl<S> Drop for PartitionGuard<'_, S> {
+    fn drop(&mut self) {
+        PARTITION_GUARDS.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+impl<S> std::ops::Deref for PartitionGuard<'_, S> {
+    type Target = Partition<S>;
+    fn deref(&self) -> &Partition<S> {
+        &self.guard
+    }
+}
+
+impl<S> std::ops::DerefMut for PartitionGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut Partition<S> {
+        &mut self.guard
+    }
 }
 
 /// One store partition with the work it owes at its next commit.
@@ -297,6 +345,10 @@ pub struct Delivered {
     pub order_ack: Option<(TxKey, IncomingSequence)>,
     /// An admin acknowledgement the sender asked for (ACK_REACH_QUEUE or a NACK class).
     pub admin_ack: Option<MessageClass>,
+    /// The partition the message was stored in (the owner of its queue or of the dead-letter
+    /// queue): a `Stored`/`DeadLettered` ticket is a ticket of this partition, and the caller
+    /// commits it.
+    pub partition: usize,
 }
 
 /// A message handed out by receive or peek, copied out of the store.
@@ -402,6 +454,11 @@ pub struct Broker<S> {
     route_cache: RwLock<RouteCache>,
     /// Bumped by every catalog change; the route cache is valid for one generation.
     catalog_generation: AtomicU64,
+    /// Queues found at start-up with messages outside their owning partition (stored by a lior
+    /// that spread a queue over the partitions): peek and receive look at every partition for
+    /// them, in the older (not FIFO) order. New messages go to the owner only; S2 of issue 10
+    /// migrates these at start-up.
+    spread: std::collections::HashSet<u32>,
 }
 
 /// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
@@ -495,8 +552,18 @@ impl<S: QueueStore> Broker<S> {
         if !config.listen.ip().is_unspecified() && !identity.addrs.contains(&config.listen.ip()) {
             identity.addrs.push(config.listen.ip());
         }
-        let catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
+        let mut catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let partition_count = u32::try_from(stores.len().max(1)).unwrap_or(u32::MAX);
+        if catalog
+            .assign_partitions(partition_count)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            tracing::info!(
+                partitions = partition_count,
+                "queues given their owning partitions (queue id modulo partitions)"
+            );
+        }
         let now_s = unix_now();
         let mut txn = TxnTable::new(TxnLimits {
             capacity: config.limits.tx_sequences_max,
@@ -556,9 +623,23 @@ impl<S: QueueStore> Broker<S> {
         // still stored, so a sender's resend after a crash of ours is still recognised. The
         // transactional sequence states are also raised to the highest message still stored:
         // a torn commit can keep a message record without the state record written after it.
+        let mut spread = std::collections::HashSet::new();
         for part in &partitions {
             let part = lock(part);
             for q in catalog.iter() {
+                if q.partition as usize % partitions.len() != part.index
+                    && part.store.queue_len(QueueId(q.id)).0 > 0
+                    && spread.insert(q.id)
+                {
+                    tracing::warn!(
+                        queue = %q.name,
+                        owner = q.partition,
+                        found_in = part.index,
+                        "the queue has messages outside its owning partition (stored by an \
+                         older lior): they are all delivered, but not in FIFO order across \
+                         partitions; new messages go to the owner"
+                    );
+                }
                 let mut c = Cursor::new(QueueId(q.id));
                 while let Some(m) = part.store.cursor_next(&mut c) {
                     if m.meta.class == Class::Transactional {
@@ -622,6 +703,7 @@ impl<S: QueueStore> Broker<S> {
             counters: BrokerCounters::default(),
             arrivals: tokio::sync::Notify::new(),
             receive_cursor: AtomicU64::new(0),
+            spread,
             config,
         })
     }
@@ -644,15 +726,28 @@ impl<S: QueueStore> Broker<S> {
 
     /// Whether `ticket` of partition `i` is durable.
     pub fn is_durable(&self, i: usize, ticket: Ticket) -> bool {
-        ticket == Ticket::IMMEDIATE
-            || lock(&self.partitions[i % self.partitions.len()])
-                .store
-                .is_durable(ticket)
+        ticket == Ticket::IMMEDIATE || self.partition(i).store.is_durable(ticket)
     }
 
-    /// Locks partition `i` (a shard locks its own once per batch).
-    pub fn partition(&self, i: usize) -> MutexGuard<'_, Partition<S>> {
-        lock(&self.partitions[i % self.partitions.len()])
+    /// Locks partition `i`. A thread holds at most one partition lock at a time (a debug
+    /// assertion checks it): take what is needed, drop the guard, then lock the next.
+    pub fn partition(&self, i: usize) -> PartitionGuard<'_, S> {
+        PartitionGuard::lock(&self.partitions[i % self.partitions.len()])
+    }
+
+    /// The partition that owns queue `q` (stores every message of it).
+    pub fn owner(&self, q: &QueueDef) -> usize {
+        q.partition as usize % self.partitions.len()
+    }
+
+    /// The partitions peek and receive read for queue `q`: its owner, or every partition for a
+    /// queue an older lior spread over them.
+    fn read_partitions(&self, q: &QueueDef) -> Vec<usize> {
+        if self.spread.contains(&q.id) {
+            (0..self.partitions.len()).collect()
+        } else {
+            vec![self.owner(q)]
+        }
     }
 
     fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
@@ -703,10 +798,11 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
-    /// duplicate checks, then storage in its queue or a dead-letter queue.
+    /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
+    /// Locks that one partition itself: call it holding no partition lock. The caller commits
+    /// `Delivered::partition`.
     pub fn deliver(
         &self,
-        part: &mut Partition<S>,
         frame: &[u8],
         msg: &UserMessage<'_>,
         now_unix: u32,
@@ -718,13 +814,14 @@ impl<S: QueueStore> Broker<S> {
                 verdict: Verdict::TxAck,
                 order_ack: None,
                 admin_ack: None,
+                partition: 0,
             };
         }
         // The hot path: a destination seen before resolves from the cache without parsing the
         // format name or cloning the queue definition.
         if u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid {
             if let Some(q) = self.cached_route(&u.destination) {
-                return self.deliver_to(part, frame, msg, &q, now_unix, now_ms);
+                return self.deliver_to(frame, msg, &q, now_unix, now_ms);
             }
         }
         let route = route(u, &self.identity);
@@ -735,17 +832,17 @@ impl<S: QueueStore> Broker<S> {
                 Route::Number(n) => format!("no private queue number {n:#x}"),
                 Route::System(s) => format!("no system queue {s:?}"),
             };
-            return self.dead_letter(part, frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
+            return self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
         };
         let queue = Arc::new(queue);
         self.cache_route(&u.destination, &queue);
-        self.deliver_to(part, frame, msg, &queue, now_unix, now_ms)
+        self.deliver_to(frame, msg, &queue, now_unix, now_ms)
     }
 
     /// Delivers a message whose queue is already known (an SRMP post names it by its URL).
+    /// Locks the queue's owning partition (or the dead-letter queue's) itself.
     pub fn deliver_to(
         &self,
-        part: &mut Partition<S>,
         frame: &[u8],
         msg: &UserMessage<'_>,
         queue: &QueueDef,
@@ -761,6 +858,7 @@ impl<S: QueueStore> Broker<S> {
             },
             order_ack: None,
             admin_ack: None,
+            partition: self.owner(queue),
         };
         // TimeToReachQueue, checked after routing as MS-MQQB 3.1.5.8 orders the steps. The spec
         // has the receiver ignore an expired message; lior keeps it in the dead-letter queue
@@ -769,7 +867,6 @@ impl<S: QueueStore> Broker<S> {
         if ttrq != INFINITE && u.sent_time != 0 && now_unix.saturating_sub(u.sent_time) > ttrq {
             bump(&self.counters.expired_on_arrival);
             return self.dead_letter(
-                part,
                 frame,
                 msg,
                 MessageClass::NACK_REACH_QUEUE_TIMEOUT,
@@ -783,7 +880,6 @@ impl<S: QueueStore> Broker<S> {
         }
         if transactional && !queue.transactional {
             return self.dead_letter(
-                part,
                 frame,
                 msg,
                 MessageClass::NACK_NOT_TRANSACTIONAL_Q,
@@ -795,7 +891,6 @@ impl<S: QueueStore> Broker<S> {
         }
         if !transactional && queue.transactional {
             return self.dead_letter(
-                part,
                 frame,
                 msg,
                 MessageClass::NACK_NOT_TRANSACTIONAL_MSG,
@@ -805,6 +900,10 @@ impl<S: QueueStore> Broker<S> {
                 ),
             );
         }
+        // The owner's lock is held from the transactional and duplicate checks to the append,
+        // so the queue's order is the order of its appends. Lock order: partition, then the
+        // transactional table, then the duplicate table.
+        let mut part = self.partition(out.partition);
         let key = (u.source_queue_manager, queue.id);
         let mut tx_state = None;
         // Held from the check until the state is recorded, so an accepted message always gets
@@ -855,7 +954,7 @@ impl<S: QueueStore> Broker<S> {
                 }
             }
         }
-        let stored = self.store(part, queue.id, frame, msg);
+        let stored = self.store(&mut part, queue.id, frame, msg);
         if tx_state.is_none() {
             let mut dedup = lock(&self.dedup);
             match stored {
@@ -908,7 +1007,10 @@ impl<S: QueueStore> Broker<S> {
                 // if the sender asked for negative journaling (MS-MQQB 3.1.5.8.8).
                 tracing::info!(queue = %queue.name, used, limit, "queue quota exceeded");
                 if u.flags.journal_negative() && !transactional {
-                    self.dead_letter(part, frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
+                    // The dead-letter queue has its own owner: one partition lock at a time.
+                    drop(txn_guard);
+                    drop(part);
+                    self.dead_letter(frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
                 } else {
                     bump(&self.counters.nacks_owed);
                     Delivered {
@@ -920,6 +1022,7 @@ impl<S: QueueStore> Broker<S> {
                         order_ack: None,
                         admin_ack: Some(MessageClass::NACK_Q_EXCEED_QUOTA)
                             .filter(|_| acks.negative_arrival()),
+                        partition: out.partition,
                     }
                 }
             }
@@ -929,6 +1032,7 @@ impl<S: QueueStore> Broker<S> {
                     verdict: Verdict::Refuse(e),
                     order_ack: None,
                     admin_ack: None,
+                    partition: out.partition,
                 }
             }
         }
@@ -1029,9 +1133,10 @@ impl<S: QueueStore> Broker<S> {
             .map(|a| a.ticket)
     }
 
+    /// Stores `frame` in the dead-letter queue (transactional or not) at that queue's owner;
+    /// locks that partition itself.
     fn dead_letter(
         &self,
-        part: &mut Partition<S>,
         frame: &[u8],
         msg: &UserMessage<'_>,
         class: MessageClass,
@@ -1057,7 +1162,9 @@ impl<S: QueueStore> Broker<S> {
                 "undeliverable message moved to the dead-letter queue: {why}"
             );
         }
-        match self.store(part, dlq, frame, msg) {
+        let pi = self.dead_letter_partition(dlq);
+        let stored = self.store(&mut self.partition(pi), dlq, frame, msg);
+        match stored {
             Ok(ticket) => {
                 bump(&self.counters.dead_lettered);
                 if admin_ack.is_some() && has_admin_queue {
@@ -1071,6 +1178,7 @@ impl<S: QueueStore> Broker<S> {
                     },
                     order_ack: None,
                     admin_ack,
+                    partition: pi,
                 }
             }
             Err(e) => {
@@ -1079,9 +1187,17 @@ impl<S: QueueStore> Broker<S> {
                     verdict: Verdict::Refuse(e),
                     order_ack: None,
                     admin_ack: None,
+                    partition: pi,
                 }
             }
         }
+    }
+
+    /// The owning partition of dead-letter queue `dlq` (DEADLETTER_ID or DEADXACT_ID).
+    fn dead_letter_partition(&self, dlq: u32) -> usize {
+        self.catalog()
+            .by_id(dlq)
+            .map_or(dlq as usize % self.partitions.len(), |q| self.owner(q))
     }
 
     // ---- the local API ----
@@ -1115,8 +1231,8 @@ impl<S: QueueStore> Broker<S> {
         remove: impl Fn(&mut S, QueueId) -> Result<Ticket, StoreError>,
     ) -> Result<(), ApiError> {
         let nacks = self.negative_receive_frames(id);
-        for p in &self.partitions {
-            let mut p = lock(p);
+        for i in 0..self.partitions.len() {
+            let mut p = self.partition(i);
             let t = remove(&mut p.store, QueueId(id))?;
             p.commit(Some(t))?;
         }
@@ -1128,8 +1244,8 @@ impl<S: QueueStore> Broker<S> {
     /// purging or deleting the queue owes them a NACK (MS-MQDMPR, MS-MQQB 3.1.7.2).
     fn negative_receive_frames(&self, id: u32) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        for p in &self.partitions {
-            let p = lock(p);
+        for i in 0..self.partitions.len() {
+            let p = self.partition(i);
             let mut c = Cursor::new(QueueId(id));
             while let Some(m) = p.store.cursor_next(&mut c) {
                 if out.len() >= RECEIVE_BATCH_MAX {
@@ -1169,8 +1285,10 @@ impl<S: QueueStore> Broker<S> {
 
     pub fn set_queue_quota(&self, name: &str, quota: QueueQuota) -> Result<(), ApiError> {
         let q = self.lookup(name)?;
-        for p in &self.partitions {
-            lock(p).store.set_queue_quota(QueueId(q.id), quota);
+        for i in 0..self.partitions.len() {
+            self.partition(i)
+                .store
+                .set_queue_quota(QueueId(q.id), quota);
         }
         Ok(())
     }
@@ -1180,8 +1298,8 @@ impl<S: QueueStore> Broker<S> {
         defs.into_iter()
             .map(|q| {
                 let (mut messages, mut bytes) = (0, 0);
-                for p in &self.partitions {
-                    let (m, b) = lock(p).store.queue_len(QueueId(q.id));
+                for i in 0..self.partitions.len() {
+                    let (m, b) = self.partition(i).store.queue_len(QueueId(q.id));
                     messages += m;
                     bytes += b;
                 }
@@ -1198,11 +1316,13 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Peeks at up to `count` messages of a queue in delivery order, without removing them.
+    /// The queue's messages are in its owning partition (for a queue an older lior spread
+    /// over the partitions, in every partition, merged by priority only).
     pub fn peek(&self, name: &str, count: usize) -> Result<Vec<Received>, ApiError> {
         let q = self.lookup(name)?;
         let mut out = Vec::new();
-        for (i, p) in self.partitions.iter().enumerate() {
-            let p = lock(p);
+        for i in self.read_partitions(&q) {
+            let p = self.partition(i);
             let mut c = Cursor::new(QueueId(q.id));
             while out.len() < count.min(RECEIVE_BATCH_MAX) {
                 let Some(m) = p.store.cursor_next(&mut c) else {
@@ -1220,7 +1340,9 @@ impl<S: QueueStore> Broker<S> {
     /// is returned: a crash after this call never brings a received message back.
     pub fn receive(&self, name: &str, count: usize) -> Result<Vec<Received>, ApiError> {
         let q = self.lookup(name)?;
-        let n = self.partitions.len();
+        // The owner only, but for a queue an older lior spread over the partitions.
+        let parts = self.read_partitions(&q);
+        let n = parts.len();
         let mut out = Vec::new();
         // Start at a rotating partition so no partition is always served last.
         let start = self.receive_cursor.fetch_add(1, Ordering::Relaxed) as usize;
@@ -1228,8 +1350,8 @@ impl<S: QueueStore> Broker<S> {
             // The highest priority at the front of any partition goes first.
             let mut best: Option<(u8, usize)> = None;
             for k in 0..n {
-                let i = (start + k) % n;
-                let p = lock(&self.partitions[i]);
+                let i = parts[(start + k) % n];
+                let p = self.partition(i);
                 if let Some(m) = p.store.peek(QueueId(q.id), Select::Front) {
                     if best.is_none_or(|(prio, _)| m.meta.priority > prio) {
                         best = Some((m.meta.priority, i));
@@ -1239,7 +1361,7 @@ impl<S: QueueStore> Broker<S> {
             let Some((_, i)) = best else {
                 break;
             };
-            let mut p = lock(&self.partitions[i]);
+            let mut p = self.partition(i);
             // Take a batch from this partition under one commit.
             let mut reservations = Vec::new();
             while out.len() + reservations.len() < count.min(RECEIVE_BATCH_MAX) {
@@ -1285,13 +1407,14 @@ impl<S: QueueStore> Broker<S> {
     /// negative receive acks; otherwise it is deleted, logged and counted. Returns how many
     /// expired.
     pub fn expire_partition(&self, i: usize, now_unix: u32) -> usize {
-        let mut nacks = Vec::new();
-        let n;
+        let i = i % self.partitions.len();
+        // (queue, lookup, frame, meta, dead-letter queue if JN, NR).
+        type Expired = (QueueId, LookupId, Vec<u8>, MessageMeta, Option<u32>, bool);
+        let mut found_msgs: Vec<Expired> = Vec::new();
         {
-            let mut part = lock(&self.partitions[i % self.partitions.len()]);
+            let part = self.partition(i);
             let mut found = Vec::new();
             part.store.expired(now_unix, EXPIRY_BATCH_MAX, &mut found);
-            n = found.len();
             for (q, lookup) in found {
                 if q == TXN_STATE_QUEUE {
                     continue;
@@ -1301,25 +1424,66 @@ impl<S: QueueStore> Broker<S> {
                 };
                 let frame = m.bytes.to_vec();
                 let meta = m.meta;
+                let (mut dlq, mut nr) = (None, false);
                 if let Ok(msg) = UserMessage::parse(&frame) {
                     if msg.user.flags.journal_negative() {
-                        let dlq = if msg.user.flags.transactional() {
+                        dlq = Some(if msg.user.flags.transactional() {
                             DEADXACT_ID
                         } else {
                             DEADLETTER_ID
-                        };
-                        if let Err(e) = part.store.append(QueueId(dlq), &meta, &frame) {
-                            tracing::error!(error = %e, "cannot dead-letter an expired message; keeping it");
-                            continue;
-                        }
+                        });
                     }
-                    if msg.properties.flags.negative_receive() {
-                        nacks.push(frame.clone());
-                    }
+                    nr = msg.properties.flags.negative_receive();
+                }
+                found_msgs.push((q, lookup, frame, meta, dlq, nr));
+            }
+        }
+        let n = found_msgs.len();
+        if n == 0 {
+            return 0;
+        }
+        // Copies for the dead-letter queue go to its owner and are durable before the originals
+        // are removed (a crash in between leaves a copy too many, never none). One partition
+        // lock at a time.
+        let mut keep = vec![false; n];
+        let mut wait: HashMap<usize, (Ticket, Vec<usize>)> = HashMap::new();
+        for (k, (_, _, frame, meta, dlq, _)) in found_msgs.iter().enumerate() {
+            let Some(dlq) = *dlq else { continue };
+            let pi = self.dead_letter_partition(dlq);
+            match self.partition(pi).store.append(QueueId(dlq), meta, frame) {
+                Ok(a) => {
+                    let w = wait.entry(pi).or_insert((Ticket::IMMEDIATE, Vec::new()));
+                    w.0 = w.0.max(a.ticket);
+                    w.1.push(k);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot dead-letter an expired message; keeping it");
+                    keep[k] = true;
+                }
+            }
+        }
+        for (pi, (t, ks)) in wait {
+            let t = (t != Ticket::IMMEDIATE).then_some(t);
+            if let Err(e) = self.partition(pi).commit(t) {
+                tracing::error!(error = %e, "cannot commit dead-lettered expired messages; keeping the originals");
+                for k in ks {
+                    keep[k] = true;
+                }
+            }
+        }
+        let mut nacks = Vec::new();
+        {
+            let mut part = self.partition(i);
+            for (k, (q, lookup, frame, _, _, nr)) in found_msgs.into_iter().enumerate() {
+                if keep[k] {
+                    continue;
                 }
                 if let Err(e) = part.remove_delivered(q, lookup) {
                     tracing::error!(error = %e, "cannot remove an expired message");
                     continue;
+                }
+                if nr {
+                    nacks.push(frame);
                 }
                 bump(&self.counters.expired_in_queue);
                 tracing::info!(
@@ -1328,10 +1492,8 @@ impl<S: QueueStore> Broker<S> {
                     "message expired (TimeToBeReceived)"
                 );
             }
-            if n > 0 {
-                if let Err(e) = part.commit(None) {
-                    tracing::error!(error = %e, "commit after expiry failed");
-                }
+            if let Err(e) = part.commit(None) {
+                tracing::error!(error = %e, "commit after expiry failed");
             }
         }
         for frame in nacks {
@@ -1345,9 +1507,9 @@ impl<S: QueueStore> Broker<S> {
     /// Lookup ids of messages whose TimeToBeReceived has passed, per partition.
     pub fn expired(&self, now_unix: u32, max: usize) -> Vec<(usize, QueueId, LookupId)> {
         let mut out = Vec::new();
-        for (i, p) in self.partitions.iter().enumerate() {
+        for i in 0..self.partitions.len() {
             let mut v = Vec::new();
-            lock(p).store.expired(now_unix, max, &mut v);
+            self.partition(i).store.expired(now_unix, max, &mut v);
             out.extend(v.into_iter().map(|(q, l)| (i, q, l)));
         }
         out
@@ -1452,7 +1614,9 @@ impl<S: QueueStore> Broker<S> {
                 let n = self
                     .partitions
                     .get(d.shard % self.partitions.len())
-                    .map_or(0, |p| lock(p).store.queue_len(QueueId(d.id)).0);
+                    .map_or(0, |_| {
+                        self.partition(d.shard).store.queue_len(QueueId(d.id)).0
+                    });
                 (d, n)
             })
             .collect()
@@ -1471,7 +1635,7 @@ impl<S: QueueStore> Broker<S> {
             .map_err(|e| ApiError::Send(e.to_string()))?;
         let shard = def.shard % self.partitions.len();
         {
-            let mut p = lock(&self.partitions[shard]);
+            let mut p = self.partition(shard);
             let a = p.store.append(QueueId(def.id), meta, frame)?;
             p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
         }
@@ -1605,9 +1769,7 @@ impl<S: QueueStore> Broker<S> {
                     )
                 }));
             }
-            let shard = ordinal as usize % self.partitions.len();
-            let mut p = lock(&self.partitions[shard]);
-            let d = self.deliver_to(&mut p, &frame, &msg, &queue, now, 0);
+            let d = self.deliver_to(&frame, &msg, &queue, now, 0);
             let (queue, ticket) = match d.verdict {
                 Verdict::Stored { queue, ticket } => (queue, ticket),
                 Verdict::DeadLettered { class, .. } => {
@@ -1621,8 +1783,8 @@ impl<S: QueueStore> Broker<S> {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
             };
-            p.commit((ticket != Ticket::IMMEDIATE).then_some(ticket))?;
-            drop(p);
+            self.partition(d.partition)
+                .commit((ticket != Ticket::IMMEDIATE).then_some(ticket))?;
             self.arrivals.notify_waiters();
             let name = self
                 .catalog()
@@ -1658,7 +1820,7 @@ impl<S: QueueStore> Broker<S> {
     ) -> &'g mut TxOut {
         g.entry(def.id).or_insert_with(|| {
             let best = {
-                let part = lock(&self.partitions[def.shard % self.partitions.len()]);
+                let part = self.partition(def.shard);
                 stored_tx_positions(&part.store, def.id)
                     .into_iter()
                     .map(|(_, id, no)| (id, no))
@@ -1803,7 +1965,7 @@ impl<S: QueueStore> Broker<S> {
         };
         for (def, n) in defs {
             let shard = def.shard % self.partitions.len();
-            let mut part = lock(&self.partitions[shard]);
+            let mut part = self.partition(shard);
             let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
                 .into_iter()
                 .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= n)
@@ -1935,17 +2097,15 @@ impl<S: QueueStore> Broker<S> {
             tracing::error!("an admin acknowledgement we built does not parse");
             return;
         };
-        let shard = msg.user.message_id as usize % self.partitions.len();
-        let mut p = lock(&self.partitions[shard]);
-        let d = self.deliver(&mut p, frame, &msg, unix_now(), 0);
+        // Stored in the admin queue's owning partition, like every message of that queue.
+        let d = self.deliver(frame, &msg, unix_now(), 0);
         match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
                 // Durable with this commit or the shard's next one; nobody waits for it.
                 let _ = ticket;
-                if let Err(e) = p.commit(None) {
+                if let Err(e) = self.partition(d.partition).commit(None) {
                     tracing::error!(error = %e, "commit after a local admin acknowledgement failed");
                 }
-                drop(p);
                 self.arrivals.notify_waiters();
                 bump(&self.counters.admin_acks_queued);
                 tracing::info!(

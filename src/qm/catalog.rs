@@ -26,6 +26,13 @@ pub const DEADXACT_ID: u32 = 0xFFFF_FF02;
 pub const JOURNAL_ID: u32 = 0xFFFF_FF03;
 /// Longest queue name (MS-MQMQ 2.1.1: 1-124 characters).
 pub const QUEUE_NAME_LEN_MAX: usize = 124;
+/// `QueueDef.partition` of an entry written before queues had an owning partition; replaced
+/// once by [`Catalog::assign_partitions`].
+pub const PARTITION_UNASSIGNED: u32 = u32::MAX;
+
+fn partition_unassigned() -> u32 {
+    PARTITION_UNASSIGNED
+}
 
 /// What kind of queue an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +66,11 @@ pub struct QueueDef {
     /// Who may send (SIDs or "Everyone"); empty means everyone, as a new Windows queue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub write_access: Vec<String>,
+    /// The store partition that owns the queue: every message of the queue is stored there,
+    /// so the queue is delivered in one order (priority, then FIFO). Assigned at creation
+    /// (the partition with the fewest queues) and never changed, since the data lives there.
+    #[serde(default = "partition_unassigned")]
+    pub partition: u32,
 }
 
 /// Why a catalog change was refused.
@@ -95,6 +107,8 @@ pub struct Catalog {
     /// By lower-cased name.
     by_name: BTreeMap<String, QueueDef>,
     next_id: u32,
+    /// Store partitions a new queue may be given (see [`Catalog::assign_partitions`]).
+    partitions: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,6 +193,7 @@ fn system_queues() -> Vec<QueueDef> {
         quota_bytes: None,
         journal: false,
         write_access: Vec::new(),
+        partition: PARTITION_UNASSIGNED,
     };
     vec![
         def(ORDER_QUEUE_ID, "order_queue$", QueueKind::OrderQueue, false),
@@ -202,6 +217,7 @@ impl Catalog {
             queues_max,
             by_name: BTreeMap::new(),
             next_id: FIRST_USER_QUEUE_ID,
+            partitions: 1,
         };
         match std::fs::read(&c.path) {
             Ok(bytes) => {
@@ -231,6 +247,44 @@ impl Catalog {
         write_atomic(&self.path, &bytes).map_err(|e| CatalogError::Io(e.to_string()))
     }
 
+    /// Sets the number of store partitions (`n` >= 1) and gives every queue without an owning
+    /// partition one: `id % n` (catalogs written before queues had owners; their messages may
+    /// lie in any partition, see `Broker`'s spread queues). A queue whose partition no longer
+    /// exists (a data directory whose partition directories were removed) is given `id % n`
+    /// too. Saves the catalog when anything changed; returns whether it did.
+    pub fn assign_partitions(&mut self, n: u32) -> Result<bool, CatalogError> {
+        let n = n.max(1);
+        self.partitions = n;
+        let mut changed = false;
+        for q in self.by_name.values_mut() {
+            if q.partition >= n {
+                if q.partition != PARTITION_UNASSIGNED {
+                    tracing::warn!(queue = %q.name, partition = q.partition, partitions = n, "the queue's partition does not exist; giving it another");
+                }
+                q.partition = q.id % n;
+                changed = true;
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        Ok(changed)
+    }
+
+    /// The partition with the fewest queues (ties: the lowest).
+    fn least_loaded_partition(&self) -> u32 {
+        let mut load = vec![0usize; self.partitions as usize];
+        for q in self.by_name.values() {
+            if let Some(l) = load.get_mut(q.partition as usize) {
+                *l += 1;
+            }
+        }
+        load.iter()
+            .enumerate()
+            .min_by_key(|&(i, l)| (*l, i))
+            .map_or(0, |(i, _)| i as u32)
+    }
+
     /// Creates a private queue; returns its definition.
     pub fn create(&mut self, name: &str, transactional: bool) -> Result<QueueDef, CatalogError> {
         let name = normalize_name(name)?;
@@ -254,6 +308,7 @@ impl Catalog {
             quota_bytes: None,
             journal: false,
             write_access: Vec::new(),
+            partition: self.least_loaded_partition(),
         };
         self.next_id += 1;
         self.by_name.insert(key, q.clone());
@@ -404,6 +459,7 @@ mod tests {
                 quota_bytes: None,
                 journal: false,
                 write_access: Vec::new(),
+                partition: PARTITION_UNASSIGNED,
             }],
         };
         std::fs::write(
@@ -431,5 +487,53 @@ mod tests {
         c.create("a", false).unwrap();
         c.create("b", false).unwrap();
         assert_eq!(c.create("c", false), Err(CatalogError::Full(2)));
+    }
+
+    #[test]
+    fn a_queue_keeps_its_partition_across_a_reopen_with_more_partitions() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        c.assign_partitions(2).unwrap();
+        let placed: Vec<(String, u32)> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| (n.to_string(), c.create(n, false).unwrap().partition))
+            .collect();
+        // Least loaded first: the four system queues are split 2/2, so the new ones alternate.
+        assert_eq!(
+            placed.iter().map(|p| p.1).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+        drop(c);
+        // More cores: more partitions; every queue stays where its messages are.
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        assert!(!c.assign_partitions(4).unwrap(), "nothing to assign");
+        for (n, p) in &placed {
+            assert_eq!(c.lookup(n).unwrap().partition, *p, "{n}");
+        }
+        // A new queue goes to an empty partition.
+        assert_eq!(c.create("f", false).unwrap().partition, 2);
+        drop(c);
+        let c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("f").unwrap().partition, 2);
+        assert_eq!(c.lookup("a").unwrap().partition, placed[0].1);
+    }
+
+    #[test]
+    fn an_older_catalog_gets_its_partitions_once_and_saved() {
+        let d = tempfile::tempdir().unwrap();
+        let old = r#"{"next_id": 18, "queues": [
+            {"id": 16, "name": "q16", "kind": "private", "transactional": false},
+            {"id": 17, "name": "q17", "kind": "private", "transactional": false}]}"#;
+        std::fs::write(d.path().join(CATALOG_FILE), old).unwrap();
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("q17").unwrap().partition, PARTITION_UNASSIGNED);
+        assert!(c.assign_partitions(2).unwrap());
+        assert_eq!(c.lookup("q16").unwrap().partition, 0);
+        assert_eq!(c.lookup("q17").unwrap().partition, 1);
+        drop(c);
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("q17").unwrap().partition, 1, "saved");
+        assert!(!c.assign_partitions(3).unwrap(), "assigned once");
+        assert_eq!(c.lookup("q17").unwrap().partition, 1);
     }
 }
