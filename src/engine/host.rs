@@ -117,32 +117,50 @@ pub fn ensure_no_listener(addr: SocketAddr, what: &str) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(());
     }
-    match sockets::probe_bind(addr) {
-        Ok(()) => Ok(()),
-        // The probe also collides with the last instance's connections still closing on that
-        // port (FIN_WAIT, TIME_WAIT after a kill -9): only a socket in LISTEN state is a server.
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && !listening_on(addr) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
-            let holders = listeners_of_port(addr.port());
-            let who = if holders.is_empty() {
-                "another process (not visible to this user)".to_string()
-            } else {
-                holders
-                    .iter()
-                    .map(|(pid, comm)| format!("pid {pid} ({comm})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            Err(format!(
-                "the {what} address {addr} is already in use by {who}; stop that server or \
-                 choose another address"
-            ))
+    let deadline = std::time::Instant::now() + ORPHAN_LISTENER_WAIT;
+    loop {
+        match sockets::probe_bind(addr) {
+            Ok(()) => return Ok(()),
+            // The probe also collides with the last instance's connections still closing on
+            // that port (FIN_WAIT, TIME_WAIT after a kill -9): only a socket in LISTEN state is
+            // a server.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && !listening_on(addr) => {
+                return Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                let holders = listeners_of_port(addr.port());
+                // A listener no process holds is the last instance's, killed a moment ago: the
+                // kernel tears its io_uring (which references the socket) down after the process
+                // is gone. It disappears on its own; a live server never looks like that to root.
+                if holders.is_empty() && std::time::Instant::now() < deadline {
+                    tracing::debug!(%addr, "a listener no process holds is on the address; waiting for it to close");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                let who = if holders.is_empty() {
+                    "another process (not visible to this user)".to_string()
+                } else {
+                    holders
+                        .iter()
+                        .map(|(pid, comm)| format!("pid {pid} ({comm})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(format!(
+                    "the {what} address {addr} is already in use by {who}; stop that server or \
+                     choose another address"
+                ));
+            }
+            // Any other refusal (a privileged port, an address not of this machine) is reported
+            // by the real bind, with its remedy.
+            Err(_) => return Ok(()),
         }
-        // Any other refusal (a privileged port, an address not of this machine) is reported by
-        // the real bind, with its remedy.
-        Err(_) => Ok(()),
     }
 }
+
+/// How long [`ensure_no_listener`] waits for a listening socket that no process holds (the
+/// previous instance's, still being torn down) to go away before it reports the address in use.
+pub const ORPHAN_LISTENER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Claims `addr` for this process until the returned socket is dropped: binds the abstract Unix
 /// socket `lior-listen-<addr>`, which the kernel grants to one socket at a time in a network
