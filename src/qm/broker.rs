@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use crate::wire::headers::{TransactionHeader, TxFlags};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::config::Config;
@@ -429,6 +429,9 @@ pub struct Broker<S> {
     dedup: Mutex<DuplicateTable>,
     /// Signalled when a pending duplicate-table entry got its place (or was dropped).
     dedup_settled: std::sync::Condvar,
+    /// Threads waiting on `dedup_settled`, changed only under the `dedup` lock: the common case
+    /// (nobody waits) costs no wake-up syscall per message.
+    dedup_waiters: AtomicUsize,
     txn: Mutex<TxnTable>,
     /// Per partition: sequences forgotten by the table, whose records go at its next commit.
     txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
@@ -697,6 +700,7 @@ impl<S: QueueStore> Broker<S> {
             partitions,
             dedup: Mutex::new(dedup),
             dedup_settled: std::sync::Condvar::new(),
+            dedup_waiters: AtomicUsize::new(0),
             txn: Mutex::new(txn),
             txn_forget,
             txn_full_logged: std::sync::atomic::AtomicU32::new(0),
@@ -962,8 +966,12 @@ impl<S: QueueStore> Broker<S> {
                 // Not stored: a resend must be taken, not dropped as a duplicate.
                 Err(_) => dedup.remove(&dedup_key),
             }
+            // Read under the lock a waiter registers under: no wake-up is lost.
+            let waiting = self.dedup_waiters.load(Ordering::Relaxed) > 0;
             drop(dedup);
-            self.dedup_settled.notify_all();
+            if waiting {
+                self.dedup_settled.notify_all();
+            }
         }
         match stored {
             Ok(ticket) => {
@@ -1097,24 +1105,29 @@ impl<S: QueueStore> Broker<S> {
         key: (Guid, u32),
         now_ms: u64,
     ) -> Result<Option<(usize, u64)>, StoreError> {
-        let deadline =
-            std::time::Instant::now() + std::time::Duration::from_millis(DEDUP_PENDING_WAIT_MS);
+        // The clock is read only when there is something to wait for.
+        let mut deadline = None;
         let mut dedup = lock(&self.dedup);
         loop {
             match dedup.check_and_insert(key, now_ms, PENDING) {
                 Some(o) if o == PENDING => {}
                 found => return Ok(found),
             }
+            let deadline = *deadline.get_or_insert_with(|| {
+                std::time::Instant::now() + std::time::Duration::from_millis(DEDUP_PENDING_WAIT_MS)
+            });
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 tracing::error!(source = %key.0, id = key.1, "the first copy of a duplicate was not stored in time; refusing the copy");
                 return Err(StoreError::NotDurable);
             }
+            self.dedup_waiters.fetch_add(1, Ordering::Relaxed);
             dedup = self
                 .dedup_settled
                 .wait_timeout(dedup, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            self.dedup_waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
