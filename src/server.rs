@@ -99,6 +99,9 @@ pub struct MsmqConn {
     established: bool,
     /// For sessions we opened: the outgoing queue (store queue id) they carry.
     outgoing: Option<u32>,
+    /// The app's turn in which this connection was put on its `waiting` list (so the check is
+    /// O(1) per message, not a search of every waiting session).
+    waiting_turn: Option<u64>,
 }
 
 /// Where an outgoing queue stands (MS-MQQB 3.1.1.3.1: WAITING_RECONNECT and friends).
@@ -144,8 +147,10 @@ pub struct MsmqApp<S> {
     /// Per partition: the highest ticket this shard appended there (or waits for there) this
     /// turn, if any; the end of the turn commits each.
     appended: Vec<Option<Ticket>>,
-    /// Connections with recoverable messages waiting for the disk.
+    /// Connections with recoverable messages waiting for the disk (each once per turn).
     waiting: Vec<ConnId>,
+    /// Counts loop turns; `waiting` is emptied into `ready` at the end of each.
+    turn: u64,
     ready: Vec<ConnId>,
     /// Per partition: the durable watermark after this shard's last commit of it.
     durable: Vec<Ticket>,
@@ -219,6 +224,7 @@ impl<S: QueueStore> MsmqApp<S> {
             shard,
             appended: vec![None; partitions],
             waiting: Vec::new(),
+            turn: 0,
             ready: Vec::new(),
             durable: vec![Ticket(0); partitions],
             commit_ok: true,
@@ -243,6 +249,16 @@ fn unix_now() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as u32)
         .unwrap_or(0)
+}
+
+impl<S> MsmqApp<S> {
+    /// Puts `conn` on this turn's list of connections waiting for the disk, once.
+    fn mark_waiting(&mut self, conn: &mut MsmqConn) {
+        if conn.waiting_turn != Some(self.turn) {
+            conn.waiting_turn = Some(self.turn);
+            self.waiting.push(conn.id);
+        }
+    }
 }
 
 impl<S: QueueStore> MsmqApp<S> {
@@ -327,9 +343,7 @@ impl<S: QueueStore> MsmqApp<S> {
                         *a = Some(a.map_or(t, |a| a.max(t)));
                     }
                 }
-                if !self.waiting.contains(&conn.id) {
-                    self.waiting.push(conn.id);
-                }
+                self.mark_waiting(conn);
             }
         }
         Ok(())
@@ -849,6 +863,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             incoming: true,
             established: false,
             outgoing: None,
+            waiting_turn: None,
         })
     }
 
@@ -918,8 +933,8 @@ impl<S: QueueStore> App for MsmqApp<S> {
             let spare = std::mem::take(buf);
             *buf = conn.session.take_transmit(spare);
         }
-        if !conn.pending_durable.is_empty() && !self.waiting.contains(&conn.id) {
-            self.waiting.push(conn.id);
+        if !conn.pending_durable.is_empty() {
+            self.mark_waiting(conn);
         }
         self.drain_events(conn);
     }
@@ -989,6 +1004,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             self.shared.broker.arrivals.notify_waiters();
         }
         self.ready.append(&mut self.waiting);
+        self.turn += 1;
         self.now_ms = now_ms;
         self.manage_outgoing(now_ms);
         if now_ms >= self.next_expiry_ms {
@@ -1037,6 +1053,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 incoming: false,
                 established: false,
                 outgoing: Some(q),
+                waiting_turn: None,
             },
         ))
     }
