@@ -9,12 +9,27 @@ use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
 
 fn broker(dir: &std::path::Path) -> Broker<SimStore> {
+    broker_over(dir, sim_stores(1, 7))
+}
+
+/// `n` empty store partitions on simulated disks seeded `seed`, `seed + 1`, ...
+fn sim_stores(n: u64, seed: u64) -> Vec<SimStore> {
+    (0..n)
+        .map(|i| {
+            Store::open(SimDisk::new(seed + i), StoreConfig::default())
+                .unwrap()
+                .0
+        })
+        .collect()
+}
+
+/// A broker with the default configuration in `dir` over `stores`.
+fn broker_over(dir: &std::path::Path, stores: Vec<SimStore>) -> Broker<SimStore> {
     let cfg = Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
     };
-    let (store, _) = Store::open(SimDisk::new(7), StoreConfig::default()).unwrap();
-    Broker::with_stores(cfg, vec![store]).unwrap()
+    Broker::with_stores(cfg, stores).unwrap()
 }
 
 fn frame(
@@ -184,11 +199,7 @@ fn transactional_messages_are_exactly_once_in_order_and_survive_a_restart() {
     let stores = b.into_stores();
     let store = stores.into_iter().next().unwrap();
     let (store, _) = store.crash_and_recover(StoreConfig::default()).unwrap();
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let b = Broker::with_stores(cfg, vec![store]).unwrap();
+    let b = broker_over(d.path(), vec![store]);
     assert!(matches!(
         deliver(&b, &frame(dest, 2, true, tx(2, 2, 1))).verdict,
         Verdict::TxRejected { .. }
@@ -244,11 +255,7 @@ fn the_duplicate_table_is_rebuilt_after_a_crash() {
     assert!(matches!(deliver(&b, &f).verdict, Verdict::Stored { .. }));
     let store = b.into_stores().into_iter().next().unwrap();
     let (store, _) = store.crash_and_recover(StoreConfig::default()).unwrap();
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let b = Broker::with_stores(cfg, vec![store]).unwrap();
+    let b = broker_over(d.path(), vec![store]);
     // The sender never saw our ack and sends it again.
     assert!(matches!(deliver(&b, &f).verdict, Verdict::Duplicate { .. }));
     assert_eq!(body_ids(&b, "q", 10), [5]);
@@ -302,11 +309,7 @@ fn a_spoofed_highest_sequence_id_does_not_block_the_real_sender_even_after_a_res
     // A crash and a restart.
     let store = b.into_stores().into_iter().next().unwrap();
     let (store, _) = store.crash_and_recover(StoreConfig::default()).unwrap();
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let b = Broker::with_stores(cfg, vec![store]).unwrap();
+    let b = broker_over(d.path(), vec![store]);
     // The victim goes on with its own sequence: taken, exactly once, and the OrderAck names
     // the victim's sequence.
     let v = deliver(&b, &frame(dest, 3, true, tx_in(seq, 3, 2)));
@@ -335,18 +338,7 @@ fn one_queue_is_fifo_per_priority_whoever_delivers() {
     const PHASES: usize = 10;
     const PER_PHASE: usize = 125; // per sender: 8 * 10 * 125 = 10,000 messages
     let d = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let stores = (0..2)
-        .map(|i| {
-            Store::open(SimDisk::new(21 + i), StoreConfig::default())
-                .unwrap()
-                .0
-        })
-        .collect();
-    let b = std::sync::Arc::new(Broker::with_stores(cfg, stores).unwrap());
+    let b = std::sync::Arc::new(broker_over(d.path(), sim_stores(2, 21)));
     b.create_queue("fifo", false).unwrap();
     // Priorities from a fixed xorshift sequence, per sender and message number.
     let prio = |s: usize, n: usize| -> u8 {
@@ -465,13 +457,7 @@ fn messages_an_older_lior_spread_over_partitions_are_all_delivered() {
             {"id": 16, "name": "old", "kind": "private", "transactional": false}]}"#,
     )
     .unwrap();
-    let mut stores: Vec<SimStore> = (0..2)
-        .map(|i| {
-            Store::open(SimDisk::new(31 + i), StoreConfig::default())
-                .unwrap()
-                .0
-        })
-        .collect();
+    let mut stores = sim_stores(2, 31);
     // Message n in partition n % 2, as two shards stored them.
     for n in 1..=6u32 {
         let f = frame("OS:localhost\\private$\\old", n, true, |m| m);
@@ -485,11 +471,7 @@ fn messages_an_older_lior_spread_over_partitions_are_all_delivered() {
             s.poll_durable(true).unwrap();
         }
     }
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let b = Broker::with_stores(cfg, stores).unwrap();
+    let b = broker_over(d.path(), stores);
     assert_eq!(b.lookup("old").unwrap().partition, 0, "16 % 2");
     assert_eq!(b.peek("old", 10).unwrap().len(), 6);
     let f = frame("OS:localhost\\private$\\old", 7, true, |m| m);
@@ -508,18 +490,7 @@ fn an_expired_message_is_dead_lettered_into_the_dead_letter_queues_owner() {
     use lior::qm::catalog::DEADLETTER_ID;
     use lior::store::{QueueId, QueueStore};
     let d = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let stores = (0..2)
-        .map(|i| {
-            Store::open(SimDisk::new(41 + i), StoreConfig::default())
-                .unwrap()
-                .0
-        })
-        .collect();
-    let b = Broker::with_stores(cfg, stores).unwrap();
+    let b = broker_over(d.path(), sim_stores(2, 41));
     let q = b.create_queue("q", false).unwrap();
     let dlq = b.lookup("deadletter").unwrap();
     assert_ne!(b.owner(&q), b.owner(&dlq), "the test needs two owners");
@@ -549,18 +520,7 @@ fn an_expired_message_is_dead_lettered_into_the_dead_letter_queues_owner() {
 #[should_panic(expected = "second store partition")]
 fn one_thread_never_holds_two_partition_locks() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        data_dir: d.path().to_path_buf(),
-        ..Config::default()
-    };
-    let stores = (0..2)
-        .map(|i| {
-            Store::open(SimDisk::new(51 + i), StoreConfig::default())
-                .unwrap()
-                .0
-        })
-        .collect();
-    let b = Broker::with_stores(cfg, stores).unwrap();
+    let b = broker_over(d.path(), sim_stores(2, 51));
     let _first = b.partition(0);
     let _second = b.partition(1);
 }
