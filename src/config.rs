@@ -60,13 +60,16 @@ impl Default for Config {
 pub struct Limits {
     /// Private queues this queue manager holds.
     pub queues_max: usize,
-    /// Messages one queue holds before `MessageQuota`-style refusal.
+    /// Messages one queue holds; past it a message from the network gets NACK_Q_EXCEED_QUOTA
+    /// (dead-lettered if its sender asked) and a local send is refused. The dead-letter queues
+    /// are bounded by the machine quota instead.
     pub queue_messages_max: u64,
     /// Connections one shard holds (the engine's slab size).
     pub connections_per_shard_max: usize,
     /// Bytes queued for transmit on one session before senders are told to wait.
     pub session_transmit_bytes_max: usize,
-    /// Messages waiting in one outgoing queue.
+    /// Messages waiting in one outgoing queue; past it a send to that machine is refused
+    /// (`lior send` and the API say so) and admin acknowledgements to it are dropped, logged.
     pub outgoing_queue_messages_max: usize,
     /// Bytes of partly received packets one shard holds for all its sessions together; a
     /// session that pushes past it is closed (a flood of half-sent 4 MB packets cannot exhaust

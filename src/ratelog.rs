@@ -142,7 +142,10 @@ pub static REFUSED: RateLog =
 pub static SRMP: RateLog = RateLog::new("srmp-request", RATELOG_BURST, RATELOG_INTERVAL_MS);
 
 /// Every site above, for [`flush_all`].
-pub static ALL: [&RateLog; 4] = [&DEAD_LETTER, &MALFORMED, &REFUSED, &SRMP];
+/// Messages refused by a queue or outgoing-queue limit.
+pub static QUOTA: RateLog = RateLog::new("queue-quota", RATELOG_BURST, RATELOG_INTERVAL_MS);
+/// Every rate-limited kind, for the periodic summary.
+pub static ALL: [&RateLog; 5] = [&DEAD_LETTER, &MALFORMED, &REFUSED, &SRMP, &QUOTA];
 
 /// Summarises every site whose interval ended with lines suppressed.
 pub fn flush_all() {

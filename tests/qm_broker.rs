@@ -524,3 +524,66 @@ fn one_thread_never_holds_two_partition_locks() {
     let _first = b.partition(0);
     let _second = b.partition(1);
 }
+
+fn send_req(label: &str) -> lior::qm::broker::SendRequest<'_> {
+    lior::qm::broker::SendRequest {
+        label,
+        body: b"x",
+        priority: 3,
+        recoverable: true,
+        time_to_reach_queue: None,
+        time_to_be_received: None,
+        app_specific: 0,
+        transactional: false,
+    }
+}
+
+/// `limits.queue_messages_max` acts: past it a message from the network gets
+/// NACK_Q_EXCEED_QUOTA and the queue keeps what it had.
+#[test]
+fn a_queue_refuses_messages_past_limits_queue_messages_max() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.limits.queue_messages_max = 2;
+    let b = Broker::with_stores(cfg, sim_stores(1, 61)).unwrap();
+    b.create_queue("small", false).unwrap();
+    for n in 1..=2 {
+        let f = frame("OS:localhost\\private$\\small", n, true, |m| m);
+        assert!(matches!(deliver(&b, &f).verdict, Verdict::Stored { .. }));
+    }
+    let f = frame("OS:localhost\\private$\\small", 3, true, |m| m);
+    match deliver(&b, &f).verdict {
+        Verdict::DeadLettered { class, .. } => {
+            assert_eq!(class, MessageClass::NACK_Q_EXCEED_QUOTA)
+        }
+        other => panic!("third message: {other:?}"),
+    }
+    assert_eq!(body_ids(&b, "small", 10), [1, 2]);
+}
+
+/// `limits.outgoing_queue_messages_max` acts: a send to a remote machine whose outgoing queue
+/// is full is refused, saying so, and nothing more is kept.
+#[test]
+fn an_outgoing_queue_refuses_sends_past_limits_outgoing_queue_messages_max() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: d.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.limits.outgoing_queue_messages_max = 2;
+    let b = Broker::with_stores(cfg, sim_stores(1, 71)).unwrap();
+    let to = "DIRECT=OS:remotebox\\private$\\q";
+    b.send(to, &send_req("a")).unwrap();
+    b.send(to, &send_req("b")).unwrap();
+    let e = b.send(to, &send_req("c")).unwrap_err().to_string();
+    assert!(
+        e.contains("outgoing queue to") && e.contains("is full"),
+        "{e}"
+    );
+    assert!(e.contains("limits.outgoing_queue_messages_max"), "{e}");
+    let waiting: u64 = b.list_outgoing().iter().map(|(_, n)| *n).sum();
+    assert_eq!(waiting, 2);
+}

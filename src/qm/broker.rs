@@ -1013,7 +1013,9 @@ impl<S: QueueStore> Broker<S> {
             }) => {
                 // A full queue: NACK_Q_EXCEED_QUOTA; the message goes to our dead-letter queue
                 // if the sender asked for negative journaling (MS-MQQB 3.1.5.8.8).
-                tracing::info!(queue = %queue.name, used, limit, "queue quota exceeded");
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::info!(queue = %queue.name, used, limit, "queue quota exceeded (limits.queue_messages_max or the queue's quota)");
+                }
                 if u.flags.journal_negative() && !transactional {
                     // The dead-letter queue has its own owner: one partition lock at a time.
                     drop(txn_guard);
@@ -1139,6 +1141,15 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
     ) -> Result<Ticket, StoreError> {
         let meta = message_meta(msg);
+        let (used, _) = part.store.queue_len(QueueId(queue));
+        let limit = self.config.limits.queue_messages_max;
+        if used >= limit {
+            return Err(StoreError::Quota {
+                kind: QuotaKind::QueueMessages,
+                used,
+                limit,
+            });
+        }
         // A full commit batch is submitted by the store itself (it never returns BatchFull for
         // a message that fits a batch), so three 3 MB messages in one turn are all stored.
         part.store
@@ -1649,6 +1660,18 @@ impl<S: QueueStore> Broker<S> {
         let shard = def.shard % self.partitions.len();
         {
             let mut p = self.partition(shard);
+            let (waiting, _) = p.store.queue_len(QueueId(def.id));
+            let limit = self.config.limits.outgoing_queue_messages_max as u64;
+            if waiting >= limit {
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::warn!(destination = %def.key, waiting, limit, "outgoing queue full (limits.outgoing_queue_messages_max); message refused");
+                }
+                return Err(ApiError::Send(format!(
+                    "the outgoing queue to {} is full: {waiting} messages wait, \
+                     limits.outgoing_queue_messages_max is {limit}; nothing was sent",
+                    def.key
+                )));
+            }
             let a = p.store.append(QueueId(def.id), meta, frame)?;
             p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
         }
@@ -2097,7 +2120,11 @@ impl<S: QueueStore> Broker<S> {
                 bump(&self.counters.admin_acks_queued);
                 tracing::info!(class = class.name(), to = %admin, via = %def.key, "admin acknowledgement queued");
             }
-            Err(e) => tracing::error!(error = %e, "cannot queue an admin acknowledgement"),
+            Err(e) => {
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::error!(error = %e, "cannot queue an admin acknowledgement");
+                }
+            }
         }
     }
 }
