@@ -30,6 +30,19 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Puts `count` messages of `size` bytes into `queue` over MS-MQQB with `lior bench` (quicker
+/// than as many API calls).
+fn fill_with_bench(server: &Server, queue: &str, count: u32, size: u32) {
+    let o = Command::new(BIN)
+        .args(["bench", "--connect", &server.listen.to_string()])
+        .args(["--to", &format!("DIRECT=TCP:127.0.0.1\\PRIVATE$\\{queue}")])
+        .args(["--count", &count.to_string(), "--size", &size.to_string()])
+        .args(["--json", "--quiet", "--cores", "0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 fn queue_len(server: &Server, name: &str) -> u64 {
     let list: serde_json::Value =
         serde_json::from_str(&server.cli(&["queue", "list", "--json"])).expect("json");
@@ -145,14 +158,7 @@ fn receiving_many_large_messages_is_split_into_bounded_answers() {
     let server = Server::start(&dir.path().join("data"));
     server.cli(&["queue", "create", "big"]);
     // 18 messages of 4 MB: 72 MB, more than one answer carries (64 MiB).
-    let o = Command::new(BIN)
-        .args(["bench", "--connect", &server.listen.to_string()])
-        .args(["--to", "DIRECT=TCP:127.0.0.1\\PRIVATE$\\big"])
-        .args(["--count", "18", "--size", "4000000", "--json", "--quiet"])
-        .args(["--cores", "0"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    fill_with_bench(&server, "big", 18, 4_000_000);
     // One API call stops at its byte bound and says more may wait.
     let resp = ureq::post(&format!(
         "http://{}/v1/queues/big/receive?count=18",
@@ -222,14 +228,7 @@ fn receive_past_the_per_call_cap_keeps_going_and_says_when_the_queue_ran_out() {
     let server = Server::start(&dir.path().join("data"));
     server.cli(&["queue", "create", "many"]);
     // 10,005 small messages, over MS-MQQB (quicker than 10,005 API calls).
-    let o = Command::new(BIN)
-        .args(["bench", "--connect", &server.listen.to_string()])
-        .args(["--to", "DIRECT=TCP:127.0.0.1\\PRIVATE$\\many"])
-        .args(["--count", "10005", "--size", "16", "--json", "--quiet"])
-        .args(["--cores", "0"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    fill_with_bench(&server, "many", 10_005, 16);
     assert_eq!(queue_len(&server, "many"), 10_005);
     let out = server.cli(&["receive", "many", "--count", "10003", "--json"]);
     assert_eq!(out.lines().count(), 10_003);
