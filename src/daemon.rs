@@ -80,7 +80,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
             }
         )
     })?);
-    let shared = Arc::new(Shared::new(broker.clone()));
+    let shared = Arc::new(Shared::with_shards(broker.clone(), cores.len()));
     let engine_cfg = EngineConfig {
         // Hardened mode listens on no raw MS-MQQB port (only SRMP over HTTP is accepted).
         listen_addr: (!hardened).then_some(config.listen),

@@ -54,10 +54,23 @@ pub struct Shared<S> {
     /// Incoming sessions open now, across shards (for `MaxInSessions`).
     pub sessions_in: AtomicU32,
     pub session_config: SessionConfig,
+    /// Shards running the engine. Shard `s` runs every store partition `p` with
+    /// `p % shards == s` (a data directory can have more partitions than there are cores now).
+    pub shards: usize,
 }
 
 impl<S> Shared<S> {
+    /// One shard per store partition.
     pub fn new(broker: Arc<Broker<S>>) -> Self
+    where
+        S: QueueStore,
+    {
+        let n = broker.partition_count();
+        Self::with_shards(broker, n)
+    }
+
+    /// `shards` shards over the broker's partitions.
+    pub fn with_shards(broker: Arc<Broker<S>>, shards: usize) -> Self
     where
         S: QueueStore,
     {
@@ -77,6 +90,7 @@ impl<S> Shared<S> {
             counters: ServerCounters::default(),
             sessions_in: AtomicU32::new(0),
             session_config,
+            shards: shards.max(1),
         }
     }
 }
@@ -144,6 +158,9 @@ struct OutQueue {
 pub struct MsmqApp<S> {
     shared: Arc<Shared<S>>,
     shard: usize,
+    /// The store partitions this shard runs (commits every turn, expires, sends the outgoing
+    /// queues of): every `p` with `p % shards == shard`.
+    owned: Vec<usize>,
     /// Per partition: the highest ticket this shard appended there (or waits for there) this
     /// turn, if any; the end of the turn commits each.
     appended: Vec<Option<Ticket>>,
@@ -218,10 +235,13 @@ impl<S: QueueStore> MsmqApp<S> {
             .config
             .resend_schedule_s()
             .map(|s| u64::from(s) * 1000);
+        let shards = shared.shards;
+        let owned = (0..partitions).filter(|p| p % shards == shard).collect();
         MsmqApp {
             resend_ms,
             shared,
             shard,
+            owned,
             appended: vec![None; partitions],
             waiting: Vec::new(),
             turn: 0,
@@ -460,7 +480,10 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
                 Event::Acked { token } => {
                     if let Some(q) = conn.outgoing {
-                        let mut part = self.shared.broker.partition(self.shard);
+                        let Some(p) = self.out.get(&q).map(|o| o.def.shard) else {
+                            continue;
+                        };
+                        let mut part = self.shared.broker.partition(p);
                         let transactional = part
                             .store
                             .peek(QueueId(q), crate::store::Select::Lookup(LookupId(token)))
@@ -585,7 +608,7 @@ impl<S: QueueStore> MsmqApp<S> {
         if !matches!(out.phase, OutPhase::Open(_)) {
             return;
         }
-        let part = self.shared.broker.partition(self.shard);
+        let part = self.shared.broker.partition(out.def.shard);
         // The highest transactional position sent now (noted once the partition is unlocked).
         let mut tx_sent: Option<(u64, u32)> = None;
         let resend_ms = self.resend_ms[out.tx_resend_index];
@@ -633,11 +656,15 @@ impl<S: QueueStore> MsmqApp<S> {
     /// Starts connections for outgoing queues with messages, resolves names, retries.
     fn manage_outgoing(&mut self, now_ms: u64) {
         let broker = self.shared.broker.clone();
-        if broker.take_outgoing_dirty(self.shard) {
+        let mut dirty = false;
+        for &p in &self.owned {
+            dirty |= broker.take_outgoing_dirty(p);
+        }
+        if dirty {
             for o in self.out.values_mut() {
                 o.rescan = true;
             }
-            for def in broker.outgoing_for(self.shard) {
+            for def in broker.outgoing_for(&self.owned) {
                 self.out.entry(def.id).or_insert_with(|| OutQueue {
                     cursor: Cursor::new(QueueId(def.id)),
                     def,
@@ -657,7 +684,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 o.tx_resend_index = 0;
                 o.tx_resend_at = None;
                 // Forget what the OrderAck removed.
-                let part = broker.partition(self.shard);
+                let part = broker.partition(o.def.shard);
                 o.sent.retain(|&l| {
                     part.store
                         .peek(QueueId(id), crate::store::Select::Lookup(LookupId(l)))
@@ -671,7 +698,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 o.tx_resend_at = None;
                 o.cursor = Cursor::new(QueueId(o.def.id));
                 // Transactional messages are sent again; others still in flight are not.
-                let part = broker.partition(self.shard);
+                let part = broker.partition(o.def.shard);
                 o.sent.retain(|&l| {
                     part.store
                         .peek(QueueId(o.def.id), crate::store::Select::Lookup(LookupId(l)))
@@ -712,7 +739,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 _ => continue,
             }
             let pending = broker
-                .partition(self.shard)
+                .partition(out.def.shard)
                 .store
                 .queue_len(QueueId(out.def.id))
                 .0;
@@ -988,13 +1015,12 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn end_of_turn(&mut self, now_ms: u64) {
-        let own = self.shard % self.shared.broker.partition_count();
         let mut committed = false;
         for p in 0..self.appended.len() {
             let wait_for = self.appended[p].take();
-            // The shard's own partition is committed every turn (completions, releases,
+            // The shard's own partitions are committed every turn (completions, releases,
             // maintenance); another only when this shard appended to it or waits for it.
-            if p != own && wait_for.is_none() {
+            if wait_for.is_none() && p % self.shared.shards != self.shard {
                 continue;
             }
             self.commit_partition(now_ms, p, wait_for);
@@ -1009,7 +1035,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         self.manage_outgoing(now_ms);
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
-            self.shared.broker.expire_partition(self.shard, unix_now());
+            for &p in &self.owned {
+                self.shared.broker.expire_partition(p, unix_now());
+            }
             if self.shard == 0 {
                 self.shared.broker.sweep_txn(unix_now());
             }

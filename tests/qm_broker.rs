@@ -443,44 +443,117 @@ fn one_queue_is_fifo_per_priority_whoever_delivers() {
     }
 }
 
-/// Issue 10: an older lior stored each message in the partition of the shard that took it, so
-/// a queue's messages may lie in several partitions. None of them is lost: the queue is read
-/// from every partition (in the older order) and new messages go to its owner.
-#[test]
-fn messages_an_older_lior_spread_over_partitions_are_all_delivered() {
+/// Appends `frames` straight into `store` and waits until they are durable (as an older lior
+/// stored them).
+fn store_raw(store: &mut SimStore, queue: u32, frames: &[Vec<u8>]) {
     use lior::store::{QueueId, QueueStore};
-    let d = tempfile::tempdir().unwrap();
-    // A catalog from before queues had an owning partition.
+    for f in frames {
+        let msg = UserMessage::parse(f).unwrap();
+        let a = store
+            .append(QueueId(queue), &lior::qm::broker::message_meta(&msg), f)
+            .unwrap();
+        store.flush().unwrap();
+        while !store.is_durable(a.ticket) {
+            store.poll_durable(true).unwrap();
+        }
+    }
+}
+
+/// A catalog from before queues had an owning partition: queue 16 "old" (owner 16 % 2 = 0).
+fn old_catalog(dir: &std::path::Path) {
     std::fs::write(
-        d.path().join("queues.json"),
+        dir.join("queues.json"),
         r#"{"next_id": 17, "queues": [
             {"id": 16, "name": "old", "kind": "private", "transactional": false}]}"#,
     )
     .unwrap();
+}
+
+/// Message `n` of queue "old", sent at second 1000 + n.
+fn old_frame(n: u32) -> Vec<u8> {
+    frame("OS:localhost\\private$\\old", n, true, |m| {
+        m.with_sent_time(1000 + n)
+    })
+}
+
+/// Issue 10: an older lior stored each message in the partition of the shard that took it, so
+/// a queue's messages may lie in several partitions. At start-up they move into the owner (copy
+/// durable first, then the foreign copies go), once; nothing is lost and peek and receive then
+/// agree on one order: the owner's messages, then the others by SentTime.
+#[test]
+fn a_queue_an_older_lior_spread_over_partitions_is_moved_into_its_owner_once() {
+    use lior::store::{QueueId, QueueStore};
+    let d = tempfile::tempdir().unwrap();
+    old_catalog(d.path());
     let mut stores = sim_stores(2, 31);
     // Message n in partition n % 2, as two shards stored them.
     for n in 1..=6u32 {
-        let f = frame("OS:localhost\\private$\\old", n, true, |m| m);
-        let msg = UserMessage::parse(&f).unwrap();
-        let s = &mut stores[(n % 2) as usize];
-        let a = s
-            .append(QueueId(16), &lior::qm::broker::message_meta(&msg), &f)
-            .unwrap();
-        s.flush().unwrap();
-        while !s.is_durable(a.ticket) {
-            s.poll_durable(true).unwrap();
-        }
+        store_raw(&mut stores[(n % 2) as usize], 16, &[old_frame(n)]);
     }
     let b = broker_over(d.path(), stores);
     assert_eq!(b.lookup("old").unwrap().partition, 0, "16 % 2");
-    assert_eq!(b.peek("old", 10).unwrap().len(), 6);
+    assert_eq!(
+        b.partition(1).store.queue_len(QueueId(16)).0,
+        0,
+        "moved out of partition 1"
+    );
+    assert_eq!(b.partition(0).store.queue_len(QueueId(16)).0, 6);
+    // A restart finds nothing more to move and keeps the order.
+    let b = broker_over(d.path(), b.into_stores());
+    assert_eq!(
+        b.partition(0).store.queue_len(QueueId(16)).0,
+        6,
+        "moved once"
+    );
     let f = frame("OS:localhost\\private$\\old", 7, true, |m| m);
-    let d = deliver(&b, &f);
-    assert!(matches!(d.verdict, Verdict::Stored { .. }));
-    assert_eq!(d.partition, 0, "a new message goes to the owner");
+    let dl = deliver(&b, &f);
+    assert!(matches!(dl.verdict, Verdict::Stored { .. }));
+    assert_eq!(dl.partition, 0, "a new message goes to the owner");
+    let peeked: Vec<u32> = b
+        .peek("old", 10)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            u32::from_le_bytes(
+                UserMessage::parse(&r.bytes)
+                    .unwrap()
+                    .body()
+                    .try_into()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(peeked, [2, 4, 6, 1, 3, 5, 7]);
+    assert_eq!(
+        body_ids(&b, "old", 10),
+        peeked,
+        "receive order is peek order"
+    );
+}
+
+/// Issue 10: a crash after the moved copies were durable and before the originals were removed
+/// leaves both; the next start removes the originals and copies nothing twice.
+#[test]
+fn a_move_interrupted_between_copy_and_removal_leaves_no_duplicate() {
+    use lior::store::{QueueId, QueueStore};
+    let d = tempfile::tempdir().unwrap();
+    old_catalog(d.path());
+    let mut stores = sim_stores(2, 41);
+    store_raw(&mut stores[0], 16, &[old_frame(2), old_frame(4)]);
+    // Partition 1 still holds 1, 3, 5; the owner already has copies of 1 and 3.
+    store_raw(
+        &mut stores[1],
+        16,
+        &[old_frame(1), old_frame(3), old_frame(5)],
+    );
+    store_raw(&mut stores[0], 16, &[old_frame(1), old_frame(3)]);
+    let b = broker_over(d.path(), stores);
+    assert_eq!(b.partition(1).store.queue_len(QueueId(16)).0, 0);
     let mut got = body_ids(&b, "old", 10);
+    assert_eq!(got, [2, 4, 1, 3, 5]);
     got.sort_unstable();
-    assert_eq!(got, [1, 2, 3, 4, 5, 6, 7]);
+    got.dedup();
+    assert_eq!(got.len(), 5, "no duplicate");
 }
 
 /// Issue 10: a message dead-lettered from one partition is stored where the dead-letter queue

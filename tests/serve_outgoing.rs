@@ -409,3 +409,61 @@ fn spoofed_order_acks_delete_nothing_from_the_outgoing_queue() {
     assert_eq!(bodies(&got), ["t1", "t2", "t3"]);
     assert_eq!(outgoing_left(&a), 0);
 }
+
+/// Issue 10: a data directory keeps the store partitions an earlier run with more cores made;
+/// each is run by shard `p % shards`. Here A has four partitions and two shards, and its
+/// outgoing queue to B is the fourth one created (partition 3): shard 1 must send it. (Before,
+/// a shard only sent the outgoing queues whose partition equalled its index, so the messages
+/// waited forever.)
+#[test]
+fn an_outgoing_queue_on_a_partition_beyond_the_shard_count_is_sent() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ip_a, ip_b) = ("127.0.0.3", "127.0.0.2");
+    let port_a = free_port(ip_a);
+    let cb = config(db.path(), ip_b, port_a, "");
+    let listen_b = format!("{ip_b}:0");
+    let b = Server::start_with(
+        &db.path().join("data"),
+        &["--config", &cb, "--listen", &listen_b],
+    );
+    b.cli(&["queue", "create", "orders"]);
+    let data_a = da.path().join("data");
+    for p in 0..4 {
+        std::fs::create_dir_all(data_a.join(format!("partition-{p}"))).unwrap();
+    }
+    let ca = config(da.path(), ip_a, b.listen.port(), "");
+    let listen_a = format!("{ip_a}:{port_a}");
+    let a = Server::start_with(
+        &data_a,
+        &["--config", &ca, "--listen", &listen_a, "--cores", "0,1"],
+    );
+    // Outgoing queues take partitions 0, 1, 2, 3 in order of creation.
+    for host in ["127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        a.cli(&[
+            "send",
+            &format!("DIRECT=TCP:{host}\\private$\\x"),
+            "--body",
+            "waits",
+        ]);
+    }
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.2\\private$\\orders",
+        "--body",
+        "from partition 3",
+        "--recoverable",
+        "--count",
+        "3",
+    ]);
+    let list = get_json(&a, "/v1/outgoing");
+    let to_b = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["destination"] == "TCP:127.0.0.2")
+        .cloned()
+        .unwrap();
+    assert_eq!(to_b["partition"], 3, "{to_b}");
+    let got = b.receive_until("orders", 3);
+    assert_eq!(got.len(), 3);
+}

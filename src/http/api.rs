@@ -426,7 +426,7 @@ async fn outgoing<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response
         .broker
         .list_outgoing()
         .into_iter()
-        .map(|(d, n)| json!({"destination": d.key, "transport": d.transport, "shard": d.shard, "messages": n}))
+        .map(|(d, n)| json!({"destination": d.key, "transport": d.transport, "partition": d.shard, "messages": n}))
         .collect();
     Json(list).into_response()
 }

@@ -540,6 +540,146 @@ impl Broker<FileStore> {
     }
 }
 
+/// What [`migrate_spread`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Queues that had messages outside their owning partition.
+    pub queues: usize,
+    /// Messages copied into their queue's owner.
+    pub moved: u64,
+    /// Messages removed from non-owning partitions (copied now or by an interrupted earlier run).
+    pub purged: u64,
+    /// Queues left spread because a copy or a commit failed (read from every partition).
+    pub failed: usize,
+}
+
+/// Moves the messages of every queue found outside its owning partition (an older lior stored
+/// a queue in the partition of the shard that received each message) into the owner.
+///
+/// Copy before remove: the foreign messages are appended to the owner, in MSMQ order (priority,
+/// then SentTime, then partition and arrival), and that is made durable before the foreign
+/// copies are purged. A message whose id the owner already holds is not copied again, so a crash
+/// between the two steps leaves no duplicate: the next start purges what was copied. The exact
+/// arrival order across partitions was never recorded; SentTime (1 s) and then the partition
+/// index break ties. Memory stays bounded: one message is copied at a time.
+///
+/// A queue whose copy or commit fails stays spread (peek and receive read every partition) and
+/// is logged; nothing is removed from a partition before its copy is durable.
+pub fn migrate_spread<S: QueueStore>(
+    parts: &mut [Partition<S>],
+    catalog: &Catalog,
+) -> MigrationReport {
+    let mut report = MigrationReport::default();
+    let n = parts.len();
+    if n < 2 {
+        return report;
+    }
+    // (queue, owner, foreign partitions) whose copies are staged; purged once durable.
+    let mut staged: Vec<(QueueId, usize, Vec<usize>)> = Vec::new();
+    let mut wait: Vec<Option<Ticket>> = vec![None; n];
+    let mut buf = Vec::new();
+    for q in catalog.iter() {
+        let queue = QueueId(q.id);
+        let owner = q.partition as usize % n;
+        let foreign: Vec<usize> = (0..n)
+            .filter(|&p| p != owner && parts[p].store.queue_len(queue).0 > 0)
+            .collect();
+        if foreign.is_empty() {
+            continue;
+        }
+        report.queues += 1;
+        let mut present = std::collections::HashSet::new();
+        let mut c = Cursor::new(queue);
+        while let Some(m) = parts[owner].store.cursor_next(&mut c) {
+            present.insert(m.meta.message_id);
+        }
+        let mut cursors: Vec<(usize, Cursor)> =
+            foreign.iter().map(|&p| (p, Cursor::new(queue))).collect();
+        let mut ok = true;
+        loop {
+            // The next message in MSMQ order among the foreign partitions' heads.
+            let mut best: Option<((std::cmp::Reverse<u8>, u32, usize), usize)> = None;
+            for (k, (p, cur)) in cursors.iter().enumerate() {
+                let mut probe = *cur;
+                if let Some(m) = parts[*p].store.cursor_next(&mut probe) {
+                    let sent = UserMessage::parse(m.bytes).map_or(0, |u| u.user.sent_time);
+                    let key = (std::cmp::Reverse(m.meta.priority), sent, *p);
+                    if best.as_ref().is_none_or(|(b, _)| key < *b) {
+                        best = Some((key, k));
+                    }
+                }
+            }
+            let Some((_, k)) = best else { break };
+            let (p, cur) = &mut cursors[k];
+            let Some(m) = parts[*p].store.cursor_next(cur) else {
+                break;
+            };
+            if !present.insert(m.meta.message_id) {
+                continue;
+            }
+            let meta = m.meta;
+            buf.clear();
+            buf.extend_from_slice(m.bytes);
+            match parts[owner].store.append(queue, &meta, &buf) {
+                Ok(a) => {
+                    report.moved += 1;
+                    wait[owner] = Some(wait[owner].map_or(a.ticket, |t| t.max(a.ticket)));
+                }
+                Err(e) => {
+                    tracing::error!(queue = %q.name, owner, error = %e, "cannot move a message of a spread queue into its owning partition; the queue stays spread (all its messages are still delivered)");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            staged.push((queue, owner, foreign));
+        } else {
+            report.failed += 1;
+        }
+    }
+    if staged.is_empty() {
+        return report;
+    }
+    // The copies are durable before any original goes.
+    let mut durable = vec![true; n];
+    for (p, t) in wait.iter().enumerate() {
+        if let Some(t) = *t {
+            if let Err(e) = parts[p].commit(Some(t)) {
+                tracing::error!(partition = p, error = %e, "cannot commit the messages moved into partition {p}; the queues stay spread");
+                durable[p] = false;
+            }
+        }
+    }
+    let mut purge_wait: Vec<Option<Ticket>> = vec![None; n];
+    for (queue, owner, foreign) in staged {
+        if !durable[owner] {
+            report.failed += 1;
+            continue;
+        }
+        for p in foreign {
+            let before = parts[p].store.queue_len(queue).0;
+            match parts[p].store.purge(queue) {
+                Ok(t) => {
+                    report.purged += before;
+                    purge_wait[p] = Some(purge_wait[p].map_or(t, |w| w.max(t)));
+                }
+                Err(e) => {
+                    tracing::error!(partition = p, queue = queue.0, error = %e, "cannot remove the moved messages from partition {p}; they stay and are skipped by the next start");
+                }
+            }
+        }
+    }
+    for (p, t) in purge_wait.iter().enumerate() {
+        if let Some(t) = *t {
+            if let Err(e) = parts[p].commit(Some(t)) {
+                tracing::error!(partition = p, error = %e, "cannot commit the removal of moved messages; the next start removes them");
+            }
+        }
+    }
+    report
+}
+
 fn count_partitions(dir: &Path) -> usize {
     (0..)
         .take_while(|i| dir.join(format!("partition-{i}")).is_dir())
@@ -615,8 +755,21 @@ impl<S: QueueStore> Broker<S> {
                 part.drop_txn_record(l)
                     .map_err(|e| anyhow::anyhow!("partition {index}: {e}"))?;
             }
-            partitions.push(Mutex::new(part));
+            partitions.push(part);
         }
+        // Queues an older lior spread over the partitions are gathered into their owners.
+        let migration = migrate_spread(&mut partitions, &catalog);
+        if migration.moved > 0 || migration.purged > 0 {
+            tracing::info!(
+                queues = migration.queues,
+                moved = migration.moved,
+                already_there = migration.purged.saturating_sub(migration.moved),
+                "messages of queues spread over several partitions (stored by an older lior) \
+                 moved into each queue's owning partition, in priority then arrival order; \
+                 their lookup ids changed"
+            );
+        }
+        let partitions: Vec<Mutex<Partition<S>>> = partitions.into_iter().map(Mutex::new).collect();
         let p = &config.parameters;
         let mut dedup = DuplicateTable::new(
             p.RemoveDuplicateSize as usize,
@@ -1614,18 +1767,19 @@ impl<S: QueueStore> Broker<S> {
         })
     }
 
-    /// Takes (and clears) the flag saying shard `i` has new outgoing messages.
-    pub fn take_outgoing_dirty(&self, shard: usize) -> bool {
+    /// Takes (and clears) the flag saying partition `p` has new outgoing messages.
+    pub fn take_outgoing_dirty(&self, p: usize) -> bool {
         self.outgoing_dirty
-            .get(shard)
+            .get(p)
             .is_some_and(|f| f.swap(false, Ordering::AcqRel))
     }
 
-    /// The outgoing queues shard `i` sends.
-    pub fn outgoing_for(&self, shard: usize) -> Vec<OutgoingDef> {
+    /// The outgoing queues stored in `partitions` (a shard sends those of the partitions it
+    /// runs).
+    pub fn outgoing_for(&self, partitions: &[usize]) -> Vec<OutgoingDef> {
         lock(&self.outgoing)
             .iter()
-            .filter(|q| q.shard == shard)
+            .filter(|q| partitions.contains(&q.shard))
             .cloned()
             .collect()
     }
