@@ -598,7 +598,9 @@ pub fn migrate_spread<S: QueueStore>(
         let mut ok = true;
         loop {
             // The next message in MSMQ order among the foreign partitions' heads.
-            let mut best: Option<((std::cmp::Reverse<u8>, u32, usize), usize)> = None;
+            // (MSMQ order key: priority high first, SentTime, partition; index in `cursors`).
+            type Head = ((std::cmp::Reverse<u8>, u32, usize), usize);
+            let mut best: Option<Head> = None;
             for (k, (p, cur)) in cursors.iter().enumerate() {
                 let mut probe = *cur;
                 if let Some(m) = parts[*p].store.cursor_next(&mut probe) {
