@@ -107,6 +107,17 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     let wakers: Vec<_> = (0..engine.shard_count())
         .filter_map(|i| engine.waker(i))
         .collect();
+    // A partition's commit completions wake the shard that runs it (p % shards): shards start
+    // commits and never wait for them.
+    for p in 0..broker.partition_count() {
+        if let Some(w) = wakers.get(p % wakers.len().max(1)) {
+            broker.set_commit_notify(p, w.as_raw_fd()).map_err(|e| {
+                anyhow::anyhow!(
+                    "store partition {p}: registering the shard's eventfd on its ring: {e}"
+                )
+            })?;
+        }
+    }
     let ticker_wakers = wakers.clone();
     broker.set_waker(Box::new(move |i| {
         if let Some(w) = wakers.get(i % wakers.len().max(1)) {

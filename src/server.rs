@@ -1,9 +1,12 @@
 //! The MSMQ server on the engine: one [`MsmqApp`] per shard joins the engine's connections to
 //! MS-MQQB sessions and the queue manager. Bytes arrive zero-copy from the engine's receive
 //! buffers, are framed and parsed in place, and each UserMessage goes to the broker, which
-//! appends it to the store partition that owns its queue. Once per loop turn the shard commits
-//! every partition it appended to (one fdatasync per partition for every message of every
-//! session of the shard), and only then do the sessions acknowledge their recoverable messages.
+//! appends it to the store partition that owns its queue. Once per loop turn the shard starts a
+//! group commit of every partition it appended to (one fdatasync per partition for every
+//! message of every session of the shard) and goes on without waiting: the commit's completion
+//! wakes the partition's owning shard through its eventfd, the owner wakes any other shard
+//! waiting for that partition, and only then do the sessions acknowledge their recoverable
+//! messages.
 //!
 //! This module decides nothing about the protocol (that is `session/` and `qm/`) and knows
 //! nothing of io_uring (that is `engine/`).
@@ -161,9 +164,10 @@ pub struct MsmqApp<S> {
     /// The store partitions this shard runs (commits every turn, expires, sends the outgoing
     /// queues of): every `p` with `p % shards == shard`.
     owned: Vec<usize>,
-    /// Per partition: the highest ticket this shard appended there (or waits for there) this
-    /// turn, if any; the end of the turn commits each.
-    appended: Vec<Option<Ticket>>,
+    /// Per partition: the highest ticket this shard appended there or waits for there and that
+    /// is not durable yet, if any; each end of turn commits (without waiting) every partition
+    /// with one, and forgets it once durable.
+    awaiting: Vec<Option<Ticket>>,
     /// Connections with recoverable messages waiting for the disk (each once per turn).
     waiting: Vec<ConnId>,
     /// Counts loop turns; `waiting` is emptied into `ready` at the end of each.
@@ -242,7 +246,7 @@ impl<S: QueueStore> MsmqApp<S> {
             shared,
             shard,
             owned,
-            appended: vec![None; partitions],
+            awaiting: vec![None; partitions],
             waiting: Vec::new(),
             turn: 0,
             ready: Vec::new(),
@@ -359,7 +363,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 if t != Ticket::IMMEDIATE {
                     // Committed at the end of this turn, whichever partition it is in (a
                     // duplicate's first copy included).
-                    if let Some(a) = self.appended.get_mut(p) {
+                    if let Some(a) = self.awaiting.get_mut(p) {
                         *a = Some(a.map_or(t, |a| a.max(t)));
                     }
                 }
@@ -553,17 +557,31 @@ fn send_one(
 }
 
 impl<S: QueueStore> MsmqApp<S> {
-    /// The group commit of partition `p`: one flush for every message this shard appended
-    /// there this turn, across all its sessions and queues, waiting for `wait_for`. The
-    /// sessions acknowledge only after it completes.
-    fn commit_partition(&mut self, now_ms: u64, p: usize, wait_for: Option<Ticket>) {
+    /// The group commit of partition `p`: one flush for every message appended there since the
+    /// last, across all sessions and queues, and the completions reaped, never waited for.
+    /// While this shard waits for `awaiting[p]`, the partition's owner (woken by the commit's
+    /// completion) wakes this shard once the durable mark moves. Returns whether it moved.
+    fn commit_partition(&mut self, now_ms: u64, p: usize) -> bool {
+        let wait_for = self.awaiting[p];
         let mut part = self.shared.broker.partition(p);
-        match part.commit(wait_for) {
+        match part.commit(None) {
             Ok(mark) => {
+                let advanced = mark > self.durable[p];
                 self.durable[p] = mark;
-                if wait_for.is_some() {
-                    self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                match wait_for {
+                    Some(t) if t < mark => self.awaiting[p] = None,
+                    Some(_) if p % self.shared.shards != self.shard => {
+                        // Under the partition's lock: the owner's next look at it sees this.
+                        self.shared.broker.note_durable_interest(p, self.shard);
+                    }
+                    _ => {}
                 }
+                drop(part);
+                if advanced {
+                    self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.broker.wake_durable_interest(p, self.shard);
+                }
+                advanced
             }
             Err(e) if is_fatal(&e) => {
                 if self.commit_ok {
@@ -582,11 +600,11 @@ impl<S: QueueStore> MsmqApp<S> {
                         part.index
                     );
                 }
+                false
             }
             Err(e) => {
-                // Transient (a full batch, a slow disk): the same commit is tried again next
-                // turn; the sessions keep waiting for it.
-                self.appended[p] = wait_for;
+                // Transient (a slow disk): the same commit is tried again next turn; the
+                // sessions keep waiting for it.
                 self.shared
                     .broker
                     .counters
@@ -596,6 +614,7 @@ impl<S: QueueStore> MsmqApp<S> {
                     self.commit_error_logged_ms = now_ms;
                     tracing::error!(shard = self.shard, partition = p, error = %e, "store commit failed; retrying each turn (logged once per {COMMIT_ERROR_LOG_INTERVAL_MS} ms)");
                 }
+                false
             }
         }
     }
@@ -1016,15 +1035,13 @@ impl<S: QueueStore> App for MsmqApp<S> {
 
     fn end_of_turn(&mut self, now_ms: u64) {
         let mut committed = false;
-        for p in 0..self.appended.len() {
-            let wait_for = self.appended[p].take();
+        for p in 0..self.awaiting.len() {
             // The shard's own partitions are committed every turn (completions, releases,
-            // maintenance); another only when this shard appended to it or waits for it.
-            if wait_for.is_none() && p % self.shared.shards != self.shard {
+            // maintenance); another only while this shard waits for it.
+            if self.awaiting[p].is_none() && p % self.shared.shards != self.shard {
                 continue;
             }
-            self.commit_partition(now_ms, p, wait_for);
-            committed |= wait_for.is_some();
+            committed |= self.commit_partition(now_ms, p);
         }
         if committed {
             self.shared.broker.arrivals.notify_waiters();

@@ -413,6 +413,12 @@ impl Waker {
     pub fn wake(&self) -> io::Result<()> {
         sockets::eventfd_signal(self.eventfd.as_raw_fd())
     }
+
+    /// The shard's eventfd, for a ring that should wake the shard when it posts a completion
+    /// (`io_uring_register_eventfd`); valid while this waker lives.
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.eventfd.as_raw_fd()
+    }
 }
 
 /// Errors starting or running the engine (not the hot path: connection errors are

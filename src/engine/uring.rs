@@ -160,6 +160,16 @@ impl Ring {
         Ok(Ring { ring, in_flight: 0 })
     }
 
+    /// Signal eventfd `fd` whenever a completion is posted to this ring (so another thread's
+    /// loop, reading that eventfd on its own ring, wakes when this ring has work done). The
+    /// kernel keeps its own reference to the eventfd: closing `fd` later is safe.
+    pub fn register_eventfd(&self, fd: RawFd) -> Result<(), RingError> {
+        self.ring
+            .submitter()
+            .register_eventfd(fd)
+            .map_err(|e| RingError::Enter(e.raw_os_error().unwrap_or(libc::EINVAL)))
+    }
+
     /// Operations submitted whose completion has not been drained yet.
     pub fn in_flight(&self) -> u32 {
         self.in_flight

@@ -446,6 +446,9 @@ pub struct Broker<S> {
     ordinals: Mutex<OrdinalAllocator>,
     /// Per shard: new outgoing messages were queued for it by another thread.
     outgoing_dirty: Vec<AtomicBool>,
+    /// Per partition: the shards (bit `s % 64`) waiting for its durability to advance, woken
+    /// by the partition's owner once it sees a commit complete (see `wake_durable_interest`).
+    durable_interest: Vec<AtomicU64>,
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
     /// Outgoing transactional sequences, by outgoing queue id (MS-MQQB TxOutgoingSequence).
@@ -845,6 +848,7 @@ impl<S: QueueStore> Broker<S> {
             outgoing: Mutex::new(outgoing),
             ordinals: Mutex::new(ordinals),
             outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
+            durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             waker: OnceLock::new(),
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
@@ -1767,6 +1771,40 @@ impl<S: QueueStore> Broker<S> {
             tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
             0
         })
+    }
+
+    /// Makes partition `p`'s commit completions signal eventfd `fd` (its owning shard's), so
+    /// the shard learns of durability without waiting for it.
+    pub fn set_commit_notify(&self, p: usize, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
+        self.partition(p).store.set_notify(fd)
+    }
+
+    /// Shard `shard` waits for partition `p` (owned by another shard) to become durable
+    /// further; the owner wakes it when it sees a commit complete. Called with `p` locked,
+    /// after finding the wanted ticket not yet durable, so no completion is missed.
+    pub fn note_durable_interest(&self, p: usize, shard: usize) {
+        if let Some(i) = self.durable_interest.get(p) {
+            i.fetch_or(1 << (shard % 64), Ordering::AcqRel);
+        }
+    }
+
+    /// Partition `p`'s durability advanced: wake the other shards waiting for it.
+    pub fn wake_durable_interest(&self, p: usize, me: usize) {
+        let Some(i) = self.durable_interest.get(p) else {
+            return;
+        };
+        if i.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let bits = i.swap(0, Ordering::AcqRel);
+        for b in 0..64usize {
+            if bits & (1 << b) != 0 && b != me % 64 {
+                // Shard indexes are below the partition count; `wake` maps them to shards.
+                for s in (b..self.partitions.len()).step_by(64) {
+                    self.wake(s);
+                }
+            }
+        }
     }
 
     /// Takes (and clears) the flag saying partition `p` has new outgoing messages.

@@ -1193,6 +1193,10 @@ impl<D: Disk> QueueStore for Store<D> {
         })
     }
 
+    fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
+        self.disk.set_notify(fd)
+    }
+
     fn stats(&self) -> StoreStats {
         StoreStats {
             messages: self.messages,

@@ -43,6 +43,13 @@ pub trait Disk {
     /// If the in-flight batch is durable, hand its chunks back. Blocks for it when `wait`.
     /// An error means the batch's state on disk is unknown: the caller must poison the log.
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError>;
+    /// Signal eventfd `fd` when a submitted batch completes, so the thread that polls this disk
+    /// learns it without blocking. Disks without completions of their own (in memory,
+    /// simulated) ignore it.
+    fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
+        let _ = fd;
+        Ok(())
+    }
     /// Durably overwrite a range with zeros (recovery cuts the torn tail with this).
     fn zero(&mut self, base: u64, offset: u64, len: u64) -> Result<(), StoreError>;
     /// Write `bytes` at `offset` of segment `base` now, while no batch is in flight, and
@@ -292,6 +299,10 @@ impl Disk for UringDisk {
             failure: None,
         });
         self.push_batch()
+    }
+
+    fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
+        self.ring.register_eventfd(fd).map_err(StoreError::Ring)
     }
 
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError> {

@@ -464,4 +464,10 @@ pub trait QueueStore {
     fn maintain(&mut self) -> Result<Maintenance, StoreError>;
     /// Counters.
     fn stats(&self) -> StoreStats;
+    /// Signal eventfd `fd` when a commit completes (see `Disk::set_notify`); stores
+    /// without a ring of their own ignore it.
+    fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
+        let _ = fd;
+        Ok(())
+    }
 }
