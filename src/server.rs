@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{AckSource, Broker, Verdict};
 use crate::qm::catalog::ORDER_QUEUE_ID;
+use crate::qm::outgoing_queue::{OutAction, OutPhase, OutPolicy, OutQueue};
 use crate::qm::txn::{IncomingSequence, OrderAckTimer, TxKey};
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
 use crate::store::{Cursor, LookupId, QueueId, QueueStore, Ticket};
@@ -121,42 +122,6 @@ pub struct MsmqConn {
     waiting_turn: Option<u64>,
 }
 
-/// Where an outgoing queue stands (MS-MQQB 3.1.1.3.1: WAITING_RECONNECT and friends).
-#[derive(Debug)]
-enum OutPhase {
-    /// Nothing to send, or not yet tried.
-    Idle,
-    /// A host name is being resolved on a helper thread.
-    Resolving(std::sync::mpsc::Receiver<std::io::Result<SocketAddr>>),
-    /// A connection is being opened or the handshake runs.
-    Connecting,
-    /// A session is open on this connection.
-    Open(ConnId),
-    /// Closed; retry at this time (`TryConnectInterval`).
-    Retry(u64),
-    /// Hardened mode, or a transport lior does not send: kept, never sent.
-    Locked,
-}
-
-#[derive(Debug)]
-struct OutQueue {
-    def: crate::qm::outgoing::OutgoingDef,
-    phase: OutPhase,
-    /// The next message to send, in delivery order; reset when a session closes, so every
-    /// message not yet acknowledged is sent again (MS-MQQB 3.1.5.9).
-    cursor: Cursor,
-    /// Transactional resend timer (MS-MQQB 3.1.1.3 ResendTimerTable): when it fires with no
-    /// OrderAck progress, every message is sent again and the interval grows.
-    tx_resend_at: Option<u64>,
-    tx_resend_index: usize,
-    /// Lookup ids sent on the current session and still stored (in flight, or transactional
-    /// and waiting for their OrderAck): never sent twice on one session.
-    sent: std::collections::HashSet<u64>,
-    /// New messages were queued: the priorities above the cursor's are looked at again, so a
-    /// new message of a higher priority than the cursor's is not left behind it.
-    rescan: bool,
-}
-
 /// The per-shard app.
 pub struct MsmqApp<S> {
     shared: Arc<Shared<S>>,
@@ -183,7 +148,9 @@ pub struct MsmqApp<S> {
     /// When the per-session OrderAck bound was last logged.
     order_ack_cap_logged_ms: u64,
     /// The outgoing queues this shard sends, by store queue id.
-    out: HashMap<u32, OutQueue>,
+    out: HashMap<u32, OutQueue<ConnId>>,
+    /// Name resolutions running on helper threads, by outgoing queue id.
+    resolving: HashMap<u32, std::sync::mpsc::Receiver<std::io::Result<SocketAddr>>>,
     /// Connections to open: (address, outgoing queue id).
     connects: VecDeque<(SocketAddr, u32)>,
     now_ms: u64,
@@ -255,6 +222,7 @@ impl<S: QueueStore> MsmqApp<S> {
             commit_error_logged_ms: 0,
             order_ack_cap_logged_ms: 0,
             out: HashMap::new(),
+            resolving: HashMap::new(),
             connects: VecDeque::new(),
             now_ms: 0,
             admin_acks: Vec::new(),
@@ -471,7 +439,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 } => {
                     conn.established = true;
                     if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
-                        q.phase = OutPhase::Open(conn.id);
+                        q.handle_established(conn.id);
                         self.shared
                             .broker
                             .note_outgoing_peer(q.def.id, remote_qm, conn.peer.ip());
@@ -495,7 +463,7 @@ impl<S: QueueStore> MsmqApp<S> {
                         // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
                         if !transactional {
                             if let Some(o) = self.out.get_mut(&q) {
-                                o.sent.remove(&token);
+                                o.handle_acked(token);
                             }
                             if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
                                 tracing::error!(error = %e, "cannot remove a delivered message");
@@ -530,7 +498,7 @@ impl<S: QueueStore> MsmqApp<S> {
 fn send_one(
     now_ms: u64,
     conn: &mut MsmqConn,
-    out: &mut OutQueue,
+    out: &mut OutQueue<ConnId>,
     m: &crate::store::MessageRef<'_>,
     resend_ms: u64,
     tx_sent: &mut Option<(u64, u32)>,
@@ -543,11 +511,9 @@ fn send_one(
     {
         return false;
     }
-    out.sent.insert(m.lookup_id.0);
-    if m.meta.class == crate::store::Class::Transactional {
-        if out.tx_resend_at.is_none() {
-            out.tx_resend_at = Some(now_ms + resend_ms);
-        }
+    let transactional = m.meta.class == crate::store::Class::Transactional;
+    out.note_sent(now_ms, m.lookup_id.0, transactional, resend_ms);
+    if transactional {
         if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
             let pos = (t.tx_sequence_id, t.tx_sequence_number);
             *tx_sent = Some(tx_sent.map_or(pos, |p| p.max(pos)));
@@ -624,16 +590,15 @@ impl<S: QueueStore> MsmqApp<S> {
         let Some(out) = self.out.get_mut(&q) else {
             return;
         };
-        if !matches!(out.phase, OutPhase::Open(_)) {
+        if out.session().is_none() {
             return;
         }
         let part = self.shared.broker.partition(out.def.shard);
         // The highest transactional position sent now (noted once the partition is unlocked).
         let mut tx_sent: Option<(u64, u32)> = None;
-        let resend_ms = self.resend_ms[out.tx_resend_index];
+        let resend_ms = self.resend_ms[out.resend_interval()];
         // New messages of a priority above the cursor's sort before it: send those first.
-        if out.rescan {
-            out.rescan = false;
+        if out.take_rescan() {
             if let Some((cp, cl)) = out.cursor.last {
                 let mut c = Cursor::new(QueueId(q));
                 while let Some(m) = part.store.cursor_next(&mut c) {
@@ -641,13 +606,13 @@ impl<S: QueueStore> MsmqApp<S> {
                     if p < cp || (p == cp && l >= cl) {
                         break;
                     }
-                    if out.sent.contains(&m.lookup_id.0) {
+                    if out.was_sent(m.lookup_id.0) {
                         continue;
                     }
                     if conn.session.window_available() == 0
                         || !send_one(now_ms, conn, out, &m, resend_ms, &mut tx_sent)
                     {
-                        out.rescan = true;
+                        out.keep_rescan();
                         break;
                     }
                 }
@@ -658,7 +623,7 @@ impl<S: QueueStore> MsmqApp<S> {
             let Some(m) = part.store.cursor_next(&mut out.cursor) else {
                 break;
             };
-            if out.sent.contains(&m.lookup_id.0) {
+            if out.was_sent(m.lookup_id.0) {
                 continue;
             }
             if !send_one(now_ms, conn, out, &m, resend_ms, &mut tx_sent) {
@@ -681,18 +646,10 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         if dirty {
             for o in self.out.values_mut() {
-                o.rescan = true;
+                o.handle_new_messages();
             }
             for def in broker.outgoing_for(&self.owned) {
-                self.out.entry(def.id).or_insert_with(|| OutQueue {
-                    cursor: Cursor::new(QueueId(def.id)),
-                    def,
-                    phase: OutPhase::Idle,
-                    tx_resend_at: None,
-                    tx_resend_index: 0,
-                    sent: std::collections::HashSet::new(),
-                    rescan: false,
-                });
+                self.out.entry(def.id).or_insert_with(|| OutQueue::new(def));
             }
         }
         // OrderAck progress restarts the resend schedule; a time-out without progress sends
@@ -700,87 +657,72 @@ impl<S: QueueStore> MsmqApp<S> {
         let ids: Vec<u32> = self.out.keys().copied().collect();
         for id in broker.take_tx_progress(&ids) {
             if let Some(o) = self.out.get_mut(&id) {
-                o.tx_resend_index = 0;
-                o.tx_resend_at = None;
                 // Forget what the OrderAck removed.
                 let part = broker.partition(o.def.shard);
-                o.sent.retain(|&l| {
+                o.handle_tx_progress(|l| {
                     part.store
                         .peek(QueueId(id), crate::store::Select::Lookup(LookupId(l)))
                         .is_some()
                 });
             }
         }
+        let schedule = self.resend_ms.len();
         for o in self.out.values_mut() {
-            if o.tx_resend_at.is_some_and(|t| t <= now_ms) {
-                o.tx_resend_index = (o.tx_resend_index + 1).min(self.resend_ms.len() - 1);
-                o.tx_resend_at = None;
-                o.cursor = Cursor::new(QueueId(o.def.id));
-                // Transactional messages are sent again; others still in flight are not.
-                let part = broker.partition(o.def.shard);
-                o.sent.retain(|&l| {
-                    part.store
-                        .peek(QueueId(o.def.id), crate::store::Select::Lookup(LookupId(l)))
-                        .is_some_and(|m| m.meta.class != crate::store::Class::Transactional)
-                });
-                tracing::info!(destination = %o.def.key, interval = o.tx_resend_index, "no OrderAck in time; resending");
+            let part = broker.partition(o.def.shard);
+            let q = QueueId(o.def.id);
+            // Transactional messages are sent again; others still in flight are not.
+            if o.handle_resend_timer(now_ms, schedule, |l| {
+                part.store
+                    .peek(q, crate::store::Select::Lookup(LookupId(l)))
+                    .is_none_or(|m| m.meta.class == crate::store::Class::Transactional)
+            }) {
+                tracing::info!(destination = %o.def.key, interval = o.resend_interval(), "no OrderAck in time; resending");
             }
         }
-        let hardened = broker.config.parameters.Hardened_MSMQ;
-        let port = broker.config.remote_port;
-        let retry = u64::from(broker.config.parameters.TryConnectInterval);
+        let policy = OutPolicy {
+            hardened: broker.config.parameters.Hardened_MSMQ,
+            port: broker.config.remote_port,
+            retry_ms: u64::from(broker.config.parameters.TryConnectInterval),
+        };
         for out in self.out.values_mut() {
-            match &out.phase {
-                OutPhase::Idle => {}
-                OutPhase::Retry(t) if *t <= now_ms => {}
-                OutPhase::Resolving(rx) => {
-                    match rx.try_recv() {
-                        Ok(Ok(addr)) => {
-                            self.connects.push_back((addr, out.def.id));
-                            out.phase = OutPhase::Connecting;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(destination = %out.def.key, error = %e, "cannot resolve; will retry");
-                            out.phase = OutPhase::Retry(now_ms + retry);
-                        }
-                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                            out.phase = OutPhase::Retry(now_ms + retry);
-                        }
+            let id = out.def.id;
+            if let Some(rx) = self.resolving.get(&id) {
+                let result = match rx.try_recv() {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => continue,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        Err("the resolver thread ended".into())
                     }
-                    continue;
+                };
+                self.resolving.remove(&id);
+                if let Err(e) = &result {
+                    tracing::warn!(destination = %out.def.key, error = %e, "cannot resolve; will retry");
                 }
-                OutPhase::Open(id) => {
-                    // New messages may have arrived for an open session.
-                    self.ready.push(*id);
-                    continue;
+                if let Some(OutAction::Connect(addr)) =
+                    out.handle_resolved(now_ms, result, policy.retry_ms)
+                {
+                    self.connects.push_back((addr, id));
                 }
-                _ => continue,
+                continue;
+            }
+            if let Some(c) = out.session() {
+                // New messages may have arrived for an open session.
+                self.ready.push(c);
+                continue;
+            }
+            if !out.wants_pending(now_ms) {
+                continue;
             }
             let pending = broker
                 .partition(out.def.shard)
                 .store
-                .queue_len(QueueId(out.def.id))
+                .queue_len(QueueId(id))
                 .0;
-            if pending == 0 {
-                out.phase = OutPhase::Idle;
-                continue;
-            }
-            if hardened || out.def.transport != crate::qm::outgoing::Transport::Mqqb {
-                tracing::warn!(destination = %out.def.key, pending, "outgoing queue locked");
-                out.phase = OutPhase::Locked;
-                continue;
-            }
-            match out.def.host.parse::<std::net::IpAddr>() {
-                Ok(ip) => {
-                    self.connects
-                        .push_back((SocketAddr::new(ip, port), out.def.id));
-                    out.phase = OutPhase::Connecting;
-                }
-                Err(_) => {
+            match out.poll_action(now_ms, pending, &policy) {
+                Some(OutAction::Connect(addr)) => self.connects.push_back((addr, id)),
+                Some(OutAction::Resolve { host, port }) => {
                     // Name resolution may block: it runs on a short-lived thread.
                     let (tx, rx) = std::sync::mpsc::channel();
-                    let host = out.def.host.clone();
                     let spawned = std::thread::Builder::new()
                         .name("lior-resolve".into())
                         .spawn(move || {
@@ -792,10 +734,19 @@ impl<S: QueueStore> MsmqApp<S> {
                             });
                             let _ = tx.send(r);
                         });
-                    out.phase = match spawned {
-                        Ok(_) => OutPhase::Resolving(rx),
-                        Err(_) => OutPhase::Retry(now_ms + retry),
-                    };
+                    match spawned {
+                        Ok(_) => {
+                            self.resolving.insert(id, rx);
+                        }
+                        Err(e) => {
+                            out.handle_resolved(now_ms, Err(e.to_string()), policy.retry_ms);
+                        }
+                    }
+                }
+                None => {
+                    if out.phase() == OutPhase::Locked {
+                        tracing::warn!(destination = %out.def.key, pending, "outgoing queue locked");
+                    }
                 }
             }
         }
@@ -1019,9 +970,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
             let retry = u64::from(self.shared.broker.config.parameters.TryConnectInterval);
-            q.phase = OutPhase::Retry(now_ms + retry);
-            q.cursor = Cursor::new(QueueId(q.def.id));
-            q.sent.clear();
+            q.handle_closed(now_ms, retry);
             tracing::info!(destination = %q.def.key, ?reason, retry_ms = retry, "outgoing session closed");
         }
         tracing::info!(

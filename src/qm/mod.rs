@@ -7,5 +7,6 @@ pub mod catalog;
 pub mod dedup;
 pub mod identity;
 pub mod outgoing;
+pub mod outgoing_queue;
 pub mod routing;
 pub mod txn;

@@ -1,0 +1,391 @@
+//! One outgoing queue's sending state, sans-IO: when to open a session to the destination, name
+//! resolution, retries (`TryConnectInterval`), which stored messages are in flight on the
+//! current session, and the transactional resend schedule (MS-MQQB 3.1.1.3.1 outgoing queue
+//! states; 3.1.1.3 ResendTimerTable; 3.1.5.9 resending what a closed session did not
+//! acknowledge).
+//!
+//! No clock, socket, thread or store of its own: the caller passes `now_ms` and what it read
+//! from the store, and carries out the [`OutAction`]s (connect, resolve a name on a helper
+//! thread). `C` is the caller's handle of the open session (the server's connection id).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::qm::outgoing::{OutgoingDef, Transport};
+use crate::store::{Cursor, QueueId};
+
+/// Where an outgoing queue stands (MS-MQQB 3.1.1.3.1: WAITING_RECONNECT and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutPhase<C> {
+    /// Nothing to send, or not yet tried.
+    Idle,
+    /// A host name is being resolved (the caller runs it; see [`OutQueue::handle_resolved`]).
+    Resolving,
+    /// A connection is being opened or the handshake runs.
+    Connecting,
+    /// A session is open.
+    Open(C),
+    /// Closed; retry at this time (`TryConnectInterval`).
+    Retry(u64),
+    /// Hardened mode, or a transport lior does not send: kept, never sent.
+    Locked,
+}
+
+/// What the caller must do for an outgoing queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutAction {
+    /// Open a connection to this address (report back with `handle_established` or
+    /// `handle_closed`).
+    Connect(SocketAddr),
+    /// Resolve `host` (port `port`) off the loop, then call `handle_resolved`.
+    Resolve { host: String, port: u16 },
+}
+
+/// The settings an outgoing queue follows.
+#[derive(Debug, Clone, Copy)]
+pub struct OutPolicy {
+    /// Hardened mode: nothing leaves over MS-MQQB.
+    pub hardened: bool,
+    /// The remote MS-MQQB port.
+    pub port: u16,
+    /// TryConnectInterval, ms.
+    pub retry_ms: u64,
+}
+
+/// One outgoing queue.
+#[derive(Debug)]
+pub struct OutQueue<C> {
+    pub def: OutgoingDef,
+    phase: OutPhase<C>,
+    /// The next message to send, in delivery order; reset when a session closes, so every
+    /// message not yet acknowledged is sent again (MS-MQQB 3.1.5.9).
+    pub cursor: Cursor,
+    /// Transactional resend timer: when it fires with no OrderAck progress, every message is
+    /// sent again and the interval grows.
+    tx_resend_at: Option<u64>,
+    tx_resend_index: usize,
+    /// Lookup ids sent on the current session and still stored (in flight, or transactional
+    /// and waiting for their OrderAck): never sent twice on one session.
+    sent: HashSet<u64>,
+    /// New messages were queued: the priorities above the cursor's are looked at again, so a
+    /// new message of a higher priority than the cursor's is not left behind it.
+    rescan: bool,
+}
+
+impl<C: Copy> OutQueue<C> {
+    pub fn new(def: OutgoingDef) -> Self {
+        OutQueue {
+            cursor: Cursor::new(QueueId(def.id)),
+            def,
+            phase: OutPhase::Idle,
+            tx_resend_at: None,
+            tx_resend_index: 0,
+            sent: HashSet::new(),
+            rescan: false,
+        }
+    }
+
+    pub fn phase(&self) -> OutPhase<C> {
+        self.phase
+    }
+
+    /// The open session, if any.
+    pub fn session(&self) -> Option<C> {
+        match self.phase {
+            OutPhase::Open(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether [`OutQueue::poll_action`] needs the stored message count now (an idle queue, or
+    /// a retry that is due), so the caller reads the store only then.
+    pub fn wants_pending(&self, now_ms: u64) -> bool {
+        match self.phase {
+            OutPhase::Idle => true,
+            OutPhase::Retry(t) => t <= now_ms,
+            _ => false,
+        }
+    }
+
+    /// With `pending` messages stored: start a connection, a name resolution, or lock the
+    /// queue; None when there is nothing to do. Call when [`OutQueue::wants_pending`].
+    pub fn poll_action(
+        &mut self,
+        now_ms: u64,
+        pending: u64,
+        policy: &OutPolicy,
+    ) -> Option<OutAction> {
+        if !self.wants_pending(now_ms) {
+            return None;
+        }
+        if pending == 0 {
+            self.phase = OutPhase::Idle;
+            return None;
+        }
+        if policy.hardened || self.def.transport != Transport::Mqqb {
+            self.phase = OutPhase::Locked;
+            return None;
+        }
+        match self.def.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                self.phase = OutPhase::Connecting;
+                Some(OutAction::Connect(SocketAddr::new(ip, policy.port)))
+            }
+            Err(_) => {
+                self.phase = OutPhase::Resolving;
+                Some(OutAction::Resolve {
+                    host: self.def.host.clone(),
+                    port: policy.port,
+                })
+            }
+        }
+    }
+
+    /// The name resolution ended: connect, or retry after `retry_ms`.
+    pub fn handle_resolved(
+        &mut self,
+        now_ms: u64,
+        result: Result<SocketAddr, String>,
+        retry_ms: u64,
+    ) -> Option<OutAction> {
+        if !matches!(self.phase, OutPhase::Resolving) {
+            return None;
+        }
+        match result {
+            Ok(addr) => {
+                self.phase = OutPhase::Connecting;
+                Some(OutAction::Connect(addr))
+            }
+            Err(_) => {
+                self.phase = OutPhase::Retry(now_ms + retry_ms);
+                None
+            }
+        }
+    }
+
+    /// The connection could not be made (no session came of it): retry later.
+    pub fn handle_connect_failed(&mut self, now_ms: u64, retry_ms: u64) {
+        self.handle_closed(now_ms, retry_ms);
+    }
+
+    /// The session to the destination is established.
+    pub fn handle_established(&mut self, session: C) {
+        self.phase = OutPhase::Open(session);
+    }
+
+    /// The session closed: everything it did not get acknowledged is sent again on the next
+    /// one, which is tried after `retry_ms`.
+    pub fn handle_closed(&mut self, now_ms: u64, retry_ms: u64) {
+        self.phase = OutPhase::Retry(now_ms + retry_ms);
+        self.cursor = Cursor::new(QueueId(self.def.id));
+        self.sent.clear();
+    }
+
+    /// New messages were stored for this queue.
+    pub fn handle_new_messages(&mut self) {
+        self.rescan = true;
+    }
+
+    /// Takes the "look above the cursor again" flag (see `rescan`).
+    pub fn take_rescan(&mut self) -> bool {
+        std::mem::take(&mut self.rescan)
+    }
+
+    /// Sets the flag again: the rescan stopped early (the window filled).
+    pub fn keep_rescan(&mut self) {
+        self.rescan = true;
+    }
+
+    pub fn was_sent(&self, lookup: u64) -> bool {
+        self.sent.contains(&lookup)
+    }
+
+    /// Message `lookup` went out on the current session. A transactional one starts the
+    /// resend timer (`resend_ms` from the schedule, see [`OutQueue::resend_interval`]).
+    pub fn note_sent(&mut self, now_ms: u64, lookup: u64, transactional: bool, resend_ms: u64) {
+        self.sent.insert(lookup);
+        if transactional && self.tx_resend_at.is_none() {
+            self.tx_resend_at = Some(now_ms + resend_ms);
+        }
+    }
+
+    /// The peer acknowledged message `lookup` (it is removed from the store).
+    pub fn handle_acked(&mut self, lookup: u64) {
+        self.sent.remove(&lookup);
+    }
+
+    /// The index into the resend schedule the next transactional resend waits for.
+    pub fn resend_interval(&self) -> usize {
+        self.tx_resend_index
+    }
+
+    /// An OrderAck removed messages: the resend schedule starts over, and only what is still
+    /// stored (`stored(lookup)`) counts as sent.
+    pub fn handle_tx_progress(&mut self, stored: impl Fn(u64) -> bool) {
+        self.tx_resend_index = 0;
+        self.tx_resend_at = None;
+        self.sent.retain(|&l| stored(l));
+    }
+
+    /// If the transactional resend timer fired with no OrderAck progress: every transactional
+    /// message is sent again from the start, with the next (longer) interval of a schedule of
+    /// `schedule_len` steps. `transactional(lookup)` tells which sent messages are (others still
+    /// in flight are not sent again). Returns whether it fired.
+    pub fn handle_resend_timer(
+        &mut self,
+        now_ms: u64,
+        schedule_len: usize,
+        transactional: impl Fn(u64) -> bool,
+    ) -> bool {
+        if !self.tx_resend_at.is_some_and(|t| t <= now_ms) {
+            return false;
+        }
+        self.tx_resend_index = (self.tx_resend_index + 1).min(schedule_len.saturating_sub(1));
+        self.tx_resend_at = None;
+        self.cursor = Cursor::new(QueueId(self.def.id));
+        self.sent.retain(|&l| !transactional(l));
+        true
+    }
+
+    /// The next time this queue needs a look without any IO: a retry or a transactional
+    /// resend that falls due.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let retry = match self.phase {
+            OutPhase::Retry(t) => Some(t),
+            _ => None,
+        };
+        match (retry, self.tx_resend_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(host: &str, transport: Transport) -> OutgoingDef {
+        OutgoingDef {
+            id: 0x4000_0000,
+            key: format!("TCP:{host}"),
+            host: host.into(),
+            transport,
+            shard: 0,
+            tx_sequence_id: 0,
+        }
+    }
+
+    const POLICY: OutPolicy = OutPolicy {
+        hardened: false,
+        port: 1801,
+        retry_ms: 60_000,
+    };
+
+    #[test]
+    fn an_empty_queue_stays_idle_and_a_filled_one_connects() {
+        let mut q = OutQueue::<u32>::new(def("10.0.0.7", Transport::Mqqb));
+        assert!(q.wants_pending(0));
+        assert_eq!(q.poll_action(0, 0, &POLICY), None);
+        assert_eq!(q.phase(), OutPhase::Idle);
+        assert_eq!(
+            q.poll_action(5, 3, &POLICY),
+            Some(OutAction::Connect("10.0.0.7:1801".parse().unwrap()))
+        );
+        assert_eq!(q.phase(), OutPhase::Connecting);
+        assert!(
+            !q.wants_pending(6),
+            "no second connection while one is opening"
+        );
+        assert_eq!(q.poll_action(6, 3, &POLICY), None);
+        q.handle_established(9);
+        assert_eq!(q.session(), Some(9));
+    }
+
+    #[test]
+    fn a_host_name_is_resolved_then_connected_or_retried() {
+        let mut q = OutQueue::<u32>::new(def("winbox", Transport::Mqqb));
+        assert_eq!(
+            q.poll_action(0, 1, &POLICY),
+            Some(OutAction::Resolve {
+                host: "winbox".into(),
+                port: 1801
+            })
+        );
+        assert_eq!(q.handle_resolved(10, Err("no address".into()), 1_000), None);
+        assert_eq!(q.phase(), OutPhase::Retry(1_010));
+        assert_eq!(q.next_deadline(), Some(1_010));
+        assert!(!q.wants_pending(1_009));
+        assert!(q.wants_pending(1_010));
+        assert!(matches!(
+            q.poll_action(1_010, 1, &POLICY),
+            Some(OutAction::Resolve { .. })
+        ));
+        let addr: SocketAddr = "10.1.1.1:1801".parse().unwrap();
+        assert_eq!(
+            q.handle_resolved(1_020, Ok(addr), 1_000),
+            Some(OutAction::Connect(addr))
+        );
+        // A late answer for a queue no longer resolving is ignored.
+        assert_eq!(q.handle_resolved(1_030, Ok(addr), 1_000), None);
+    }
+
+    #[test]
+    fn hardened_mode_and_other_transports_lock_the_queue() {
+        let hardened = OutPolicy {
+            hardened: true,
+            ..POLICY
+        };
+        let mut q = OutQueue::<u32>::new(def("10.0.0.7", Transport::Mqqb));
+        assert_eq!(q.poll_action(0, 1, &hardened), None);
+        assert_eq!(q.phase(), OutPhase::Locked);
+        assert!(!q.wants_pending(u64::MAX), "a locked queue stays locked");
+        let mut h = OutQueue::<u32>::new(def("10.0.0.7", Transport::Http));
+        assert_eq!(h.poll_action(0, 1, &POLICY), None);
+        assert_eq!(h.phase(), OutPhase::Locked);
+    }
+
+    #[test]
+    fn a_closed_session_sends_everything_unacknowledged_again_after_the_retry() {
+        let mut q = OutQueue::<u32>::new(def("10.0.0.7", Transport::Mqqb));
+        q.poll_action(0, 2, &POLICY);
+        q.handle_established(1);
+        q.note_sent(0, 11, false, 30_000);
+        q.note_sent(0, 12, false, 30_000);
+        q.handle_acked(11);
+        assert!(!q.was_sent(11) && q.was_sent(12));
+        q.handle_closed(100, 60_000);
+        assert!(!q.was_sent(12), "sent again on the next session");
+        assert_eq!(q.phase(), OutPhase::Retry(60_100));
+        assert_eq!(q.poll_action(60_099, 1, &POLICY), None);
+        assert!(matches!(
+            q.poll_action(60_100, 1, &POLICY),
+            Some(OutAction::Connect(_))
+        ));
+    }
+
+    #[test]
+    fn the_transactional_resend_schedule_grows_and_restarts_on_progress() {
+        let mut q = OutQueue::<u32>::new(def("10.0.0.7", Transport::Mqqb));
+        q.note_sent(0, 1, true, 30_000);
+        q.note_sent(0, 2, false, 30_000);
+        assert_eq!(q.next_deadline(), Some(30_000));
+        assert!(!q.handle_resend_timer(29_999, 4, |_| true));
+        assert!(q.handle_resend_timer(30_000, 4, |l| l == 1));
+        assert_eq!(q.resend_interval(), 1);
+        assert!(
+            !q.was_sent(1) && q.was_sent(2),
+            "only transactional ones go again"
+        );
+        for _ in 0..10 {
+            q.note_sent(0, 1, true, 1);
+            assert!(q.handle_resend_timer(u64::MAX, 4, |_| true));
+        }
+        assert_eq!(q.resend_interval(), 3, "capped at the last step");
+        q.note_sent(0, 5, true, 1);
+        q.handle_tx_progress(|l| l != 5);
+        assert_eq!(q.resend_interval(), 0);
+        assert!(!q.was_sent(5), "the OrderAck removed it");
+        assert_eq!(q.next_deadline(), None);
+    }
+}
