@@ -10,6 +10,7 @@
 pub mod base;
 pub mod control;
 pub mod format_name;
+pub mod frame;
 pub mod headers;
 pub mod packet;
 pub mod user;
@@ -18,7 +19,8 @@ use std::fmt;
 
 pub use base::{BaseFlags, BaseHeader, InternalFlags, InternalHeader, PacketType};
 pub use control::{ConnectionParameters, EstablishConnection, Ping, SessionAck, SessionHeader};
-pub use packet::{frame_len, parse_packet, Packet};
+pub use frame::frame_len;
+pub use packet::{parse_packet, Packet};
 
 /// What went wrong while parsing or encoding. Small and `Copy`: it is the hot-path error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 
 use super::base::{BaseFlags, BaseHeader, BASE_HEADER_LEN, INFINITE, MAX_PACKET_SIZE};
 use super::control::{SessionHeader, SESSION_HEADER_LEN};
+use super::frame::expect_frame_len;
 use super::headers::{
     body_type, AckFlags, CompoundMessageHeader, DebugHeader, MessageClass, MessagePropertiesHeader,
     MqfAddressHeader, MultiQueueFormatHeader, SecurityHeader, SoapHeader, SrmpEnvelopeHeader,
@@ -552,7 +553,20 @@ impl<'a> UserMessage<'a> {
                 2,
             ));
         }
-        let packet_size = super::packet::expect_frame_len(frame, &base)?;
+        let packet_size = expect_frame_len(frame, &base)?;
+        Self::parse_framed(frame, base, packet_size)
+    }
+
+    /// [`Self::parse`] after its first steps: `base` is the BaseHeader parsed from `frame`, not
+    /// internal, and `packet_size` what [`expect_frame_len`] returned for them (so
+    /// [`super::parse_packet`] parses the BaseHeader once per packet).
+    pub(crate) fn parse_framed(
+        frame: &'a [u8],
+        base: BaseHeader,
+        packet_size: usize,
+    ) -> Result<Self> {
+        debug_assert!(!base.flags.internal());
+        debug_assert_eq!(expect_frame_len(frame, &base), Ok(packet_size));
         // Headers are read from the PacketSize bytes only: a header that overruns PacketSize
         // is reported as truncated at its own field, never read from the trailer.
         let mut r = Reader::new(&frame[..packet_size]);
