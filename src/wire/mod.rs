@@ -99,6 +99,13 @@ pub const fn align4(n: usize) -> Option<usize> {
     }
 }
 
+/// Length of `n` bytes rounded up to 4; saturates instead of overflowing, since the callers
+/// only size buffers with it and the encoders re-check every length anyway.
+#[inline]
+pub(crate) fn pad4(n: usize) -> usize {
+    align4(n).unwrap_or(usize::MAX)
+}
+
 /// A GUID in the MS-DTYP packet form (Data1 u32 LE, Data2 u16 LE, Data3 u16 LE, Data4 8 bytes).
 ///
 /// Compared as raw bytes; only the text rendering needs the mixed-endian reading.

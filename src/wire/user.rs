@@ -13,12 +13,7 @@ use super::headers::{
     MqfAddressHeader, MultiQueueFormatHeader, SecurityHeader, SoapHeader, SrmpEnvelopeHeader,
     TransactionHeader,
 };
-use super::{align4, ErrorKind, Guid, Reader, Result, Utf16, WireError, Writer};
-
-/// Rounds up to 4, saturating: only used for sizes that are checked again when written.
-fn pad4(n: usize) -> usize {
-    align4(n).unwrap_or(usize::MAX)
-}
+use super::{pad4, ErrorKind, Guid, Reader, Result, Utf16, WireError, Writer};
 
 /// A queue reference as encoded in UserHeader DQ/AQ/RQ (MS-MQMQ 2.2.19.2, DIGEST §5.3).
 ///

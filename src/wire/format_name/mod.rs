@@ -388,16 +388,7 @@ impl FormatName {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::user::QueueRef;
     use crate::wire::utf16z;
-
-    fn qm() -> Guid {
-        Guid::parse_text("557358d1-9150-9595-4997-b6e611ea26c6").unwrap()
-    }
-
-    fn other_qm() -> Guid {
-        Guid::parse_text("0f0e0d0c-0b0a-0908-0706-050403020100").unwrap()
-    }
 
     fn parse(s: &str) -> FormatName {
         FormatName::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -441,22 +432,6 @@ mod tests {
         assert_eq!(e.kind, K::QueueNameBadChar);
         assert_eq!(e.position, Some(17));
         assert!(e.to_string().contains("position 17"));
-    }
-
-    #[test]
-    fn private_maps_to_destination_code_3() {
-        let f = parse("PRIVATE=557358d1-9150-9595-4997-b6e611ea26c6\\00000004");
-        let ctx = WireContext {
-            source_qm: other_qm(),
-            destination_qm: qm(),
-            admin: None,
-        };
-        let mut scratch = Vec::new();
-        let q = f
-            .to_queue_ref(QueueRole::Destination, &ctx, &mut scratch)
-            .unwrap();
-        assert_eq!(q, QueueRef::DestinationPrivate(4));
-        assert_eq!(f.queue_manager_address(), Some(qm()));
     }
 
     #[test]

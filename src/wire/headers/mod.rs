@@ -32,7 +32,7 @@ pub use soap::SoapHeader;
 pub use srmp::{CompoundMessageHeader, SrmpEnvelopeHeader};
 pub use transaction::{TransactionHeader, TxFlags};
 
-use super::{align4, ErrorKind, Result, WireError};
+use super::{ErrorKind, Result, WireError};
 
 fn bad(kind: ErrorKind, field: &'static str, offset: usize) -> WireError {
     WireError::new(kind, field, offset)
@@ -46,10 +46,4 @@ fn len_u32(n: usize, field: &'static str, at: usize) -> Result<u32> {
 /// Converts a length to a u16 wire field, refusing lengths that do not fit.
 fn len_u16(n: usize, field: &'static str, at: usize) -> Result<u16> {
     u16::try_from(n).map_err(|_| bad(ErrorKind::Overflow, field, at))
-}
-
-/// Length of `n` bytes rounded up to 4; saturates instead of overflowing, since the callers
-/// only size buffers with it and the encoder re-checks every length anyway.
-fn pad4(n: usize) -> usize {
-    align4(n).unwrap_or(usize::MAX)
 }

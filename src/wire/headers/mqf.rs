@@ -1,8 +1,8 @@
 //! MultiQueueFormatHeader (MS-MQMQ 2.2.20.1), its MQFAddressHeader lists (2.2.20.2) of
 //! MQFFormatNameElement (2.2.18.1.4) and its MQFSignatureHeader (2.2.20.3); DIGEST §5.9.
 
-use super::{bad, len_u32, pad4};
-use crate::wire::{ErrorKind, Guid, Reader, Result, Utf16, Writer};
+use super::{bad, len_u32};
+use crate::wire::{pad4, ErrorKind, Guid, Reader, Result, Utf16, Writer};
 
 /// One MQFFormatNameElement (MS-MQMQ 2.2.18.1.4): u16 FormatType, then the name.
 ///

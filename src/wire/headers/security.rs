@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use super::{bad, len_u16, len_u32, pad4};
-use crate::wire::{ErrorKind, Guid, Reader, Result, Utf16, Writer};
+use super::{bad, len_u16, len_u32};
+use crate::wire::{pad4, ErrorKind, Guid, Reader, Result, Utf16, Writer};
 
 /// SecurityHeader.Flags (MS-MQMQ 2.2.20.6). Open newtype over the u16.
 ///

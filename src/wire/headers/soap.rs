@@ -1,7 +1,7 @@
 //! SoapHeader (MS-MQMQ 2.2.20.7; DIGEST §5.8).
 
-use super::{bad, len_u32, pad4};
-use crate::wire::{ErrorKind, Reader, Result, Utf16, Writer};
+use super::{bad, len_u32};
+use crate::wire::{pad4, ErrorKind, Reader, Result, Utf16, Writer};
 
 /// SoapHeader: two sections (MS-MQMQ 2.2.20.7; DIGEST §5.8). Present iff UserHeader.Flags.HH.
 ///
