@@ -2,7 +2,7 @@
 //! per header: `transaction` (TransactionHeader), `security` (SecurityHeader),
 //! `properties` (MessagePropertiesHeader, with `message_class`), `debug` (DebugHeader),
 //! `soap` (SoapHeader), `mqf` (MultiQueueFormatHeader) and `srmp` (the SRMP sections of
-//! a message that came over HTTP). The SessionHeader (2.2.20.4) lives in [`super::control`].
+//! a message that came over HTTP). The SessionHeader (2.2.20.4) lives in `wire::control`.
 //! Callers name every type through this module (`wire::headers::X`).
 //!
 //! Every view here borrows from the packet and is validated once by `parse`; accessors are
