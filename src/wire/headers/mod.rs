@@ -9,8 +9,9 @@
 //! infallible afterwards. Parsers read exactly the header's own bytes (including the padding
 //! *inside* the header) and leave the padding *before the next header* to the caller, which
 //! knows whether another header follows (see `UserMessage::parse`). Encoders write into a
-//! [`Writer`] over the whole packet, so alignment is measured from the packet start, and they
-//! refuse any value the parser would refuse, so `parse(encode(x)) == x` always holds.
+//! [`Writer`](super::Writer) over the whole packet, so alignment is measured from the packet
+//! start, and they refuse any value the parser would refuse, so `parse(encode(x)) == x` always
+//! holds.
 //!
 //! This module must not allocate while parsing, panic on any input, or use `unsafe`.
 
