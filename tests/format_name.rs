@@ -558,6 +558,7 @@ fn digest_wire_examples() {
         .unwrap();
     assert_eq!(q, QueueRef::DestinationPrivate(4));
     assert_eq!(q.code(), 3);
+    assert_eq!(f.queue_manager_address(), Some(g()));
     assert_eq!(FormatName::from_queue_ref(&q, g2(), g(), None).unwrap(), f);
 
     // PUBLIC={G} is DQ code 5.

@@ -1,7 +1,8 @@
 //! Property tests for the UserMessage codec: generated messages with random optional headers,
 //! labels, bodies and queue references satisfy `parse(encode(x)) == x`; arbitrary bytes and
-//! mutated vectors given to `frame_len` / `parse_packet` never panic, and whatever parses
-//! re-encodes to something that parses back to the same value.
+//! mutated vectors given to `frame_len` / `parse_packet` never panic, `parse_packet` answers as
+//! `UserMessage::parse` does for every UserMessage, and whatever parses re-encodes to something
+//! that parses back to the same value.
 
 use lior::wire::base::{BaseFlags, BaseHeader};
 use lior::wire::headers::{
@@ -480,6 +481,14 @@ fn poke(frame: &[u8], edits: &[(usize, u8)]) -> Vec<u8> {
 
 fn check_any(bytes: &[u8]) -> Result<(), TestCaseError> {
     let _ = frame_len(bytes);
+    // parse_packet hands the BaseHeader it parsed down to the UserMessage parser instead of
+    // parsing it again: it must answer exactly as UserMessage::parse does, errors included.
+    if BaseHeader::parse(bytes).is_ok_and(|b| !b.flags.internal()) {
+        prop_assert_eq!(
+            parse_packet(bytes),
+            UserMessage::parse(bytes).map(Packet::User)
+        );
+    }
     if let Ok(Packet::User(m)) = parse_packet(bytes) {
         check_reencode(&m)?;
     }

@@ -87,7 +87,7 @@ impl std::fmt::Debug for BaseFlags {
 /// 4  u32 Signature (0x524F494C)    8 u32 PacketSize          12 u32 TimeToReachQueue
 /// ```
 /// PacketSize counts the BaseHeader and all padding but not a SessionHeader piggy-backed on a
-/// UserMessage (see [`super::packet::frame_len`]).
+/// UserMessage (see [`super::frame::frame_len`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BaseHeader {
     pub reserved: u8,

@@ -10,6 +10,7 @@
 pub mod base;
 pub mod control;
 pub mod format_name;
+pub mod frame;
 pub mod headers;
 pub mod packet;
 pub mod user;
@@ -18,7 +19,8 @@ use std::fmt;
 
 pub use base::{BaseFlags, BaseHeader, InternalFlags, InternalHeader, PacketType};
 pub use control::{ConnectionParameters, EstablishConnection, Ping, SessionAck, SessionHeader};
-pub use packet::{frame_len, parse_packet, Packet};
+pub use frame::frame_len;
+pub use packet::{parse_packet, Packet};
 
 /// What went wrong while parsing or encoding. Small and `Copy`: it is the hot-path error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +97,13 @@ pub const fn align4(n: usize) -> Option<usize> {
         Some(v) => Some(v & !3),
         None => None,
     }
+}
+
+/// Length of `n` bytes rounded up to 4; saturates instead of overflowing, since the callers
+/// only size buffers with it and the encoders re-check every length anyway.
+#[inline]
+pub(crate) fn pad4(n: usize) -> usize {
+    align4(n).unwrap_or(usize::MAX)
 }
 
 /// A GUID in the MS-DTYP packet form (Data1 u32 LE, Data2 u16 LE, Data3 u16 LE, Data4 8 bytes).

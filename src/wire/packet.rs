@@ -1,26 +1,14 @@
-//! Stream framing (DIGEST §1.1) and the top-level packet dispatch (MS-MQQB 3.1.5.1.1).
+//! The top-level packet dispatch (MS-MQQB 3.1.5.1.1): one framed packet (see [`super::frame`])
+//! becomes a [`Packet`].
 
 use super::base::{BaseHeader, PacketType, BASE_HEADER_LEN, INTERNAL_HEADER_LEN};
-use super::control::{ConnectionParameters, EstablishConnection, SessionAck, SESSION_HEADER_LEN};
+use super::control::{ConnectionParameters, EstablishConnection, SessionAck};
+use super::frame::expect_frame_len;
 use super::user::UserMessage;
 use super::{ErrorKind, Reader, Result, WireError};
 
-/// How many bytes the packet at the start of `buf` occupies on the stream, including a
-/// SessionHeader piggy-backed on a UserMessage (not counted in PacketSize, MS-MQMQ 2.2.19.1).
-///
-/// Returns `Ok(None)` while fewer than 16 bytes are available. Validates the version,
-/// signature and PacketSize bounds, so a hostile length is refused before any buffering.
-pub fn frame_len(buf: &[u8]) -> Result<Option<usize>> {
-    if buf.len() < BASE_HEADER_LEN {
-        return Ok(None);
-    }
-    let base = BaseHeader::parse(&buf[..BASE_HEADER_LEN])?;
-    let mut len = base.packet_size as usize;
-    if !base.flags.internal() && base.flags.session() {
-        len += SESSION_HEADER_LEN;
-    }
-    Ok(Some(len))
-}
+/// Kept at its old path, `wire::packet::frame_len`; it lives in [`super::frame`].
+pub use super::frame::frame_len;
 
 /// One parsed packet from TCP 1801.
 ///
@@ -48,40 +36,13 @@ impl Packet<'_> {
     }
 }
 
-/// Checks that `frame` holds exactly the bytes `base` announces: PacketSize, plus a
-/// SessionHeader piggy-backed on a UserMessage. Returns PacketSize.
-pub(crate) fn expect_frame_len(frame: &[u8], base: &BaseHeader) -> Result<usize> {
-    let packet_size = base.packet_size as usize;
-    let trailer = if !base.flags.internal() && base.flags.session() {
-        SESSION_HEADER_LEN
-    } else {
-        0
-    };
-    // BaseHeader::parse bounds PacketSize to 4 MiB, so this sum cannot overflow.
-    let want = packet_size + trailer;
-    if frame.len() < want {
-        return Err(WireError::new(
-            ErrorKind::Truncated,
-            "BaseHeader.PacketSize",
-            frame.len(),
-        ));
-    }
-    if frame.len() > want {
-        return Err(WireError::new(
-            ErrorKind::SizeMismatch,
-            "BaseHeader.PacketSize",
-            8,
-        ));
-    }
-    Ok(packet_size)
-}
-
 /// Parses exactly one framed packet: `frame` must be the `frame_len` bytes of it.
 pub fn parse_packet(frame: &[u8]) -> Result<Packet<'_>> {
     let base = BaseHeader::parse(frame)?;
-    expect_frame_len(frame, &base)?;
+    let packet_size = expect_frame_len(frame, &base)?;
     if !base.flags.internal() {
-        return UserMessage::parse(frame).map(Packet::User);
+        // The BaseHeader is parsed and checked once, here, and handed down.
+        return UserMessage::parse_framed(frame, base, packet_size).map(Packet::User);
     }
     let mut r = Reader::new(frame);
     r.take(BASE_HEADER_LEN, "BaseHeader")?;
