@@ -237,7 +237,7 @@ impl<C: Copy> OutQueue<C> {
         schedule_len: usize,
         transactional: impl Fn(u64) -> bool,
     ) -> bool {
-        if !self.tx_resend_at.is_some_and(|t| t <= now_ms) {
+        if self.tx_resend_at.is_none_or(|t| t > now_ms) {
             return false;
         }
         self.tx_resend_index = (self.tx_resend_index + 1).min(schedule_len.saturating_sub(1));
