@@ -5,6 +5,7 @@
 pub mod admission;
 mod buffers;
 pub mod host;
+pub mod mesh;
 pub mod net;
 pub mod probe;
 mod shard;
