@@ -193,6 +193,32 @@ pub trait App {
     fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
         None
     }
+
+    /// The next time, in `now_ms` units, at which [`App::on_app_deadline`] should run for the
+    /// app as a whole (retries, resends, expiry scans), or None. Read before every wait, so a
+    /// shard with no IO and no connection still wakes for it.
+    fn app_deadline(&self) -> Option<u64> {
+        None
+    }
+
+    /// The deadline from [`App::app_deadline`] has passed; called at most once per turn, after
+    /// connection timeouts and before [`App::end_of_turn`]. The app must clear or move the
+    /// deadline, or it fires again on the next turn.
+    fn on_app_deadline(&mut self, _now_ms: u64) {}
+}
+
+/// What the factory of [`Engine::start_with_ctx`] gets on each shard's thread: which shard it
+/// builds the app for, how many there are, and every shard's [`Waker`] (by index), made before
+/// any app, so an app can wake the others (say, through a [`crate::engine::mesh::Mesh`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ShardCtx {
+    /// This shard's index, `0..shards`.
+    pub index: usize,
+    /// How many shards the engine runs.
+    pub shards: usize,
+    /// `wakers[i]` wakes shard `i`.
+    pub wakers: Arc<[Waker]>,
 }
 
 /// Every limit and knob of the engine, per shard unless said otherwise. A full table refuses;
@@ -471,6 +497,7 @@ pub(crate) struct ShardSetup {
     pub(crate) config: EngineConfig,
     pub(crate) listener: Option<OwnedFd>,
     pub(crate) eventfd: Arc<OwnedFd>,
+    pub(crate) wakers: Arc<[Waker]>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) peers: Arc<PeerLimiter>,
@@ -589,6 +616,19 @@ impl Engine {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Engine::start_with_ctx(config, move |ctx: ShardCtx| app_factory(ctx.index))
+    }
+
+    /// As [`Engine::start`], but the factory gets a [`ShardCtx`]: every shard's waker exists
+    /// before the first app is made.
+    pub fn start_with_ctx<A, F>(
+        config: EngineConfig,
+        app_factory: F,
+    ) -> Result<EngineHandle, EngineError>
+    where
+        A: App + 'static,
+        F: Fn(ShardCtx) -> A + Send + Sync + 'static,
+    {
         // The probe runs on a throw-away thread: tearing down a ring queues kernel task work
         // (TWA_SIGNAL) on every thread that used it, which would make the caller's next
         // blocking system call fail once with EINTR.
@@ -647,11 +687,24 @@ impl Engine {
             stop: Arc::clone(&stop),
             shards: Vec::with_capacity(cores.len()),
         };
-        for (index, (core, listener)) in cores.iter().copied().zip(listeners).enumerate() {
-            let eventfd = Arc::new(
-                sockets::eventfd()
-                    .map_err(|error| EngineError::io(Some(index), "eventfd", error))?,
-            );
+        let mut eventfds = Vec::with_capacity(cores.len());
+        for index in 0..cores.len() {
+            eventfds
+                .push(Arc::new(sockets::eventfd().map_err(|error| {
+                    EngineError::io(Some(index), "eventfd", error)
+                })?));
+        }
+        let wakers: Arc<[Waker]> = eventfds
+            .iter()
+            .map(|eventfd| Waker::new(Arc::clone(eventfd)))
+            .collect();
+        for (index, ((core, listener), eventfd)) in cores
+            .iter()
+            .copied()
+            .zip(listeners)
+            .zip(eventfds)
+            .enumerate()
+        {
             let counters = Arc::new(Counters::default());
             let setup = ShardSetup {
                 index,
@@ -659,6 +712,7 @@ impl Engine {
                 config: config.clone(),
                 listener,
                 eventfd: Arc::clone(&eventfd),
+                wakers: Arc::clone(&wakers),
                 stop: Arc::clone(&stop),
                 counters: Arc::clone(&counters),
                 peers: Arc::clone(&peers),
@@ -706,9 +760,18 @@ impl Engine {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Engine::run_with_ctx(config, move |ctx: ShardCtx| app_factory(ctx.index))
+    }
+
+    /// As [`Engine::run`], with the factory of [`Engine::start_with_ctx`].
+    pub fn run_with_ctx<A, F>(config: EngineConfig, app_factory: F) -> Result<(), EngineError>
+    where
+        A: App + 'static,
+        F: Fn(ShardCtx) -> A + Send + Sync + 'static,
+    {
         let signal = super::signal::install()
             .map_err(|error| EngineError::io(None, "installing signal handlers", error))?;
-        let handle = Engine::start(config, app_factory)?;
+        let handle = Engine::start_with_ctx(config, app_factory)?;
         handle.run_until_signal(&signal)
     }
 }
@@ -720,7 +783,7 @@ fn shard_main<A, F>(
 ) -> Result<(), EngineError>
 where
     A: App,
-    F: Fn(usize) -> A,
+    F: Fn(ShardCtx) -> A,
 {
     let index = setup.index;
     if setup.config.pin_threads {
