@@ -34,11 +34,13 @@
 //! `unsafe` is confined to [`Lane`] (the byte ring), the boxed-body pointer and [`Parker`]'s
 //! `poll`/`read`; each block says why it is sound.
 
-use std::cell::{Cell, UnsafeCell};
+use std::alloc::Layout;
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,12 +81,30 @@ struct Lane {
     tail: CachePadded<AtomicUsize>,
     /// Set by the producer's flush, cleared by the consumer before it drains (see module doc).
     wake: CachePadded<AtomicBool>,
-    /// `cap` bytes as u64 words, so every record header is 8-aligned.
-    buf: Box<[UnsafeCell<u64>]>,
+    /// `cap` bytes, 128-aligned (so every record header is 8-aligned), from `alloc_zeroed`
+    /// (pages the lane never reaches are never touched); freed in Drop.
+    buf: NonNull<u8>,
     cap: usize,
 }
 
-// SAFETY: the only non-Sync part is `buf`. Its bytes in `[head, tail)` are written by the one
+impl Lane {
+    fn layout(cap: usize) -> Layout {
+        Layout::from_size_align(cap, 128).expect("lane sizes are checked by Mesh::new")
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // SAFETY: `buf` was allocated in `Lane::new` with this very layout and is freed once.
+        unsafe { std::alloc::dealloc(self.buf.as_ptr(), Lane::layout(self.cap)) }
+    }
+}
+
+// SAFETY: `buf` is a heap block owned by the lane (moving the lane between threads moves the
+// ownership; nothing is thread-local).
+unsafe impl Send for Lane {}
+
+// SAFETY: the only part not Sync by itself is `buf`. Its bytes in `[head, tail)` are written by the one
 // producer before it publishes `tail` (Release) and read by the one consumer after it loads
 // `tail` (Acquire); bytes outside that range are written by the producer only after the consumer
 // published a `head` (Release) past them, which the producer loads with Acquire. One producer
@@ -94,18 +114,23 @@ unsafe impl Sync for Lane {}
 
 impl Lane {
     fn new(cap: usize) -> Lane {
+        let layout = Lane::layout(cap);
+        // SAFETY: the layout has a non-zero size (Mesh::new checks LANE_BYTES_MIN).
+        let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(buf) = NonNull::new(buf) else {
+            std::alloc::handle_alloc_error(layout)
+        };
         Lane {
             head: CachePadded(AtomicUsize::new(0)),
             tail: CachePadded(AtomicUsize::new(0)),
             wake: CachePadded(AtomicBool::new(false)),
-            buf: (0..cap / 8).map(|_| UnsafeCell::new(0)).collect(),
+            buf,
             cap,
         }
     }
 
     fn base(&self) -> *mut u8 {
-        // UnsafeCell<u64> is repr(transparent): the slice is `cap` contiguous bytes.
-        UnsafeCell::raw_get(self.buf.as_ptr()) as *mut u8
+        self.buf.as_ptr()
     }
 
     /// Producer side: appends one record made of `meta`, then `parts` back to back. False when
@@ -192,16 +217,34 @@ impl Lane {
                     body: Body::Inline(&payload[head_len..]),
                 }
             };
-            f(from, record);
-            count += 1;
             head += HEADER + padded(len);
-            self.head.0.store(head, Ordering::Release);
+            // Releases the record's space after `f` returns, or while unwinding if `f`
+            // panics: a boxed body already moved into `record` must never be rebuilt twice.
+            let release = Release {
+                head: &self.head.0,
+                to: head,
+            };
+            f(from, record);
+            drop(release);
+            count += 1;
         }
         count
     }
 
     fn is_empty(&self) -> bool {
         self.tail.0.load(Ordering::Acquire) == self.head.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Publishes a consumer's new head when dropped (see `Lane::drain`).
+struct Release<'a> {
+    head: &'a AtomicUsize,
+    to: usize,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.head.store(self.to, Ordering::Release);
     }
 }
 
@@ -492,6 +535,8 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
+        // Records sent this turn still reach their targets.
+        self.flush();
         self.mesh.taken[self.me].store(false, Ordering::Release);
     }
 }
@@ -717,6 +762,22 @@ mod tests {
         assert!(a.try_send(1, b"", &big));
         drop((a, b));
         drop(mesh);
+    }
+
+    #[test]
+    fn a_record_whose_handler_panicked_is_consumed_once() {
+        let (mesh, _p) = mesh(2, 4096);
+        let (mut a, mut b) = (mesh.port(0).unwrap(), mesh.port(1).unwrap());
+        a.send_boxed(1, b"boom", vec![1u8; 64].into()).unwrap();
+        assert!(a.try_send(1, b"next", b""));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.recv_all(|_, r| assert_ne!(r.head(), b"boom"));
+        }));
+        assert!(panicked.is_err());
+        // The box was dropped by the unwind; the record is not handed out (or rebuilt) again.
+        let got = drain(&mut b);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, b"next");
     }
 
     #[test]
