@@ -9,7 +9,7 @@
 //! second port for the same shard is refused, and a port is `!Sync`).
 //!
 //! A record is an 8-byte header (`u32 len | u32 meta`) and `len` payload bytes, padded to 8.
-//! `meta` is the head length of an inline record, or [`BOXED`] plus the head length of a record
+//! `meta` is the head length of an inline record, or `BOXED` plus the head length of a record
 //! whose body is a `Box<[u8]>` (the payload is then `ptr u64 | body_len u64 | head`): frames
 //! larger than a quarter of the lane cross that way and the receiver drops the box. When the
 //! room left before the end of the lane is too small for a record, the producer writes a wrap
@@ -26,12 +26,12 @@
 //! writes the eventfd) or the sender's swap comes first (the receiver's clear then reads it,
 //! synchronises with it and so sees the tail published before it). The wake is the target
 //! shard's own eventfd, read through its ring (`OpKind::Wake` in shard.rs): a woken shard runs
-//! a turn, and its [`App::end_of_turn`](super::net::App::end_of_turn) calls `recv_all`.
+//! a turn, and its [`App::end_of_turn`](super::app::App::end_of_turn) calls `recv_all`.
 //!
 //! Threads outside the engine (tests, a future control thread) take part with a [`Parker`]: an
 //! eventfd of their own, whose [`Waker`] goes into the mesh and on which they block.
 //!
-//! `unsafe` is confined to [`Lane`] (the byte ring), the boxed-body pointer and [`Parker`]'s
+//! `unsafe` is confined to `Lane` (the byte ring), the boxed-body pointer and [`Parker`]'s
 //! `poll`/`read`; each block says why it is sound.
 
 use std::alloc::Layout;
@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::net::Waker;
+use super::app::Waker;
 use super::sockets;
 
 /// The lane size the server uses unless configured otherwise (`limits.handoff_lane_bytes`).
@@ -104,12 +104,12 @@ impl Drop for Lane {
 // ownership; nothing is thread-local).
 unsafe impl Send for Lane {}
 
-// SAFETY: the only part not Sync by itself is `buf`. Its bytes in `[head, tail)` are written by the one
-// producer before it publishes `tail` (Release) and read by the one consumer after it loads
-// `tail` (Acquire); bytes outside that range are written by the producer only after the consumer
-// published a `head` (Release) past them, which the producer loads with Acquire. One producer
-// and one consumer per lane are guaranteed by `Mesh::port` (one Port per shard) and by Port
-// being !Sync with `&mut self` methods.
+// SAFETY: the only part not Sync by itself is `buf`. Its bytes in `[head, tail)` are written
+// by the one producer before it publishes `tail` (Release) and read by the one consumer after
+// it loads `tail` (Acquire); bytes outside that range are written by the producer only after
+// the consumer published a `head` (Release) past them, which the producer loads with Acquire.
+// One producer and one consumer per lane are guaranteed by `Mesh::port` (one Port per shard)
+// and by Port being !Sync with `&mut self` methods.
 unsafe impl Sync for Lane {}
 
 impl Lane {
@@ -503,7 +503,12 @@ impl Port {
                 Err(error) => {
                     // Let the next flush try again rather than leave a flag nobody acts on.
                     lane.wake.0.store(false, Ordering::Release);
-                    tracing::error!(from = self.me, to, %error, "shard mesh: waking a shard failed");
+                    tracing::error!(
+                        from = self.me,
+                        to,
+                        %error,
+                        "shard mesh: waking a shard failed; the next flush tries again"
+                    );
                 }
             }
         }

@@ -20,10 +20,9 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 use slab::Slab;
 
 use super::admission::PeerLimiter;
+use super::app::{App, CloseReason, ConnId, Errno, ShardCtx};
 use super::buffers::{RecvBufRing, SparePool};
-use super::net::{
-    App, CloseReason, ConnId, Counters, EngineConfig, EngineError, Errno, ShardCtx, ShardSetup,
-};
+use super::config::{Counters, EngineConfig, EngineError, ShardSetup};
 use super::sockets::{self, now_ms, RawSockAddr};
 use super::timers::{TimerEntry, TimerHeap};
 
