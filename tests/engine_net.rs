@@ -5,12 +5,14 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use lior::engine::net::{
-    App, AppError, CloseReason, ConnId, CountersSnapshot, Engine, EngineConfig, EngineHandle, Errno,
+    now_ms, App, AppError, CloseReason, ConnId, CountersSnapshot, Engine, EngineConfig,
+    EngineHandle, Errno,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -1057,4 +1059,149 @@ fn a_second_engine_on_a_listening_address_is_refused() {
     let mut stream = connect(&first);
     round_trip(&mut stream, b"the first engine still serves");
     first.shutdown().expect("clean shutdown");
+}
+
+// ----- the app's own deadline and cross-thread wakes, on a shard with no connection -----
+
+#[derive(Debug, PartialEq)]
+enum Tick {
+    /// `on_app_deadline` ran for the deadline `at`, at `now`.
+    Deadline { at: u64, now: u64 },
+    /// The `end_of_turn` that followed an `on_app_deadline`.
+    TurnAfterDeadline,
+    /// An `end_of_turn` saw a new request count from another thread.
+    Request(u64),
+}
+
+struct Idle {
+    deadline: Option<u64>,
+    /// Intervals of the deadlines still to come, each set from the one before.
+    intervals: VecDeque<u64>,
+    deadline_ran: bool,
+    requests: Arc<AtomicU64>,
+    seen_requests: u64,
+    events: mpsc::Sender<Tick>,
+}
+
+impl App for Idle {
+    type Conn = ();
+
+    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<()> {
+        None
+    }
+
+    fn on_recv(&mut self, _now_ms: u64, _conn: &mut (), _bytes: &[u8]) -> Result<(), AppError> {
+        Ok(())
+    }
+
+    fn poll_transmit(&mut self, _now_ms: u64, _conn: &mut (), _buf: &mut Vec<u8>) {}
+
+    fn deadline(&self, _conn: &()) -> Option<u64> {
+        None
+    }
+
+    fn on_timeout(&mut self, _now_ms: u64, _conn: &mut ()) {}
+
+    fn wants_close(&self, _conn: &()) -> bool {
+        false
+    }
+
+    fn on_closed(&mut self, _now_ms: u64, _conn: (), _reason: CloseReason) {}
+
+    fn end_of_turn(&mut self, _now_ms: u64) {
+        if std::mem::take(&mut self.deadline_ran) {
+            let _ = self.events.send(Tick::TurnAfterDeadline);
+        }
+        let requests = self.requests.load(Ordering::SeqCst);
+        if requests != self.seen_requests {
+            self.seen_requests = requests;
+            let _ = self.events.send(Tick::Request(requests));
+        }
+    }
+
+    fn app_deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    fn on_app_deadline(&mut self, now_ms: u64) {
+        let at = self.deadline.expect("called only with a deadline");
+        let _ = self.events.send(Tick::Deadline { at, now: now_ms });
+        self.deadline = self.intervals.pop_front().map(|interval| now_ms + interval);
+        self.deadline_ran = true;
+    }
+}
+
+/// An engine with no listener and no connection, whose one app is a [`Idle`].
+fn start_idle(
+    first_in_ms: Option<u64>,
+    intervals: &[u64],
+) -> (EngineHandle, Arc<AtomicU64>, mpsc::Receiver<Tick>) {
+    let (tx, rx) = mpsc::channel();
+    let requests = Arc::new(AtomicU64::new(0));
+    let shared = Arc::clone(&requests);
+    let intervals: VecDeque<u64> = intervals.iter().copied().collect();
+    let config = EngineConfig {
+        listen_addr: None,
+        ..loopback_config(vec![0])
+    };
+    let handle = Engine::start(config, move |_| Idle {
+        deadline: first_in_ms.map(|ms| now_ms() + ms),
+        intervals: intervals.clone(),
+        deadline_ran: false,
+        requests: Arc::clone(&shared),
+        seen_requests: 0,
+        events: tx.clone(),
+    })
+    .expect("engine starts");
+    (handle, requests, rx)
+}
+
+#[test]
+fn app_deadline_wakes_an_idle_shard() {
+    // Nothing else would ever end this shard's wait: no listener, no connection, no waker.
+    let (handle, _requests, events) = start_idle(Some(30), &[20, 20]);
+    for round in 0..3 {
+        match events.recv_timeout(WAIT) {
+            Ok(Tick::Deadline { at, now }) => {
+                assert!(
+                    now >= at,
+                    "round {round}: ran at {now}, before its deadline {at}"
+                )
+            }
+            other => panic!("round {round}: expected on_app_deadline, got {other:?}"),
+        }
+        assert_eq!(
+            events.recv_timeout(WAIT),
+            Ok(Tick::TurnAfterDeadline),
+            "round {round}: end_of_turn follows on_app_deadline"
+        );
+    }
+    // The app cleared its deadline: it does not run again.
+    assert_eq!(
+        events.recv_timeout(Duration::from_millis(200)),
+        Err(mpsc::RecvTimeoutError::Timeout)
+    );
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn a_waker_from_another_thread_runs_end_of_turn() {
+    let (handle, requests, events) = start_idle(None, &[]);
+    let waker = handle.waker(0).expect("shard 0");
+    for request in 1..=100 {
+        requests.store(request, Ordering::SeqCst);
+        let waker = waker.clone();
+        // From another thread, as the HTTP API would.
+        thread::spawn(move || waker.wake().expect("wake"))
+            .join()
+            .expect("waking thread");
+        let got = events.recv_timeout(WAIT);
+        if got != Ok(Tick::Request(request)) {
+            // A shard deaf to its waker would also never see the shutdown request: do not
+            // join it (dropping the handle would), fail.
+            std::mem::forget(handle);
+            panic!("wake {request}: expected end_of_turn to see it, got {got:?}");
+        }
+    }
+    handle.shutdown().expect("clean shutdown");
 }

@@ -3,8 +3,11 @@
 //! layers above and must not make protocol decisions.
 
 pub mod admission;
+pub mod app;
 mod buffers;
+pub mod config;
 pub mod host;
+pub mod mesh;
 pub mod net;
 pub mod probe;
 mod shard;

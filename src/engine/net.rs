@@ -1,6 +1,8 @@
 //! The network engine's public surface: the [`App`] seam a protocol layer implements, the
 //! engine configuration and its limits, starting and stopping the shards, wakers and counters.
 //! Nothing here (or below it) makes a protocol decision: bytes in, bytes out, deadlines, closes.
+//! The app seam lives in `app.rs` and the configuration, counters and errors in `config.rs`
+//! (so `shard.rs` needs neither this module nor the other way round); callers name them here.
 //!
 //! # Shape
 //!
@@ -53,434 +55,22 @@
 //!   [`CloseReason::ConnectTimedOut`]; `io_uring_enter` ETIME/EINTR/EBUSY/EAGAIN just run a turn,
 //!   any other error stops the shard with [`EngineError::Io`].
 
-use std::fmt;
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use super::admission::PeerLimiter;
-use super::probe::{self, ProbeError};
+use super::probe;
 use super::shard::Shard;
 use super::signal::ShutdownSignal;
 use super::sockets;
 
+pub use super::app::{App, AppError, CloseReason, ConnId, Errno, ShardCtx, Waker};
+pub(crate) use super::config::ShardSetup;
+pub use super::config::{Counters, CountersSnapshot, EngineConfig, EngineError};
 pub use super::sockets::now_ms;
-
-/// A generation-checked handle to one connection of one shard. Stale handles (the connection
-/// closed, the slot was reused) are recognised and ignored by the engine.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct ConnId {
-    /// Index in the shard's connection table.
-    pub slot: u32,
-    /// Distinguishes successive connections that reuse the same slot.
-    pub generation: u32,
-}
-
-/// An app's reason for refusing bytes from a peer; the engine closes that connection and hands
-/// the code back in [`CloseReason::App`]. The meaning of the code belongs to the app.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct AppError(pub u32);
-
-/// A Linux errno value, as reported by a failed socket operation.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Errno(pub i32);
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (errno {})",
-            io::Error::from_raw_os_error(self.0),
-            self.0
-        )
-    }
-}
-
-/// Why a connection ended; given to [`App::on_closed`] and counted in [`Counters`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum CloseReason {
-    /// The peer closed its side in order (the receive returned end of stream).
-    PeerClosed,
-    /// The peer reset the connection (ECONNRESET or EPIPE).
-    PeerReset,
-    /// Another socket error on an established connection.
-    Io(Errno),
-    /// [`App::on_recv`] returned this error.
-    App(AppError),
-    /// [`App::wants_close`] returned true and every transmit had been sent.
-    AppRequested,
-    /// [`App::poll_transmit`] produced more than [`EngineConfig::send_buffered_max_bytes`].
-    TransmitTooLarge,
-    /// The engine is shutting down.
-    Shutdown,
-    /// An outgoing connection failed (ECONNREFUSED, ENETUNREACH, ...).
-    ConnectFailed(Errno),
-    /// An outgoing connection did not complete within [`EngineConfig::connect_timeout_ms`].
-    ConnectTimedOut,
-    /// An outgoing connection was not attempted: the shard's table was full.
-    LimitReached,
-}
-
-/// The seam between the engine and a protocol layer: one instance per shard, driven only from
-/// that shard's thread, never told about io_uring. Every method is called with the loop's
-/// `now_ms` (monotonic milliseconds, see [`now_ms`]) read once per turn. Methods must not block:
-/// a blocked method stalls every connection of the shard.
-pub trait App {
-    /// Per-connection state, stored by the engine in its connection table next to the socket.
-    type Conn;
-
-    /// A peer connected. Return None to refuse (the engine closes the socket at once and counts
-    /// it); the app enforces its own session limits (MaxInSessions) here. `id` names the
-    /// connection in [`App::poll_ready`].
-    fn accept(&mut self, now_ms: u64, id: ConnId, peer: SocketAddr) -> Option<Self::Conn>;
-
-    /// Bytes arrived. `bytes` borrows the kernel-filled receive buffer (no copy); the buffer
-    /// returns to the kernel when this call returns, so keep what you need by copying it.
-    /// Err closes this connection with [`CloseReason::App`].
-    fn on_recv(&mut self, now_ms: u64, conn: &mut Self::Conn, bytes: &[u8])
-        -> Result<(), AppError>;
-
-    /// Asked once per turn for a touched connection with no send in flight. Append the bytes to
-    /// send to `buf` (an empty recycled vector), or swap your own buffer into it. If `buf` is
-    /// non-empty afterwards the engine sends all of it (handling short writes) and recycles the
-    /// vector later; at most one send per connection is in flight. Leave it empty for nothing.
-    fn poll_transmit(&mut self, now_ms: u64, conn: &mut Self::Conn, buf: &mut Vec<u8>);
-
-    /// The next time, in `now_ms` units, at which [`App::on_timeout`] should run for this
-    /// connection, or None. Re-read after every touch; after `on_timeout` the app must clear or
-    /// move the deadline, or it fires again on the next turn.
-    fn deadline(&self, conn: &Self::Conn) -> Option<u64>;
-
-    /// The deadline from [`App::deadline`] has passed.
-    fn on_timeout(&mut self, now_ms: u64, conn: &mut Self::Conn);
-
-    /// True to close this connection once no transmit is pending (checked after
-    /// [`App::poll_transmit`] returns nothing and no send is in flight).
-    fn wants_close(&self, conn: &Self::Conn) -> bool;
-
-    /// The connection is gone; its state comes back to the app for the last time. Called once
-    /// for every connection `accept` or `poll_connect` handed over, including failed connects.
-    fn on_closed(&mut self, now_ms: u64, conn: Self::Conn, reason: CloseReason);
-
-    /// Called once per loop turn after every completion and timeout was handled and before the
-    /// engine submits (group commit, ack flushing, draining cross-thread queues belong here).
-    /// Also called once more after the last connection closed at shutdown.
-    fn end_of_turn(&mut self, now_ms: u64);
-
-    /// Outgoing connections to open (initiator role). Polled after `end_of_turn` until None or a
-    /// per-turn limit. A failure is reported through [`App::on_closed`].
-    fn poll_connect(&mut self, _now_ms: u64) -> Option<(SocketAddr, Self::Conn)> {
-        None
-    }
-
-    /// An outgoing connection was established; bytes can flow from now on.
-    fn on_connected(&mut self, _now_ms: u64, _id: ConnId, _conn: &mut Self::Conn) {}
-
-    /// Connections that were not touched by IO this turn but have something new for the engine
-    /// (a transmit, a changed deadline, a close), e.g. after `end_of_turn` made acks available.
-    /// Drained after `end_of_turn`; stale ids are ignored.
-    fn poll_ready(&mut self) -> Option<ConnId> {
-        None
-    }
-
-    /// Other connections the app wants closed now, with the code handed back in
-    /// [`CloseReason::App`] (say, to drop the session holding the oldest partial packet when a
-    /// shared budget runs out). Drained after `end_of_turn` and after every receive completion;
-    /// stale ids are ignored.
-    fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
-        None
-    }
-}
-
-/// Every limit and knob of the engine, per shard unless said otherwise. A full table refuses;
-/// nothing grows past these.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Where to listen (port 0 picks a free port, see [`EngineHandle::local_addr`]); None runs
-    /// only outgoing connections. Default None: the protocol layer chooses its port.
-    pub listen_addr: Option<SocketAddr>,
-    /// The CPUs to run one shard on each; empty means every CPU this process may use. Default
-    /// empty.
-    pub cores: Vec<usize>,
-    /// Pin each shard thread to its core with `sched_setaffinity`. Default true.
-    pub pin_threads: bool,
-    /// Connections per shard, accepted and outgoing together; beyond it new connections are
-    /// accepted and closed at once (counted in `refused_limit`). Default 1024.
-    pub max_connections: usize,
-    /// Provided receive buffers per shard; a power of two, at most 32768. Default 512.
-    pub recv_buffer_count: u16,
-    /// Bytes per receive buffer (the most one `on_recv` call sees). Default 16384.
-    pub recv_buffer_size: u32,
-    /// The most bytes one connection may hand over in a single transmit; more closes the
-    /// connection with [`CloseReason::TransmitTooLarge`]. Default 4 MiB + 64 KiB (an MSMQ
-    /// message body limit plus headers).
-    pub send_buffered_max_bytes: usize,
-    /// The listen(2) backlog. Default 1024.
-    pub listen_backlog: u32,
-    /// Submission queue entries per ring (the completion queue gets four times as many).
-    /// Default 1024.
-    pub ring_entries: u32,
-    /// How long an outgoing connect may take. Default 10000.
-    pub connect_timeout_ms: u64,
-    /// Outgoing connects started per loop turn at most. Default 64.
-    pub connects_per_turn_max: usize,
-    /// Recycled transmit vectors kept per shard. Default 256.
-    pub spare_buffers_max: usize,
-    /// Recycled transmit vectors larger than this are freed instead of kept. Default 1 MiB.
-    pub spare_buffer_capacity_max_bytes: usize,
-    /// Pause before accepting again after the process ran out of descriptors or memory
-    /// (EMFILE, ENFILE, ENOMEM, ENOBUFS). Default 100.
-    pub accept_backoff_ms: u64,
-    /// How long shutdown waits for in-flight transmits before cancelling them; after twice this
-    /// a shard stops waiting for the kernel and leaks its buffers rather than free memory the
-    /// kernel may still write. Default 5000.
-    pub shutdown_grace_ms: u64,
-    /// Set TCP_NODELAY on every connection. Default true.
-    pub tcp_nodelay: bool,
-    /// Incoming connections one peer IP address may hold open at once over every shard;
-    /// beyond it new ones are closed at once (counted in `refused_per_ip`). Default unlimited.
-    pub max_connections_per_ip: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            listen_addr: None,
-            cores: Vec::new(),
-            pin_threads: true,
-            max_connections: 1024,
-            recv_buffer_count: 512,
-            recv_buffer_size: 16 * 1024,
-            send_buffered_max_bytes: 4 * 1024 * 1024 + 64 * 1024,
-            listen_backlog: 1024,
-            ring_entries: 1024,
-            connect_timeout_ms: 10_000,
-            connects_per_turn_max: 64,
-            spare_buffers_max: 256,
-            spare_buffer_capacity_max_bytes: 1024 * 1024,
-            accept_backoff_ms: 100,
-            shutdown_grace_ms: 5000,
-            tcp_nodelay: true,
-            max_connections_per_ip: usize::MAX,
-        }
-    }
-}
-
-impl EngineConfig {
-    fn validate(&self) -> Result<(), EngineError> {
-        let bad = |what: &'static str| Err(EngineError::Config(what));
-        if self.max_connections_per_ip == 0 {
-            return bad("max_connections_per_ip must be positive");
-        }
-        if self.max_connections == 0 || self.max_connections > (u32::MAX as usize) {
-            return bad("max_connections must be between 1 and u32::MAX");
-        }
-        if !self.recv_buffer_count.is_power_of_two() || self.recv_buffer_count > 32768 {
-            return bad("recv_buffer_count must be a power of two no larger than 32768");
-        }
-        if self.recv_buffer_size == 0 || self.recv_buffer_size > i32::MAX as u32 {
-            return bad("recv_buffer_size must be between 1 and i32::MAX");
-        }
-        if self.connects_per_turn_max == 0 {
-            return bad("connects_per_turn_max must be positive");
-        }
-        if self.send_buffered_max_bytes == 0 {
-            return bad("send_buffered_max_bytes must be positive");
-        }
-        if self.ring_entries < 8 || !self.ring_entries.is_power_of_two() {
-            return bad("ring_entries must be a power of two of at least 8");
-        }
-        Ok(())
-    }
-}
-
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// Live counters of one shard: atomics written by the shard thread (Relaxed), readable
-        /// from any thread for metrics. [`Counters::snapshot`] copies them into a plain struct.
-        #[derive(Default, Debug)]
-        pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        /// A plain copy of [`Counters`] (or their sum over shards).
-        #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-        pub struct CountersSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl Counters {
-            /// Copies every counter; each is read atomically, the set is not one instant.
-            pub fn snapshot(&self) -> CountersSnapshot {
-                CountersSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-
-        impl CountersSnapshot {
-            /// Field-by-field sum, for totals over shards.
-            pub fn add(&mut self, other: &CountersSnapshot) {
-                $(self.$name += other.$name;)*
-            }
-        }
-    };
-}
-
-counters! {
-    /// Incoming connections the app accepted.
-    accepted,
-    /// Incoming connections closed at once because the table was full.
-    refused_limit,
-    /// Incoming connections the app refused.
-    refused_app,
-    /// Incoming connections closed at once because their peer address had too many open.
-    refused_per_ip,
-    /// Incoming connections closed at once because the shard was shutting down.
-    refused_shutdown,
-    /// Accept failures other than a peer aborting before the accept.
-    accept_errors,
-    /// Outgoing connections established.
-    connected,
-    /// Outgoing connections that failed.
-    connect_failed,
-    /// Outgoing connections that timed out.
-    connect_timed_out,
-    /// Outgoing connections not attempted because the table was full.
-    connect_refused_limit,
-    /// Closes because the peer closed in order.
-    closed_peer_closed,
-    /// Closes because the peer reset.
-    closed_peer_reset,
-    /// Closes because of another socket error.
-    closed_io_error,
-    /// Closes because `on_recv` returned an error.
-    closed_app_error,
-    /// Closes the app asked for through `wants_close`.
-    closed_app_requested,
-    /// Closes because a transmit exceeded `send_buffered_max_bytes`.
-    closed_transmit_too_large,
-    /// Closes caused by shutdown.
-    closed_shutdown,
-    /// Bytes handed to the app.
-    bytes_in,
-    /// Bytes the kernel accepted for sending.
-    bytes_out,
-    /// Times a receive stopped because every provided buffer was in use (ENOBUFS).
-    recv_buffer_exhausted,
-    /// Completions for connections that had already gone (dropped after returning buffers).
-    stale_completions,
-}
-
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64, by: u64) {
-        counter.fetch_add(by, Ordering::Relaxed);
-    }
-
-    pub(crate) fn count_close(&self, reason: CloseReason) {
-        let counter = match reason {
-            CloseReason::PeerClosed => &self.closed_peer_closed,
-            CloseReason::PeerReset => &self.closed_peer_reset,
-            CloseReason::Io(_) => &self.closed_io_error,
-            CloseReason::App(_) => &self.closed_app_error,
-            CloseReason::AppRequested => &self.closed_app_requested,
-            CloseReason::TransmitTooLarge => &self.closed_transmit_too_large,
-            CloseReason::Shutdown => &self.closed_shutdown,
-            CloseReason::ConnectFailed(_) => &self.connect_failed,
-            CloseReason::ConnectTimedOut => &self.connect_timed_out,
-            CloseReason::LimitReached => &self.connect_refused_limit,
-        };
-        Counters::bump(counter, 1);
-    }
-}
-
-/// Wakes one shard from any thread: its loop runs a turn (so [`App::end_of_turn`],
-/// [`App::poll_connect`] and [`App::poll_ready`] see whatever the caller queued). Cheap to
-/// clone; keeps the shard's eventfd open for as long as it lives.
-#[derive(Clone, Debug)]
-pub struct Waker {
-    eventfd: Arc<OwnedFd>,
-}
-
-impl Waker {
-    pub(crate) fn new(eventfd: Arc<OwnedFd>) -> Self {
-        Waker { eventfd }
-    }
-
-    /// Makes the shard run a loop turn soon. Never blocks in practice (an eventfd write only
-    /// blocks when its counter nears 2^64).
-    pub fn wake(&self) -> io::Result<()> {
-        sockets::eventfd_signal(self.eventfd.as_raw_fd())
-    }
-
-    /// The shard's eventfd, for a ring that should wake the shard when it posts a completion
-    /// (`io_uring_register_eventfd`); valid while this waker lives.
-    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.eventfd.as_raw_fd()
-    }
-}
-
-/// Errors starting or running the engine (not the hot path: connection errors are
-/// [`CloseReason`]s, never these).
-#[derive(Debug)]
-pub enum EngineError {
-    /// io_uring is unusable here; the message says why and what to check.
-    Probe(ProbeError),
-    /// The configuration breaks a rule.
-    Config(&'static str),
-    /// A system call failed while setting up or running; `what` names the step.
-    Io {
-        shard: Option<usize>,
-        what: &'static str,
-        error: io::Error,
-    },
-    /// A shard thread panicked.
-    ShardPanicked(usize),
-    /// Another socket already listens on the address; the message names its holder.
-    AddressInUse(String),
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::Probe(error) => write!(f, "{error}"),
-            EngineError::Config(what) => write!(f, "invalid engine configuration: {what}"),
-            EngineError::Io {
-                shard: Some(shard),
-                what,
-                error,
-            } => write!(f, "shard {shard}: {what}: {error}"),
-            EngineError::Io {
-                shard: None,
-                what,
-                error,
-            } => write!(f, "{what}: {error}"),
-            EngineError::ShardPanicked(shard) => write!(f, "shard {shard} panicked"),
-            EngineError::AddressInUse(what) => f.write_str(what),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-impl EngineError {
-    pub(crate) fn io(shard: Option<usize>, what: &'static str, error: io::Error) -> Self {
-        EngineError::Io { shard, what, error }
-    }
-}
-
-/// What a shard thread receives from [`Engine::start`].
-pub(crate) struct ShardSetup {
-    pub(crate) index: usize,
-    pub(crate) core: usize,
-    pub(crate) config: EngineConfig,
-    pub(crate) listener: Option<OwnedFd>,
-    pub(crate) eventfd: Arc<OwnedFd>,
-    pub(crate) stop: Arc<AtomicBool>,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) peers: Arc<PeerLimiter>,
-}
 
 struct ShardHandle {
     core: usize,
@@ -595,6 +185,19 @@ impl Engine {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Engine::start_with_ctx(config, move |ctx: ShardCtx| app_factory(ctx.index))
+    }
+
+    /// As [`Engine::start`], but the factory gets a [`ShardCtx`]: every shard's waker exists
+    /// before the first app is made.
+    pub fn start_with_ctx<A, F>(
+        config: EngineConfig,
+        app_factory: F,
+    ) -> Result<EngineHandle, EngineError>
+    where
+        A: App + 'static,
+        F: Fn(ShardCtx) -> A + Send + Sync + 'static,
+    {
         // The probe runs on a throw-away thread: tearing down a ring queues kernel task work
         // (TWA_SIGNAL) on every thread that used it, which would make the caller's next
         // blocking system call fail once with EINTR.
@@ -653,11 +256,24 @@ impl Engine {
             stop: Arc::clone(&stop),
             shards: Vec::with_capacity(cores.len()),
         };
-        for (index, (core, listener)) in cores.iter().copied().zip(listeners).enumerate() {
-            let eventfd = Arc::new(
-                sockets::eventfd()
-                    .map_err(|error| EngineError::io(Some(index), "eventfd", error))?,
-            );
+        let mut eventfds = Vec::with_capacity(cores.len());
+        for index in 0..cores.len() {
+            eventfds
+                .push(Arc::new(sockets::eventfd().map_err(|error| {
+                    EngineError::io(Some(index), "eventfd", error)
+                })?));
+        }
+        let wakers: Arc<[Waker]> = eventfds
+            .iter()
+            .map(|eventfd| Waker::new(Arc::clone(eventfd)))
+            .collect();
+        for (index, ((core, listener), eventfd)) in cores
+            .iter()
+            .copied()
+            .zip(listeners)
+            .zip(eventfds)
+            .enumerate()
+        {
             let counters = Arc::new(Counters::default());
             let setup = ShardSetup {
                 index,
@@ -665,6 +281,7 @@ impl Engine {
                 config: config.clone(),
                 listener,
                 eventfd: Arc::clone(&eventfd),
+                wakers: Arc::clone(&wakers),
                 stop: Arc::clone(&stop),
                 counters: Arc::clone(&counters),
                 peers: Arc::clone(&peers),
@@ -712,9 +329,18 @@ impl Engine {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Engine::run_with_ctx(config, move |ctx: ShardCtx| app_factory(ctx.index))
+    }
+
+    /// As [`Engine::run`], with the factory of [`Engine::start_with_ctx`].
+    pub fn run_with_ctx<A, F>(config: EngineConfig, app_factory: F) -> Result<(), EngineError>
+    where
+        A: App + 'static,
+        F: Fn(ShardCtx) -> A + Send + Sync + 'static,
+    {
         let signal = super::signal::install()
             .map_err(|error| EngineError::io(None, "installing signal handlers", error))?;
-        let handle = Engine::start(config, app_factory)?;
+        let handle = Engine::start_with_ctx(config, app_factory)?;
         handle.run_until_signal(&signal)
     }
 }
@@ -726,7 +352,7 @@ fn shard_main<A, F>(
 ) -> Result<(), EngineError>
 where
     A: App,
-    F: Fn(usize) -> A,
+    F: Fn(ShardCtx) -> A,
 {
     let index = setup.index;
     if setup.config.pin_threads {

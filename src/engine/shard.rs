@@ -20,10 +20,9 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 use slab::Slab;
 
 use super::admission::PeerLimiter;
+use super::app::{App, CloseReason, ConnId, Errno, ShardCtx};
 use super::buffers::{RecvBufRing, SparePool};
-use super::net::{
-    App, CloseReason, ConnId, Counters, EngineConfig, EngineError, Errno, ShardSetup,
-};
+use super::config::{Counters, EngineConfig, EngineError, ShardSetup};
 use super::sockets::{self, now_ms, RawSockAddr};
 use super::timers::{TimerEntry, TimerHeap};
 
@@ -173,7 +172,7 @@ pub(crate) struct Shard<A: App> {
 }
 
 impl<A: App> Shard<A> {
-    pub(crate) fn new<F: Fn(usize) -> A>(
+    pub(crate) fn new<F: Fn(ShardCtx) -> A>(
         setup: ShardSetup,
         factory: &F,
     ) -> Result<Self, EngineError> {
@@ -183,6 +182,7 @@ impl<A: App> Shard<A> {
             config,
             listener,
             eventfd,
+            wakers,
             stop,
             counters,
             peers,
@@ -216,7 +216,11 @@ impl<A: App> Shard<A> {
                 .sec(config.connect_timeout_ms / 1000)
                 .nsec(((config.connect_timeout_ms % 1000) * 1_000_000) as u32),
         );
-        let app = factory(index);
+        let app = factory(ShardCtx {
+            index,
+            shards: wakers.len(),
+            wakers,
+        });
         Ok(Shard {
             index,
             ring,
@@ -261,6 +265,7 @@ impl<A: App> Shard<A> {
             self.now_ms = now_ms();
             self.reap()?;
             self.fire_timers();
+            self.fire_app_deadline();
 
             self.app.end_of_turn(self.now_ms);
             if self.stopping_since_ms.is_none() {
@@ -414,11 +419,13 @@ impl<A: App> Shard<A> {
     /// The earliest time the loop must wake on its own, if any.
     fn next_wake_ms(&mut self) -> Option<u64> {
         let mut earliest = self.next_live_deadline();
+        let app_deadline = self.app.app_deadline();
         let mut consider = |at: Option<u64>| {
             if let Some(at) = at {
                 earliest = Some(earliest.map_or(at, |e: u64| e.min(at)));
             }
         };
+        consider(app_deadline);
         if !self.accept_armed && self.stopping_since_ms.is_none() {
             consider(self.accept_paused_until_ms);
         }
@@ -788,6 +795,13 @@ impl<A: App> Shard<A> {
                 }
             }
             self.touch(key);
+        }
+    }
+
+    /// Runs the app's own deadline once if it has passed (see [`App::app_deadline`]).
+    fn fire_app_deadline(&mut self) {
+        if self.app.app_deadline().is_some_and(|at| at <= self.now_ms) {
+            self.app.on_app_deadline(self.now_ms);
         }
     }
 
