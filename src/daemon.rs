@@ -15,9 +15,6 @@ use crate::qm::broker::Broker;
 use crate::server::{MsmqApp, Shared};
 use crate::store::FileStore;
 
-/// How often every shard is woken for housekeeping (outgoing retries).
-pub const HOUSEKEEPING_INTERVAL_MS: u64 = 1_000;
-
 /// Runs the server until a signal arrives.
 pub fn serve(mut config: Config) -> anyhow::Result<()> {
     config.validate()?;
@@ -118,27 +115,11 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
             })?;
         }
     }
-    let ticker_wakers = wakers.clone();
     broker.set_waker(Box::new(move |i| {
         if let Some(w) = wakers.get(i % wakers.len().max(1)) {
             let _ = w.wake();
         }
     }));
-    // Housekeeping: every shard runs a loop turn at least once a second, so outgoing queues
-    // retry (TryConnectInterval) even when no socket is busy.
-    let ticking = Arc::new(AtomicBool::new(true));
-    let t = ticking.clone();
-    let ticker = std::thread::Builder::new()
-        .name("lior-tick".into())
-        .spawn(move || {
-            while t.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(HOUSEKEEPING_INTERVAL_MS));
-                for w in &ticker_wakers {
-                    let _ = w.wake();
-                }
-                crate::ratelog::flush_all();
-            }
-        })?;
     let engine_counters: Vec<Arc<EngineCounters>> = (0..engine.shard_count())
         .filter_map(|i| engine.shard_counters(i))
         .collect();
@@ -185,8 +166,6 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     tracing::info!(%listen, api = %api.local_addr, qm = %broker.guid(), "lior is serving");
     let sig = signal.wait();
     tracing::info!(signal = sig, "shutting down");
-    ticking.store(false, Ordering::Relaxed);
-    let _ = ticker.join();
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     api.stop();
     if let Some(s) = srmp {

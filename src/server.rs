@@ -170,10 +170,23 @@ pub struct MsmqApp<S> {
     /// Closes for the engine to carry out (see `App::poll_close`).
     closes: Vec<ConnId>,
     next_expiry_ms: u64,
+    /// When a transiently failed commit is tried again (the shard may have no IO to wake it).
+    commit_retry_at: Option<u64>,
+    /// Shard 0 summarises rate-limited log lines (of every thread) at this time.
+    next_log_flush_ms: u64,
 }
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
 pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
+
+/// How soon a transiently failed commit is tried again.
+pub const COMMIT_RETRY_MS: u64 = 10;
+
+/// How often a name resolution running on a helper thread is looked at.
+pub const RESOLVE_POLL_MS: u64 = 20;
+
+/// How often shard 0 writes the summary of rate-limited log lines (`ratelog`).
+pub const LOG_FLUSH_INTERVAL_MS: u64 = 1_000;
 
 /// Transient commit failures are logged at most once per this interval.
 pub const COMMIT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
@@ -228,6 +241,8 @@ impl<S: QueueStore> MsmqApp<S> {
             admin_acks: Vec::new(),
             tx_acks: Vec::new(),
             next_expiry_ms: 0,
+            commit_retry_at: None,
+            next_log_flush_ms: 0,
             reassembly_bytes: 0,
             partials: HashMap::new(),
             evicted: std::collections::HashSet::new(),
@@ -532,6 +547,7 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut part = self.shared.broker.partition(p);
         match part.commit(None) {
             Ok(mark) => {
+                self.commit_retry_at = None;
                 let advanced = mark > self.durable[p];
                 self.durable[p] = mark;
                 match wait_for {
@@ -569,8 +585,10 @@ impl<S: QueueStore> MsmqApp<S> {
                 false
             }
             Err(e) => {
-                // Transient (a slow disk): the same commit is tried again next turn; the
-                // sessions keep waiting for it.
+                // Transient (a slow disk): the same commit is tried again shortly (an
+                // application deadline, should no IO wake the shard); the sessions keep
+                // waiting for it.
+                self.commit_retry_at = Some(now_ms + COMMIT_RETRY_MS);
                 self.shared
                     .broker
                     .counters
@@ -1008,6 +1026,37 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 self.shared.broker.sweep_txn(unix_now());
             }
         }
+        if self.shard == 0 && now_ms >= self.next_log_flush_ms {
+            self.next_log_flush_ms = now_ms + LOG_FLUSH_INTERVAL_MS;
+            crate::ratelog::flush_all();
+        }
+    }
+
+    /// The shard's own timers, so an idle shard still retries outgoing connections
+    /// (TryConnectInterval), resends transactional messages, scans for expired messages and
+    /// retries a failed commit: the earliest of them. `end_of_turn`, which follows
+    /// `on_app_deadline`, does the work and moves each.
+    fn app_deadline(&self) -> Option<u64> {
+        let mut d = self.next_expiry_ms;
+        for o in self.out.values() {
+            if let Some(t) = o.next_deadline() {
+                d = d.min(t);
+            }
+        }
+        if !self.resolving.is_empty() {
+            d = d.min(self.now_ms + RESOLVE_POLL_MS);
+        }
+        if let Some(t) = self.commit_retry_at {
+            d = d.min(t);
+        }
+        if self.shard == 0 {
+            d = d.min(self.next_log_flush_ms);
+        }
+        Some(d)
+    }
+
+    fn on_app_deadline(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
     }
 
     fn poll_ready(&mut self) -> Option<ConnId> {

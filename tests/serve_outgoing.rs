@@ -467,3 +467,50 @@ fn an_outgoing_queue_on_a_partition_beyond_the_shard_count_is_sent() {
     let got = b.receive_until("orders", 3);
     assert_eq!(got.len(), 3);
 }
+
+/// Issue 10: no thread wakes the shards once a second any more; an outgoing queue whose
+/// destination was down retries on the shard's own timer (TryConnectInterval) and delivers
+/// once the destination is up, with no other traffic to wake the sender.
+#[test]
+fn an_outgoing_queue_retries_on_its_own_timer_until_the_destination_is_up() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ip_a, ip_b) = ("127.0.0.7", "127.0.0.6");
+    let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
+    let ca = config(
+        da.path(),
+        ip_a,
+        port_b,
+        "[Parameters]\nTryConnectInterval = 200\n",
+    );
+    let listen_a = format!("{ip_a}:{port_a}");
+    let a = Server::start_with(
+        &da.path().join("data"),
+        &["--config", &ca, "--listen", &listen_a],
+    );
+    // Nothing listens at B yet: the connection is refused and the queue waits to retry.
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.6\\private$\\orders",
+        "--body",
+        "later",
+        "--recoverable",
+        "--count",
+        "2",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(outgoing_len(&a), 2, "still waiting");
+    // B comes up with its queue already there (so nothing arrives before it exists).
+    let data_b = db.path().join("data");
+    std::fs::create_dir_all(&data_b).unwrap();
+    std::fs::write(
+        data_b.join("queues.json"),
+        r#"{"next_id": 17, "queues": [
+            {"id": 16, "name": "orders", "kind": "private", "transactional": false}]}"#,
+    )
+    .unwrap();
+    let cb = config(db.path(), ip_b, port_a, "");
+    let listen_b = format!("{ip_b}:{port_b}");
+    let b = Server::start_with(&data_b, &["--config", &cb, "--listen", &listen_b]);
+    let got = b.receive_until("orders", 2);
+    assert_eq!(got.len(), 2);
+}
