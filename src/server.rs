@@ -18,13 +18,14 @@ use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{AckSource, Broker, Verdict};
-use crate::qm::catalog::ORDER_QUEUE_ID;
+use crate::qm::order_acks::{
+    order_ack_frame, OrderAckTo, OrderAcks, ORDER_ACKS_PER_SESSION_MAX, ORDER_ACK_WINDOW_RETRY_MS,
+};
 use crate::qm::outgoing_queue::{OutAction, OutPhase, OutPolicy, OutQueue};
-use crate::qm::txn::{IncomingSequence, OrderAckTimer, TxKey};
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
 use crate::store::{Cursor, LookupId, QueueId, QueueStore, Ticket};
-use crate::wire::user::{OrderAckBody, QueueRef, UserMessage};
-use crate::wire::{utf16z, Guid, Utf16};
+use crate::wire::user::UserMessage;
+use crate::wire::Guid;
 
 /// AppError codes this module closes connections with.
 pub mod close_code {
@@ -110,7 +111,7 @@ pub struct MsmqConn {
     /// recoverable seq). A duplicate waits for its first copy, wherever that was stored.
     pending_durable: VecDeque<(usize, Ticket, u16)>,
     /// OrderAck state per (sender, queue) of the transactional messages on this session.
-    order_acks: HashMap<TxKey, (OrderAckTimer, IncomingSequence)>,
+    order_acks: OrderAcks,
     /// Set when any received message used a direct format name (MS-MQQB 3.1.7.17).
     direct_format: bool,
     incoming: bool,
@@ -191,10 +192,6 @@ pub const LOG_FLUSH_INTERVAL_MS: u64 = 1_000;
 /// Transient commit failures are logged at most once per this interval.
 pub const COMMIT_ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
-/// OrderAck schedules one session keeps at most (one per sender × queue it carries); past it a
-/// sequence's OrderAck waits for that sender's next message or resend.
-pub const ORDER_ACKS_PER_SESSION_MAX: usize = 4_096;
-
 /// Whether a failed commit can never succeed (the log is poisoned or the disk failed), as
 /// opposed to one that is retried (a full batch, a commit that did not complete in time).
 fn is_fatal(e: &crate::store::StoreError) -> bool {
@@ -204,9 +201,6 @@ fn is_fatal(e: &crate::store::StoreError) -> bool {
         E::Poisoned { .. } | E::Io { .. } | E::Corrupt { .. } | E::Ring(_)
     )
 }
-
-/// How soon an OrderAck held back for durability is tried again.
-pub const ORDER_ACK_RETRY_MS: u64 = 10;
 
 /// Admin acknowledgements one shard builds per loop turn at most (a bound on the copies kept).
 pub const ADMIN_ACKS_PER_TURN_MAX: usize = 4_096;
@@ -319,21 +313,14 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::warn!("too many admin acknowledgements in one turn; dropping one");
             }
         }
-        let order_ack = d.order_ack.filter(|(k, _)| {
-            conn.order_acks.len() < ORDER_ACKS_PER_SESSION_MAX || conn.order_acks.contains_key(k)
-        });
-        if d.order_ack.is_some()
-            && order_ack.is_none()
-            && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
-        {
-            self.order_ack_cap_logged_ms = now_ms;
-            tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
-        }
-        if let Some((key, state)) = order_ack {
+        if let Some((key, state)) = d.order_ack {
             let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
-            let e = conn.order_acks.entry(key).or_default();
-            e.0.on_accepted(now_ms, max_delay);
-            e.1 = state;
+            if !conn.order_acks.on_accepted(now_ms, key, state, max_delay)
+                && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
+            {
+                self.order_ack_cap_logged_ms = now_ms;
+                tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
+            }
         }
         if let Some(rec) = rec_seq {
             let (p, t) = wait_for;
@@ -360,50 +347,26 @@ impl<S: QueueStore> MsmqApp<S> {
         // An OrderAck says every message up to its number is stored: it waits while any
         // message of this session is not yet durable.
         if !conn.pending_durable.is_empty() {
-            for (t, _) in conn.order_acks.values_mut() {
-                if t.deadline_ms.is_some_and(|d| d <= now_ms) {
-                    t.deadline_ms = Some(now_ms + ORDER_ACK_RETRY_MS);
-                }
-            }
+            conn.order_acks.hold(now_ms);
             return;
         }
         let own = self.shared.broker.guid();
-        let remote = conn.session.remote_qm();
-        let due: Vec<IncomingSequence> = conn
-            .order_acks
-            .values_mut()
-            .filter_map(|(t, s)| t.fire(now_ms).then_some(*s))
-            .collect();
-        for s in due {
-            let body = OrderAckBody {
-                tx_sequence_id: s.seq_id,
-                tx_sequence_number: s.seq_no,
-                tx_previous_sequence_number: s.seq_no.saturating_sub(1),
-            }
-            .to_bytes();
+        // DIRECT=TCP to the sender's address when the session carried direct format names,
+        // else PRIVATE=<sender>\4.
+        let to = if conn.direct_format {
+            OrderAckTo::Direct(conn.peer.ip())
+        } else {
+            OrderAckTo::Private(conn.session.remote_qm())
+        };
+        for s in conn.order_acks.take_due(now_ms) {
             let ordinal = self.shared.broker.next_ordinal();
-            // Address it as MS-MQQB 3.1.7.17 says: DIRECT=TCP to the sender's address when the
-            // session carried direct format names, else PRIVATE=<sender>\4.
-            let direct = utf16z(&format!("TCP:{}\\PRIVATE$\\order_queue$", conn.peer.ip()));
-            let m = if conn.direct_format {
-                UserMessage::order_ack(own, ordinal, QueueRef::Direct(Utf16(&direct)), &body)
-            } else {
-                UserMessage::order_ack(
-                    own,
-                    ordinal,
-                    QueueRef::DestinationPrivate(ORDER_QUEUE_ID),
-                    &body,
-                )
-                .with_queue_manager_address(remote)
-            };
-            let mut bytes = vec![0u8; m.frame_len()];
-            match m.encode(&mut bytes) {
-                Ok(n) => bytes.truncate(n),
+            let bytes = match order_ack_frame(own, ordinal, &s, to) {
+                Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode an OrderAck");
                     continue;
                 }
-            }
+            };
             match conn.session.send_message(now_ms, &bytes, false, 0) {
                 Ok(_) => {
                     self.shared
@@ -414,9 +377,8 @@ impl<S: QueueStore> MsmqApp<S> {
                 Err(e) => {
                     // The window is full: try again shortly; the OrderAck is cumulative.
                     tracing::debug!(?e, "OrderAck deferred");
-                    if let Some(entry) = conn.order_acks.values_mut().find(|(_, st)| *st == s) {
-                        entry.0.deadline_ms = Some(now_ms + 50);
-                    }
+                    conn.order_acks
+                        .retry_at(s, now_ms + ORDER_ACK_WINDOW_RETRY_MS);
                 }
             }
         }
@@ -873,7 +835,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             session: Session::acceptor(cfg, now_ms),
             framer: Framer::new(),
             pending_durable: VecDeque::new(),
-            order_acks: HashMap::new(),
+            order_acks: OrderAcks::default(),
             direct_format: false,
             incoming: true,
             established: false,
@@ -955,11 +917,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn deadline(&self, conn: &MsmqConn) -> Option<u64> {
-        let order = conn
-            .order_acks
-            .values()
-            .filter_map(|(t, _)| t.deadline_ms)
-            .min();
+        let order = conn.order_acks.deadline();
         match (conn.session.poll_timeout(), order) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -969,8 +927,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
     fn on_timeout(&mut self, now_ms: u64, conn: &mut MsmqConn) {
         conn.session.handle_timeout(now_ms);
         self.send_order_acks(now_ms, conn);
-        conn.order_acks
-            .retain(|_, (t, _)| t.deadline_ms.is_some() || t.last_sent_ms == 0);
+        conn.order_acks.prune();
         self.drain_events(conn);
     }
 
@@ -1091,7 +1048,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 session: Session::initiator(cfg, Guid::NULL, now_ms),
                 framer: Framer::new(),
                 pending_durable: VecDeque::new(),
-                order_acks: HashMap::new(),
+                order_acks: OrderAcks::default(),
                 direct_format: true,
                 incoming: false,
                 established: false,

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod catalog;
 pub mod dedup;
 pub mod identity;
+pub mod order_acks;
 pub mod outgoing;
 pub mod outgoing_queue;
 pub mod routing;
