@@ -241,7 +241,10 @@ pub fn begin_frame(out: &mut Vec<u8>, frame_type: FrameType, channel: u16) -> us
 /// `max_frame_size` (the caller splits transfers to fit, see
 /// [`Transfer::encode_frame`](super::performatives::Transfer)).
 pub fn finish_frame(out: &mut [u8], start: usize, max_frame_size: u32) -> Result<usize> {
-    let len = out.len().saturating_sub(start);
+    if start.saturating_add(FRAME_HEADER_LEN) > out.len() {
+        return Err(CodecError::new(ErrorKind::Truncated, "frame header", start));
+    }
+    let len = out.len() - start;
     let size = u32::try_from(len)
         .ok()
         .filter(|&s| s <= max_frame_size)
