@@ -1460,7 +1460,10 @@ impl<'a> Fields<'a> {
         match self.value(field)? {
             None => Ok(Symbols::None),
             Some(Value::Symbol(s)) => Ok(Symbols::One(s)),
-            Some(Value::Array(a)) if a.element_code() & 0x0f == 0x03 && a.descriptor.is_none() => {
+            Some(Value::Array(a))
+                if matches!(a.element_code(), code::SYM8 | code::SYM32)
+                    && a.descriptor.is_none() =>
+            {
                 Ok(Symbols::Array(a))
             }
             Some(_) => Err(CodecError::new(ErrorKind::BadCode, field, at)),
