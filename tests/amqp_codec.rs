@@ -444,6 +444,15 @@ fn transfer_splits_into_frames() {
     // One frame when it fits.
     let mut out = Vec::new();
     assert_eq!(t.encode_frames(&mut out, 0, b"small", 512), Ok(1));
+
+    // A max-frame-size too small for the performative itself: refused, nothing left behind,
+    // whether or not there is payload to carry.
+    for payload in [&b""[..], b"x", &payload] {
+        let mut out = vec![1, 2, 3];
+        let e = t.encode_frames(&mut out, 0, payload, 16).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FrameTooLarge);
+        assert_eq!(out, [1, 2, 3]);
+    }
 }
 
 #[test]

@@ -779,7 +779,23 @@ impl<'a> Transfer<'a> {
     /// Encodes the delivery as as many frames as `max_frame_size` (the peer's) needs: the first
     /// carries every field, the continuations the handle, delivery-id and `more`. Returns the
     /// number of frames. Appends to `out` without allocating once it has grown.
+    /// On error `out` is left as it was.
     pub fn encode_frames(
+        &self,
+        out: &mut Vec<u8>,
+        channel: u16,
+        payload: &[u8],
+        max_frame_size: u32,
+    ) -> Result<usize> {
+        let len = out.len();
+        let r = self.encode_frames_inner(out, channel, payload, max_frame_size);
+        if r.is_err() {
+            out.truncate(len);
+        }
+        r
+    }
+
+    fn encode_frames_inner(
         &self,
         out: &mut Vec<u8>,
         channel: u16,
@@ -796,7 +812,6 @@ impl<'a> Transfer<'a> {
             Performative::Transfer(t).encode(out)?;
             let room = max.saturating_sub(out.len() - start);
             if room == 0 && !rest.is_empty() {
-                out.truncate(start);
                 return Err(CodecError::new(
                     ErrorKind::FrameTooLarge,
                     "transfer (max-frame-size too small for the performative)",
