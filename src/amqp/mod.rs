@@ -22,6 +22,67 @@
 //! | `sasl.rs` | Part 5 (Security): §5.3.3 SASL frames; RFC 4505 (ANONYMOUS) and RFC 4616 (PLAIN) initial responses |
 //! | `message.rs` | Part 3: §3.2 message format (header, delivery-annotations, message-annotations, properties, application-properties, data, amqp-sequence, amqp-value, footer) |
 //!
+//! How a listener uses it (sketch; `buf` is the connection's receive buffer after the protocol
+//! header, `out` its reused transmit buffer):
+//!
+//! ```
+//! use lior::amqp::frame::{encode_amqp_frame, frame_len, parse_frame, FrameType};
+//! use lior::amqp::message::Message;
+//! use lior::amqp::performatives::{AmqpError, DeliveryState, Disposition, Performative, Role};
+//! use lior::amqp::sasl::{parse_initial_response, SaslFrame};
+//!
+//! fn on_bytes(buf: &[u8], out: &mut Vec<u8>, our_max: u32, peer_max: u32) -> usize {
+//!     let mut used = 0;
+//!     loop {
+//!         let rest = &buf[used..];
+//!         let n = match frame_len(rest, our_max) {
+//!             Ok(Some(n)) if n <= rest.len() => n,
+//!             Ok(_) => return used, // wait for more bytes
+//!             Err(e) => {
+//!                 // Close with the condition, then drop the connection.
+//!                 let desc = e.to_string();
+//!                 let close = Performative::Close(Some(AmqpError::new(e.condition(), &desc)));
+//!                 let _ = encode_amqp_frame(out, 0, &close, &[], peer_max);
+//!                 return buf.len();
+//!             }
+//!         };
+//!         let Ok(f) = parse_frame(&rest[..n], our_max) else { return buf.len() };
+//!         used += n;
+//!         match f.header.frame_type {
+//!             FrameType::Sasl => {
+//!                 if let Ok(SaslFrame::Init(init)) = f.sasl() {
+//!                     let _who = parse_initial_response(&init);
+//!                 }
+//!             }
+//!             FrameType::Amqp => match f.performative() {
+//!                 Ok(None) => {} // keep-alive
+//!                 Ok(Some((Performative::Transfer(t), payload))) => {
+//!                     // (a multi-frame delivery is reassembled first, while t.more)
+//!                     let m = Message::decode(payload);
+//!                     let settle = Performative::Disposition(Disposition {
+//!                         role: Role::Receiver,
+//!                         first: t.delivery_id.unwrap_or(0),
+//!                         last: None,
+//!                         settled: true,
+//!                         state: Some(if m.is_ok() {
+//!                             DeliveryState::Accepted
+//!                         } else {
+//!                             DeliveryState::Rejected(None)
+//!                         }),
+//!                         batchable: false,
+//!                     });
+//!                     let _ = encode_amqp_frame(out, f.header.channel, &settle, &[], peer_max);
+//!                 }
+//!                 Ok(Some((_other, _))) => {}
+//!                 Err(_e) => return buf.len(),
+//!             },
+//!         }
+//!     }
+//! }
+//! # let mut out = Vec::new();
+//! # assert_eq!(on_bytes(&lior::amqp::frame::EMPTY_FRAME, &mut out, 512, 512), 8);
+//! ```
+//!
 //! Supported: every primitive encoding of §1.6 decodes (decimal32/64/128 kept as opaque bytes,
 //! char as its raw UTF-32 code unit); described types with ulong or symbol descriptors; arrays
 //! whose element constructor is a format code or one level of descriptor. Not supported (a
