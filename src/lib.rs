@@ -3,6 +3,7 @@
 //! The library holds every layer; `src/main.rs` is only the command line.
 //! See README.md for the architecture and the data flow between the modules.
 
+pub mod amqp;
 pub mod bench;
 pub mod config;
 pub mod daemon;
