@@ -154,15 +154,26 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "none(hardened)".into());
     // The first line on stdout names the chosen ports, so scripts and tests can use port 0.
-    println!(
-        "lior ready listen={listen} api={} srmp={} qm={} cores={:?} data_dir={}",
-        api.local_addr,
-        srmp.as_ref()
-            .map_or_else(|| "off".to_string(), |s| s.local_addr.to_string()),
-        broker.guid(),
-        engine.cores(),
-        config.data_dir.display()
-    );
+    // Written without `println!`: a closed stdout (the reader went away) must not stop a
+    // running server, so a failed write is only logged.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let written = writeln!(
+            out,
+            "lior ready listen={listen} api={} srmp={} qm={} cores={:?} data_dir={}",
+            api.local_addr,
+            srmp.as_ref()
+                .map_or_else(|| "off".to_string(), |s| s.local_addr.to_string()),
+            broker.guid(),
+            engine.cores(),
+            config.data_dir.display()
+        )
+        .and_then(|()| out.flush());
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write the ready line to stdout; serving anyway");
+        }
+    }
     tracing::info!(%listen, api = %api.local_addr, qm = %broker.guid(), "lior is serving");
     let sig = signal.wait();
     tracing::info!(signal = sig, "shutting down");

@@ -17,6 +17,14 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` that never panics: a closed stderr loses the line, nothing else.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// `print!` with the same care.
 macro_rules! out {
     ($($t:tt)*) => {
@@ -236,7 +244,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lior: {e:#}");
+            errln!("lior: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -273,7 +281,7 @@ fn decode(file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     match error {
         None => Ok(ExitCode::SUCCESS),
         Some(e) => {
-            eprintln!("lior decode: malformed input: {e}");
+            errln!("lior decode: malformed input: {e}");
             Ok(ExitCode::from(1))
         }
     }
@@ -285,7 +293,7 @@ fn store(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
         StoreCommand::Check { dir, json } => {
             let report = check::check(&dir).map_err(anyhow::Error::msg)?;
             if json {
-                println!("{}", report.to_json());
+                outln!("{}", report.to_json());
             } else {
                 print!("{}", report.to_text());
             }
@@ -294,7 +302,7 @@ fn store(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
         StoreCommand::Salvage { dir, json } => {
             let done = check::salvage(&dir).map_err(anyhow::Error::msg)?;
             if json {
-                println!("{}", check::salvaged_json(&done));
+                outln!("{}", check::salvaged_json(&done));
             } else {
                 print!("{}", check::salvaged_text(&dir, &done));
             }
@@ -547,15 +555,15 @@ fn messages(
         }
     }
     if shown == 0 {
-        eprintln!("no message in {queue}");
+        errln!("no message in {queue}");
     } else if shown < count && count > 1 {
         if verb == "peek" && shown == RECEIVE_COUNT_MAX {
-            eprintln!(
+            errln!(
                 "lior peek: showed the first {shown} of the {count} asked for \
                  (one peek shows at most {RECEIVE_COUNT_MAX})"
             );
         } else {
-            eprintln!("lior {verb}: {shown} of the {count} asked for; {queue} has no more");
+            errln!("lior {verb}: {shown} of the {count} asked for; {queue} has no more");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -706,3 +706,87 @@ fn send_peek_receive_keep_order_on_two_cores() {
     let received = bodies(&server.cli(&["receive", "q", "--count", "6", "--json"]));
     assert_eq!(received, names, "receive order");
 }
+
+/// A `lior serve` whose stdout reader went away (a closed pipe) keeps serving: the ready line
+/// cannot be written, which is logged, not a panic.
+#[test]
+fn serve_keeps_running_when_its_stdout_is_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            &api.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the server writes its ready line.
+    drop(child.stdout.take());
+    let url = format!("http://{api}/v1/status");
+    let mut up = false;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read as _;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("lior serve exited with {status}: {err}");
+        }
+        if ureq::get(&url).call().is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(up, "the API never answered");
+    // It serves normally and stops normally on SIGTERM (before, the main thread panicked on
+    // the ready line and the process hung half-alive).
+    sigterm(child.id());
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    use std::io::Read as _;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("lior serve did not stop on SIGTERM: {err}");
+    };
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `kill -TERM pid` through the `kill` command (no unsafe in tests).
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
