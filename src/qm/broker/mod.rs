@@ -40,6 +40,7 @@ use crate::wire::format_name::SystemQueue;
 
 mod partition;
 mod recovery;
+mod wakeups;
 
 pub use partition::{Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
@@ -1332,57 +1333,12 @@ fn encode_message(m: &UserMessage<'_>) -> Result<Vec<u8>, ApiError> {
 }
 
 impl<S: QueueStore> Broker<S> {
-    /// Installs the function that wakes shard `i` (its engine loop) from another thread.
-    pub fn set_waker(&self, f: Box<dyn Fn(usize) + Send + Sync>) {
-        let _ = self.waker.set(f);
-    }
-
-    fn wake(&self, shard: usize) {
-        if let Some(w) = self.waker.get() {
-            w(shard);
-        }
-    }
-
     /// A fresh MessageIdOrdinal (unique across restarts).
     pub fn next_ordinal(&self) -> u32 {
         lock(&self.ordinals).allocate().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
             0
         })
-    }
-
-    /// Makes partition `p`'s commit completions signal eventfd `fd` (its owning shard's), so
-    /// the shard learns of durability without waiting for it.
-    pub fn set_commit_notify(&self, p: usize, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
-        self.partition(p).store.set_notify(fd)
-    }
-
-    /// Shard `shard` waits for partition `p` (owned by another shard) to become durable
-    /// further; the owner wakes it when it sees a commit complete. Called with `p` locked,
-    /// after finding the wanted ticket not yet durable, so no completion is missed.
-    pub fn note_durable_interest(&self, p: usize, shard: usize) {
-        if let Some(i) = self.durable_interest.get(p) {
-            i.fetch_or(1 << (shard % 64), Ordering::AcqRel);
-        }
-    }
-
-    /// Partition `p`'s durability advanced: wake the other shards waiting for it.
-    pub fn wake_durable_interest(&self, p: usize, me: usize) {
-        let Some(i) = self.durable_interest.get(p) else {
-            return;
-        };
-        if i.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let bits = i.swap(0, Ordering::AcqRel);
-        for b in 0..64usize {
-            if bits & (1 << b) != 0 && b != me % 64 {
-                // Shard indexes are below the partition count; `wake` maps them to shards.
-                for s in (b..self.partitions.len()).step_by(64) {
-                    self.wake(s);
-                }
-            }
-        }
     }
 
     /// Takes (and clears) the flag saying partition `p` has new outgoing messages.
