@@ -11,6 +11,13 @@
 //! lior spread over several partitions are read from every partition (see `spread`). Tables
 //! shared by all shards (catalog, duplicate table, transactional sequences) sit behind locks
 //! taken once per message for a few hundred nanoseconds.
+//!
+//! This file holds the [`Broker`] itself (its state, its construction, the partition accessors),
+//! its counters and API error, the broker's limits, and the small helpers its files share. Each
+//! other file adds one subject: `partition` (a store partition and its commit), `recovery` (what
+//! a start restores), `delivery` (an incoming message to its queue), `requests` (the local
+//! API), `outgoing` (outgoing queues and OrderAcks), `admin_acks`, `expiry`, and `wakeups`
+//! (waking shards from other threads).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,6 +53,8 @@ pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_
 use delivery::RouteCache;
 use recovery::{rebuild_tables, restore_txn_states};
 
+// The broker's limits, in one place: each file of the broker takes its own from here.
+
 /// Sequence states one sweep looks at most.
 pub const TXN_SWEEP_BATCH_MAX: usize = 4_096;
 /// How long a duplicate waits at most for its first copy (being stored by another shard) to get
@@ -57,80 +66,17 @@ pub const TX_ACK_REFUSED_LOG_INTERVAL_S: u32 = 60;
 pub const TX_ACK_REFUSED_LOG_PEERS_MAX: usize = 1_024;
 /// Destinations the route cache remembers at most (it starts over when full).
 pub const ROUTE_CACHE_MAX: usize = 4_096;
-
 /// Expired messages one expiry pass handles at most (the rest wait for the next pass).
 pub const EXPIRY_BATCH_MAX: usize = 1_024;
 /// Messages one receive call returns at most.
 pub const RECEIVE_BATCH_MAX: usize = 10_000;
-
-/// Counters of the queue manager, for metrics and tests.
-#[derive(Debug, Default)]
-pub struct BrokerCounters {
-    pub messages_stored: AtomicU64,
-    pub bytes_stored: AtomicU64,
-    pub duplicates_dropped: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub tx_rejected: AtomicU64,
-    pub expired_on_arrival: AtomicU64,
-    pub nacks_owed: AtomicU64,
-    pub refused_store_errors: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub admin_acks_queued: AtomicU64,
-    pub acks_unroutable: AtomicU64,
-    pub nacks_suppressed: AtomicU64,
-    pub outgoing_sent_acked: AtomicU64,
-    pub expired_in_queue: AtomicU64,
-    pub order_acks_received: AtomicU64,
-    pub final_acks_received: AtomicU64,
-    /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
-    /// for an unknown sequence, or for numbers not sent.
-    pub tx_acks_refused: AtomicU64,
-    /// Messages refused because the transactional sequence table was full.
-    pub tx_table_full: AtomicU64,
-    /// Partitions whose store is poisoned (a failed write or fsync): nothing more becomes
-    /// durable there until restart.
-    pub store_poisoned: AtomicU64,
-    /// Group commits that failed and are retried.
-    pub commit_failures: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Errors of the local API.
-#[derive(Debug)]
-pub enum ApiError {
-    Catalog(CatalogError),
-    Store(StoreError),
-    NoSuchQueue(String),
-    /// A send could not be placed (bad format name, outgoing table full, ...).
-    Send(String),
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApiError::Catalog(e) => write!(f, "{e}"),
-            ApiError::Store(e) => write!(f, "{e}"),
-            ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
-            ApiError::Send(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::Store(e)
-    }
-}
-impl From<CatalogError> for ApiError {
-    fn from(e: CatalogError) -> Self {
-        ApiError::Catalog(e)
-    }
-}
+/// State records whose removal waits for them to become visible, per partition, at most.
+const TXN_STALE_RECORDS_MAX: usize = 65_536;
+/// Commits a replaced state record is waited for at most before it is left to the start-up
+/// clean-up (which keeps the newest record of each sequence).
+const TXN_STALE_TRIES_MAX: u16 = 1_000;
+/// Batches `commit` waits for at most before it gives up (a store that never completes).
+const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
 
 /// The queue manager shared by the engine shards and the local API.
 pub struct Broker<S> {
@@ -179,10 +125,69 @@ pub struct Broker<S> {
     spread: std::collections::HashSet<u32>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks is a programmer error that already stopped a
-    // shard; the data behind it is still consistent at message granularity.
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Counters of the queue manager, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    pub messages_stored: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub tx_rejected: AtomicU64,
+    pub expired_on_arrival: AtomicU64,
+    pub nacks_owed: AtomicU64,
+    pub refused_store_errors: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub admin_acks_queued: AtomicU64,
+    pub acks_unroutable: AtomicU64,
+    pub nacks_suppressed: AtomicU64,
+    pub outgoing_sent_acked: AtomicU64,
+    pub expired_in_queue: AtomicU64,
+    pub order_acks_received: AtomicU64,
+    pub final_acks_received: AtomicU64,
+    /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
+    /// for an unknown sequence, or for numbers not sent.
+    pub tx_acks_refused: AtomicU64,
+    /// Messages refused because the transactional sequence table was full.
+    pub tx_table_full: AtomicU64,
+    /// Partitions whose store is poisoned (a failed write or fsync): nothing more becomes
+    /// durable there until restart.
+    pub store_poisoned: AtomicU64,
+    /// Group commits that failed and are retried.
+    pub commit_failures: AtomicU64,
+}
+
+/// Errors of the local API.
+#[derive(Debug)]
+pub enum ApiError {
+    Catalog(CatalogError),
+    Store(StoreError),
+    NoSuchQueue(String),
+    /// A send could not be placed (bad format name, outgoing table full, ...).
+    Send(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Catalog(e) => write!(f, "{e}"),
+            ApiError::Store(e) => write!(f, "{e}"),
+            ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
+            ApiError::Send(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Store(e)
+    }
+}
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        ApiError::Catalog(e)
+    }
 }
 
 impl Broker<FileStore> {
@@ -380,6 +385,14 @@ impl<S: QueueStore> Broker<S> {
     fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
         self.catalog.read().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// A fresh MessageIdOrdinal (unique across restarts).
+    pub fn next_ordinal(&self) -> u32 {
+        lock(&self.ordinals).allocate().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
+            0
+        })
+    }
 }
 
 impl<S> std::fmt::Debug for Broker<S> {
@@ -391,6 +404,16 @@ impl<S> std::fmt::Debug for Broker<S> {
     }
 }
 
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a programmer error that already stopped a
+    // shard; the data behind it is still consistent at message granularity.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn unix_now() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -398,6 +421,7 @@ fn unix_now() -> u32 {
         .unwrap_or(0)
 }
 
+/// Encodes a message we built into its frame.
 fn encode_message(m: &UserMessage<'_>) -> Result<Vec<u8>, ApiError> {
     let mut out = vec![0u8; m.frame_len()];
     let n = m
@@ -405,14 +429,4 @@ fn encode_message(m: &UserMessage<'_>) -> Result<Vec<u8>, ApiError> {
         .map_err(|e| ApiError::Send(format!("cannot encode the message: {e}")))?;
     out.truncate(n);
     Ok(out)
-}
-
-impl<S: QueueStore> Broker<S> {
-    /// A fresh MessageIdOrdinal (unique across restarts).
-    pub fn next_ordinal(&self) -> u32 {
-        lock(&self.ordinals).allocate().unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
-            0
-        })
-    }
 }

@@ -12,7 +12,7 @@ use crate::store::{
     Ticket, EXPIRY_NEVER,
 };
 
-use super::lock;
+use super::{lock, COMMIT_WAIT_ROUNDS_MAX, TXN_STALE_RECORDS_MAX, TXN_STALE_TRIES_MAX};
 
 /// Internal store queue holding the persistent transactional sequence states (one record per
 /// sender and queue; the message id field is the sender GUID and the queue id).
@@ -198,17 +198,7 @@ impl<S: QueueStore> Partition<S> {
         }
         Ok(mark)
     }
-}
 
-/// State records whose removal waits for them to become visible, per partition, at most.
-const TXN_STALE_RECORDS_MAX: usize = 65_536;
-/// Commits a replaced state record is waited for at most before it is left to the start-up
-/// clean-up (which keeps the newest record of each sequence).
-const TXN_STALE_TRIES_MAX: u16 = 1_000;
-/// Batches `commit` waits for at most before it gives up (a store that never completes).
-const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
-
-impl<S: QueueStore> Partition<S> {
     /// Removes a message the remote queue manager acknowledged from its outgoing queue; the
     /// removal is committed with the next group commit.
     pub fn remove_delivered(&mut self, queue: QueueId, lookup: LookupId) -> Result<(), StoreError> {
