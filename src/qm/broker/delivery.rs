@@ -1,0 +1,572 @@
+//! Delivery of one incoming UserMessage (MS-MQQB 3.1.5.8), whichever shard, API call or SRMP
+//! post brings it: expiry on arrival, routing to a local queue (with a route cache), the
+//! transactional and duplicate checks, storage in the queue's owning partition, and the
+//! dead-letter queue for what cannot be delivered (never dropped without a trace). Also the
+//! upkeep of the incoming transactional sequence table.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::qm::catalog::{QueueDef, DEADLETTER_ID, DEADXACT_ID};
+use crate::qm::dedup::PENDING;
+use crate::qm::routing::{route, Route};
+use crate::qm::txn::{IncomingSequence, TxKey, TxVerdict};
+use crate::store::{
+    Class, MessageId, MessageMeta, QueueId, QueueStore, QuotaKind, StoreError, Ticket, EXPIRY_NEVER,
+};
+use crate::wire::base::INFINITE;
+use crate::wire::format_name::SystemQueue;
+use crate::wire::headers::MessageClass;
+use crate::wire::user::UserMessage;
+use crate::wire::Guid;
+
+use super::partition::Partition;
+use super::{
+    bump, lock, unix_now, Broker, DEDUP_PENDING_WAIT_MS, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX,
+    TX_ACK_REFUSED_LOG_INTERVAL_S,
+};
+
+/// What happened to one incoming message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored in `queue`; the sender may be acknowledged once `ticket` is durable.
+    Stored { queue: u32, ticket: Ticket },
+    /// Stored in a dead-letter queue because it could not be delivered; `class` is the NACK
+    /// the spec names for it.
+    DeadLettered {
+        queue: u32,
+        ticket: Ticket,
+        class: MessageClass,
+    },
+    /// A duplicate of a message already received: dropped, and acknowledged at session level
+    /// once the first copy (in partition `origin.0`, ticket `origin.1`) is durable.
+    Duplicate { origin: (usize, Ticket) },
+    /// A transactional message out of order or already received: dropped; the OrderAck tells
+    /// the sender where the sequence stands.
+    TxRejected { origin: (usize, Ticket) },
+    /// An OrderAck or FinalAck for our own transactional sends: not stored; the caller hands
+    /// the frame to [`Broker::handle_tx_ack`] once it holds no partition lock.
+    TxAck,
+    /// It cannot be stored now (store poisoned, disk or machine quota full): the session must be
+    /// closed so the sender keeps the message and tries again later.
+    Refuse(StoreError),
+}
+
+/// The result of [`Broker::deliver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub verdict: Verdict,
+    /// Set for transactional messages: the sequence state to acknowledge with an OrderAck.
+    pub order_ack: Option<(TxKey, IncomingSequence)>,
+    /// An admin acknowledgement the sender asked for (ACK_REACH_QUEUE or a NACK class).
+    pub admin_ack: Option<MessageClass>,
+    /// The partition the message was stored in (the owner of its queue or of the dead-letter
+    /// queue): a `Stored`/`DeadLettered` ticket is a ticket of this partition, and the caller
+    /// commits it.
+    pub partition: usize,
+}
+
+/// Destinations already resolved to a local queue, valid for one catalog generation.
+#[derive(Debug, Default)]
+pub(super) struct RouteCache {
+    generation: u64,
+    /// By the raw UTF-16 bytes of a direct format name.
+    direct: HashMap<Vec<u8>, Arc<QueueDef>>,
+    /// By private queue number.
+    numbers: HashMap<u32, Arc<QueueDef>>,
+}
+
+impl<S: QueueStore> Broker<S> {
+    fn cached_route(&self, dest: &crate::wire::user::QueueRef<'_>) -> Option<Arc<QueueDef>> {
+        let c = self.route_cache.read().unwrap_or_else(|p| p.into_inner());
+        if c.generation != self.catalog_generation.load(Ordering::Acquire) {
+            return None;
+        }
+        match dest {
+            crate::wire::user::QueueRef::Direct(s) => c.direct.get(s.0).cloned(),
+            crate::wire::user::QueueRef::DestinationPrivate(n) => c.numbers.get(n).cloned(),
+            _ => None,
+        }
+    }
+
+    fn cache_route(&self, dest: &crate::wire::user::QueueRef<'_>, q: &Arc<QueueDef>) {
+        let mut c = self.route_cache.write().unwrap_or_else(|p| p.into_inner());
+        let generation = self.catalog_generation.load(Ordering::Acquire);
+        if c.generation != generation || c.direct.len() + c.numbers.len() >= ROUTE_CACHE_MAX {
+            c.direct.clear();
+            c.numbers.clear();
+            c.generation = generation;
+        }
+        match dest {
+            crate::wire::user::QueueRef::Direct(s) => {
+                c.direct.insert(s.0.to_vec(), q.clone());
+            }
+            crate::wire::user::QueueRef::DestinationPrivate(n) => {
+                c.numbers.insert(*n, q.clone());
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn resolve(&self, route: &Route) -> Option<QueueDef> {
+        let cat = self.catalog();
+        match route {
+            Route::Named(n) => cat.lookup(n).cloned(),
+            Route::Number(n) => cat.by_id(*n).cloned(),
+            Route::System(SystemQueue::DeadLetter) => cat.lookup("deadletter").cloned(),
+            Route::System(SystemQueue::DeadXact) => cat.lookup("deadxact").cloned(),
+            Route::System(SystemQueue::Journal) => cat.lookup("journal").cloned(),
+            Route::NotHere(_) | Route::Unknown(_) => None,
+        }
+    }
+
+    /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
+    /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
+    /// Locks that one partition itself: call it holding no partition lock. The caller commits
+    /// `Delivered::partition`.
+    pub fn deliver(
+        &self,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        now_unix: u32,
+        now_ms: u64,
+    ) -> Delivered {
+        let u = &msg.user;
+        if msg.is_order_ack() || msg.is_final_ack() {
+            return Delivered {
+                verdict: Verdict::TxAck,
+                order_ack: None,
+                admin_ack: None,
+                partition: 0,
+            };
+        }
+        // The hot path: a destination seen before resolves from the cache without parsing the
+        // format name or cloning the queue definition.
+        if u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid {
+            if let Some(q) = self.cached_route(&u.destination) {
+                return self.deliver_to(frame, msg, &q, now_unix, now_ms);
+            }
+        }
+        let route = route(u, &self.identity);
+        let Some(queue) = self.resolve(&route) else {
+            let why = match &route {
+                Route::NotHere(w) | Route::Unknown(w) => w.clone(),
+                Route::Named(n) => format!("no queue named {n}"),
+                Route::Number(n) => format!("no private queue number {n:#x}"),
+                Route::System(s) => format!("no system queue {s:?}"),
+            };
+            return self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
+        };
+        let queue = Arc::new(queue);
+        self.cache_route(&u.destination, &queue);
+        self.deliver_to(frame, msg, &queue, now_unix, now_ms)
+    }
+
+    /// Delivers a message whose queue is already known (an SRMP post names it by its URL).
+    /// Locks the queue's owning partition (or the dead-letter queue's) itself.
+    pub fn deliver_to(
+        &self,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        queue: &QueueDef,
+        now_unix: u32,
+        now_ms: u64,
+    ) -> Delivered {
+        let u = &msg.user;
+        let transactional = u.flags.transactional();
+        let acks = msg.properties.flags;
+        let mut out = Delivered {
+            verdict: Verdict::Duplicate {
+                origin: (0, Ticket::IMMEDIATE),
+            },
+            order_ack: None,
+            admin_ack: None,
+            partition: self.owner(queue),
+        };
+        // TimeToReachQueue, checked after routing as MS-MQQB 3.1.5.8 orders the steps. The spec
+        // has the receiver ignore an expired message; lior keeps it in the dead-letter queue
+        // instead, so nothing is dropped without a trace.
+        let ttrq = msg.base.time_to_reach_queue;
+        if ttrq != INFINITE && u.sent_time != 0 && now_unix.saturating_sub(u.sent_time) > ttrq {
+            bump(&self.counters.expired_on_arrival);
+            return self.dead_letter(
+                frame,
+                msg,
+                MessageClass::NACK_REACH_QUEUE_TIMEOUT,
+                &format!(
+                    "expired before reaching queue {} (sent {} s ago, TimeToReachQueue {} s)",
+                    queue.name,
+                    now_unix.saturating_sub(u.sent_time),
+                    ttrq
+                ),
+            );
+        }
+        if transactional && !queue.transactional {
+            return self.dead_letter(
+                frame,
+                msg,
+                MessageClass::NACK_NOT_TRANSACTIONAL_Q,
+                &format!(
+                    "transactional message for non-transactional queue {}",
+                    queue.name
+                ),
+            );
+        }
+        if !transactional && queue.transactional {
+            return self.dead_letter(
+                frame,
+                msg,
+                MessageClass::NACK_NOT_TRANSACTIONAL_MSG,
+                &format!(
+                    "non-transactional message for transactional queue {}",
+                    queue.name
+                ),
+            );
+        }
+        // The owner's lock is held from the transactional and duplicate checks to the append,
+        // so the queue's order is the order of its appends. Lock order: partition, then the
+        // transactional table, then the duplicate table.
+        let mut part = self.partition(out.partition);
+        let key = (u.source_queue_manager, queue.id);
+        let mut tx_state = None;
+        // Held from the check until the state is recorded, so an accepted message always gets
+        // its state (no other shard fills the table or moves the sequence in between).
+        let mut txn_guard = None;
+        if let (true, Some(th)) = (transactional, msg.transaction) {
+            let seq_id = th.tx_sequence_id;
+            let mut txn = lock(&self.txn);
+            let mut verdict = txn.check(
+                key,
+                seq_id,
+                th.tx_sequence_number,
+                th.previous_tx_sequence_number,
+            );
+            if verdict == TxVerdict::Accept && !txn.has_room(&key, now_unix) {
+                // Full of recently active sequences: refused, not stored without its state
+                // (which would store it again on every resend). The sender resends later.
+                verdict = TxVerdict::Reject;
+                self.log_txn_full(txn.len());
+            }
+            if verdict == TxVerdict::Reject {
+                bump(&self.counters.tx_rejected);
+                let state = txn.get(&key);
+                out.verdict = Verdict::TxRejected {
+                    origin: (state.origin.0, Ticket(state.origin.1)),
+                };
+                out.order_ack = Some((key, state));
+                return out;
+            }
+            tx_state = Some((seq_id, th.tx_sequence_number));
+            txn_guard = Some(txn);
+        }
+        let dedup_key = (u.source_queue_manager, u.message_id);
+        if tx_state.is_none() {
+            match self.dedup_check(dedup_key, now_ms) {
+                Ok(None) => {}
+                Ok(Some(origin)) => {
+                    bump(&self.counters.duplicates_dropped);
+                    out.verdict = Verdict::Duplicate {
+                        origin: (origin.0, Ticket(origin.1)),
+                    };
+                    return out;
+                }
+                Err(e) => {
+                    bump(&self.counters.refused_store_errors);
+                    out.verdict = Verdict::Refuse(e);
+                    return out;
+                }
+            }
+        }
+        let stored = self.store(&mut part, queue.id, frame, msg);
+        if tx_state.is_none() {
+            let mut dedup = lock(&self.dedup);
+            match stored {
+                Ok(ticket) => dedup.set_origin(&dedup_key, (part.index, ticket.0)),
+                // Not stored: a resend must be taken, not dropped as a duplicate.
+                Err(_) => dedup.remove(&dedup_key),
+            }
+            // Read under the lock a waiter registers under: no wake-up is lost.
+            let waiting = self.dedup_waiters.load(Ordering::Relaxed) > 0;
+            drop(dedup);
+            if waiting {
+                self.dedup_settled.notify_all();
+            }
+        }
+        match stored {
+            Ok(ticket) => {
+                bump(&self.counters.messages_stored);
+                self.counters
+                    .bytes_stored
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                out.verdict = Verdict::Stored {
+                    queue: queue.id,
+                    ticket,
+                };
+                if let (Some((seq_id, seq_no)), Some(txn)) = (tx_state, txn_guard.as_mut()) {
+                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0), now_unix) {
+                        Ok(s) => {
+                            part.txn_dirty.insert(key, s);
+                            out.order_ack = Some((key, s));
+                        }
+                        // Room was made above, under the same lock.
+                        Err(_) => self.log_txn_full(txn.len()),
+                    }
+                    let evicted = txn.take_evicted();
+                    self.forget_txn(evicted);
+                }
+                drop(txn_guard);
+                if acks.positive_arrival() {
+                    out.admin_ack = Some(MessageClass::ACK_REACH_QUEUE);
+                }
+                if u.flags.recoverable() {
+                    // Visible to receivers once durable; waiters poll after the commit.
+                } else {
+                    self.arrivals.notify_waiters();
+                }
+                out
+            }
+            Err(StoreError::Quota {
+                kind: QuotaKind::QueueBytes | QuotaKind::QueueMessages,
+                used,
+                limit,
+            }) => {
+                // A full queue: NACK_Q_EXCEED_QUOTA; the message goes to our dead-letter queue
+                // if the sender asked for negative journaling (MS-MQQB 3.1.5.8.8).
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::info!(queue = %queue.name, used, limit, "queue quota exceeded (limits.queue_messages_max or the queue's quota)");
+                }
+                if u.flags.journal_negative() && !transactional {
+                    // The dead-letter queue has its own owner: one partition lock at a time.
+                    drop(txn_guard);
+                    drop(part);
+                    self.dead_letter(frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
+                } else {
+                    bump(&self.counters.nacks_owed);
+                    Delivered {
+                        verdict: Verdict::DeadLettered {
+                            queue: queue.id,
+                            ticket: Ticket::IMMEDIATE,
+                            class: MessageClass::NACK_Q_EXCEED_QUOTA,
+                        },
+                        order_ack: None,
+                        admin_ack: Some(MessageClass::NACK_Q_EXCEED_QUOTA)
+                            .filter(|_| acks.negative_arrival()),
+                        partition: out.partition,
+                    }
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.refused_store_errors);
+                Delivered {
+                    verdict: Verdict::Refuse(e),
+                    order_ack: None,
+                    admin_ack: None,
+                    partition: out.partition,
+                }
+            }
+        }
+    }
+
+    /// Looks a non-transactional message up in the duplicate table and records it as pending
+    /// when new. A duplicate whose first copy another shard is storing at this very moment waits
+    /// (a few microseconds) until that copy has its ticket: until then it has no place the
+    /// duplicate's acknowledgement could wait for. Past [`DEDUP_PENDING_WAIT_MS`] the message is
+    /// refused (the session closes; the sender resends).
+    fn dedup_check(
+        &self,
+        key: (Guid, u32),
+        now_ms: u64,
+    ) -> Result<Option<(usize, u64)>, StoreError> {
+        // The clock is read only when there is something to wait for.
+        let mut deadline = None;
+        let mut dedup = lock(&self.dedup);
+        loop {
+            match dedup.check_and_insert(key, now_ms, PENDING) {
+                Some(o) if o == PENDING => {}
+                found => return Ok(found),
+            }
+            let deadline = *deadline.get_or_insert_with(|| {
+                std::time::Instant::now() + std::time::Duration::from_millis(DEDUP_PENDING_WAIT_MS)
+            });
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::error!(source = %key.0, id = key.1, "the first copy of a duplicate was not stored in time; refusing the copy");
+                return Err(StoreError::NotDurable);
+            }
+            self.dedup_waiters.fetch_add(1, Ordering::Relaxed);
+            dedup = self
+                .dedup_settled
+                .wait_timeout(dedup, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            self.dedup_waiters.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    fn store(
+        &self,
+        part: &mut Partition<S>,
+        queue: u32,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+    ) -> Result<Ticket, StoreError> {
+        let meta = message_meta(msg);
+        let (used, _) = part.store.queue_len(QueueId(queue));
+        let limit = self.config.limits.queue_messages_max;
+        if used >= limit {
+            return Err(StoreError::Quota {
+                kind: QuotaKind::QueueMessages,
+                used,
+                limit,
+            });
+        }
+        // A full commit batch is submitted by the store itself (it never returns BatchFull for
+        // a message that fits a batch), so three 3 MB messages in one turn are all stored.
+        part.store
+            .append(QueueId(queue), &meta, frame)
+            .map(|a| a.ticket)
+    }
+
+    /// Stores `frame` in the dead-letter queue (transactional or not) at that queue's owner;
+    /// locks that partition itself.
+    fn dead_letter(
+        &self,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        class: MessageClass,
+        why: &str,
+    ) -> Delivered {
+        let dlq = if msg.user.flags.transactional() {
+            DEADXACT_ID
+        } else {
+            DEADLETTER_ID
+        };
+        let acks = msg.properties.flags;
+        let admin_ack = (acks.negative_arrival()).then_some(class);
+        let has_admin_queue = msg.user.admin.code() != 0;
+        // One line per message would let a sender fill the disk with log: rate-limited, with
+        // a summary of what was left out (the dead_lettered counter has every one).
+        if crate::ratelog::DEAD_LETTER.allow() {
+            tracing::warn!(
+                source = %msg.user.source_queue_manager,
+                id = msg.user.message_id,
+                nack = ?class,
+                nack_requested = acks.negative_arrival(),
+                admin_queue = has_admin_queue,
+                "undeliverable message moved to the dead-letter queue: {why}"
+            );
+        }
+        let pi = self.dead_letter_partition(dlq);
+        let stored = self.store(&mut self.partition(pi), dlq, frame, msg);
+        match stored {
+            Ok(ticket) => {
+                bump(&self.counters.dead_lettered);
+                if admin_ack.is_some() && has_admin_queue {
+                    bump(&self.counters.nacks_owed);
+                }
+                Delivered {
+                    verdict: Verdict::DeadLettered {
+                        queue: dlq,
+                        ticket,
+                        class,
+                    },
+                    order_ack: None,
+                    admin_ack,
+                    partition: pi,
+                }
+            }
+            Err(e) => {
+                bump(&self.counters.refused_store_errors);
+                Delivered {
+                    verdict: Verdict::Refuse(e),
+                    order_ack: None,
+                    admin_ack: None,
+                    partition: pi,
+                }
+            }
+        }
+    }
+
+    /// The owning partition of dead-letter queue `dlq` (DEADLETTER_ID or DEADXACT_ID).
+    pub(super) fn dead_letter_partition(&self, dlq: u32) -> usize {
+        self.catalog()
+            .by_id(dlq)
+            .map_or(dlq as usize % self.partitions.len(), |q| self.owner(q))
+    }
+
+    /// Logs (once a minute) that the transactional sequence table is full.
+    fn log_txn_full(&self, len: usize) {
+        bump(&self.counters.tx_table_full);
+        let now = unix_now();
+        let last = self.txn_full_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= TX_ACK_REFUSED_LOG_INTERVAL_S
+            && self
+                .txn_full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                states = len,
+                "transactional sequence table full (limits.tx_sequences_max = {}); messages \
+                 starting new sequences are refused until states idle for \
+                 limits.tx_sequence_evict_idle_s = {} s can be evicted; raise the limit if \
+                 these senders are legitimate",
+                self.config.limits.tx_sequences_max,
+                self.config.limits.tx_sequence_evict_idle_s
+            );
+        }
+    }
+
+    /// Hands forgotten sequence states to every partition (their records go at its next
+    /// commit).
+    fn forget_txn(&self, keys: Vec<TxKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        for f in &self.txn_forget {
+            lock(f).extend_from_slice(&keys);
+        }
+    }
+
+    /// Forgets transactional sequence states idle past their time (bounded work per call).
+    pub fn sweep_txn(&self, now_unix: u32) {
+        let evicted = {
+            let mut t = lock(&self.txn);
+            t.sweep(now_unix, TXN_SWEEP_BATCH_MAX);
+            t.take_evicted()
+        };
+        self.forget_txn(evicted);
+    }
+
+    /// Transactional sequence states kept now.
+    pub fn txn_len(&self) -> usize {
+        lock(&self.txn).len()
+    }
+}
+
+/// The store metadata of a message we built.
+pub fn message_meta(m: &UserMessage<'_>) -> MessageMeta {
+    let u = &m.user;
+    let mut id = [0u8; 20];
+    id[..16].copy_from_slice(&u.source_queue_manager.0);
+    id[16..].copy_from_slice(&u.message_id.to_le_bytes());
+    MessageMeta {
+        priority: m.base.flags.priority(),
+        class: if u.flags.transactional() {
+            Class::Transactional
+        } else if u.flags.recoverable() {
+            Class::Recoverable
+        } else {
+            Class::Express
+        },
+        message_id: MessageId(id),
+        expiry_unix_s: if u.time_to_be_received == INFINITE {
+            EXPIRY_NEVER
+        } else {
+            u.sent_time
+                .saturating_add(u.time_to_be_received)
+                .min(EXPIRY_NEVER - 1)
+        },
+    }
+}

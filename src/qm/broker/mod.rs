@@ -1,0 +1,432 @@
+//! The queue manager proper: takes each incoming UserMessage to its queue (or to the dead-letter
+//! queue, never dropping it without a trace), and serves the local API (queue administration,
+//! peek, receive).
+//!
+//! Storage is partitioned: one store (one append-only log, one group commit) per partition, as
+//! many partitions as engine shards. Each queue has one owning partition (`QueueDef.partition`,
+//! persisted in the catalog) and every message of the queue is stored there, whichever shard,
+//! API call or SRMP post brings it, so the queue has one delivery order: priority, then FIFO.
+//! Under today's locks a shard locks the owner's partition for each message it stores there
+//! (never two partition locks at once: see [`PartitionGuard`]). Queues whose messages an older
+//! lior spread over several partitions are read from every partition (see `spread`). Tables
+//! shared by all shards (catalog, duplicate table, transactional sequences) sit behind locks
+//! taken once per message for a few hundred nanoseconds.
+//!
+//! This file holds the [`Broker`] itself (its state, its construction, the partition accessors),
+//! its counters and API error, the broker's limits, and the small helpers its files share. Each
+//! other file adds one subject: `partition` (a store partition and its commit), `recovery` (what
+//! a start restores), `delivery` (an incoming message to its queue), `requests` (the local
+//! API), `outgoing` (outgoing queues and OrderAcks), `admin_acks`, `expiry`, and `wakeups`
+//! (waking shards from other threads).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+
+use crate::config::Config;
+use crate::qm::catalog::{Catalog, CatalogError, QueueDef};
+use crate::qm::dedup::DuplicateTable;
+use crate::qm::identity::{load_or_create_guid, OrdinalAllocator};
+use crate::qm::outgoing::OutgoingTable;
+use crate::qm::routing::LocalIdentity;
+use crate::qm::txn::{TxKey, TxnLimits, TxnTable};
+use crate::store::{FileStore, QueueStore, StoreConfig, StoreError, Ticket, UringDisk};
+use crate::wire::user::UserMessage;
+use crate::wire::Guid;
+
+mod admin_acks;
+mod delivery;
+mod expiry;
+mod outgoing;
+mod partition;
+mod recovery;
+mod requests;
+mod wakeups;
+
+pub use delivery::{message_meta, Delivered, Verdict};
+pub use outgoing::{AckSource, TxOut};
+pub use partition::{Partition, PartitionGuard, TXN_STATE_QUEUE};
+pub use recovery::{migrate_spread, MigrationReport};
+pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_QUEUE_DEFAULT_S};
+
+use delivery::RouteCache;
+use recovery::{rebuild_tables, restore_txn_states};
+
+// The broker's limits, in one place: each file of the broker takes its own from here.
+
+/// Sequence states one sweep looks at most.
+pub const TXN_SWEEP_BATCH_MAX: usize = 4_096;
+/// How long a duplicate waits at most for its first copy (being stored by another shard) to get
+/// its place.
+pub const DEDUP_PENDING_WAIT_MS: u64 = 1_000;
+/// Ignored OrderAcks/FinalAcks are logged once per peer per this many seconds.
+pub const TX_ACK_REFUSED_LOG_INTERVAL_S: u32 = 60;
+/// Peers whose last such log line is remembered (the memory starts over when full).
+pub const TX_ACK_REFUSED_LOG_PEERS_MAX: usize = 1_024;
+/// Destinations the route cache remembers at most (it starts over when full).
+pub const ROUTE_CACHE_MAX: usize = 4_096;
+/// Expired messages one expiry pass handles at most (the rest wait for the next pass).
+pub const EXPIRY_BATCH_MAX: usize = 1_024;
+/// Messages one receive call returns at most.
+pub const RECEIVE_BATCH_MAX: usize = 10_000;
+/// State records whose removal waits for them to become visible, per partition, at most.
+const TXN_STALE_RECORDS_MAX: usize = 65_536;
+/// Commits a replaced state record is waited for at most before it is left to the start-up
+/// clean-up (which keeps the newest record of each sequence).
+const TXN_STALE_TRIES_MAX: u16 = 1_000;
+/// Batches `commit` waits for at most before it gives up (a store that never completes).
+const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
+
+/// The queue manager shared by the engine shards and the local API.
+pub struct Broker<S> {
+    pub identity: LocalIdentity,
+    pub config: Config,
+    catalog: RwLock<Catalog>,
+    partitions: Vec<Mutex<Partition<S>>>,
+    dedup: Mutex<DuplicateTable>,
+    /// Signalled when a pending duplicate-table entry got its place (or was dropped).
+    dedup_settled: std::sync::Condvar,
+    /// Threads waiting on `dedup_settled`, changed only under the `dedup` lock: the common case
+    /// (nobody waits) costs no wake-up syscall per message.
+    dedup_waiters: AtomicUsize,
+    txn: Mutex<TxnTable>,
+    /// Per partition: sequences forgotten by the table, whose records go at its next commit.
+    txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
+    /// Unix seconds the full sequence table was last logged.
+    txn_full_logged: std::sync::atomic::AtomicU32,
+    pub counters: BrokerCounters,
+    /// Woken whenever messages become receivable (for receive with a wait).
+    pub arrivals: tokio::sync::Notify,
+    /// Rotates the partition receive starts at.
+    receive_cursor: AtomicU64,
+    outgoing: Mutex<OutgoingTable>,
+    ordinals: Mutex<OrdinalAllocator>,
+    /// Per shard: new outgoing messages were queued for it by another thread.
+    outgoing_dirty: Vec<AtomicBool>,
+    /// Per partition: the shards (bit `s % 64`) waiting for its durability to advance, woken
+    /// by the partition's owner once it sees a commit complete (see `wake_durable_interest`).
+    durable_interest: Vec<AtomicU64>,
+    /// Wakes a shard (set by the daemon once the engine runs).
+    waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
+    /// Outgoing transactional sequences, by outgoing queue id (MS-MQQB TxOutgoingSequence).
+    tx_out: Mutex<HashMap<u32, TxOut>>,
+    /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
+    tx_progress: Mutex<Vec<u32>>,
+    /// When an ignored OrderAck/FinalAck was last logged, per peer address.
+    refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
+    route_cache: RwLock<RouteCache>,
+    /// Bumped by every catalog change; the route cache is valid for one generation.
+    catalog_generation: AtomicU64,
+    /// Queues found at start-up with messages outside their owning partition (stored by a lior
+    /// that spread a queue over the partitions): peek and receive look at every partition for
+    /// them, in the older (not FIFO) order. New messages go to the owner only; S2 of issue 10
+    /// migrates these at start-up.
+    spread: std::collections::HashSet<u32>,
+}
+
+/// Counters of the queue manager, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct BrokerCounters {
+    pub messages_stored: AtomicU64,
+    pub bytes_stored: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub tx_rejected: AtomicU64,
+    pub expired_on_arrival: AtomicU64,
+    pub nacks_owed: AtomicU64,
+    pub refused_store_errors: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub admin_acks_queued: AtomicU64,
+    pub acks_unroutable: AtomicU64,
+    pub nacks_suppressed: AtomicU64,
+    pub outgoing_sent_acked: AtomicU64,
+    pub expired_in_queue: AtomicU64,
+    pub order_acks_received: AtomicU64,
+    pub final_acks_received: AtomicU64,
+    /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
+    /// for an unknown sequence, or for numbers not sent.
+    pub tx_acks_refused: AtomicU64,
+    /// Messages refused because the transactional sequence table was full.
+    pub tx_table_full: AtomicU64,
+    /// Partitions whose store is poisoned (a failed write or fsync): nothing more becomes
+    /// durable there until restart.
+    pub store_poisoned: AtomicU64,
+    /// Group commits that failed and are retried.
+    pub commit_failures: AtomicU64,
+}
+
+/// Errors of the local API.
+#[derive(Debug)]
+pub enum ApiError {
+    Catalog(CatalogError),
+    Store(StoreError),
+    NoSuchQueue(String),
+    /// A send could not be placed (bad format name, outgoing table full, ...).
+    Send(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Catalog(e) => write!(f, "{e}"),
+            ApiError::Store(e) => write!(f, "{e}"),
+            ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
+            ApiError::Send(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Store(e)
+    }
+}
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        ApiError::Catalog(e)
+    }
+}
+
+impl Broker<FileStore> {
+    /// Opens the data directory with `partitions` store partitions (at least as many as exist).
+    pub fn open(config: Config, partitions: usize) -> anyhow::Result<Broker<FileStore>> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        let existing = count_partitions(&dir);
+        let n = partitions.max(existing).max(1);
+        let store_cfg = StoreConfig {
+            machine_bytes_max: config.parameters.MachineQuota.saturating_mul(1024),
+            ..StoreConfig::default()
+        };
+        let mut stores = Vec::with_capacity(n);
+        for i in 0..n {
+            let pdir = dir.join(format!("partition-{i}"));
+            std::fs::create_dir_all(&pdir)?;
+            let disk = UringDisk::open(&pdir)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", pdir.display()))?;
+            // Recovery stops promptly on SIGTERM/SIGINT (the handlers are installed first).
+            let mut stop = || crate::engine::signal::stop_requested().is_some();
+            let (store, report) = crate::store::Store::open_until(disk, store_cfg, &mut stop)
+                .map_err(|e| {
+                    if e == crate::store::StoreError::Interrupted {
+                        tracing::warn!(partition = i, "store recovery stopped by a signal");
+                    }
+                    anyhow::anyhow!("store {}: {e}", pdir.display())
+                })?;
+            tracing::info!(
+                partition = i,
+                segments = report.segments,
+                messages = report.messages,
+                cut_bytes = report.cut_bytes,
+                crc_bytes = report.crc_bytes,
+                "store recovered"
+            );
+            stores.push(store);
+        }
+        Broker::with_stores(config, stores)
+    }
+}
+
+fn count_partitions(dir: &Path) -> usize {
+    (0..)
+        .take_while(|i| dir.join(format!("partition-{i}")).is_dir())
+        .count()
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Builds a broker over already opened stores (tests and simulation use in-memory ones).
+    pub fn with_stores(config: Config, stores: Vec<S>) -> anyhow::Result<Broker<S>> {
+        let guid = load_or_create_guid(&config.data_dir)?;
+        let mut identity = LocalIdentity::discover(guid, &config.aliases);
+        // The address we listen on names this machine too.
+        if !config.listen.ip().is_unspecified() && !identity.addrs.contains(&config.listen.ip()) {
+            identity.addrs.push(config.listen.ip());
+        }
+        let mut catalog = Catalog::open(&config.data_dir, config.limits.queues_max)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let partition_count = u32::try_from(stores.len().max(1)).unwrap_or(u32::MAX);
+        if catalog
+            .assign_partitions(partition_count)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            tracing::info!(
+                partitions = partition_count,
+                "queues given their owning partitions (queue id modulo partitions)"
+            );
+        }
+        let now_s = unix_now();
+        let mut txn = TxnTable::new(TxnLimits {
+            capacity: config.limits.tx_sequences_max,
+            evict_idle_s: u32::try_from(config.limits.tx_sequence_evict_idle_s).unwrap_or(u32::MAX),
+            idle_max_s: u32::try_from(config.tx_sequence_idle_s()).unwrap_or(u32::MAX),
+        });
+        let mut not_restored = 0u64;
+        let mut partitions = Vec::new();
+        for store in stores {
+            let index = partitions.len();
+            let mut part = Partition::new(store, index);
+            // Restore the transactional sequence states; older records of a key go.
+            not_restored += restore_txn_states(&mut part, &mut txn, now_s)
+                .map_err(|e| anyhow::anyhow!("partition {index}: {e}"))?;
+            partitions.push(part);
+        }
+        // Queues an older lior spread over the partitions are gathered into their owners.
+        let migration = migrate_spread(&mut partitions, &catalog);
+        if migration.moved > 0 || migration.purged > 0 {
+            tracing::info!(
+                queues = migration.queues,
+                moved = migration.moved,
+                already_there = migration.purged.saturating_sub(migration.moved),
+                "messages of queues spread over several partitions (stored by an older lior) \
+                 moved into each queue's owning partition, in priority then arrival order; \
+                 their lookup ids changed"
+            );
+        }
+        let p = &config.parameters;
+        let mut dedup = DuplicateTable::new(
+            p.RemoveDuplicateSize as usize,
+            u64::from(p.RemoveDuplicateCleanup),
+        );
+        // The duplicate and sequence tables, from the messages still stored.
+        let (spread, rebuilt_not_restored) =
+            rebuild_tables(&partitions, &catalog, &mut txn, &mut dedup, now_s);
+        not_restored += rebuilt_not_restored;
+        let partitions: Vec<Mutex<Partition<S>>> = partitions.into_iter().map(Mutex::new).collect();
+        if not_restored > 0 {
+            tracing::error!(
+                not_restored,
+                "more transactional sequence states on disk than limits.tx_sequences_max ({}); \
+                 raise it, or those senders' next messages are refused until idle states age out",
+                config.limits.tx_sequences_max
+            );
+        }
+        let txn_forget = partitions
+            .iter()
+            .map(|p| lock(p).txn_forget.clone())
+            .collect();
+        let shards = partitions.len();
+        let outgoing =
+            OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ordinals = OrdinalAllocator::open(&config.data_dir)?;
+        Ok(Broker {
+            identity,
+            outgoing: Mutex::new(outgoing),
+            ordinals: Mutex::new(ordinals),
+            outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
+            durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            waker: OnceLock::new(),
+            tx_out: Mutex::new(HashMap::new()),
+            tx_progress: Mutex::new(Vec::new()),
+            refused_log: Mutex::new(HashMap::new()),
+            route_cache: RwLock::new(RouteCache::default()),
+            catalog_generation: AtomicU64::new(1),
+            catalog: RwLock::new(catalog),
+            partitions,
+            dedup: Mutex::new(dedup),
+            dedup_settled: std::sync::Condvar::new(),
+            dedup_waiters: AtomicUsize::new(0),
+            txn: Mutex::new(txn),
+            txn_forget,
+            txn_full_logged: std::sync::atomic::AtomicU32::new(0),
+            counters: BrokerCounters::default(),
+            arrivals: tokio::sync::Notify::new(),
+            receive_cursor: AtomicU64::new(0),
+            spread,
+            config,
+        })
+    }
+
+    /// Takes the stores back (tests simulate a crash and a restart with them).
+    pub fn into_stores(self) -> Vec<S> {
+        self.partitions
+            .into_iter()
+            .map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner()).store)
+            .collect()
+    }
+
+    pub fn guid(&self) -> Guid {
+        self.identity.guid
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Whether `ticket` of partition `i` is durable.
+    pub fn is_durable(&self, i: usize, ticket: Ticket) -> bool {
+        ticket == Ticket::IMMEDIATE || self.partition(i).store.is_durable(ticket)
+    }
+
+    /// Locks partition `i`. A thread holds at most one partition lock at a time (a debug
+    /// assertion checks it): take what is needed, drop the guard, then lock the next.
+    pub fn partition(&self, i: usize) -> PartitionGuard<'_, S> {
+        PartitionGuard::lock(&self.partitions[i % self.partitions.len()])
+    }
+
+    /// The partition that owns queue `q` (stores every message of it).
+    pub fn owner(&self, q: &QueueDef) -> usize {
+        q.partition as usize % self.partitions.len()
+    }
+
+    /// The partitions peek and receive read for queue `q`: its owner, or every partition for a
+    /// queue an older lior spread over them.
+    fn read_partitions(&self, q: &QueueDef) -> Vec<usize> {
+        if self.spread.contains(&q.id) {
+            (0..self.partitions.len()).collect()
+        } else {
+            vec![self.owner(q)]
+        }
+    }
+
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh MessageIdOrdinal (unique across restarts).
+    pub fn next_ordinal(&self) -> u32 {
+        lock(&self.ordinals).allocate().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
+            0
+        })
+    }
+}
+
+impl<S> std::fmt::Debug for Broker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("guid", &self.identity.guid)
+            .field("partitions", &self.partitions.len())
+            .finish()
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a programmer error that already stopped a
+    // shard; the data behind it is still consistent at message granularity.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Encodes a message we built into its frame.
+fn encode_message(m: &UserMessage<'_>) -> Result<Vec<u8>, ApiError> {
+    let mut out = vec![0u8; m.frame_len()];
+    let n = m
+        .encode(&mut out)
+        .map_err(|e| ApiError::Send(format!("cannot encode the message: {e}")))?;
+    out.truncate(n);
+    Ok(out)
+}

@@ -1,0 +1,336 @@
+//! The broker's side of outgoing queues (the table of them is [`crate::qm::outgoing`]):
+//! storing a message for a remote queue manager and waking the shard that sends it, listing
+//! them, and the sender's side of outgoing transactional sequences ([`TxOut`]), which
+//! OrderAcks and FinalAcks (MS-MQQB 3.1.5.6, 3.1.5.7) advance.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+
+use crate::qm::outgoing::{OutgoingDef, Transport};
+use crate::store::{Class, Cursor, LookupId, MessageMeta, QueueId, QueueStore, Ticket};
+use crate::wire::user::UserMessage;
+use crate::wire::Guid;
+
+use super::{
+    bump, lock, unix_now, ApiError, Broker, TX_ACK_REFUSED_LOG_INTERVAL_S,
+    TX_ACK_REFUSED_LOG_PEERS_MAX,
+};
+
+/// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
+/// start-up (the sequence id also from `outgoing.json`), so it needs no file of its own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxOut {
+    /// TxSequenceID as a u64 (TimeStamp << 32 | Ordinal).
+    pub seq_id: u64,
+    /// The number the next message gets.
+    pub next_no: u32,
+    /// The highest number an OrderAck acknowledged.
+    pub acked_no: u32,
+    /// The highest number of `seq_id` sent on a session by this process: an OrderAck may
+    /// acknowledge no more than this (MS-MQQB 3.1.5.6 acknowledges what was sent).
+    pub sent_no: u32,
+    /// The queue manager our outgoing session to this destination reached (its GUID and
+    /// address): only it may acknowledge the sequence.
+    pub peer: Option<(Guid, std::net::IpAddr)>,
+}
+
+/// Where an OrderAck or FinalAck came from: the session it arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckSource {
+    /// The queue manager GUID the peer gave when the session was established.
+    pub remote_qm: Guid,
+    /// The peer's address.
+    pub ip: std::net::IpAddr,
+    /// For a session we opened: the outgoing queue it carries.
+    pub outgoing: Option<u32>,
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Takes (and clears) the flag saying partition `p` has new outgoing messages.
+    pub fn take_outgoing_dirty(&self, p: usize) -> bool {
+        self.outgoing_dirty
+            .get(p)
+            .is_some_and(|f| f.swap(false, Ordering::AcqRel))
+    }
+
+    /// The outgoing queues stored in `partitions` (a shard sends those of the partitions it
+    /// runs).
+    pub fn outgoing_for(&self, partitions: &[usize]) -> Vec<OutgoingDef> {
+        lock(&self.outgoing)
+            .iter()
+            .filter(|q| partitions.contains(&q.shard))
+            .cloned()
+            .collect()
+    }
+
+    /// Every outgoing queue with its message count (for the API).
+    pub fn list_outgoing(&self) -> Vec<(OutgoingDef, u64)> {
+        let defs: Vec<OutgoingDef> = lock(&self.outgoing).iter().cloned().collect();
+        defs.into_iter()
+            .map(|d| {
+                let n = self
+                    .partitions
+                    .get(d.shard % self.partitions.len())
+                    .map_or(0, |_| {
+                        self.partition(d.shard).store.queue_len(QueueId(d.id)).0
+                    });
+                (d, n)
+            })
+            .collect()
+    }
+
+    /// Stores an encoded message in the outgoing queue of its direct destination, durably
+    /// when `recoverable`, and wakes the shard that sends it.
+    pub fn enqueue_outgoing(
+        &self,
+        dest: &crate::wire::format_name::DirectName,
+        frame: &[u8],
+        meta: &MessageMeta,
+    ) -> Result<OutgoingDef, ApiError> {
+        let def = lock(&self.outgoing)
+            .get_or_create(dest)
+            .map_err(|e| ApiError::Send(e.to_string()))?;
+        let shard = def.shard % self.partitions.len();
+        {
+            let mut p = self.partition(shard);
+            let (waiting, _) = p.store.queue_len(QueueId(def.id));
+            let limit = self.config.limits.outgoing_queue_messages_max as u64;
+            if waiting >= limit {
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::warn!(destination = %def.key, waiting, limit, "outgoing queue full (limits.outgoing_queue_messages_max); message refused");
+                }
+                return Err(ApiError::Send(format!(
+                    "the outgoing queue to {} is full: {waiting} messages wait, \
+                     limits.outgoing_queue_messages_max is {limit}; nothing was sent",
+                    def.key
+                )));
+            }
+            let a = p.store.append(QueueId(def.id), meta, frame)?;
+            p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
+        }
+        if def.transport != Transport::Mqqb || self.config.parameters.Hardened_MSMQ {
+            tracing::warn!(
+                destination = %def.key,
+                "message kept in a locked outgoing queue: {}",
+                if self.config.parameters.Hardened_MSMQ {
+                    "hardened mode sends only over HTTP"
+                } else {
+                    "this transport is not sent by lior yet"
+                }
+            );
+        }
+        if let Some(f) = self.outgoing_dirty.get(shard) {
+            f.store(true, Ordering::Release);
+        }
+        self.wake(shard);
+        Ok(def)
+    }
+
+    /// The outgoing transactional sequence of `def`, read back from the stored messages the
+    /// first time (the last stored number continues; an empty queue starts a new sequence whose
+    /// id is above every earlier one of this destination, kept in `outgoing.json`).
+    pub(super) fn tx_out_state<'g>(
+        &self,
+        g: &'g mut MutexGuard<'_, HashMap<u32, TxOut>>,
+        def: &OutgoingDef,
+    ) -> &'g mut TxOut {
+        g.entry(def.id).or_insert_with(|| {
+            let best = {
+                let part = self.partition(def.shard);
+                stored_tx_positions(&part.store, def.id)
+                    .into_iter()
+                    .map(|(_, id, no)| (id, no))
+                    .max()
+            };
+            let t = match best {
+                Some((seq_id, no)) => TxOut {
+                    seq_id,
+                    next_no: no.wrapping_add(1),
+                    ..TxOut::default()
+                },
+                None => {
+                    let last = lock(&self.outgoing)
+                        .by_id(def.id)
+                        .map_or(def.tx_sequence_id, |d| d.tx_sequence_id);
+                    TxOut {
+                        seq_id: ((u64::from(unix_now()) << 32) | 1).max(last.saturating_add(1)),
+                        next_no: 1,
+                        ..TxOut::default()
+                    }
+                }
+            };
+            if let Err(e) = lock(&self.outgoing).set_tx_sequence_id(def.id, t.seq_id) {
+                tracing::error!(destination = %def.key, error = %e, "cannot record the outgoing transactional sequence id; a restart within this second could reuse it");
+            }
+            t
+        })
+    }
+
+    /// Our outgoing session for queue `queue` was established with queue manager `guid` at
+    /// `ip`: OrderAcks for its sequence are taken from that queue manager only.
+    pub fn note_outgoing_peer(&self, queue: u32, guid: Guid, ip: std::net::IpAddr) {
+        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+            return;
+        };
+        let mut g = lock(&self.tx_out);
+        self.tx_out_state(&mut g, &def).peer = Some((guid, ip));
+    }
+
+    /// Transactional messages of outgoing queue `queue` were sent on a session: (TxSequenceID,
+    /// highest TxSequenceNumber).
+    pub fn note_tx_sent(&self, queue: u32, seq_id: u64, no: u32) {
+        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+            return;
+        };
+        let mut g = lock(&self.tx_out);
+        let t = self.tx_out_state(&mut g, &def);
+        if t.seq_id == seq_id {
+            t.sent_no = t.sent_no.max(no);
+        }
+    }
+
+    /// Counts and logs (once per peer per interval) an OrderAck or FinalAck we do not take.
+    fn refuse_tx_ack(&self, from: &AckSource, what: &str, why: &str) {
+        bump(&self.counters.tx_acks_refused);
+        let now = unix_now();
+        let mut g = lock(&self.refused_log);
+        let due = g
+            .get(&from.ip)
+            .is_none_or(|&t| now.saturating_sub(t) >= TX_ACK_REFUSED_LOG_INTERVAL_S);
+        if due {
+            if g.len() >= TX_ACK_REFUSED_LOG_PEERS_MAX {
+                g.clear();
+            }
+            g.insert(from.ip, now);
+            tracing::warn!(peer = %from.ip, remote_qm = %from.remote_qm, "{what} ignored: {why} (counted in lior_tx_acks_refused_total; logged once per peer every {TX_ACK_REFUSED_LOG_INTERVAL_S} s)");
+        }
+    }
+
+    /// An OrderAck or FinalAck for our own transactional sends arrived (MS-MQQB 3.1.5.6, 3.1.5.7)
+    /// on a session with `from`. It is taken only from the queue manager the sequence was sent
+    /// to (on our outgoing session to it, or a session from that queue manager's GUID and
+    /// address), and only for numbers actually sent; anything else is counted and logged. An
+    /// OrderAck deletes every message of its sequence up to its number from the outgoing queue;
+    /// a FinalAck is logged and counted. Returns whether it was taken.
+    pub fn handle_tx_ack(&self, msg: &UserMessage<'_>, from: &AckSource) -> bool {
+        let from_peer = |id: u32, t: &TxOut| {
+            from.outgoing == Some(id)
+                || t.peer
+                    .is_some_and(|(g, ip)| g == from.remote_qm && !g.is_null() && ip == from.ip)
+        };
+        if let Some(fa) = msg.final_ack_body() {
+            let known = lock(&self.tx_out)
+                .iter()
+                .any(|(id, t)| from_peer(*id, t) && t.seq_id == fa.tx_sequence_id);
+            if !known {
+                self.refuse_tx_ack(
+                    from,
+                    "FinalAck",
+                    "not from a queue manager we sent that sequence to",
+                );
+                return false;
+            }
+            bump(&self.counters.final_acks_received);
+            tracing::info!(
+                class = msg.properties.message_class.name(),
+                message = %format!("{}\\{}", fa.source_guid, fa.message_id),
+                "FinalAck received"
+            );
+            return true;
+        }
+        let Some(oa) = msg.order_ack_body() else {
+            self.refuse_tx_ack(from, "OrderAck", "malformed body");
+            return false;
+        };
+        let mut beyond_sent = false;
+        let targets: Vec<(u32, u32)> = {
+            let mut g = lock(&self.tx_out);
+            g.iter_mut()
+                .filter(|(id, t)| from_peer(**id, t) && t.seq_id == oa.tx_sequence_id)
+                .filter_map(|(id, t)| {
+                    beyond_sent |= oa.tx_sequence_number > t.sent_no;
+                    let n = oa.tx_sequence_number.min(t.sent_no);
+                    (n > 0).then(|| {
+                        t.acked_no = t.acked_no.max(n);
+                        (*id, n)
+                    })
+                })
+                .collect()
+        };
+        if targets.is_empty() || beyond_sent {
+            self.refuse_tx_ack(
+                from,
+                "OrderAck",
+                if targets.is_empty() {
+                    "no sequence sent to that queue manager has that id"
+                } else {
+                    "it acknowledges numbers not sent yet"
+                },
+            );
+            if targets.is_empty() {
+                return false;
+            }
+        }
+        bump(&self.counters.order_acks_received);
+        let defs: Vec<(OutgoingDef, u32)> = {
+            let t = lock(&self.outgoing);
+            targets
+                .iter()
+                .filter_map(|&(id, n)| t.by_id(id).cloned().map(|d| (d, n)))
+                .collect()
+        };
+        for (def, n) in defs {
+            let shard = def.shard % self.partitions.len();
+            let mut part = self.partition(shard);
+            let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
+                .into_iter()
+                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= n)
+                .map(|(l, _, _)| l)
+                .collect();
+            for l in &done {
+                if let Err(e) = part.remove_delivered(QueueId(def.id), *l) {
+                    tracing::error!(error = %e, "cannot remove an ordered-acknowledged message");
+                }
+            }
+            if let Err(e) = part.commit(None) {
+                tracing::error!(error = %e, "commit after an OrderAck failed");
+            }
+            drop(part);
+            self.counters
+                .outgoing_sent_acked
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            lock(&self.tx_progress).push(def.id);
+            if let Some(f) = self.outgoing_dirty.get(shard) {
+                f.store(true, Ordering::Release);
+            }
+            self.wake(shard);
+        }
+        true
+    }
+
+    /// Outgoing queues of shard `shard` whose transactional sequence progressed since the last
+    /// call (their resend interval starts over).
+    pub fn take_tx_progress(&self, ids: &[u32]) -> Vec<u32> {
+        let mut g = lock(&self.tx_progress);
+        let (mine, rest): (Vec<u32>, Vec<u32>) = g.drain(..).partition(|id| ids.contains(id));
+        *g = rest;
+        mine
+    }
+}
+
+/// (lookup id, TxSequenceID, TxSequenceNumber) of every transactional message stored in
+/// outgoing queue `queue`, in delivery order.
+fn stored_tx_positions<S: QueueStore>(store: &S, queue: u32) -> Vec<(LookupId, u64, u32)> {
+    let mut c = Cursor::new(QueueId(queue));
+    let mut out = Vec::new();
+    while let Some(m) = store.cursor_next(&mut c) {
+        if m.meta.class != Class::Transactional {
+            continue;
+        }
+        if let Some(t) = UserMessage::parse(m.bytes).ok().and_then(|u| u.transaction) {
+            out.push((m.lookup_id, t.tx_sequence_id, t.tx_sequence_number));
+        }
+    }
+    out
+}

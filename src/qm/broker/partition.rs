@@ -1,0 +1,217 @@
+//! One store partition and what it owes at its next group commit: the removals to release once
+//! durable and the transactional sequence state records (written, replaced and dropped in the
+//! internal queue [`TXN_STATE_QUEUE`]); and [`PartitionGuard`], the lock on one partition that
+//! a thread holds at most one of.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::qm::txn::{IncomingSequence, TxKey};
+use crate::store::{
+    Class, LookupId, MessageId, MessageMeta, QueueId, QueueStore, Reservation, Select, StoreError,
+    Ticket, EXPIRY_NEVER,
+};
+
+use super::{lock, COMMIT_WAIT_ROUNDS_MAX, TXN_STALE_RECORDS_MAX, TXN_STALE_TRIES_MAX};
+
+/// Internal store queue holding the persistent transactional sequence states (one record per
+/// sender and queue; the message id field is the sender GUID and the queue id).
+pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
+
+std::thread_local! {
+    /// Partition guards this thread holds (at most one: two partition locks taken in different
+    /// orders by two threads would deadlock, and no code needs two).
+    static PARTITION_GUARDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// A locked partition. A thread holds at most one (checked in debug builds).
+pub struct PartitionGuard<'a, S> {
+    guard: MutexGuard<'a, Partition<S>>,
+}
+
+impl<'a, S> PartitionGuard<'a, S> {
+    pub(super) fn lock(m: &'a Mutex<Partition<S>>) -> Self {
+        PARTITION_GUARDS.with(|c| {
+            debug_assert_eq!(
+                c.get(),
+                0,
+                "a thread locks a second store partition while holding one (lock order)"
+            );
+            c.set(c.get() + 1);
+        });
+        PartitionGuard { guard: lock(m) }
+    }
+}
+
+impl<S> Drop for PartitionGuard<'_, S> {
+    fn drop(&mut self) {
+        PARTITION_GUARDS.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+impl<S> std::ops::Deref for PartitionGuard<'_, S> {
+    type Target = Partition<S>;
+    fn deref(&self) -> &Partition<S> {
+        &self.guard
+    }
+}
+
+impl<S> std::ops::DerefMut for PartitionGuard<'_, S> {
+    fn deref_mut(&mut self) -> &mut Partition<S> {
+        &mut self.guard
+    }
+}
+
+/// One store partition with the work it owes at its next commit.
+#[derive(Debug)]
+pub struct Partition<S> {
+    pub store: S,
+    /// This partition's index among the broker's partitions.
+    pub index: usize,
+    /// Reservations to release once their removal is durable.
+    pending_release: Vec<Reservation>,
+    /// Transactional sequence states changed since the last commit, written once per commit.
+    pub(super) txn_dirty: HashMap<TxKey, IncomingSequence>,
+    /// Where each sequence's state record lies in this partition (removed when replaced).
+    pub(super) txn_records: HashMap<TxKey, LookupId>,
+    /// State records to remove that were not visible yet when replaced, with the commits they
+    /// have waited (a record that never shows up is left to the start-up clean-up).
+    txn_stale: Vec<(LookupId, u16)>,
+    /// Sequences the table forgot (evicted): their records here go at the next commit.
+    pub(super) txn_forget: Arc<Mutex<Vec<TxKey>>>,
+}
+
+impl<S: QueueStore> Partition<S> {
+    pub fn new(store: S, index: usize) -> Self {
+        Partition {
+            store,
+            index,
+            pending_release: Vec::new(),
+            txn_dirty: HashMap::new(),
+            txn_records: HashMap::new(),
+            txn_stale: Vec::new(),
+            txn_forget: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Stages the removal of a state record, or remembers it until it is visible.
+    pub(super) fn drop_txn_record(&mut self, l: LookupId) -> Result<(), StoreError> {
+        self.drop_txn_record_try(l, 0)
+    }
+
+    fn drop_txn_record_try(&mut self, l: LookupId, tries: u16) -> Result<(), StoreError> {
+        match self.store.receive(TXN_STATE_QUEUE, Select::Lookup(l))? {
+            Some(r) => self.pending_release.push(r),
+            None => {
+                if self.txn_stale.len() < TXN_STALE_RECORDS_MAX && tries < TXN_STALE_TRIES_MAX {
+                    self.txn_stale.push((l, tries + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is owed and starts a group commit, then reaps completions; with `wait_for`,
+    /// blocks until that ticket is durable. Returns the durable watermark. On an error the
+    /// state records not yet written stay owed, so a later commit writes them.
+    pub fn commit(&mut self, wait_for: Option<Ticket>) -> Result<Ticket, StoreError> {
+        let forget = std::mem::take(&mut *lock(&self.txn_forget));
+        for key in forget {
+            if let Some(l) = self.txn_records.remove(&key) {
+                self.drop_txn_record(l)?;
+            }
+        }
+        for (l, tries) in std::mem::take(&mut self.txn_stale) {
+            self.drop_txn_record_try(l, tries)?;
+        }
+        let dirty: Vec<(TxKey, IncomingSequence)> = self.txn_dirty.drain().collect();
+        for (i, (key, s)) in dirty.iter().enumerate() {
+            let id = txn_record_id(key);
+            // (seq_id, seq_no) and, after a move to a newer sequence, where the older stood.
+            let mut bytes = [0u8; 24];
+            bytes[..8].copy_from_slice(&s.seq_id.to_le_bytes());
+            bytes[8..12].copy_from_slice(&s.seq_no.to_le_bytes());
+            let len = match s.prior {
+                Some((pid, pno)) => {
+                    bytes[12..20].copy_from_slice(&pid.to_le_bytes());
+                    bytes[20..].copy_from_slice(&pno.to_le_bytes());
+                    24
+                }
+                None => 12,
+            };
+            let bytes = &bytes[..len];
+            let meta = MessageMeta {
+                priority: 0,
+                class: Class::Recoverable,
+                message_id: id,
+                expiry_unix_s: EXPIRY_NEVER,
+            };
+            match self.store.append(TXN_STATE_QUEUE, &meta, bytes) {
+                Ok(a) => {
+                    // The previous record of this key goes (durable since an earlier commit).
+                    if let Some(old) = self.txn_records.insert(*key, a.lookup_id) {
+                        self.drop_txn_record(old)?;
+                    }
+                }
+                Err(e) => {
+                    for (k, s) in &dirty[i..] {
+                        self.txn_dirty.entry(*k).or_insert(*s);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.store.flush()?;
+        let mut mark = self.store.poll_durable(false)?;
+        if let Some(t) = wait_for {
+            // Each round waits for one batch; the batch holding `t` is at most the second one
+            // from now (one may already be in flight), so the bound is generous.
+            let mut rounds = 0;
+            while !self.store.is_durable(t) {
+                rounds += 1;
+                if rounds > COMMIT_WAIT_ROUNDS_MAX {
+                    return Err(StoreError::NotDurable);
+                }
+                mark = self.store.poll_durable(true)?;
+                self.store.flush()?;
+            }
+        }
+        let store = &mut self.store;
+        let mut keep = Vec::new();
+        for r in self.pending_release.drain(..) {
+            if store.is_durable(r.ticket) {
+                store.release(r)?;
+            } else {
+                keep.push(r);
+            }
+        }
+        self.pending_release = keep;
+        // Reclaim consumed segments and copy a few old live messages forward (bounded work per
+        // call, so a few old messages never pin unbounded space).
+        let m = self.store.maintain()?;
+        if m.segments_reclaimed > 0 || m.messages_copied > 0 {
+            tracing::debug!(
+                reclaimed = m.segments_reclaimed,
+                copied = m.messages_copied,
+                "store maintenance"
+            );
+        }
+        Ok(mark)
+    }
+
+    /// Removes a message the remote queue manager acknowledged from its outgoing queue; the
+    /// removal is committed with the next group commit.
+    pub fn remove_delivered(&mut self, queue: QueueId, lookup: LookupId) -> Result<(), StoreError> {
+        if let Some(r) = self.store.receive(queue, Select::Lookup(lookup))? {
+            self.pending_release.push(r);
+        }
+        Ok(())
+    }
+}
+
+fn txn_record_id(key: &TxKey) -> MessageId {
+    let mut id = [0u8; 20];
+    id[..16].copy_from_slice(&key.0 .0);
+    id[16..].copy_from_slice(&key.1.to_le_bytes());
+    MessageId(id)
+}

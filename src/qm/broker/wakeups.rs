@@ -1,0 +1,56 @@
+//! Waking the engine's shards from other threads: the waker the daemon installs, each
+//! partition's commit notification (its owning shard's eventfd), and the shards waiting for
+//! another partition's durability to advance.
+
+use std::sync::atomic::Ordering;
+
+use crate::store::{QueueStore, StoreError};
+
+use super::Broker;
+
+impl<S: QueueStore> Broker<S> {
+    /// Installs the function that wakes shard `i` (its engine loop) from another thread.
+    pub fn set_waker(&self, f: Box<dyn Fn(usize) + Send + Sync>) {
+        let _ = self.waker.set(f);
+    }
+
+    pub(super) fn wake(&self, shard: usize) {
+        if let Some(w) = self.waker.get() {
+            w(shard);
+        }
+    }
+
+    /// Makes partition `p`'s commit completions signal eventfd `fd` (its owning shard's), so
+    /// the shard learns of durability without waiting for it.
+    pub fn set_commit_notify(&self, p: usize, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
+        self.partition(p).store.set_notify(fd)
+    }
+
+    /// Shard `shard` waits for partition `p` (owned by another shard) to become durable
+    /// further; the owner wakes it when it sees a commit complete. Called with `p` locked,
+    /// after finding the wanted ticket not yet durable, so no completion is missed.
+    pub fn note_durable_interest(&self, p: usize, shard: usize) {
+        if let Some(i) = self.durable_interest.get(p) {
+            i.fetch_or(1 << (shard % 64), Ordering::AcqRel);
+        }
+    }
+
+    /// Partition `p`'s durability advanced: wake the other shards waiting for it.
+    pub fn wake_durable_interest(&self, p: usize, me: usize) {
+        let Some(i) = self.durable_interest.get(p) else {
+            return;
+        };
+        if i.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let bits = i.swap(0, Ordering::AcqRel);
+        for b in 0..64usize {
+            if bits & (1 << b) != 0 && b != me % 64 {
+                // Shard indexes are below the partition count; `wake` maps them to shards.
+                for s in (b..self.partitions.len()).step_by(64) {
+                    self.wake(s);
+                }
+            }
+        }
+    }
+}
