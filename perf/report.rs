@@ -115,6 +115,28 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if get("lior-2cores", 100, "express", 16, "rate").is_some()
+        || get("lior-2cores", 100, "recoverable", 16, "rate").is_some()
+    {
+        println!("\n### Two server cores (`--cores 0,1`, client unpinned; one queue, sessions on both shards)\n");
+        println!("| size | delivery | sessions | msg/s | p50 / p99 ack µs | / one core (same run) |");
+        println!("|---:|---|---:|---:|---:|---:|");
+        for delivery in ["express", "recoverable"] {
+            let two = get("lior-2cores", 100, delivery, 16, "rate");
+            let one = get("lior", 100, delivery, 16, "rate");
+            let ratio = match (two, one) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".into(),
+            };
+            println!(
+                "| 100 B | {delivery} | 16 | {} | {} / {} | {} |",
+                fmt_rate(two),
+                fmt_f(get("lior-2cores", 100, delivery, 16, "p50"), 0),
+                fmt_f(get("lior-2cores", 100, delivery, 16, "p99"), 0),
+                ratio,
+            );
+        }
+    }
     let half: Vec<_> = cells
         .keys()
         .filter(|k| k.0 == "lior-half" && k.4 == "rate")

@@ -181,6 +181,32 @@ for row in "${HALF_ROWS[@]}"; do
     done
 done
 
+# --- two server cores: sessions land on both shards, the queue is owned by one ----------------
+# A second lior on cores 0 and 1 (the client unpinned): the 16 sessions of a row are spread over
+# both shards by the kernel's accept queue, and queue `bench` lives in one partition, so about
+# half of the messages cross from one shard to the queue's owner.
+say "starting lior serve on cores $SERVER_CORE,$CLIENT_CORE (the two-shard rows)"
+"$LIOR" queue purge bench --api "$API" >/dev/null
+"$LIOR" serve --listen 127.0.0.1:0 --api 127.0.0.1:0 --data-dir "$WORK/lior2-data" \
+    --cores "$SERVER_CORE,$CLIENT_CORE" >"$WORK/serve2.out" 2>"$WORK/serve2.err" &
+PIDS+=($!)
+for _ in $(seq 300); do [ -s "$WORK/serve2.out" ] && break; sleep 0.1; done
+READY2=$(head -1 "$WORK/serve2.out")
+LISTEN2=$(sed -n 's/.* listen=\([^ ]*\).*/\1/p' <<<"$READY2")
+API2=$(sed -n 's/.* api=\([^ ]*\).*/\1/p' <<<"$READY2")
+[ -n "$LISTEN2" ] || { say "the two-core lior serve did not start: $(cat "$WORK/serve2.err")"; exit 1; }
+"$LIOR" queue create bench --api "$API2" >/dev/null
+for run in $(seq "$RUNS"); do
+    for delivery in express recoverable; do
+        "$LIOR" queue purge bench --api "$API2" >/dev/null
+        j=$("$LIOR" bench --to "$TO" --connect "$LISTEN2" --sessions 16 --size 100 \
+            --delivery "$delivery" --window $WINDOW --duration "$DURATION" --json --quiet) ||
+            { say "lior bench (two cores) failed: $j"; }
+        [ -n "$j" ] && echo "{\"kind\":\"lior-2cores\",\"run\":$run,${j#\{}" >>"$JSONL"
+        say "run $run lior-2cores 100 B $delivery x16: $(sed -n 's/.*"msgs_per_sec":\([0-9.]*\).*/\1/p' <<<"$j") msg/s"
+    done
+done
+
 # --- the report ----------------------------------------------------------------------------
 HEADER="$WORK/header.md"
 {
@@ -206,6 +232,7 @@ HEADER="$WORK/header.md"
     echo "taskset -c $SERVER_CORE redis-server --save '' --appendonly no                          # express"
     echo "taskset -c $SERVER_CORE redis-server --save '' --appendonly yes --appendfsync always    # recoverable"
     echo "taskset -c $CLIENT_CORE redis-benchmark -t lpush -P $WINDOW -c N -d SIZE -n RATE*$DURATION --csv"
+    echo "lior serve ... --cores $SERVER_CORE,$CLIENT_CORE; lior bench ... --sessions 16 --size 100 (unpinned)   # the two-shard rows"
     echo '```'
 } >"$HEADER"
 "$REPORT" "$JSONL" "$HEADER" >"$OUT/$STAMP.md"
@@ -221,4 +248,4 @@ if grep -q '<!-- perf:begin -->' README.md; then
     say "updated the table in README.md"
 fi
 cat "$OUT/$STAMP.md"
-rm -rf "$WORK/lior-data" "$WORK"/redis-*/appendonly* 2>/dev/null || true
+rm -rf "$WORK/lior-data" "$WORK/lior2-data" "$WORK"/redis-*/appendonly* 2>/dev/null || true
