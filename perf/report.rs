@@ -119,7 +119,9 @@ fn main() -> anyhow::Result<()> {
         || get("lior-2cores", 100, "recoverable", 16, "rate").is_some()
     {
         println!("\n### Two server cores (`--cores 0,1`, client unpinned; one queue, sessions on both shards)\n");
-        println!("| size | delivery | sessions | msg/s | p50 / p99 ack µs | / one core (same run) |");
+        println!(
+            "| size | delivery | sessions | msg/s | p50 / p99 ack µs | / one core (same run) |"
+        );
         println!("|---:|---|---:|---:|---:|---:|");
         for delivery in ["express", "recoverable"] {
             let two = get("lior-2cores", 100, delivery, 16, "rate");

@@ -12,7 +12,7 @@ use super::segment_file_name;
 use super::{
     Appended, Chunk, Class, Cursor, Disk, LookupId, Maintenance, MessageMeta, MessageRef, QueueId,
     QueueQuota, QueueStore, QuotaKind, RecoveryReport, Reservation, Select, StoreConfig,
-    StoreError, StoreStats, Ticket, EXPIRY_NEVER,
+    StoreError, StoreStats, Ticket,
 };
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -1160,18 +1160,16 @@ impl<D: Disk> QueueStore for Store<D> {
     }
 
     fn expired(&self, now_unix_s: u32, max: usize, out: &mut Vec<(QueueId, LookupId)>) {
+        // Each queue keeps its expiring messages ordered by expiry: this costs the number of
+        // queues plus what expired, not a walk of every message.
         let mut n = 0;
         for (&qid, q) in &self.queues {
-            for d in &q.prios {
-                for e in d.iter() {
-                    if n >= max {
-                        return;
-                    }
-                    if !e.removed && e.expiry != EXPIRY_NEVER && e.expiry <= now_unix_s {
-                        out.push((qid, LookupId(e.lookup)));
-                        n += 1;
-                    }
+            for lookup in q.expired(now_unix_s) {
+                if n >= max {
+                    return;
                 }
+                out.push((qid, LookupId(lookup)));
+                n += 1;
             }
         }
     }

@@ -2,10 +2,15 @@
 //! lookup order, so inserting is a push at the back). Removals in the middle leave a marker
 //! that is trimmed from the front or compacted when markers outnumber live entries.
 //!
+//! Messages with a TimeToBeReceived are also kept ordered by expiry (`expiring`), so finding
+//! the expired ones costs what they are, not a walk of the whole queue.
+//!
 //! It owns no bytes, only locations; it must not do IO.
 
+use std::collections::BTreeSet;
+
 use super::chunked::ChunkedDeque;
-use super::QueueQuota;
+use super::{QueueQuota, EXPIRY_NEVER};
 
 /// Where a message is and what the index needs without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub(crate) struct QueueIndex {
     pub messages: u64,
     pub bytes: u64,
     pub quota: QueueQuota,
+    /// (expiry, lookup) of every live entry that expires; exactly the live ones.
+    expiring: BTreeSet<(u32, u64)>,
 }
 
 impl QueueIndex {
@@ -38,7 +45,27 @@ impl QueueIndex {
             messages: 0,
             bytes: 0,
             quota,
+            expiring: BTreeSet::new(),
         }
+    }
+
+    fn note_live(&mut self, e: &Entry) {
+        if e.expiry != EXPIRY_NEVER {
+            self.expiring.insert((e.expiry, e.lookup));
+        }
+    }
+
+    fn note_gone(&mut self, e: &Entry) {
+        if e.expiry != EXPIRY_NEVER {
+            self.expiring.remove(&(e.expiry, e.lookup));
+        }
+    }
+
+    /// Lookup ids of live entries whose expiry is `<= now_unix_s`, oldest expiry first.
+    pub fn expired(&self, now_unix_s: u32) -> impl Iterator<Item = u64> + '_ {
+        self.expiring
+            .range(..=(now_unix_s, u64::MAX))
+            .map(|&(_, lookup)| lookup)
     }
 
     /// Position of the live entry with `lookup`.
@@ -62,7 +89,12 @@ impl QueueIndex {
             d.push_back(e);
         } else {
             match d.binary_search_by_key(&e.lookup, |x| x.lookup) {
-                Ok(i) if !d[i].removed => return Some(std::mem::replace(&mut d[i], e)),
+                Ok(i) if !d[i].removed => {
+                    let old = std::mem::replace(&mut d[i], e);
+                    self.note_gone(&old);
+                    self.note_live(&e);
+                    return Some(old);
+                }
                 Ok(i) => {
                     d[i] = e;
                     self.removed[prio] -= 1;
@@ -70,6 +102,7 @@ impl QueueIndex {
                 Err(i) => d.insert(i, e),
             }
         }
+        self.note_live(&e);
         self.messages += 1;
         self.bytes += e.bytes as u64;
         None
@@ -77,9 +110,10 @@ impl QueueIndex {
 
     /// Remove the live entry at (prio, idx) and return it.
     pub fn take(&mut self, prio: usize, idx: usize) -> Entry {
-        let d = &mut self.prios[prio];
-        let e = d[idx];
+        let e = self.prios[prio][idx];
         debug_assert!(!e.removed);
+        self.note_gone(&e);
+        let d = &mut self.prios[prio];
         self.messages -= 1;
         self.bytes -= e.bytes as u64;
         if idx == 0 {
@@ -116,6 +150,9 @@ impl QueueIndex {
                 } else {
                     self.messages -= 1;
                     self.bytes -= e.bytes as u64;
+                    if e.expiry != EXPIRY_NEVER {
+                        self.expiring.remove(&(e.expiry, e.lookup));
+                    }
                     f(&e);
                 }
             }
@@ -161,5 +198,39 @@ mod tests {
         assert_eq!(seen, vec![1, 2, 4]);
         assert_eq!(q.messages, 1);
         assert_eq!(q.first(3), Some(0));
+    }
+
+    #[test]
+    fn expiring_entries_are_found_by_expiry_and_forgotten_when_they_leave() {
+        let mut q = QueueIndex::new(QueueQuota::UNLIMITED);
+        let at = |lookup, expiry| Entry {
+            expiry,
+            ..e(lookup)
+        };
+        q.insert(3, at(1, 50));
+        q.insert(3, at(2, EXPIRY_NEVER));
+        q.insert(5, at(3, 10));
+        q.insert(3, at(4, 30));
+        q.insert(3, at(6, 100));
+        assert_eq!(
+            q.expired(49).collect::<Vec<_>>(),
+            vec![3, 4],
+            "oldest expiry first"
+        );
+        assert_eq!(q.expired(9).count(), 0);
+        let (p, i) = q.find(4).unwrap();
+        q.take(p, i);
+        assert_eq!(q.expired(60).collect::<Vec<_>>(), vec![3, 1], "taken: gone");
+        // Recovery seeing a copied-forward message again keeps one entry.
+        assert!(q.insert(3, at(1, 50)).is_some());
+        assert_eq!(q.expired(60).collect::<Vec<_>>(), vec![3, 1]);
+        let mut seen = Vec::new();
+        q.purge_below(5, |x| seen.push(x.lookup));
+        assert_eq!(
+            q.expired(u32::MAX - 1).collect::<Vec<_>>(),
+            vec![6],
+            "purged: gone"
+        );
+        assert_eq!(q.expiring.len(), 1, "nothing left behind");
     }
 }
