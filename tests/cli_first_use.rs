@@ -737,15 +737,10 @@ fn serve_keeps_running_when_its_stdout_is_a_closed_pipe() {
     let mut up = false;
     for _ in 0..100 {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read as _;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("lior serve exited with {status}: {err}");
+            panic!(
+                "lior serve exited with {status}: {}",
+                common::stderr_of(&mut child)
+            );
         }
         if ureq::get(&url).call().is_ok() {
             up = true;
@@ -765,18 +760,15 @@ fn serve_keeps_running_when_its_stdout_is_a_closed_pipe() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let mut err = String::new();
-    use std::io::Read as _;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
     let Some(status) = status else {
         let _ = child.kill();
-        panic!("lior serve did not stop on SIGTERM: {err}");
+        let _ = child.wait();
+        panic!(
+            "lior serve did not stop on SIGTERM: {}",
+            common::stderr_of(&mut child)
+        );
     };
+    let err = common::stderr_of(&mut child);
     assert!(status.success(), "{status}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }

@@ -79,13 +79,7 @@ fn serve_must_fail(args: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+            let err = common::stderr_of(&mut child);
             assert!(!status.success(), "exit status {status:?}; stderr: {err}");
             return err;
         }

@@ -315,3 +315,13 @@ pub fn message(source: Guid, id: u32, queue_path: &str, body: &[u8], recoverable
     out.truncate(n);
     out
 }
+
+/// Everything a child process wrote to its piped stderr (call once it has exited or been
+/// killed).
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
