@@ -70,6 +70,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Outgoing queues (one per remote machine): their state, pause and resume.
+    Outgoing {
+        #[command(subcommand)]
+        command: OutgoingCommand,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Verify a data directory's message store, or salvage a damaged one.
     Store {
         #[command(subcommand)]
@@ -174,6 +181,22 @@ enum QueueCommand {
     Purge { name: String },
 }
 
+#[derive(Subcommand)]
+enum OutgoingCommand {
+    /// Every outgoing queue: state, messages and bytes waiting, next try, last error.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending to a machine (its session closes; messages keep waiting, across restarts).
+    Pause {
+        /// As `lior outgoing list` names it, e.g. `TCP:10.0.0.7` or `OS:winbox`.
+        destination: String,
+    },
+    /// Send to a machine again.
+    Resume { destination: String },
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML configuration file (keys as `lior config` prints them).
@@ -205,6 +228,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => lior::bench::main(args),
         Command::Queue { command, api } => queue(command, &api.api),
+        Command::Outgoing { command, api } => outgoing(command, &api.api),
         Command::Store { command } => store(command),
         Command::Peek {
             queue,
@@ -509,6 +533,58 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
             outln!("purged {name}");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outgoing(cmd: OutgoingCommand, api: &str) -> anyhow::Result<ExitCode> {
+    let (destination, paused) = match cmd {
+        OutgoingCommand::List { json } => {
+            let v = call(ureq::get(&url(api, "/v1/outgoing")), None)?;
+            if json {
+                outln!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            outln!(
+                "{:<28} {:<20} {:>10} {:>12} {:>10}  last error",
+                "destination",
+                "state",
+                "messages",
+                "bytes",
+                "next try"
+            );
+            for q in v.as_array().into_iter().flatten() {
+                let next = q["next_try_in_ms"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1e3));
+                outln!(
+                    "{:<28} {:<20} {:>10} {:>12} {:>10}  {}",
+                    q["destination"].as_str().unwrap_or("?"),
+                    q["state"].as_str().unwrap_or("?"),
+                    q["messages"].as_u64().unwrap_or(0),
+                    q["bytes"].as_u64().unwrap_or(0),
+                    next,
+                    q["last_error"].as_str().unwrap_or("-"),
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        OutgoingCommand::Pause { destination } => (destination, true),
+        OutgoingCommand::Resume { destination } => (destination, false),
+    };
+    let path = if paused {
+        "/v1/outgoing/pause"
+    } else {
+        "/v1/outgoing/resume"
+    };
+    let v = call(
+        ureq::post(&url(api, path)),
+        Some(serde_json::json!({ "destination": destination })),
+    )?;
+    outln!(
+        "{} {}",
+        if paused { "paused" } else { "resumed" },
+        v["destination"].as_str().unwrap_or(&destination)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

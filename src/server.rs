@@ -33,6 +33,8 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 1;
     /// The store refused a message (poisoned, disk full, machine quota).
     pub const STORE: u32 = 2;
+    /// An administrator paused the outgoing queue this session carried.
+    pub const PAUSED: u32 = 3;
 }
 
 /// Server-wide counters, shared by all shards (for metrics).
@@ -150,6 +152,8 @@ pub struct MsmqApp<S> {
     order_ack_cap_logged_ms: u64,
     /// The outgoing queues this shard sends, by store queue id.
     out: HashMap<u32, OutQueue<ConnId>>,
+    /// The status of each outgoing queue last published to the broker (for the API).
+    published: HashMap<u32, crate::qm::outgoing_queue::OutStatus>,
     /// Name resolutions running on helper threads, by outgoing queue id.
     resolving: HashMap<u32, std::sync::mpsc::Receiver<std::io::Result<SocketAddr>>>,
     /// Connections to open: (address, outgoing queue id).
@@ -169,7 +173,7 @@ pub struct MsmqApp<S> {
     /// Sessions dropped to free the reassembly budget, until their close completes.
     evicted: std::collections::HashSet<ConnId>,
     /// Closes for the engine to carry out (see `App::poll_close`).
-    closes: Vec<ConnId>,
+    closes: Vec<(ConnId, u32)>,
     next_expiry_ms: u64,
     /// When a transiently failed commit is tried again (the shard may have no IO to wake it).
     commit_retry_at: Option<u64>,
@@ -230,6 +234,7 @@ impl<S: QueueStore> MsmqApp<S> {
             order_ack_cap_logged_ms: 0,
             out: HashMap::new(),
             resolving: HashMap::new(),
+            published: HashMap::new(),
             connects: VecDeque::new(),
             now_ms: 0,
             admin_acks: Vec::new(),
@@ -629,7 +634,19 @@ impl<S: QueueStore> MsmqApp<S> {
                 o.handle_new_messages();
             }
             for def in broker.outgoing_for(&self.owned) {
-                self.out.entry(def.id).or_insert_with(|| OutQueue::new(def));
+                match self.out.get_mut(&def.id) {
+                    Some(o) => {
+                        if o.def.paused != def.paused {
+                            tracing::info!(destination = %def.key, paused = def.paused, "outgoing queue paused or resumed");
+                            if let Some(c) = o.set_paused(now_ms, def.paused) {
+                                self.closes.push((c, close_code::PAUSED));
+                            }
+                        }
+                    }
+                    None => {
+                        self.out.insert(def.id, OutQueue::new(def));
+                    }
+                }
             }
         }
         // OrderAck progress restarts the resend schedule; a time-out without progress sends
@@ -730,6 +747,14 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
             }
         }
+        // What the API shows: published when it changed.
+        for (id, out) in &self.out {
+            let st = out.status();
+            if self.published.get(id) != Some(&st) {
+                broker.note_outgoing_status(*id, st.clone());
+                self.published.insert(*id, st);
+            }
+        }
     }
 }
 
@@ -782,7 +807,7 @@ impl<S> MsmqApp<S> {
             self.partials.remove(&id);
             self.reassembly_bytes = self.reassembly_bytes.saturating_sub(bytes);
             self.evicted.insert(id);
-            self.closes.push(id);
+            self.closes.push((id, close_code::PROTOCOL));
             self.shared
                 .counters
                 .sessions_dropped_reassembly
@@ -945,6 +970,13 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
             let retry = u64::from(self.shared.broker.config.parameters.TryConnectInterval);
+            if !q.def.paused {
+                q.note_error(if conn.established {
+                    format!("session to {} closed: {reason:?}", conn.peer)
+                } else {
+                    format!("cannot connect to {}: {reason:?}", conn.peer)
+                });
+            }
             q.handle_closed(now_ms, retry);
             tracing::info!(destination = %q.def.key, ?reason, retry_ms = retry, "outgoing session closed");
         }
@@ -1021,9 +1053,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
-        self.closes
-            .pop()
-            .map(|id| (id, AppError(close_code::PROTOCOL)))
+        self.closes.pop().map(|(id, code)| (id, AppError(code)))
     }
 
     fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, MsmqConn)> {

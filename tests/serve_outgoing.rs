@@ -514,3 +514,86 @@ fn an_outgoing_queue_retries_on_its_own_timer_until_the_destination_is_up() {
     let got = b.receive_until("orders", 2);
     assert_eq!(got.len(), 2);
 }
+
+/// Issue 12 (5): outgoing queues show their state and can be paused and resumed, as MSMQ's
+/// console offers; a paused queue keeps its messages (across a restart too) and sends them
+/// once resumed.
+#[test]
+fn an_outgoing_queue_shows_its_state_and_can_be_paused_and_resumed() {
+    let (mut a, b, dirs) = pair("127.0.0.9", "127.0.0.8", "");
+    b.cli(&["queue", "create", "orders"]);
+    let to_b = "DIRECT=TCP:127.0.0.8\\private$\\orders";
+    a.cli(&["send", to_b, "--body", "first", "--recoverable"]);
+    assert_eq!(b.receive_until("orders", 1).len(), 1);
+    let state = |a: &Server| {
+        let list = get_json(a, "/v1/outgoing");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["destination"] == "TCP:127.0.0.8")
+            .cloned()
+            .unwrap()
+    };
+    // Published by the shard within a turn or two.
+    let wait_state = |a: &Server, want: &str| {
+        for _ in 0..100 {
+            if state(a)["state"] == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("outgoing queue never {want}: {}", state(a));
+    };
+    wait_state(&a, "connected");
+    let out = a.cli(&["outgoing", "pause", "tcp:127.0.0.8"]);
+    assert!(out.contains("paused TCP:127.0.0.8"), "{out}");
+    wait_state(&a, "paused");
+    a.cli(&[
+        "send",
+        to_b,
+        "--body",
+        "held",
+        "--recoverable",
+        "--count",
+        "3",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&a)["messages"], 3, "kept while paused");
+    assert!(
+        b.receive_all("orders").is_empty(),
+        "nothing sent while paused"
+    );
+    let listed = a.cli(&["outgoing", "list"]);
+    assert!(
+        listed.contains("TCP:127.0.0.8") && listed.contains("paused"),
+        "{listed}"
+    );
+
+    // Paused survives a restart of the sender.
+    a.kill9();
+    let ca = dirs[0].path().join("lior.toml");
+    let a = Server::start_with(
+        &dirs[0].path().join("data"),
+        &[
+            "--config",
+            ca.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.9:{}", free_port("127.0.0.9")),
+        ],
+    );
+    wait_state(&a, "paused");
+    assert_eq!(state(&a)["messages"], 3);
+
+    a.cli(&["outgoing", "resume", "TCP:127.0.0.8"]);
+    assert_eq!(b.receive_until("orders", 3).len(), 3);
+    let err = std::process::Command::new(common::BIN)
+        .args(["outgoing", "pause", "TCP:10.9.9.9", "--api", &a.api])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("TCP:10.9.9.9"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}

@@ -190,6 +190,8 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/v1/queues/{name}/receive", post(receive::<S>))
                     .route("/v1/send", post(send::<S>))
                     .route("/v1/outgoing", get(outgoing::<S>))
+                    .route("/v1/outgoing/pause", post(pause_outgoing::<S>))
+                    .route("/v1/outgoing/resume", post(resume_outgoing::<S>))
                     .route("/metrics", get(metrics_route::<S>))
                     .layer(DefaultBodyLimit::max(SEND_REQUEST_BYTES_MAX))
                     .with_state(ctx);
@@ -422,11 +424,70 @@ async fn send<S: QueueStore + Send + 'static>(
 }
 
 async fn outgoing<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
+    let now = crate::engine::net::now_ms();
     let list: Vec<serde_json::Value> = c
         .broker
         .list_outgoing()
         .into_iter()
-        .map(|(d, n)| json!({"destination": d.key, "transport": d.transport, "partition": d.shard, "messages": n}))
+        .map(|o| {
+            // Before its shard first looked at it, a queue is shown by what is known here.
+            let (state, next_try_in_ms, last_error) = match o.status {
+                Some(s) => (
+                    s.state,
+                    s.next_try_ms.map(|t| t.saturating_sub(now)),
+                    s.last_error,
+                ),
+                None if o.def.paused => ("paused", None, None),
+                None => ("inactive", None, None),
+            };
+            json!({
+                "destination": o.def.key,
+                "transport": o.def.transport,
+                "partition": o.def.shard,
+                "state": state,
+                "paused": o.def.paused,
+                "next_try_in_ms": next_try_in_ms,
+                "last_error": last_error,
+                "messages": o.messages,
+                "bytes": o.bytes,
+            })
+        })
         .collect();
     Json(list).into_response()
+}
+
+/// The body of `POST /v1/outgoing/pause` and `/resume`.
+#[derive(Deserialize)]
+struct OutgoingRequest {
+    /// As `GET /v1/outgoing` names it: `TCP:10.0.0.7`, `OS:winbox`.
+    destination: String,
+}
+
+async fn pause_outgoing<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Json(req): Json<OutgoingRequest>,
+) -> Response {
+    set_paused(&c, &req.destination, true).await
+}
+
+async fn resume_outgoing<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Json(req): Json<OutgoingRequest>,
+) -> Response {
+    set_paused(&c, &req.destination, false).await
+}
+
+async fn set_paused<S: QueueStore + Send + 'static>(
+    c: &Arc<Ctx<S>>,
+    destination: &str,
+    paused: bool,
+) -> Response {
+    let broker = c.broker.clone();
+    let key = destination.to_string();
+    // Saving the table writes a file: off the async threads.
+    match tokio::task::spawn_blocking(move || broker.set_outgoing_paused(&key, paused)).await {
+        Ok(Ok(d)) => Json(json!({"destination": d.key, "paused": d.paused})).into_response(),
+        Ok(Err(e)) => api_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

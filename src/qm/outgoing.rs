@@ -51,6 +51,10 @@ pub struct OutgoingDef {
     /// after a restart within the same second or a clock step back.
     #[serde(default)]
     pub tx_sequence_id: u64,
+    /// Paused by an administrator (`lior outgoing pause`): nothing is sent, the session is
+    /// closed, messages keep waiting; kept across restarts.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// Why a destination cannot get an outgoing queue.
@@ -142,6 +146,7 @@ impl OutgoingTable {
             transport,
             shard: (n as usize) % self.shards,
             tx_sequence_id: 0,
+            paused: false,
         };
         self.by_key.insert(key, q.clone());
         self.save()?;
@@ -158,6 +163,27 @@ impl OutgoingTable {
         }
         q.tx_sequence_id = seq_id;
         self.save()
+    }
+
+    /// Pauses or resumes the outgoing queue whose key is `key` (`TCP:10.0.0.7`, `OS:winbox`,
+    /// any case); saved at once.
+    pub fn set_paused(
+        &mut self,
+        key: &str,
+        paused: bool,
+    ) -> Option<Result<OutgoingDef, OutgoingError>> {
+        let key = match key.split_once(':') {
+            Some((proto, host)) => format!(
+                "{}:{}",
+                proto.to_ascii_uppercase(),
+                host.to_ascii_lowercase()
+            ),
+            None => key.to_string(),
+        };
+        let q = self.by_key.get_mut(&key)?;
+        q.paused = paused;
+        let def = q.clone();
+        Some(self.save().map(|()| def))
     }
 
     fn save(&self) -> Result<(), OutgoingError> {

@@ -29,6 +29,19 @@ pub enum OutPhase<C> {
     Retry(u64),
     /// Hardened mode, or a transport lior does not send: kept, never sent.
     Locked,
+    /// Paused by an administrator: kept, not sent until resumed.
+    Paused,
+}
+
+/// How an outgoing queue looks to an administrator (MSMQ's MMC and PowerShell states).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutStatus {
+    /// `connected`, `connecting`, `waiting to connect`, `inactive`, `locked` or `paused`.
+    pub state: &'static str,
+    /// When the next connection attempt is due (`now_ms` units), while waiting to connect.
+    pub next_try_ms: Option<u64>,
+    /// Why the last session ended or could not start, if it did not end well.
+    pub last_error: Option<String>,
 }
 
 /// What the caller must do for an outgoing queue.
@@ -70,19 +83,71 @@ pub struct OutQueue<C> {
     /// New messages were queued: the priorities above the cursor's are looked at again, so a
     /// new message of a higher priority than the cursor's is not left behind it.
     rescan: bool,
+    /// Why the last session ended or could not start (cleared once a session is established).
+    last_error: Option<String>,
 }
 
 impl<C: Copy> OutQueue<C> {
     pub fn new(def: OutgoingDef) -> Self {
         OutQueue {
             cursor: Cursor::new(QueueId(def.id)),
+            phase: if def.paused {
+                OutPhase::Paused
+            } else {
+                OutPhase::Idle
+            },
             def,
-            phase: OutPhase::Idle,
             tx_resend_at: None,
             tx_resend_index: 0,
             sent: HashSet::new(),
             rescan: false,
+            last_error: None,
         }
+    }
+
+    /// Pauses or resumes sending (`def.paused` is kept with it). Pausing an open session
+    /// returns it: the caller closes it (MSMQ disconnects a paused queue); what it did not get
+    /// acknowledged is sent again after the resume.
+    pub fn set_paused(&mut self, now_ms: u64, paused: bool) -> Option<C> {
+        self.def.paused = paused;
+        if paused {
+            let open = self.session();
+            if !matches!(self.phase, OutPhase::Paused) {
+                self.phase = OutPhase::Paused;
+                self.cursor = Cursor::new(QueueId(self.def.id));
+                self.sent.clear();
+                self.tx_resend_at = None;
+            }
+            let _ = now_ms;
+            open
+        } else {
+            if matches!(self.phase, OutPhase::Paused) {
+                self.phase = OutPhase::Idle;
+            }
+            None
+        }
+    }
+
+    /// The queue as an administrator sees it.
+    pub fn status(&self) -> OutStatus {
+        let (state, next_try_ms) = match self.phase {
+            OutPhase::Idle => ("inactive", None),
+            OutPhase::Resolving | OutPhase::Connecting => ("connecting", None),
+            OutPhase::Open(_) => ("connected", None),
+            OutPhase::Retry(t) => ("waiting to connect", Some(t)),
+            OutPhase::Locked => ("locked", None),
+            OutPhase::Paused => ("paused", None),
+        };
+        OutStatus {
+            state,
+            next_try_ms,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Records why the session ended badly (shown by [`OutQueue::status`]).
+    pub fn note_error(&mut self, why: String) {
+        self.last_error = Some(why);
     }
 
     pub fn phase(&self) -> OutPhase<C> {
@@ -100,6 +165,9 @@ impl<C: Copy> OutQueue<C> {
     /// Whether [`OutQueue::poll_action`] needs the stored message count now (an idle queue, or
     /// a retry that is due), so the caller reads the store only then.
     pub fn wants_pending(&self, now_ms: u64) -> bool {
+        if self.def.paused {
+            return false;
+        }
         match self.phase {
             OutPhase::Idle => true,
             OutPhase::Retry(t) => t <= now_ms,
@@ -156,7 +224,8 @@ impl<C: Copy> OutQueue<C> {
                 self.phase = OutPhase::Connecting;
                 Some(OutAction::Connect(addr))
             }
-            Err(_) => {
+            Err(e) => {
+                self.last_error = Some(format!("cannot resolve {}: {e}", self.def.host));
                 self.phase = OutPhase::Retry(now_ms + retry_ms);
                 None
             }
@@ -171,11 +240,19 @@ impl<C: Copy> OutQueue<C> {
     /// The session to the destination is established.
     pub fn handle_established(&mut self, session: C) {
         self.phase = OutPhase::Open(session);
+        self.last_error = None;
     }
 
     /// The session closed: everything it did not get acknowledged is sent again on the next
     /// one, which is tried after `retry_ms`.
     pub fn handle_closed(&mut self, now_ms: u64, retry_ms: u64) {
+        if self.def.paused {
+            // Closed because it was paused: it stays paused.
+            self.phase = OutPhase::Paused;
+            self.cursor = Cursor::new(QueueId(self.def.id));
+            self.sent.clear();
+            return;
+        }
         self.phase = OutPhase::Retry(now_ms + retry_ms);
         self.cursor = Cursor::new(QueueId(self.def.id));
         self.sent.clear();
@@ -273,6 +350,7 @@ mod tests {
             transport,
             shard: 0,
             tx_sequence_id: 0,
+            paused: false,
         }
     }
 
@@ -387,5 +465,51 @@ mod tests {
         assert_eq!(q.resend_interval(), 0);
         assert!(!q.was_sent(5), "the OrderAck removed it");
         assert_eq!(q.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_paused_queue_closes_its_session_sends_nothing_and_resumes() {
+        let mut q = OutQueue::<u32>::new(def("10.0.0.7", Transport::Mqqb));
+        q.poll_action(0, 2, &POLICY);
+        q.handle_established(4);
+        q.note_sent(0, 11, false, 30_000);
+        assert_eq!(q.status().state, "connected");
+        assert_eq!(
+            q.set_paused(10, true),
+            Some(4),
+            "the open session is closed"
+        );
+        assert_eq!(q.status().state, "paused");
+        assert!(!q.was_sent(11), "sent again after the resume");
+        // The close of that session keeps it paused, and nothing starts while paused.
+        q.handle_closed(20, 1_000);
+        assert_eq!(q.phase(), OutPhase::Paused);
+        assert!(!q.wants_pending(u64::MAX));
+        assert_eq!(q.poll_action(u64::MAX, 5, &POLICY), None);
+        assert_eq!(q.set_paused(30, false), None);
+        assert_eq!(q.status().state, "inactive");
+        assert!(matches!(
+            q.poll_action(30, 5, &POLICY),
+            Some(OutAction::Connect(_))
+        ));
+        // A queue loaded paused starts paused.
+        let mut d = def("10.0.0.8", Transport::Mqqb);
+        d.paused = true;
+        assert_eq!(OutQueue::<u32>::new(d).status().state, "paused");
+    }
+
+    #[test]
+    fn the_status_names_the_state_the_retry_and_the_last_error() {
+        let mut q = OutQueue::<u32>::new(def("winbox", Transport::Mqqb));
+        q.poll_action(0, 1, &POLICY);
+        q.handle_resolved(5, Err("no address".into()), 1_000);
+        let s = q.status();
+        assert_eq!(s.state, "waiting to connect");
+        assert_eq!(s.next_try_ms, Some(1_005));
+        assert!(s.last_error.unwrap().contains("cannot resolve winbox"));
+        q.poll_action(1_005, 1, &POLICY);
+        q.handle_resolved(1_006, Ok("10.1.1.1:1801".parse().unwrap()), 1_000);
+        q.handle_established(1);
+        assert_eq!(q.status().last_error, None, "cleared by a session");
     }
 }

@@ -45,7 +45,7 @@ mod requests;
 mod wakeups;
 
 pub use delivery::{message_meta, Delivered, Verdict};
-pub use outgoing::{AckSource, TxOut};
+pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
 pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_QUEUE_DEFAULT_S};
@@ -101,6 +101,9 @@ pub struct Broker<S> {
     /// Rotates the partition receive starts at.
     receive_cursor: AtomicU64,
     outgoing: Mutex<OutgoingTable>,
+    /// Each outgoing queue's state as its shard last published it (on a change only; read by
+    /// the API).
+    outgoing_status: Mutex<HashMap<u32, crate::qm::outgoing_queue::OutStatus>>,
     ordinals: Mutex<OrdinalAllocator>,
     /// Per shard: new outgoing messages were queued for it by another thread.
     outgoing_dirty: Vec<AtomicBool>,
@@ -315,6 +318,7 @@ impl<S: QueueStore> Broker<S> {
         Ok(Broker {
             identity,
             outgoing: Mutex::new(outgoing),
+            outgoing_status: Mutex::new(HashMap::new()),
             ordinals: Mutex::new(ordinals),
             outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
             durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),

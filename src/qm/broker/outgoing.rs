@@ -65,19 +65,41 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Every outgoing queue with its message count (for the API).
-    pub fn list_outgoing(&self) -> Vec<(OutgoingDef, u64)> {
+    pub fn list_outgoing(&self) -> Vec<OutgoingInfo> {
         let defs: Vec<OutgoingDef> = lock(&self.outgoing).iter().cloned().collect();
         defs.into_iter()
             .map(|d| {
-                let n = self
-                    .partitions
-                    .get(d.shard % self.partitions.len())
-                    .map_or(0, |_| {
-                        self.partition(d.shard).store.queue_len(QueueId(d.id)).0
-                    });
-                (d, n)
+                let (messages, bytes) = self.partition(d.shard).store.queue_len(QueueId(d.id));
+                let status = lock(&self.outgoing_status).get(&d.id).cloned();
+                OutgoingInfo {
+                    def: d,
+                    messages,
+                    bytes,
+                    status,
+                }
             })
             .collect()
+    }
+
+    /// A shard publishes the state of outgoing queue `id` (when it changes).
+    pub fn note_outgoing_status(&self, id: u32, status: crate::qm::outgoing_queue::OutStatus) {
+        lock(&self.outgoing_status).insert(id, status);
+    }
+
+    /// Pauses or resumes the outgoing queue of destination `key` (`TCP:10.0.0.7`, `OS:winbox`;
+    /// as `GET /v1/outgoing` names it). Kept across restarts; the shard that sends it closes its
+    /// session (pause) or tries again (resume) at once.
+    pub fn set_outgoing_paused(&self, key: &str, paused: bool) -> Result<OutgoingDef, ApiError> {
+        let def = lock(&self.outgoing)
+            .set_paused(key, paused)
+            .ok_or_else(|| ApiError::NoSuchQueue(format!("outgoing queue {key}")))?
+            .map_err(|e| ApiError::Send(e.to_string()))?;
+        let shard = def.shard % self.partitions.len();
+        if let Some(f) = self.outgoing_dirty.get(shard) {
+            f.store(true, Ordering::Release);
+        }
+        self.wake(shard);
+        Ok(def)
     }
 
     /// Stores an encoded message in the outgoing queue of its direct destination, durably
@@ -333,4 +355,15 @@ fn stored_tx_positions<S: QueueStore>(store: &S, queue: u32) -> Vec<(LookupId, u
         }
     }
     out
+}
+
+/// An outgoing queue as the API lists it.
+#[derive(Debug, Clone)]
+pub struct OutgoingInfo {
+    pub def: OutgoingDef,
+    /// Messages and bytes waiting (not yet acknowledged by the destination).
+    pub messages: u64,
+    pub bytes: u64,
+    /// As its shard last published it; None before the shard first looked at it.
+    pub status: Option<crate::qm::outgoing_queue::OutStatus>,
 }
