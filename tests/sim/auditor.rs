@@ -16,9 +16,10 @@
 //! 6. Durable means durable in the queue's owning partition (the one the catalog assigned it):
 //!    with two shards each queue lives in one of two stores, and an ack checked against the
 //!    other would prove nothing.
-//! 7. FIFO: per queue, sender, priority and delivery class, a consumer gets a sender's messages
-//!    in the order it sent them (message ids increase), copies stored by a later server
-//!    incarnation (resends after a crash) and copies already consumed once excepted.
+//! 7. FIFO: per queue, sender and priority, a consumer gets a sender's express and recoverable
+//!    messages in the order it sent them (message ids increase), copies stored by a later
+//!    server incarnation (resends after a crash) and copies already consumed once excepted.
+//!    (Transactional ones are checked by 3, which is stricter.)
 
 use lior::qm::broker::Broker;
 use lior::session::FrameError;
@@ -178,9 +179,9 @@ pub struct Auditor {
     tx_consumed: Vec<[u32; 2]>,
     tx_total: Vec<[u32; 2]>,
     crash_times_ms: Vec<u64>,
-    /// Per (queue, client, priority, express): the (server incarnation, message index) of the
+    /// Per (queue, client, priority): the (server incarnation, message index) of the
     /// last copy consumed for the first time, for the FIFO check.
-    fifo_last: HashMap<(usize, usize, u8, bool), (u32, usize)>,
+    fifo_last: HashMap<(usize, usize, u8), (u32, usize)>,
     pub counts: AuditCounts,
 }
 
@@ -449,12 +450,10 @@ impl Auditor {
                 *last = seq_no;
             }
             Kind::Express | Kind::Recoverable => {
-                // Invariant 7. Express and recoverable messages are keyed apart: a recoverable
-                // record becomes visible only once its batch is durable, an express one at
-                // once, so an express message may overtake a recoverable one sent before it.
+                // Invariant 7 (express and recoverable alike: the store keeps them in one order).
                 if f.consumed_epochs.is_empty() {
                     self.counts.fifo_checked += 1;
-                    let key = (queue, c, msg.priority(), f.kind == Kind::Express);
+                    let key = (queue, c, msg.priority());
                     let at = (epoch, idx);
                     if let Some(&last) = self.fifo_last.get(&key) {
                         if at <= last {
