@@ -27,7 +27,7 @@ use lior::engine::net::{App, CloseReason as NetClose, ConnId};
 use lior::qm::broker::Broker;
 use lior::server::{MsmqApp, MsmqConn, Shared};
 use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
-use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig};
+use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig, Ticket};
 use lior::wire::headers::{TransactionHeader, TxFlags};
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
@@ -302,6 +302,9 @@ struct Server {
     /// One app per shard while up; empty while down.
     apps: Vec<MsmqApp<SimStore>>,
     wake: Arc<Wake>,
+    /// Per partition: the durable watermark when the sim last looked (for the completion
+    /// signal, see [`World::signal_completions`]).
+    seen_durable: Vec<Ticket>,
     slots: Vec<Option<Slot>>,
     generation: u32,
     /// While crashed: when it restarts, and its disks (one per partition).
@@ -471,6 +474,7 @@ impl World {
                 shared: Some(shared),
                 apps,
                 wake,
+                seen_durable: vec![Ticket(0); shards],
                 slots: Vec::new(),
                 generation: 0,
                 down: None,
@@ -616,20 +620,38 @@ impl World {
         (0..shared.broker.partition_count()).any(|p| shared.broker.partition(p).store.in_flight())
     }
 
-    /// The completion wake. In `lior serve` each partition's commit completions signal its
-    /// owning shard's eventfd (`set_commit_notify`), whoever submitted or reaps the batch. The
-    /// simulated disk decides whether a batch is complete only when it is polled, so the sim
+    /// The completion wake, part 1. In `lior serve` each partition's commit completions signal
+    /// its owning shard's eventfd (`set_commit_notify`), whoever submitted or reaps the batch.
+    /// The simulated disk decides whether a batch is complete only when it is polled, so the sim
     /// cannot see "completion ready"; instead it wakes the owner of every partition with a
     /// batch in flight, at each step and before each call from outside the shards (consumer,
-    /// maintenance) that may reap it. That wakes the owner at least as often as the real
-    /// signal, so it cannot hide a lost wake between shards (`wake_durable_interest`), only a
-    /// lost completion signal, which this model does not test.
+    /// maintenance) that may reap it, and (part 2, [`World::signal_completions`]) whenever a
+    /// partition's durable watermark moved, whoever reaped it. That wakes the owner at least as
+    /// often as the real signal, so it cannot hide a lost wake between shards
+    /// (`wake_durable_interest`), only a lost completion signal, which this model does not test.
     fn wake_in_flight_owners(&mut self) {
         let Some(shared) = &self.server.shared else {
             return;
         };
         for p in 0..shared.broker.partition_count() {
             if shared.broker.partition(p).store.in_flight() {
+                self.server.wake.flags[p % self.server.shards].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// The completion signal itself: a partition whose durable watermark moved since the sim
+    /// last looked had a batch complete, whoever reaped it (the other shard committing it for
+    /// its own waiters, or a consumer's call), and the ring signals the owner's eventfd then.
+    /// Checked after each shard's turn and each call from outside the shards.
+    fn signal_completions(&mut self) {
+        let Some(shared) = &self.server.shared else {
+            return;
+        };
+        for p in 0..shared.broker.partition_count() {
+            let d = shared.broker.partition(p).store.stats().durable;
+            if d > self.server.seen_durable[p] {
+                self.server.seen_durable[p] = d;
                 self.server.wake.flags[p % self.server.shards].store(true, Ordering::Release);
             }
         }
@@ -722,6 +744,7 @@ impl World {
                 // Errors (a poisoned store) are the store's business; the audit sees the effect.
                 let _ = shared.broker.partition(p).store.maintain();
             }
+            self.signal_completions();
         }
         Ok(())
     }
@@ -771,6 +794,7 @@ impl World {
             self.log(|| format!("shard {s} turn (woken {woken}, io {io}, deadline {due})"));
             let p = std::mem::replace(&mut plan, CrashPlan::None);
             self.shard_turn(s, p, due, !woken && !io)?;
+            self.signal_completions();
         }
         if plan != CrashPlan::None {
             self.log(|| format!("crash ({plan:?} planned) while every shard sleeps"));
@@ -1031,6 +1055,7 @@ impl World {
         }
         self.stats.wakes += self.server.wake.calls.swap(0, Ordering::Relaxed);
         self.server.wake.clear();
+        self.server.seen_durable = vec![Ticket(0); self.server.shards];
         let (shared, apps) = boot(
             &self.server.config,
             self.server.shards,
@@ -1056,6 +1081,7 @@ impl World {
         self.wake_in_flight_owners();
         // A failure (a poisoned store) hands nothing out; the restart brings the messages back.
         let r = shared.broker.receive(QUEUES[q].0, n);
+        self.signal_completions();
         self.log(|| {
             format!(
                 "consumer receive {} x{n}: {:?}",
