@@ -13,11 +13,18 @@
 //! 4. Express messages may be lost in a crash, never otherwise.
 //! 5. At the end, after a fault-free quiet period: every message is acknowledged, and draining
 //!    the queues yields every recoverable and transactional message.
+//! 6. Durable means durable in the queue's owning partition (the one the catalog assigned it):
+//!    with two shards each queue lives in one of two stores, and an ack checked against the
+//!    other would prove nothing.
+//! 7. FIFO: per queue, sender and priority, a consumer gets a sender's express and recoverable
+//!    messages in the order it sent them (message ids increase), copies stored by a later
+//!    server incarnation (resends after a crash) and copies already consumed once excepted.
+//!    (Transactional ones are checked by 3, which is stricter.)
 
 use lior::qm::broker::Broker;
 use lior::session::FrameError;
 use lior::session::Framer;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use lior::store::{Cursor, QueueId, QueueStore, SimStore};
 use lior::wire::user::UserMessage;
@@ -32,6 +39,13 @@ pub const QUEUES: [(&str, bool); 4] = [
     ("sim_t0", true),
     ("sim_t1", true),
 ];
+/// Where a queue of [`QUEUES`] is stored: its store id and its owning partition.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueAt {
+    pub id: QueueId,
+    pub partition: usize,
+}
+
 /// Index in [`QUEUES`] of the first transactional queue.
 pub const TX_QUEUE_FIRST: usize = 2;
 
@@ -111,12 +125,12 @@ impl Fact {
 /// queue number) collide with real message ids (sender GUID + ordinal).
 pub struct DurableView<'a> {
     broker: &'a Broker<SimStore>,
-    qids: &'a [QueueId],
+    qids: &'a [QueueAt],
     sets: [Option<HashSet<[u8; 20]>>; QUEUES.len()],
 }
 
 impl<'a> DurableView<'a> {
-    pub fn new(broker: &'a Broker<SimStore>, qids: &'a [QueueId]) -> Self {
+    pub fn new(broker: &'a Broker<SimStore>, qids: &'a [QueueAt]) -> Self {
         DurableView {
             broker,
             qids,
@@ -126,8 +140,11 @@ impl<'a> DurableView<'a> {
 
     fn holds(&mut self, f: &Fact) -> bool {
         let set = self.sets[f.queue].get_or_insert_with(|| {
-            let part = self.broker.partition(0);
-            let mut cursor = Cursor::new(self.qids[f.queue]);
+            // The owner only: a copy in another partition would not be the one the broker
+            // delivers from, so it does not make an ack true.
+            let at = self.qids[f.queue];
+            let part = self.broker.partition(at.partition);
+            let mut cursor = Cursor::new(at.id);
             let mut set = HashSet::new();
             while let Some(m) = part.store.cursor_next(&mut cursor) {
                 set.insert(m.meta.message_id.0);
@@ -148,6 +165,7 @@ pub struct AuditCounts {
     pub duplicates_recoverable_after_crash: u64,
     pub duplicates_express_after_crash: u64,
     pub express_lost_in_crash: u64,
+    pub fifo_checked: u64,
 }
 
 /// The auditor of one run.
@@ -161,6 +179,9 @@ pub struct Auditor {
     tx_consumed: Vec<[u32; 2]>,
     tx_total: Vec<[u32; 2]>,
     crash_times_ms: Vec<u64>,
+    /// Per (queue, client, priority): the (server incarnation, message index) of the
+    /// last copy consumed for the first time, for the FIFO check.
+    fifo_last: HashMap<(usize, usize, u8), (u32, usize)>,
     pub counts: AuditCounts,
 }
 
@@ -184,6 +205,7 @@ impl Auditor {
             facts,
             link_epoch: Vec::new(),
             crash_times_ms: Vec::new(),
+            fifo_last: HashMap::new(),
             counts: AuditCounts::default(),
         }
     }
@@ -217,14 +239,16 @@ impl Auditor {
     }
 
     /// Invariant 1 at the source: every SessionAck and OrderAck the server writes to `link`.
+    /// Returns whether the output acknowledges recoverable messages beyond what the server had
+    /// acknowledged on this link before (the wake check in `world.rs` uses it).
     pub fn check_server_output(
         &mut self,
         broker: &Broker<SimStore>,
-        qids: &[QueueId],
-        link: &Link,
+        qids: &[QueueAt],
+        link: &mut Link,
         bytes: &[u8],
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mut headers: Vec<SessionHeader> = Vec::new();
         let mut order_acks = Vec::new();
         let r = Framer::new().feed(bytes, |frame| {
@@ -252,10 +276,15 @@ impl Auditor {
         }
         let c = link.client;
         let mut view = DurableView::new(broker, qids);
+        let mut advanced = false;
         for h in headers {
             let base = h.recoverable_msg_ack_seq_number;
             if base == 0 {
                 continue;
+            }
+            if link.rec_acked == 0 || !seq_le(base, link.rec_acked) {
+                link.rec_acked = base;
+                advanced = true;
             }
             let flags = h.recoverable_msg_ack_flags;
             for (i, &idx) in link.rec_map.iter().enumerate() {
@@ -288,7 +317,7 @@ impl Auditor {
             };
             self.check_order_ack(broker, qids, c, q, b.tx_sequence_number, now_ms, false)?;
         }
-        Ok(())
+        Ok(advanced)
     }
 
     /// Invariant 1 for an OrderAck: every message of the sequence up to `n` is durable.
@@ -297,7 +326,7 @@ impl Auditor {
     pub fn check_order_ack(
         &mut self,
         broker: &Broker<SimStore>,
-        qids: &[QueueId],
+        qids: &[QueueAt],
         c: usize,
         queue: usize,
         n: u32,
@@ -332,7 +361,7 @@ impl Auditor {
     pub fn on_client_ack(
         &mut self,
         broker: &Broker<SimStore>,
-        qids: &[QueueId],
+        qids: &[QueueAt],
         c: usize,
         idx: usize,
         now_ms: u64,
@@ -361,7 +390,7 @@ impl Auditor {
     pub fn check_recovery(
         &mut self,
         broker: &Broker<SimStore>,
-        qids: &[QueueId],
+        qids: &[QueueAt],
         now_ms: u64,
     ) -> Result<(), String> {
         self.counts.recoveries_checked += 1;
@@ -421,6 +450,23 @@ impl Auditor {
                 *last = seq_no;
             }
             Kind::Express | Kind::Recoverable => {
+                // Invariant 7 (express and recoverable alike: the store keeps them in one order).
+                if f.consumed_epochs.is_empty() {
+                    self.counts.fifo_checked += 1;
+                    let key = (queue, c, msg.priority());
+                    let at = (epoch, idx);
+                    if let Some(&last) = self.fifo_last.get(&key) {
+                        if at <= last {
+                            return Err(format!(
+                                "FIFO broken: consumed {what} (stored by server incarnation \
+                                 {epoch}) after message #{} of the same sender, queue and \
+                                 priority (incarnation {})",
+                                last.1, last.0
+                            ));
+                        }
+                    }
+                    self.fifo_last.insert(key, at);
+                }
                 if f.consumed_epochs.contains(&epoch) {
                     return Err(format!(
                         "duplicate: {what} was consumed twice from copies accepted by the same \

@@ -99,6 +99,8 @@ pub struct Link {
     /// Message index of each recoverable message the client sent on this connection, by
     /// recoverable sequence number - 1: how the auditor reads the server's SessionAcks.
     pub rec_map: Vec<usize>,
+    /// The highest recoverable sequence number the server's acks named so far (0: none).
+    pub rec_acked: u16,
 }
 
 impl Link {
@@ -112,6 +114,7 @@ impl Link {
             server_gone: false,
             client_gone: false,
             rec_map: Vec::new(),
+            rec_acked: 0,
         }
     }
 }

@@ -6,9 +6,20 @@
 //! `poll_ready`, then `poll_transmit` for every touched connection without a send in flight.
 //! A crash drops the process state and keeps only the disk, which loses or tears what was not
 //! synced; the restart rebuilds the broker from it.
+//!
+//! With two shards (`Faults.shards`) the broker has two store partitions (two simulated disks),
+//! the catalog spreads the queues over them, and two `MsmqApp`s run over one `Shared`, each
+//! connection bound to one of them at connect, so a client that reconnects may land on the
+//! other shard and its resends (duplicates) cross shards.
+//!
+//! The wake model: a shard runs its turn in a step only when the engine would wake it: a
+//! readable connection, a finished send, a due connection timer, its `app_deadline()`, or a
+//! wake (`Broker::set_waker`, which in `lior serve` writes the shard's eventfd). So a lost wake
+//! leaves a shard asleep; see [`World::shard_turn`] for how that is caught.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lior::config::Config;
@@ -16,12 +27,12 @@ use lior::engine::net::{App, CloseReason as NetClose, ConnId};
 use lior::qm::broker::Broker;
 use lior::server::{MsmqApp, MsmqConn, Shared};
 use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
-use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig};
+use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig, Ticket};
 use lior::wire::headers::{TransactionHeader, TxFlags};
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
 
-use super::auditor::{self, AuditCounts, Auditor, Fact, Kind, QUEUES, TX_QUEUE_FIRST};
+use super::auditor::{self, AuditCounts, Auditor, Fact, Kind, QueueAt, QUEUES, TX_QUEUE_FIRST};
 use super::net::{Link, PipeShape};
 use super::rng::Rng;
 
@@ -34,6 +45,13 @@ pub const QUIET_MS_MAX: u64 = 600_000;
 const TX_RESEND_MS: u64 = 30_000;
 /// EIO, for a failed fsync.
 const EIO: i32 = 5;
+
+/// Whether a lost wake (see [`World::shard_turn`]) fails a run by default, or is only counted
+/// (`Stats.lost_wakes`). Counted only while `MsmqApp::commit_partition` drops the caller's own
+/// interest bit (its `wake_durable_interest(p, me)` clears the bit it has just set with
+/// `note_durable_interest(p, me)`): the regression `sim_sessions::lost_wake_bug_*` pins that
+/// bug. Turn this on once it is fixed; `LIOR_SIM_STRICT_WAKES=1` does it for one run.
+pub const LOST_WAKES_FAIL: bool = false;
 
 /// Store geometry of a run.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +112,9 @@ pub struct Faults {
     pub store: StoreShape,
     pub downtime_max_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Shards (and store partitions): 1 or 2. Chosen by the caller, not drawn, so the rest of
+    /// the schedule of a seed does not depend on it.
+    pub shards: usize,
 }
 
 impl Faults {
@@ -132,6 +153,7 @@ impl Faults {
             store: rng.pick(&[StoreShape::Small, StoreShape::Medium]),
             downtime_max_ms: rng.range(0, 3_000),
             reconnect_max_ms: rng.range(1, 2_000),
+            shards: 1,
         }
     }
 }
@@ -152,6 +174,19 @@ pub struct Stats {
     pub server_closes: u64,
     pub consumer_calls: u64,
     pub maintain_calls: u64,
+    /// Runs with two shards (0 or 1 for one run).
+    pub two_shard_runs: u64,
+    /// Shard turns run, and shard-steps a shard slept through (nothing woke it).
+    pub turns: u64,
+    pub turns_slept: u64,
+    /// Turns run only because the shard's own `app_deadline()` was due.
+    pub deadline_turns: u64,
+    /// Calls of the waker installed with `Broker::set_waker`.
+    pub wakes: u64,
+    /// Connections accepted by shard 1.
+    pub links_on_shard_1: u64,
+    /// Lost wakes seen (with `strict_wakes` off; with it on the first fails the run).
+    pub lost_wakes: u64,
     pub audit: AuditCounts,
 }
 
@@ -194,6 +229,8 @@ struct Client {
 
 /// The engine's per-connection slot.
 struct Slot {
+    /// The shard the connection was accepted on (it stays there).
+    shard: usize,
     generation: u32,
     conn: MsmqConn,
     link: u32,
@@ -201,25 +238,87 @@ struct Slot {
     send_in_flight: bool,
 }
 
+/// The shards' wake flags, set by the broker's waker (an eventfd write in `lior serve`).
+#[derive(Debug)]
+struct Wake {
+    flags: Vec<AtomicBool>,
+    calls: AtomicU64,
+}
+
+impl Wake {
+    fn new(shards: usize) -> Wake {
+        Wake {
+            flags: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    fn wake(&self, shard: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        // `wake_durable_interest` maps interest bits to shard indexes below the partition
+        // count; the simulation has as many partitions as shards.
+        self.flags[shard % self.flags.len()].store(true, Ordering::Release);
+    }
+
+    fn take(&self, shard: usize) -> bool {
+        self.flags[shard].swap(false, Ordering::AcqRel)
+    }
+
+    fn any(&self) -> bool {
+        self.flags.iter().any(|f| f.load(Ordering::Acquire))
+    }
+
+    fn clear(&self) {
+        for f in &self.flags {
+            f.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Builds the broker over `stores` (one partition per shard), installs the waker and starts one
+/// app per shard, as `lior serve` does.
+#[allow(clippy::type_complexity)]
+fn boot(
+    config: &Config,
+    shards: usize,
+    stores: Vec<SimStore>,
+    wake: &Arc<Wake>,
+) -> Result<(Arc<Shared<SimStore>>, Vec<MsmqApp<SimStore>>), String> {
+    let broker = Broker::with_stores(config.clone(), stores).map_err(|e| format!("broker: {e}"))?;
+    let w = wake.clone();
+    broker.set_waker(Box::new(move |s| w.wake(s)));
+    let shared = Arc::new(Shared::with_shards(Arc::new(broker), shards));
+    let apps = (0..shards)
+        .map(|s| MsmqApp::new(shared.clone(), s))
+        .collect();
+    Ok((shared, apps))
+}
+
 struct Server {
     config: Config,
     store_cfg: StoreConfig,
+    shards: usize,
     shared: Option<Arc<Shared<SimStore>>>,
-    app: Option<MsmqApp<SimStore>>,
+    /// One app per shard while up; empty while down.
+    apps: Vec<MsmqApp<SimStore>>,
+    wake: Arc<Wake>,
+    /// Per partition: the durable watermark when the sim last looked (for the completion
+    /// signal, see [`World::signal_completions`]).
+    seen_durable: Vec<Ticket>,
     slots: Vec<Option<Slot>>,
     generation: u32,
-    /// While crashed: when it restarts, and its disk.
-    down: Option<(u64, SimStore)>,
+    /// While crashed: when it restarts, and its disks (one per partition).
+    down: Option<(u64, Vec<SimStore>)>,
     /// Server incarnation, from 0.
     epoch: u32,
     /// A restart is due (after a failed fsync poisoned the store).
     crash_at_ms: Option<u64>,
-    qids: Vec<QueueId>,
+    qids: Vec<QueueAt>,
 }
 
 impl Server {
     fn up(&self) -> bool {
-        self.app.is_some()
+        !self.apps.is_empty()
     }
 }
 
@@ -242,6 +341,8 @@ pub struct World {
     links: Vec<Link>,
     aud: Auditor,
     pub stats: Stats,
+    /// A lost wake fails the run (else it is counted).
+    pub strict_wakes: bool,
     trace: Option<VecDeque<String>>,
     _dir: tempfile::TempDir,
 }
@@ -251,12 +352,21 @@ const TRACE_LINES: usize = 400;
 impl World {
     /// A run of `seed`. `fsync_failures` off zeroes that fault rate after the draw (the rest of
     /// the run is the same schedule); `trace` keeps the last events for the failure message.
-    pub fn new(seed: u64, fsync_failures: bool, trace: bool) -> Result<World, String> {
+    pub fn new(
+        seed: u64,
+        fsync_failures: bool,
+        trace: bool,
+        shards: usize,
+    ) -> Result<World, String> {
         let mut rng = Rng::new(seed);
         let mut f = Faults::draw(&mut rng);
         if !fsync_failures {
             f.fsync_fail_ppm = 0;
         }
+        if !(1..=2).contains(&shards) {
+            return Err(format!("the simulation runs 1 or 2 shards, not {shards}"));
+        }
+        f.shards = shards;
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let mut config = Config {
             data_dir: dir.path().to_path_buf(),
@@ -264,19 +374,33 @@ impl World {
         };
         config.parameters.MaxUnackedPacket = f.window;
         let store_cfg = f.store.config();
-        let (store, _) = Store::open(SimDisk::new(rng.next_u64()), store_cfg)
-            .map_err(|e| format!("store open: {e}"))?;
-        let broker =
-            Broker::with_stores(config.clone(), vec![store]).map_err(|e| format!("broker: {e}"))?;
+        let mut stores = Vec::new();
+        for p in 0..shards {
+            let (store, _) = Store::open(SimDisk::new(rng.next_u64()), store_cfg)
+                .map_err(|e| format!("store open (partition {p}): {e}"))?;
+            stores.push(store);
+        }
+        let wake = Arc::new(Wake::new(shards));
+        let (shared, apps) = boot(&config, shards, stores, &wake)?;
         let mut qids = Vec::new();
         for (name, tx) in QUEUES {
-            let q = broker
+            let q = shared
+                .broker
                 .create_queue(name, tx)
                 .map_err(|e| format!("create queue {name}: {e}"))?;
-            qids.push(QueueId(q.id));
+            qids.push(QueueAt {
+                id: QueueId(q.id),
+                partition: shared.broker.owner(&q),
+            });
         }
-        let shared = Arc::new(Shared::new(Arc::new(broker)));
-        let app = MsmqApp::new(shared.clone(), 0);
+        // The catalog gives each new queue the least-loaded partition: with two, both own some.
+        for p in 0..shards {
+            if !qids.iter().any(|q| q.partition == p) {
+                return Err(format!(
+                    "no queue of {QUEUES:?} is owned by partition {p} of {shards}: {qids:?}"
+                ));
+            }
+        }
 
         let mut clients = Vec::new();
         let mut facts = Vec::new();
@@ -336,6 +460,7 @@ impl World {
         }
         let stats = Stats {
             messages: (f.clients * f.messages_per_client) as u64,
+            two_shard_runs: u64::from(shards == 2),
             ..Stats::default()
         };
         Ok(World {
@@ -345,8 +470,11 @@ impl World {
             server: Server {
                 config,
                 store_cfg,
+                shards,
                 shared: Some(shared),
-                app: Some(app),
+                apps,
+                wake,
+                seen_durable: vec![Ticket(0); shards],
                 slots: Vec::new(),
                 generation: 0,
                 down: None,
@@ -358,6 +486,7 @@ impl World {
             links: Vec::new(),
             aud: Auditor::new(facts),
             stats,
+            strict_wakes: LOST_WAKES_FAIL || std::env::var_os("LIOR_SIM_STRICT_WAKES").is_some(),
             trace: trace.then(VecDeque::new),
             _dir: dir,
         })
@@ -413,6 +542,7 @@ impl World {
         self.drain()?;
         self.aud.final_check()?;
         self.stats.sim_ms = self.now;
+        self.stats.wakes += self.server.wake.calls.load(Ordering::Relaxed);
         self.stats.audit = self.aud.counts;
         Ok(self.stats)
     }
@@ -435,9 +565,11 @@ impl World {
             })
             .collect();
         format!(
-            "server up {}, epoch {}; clients: {}",
+            "server up {}, epoch {}, {} shard(s), wake flags {:?}; clients: {}",
             self.server.up(),
             self.server.epoch,
+            self.server.shards,
+            self.server.wake.flags,
             per.join("; ")
         )
     }
@@ -471,7 +603,67 @@ impl World {
         }
         at(self.server.down.as_ref().map(|d| d.0));
         at(self.server.crash_at_ms);
+        for app in &self.server.apps {
+            at(app.app_deadline());
+        }
+        if self.server.wake.any() || self.any_in_flight() {
+            at(Some(self.now));
+        }
         t
+    }
+
+    /// Whether any partition has a commit batch in flight.
+    fn any_in_flight(&self) -> bool {
+        let Some(shared) = &self.server.shared else {
+            return false;
+        };
+        (0..shared.broker.partition_count()).any(|p| shared.broker.partition(p).store.in_flight())
+    }
+
+    /// The completion wake, part 1. In `lior serve` each partition's commit completions signal
+    /// its owning shard's eventfd (`set_commit_notify`), whoever submitted or reaps the batch.
+    /// The simulated disk decides whether a batch is complete only when it is polled, so the sim
+    /// cannot see "completion ready"; instead it wakes the owner of every partition with a
+    /// batch in flight, at each step and before each call from outside the shards (consumer,
+    /// maintenance) that may reap it, and (part 2, [`World::signal_completions`]) whenever a
+    /// partition's durable watermark moved, whoever reaped it. That wakes the owner at least as
+    /// often as the real signal, so it cannot hide a lost wake between shards
+    /// (`wake_durable_interest`), only a lost completion signal, which this model does not test.
+    fn wake_in_flight_owners(&mut self) {
+        let Some(shared) = &self.server.shared else {
+            return;
+        };
+        for p in 0..shared.broker.partition_count() {
+            if shared.broker.partition(p).store.in_flight() {
+                self.server.wake.flags[p % self.server.shards].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// The completion signal itself: a partition whose durable watermark moved since the sim
+    /// last looked had a batch complete, whoever reaped it (the other shard committing it for
+    /// its own waiters, or a consumer's call), and the ring signals the owner's eventfd then.
+    /// Checked after each shard's turn and each call from outside the shards.
+    fn signal_completions(&mut self) {
+        let Some(shared) = &self.server.shared else {
+            return;
+        };
+        for p in 0..shared.broker.partition_count() {
+            let d = shared.broker.partition(p).store.stats().durable;
+            if d > self.server.seen_durable[p] {
+                self.server.seen_durable[p] = d;
+                self.server.wake.flags[p % self.server.shards].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// The partition a fault or maintenance call hits: any, with two.
+    fn pick_partition(&mut self) -> usize {
+        if self.server.shards > 1 {
+            self.rng.below(self.server.shards as u64) as usize
+        } else {
+            0
+        }
     }
 
     fn advance_clock(&mut self) {
@@ -506,10 +698,11 @@ impl World {
                 let at = self.now + self.rng.range(0, 5_000);
                 self.log(|| format!("the next fsync fails; restart at {at} ms"));
                 self.server.crash_at_ms = Some(at);
+                let p = self.pick_partition();
                 if let Some(shared) = &self.server.shared {
                     shared
                         .broker
-                        .partition(0)
+                        .partition(p)
                         .store
                         .disk_mut()
                         .faults
@@ -533,7 +726,7 @@ impl World {
             self.restart()?;
         }
         if self.server.up() {
-            self.server_turn(plan)?;
+            self.server_turns(plan)?;
         }
         for c in 0..self.clients.len() {
             self.client_turn(c)?;
@@ -545,32 +738,119 @@ impl World {
         }
         if self.server.up() && self.rng.chance(self.f.maintain_ppm) {
             self.stats.maintain_calls += 1;
+            let p = self.pick_partition();
+            self.wake_in_flight_owners();
             if let Some(shared) = &self.server.shared {
                 // Errors (a poisoned store) are the store's business; the audit sees the effect.
-                let _ = shared.broker.partition(0).store.maintain();
+                let _ = shared.broker.partition(p).store.maintain();
             }
+            self.signal_completions();
         }
         Ok(())
     }
 
     // ---- the server, as the engine drives it ----
 
-    fn server_turn(&mut self, plan: CrashPlan) -> Result<(), String> {
+    /// Whether shard `s` has IO: a readable connection, a finished send or a due timer.
+    fn has_io(&self, s: usize) -> bool {
         let now = self.now;
+        self.server.slots.iter().flatten().any(|x| {
+            x.shard == s
+                && (x.send_in_flight
+                    || x.deadline_ms.is_some_and(|d| d <= now)
+                    || self.links[x.link as usize]
+                        .c2s
+                        .next_at()
+                        .is_some_and(|t| t <= now))
+        })
+    }
+
+    /// One step of the server: each shard (in random order with two) runs its turn if the
+    /// engine would wake it. A crash planned for this step happens in the first turn that runs,
+    /// or between turns if none does.
+    fn server_turns(&mut self, mut plan: CrashPlan) -> Result<(), String> {
+        self.wake_in_flight_owners();
+        let n = self.server.shards;
+        let first = if n > 1 {
+            self.rng.below(n as u64) as usize
+        } else {
+            0
+        };
+        for k in 0..n {
+            let s = (first + k) % n;
+            if !self.server.up() {
+                break;
+            }
+            // Cleared as the turn starts: a wake during the turn runs the next one.
+            let woken = self.server.wake.take(s);
+            let io = self.has_io(s);
+            let due = self.server.apps[s]
+                .app_deadline()
+                .is_some_and(|d| d <= self.now);
+            if !(woken || io || due) {
+                self.stats.turns_slept += 1;
+                continue;
+            }
+            self.log(|| format!("shard {s} turn (woken {woken}, io {io}, deadline {due})"));
+            let p = std::mem::replace(&mut plan, CrashPlan::None);
+            self.shard_turn(s, p, due, !woken && !io)?;
+            self.signal_completions();
+        }
+        if plan != CrashPlan::None {
+            self.log(|| format!("crash ({plan:?} planned) while every shard sleeps"));
+            return self.crash(plan == CrashPlan::AfterSubmit);
+        }
+        Ok(())
+    }
+
+    /// One loop turn of shard `s`, as `engine/shard.rs` runs it. `due`: its `app_deadline()` has
+    /// come (`on_app_deadline` runs before `end_of_turn`). `deadline_only`: nothing but that
+    /// deadline woke it.
+    ///
+    /// The lost-wake check: the shards' own timers (`app_deadline`: the expiry scan every
+    /// 5 s, shard 0's log summary every second) would eventually run a shard that missed a wake,
+    /// so a lost wake is a delay, not a stall the quiet-period check could see. Instead, a turn
+    /// run only for its deadline, with no commit batch in flight anywhere (so no durability can
+    /// be discovered in it for the first time), must not acknowledge recoverable messages the
+    /// server had not acknowledged yet: if it does, they became durable earlier and the shard
+    /// waiting for them slept through it. Commit failures (retried on a deadline by design) turn
+    /// the check off for that incarnation.
+    fn shard_turn(
+        &mut self,
+        shard: usize,
+        plan: CrashPlan,
+        due: bool,
+        deadline_only: bool,
+    ) -> Result<(), String> {
+        let now = self.now;
+        self.stats.turns += 1;
+        if deadline_only {
+            self.stats.deadline_turns += 1;
+        }
+        let check_wake = deadline_only && !self.any_in_flight() && {
+            let c = &self.server.shared.as_ref().expect("up").broker.counters;
+            c.commit_failures.load(Ordering::Relaxed) == 0
+                && c.store_poisoned.load(Ordering::Relaxed) == 0
+        };
         let mut touched: Vec<usize> = Vec::new();
+        let mut mine: Vec<usize> = Vec::new();
         for (i, s) in self.server.slots.iter_mut().enumerate() {
             if let Some(s) = s {
+                if s.shard != shard {
+                    continue;
+                }
+                mine.push(i);
                 if s.send_in_flight {
                     s.send_in_flight = false;
                     touched.push(i);
                 }
             }
         }
-        let n = self.server.slots.len();
+        let n = mine.len();
         let start = self.rng.below(n as u64) as usize;
         let mut recvs = 0;
         for k in 0..n {
-            let i = (start + k) % n;
+            let i = mine[(start + k) % n];
             let reads = self.rng.range(1, 3);
             for _ in 0..reads {
                 let result = {
@@ -581,7 +861,7 @@ impl World {
                     let Some(bytes) = link.c2s.read(&mut self.rng, now, &self.f.pipe) else {
                         break;
                     };
-                    let app = self.server.app.as_mut().expect("the server is up");
+                    let app = &mut self.server.apps[shard];
                     app.on_recv(now, &mut slot.conn, &bytes)
                 };
                 touched.push(i);
@@ -613,9 +893,11 @@ impl World {
             }
             CrashPlan::None => {}
         }
-        let app = self.server.app.as_mut().expect("the server is up");
-        for (i, s) in self.server.slots.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
+        let app = &mut self.server.apps[shard];
+        for &i in &mine {
+            let Some(s) = self.server.slots[i].as_mut() else {
+                continue;
+            };
             if s.deadline_ms.is_some_and(|d| d <= now) {
                 s.deadline_ms = None;
                 if app.deadline(&s.conn).is_some_and(|d| d <= now) {
@@ -624,10 +906,14 @@ impl World {
                 touched.push(i);
             }
         }
+        if due {
+            app.on_app_deadline(now);
+        }
         app.end_of_turn(now);
         while let Some(id) = app.poll_ready() {
             let i = id.slot as usize;
-            if matches!(self.server.slots.get(i), Some(Some(s)) if s.generation == id.generation) {
+            if matches!(self.server.slots.get(i), Some(Some(s)) if s.generation == id.generation && s.shard == shard)
+            {
                 touched.push(i);
             }
         }
@@ -635,7 +921,7 @@ impl World {
         touched.dedup();
         let shared = self.server.shared.clone().expect("the server is up");
         for i in touched {
-            let app = self.server.app.as_mut().expect("the server is up");
+            let app = &mut self.server.apps[shard];
             let Some(slot) = self.server.slots[i].as_mut() else {
                 continue;
             };
@@ -644,13 +930,24 @@ impl World {
                 app.poll_transmit(now, &mut slot.conn, &mut buf);
                 if !buf.is_empty() {
                     let link = &mut self.links[slot.link as usize];
-                    self.aud.check_server_output(
+                    let advanced = self.aud.check_server_output(
                         &shared.broker,
                         &self.server.qids,
                         link,
                         &buf,
                         now,
                     )?;
+                    if advanced && check_wake && !self.strict_wakes {
+                        self.stats.lost_wakes += 1;
+                    } else if advanced && check_wake {
+                        return Err(format!(
+                            "lost wake: at {now} ms shard {shard} acknowledged recoverable \
+                             messages on link {} (up to recoverable number {}) in a turn run \
+                             only for its own app_deadline, with no commit in flight: they were \
+                             durable before and nothing woke the shard",
+                            link.serial, link.rec_acked
+                        ));
+                    }
                     link.s2c.write(&mut self.rng, now, &self.f.pipe, &buf);
                     slot.send_in_flight = true;
                 }
@@ -670,7 +967,7 @@ impl World {
         let Some(slot) = self.server.slots[i].take() else {
             return;
         };
-        if let Some(app) = self.server.app.as_mut() {
+        if let Some(app) = self.server.apps.get_mut(slot.shard) {
             app.on_closed(self.now, slot.conn, reason);
         }
         let link = &mut self.links[slot.link as usize];
@@ -711,7 +1008,8 @@ impl World {
             }
         }
         self.server.slots.clear();
-        self.server.app = None;
+        // Both shards stop: the process is gone.
+        self.server.apps.clear();
         let shared = self.server.shared.take().expect("the server is up");
         let Ok(Shared { broker, .. }) = Arc::try_unwrap(shared) else {
             return Err("harness: the server state is still shared at the crash".into());
@@ -719,43 +1017,53 @@ impl World {
         let Ok(broker) = Arc::try_unwrap(broker) else {
             return Err("harness: the broker is still shared at the crash".into());
         };
-        let mut store = broker
-            .into_stores()
-            .pop()
-            .expect("the simulation runs one partition");
-        self.log(|| {
-            format!(
-                "store at the crash: {:?} in flight {}",
-                store.stats(),
-                store.in_flight()
-            )
-        });
-        if submit_first {
-            // The records of this turn reach the disk's cache but not its platter: the crash
-            // then tears them. A real commit would have appended the transactional sequence
-            // records behind them in the same batch, so any prefix kept here is also a prefix
-            // of that batch: a state a real crash can produce.
-            let _ = store.flush();
+        let mut recovered = Vec::new();
+        for (p, mut store) in broker.into_stores().into_iter().enumerate() {
+            self.log(|| {
+                format!(
+                    "partition {p} at the crash: {:?} in flight {}",
+                    store.stats(),
+                    store.in_flight()
+                )
+            });
+            if submit_first {
+                // The records of this turn reach the disk's cache but not its platter: the
+                // crash then tears them. A real commit would have appended the transactional
+                // sequence records behind them in the same batch, so any prefix kept here is
+                // also a prefix of that batch: a state a real crash can produce.
+                let _ = store.flush();
+            }
+            let (store, report) = store
+                .crash_and_recover(self.server.store_cfg)
+                .map_err(|e| format!("recovery of partition {p} after the crash failed: {e}"))?;
+            self.stats.recovery_cut_bytes += report.cut_bytes;
+            self.log(|| format!("partition {p} recovered {report:?}"));
+            recovered.push(store);
         }
-        let (store, report) = store
-            .crash_and_recover(self.server.store_cfg)
-            .map_err(|e| format!("recovery after the crash failed: {e}"))?;
-        self.stats.recovery_cut_bytes += report.cut_bytes;
         let back = self.now + self.rng.range(0, self.f.downtime_max_ms);
-        self.log(|| format!("crashed; recovered {report:?}; back at {back} ms"));
-        self.server.down = Some((back, store));
+        self.log(|| format!("crashed; back at {back} ms"));
+        self.server.down = Some((back, recovered));
         self.server.crash_at_ms = None;
         Ok(())
     }
 
     fn restart(&mut self) -> Result<(), String> {
-        let (_, mut store) = self.server.down.take().expect("the server is down");
-        // The failing fsync was the last one of the previous incarnation.
-        store.disk_mut().faults.fail_next_sync = None;
-        let broker = Broker::with_stores(self.server.config.clone(), vec![store])
-            .map_err(|e| format!("broker restart failed: {e}"))?;
-        let shared = Arc::new(Shared::new(Arc::new(broker)));
-        self.server.app = Some(MsmqApp::new(shared.clone(), 0));
+        let (_, mut stores) = self.server.down.take().expect("the server is down");
+        for store in &mut stores {
+            // The failing fsync was the last one of the previous incarnation.
+            store.disk_mut().faults.fail_next_sync = None;
+        }
+        self.stats.wakes += self.server.wake.calls.swap(0, Ordering::Relaxed);
+        self.server.wake.clear();
+        self.server.seen_durable = vec![Ticket(0); self.server.shards];
+        let (shared, apps) = boot(
+            &self.server.config,
+            self.server.shards,
+            stores,
+            &self.server.wake,
+        )
+        .map_err(|e| format!("restart failed: {e}"))?;
+        self.server.apps = apps;
         self.server.shared = Some(shared.clone());
         self.server.epoch += 1;
         let epoch = self.server.epoch;
@@ -769,8 +1077,11 @@ impl World {
         let Some(shared) = self.server.shared.clone() else {
             return Ok(());
         };
+        // The receive may reap a commit completion (whose signal wakes the owning shard).
+        self.wake_in_flight_owners();
         // A failure (a poisoned store) hands nothing out; the restart brings the messages back.
         let r = shared.broker.receive(QUEUES[q].0, n);
+        self.signal_completions();
         self.log(|| {
             format!(
                 "consumer receive {} x{n}: {:?}",
@@ -833,10 +1144,20 @@ impl World {
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + c as u8)),
             40_000 + (serial % 20_000) as u16,
         );
-        let app = self.server.app.as_mut().expect("the server is up");
+        // The engine hands a connection to one shard, which keeps it.
+        let shard = if self.server.shards > 1 {
+            self.rng.below(self.server.shards as u64) as usize
+        } else {
+            0
+        };
+        if shard == 1 {
+            self.stats.links_on_shard_1 += 1;
+        }
+        let app = &mut self.server.apps[shard];
         match app.accept(now, id, peer) {
             Some(conn) => {
                 self.server.slots[i] = Some(Slot {
+                    shard,
                     generation,
                     conn,
                     link: serial,
@@ -859,7 +1180,7 @@ impl World {
         cl.session = Some(Session::initiator(cfg, Guid::NULL, now));
         cl.framer = Framer::new();
         cl.link = Some(serial);
-        self.log(|| format!("client {c} connects: link {serial}, server slot {i}"));
+        self.log(|| format!("client {c} connects: link {serial}, shard {shard}, server slot {i}"));
     }
 
     /// The client's connection is gone: everything not deleted is sent again on the next.
