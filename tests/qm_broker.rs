@@ -657,6 +657,6 @@ fn an_outgoing_queue_refuses_sends_past_limits_outgoing_queue_messages_max() {
         "{e}"
     );
     assert!(e.contains("limits.outgoing_queue_messages_max"), "{e}");
-    let waiting: u64 = b.list_outgoing().iter().map(|(_, n)| *n).sum();
+    let waiting: u64 = b.list_outgoing().iter().map(|o| o.messages).sum();
     assert_eq!(waiting, 2);
 }
