@@ -232,8 +232,8 @@ fn torn_commit_bug_transactional_duplicate() {
     }
 }
 
-/// BUG in src (open, found by this simulation; ignored until fixed, then run by default):
-/// seed 7774064181399508077 with two shards. At 338 ms shard 1 receives recoverable message #1
+/// Regression (found by this simulation, fixed in `Broker::wake_durable_interest`): seed
+/// 7774064181399508077 with two shards. At 338 ms shard 1 receives recoverable message #1
 /// for a queue stored in partition 0 (owned by shard 0), appends it and commits partition 0
 /// without waiting (`MsmqApp::commit_partition`): the batch is in flight, so it calls
 /// `note_durable_interest(0, 1)`; but this is shard 1's first commit of partition 0, so the
@@ -245,14 +245,11 @@ fn torn_commit_bug_transactional_duplicate() {
 /// sender (window 1) stalls 4.7 s. Any commit by a non-owner that reaps an earlier batch while
 /// its own ticket is still in flight loses the wake the same way. 14 of the 120 default seeds
 /// (51 of them run two shards; no one-shard seed) hit it; `Stats.lost_wakes` counts them.
-/// Fix: `wake_durable_interest(p, me)` clears only the bits it wakes (`let own = 1 << me;
-/// i.fetch_and(own) & !own` instead of `swap(0)`), or `commit_partition` notes interest after
-/// its own wake. With that one line applied in a scratch copy, `LIOR_SIM_STRICT_WAKES=1`
-/// passes the 120 default seeds and 400 more (no lost wake left, no false alarm).
+/// Fixed: `wake_durable_interest(p, me)` clears only the bits it wakes (`let own = 1 << me;
+/// i.fetch_and(own) & !own` instead of `swap(0)`).
 /// Replay: `LIOR_SIM_SEED=7774064181399508077 LIOR_SIM_SHARDS=2 LIOR_SIM_STRICT_WAKES=1
 /// LIOR_SIM_TRACE=1 cargo test --test sim_sessions -- --nocapture`.
 #[test]
-#[ignore = "open src bug: commit_partition's own wake_durable_interest drops its interest bit"]
 fn lost_wake_bug_non_owner_commit_clears_its_own_durable_interest() {
     if let Err(e) = run_seed_opts(7_774_064_181_399_508_077, false, 2, true) {
         panic!("{e}");

@@ -46,12 +46,10 @@ const TX_RESEND_MS: u64 = 30_000;
 /// EIO, for a failed fsync.
 const EIO: i32 = 5;
 
-/// Whether a lost wake (see [`World::shard_turn`]) fails a run by default, or is only counted
-/// (`Stats.lost_wakes`). Counted only while `MsmqApp::commit_partition` drops the caller's own
-/// interest bit (its `wake_durable_interest(p, me)` clears the bit it has just set with
-/// `note_durable_interest(p, me)`): the regression `sim_sessions::lost_wake_bug_*` pins that
-/// bug. Turn this on once it is fixed; `LIOR_SIM_STRICT_WAKES=1` does it for one run.
-pub const LOST_WAKES_FAIL: bool = false;
+/// Whether a lost wake (see [`World::shard_turn`]) fails a run (it does since the bug pinned
+/// by `sim_sessions::lost_wake_bug_*` was fixed), rather than only being counted
+/// (`Stats.lost_wakes`).
+pub const LOST_WAKES_FAIL: bool = true;
 
 /// Store geometry of a run.
 #[derive(Clone, Copy, Debug)]

@@ -40,12 +40,17 @@ impl<S: QueueStore> Broker<S> {
         let Some(i) = self.durable_interest.get(p) else {
             return;
         };
-        if i.load(Ordering::Acquire) == 0 {
+        let own = 1u64 << (me % 64);
+        if i.load(Ordering::Acquire) & !own == 0 {
             return;
         }
-        let bits = i.swap(0, Ordering::AcqRel);
+        // The caller's own interest stays: a shard whose commit of another shard's partition
+        // moved the mark may still wait there (it set its bit just before), and clearing it
+        // would leave nobody to wake it when the owner reaps the rest (found by the simulation
+        // with two shards, seed 7774064181399508077).
+        let bits = i.fetch_and(own, Ordering::AcqRel) & !own;
         for b in 0..64usize {
-            if bits & (1 << b) != 0 && b != me % 64 {
+            if bits & (1 << b) != 0 {
                 // Shard indexes are below the partition count; `wake` maps them to shards.
                 for s in (b..self.partitions.len()).step_by(64) {
                     self.wake(s);
