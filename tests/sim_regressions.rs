@@ -124,17 +124,17 @@ mod raised_sequence_state {
         Broker::with_stores(cfg.clone(), stores).unwrap()
     }
 
-    /// BUG in src (open; ignored until fixed). Found by simulation seed 5745108551312288137
+    /// Regression (fixed: start-up stages the raised states in `rebuild_tables`). Found by
+    /// simulation seed 5745108551312288137
     /// (under the schedule of commit dbdb418; later sim changes moved that seed's schedule, so
     /// it is reproduced here directly): a torn commit keeps transactional message 1 but not the
     /// sequence state record written behind it; start-up raises the state to 1 from the stored
     /// message but only in memory. A consumer receives the message (its removal is committed),
     /// the server crashes again, and the restart finds neither message nor state record: the
     /// sender's resend of 1 (it never got the OrderAck) is stored again, so the queue hands
-    /// it out twice. Fix: have start-up persist the raised states (mark them dirty in the
-    /// owning partition so its first commit writes them).
+    /// it out twice. Fixed: start-up persists the raised states (marked dirty in the owning
+    /// partition and staged before anything else).
     #[test]
-    #[ignore = "open src bug: a sequence state raised at start-up is not persisted"]
     fn torn_commit_bug_raised_sequence_state_is_not_persisted() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config {

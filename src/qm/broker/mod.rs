@@ -296,8 +296,16 @@ impl<S: QueueStore> Broker<S> {
         );
         // The duplicate and sequence tables, from the messages still stored.
         let (spread, rebuilt_not_restored) =
-            rebuild_tables(&partitions, &catalog, &mut txn, &mut dedup, now_s);
+            rebuild_tables(&mut partitions, &catalog, &mut txn, &mut dedup, now_s);
         not_restored += rebuilt_not_restored;
+        // Sequence states raised from stored messages are staged now, ahead of any record a
+        // receive could stage, so a removal is never durable without them.
+        for part in &mut partitions {
+            if !part.txn_dirty.is_empty() {
+                part.commit(None)
+                    .map_err(|e| anyhow::anyhow!("partition {}: {e}", part.index))?;
+            }
+        }
         let partitions: Vec<Mutex<Partition<S>>> = partitions.into_iter().map(Mutex::new).collect();
         if not_restored > 0 {
             tracing::error!(

@@ -3,6 +3,7 @@
 //! older lior spread over several partitions into their owners ([`migrate_spread`]), and the
 //! duplicate and sequence tables rebuilt from the messages still stored.
 
+use crate::qm::txn::TxKey;
 use std::collections::HashSet;
 
 use crate::qm::catalog::Catalog;
@@ -68,9 +69,13 @@ pub(super) fn restore_txn_states<S: QueueStore>(
 /// Windows keeps the duplicate table across restarts; lior rebuilds it from the messages still
 /// stored, so a sender's resend after a crash of ours is still recognised. The transactional
 /// sequence states are also raised to the highest message still stored: a torn commit can keep
-/// a message record without the state record written after it.
+/// a message record without the state record written after it. A raised state is owed to the
+/// disk (`txn_dirty` of the queue's owner, written by its next commit, which the caller starts
+/// before anything else is staged): otherwise, once that message is received and a second crash
+/// comes, neither the message nor the state would say the sequence got that far, and the
+/// sender's resend would be stored again (found by the simulation, seed 5745108551312288137).
 pub(super) fn rebuild_tables<S: QueueStore>(
-    partitions: &[Partition<S>],
+    partitions: &mut [Partition<S>],
     catalog: &Catalog,
     txn: &mut TxnTable,
     dedup: &mut DuplicateTable,
@@ -78,7 +83,10 @@ pub(super) fn rebuild_tables<S: QueueStore>(
 ) -> (HashSet<u32>, u64) {
     let mut not_restored = 0u64;
     let mut spread = HashSet::new();
-    for part in partitions {
+    let n = partitions.len();
+    // (owner partition, key) of the states raised from stored messages.
+    let mut raised: Vec<(usize, TxKey)> = Vec::new();
+    for part in partitions.iter() {
         for q in catalog.iter() {
             if q.partition as usize % partitions.len() != part.index
                 && part.store.queue_len(QueueId(q.id)).0 > 0
@@ -105,8 +113,12 @@ pub(super) fn rebuild_tables<S: QueueStore>(
                             seq_no: t.tx_sequence_number,
                             ..Default::default()
                         };
-                        if !txn.restore((msg.user.source_queue_manager, q.id), s, now_s) {
+                        let key = (msg.user.source_queue_manager, q.id);
+                        let before = txn.get(&key);
+                        if !txn.restore(key, s, now_s) {
                             not_restored += 1;
+                        } else if txn.get(&key) != before {
+                            raised.push((q.partition as usize % n, key));
                         }
                     }
                     continue;
@@ -118,6 +130,9 @@ pub(super) fn rebuild_tables<S: QueueStore>(
                 dedup.check_and_insert((Guid(g), n), 0, (part.index, 0));
             }
         }
+    }
+    for (owner, key) in raised {
+        partitions[owner].txn_dirty.insert(key, txn.get(&key));
     }
     (spread, not_restored)
 }
