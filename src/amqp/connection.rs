@@ -699,6 +699,7 @@ impl Connection {
             rx.clear();
         } else {
             rx.drain(..used);
+            self.reopen_windows();
         }
         self.rx = rx;
         if r.is_ok() && self.events.len() > MAX_EVENTS {
@@ -1571,15 +1572,22 @@ impl Connection {
         Ok(())
     }
 
-    fn after_transfer(&mut self, si: usize, link: LinkId) {
-        let s = &mut self.sessions[si];
-        if s.incoming_window <= self.cfg.session_window / 2 {
-            s.incoming_window = self.cfg.session_window;
-            let f = self.session_flow(si);
-            let ch = self.sessions[si].local_channel;
-            self.send_perf(ch, &Performative::Flow(f));
-        }
+    fn after_transfer(&mut self, _si: usize, link: LinkId) {
         self.top_up_credit(link, false);
+    }
+
+    /// Once per received batch: reopens the incoming window of each session that used half
+    /// of it. (Per batch, not per frame: a peer that sends more than the window it was told
+    /// in one go is caught with `amqp:session:window-violation`.)
+    fn reopen_windows(&mut self) {
+        for si in 0..self.sessions.len() {
+            if self.sessions[si].incoming_window <= self.cfg.session_window / 2 {
+                self.sessions[si].incoming_window = self.cfg.session_window;
+                let f = self.session_flow(si);
+                let ch = self.sessions[si].local_channel;
+                self.send_perf(ch, &Performative::Flow(f));
+            }
+        }
     }
 
     fn on_disposition(&mut self, si: usize, d: &Disposition<'_>) -> Res {
