@@ -485,11 +485,20 @@ fn open_negotiates_and_begin_attach_both_roles() {
     cl.c.accept_link(prod).unwrap();
     assert_eq!(cl.c.accept_link(prod), Err(CommandError::WrongState));
     let g = cl.got();
+    assert!(
+        matches!(
+            &g[0],
+            Got::Attach { ch: 0, role: Role::Sender, source: Some(s), has_target: true, .. } if s == "orders"
+        ),
+        "{g:?}"
+    );
     assert!(matches!(
-        &g[0],
-        Got::Attach { ch: 0, role: Role::Sender, source: Some(s), has_target: true, .. } if s == "orders"
-    ), "{g:?}");
-    assert!(matches!(&g[1], Got::Attach { role: Role::Receiver, .. }));
+        &g[1],
+        Got::Attach {
+            role: Role::Receiver,
+            ..
+        }
+    ));
     // The producer link got its credit.
     assert!(matches!(
         g[2],
@@ -541,7 +550,9 @@ fn refused_link_gets_null_terminus_and_detach_with_condition() {
             ..
         }
     ));
-    assert!(matches!(&g[1], Got::Detach { closed: true, error: Some(c), .. } if c == condition::NOT_FOUND));
+    assert!(
+        matches!(&g[1], Got::Detach { closed: true, error: Some(c), .. } if c == condition::NOT_FOUND)
+    );
     // The client's answering detach ends it; nothing is sent back.
     cl.perf(
         0,
@@ -558,7 +569,10 @@ fn refused_link_gets_null_terminus_and_detach_with_condition() {
 #[test]
 fn credit_then_messages_in_order_and_drain() {
     let (mut cl, l) = with_link(ConnectionConfig::default(), Role::Receiver);
-    assert_eq!(cl.c.send_message(l, 0, b"x", false), Err(SendError::NoCredit));
+    assert_eq!(
+        cl.c.send_message(l, 0, b"x", false),
+        Err(SendError::NoCredit)
+    );
     cl.flow(0, 0, 0, 3, false);
     assert_eq!(
         cl.events(),
@@ -569,9 +583,15 @@ fn credit_then_messages_in_order_and_drain() {
         }]
     );
     for i in 0..3u64 {
-        assert_eq!(cl.c.send_message(l, 100 + i, &[i as u8; 5], false), Ok(i as u32));
+        assert_eq!(
+            cl.c.send_message(l, 100 + i, &[i as u8; 5], false),
+            Ok(i as u32)
+        );
     }
-    assert_eq!(cl.c.send_message(l, 9, b"x", false), Err(SendError::NoCredit));
+    assert_eq!(
+        cl.c.send_message(l, 9, b"x", false),
+        Err(SendError::NoCredit)
+    );
     let g = cl.got();
     assert_eq!(g.len(), 3);
     for (i, t) in g.iter().enumerate() {
@@ -606,15 +626,18 @@ fn credit_then_messages_in_order_and_drain() {
     cl.c.send_message(l, 103, b"y", true).unwrap();
     cl.c.drained(l).unwrap();
     let g = cl.got();
-    assert!(matches!(
-        g.last(),
-        Some(Got::Flow {
-            link_credit: Some(0),
-            delivery_count: Some(7),
-            drain: true,
-            ..
-        })
-    ), "{g:?}");
+    assert!(
+        matches!(
+            g.last(),
+            Some(Got::Flow {
+                link_credit: Some(0),
+                delivery_count: Some(7),
+                drain: true,
+                ..
+            })
+        ),
+        "{g:?}"
+    );
     assert_eq!(cl.c.credit(l), 0);
 }
 
@@ -675,15 +698,34 @@ fn producer_credit_follows_settlement() {
     }
     assert_eq!(cl.events().len(), 4);
     assert_eq!(cl.c.credit(l), 0);
-    assert!(!cl.got().iter().any(|g| matches!(g, Got::Flow { handle: Some(_), .. })));
+    assert!(!cl.got().iter().any(|g| matches!(
+        g,
+        Got::Flow {
+            handle: Some(_),
+            ..
+        }
+    )));
     // A fifth is beyond credit.
     // (Checked in hostile_input_closes_with_the_right_condition.)
     cl.c.settle(l, 0, &Outcome::Accepted).unwrap();
-    assert!(!cl.got().iter().any(|g| matches!(g, Got::Flow { handle: Some(_), .. })));
+    assert!(!cl.got().iter().any(|g| matches!(
+        g,
+        Got::Flow {
+            handle: Some(_),
+            ..
+        }
+    )));
     cl.c.settle(l, 1, &Outcome::Released).unwrap();
     let g = cl.got();
     assert!(
-        g.iter().any(|g| matches!(g, Got::Flow { link_credit: Some(2), delivery_count: Some(4), .. })),
+        g.iter().any(|g| matches!(
+            g,
+            Got::Flow {
+                link_credit: Some(2),
+                delivery_count: Some(4),
+                ..
+            }
+        )),
         "{g:?}"
     );
 }
@@ -788,8 +830,38 @@ fn dispositions_ranges_settled_and_unsettled() {
             unsettled: vec![14, 15]
         }]
     );
-    assert!(matches!(cl.got()[..], [Got::Detach { closed: true, error: None, .. }]));
-    assert_eq!(cl.c.send_message(l, 1, b"x", false), Err(SendError::UnknownLink));
+    assert!(matches!(
+        cl.got()[..],
+        [Got::Detach {
+            closed: true,
+            error: None,
+            ..
+        }]
+    ));
+    assert_eq!(
+        cl.c.send_message(l, 1, b"x", false),
+        Err(SendError::UnknownLink)
+    );
+}
+
+#[test]
+fn unsettled_table_has_a_limit() {
+    let cfg = ConnectionConfig {
+        max_unsettled: 2,
+        ..ConnectionConfig::default()
+    };
+    let (mut cl, l) = with_link(cfg, Role::Receiver);
+    cl.flow(0, 0, 0, 10, false);
+    cl.events();
+    cl.c.send_message(l, 1, b"a", false).unwrap();
+    cl.c.send_message(l, 2, b"b", false).unwrap();
+    assert_eq!(
+        cl.c.send_message(l, 3, b"c", false),
+        Err(SendError::TooManyUnsettled)
+    );
+    // Pre-settled messages hold no table entry.
+    assert!(cl.c.send_message(l, 4, b"d", true).is_ok());
+    assert_eq!(cl.c.unsettled(), 2);
 }
 
 #[test]
@@ -865,7 +937,9 @@ fn heartbeats_and_idle_timeout_with_a_fake_clock() {
     let g = cl.got();
     assert_eq!(
         g.last(),
-        Some(&Got::Close(Some(condition::RESOURCE_LIMIT_EXCEEDED.to_string())))
+        Some(&Got::Close(Some(
+            condition::RESOURCE_LIMIT_EXCEEDED.to_string()
+        )))
     );
     assert_eq!(cl.c.poll_timeout(), None);
 
@@ -959,27 +1033,120 @@ fn hostile_input_closes_with_the_right_condition() {
     let mut interleave = enc(0, &transfer(0, Some(0), true, false), b"a");
     interleave.extend(enc(0, &transfer(0, Some(7), false, false), b"b"));
     let cases: Vec<(&str, Setup, Vec<u8>, &str)> = vec![
-        ("DOFF < 2", none, vec![0, 0, 0, 8, 1, 0, 0, 0], condition::FRAMING_ERROR),
+        (
+            "DOFF < 2",
+            none,
+            vec![0, 0, 0, 8, 1, 0, 0, 0],
+            condition::FRAMING_ERROR,
+        ),
         ("frame type 9", none, bad_type, condition::FRAMING_ERROR),
-        ("frame over max-frame-size", none, huge, condition::FRAMING_ERROR),
-        ("SIZE < 8", none, vec![0, 0, 0, 4, 2, 0, 0, 0], condition::FRAMING_ERROR),
-        ("body not described", none, not_described, condition::DECODE_ERROR),
+        (
+            "frame over max-frame-size",
+            none,
+            huge,
+            condition::FRAMING_ERROR,
+        ),
+        (
+            "SIZE < 8",
+            none,
+            vec![0, 0, 0, 4, 2, 0, 0, 0],
+            condition::FRAMING_ERROR,
+        ),
+        (
+            "body not described",
+            none,
+            not_described,
+            condition::DECODE_ERROR,
+        ),
         ("list size lies", none, bad_list, condition::DECODE_ERROR),
-        ("SASL frame after SASL", none, bad_header, condition::FRAMING_ERROR),
+        (
+            "SASL frame after SASL",
+            none,
+            bad_header,
+            condition::FRAMING_ERROR,
+        ),
         ("second open", none, second_open, condition::NOT_ALLOWED),
-        ("end without session", none, enc(0, &Performative::End(None), &[]), condition::NOT_ALLOWED),
-        ("begin above channel-max", none, begin_high, condition::NOT_ALLOWED),
-        ("begin answering nothing", none, answer_begin, condition::NOT_ALLOWED),
-        ("transfer on unattached handle", session, enc(0, &transfer(3, Some(0), false, true), b"x"), condition::UNATTACHED_HANDLE),
-        ("detach unattached handle", session, enc(0, &Performative::Detach(Detach { handle: 9, closed: true, error: None }), &[]), condition::UNATTACHED_HANDLE),
-        ("attach above handle-max", session, big_handle, condition::NOT_ALLOWED),
+        (
+            "end without session",
+            none,
+            enc(0, &Performative::End(None), &[]),
+            condition::NOT_ALLOWED,
+        ),
+        (
+            "begin above channel-max",
+            none,
+            begin_high,
+            condition::NOT_ALLOWED,
+        ),
+        (
+            "begin answering nothing",
+            none,
+            answer_begin,
+            condition::NOT_ALLOWED,
+        ),
+        (
+            "transfer on unattached handle",
+            session,
+            enc(0, &transfer(3, Some(0), false, true), b"x"),
+            condition::UNATTACHED_HANDLE,
+        ),
+        (
+            "detach unattached handle",
+            session,
+            enc(
+                0,
+                &Performative::Detach(Detach {
+                    handle: 9,
+                    closed: true,
+                    error: None,
+                }),
+                &[],
+            ),
+            condition::UNATTACHED_HANDLE,
+        ),
+        (
+            "attach above handle-max",
+            session,
+            big_handle,
+            condition::NOT_ALLOWED,
+        ),
         ("handle in use", producer, attach0, condition::HANDLE_IN_USE),
-        ("transfer without credit", pending_producer, enc(0, &transfer(0, Some(0), false, true), b"x"), condition::TRANSFER_LIMIT_EXCEEDED),
-        ("transfer on a consumer link", consumer, enc(0, &transfer(0, Some(0), false, true), b"x"), condition::NOT_ALLOWED),
-        ("first transfer without delivery-id", producer, enc(0, &transfer(0, None, false, true), b"x"), condition::INVALID_FIELD),
-        ("interleaved delivery-id", producer, interleave, condition::NOT_ALLOWED),
-        ("beyond the session window", producer, window, condition::WINDOW_VIOLATION),
-        ("message too large", producer, too_big, condition::MESSAGE_SIZE_EXCEEDED),
+        (
+            "transfer without credit",
+            pending_producer,
+            enc(0, &transfer(0, Some(0), false, true), b"x"),
+            condition::TRANSFER_LIMIT_EXCEEDED,
+        ),
+        (
+            "transfer on a consumer link",
+            consumer,
+            enc(0, &transfer(0, Some(0), false, true), b"x"),
+            condition::NOT_ALLOWED,
+        ),
+        (
+            "first transfer without delivery-id",
+            producer,
+            enc(0, &transfer(0, None, false, true), b"x"),
+            condition::INVALID_FIELD,
+        ),
+        (
+            "interleaved delivery-id",
+            producer,
+            interleave,
+            condition::NOT_ALLOWED,
+        ),
+        (
+            "beyond the session window",
+            producer,
+            window,
+            condition::WINDOW_VIOLATION,
+        ),
+        (
+            "message too large",
+            producer,
+            too_big,
+            condition::MESSAGE_SIZE_EXCEEDED,
+        ),
     ];
     for (name, setup, bytes, cond) in cases {
         let mut cl = Client::new(ConnectionConfig {

@@ -86,8 +86,8 @@ use super::frame::{
     AMQP_HEADER, EMPTY_FRAME, SASL_HEADER,
 };
 use super::performatives::{
-    condition, rcv_settle_mode, snd_settle_mode, AmqpError, Attach, Begin, DeliveryState,
-    Detach, Disposition, Flow, Open, Performative, Role, Source, Target, Transfer,
+    condition, rcv_settle_mode, snd_settle_mode, AmqpError, Attach, Begin, DeliveryState, Detach,
+    Disposition, Flow, Open, Performative, Role, Source, Target, Transfer,
 };
 use super::sasl::{code, parse_initial_response, SaslCredentials, SaslFrame, SaslOutcome};
 use super::types::Symbols;
@@ -370,7 +370,9 @@ pub enum SendError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Waiting for the client's protocol header; `sasl_done` once SASL succeeded.
-    Header { sasl_done: bool },
+    Header {
+        sasl_done: bool,
+    },
     /// SASL header exchanged, mechanisms sent, waiting for sasl-init.
     SaslInit,
     /// AMQP header exchanged, waiting for the client's open.
@@ -553,9 +555,13 @@ impl Connection {
         match self.state {
             State::Closed => None,
             State::Opened => {
-                let idle = (self.cfg.idle_timeout_ms > 0)
-                    .then(|| self.last_rx_ms + u64::from(self.cfg.idle_timeout_ms));
-                let hb = self.heartbeat_ms.map(|h| self.last_heartbeat_ms + h);
+                let idle = (self.cfg.idle_timeout_ms > 0).then(|| {
+                    self.last_rx_ms
+                        .saturating_add(u64::from(self.cfg.idle_timeout_ms))
+                });
+                let hb = self
+                    .heartbeat_ms
+                    .map(|h| self.last_heartbeat_ms.saturating_add(h));
                 match (idle, hb) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -572,7 +578,10 @@ impl Connection {
             State::Closed => {}
             State::Opened => {
                 if self.cfg.idle_timeout_ms > 0
-                    && now_ms >= self.last_rx_ms + u64::from(self.cfg.idle_timeout_ms)
+                    && now_ms
+                        >= self
+                            .last_rx_ms
+                            .saturating_add(u64::from(self.cfg.idle_timeout_ms))
                 {
                     let e = err(
                         condition::RESOURCE_LIMIT_EXCEEDED,
@@ -585,7 +594,7 @@ impl Connection {
                     return;
                 }
                 if let Some(h) = self.heartbeat_ms {
-                    if now_ms >= self.last_heartbeat_ms + h {
+                    if now_ms >= self.last_heartbeat_ms.saturating_add(h) {
                         self.transmit.extend_from_slice(&EMPTY_FRAME);
                         self.last_heartbeat_ms = now_ms;
                     }
@@ -872,7 +881,10 @@ impl Connection {
             }
             Performative::Begin(b) => self.on_begin(channel, &b),
             p => {
-                let Some(si) = self.sessions.iter().position(|s| s.remote_channel == channel)
+                let Some(si) = self
+                    .sessions
+                    .iter()
+                    .position(|s| s.remote_channel == channel)
                 else {
                     return Err(self.fail(err(
                         condition::NOT_ALLOWED,
@@ -1338,7 +1350,11 @@ impl Connection {
         let Some(l) = self.links.get(&link) else {
             return;
         };
-        let Some(si) = self.sessions.iter().position(|s| s.local_channel == l.channel) else {
+        let Some(si) = self
+            .sessions
+            .iter()
+            .position(|s| s.local_channel == l.channel)
+        else {
             return;
         };
         let mut f = self.session_flow(si);
@@ -1360,9 +1376,12 @@ impl Connection {
         if l.kind != LinkKind::Producer || l.state != LinkState::Attached {
             return;
         }
-        let target = (self.cfg.link_credit.saturating_sub(l.unsettled_in.len() as u32)).min(room);
-        if target > l.credit && (force || target - l.credit >= self.cfg.link_credit.div_ceil(2))
-        {
+        let target = (self
+            .cfg
+            .link_credit
+            .saturating_sub(l.unsettled_in.len() as u32))
+        .min(room);
+        if target > l.credit && (force || target - l.credit >= self.cfg.link_credit.div_ceil(2)) {
             l.credit = target;
             self.send_link_flow(link, false);
         }
@@ -1549,7 +1568,10 @@ impl Connection {
             let d = p.delivery_id;
             return Err(self.fail(err(
                 condition::MESSAGE_SIZE_EXCEEDED,
-                format!("delivery {d} on handle {} is larger than {max_msg} bytes", t.handle),
+                format!(
+                    "delivery {d} on handle {} is larger than {max_msg} bytes",
+                    t.handle
+                ),
             )));
         }
         p.payload.extend_from_slice(payload);
@@ -1603,7 +1625,11 @@ impl Connection {
                 }
                 let mut keys: Vec<(u16, u32)> = Vec::new();
                 let mut collect = |lo: u32, hi: u32| {
-                    keys.extend(self.unsettled_out.range((ch, lo)..=(ch, hi)).map(|(k, _)| *k))
+                    keys.extend(
+                        self.unsettled_out
+                            .range((ch, lo)..=(ch, hi))
+                            .map(|(k, _)| *k),
+                    )
                 };
                 if first <= last {
                     collect(first, last);
