@@ -864,6 +864,34 @@ fn unsettled_table_has_a_limit() {
     assert_eq!(cl.c.unsettled(), 2);
 }
 
+/// Incomplete multi-frame deliveries over all links are bounded by MAX_PARTIAL_BYTES (each
+/// stays under max_message_size, together they do not).
+#[test]
+fn incomplete_deliveries_have_a_connection_limit() {
+    use lior::amqp::connection::{DEFAULT_MAX_FRAME_SIZE, MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES};
+    let (mut cl, _) = with_link(ConnectionConfig::default(), Role::Sender);
+    for h in 1..6 {
+        let l = cl.attach(0, h, Role::Sender, "q");
+        cl.c.accept_link(l).unwrap();
+    }
+    cl.got();
+    let chunk = vec![5u8; DEFAULT_MAX_FRAME_SIZE as usize - 100];
+    let per_link = MAX_MESSAGE_SIZE / chunk.len() - 1;
+    let mut sent = 0;
+    'outer: for h in 0..6u32 {
+        for i in 0..per_link {
+            let id = (i == 0).then_some(h);
+            cl.send_raw(&enc(0, &transfer(h, id, true, false), &chunk));
+            sent += chunk.len();
+            if cl.result.is_err() {
+                break 'outer;
+            }
+        }
+    }
+    assert!(sent > MAX_PARTIAL_BYTES);
+    cl.assert_closed_with(condition::RESOURCE_LIMIT_EXCEEDED);
+}
+
 #[test]
 fn detach_end_close_and_connection_lost() {
     let (mut cl, l) = with_link(ConnectionConfig::default(), Role::Receiver);

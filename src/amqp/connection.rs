@@ -102,6 +102,10 @@ pub const MAX_SESSIONS: u16 = 32;
 pub const MAX_LINKS_PER_SESSION: u32 = 256;
 /// Links one connection may have, over all its sessions.
 pub const MAX_LINKS: usize = 1024;
+/// Bytes of incomplete multi-frame messages one connection may hold, over all its links
+/// (each one is also bounded by [`ConnectionConfig::max_message_size`]): beyond it the
+/// connection closes with `amqp:resource-limit-exceeded`.
+pub const MAX_PARTIAL_BYTES: usize = 4 * MAX_MESSAGE_SIZE;
 /// Unsettled deliveries, both directions together, one connection may have.
 pub const MAX_UNSETTLED: usize = 65_536;
 /// The max-frame-size lior announces by default.
@@ -458,6 +462,8 @@ pub struct Connection {
     /// Our unsettled outgoing deliveries: (local channel, delivery id) -> (link, tag).
     unsettled_out: BTreeMap<(u16, u32), (LinkId, u64)>,
     unsettled_in_count: usize,
+    /// Bytes held in incomplete incoming deliveries (all links).
+    partial_bytes: usize,
     closed_error: Option<ConnError>,
 }
 
@@ -495,6 +501,7 @@ impl Connection {
             next_link_id: 0,
             unsettled_out: BTreeMap::new(),
             unsettled_in_count: 0,
+            partial_bytes: 0,
             closed_error: None,
         }
     }
@@ -1560,6 +1567,7 @@ impl Connection {
             return Ok(());
         };
         if t.aborted {
+            self.partial_bytes -= p.payload.len();
             l.partial = None;
             self.after_transfer(si, id);
             return Ok(());
@@ -1574,11 +1582,22 @@ impl Connection {
                 ),
             )));
         }
+        if self.partial_bytes + payload.len() > MAX_PARTIAL_BYTES {
+            return Err(self.fail(err(
+                condition::RESOURCE_LIMIT_EXCEEDED,
+                format!(
+                    "incomplete deliveries on this connection hold more than \
+                     MAX_PARTIAL_BYTES ({MAX_PARTIAL_BYTES})"
+                ),
+            )));
+        }
         p.payload.extend_from_slice(payload);
+        self.partial_bytes += payload.len();
         if !t.more {
             let Some(p) = l.partial.take() else {
                 return Ok(());
             };
+            self.partial_bytes -= p.payload.len();
             if !p.settled {
                 l.unsettled_in.insert(p.delivery_id);
                 self.unsettled_in_count += 1;
@@ -1623,22 +1642,22 @@ impl Connection {
                 if outcome.is_none() && !d.settled {
                     return Ok(()); // a `received` state or nothing: not terminal
                 }
-                let mut keys: Vec<(u16, u32)> = Vec::new();
-                let mut collect = |lo: u32, hi: u32| {
-                    keys.extend(
-                        self.unsettled_out
-                            .range((ch, lo)..=(ch, hi))
-                            .map(|(k, _)| *k),
-                    )
-                };
-                if first <= last {
-                    collect(first, last);
+                // Walks the table, not the range (a range may be huge), without allocating.
+                let mut any = false;
+                let spans = if first <= last {
+                    [(first, last), (1, 0)]
                 } else {
-                    collect(first, u32::MAX);
-                    collect(0, last);
-                }
-                for k in &keys {
-                    if let Some((link, tag)) = self.unsettled_out.remove(k) {
+                    [(first, u32::MAX), (0, last)]
+                };
+                for (lo, hi) in spans {
+                    if lo > hi {
+                        continue;
+                    }
+                    while let Some((&k, &(link, tag))) =
+                        self.unsettled_out.range((ch, lo)..=(ch, hi)).next()
+                    {
+                        self.unsettled_out.remove(&k);
+                        any = true;
                         self.push(Event::Disposition {
                             link,
                             tag,
@@ -1646,7 +1665,7 @@ impl Connection {
                         });
                     }
                 }
-                if !d.settled && !keys.is_empty() {
+                if !d.settled && any {
                     let reply = Disposition {
                         role: Role::Sender,
                         first,
@@ -1725,6 +1744,9 @@ impl Connection {
             return;
         };
         self.unsettled_in_count -= l.unsettled_in.len();
+        if let Some(p) = &l.partial {
+            self.partial_bytes -= p.payload.len();
+        }
         let keys: Vec<(u16, u32)> = self
             .unsettled_out
             .iter()
