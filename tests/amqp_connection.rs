@@ -1259,3 +1259,161 @@ proptest! {
         while cl.c.poll_event().is_some() {}
     }
 }
+
+#[derive(Debug, Clone)]
+enum Op {
+    Transfer {
+        handle: u32,
+        id: Option<u32>,
+        more: bool,
+        settled: bool,
+        aborted: bool,
+        len: usize,
+    },
+    Flow {
+        handle: Option<u32>,
+        dc: u32,
+        credit: u32,
+        drain: bool,
+        echo: bool,
+    },
+    Disposition {
+        receiver: bool,
+        first: u32,
+        last: Option<u32>,
+        settled: bool,
+        state: u8,
+    },
+    Attach {
+        handle: u32,
+        receiver: bool,
+    },
+    Detach {
+        handle: u32,
+        closed: bool,
+    },
+    End,
+    /// Caller commands: accept/refuse every pending link, send on and settle links.
+    Caller {
+        refuse: bool,
+        send: u8,
+        settle_id: u32,
+        drained: bool,
+    },
+    Tick(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (prop_oneof![9 => Just(0u32), 1 => 0u32..4], proptest::option::of(0u32..4), any::<bool>(), any::<bool>(), any::<bool>(), 0usize..40)
+            .prop_map(|(handle, id, more, settled, aborted, len)| Op::Transfer { handle, id, more, settled, aborted, len }),
+        3 => (proptest::option::of(prop_oneof![4 => Just(1u32), 1 => 0u32..4]), 0u32..8, 0u32..8, any::<bool>(), any::<bool>())
+            .prop_map(|(handle, dc, credit, drain, echo)| Op::Flow { handle, dc, credit, drain, echo }),
+        2 => (any::<bool>(), 0u32..8, proptest::option::of(0u32..8), any::<bool>(), 0u8..6)
+            .prop_map(|(receiver, first, last, settled, state)| Op::Disposition { receiver, first, last, settled, state }),
+        1 => (2u32..4, any::<bool>()).prop_map(|(handle, receiver)| Op::Attach { handle, receiver }),
+        1 => (0u32..3, any::<bool>()).prop_map(|(handle, closed)| Op::Detach { handle, closed }),
+        1 => Just(Op::End),
+        4 => (any::<bool>(), 0u8..4, 0u32..6, any::<bool>())
+            .prop_map(|(refuse, send, settle_id, drained)| Op::Caller { refuse, send, settle_id, drained }),
+        1 => (0u16..40_000).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Any sequence of well-formed performatives (legal or not in their state) and caller
+    /// commands never panics; a connection that closed on our side sent close last.
+    #[test]
+    fn any_performative_sequence_never_panics(ops in proptest::collection::vec(op(), 0..60)) {
+        let mut cl = Client::new(ConnectionConfig { link_credit: 3, max_unsettled: 6, ..ConnectionConfig::default() });
+        cl.open(Some(1000));
+        cl.begin(0);
+        let mut pending: Vec<LinkId> = Vec::new();
+        // A producer link on handle 0 and a consumer link on handle 1, accepted.
+        let p = cl.attach(0, 0, Role::Sender, "q");
+        let c = cl.attach(0, 1, Role::Receiver, "q");
+        cl.c.accept_link(p).unwrap();
+        cl.c.accept_link(c).unwrap();
+        cl.got();
+        let mut links: Vec<LinkId> = vec![p, c];
+        let mut tag = 0u64;
+        let mut received: Vec<(LinkId, u32)> = Vec::new();
+        for o in ops {
+            match o {
+                Op::Transfer { handle, id, more, settled, aborted, len } => {
+                    let mut t = Transfer::new(handle, id.unwrap_or(0), b"t");
+                    t.delivery_id = id;
+                    t.more = more;
+                    t.settled = Some(settled);
+                    t.aborted = aborted;
+                    cl.send_raw(&enc(0, &Performative::Transfer(t), &vec![1u8; len]));
+                }
+                Op::Flow { handle, dc, credit, drain, echo } => cl.perf(0, &Performative::Flow(Flow {
+                    next_incoming_id: Some(0), incoming_window: 10, next_outgoing_id: 0,
+                    outgoing_window: 10, handle, delivery_count: Some(dc), link_credit: Some(credit),
+                    available: None, drain, echo, properties: None,
+                })),
+                Op::Disposition { receiver, first, last, settled, state } => {
+                    let state = match state {
+                        0 => None,
+                        1 => Some(DeliveryState::Accepted),
+                        2 => Some(DeliveryState::Released),
+                        3 => Some(DeliveryState::Rejected(None)),
+                        4 => Some(DeliveryState::Received { section_number: 0, section_offset: 0 }),
+                        _ => Some(DeliveryState::Modified { delivery_failed: true, undeliverable_here: false, message_annotations: None }),
+                    };
+                    cl.perf(0, &Performative::Disposition(Disposition {
+                        role: if receiver { Role::Receiver } else { Role::Sender },
+                        first, last, settled, state, batchable: false,
+                    }));
+                }
+                Op::Attach { handle, receiver } => {
+                    let mut a = Attach::new("l", handle, if receiver { Role::Receiver } else { Role::Sender });
+                    a.source = Some(Source { address: Some("q"), ..Source::default() });
+                    a.target = Some(Target { address: Some("q"), ..Target::default() });
+                    cl.perf(0, &Performative::Attach(Box::new(a)));
+                }
+                Op::Detach { handle, closed } => cl.perf(0, &Performative::Detach(Detach { handle, closed, error: None })),
+                Op::End => cl.perf(0, &Performative::End(None)),
+                Op::Caller { refuse, send, settle_id, drained } => {
+                    for l in pending.drain(..) {
+                        let _ = if refuse { cl.c.refuse_link(l, condition::NOT_FOUND, "no") } else { cl.c.accept_link(l) };
+                        links.push(l);
+                    }
+                    for &l in &links {
+                        for _ in 0..send {
+                            tag += 1;
+                            let _ = cl.c.send_message(l, tag, b"m", tag % 2 == 0);
+                        }
+                        let _ = cl.c.settle(l, settle_id, &Outcome::Accepted);
+                        for &(ml, id) in &received {
+                            let _ = cl.c.settle(ml, id, &Outcome::Released);
+                        }
+                        if drained {
+                            let _ = cl.c.drained(l);
+                        }
+                    }
+                }
+                Op::Tick(ms) => {
+                    cl.now += u64::from(ms);
+                    cl.c.handle_timeout(cl.now);
+                }
+            }
+            for e in cl.events() {
+                match e {
+                    Event::LinkAttached { link, .. } => pending.push(link),
+                    Event::Message { link, delivery_id, .. } => received.push((link, delivery_id)),
+                    _ => {}
+                }
+            }
+            let closed_before = cl.c.is_closed();
+            let g = cl.got();
+            if closed_before && cl.c.close_error().is_some() && !g.is_empty() {
+                prop_assert!(matches!(g.last(), Some(Got::Close(Some(_)))), "{:?}", g);
+            }
+            prop_assert!(cl.c.unsettled() <= 6);
+        }
+    }
+}
