@@ -90,6 +90,7 @@
 //! descriptors other than ulong or symbol, transactions (coordinator target, declared and
 //! transactional-state delivery states).
 
+pub mod connection;
 pub mod frame;
 pub mod message;
 pub mod performatives;
