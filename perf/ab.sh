@@ -2,7 +2,7 @@
 # perf/ab.sh: two lior binaries side by side in one run, so a change is judged by a ratio
 # measured under the same machine noise, not by figures from different days.
 #
-# Usage: perf/ab.sh OLD_LIOR NEW_LIOR   (env: RUNS [5], DURATION [4], SERVER_CORE [0],
+# Usage: perf/ab.sh OLD_LIOR NEW_LIOR   (env: RUNS [5], DURATION [4], BENCH_ARGS [], SERVER_CORE [0],
 #        CLIENT_CORE [1], ROWS ["100:express:1 100:recoverable:16 4096:express:1"])
 #
 # For each round and each row it runs OLD then NEW (alternating which goes first every round):
@@ -20,6 +20,9 @@ DURATION=${DURATION:-4}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 ROWS=${ROWS:-"100:express:1 100:recoverable:16 4096:express:1"}
+# Extra `lior bench` arguments for every run, e.g. BENCH_ARGS="--rate 200000" for open-loop
+# latency at a fixed rate.
+BENCH_ARGS=${BENCH_ARGS:-}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STAMP=$(date -u +%Y-%m-%d-%H%M)
@@ -53,7 +56,7 @@ one_run() {
     local j
     j=$(taskset -c "$CLIENT_CORE" "$NEW" bench --to 'DIRECT=TCP:127.0.0.1\PRIVATE$\bench' \
         --connect "$listen" --cores "$CLIENT_CORE" --sessions "$sessions" --size "$size" \
-        --delivery "$delivery" --duration "$DURATION" --json --quiet) || j='{}'
+        --delivery "$delivery" --duration "$DURATION" --json --quiet $BENCH_ARGS) || j='{}'
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
@@ -88,7 +91,7 @@ col() { awk -F'\t' -v l="$1" -v s="$2" -v d="$3" -v n="$4" -v c="$5" \
     echo "- $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores"
     echo "- server pinned to CPU $SERVER_CORE, client (new's \`lior bench\`, window 64) to CPU $CLIENT_CORE;"
     echo "  $RUNS rounds of ${DURATION} s per row and binary, alternating which binary runs first"
-    echo "- command: \`RUNS=$RUNS DURATION=$DURATION perf/ab.sh OLD NEW\`"
+    echo "- command: \`RUNS=$RUNS DURATION=$DURATION BENCH_ARGS=\"$BENCH_ARGS\" ROWS=\"$ROWS\" perf/ab.sh OLD NEW\`"
     echo
     echo "| size | delivery | sessions | old msg/s | new msg/s | new/old | old p99 us | new p99 us |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
