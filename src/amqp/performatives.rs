@@ -195,8 +195,7 @@ impl<'a> DeliveryState<'a> {
         let mut f = Fields::of(&dv.value, field)?;
         Ok(match code {
             d::RECEIVED => {
-                let n = f.uint("received.section-number")?;
-                let section_number = f.required(n, "received.section-number")?;
+                let section_number = f.required_uint("received.section-number")?;
                 let o = f.ulong("received.section-offset")?;
                 let section_offset = f.required(o, "received.section-offset")?;
                 DeliveryState::Received {
@@ -483,12 +482,9 @@ impl<'a> Begin<'a> {
     fn decode(v: &Raw<'a>) -> Result<Self> {
         let mut f = Fields::of(v, "begin")?;
         let remote_channel = f.ushort("begin.remote-channel")?;
-        let n = f.uint("begin.next-outgoing-id")?;
-        let next_outgoing_id = f.required(n, "begin.next-outgoing-id")?;
-        let n = f.uint("begin.incoming-window")?;
-        let incoming_window = f.required(n, "begin.incoming-window")?;
-        let n = f.uint("begin.outgoing-window")?;
-        let outgoing_window = f.required(n, "begin.outgoing-window")?;
+        let next_outgoing_id = f.required_uint("begin.next-outgoing-id")?;
+        let incoming_window = f.required_uint("begin.incoming-window")?;
+        let outgoing_window = f.required_uint("begin.outgoing-window")?;
         Ok(Begin {
             remote_channel,
             next_outgoing_id,
@@ -659,12 +655,9 @@ impl<'a> Flow<'a> {
     fn decode(v: &Raw<'a>) -> Result<Self> {
         let mut f = Fields::of(v, "flow")?;
         let next_incoming_id = f.uint("flow.next-incoming-id")?;
-        let n = f.uint("flow.incoming-window")?;
-        let incoming_window = f.required(n, "flow.incoming-window")?;
-        let n = f.uint("flow.next-outgoing-id")?;
-        let next_outgoing_id = f.required(n, "flow.next-outgoing-id")?;
-        let n = f.uint("flow.outgoing-window")?;
-        let outgoing_window = f.required(n, "flow.outgoing-window")?;
+        let incoming_window = f.required_uint("flow.incoming-window")?;
+        let next_outgoing_id = f.required_uint("flow.next-outgoing-id")?;
+        let outgoing_window = f.required_uint("flow.outgoing-window")?;
         Ok(Flow {
             next_incoming_id,
             incoming_window,
@@ -871,8 +864,7 @@ impl<'a> Disposition<'a> {
         let mut f = Fields::of(v, "disposition")?;
         let r = f.bool("disposition.role")?;
         let role = Role::from_bool(f.required(r, "disposition.role")?);
-        let n = f.uint("disposition.first")?;
-        let first = f.required(n, "disposition.first")?;
+        let first = f.required_uint("disposition.first")?;
         Ok(Disposition {
             role,
             first,

@@ -1393,6 +1393,11 @@ impl<'a> Fields<'a> {
     pub fn required<T>(&self, v: Option<T>, field: &'static str) -> Result<T> {
         v.ok_or(self.err(ErrorKind::Missing, field))
     }
+    /// A mandatory uint field.
+    pub fn required_uint(&mut self, field: &'static str) -> Result<u32> {
+        let v = self.uint(field)?;
+        self.required(v, field)
+    }
     pub fn bool(&mut self, field: &'static str) -> Result<Option<bool>> {
         self.typed(field, |v| match v {
             Value::Bool(b) => Some(b),
