@@ -88,33 +88,28 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let s2 = shared.clone();
-    let engine =
-        Engine::start(engine_cfg, move |shard| MsmqApp::new(s2.clone(), shard)).map_err(|e| {
-            match &e {
-                crate::engine::net::EngineError::Io {
-                    what: "binding the listening socket",
-                    error,
-                    ..
-                } => listen_error("MS-MQQB (listen)", config.listen, error),
-                _ => anyhow::anyhow!("{e}"),
-            }
-        })?;
+    // Each shard registers its eventfd on the store rings of the partitions it runs before its
+    // loop starts, so no commit completion of theirs goes unsignalled.
+    let engine = Engine::start_with_ctx(engine_cfg, move |ctx: crate::engine::net::ShardCtx| {
+        let mut app = MsmqApp::new(s2.clone(), ctx.index);
+        if let Some(w) = ctx.wakers.get(ctx.index) {
+            app.notify_commits_to(w.as_raw_fd());
+        }
+        app
+    })
+    .map_err(|e| match &e {
+        crate::engine::net::EngineError::Io {
+            what: "binding the listening socket",
+            error,
+            ..
+        } => listen_error("MS-MQQB (listen)", config.listen, error),
+        _ => anyhow::anyhow!("{e}"),
+    })?;
     // Other threads (the API, a shard queueing an admin ack for another shard) wake a shard
     // when its outgoing queues have new messages.
     let wakers: Vec<_> = (0..engine.shard_count())
         .filter_map(|i| engine.waker(i))
         .collect();
-    // A partition's commit completions wake the shard that runs it (p % shards): shards start
-    // commits and never wait for them.
-    for p in 0..broker.partition_count() {
-        if let Some(w) = wakers.get(p % wakers.len().max(1)) {
-            broker.set_commit_notify(p, w.as_raw_fd()).map_err(|e| {
-                anyhow::anyhow!(
-                    "store partition {p}: registering the shard's eventfd on its ring: {e}"
-                )
-            })?;
-        }
-    }
     broker.set_waker(Box::new(move |i| {
         if let Some(w) = wakers.get(i % wakers.len().max(1)) {
             let _ = w.wake();

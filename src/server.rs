@@ -179,6 +179,10 @@ pub struct MsmqApp<S> {
     commit_retry_at: Option<u64>,
     /// Shard 0 summarises rate-limited log lines (of every thread) at this time.
     next_log_flush_ms: u64,
+    /// False when this shard's eventfd could not be registered on its partitions' store rings:
+    /// it then looks for completed commits every millisecond while it waits for one. (Apps
+    /// driven by tests and the simulation are woken by their driver.)
+    commits_notify: bool,
 }
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
@@ -242,6 +246,7 @@ impl<S: QueueStore> MsmqApp<S> {
             next_expiry_ms: 0,
             commit_retry_at: None,
             next_log_flush_ms: 0,
+            commits_notify: true,
             reassembly_bytes: 0,
             partials: HashMap::new(),
             evicted: std::collections::HashSet::new(),
@@ -259,6 +264,23 @@ fn unix_now() -> u32 {
 
 impl<S> MsmqApp<S> {
     /// Puts `conn` on this turn's list of connections waiting for the disk, once.
+    /// Makes the store rings of the partitions this shard runs signal eventfd `fd` (the
+    /// shard's own) when a commit completes, so the shard wakes for it. A failure is logged
+    /// and the shard polls for completions instead (every millisecond while it waits).
+    pub fn notify_commits_to(&mut self, fd: std::os::fd::RawFd)
+    where
+        S: QueueStore,
+    {
+        let mut ok = true;
+        for &p in &self.owned {
+            if let Err(e) = self.shared.broker.set_commit_notify(p, fd) {
+                tracing::error!(shard = self.shard, partition = p, error = %e, "cannot register the shard's eventfd on the store ring; polling for commit completions instead");
+                ok = false;
+            }
+        }
+        self.commits_notify = ok;
+    }
+
     fn mark_waiting(&mut self, conn: &mut MsmqConn) {
         if conn.waiting_turn != Some(self.turn) {
             conn.waiting_turn = Some(self.turn);
@@ -1037,6 +1059,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         if let Some(t) = self.commit_retry_at {
             d = d.min(t);
+        }
+        if !self.commits_notify && self.awaiting.iter().any(Option::is_some) {
+            d = d.min(self.now_ms + 1);
         }
         if self.shard == 0 {
             d = d.min(self.next_log_flush_ms);
