@@ -660,3 +660,25 @@ fn an_outgoing_queue_refuses_sends_past_limits_outgoing_queue_messages_max() {
     let waiting: u64 = b.list_outgoing().iter().map(|o| o.messages).sum();
     assert_eq!(waiting, 2);
 }
+
+/// A peek stops once about the byte bound is copied (the API answers it with `x-lior-more`):
+/// 10,000 messages of 4 MB must not be copied into one answer.
+#[test]
+fn a_peek_is_bounded_by_bytes_and_says_more_is_left() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    b.create_queue("q", false).unwrap();
+    for id in 1..=5u32 {
+        deliver(&b, &frame("OS:localhost\\private$\\q", id, true, |m| m));
+    }
+    let one = b.peek("q", 1).unwrap()[0].bytes.len();
+    let (got, more) = b.peek_bounded("q", 10, one * 2).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(more);
+    let (got, more) = b.peek_bounded("q", 10, 1).unwrap();
+    assert_eq!(got.len(), 1, "at least one message, whatever the bound");
+    assert!(more);
+    let (got, more) = b.peek_bounded("q", 10, usize::MAX).unwrap();
+    assert_eq!(got.len(), 5);
+    assert!(!more);
+}

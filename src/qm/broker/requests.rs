@@ -167,8 +167,23 @@ impl<S: QueueStore> Broker<S> {
     /// The queue's messages are in its owning partition (for a queue an older lior spread
     /// over the partitions, in every partition, merged by priority only).
     pub fn peek(&self, name: &str, count: usize) -> Result<Vec<Received>, ApiError> {
+        self.peek_bounded(name, count, usize::MAX)
+            .map(|(out, _)| out)
+    }
+
+    /// Peeks up to `count` messages, stopping once about `max_bytes` of message bytes are
+    /// copied (at least one message is); says whether it stopped at that bound with more
+    /// messages left.
+    pub fn peek_bounded(
+        &self,
+        name: &str,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Received>, bool), ApiError> {
         let q = self.lookup(name)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
         for i in self.read_partitions(&q) {
             let p = self.partition(i);
             let mut c = Cursor::new(QueueId(q.id));
@@ -176,12 +191,17 @@ impl<S: QueueStore> Broker<S> {
                 let Some(m) = p.store.cursor_next(&mut c) else {
                     break;
                 };
+                if !out.is_empty() && bytes.saturating_add(m.bytes.len()) > max_bytes {
+                    more = true;
+                    break;
+                }
+                bytes += m.bytes.len();
                 out.push(Received::copy(&q.name, i, &m));
             }
         }
         out.sort_by_key(|m| std::cmp::Reverse(m.priority));
         out.truncate(count);
-        Ok(out)
+        Ok((out, more))
     }
 
     /// Receives (removes) up to `count` messages. Each removal is durable before the message
