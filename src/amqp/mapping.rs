@@ -132,6 +132,17 @@ fn queue_text(
     if q.code() == 0 {
         return Ok(None);
     }
+    // A direct name keeps the sender's spelling (FormatName's text would upper-case
+    // `PRIVATE$`); a response queue that is "the admin queue" is the admin queue's text.
+    let raw = match (q, &m.user.admin) {
+        (QueueRef::Direct(u), _) | (QueueRef::SameAsAdmin, QueueRef::Direct(u)) => Some(u),
+        _ => None,
+    };
+    if let Some(u) = raw {
+        FormatName::from_queue_ref(&QueueRef::Direct(*u), Guid::NULL, Guid::NULL, None)
+            .map_err(|e| field(name, e.to_string()))?;
+        return Ok(Some(format!("DIRECT={}", u.to_string_lossy())));
+    }
     FormatName::from_queue_ref(
         q,
         m.user.source_queue_manager,
@@ -269,7 +280,10 @@ pub fn msmq_to_amqp(
             Value::String(n::TX_PREVIOUS_SEQUENCE_NUMBER),
             Value::Uint(t.previous_tx_sequence_number),
         ));
-        app.push((Value::String(n::TX_FLAGS), Value::Uint(t.flags.0)));
+        app.push((
+            Value::String(n::TX_FLAGS),
+            Value::Uint(t.flags.0 & !TxFlags::CG),
+        ));
     }
     encode_map_section_from(out, d::APPLICATION_PROPERTIES, &app)?;
     encode_data(out, msg.body())?;
@@ -294,7 +308,11 @@ impl OwnedQueue {
     fn parse(text: &str, name: &'static str) -> Result<Self, MappingError> {
         let f = FormatName::parse(text).map_err(|e| field(name, format!("{text:?}: {e}")))?;
         match f {
-            FormatName::Direct(dn) => Ok(OwnedQueue::Direct(dn.wire_bytes())),
+            // Keep the sender's spelling of the name after `DIRECT=` (checked just above).
+            FormatName::Direct(_) => match text.split_once('=') {
+                Some((_, rest)) => Ok(OwnedQueue::Direct(utf16z(rest.trim()))),
+                None => Err(field(name, format!("{text:?}: no DIRECT= prefix"))),
+            },
             FormatName::Public {
                 queue,
                 journal: false,
