@@ -92,6 +92,7 @@
 
 pub mod connection;
 pub mod frame;
+pub mod mapping;
 pub mod message;
 pub mod performatives;
 pub mod sasl;
