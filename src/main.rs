@@ -605,6 +605,8 @@ fn messages(
     let timeout = std::time::Duration::from_millis(wait_ms + 30_000);
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
     let mut shown = 0usize;
+    // A peek answer that stopped at its byte bound with more messages left.
+    let mut peek_cut = false;
     loop {
         // A peek always starts at the front of the queue, so it cannot ask for "the next" batch.
         let batch = (count - shown).min(RECEIVE_COUNT_MAX);
@@ -624,6 +626,7 @@ fn messages(
             }
         }
         shown += list.len();
+        peek_cut = verb == "peek" && more;
         // Fewer than asked means the queue ran empty, unless the answer stopped at its byte
         // bound and says more may be waiting.
         if list.is_empty() || (list.len() < batch && !more) || shown >= count || verb == "peek" {
@@ -637,6 +640,12 @@ fn messages(
             errln!(
                 "lior peek: showed the first {shown} of the {count} asked for \
                  (one peek shows at most {RECEIVE_COUNT_MAX})"
+            );
+        } else if verb == "peek" && peek_cut {
+            errln!(
+                "lior peek: showed the first {shown} of the {count} asked for \
+                 (one answer carries about {} MiB of messages)",
+                lior::http::api::RECEIVE_RESPONSE_BYTES_MAX >> 20
             );
         } else {
             errln!("lior {verb}: {shown} of the {count} asked for; {queue} has no more");
