@@ -606,7 +606,7 @@ fn messages(
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
     let mut shown = 0usize;
     // A peek answer that stopped at its byte bound with more messages left.
-    let mut peek_cut = false;
+    let mut peek_cut;
     loop {
         // A peek always starts at the front of the queue, so it cannot ask for "the next" batch.
         let batch = (count - shown).min(RECEIVE_COUNT_MAX);
