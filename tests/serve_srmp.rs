@@ -52,6 +52,23 @@ fn hardened_mode_takes_srmp_only_and_locks_raw_outgoing_queues() {
         .decode(got[0]["body_base64"].as_str().unwrap())
         .unwrap();
     assert_eq!(body, b"First Message");
+    // The spec's example as printed (sent 2007-06-08, expiresAt a day later): MC-MQSRM
+    // 3.1.5.1.4 checks the lifetime while sending, not on receipt, so it is stored, not
+    // dead-lettered as expired (issue 12, item 2).
+    let dated = EXAMPLE_4_1
+        .replace(
+            "<expiresAt>20380119T031407</expiresAt>",
+            "<expiresAt>20070609T164419</expiresAt><sentAt>20070608T164419</sentAt>",
+        )
+        .replace("uuid:1@", "uuid:2@");
+    assert_ne!(dated, EXAMPLE_4_1);
+    assert_eq!(post(&server, "/msmq/private$/simpleq", &dated), 200);
+    assert_eq!(
+        server.receive_all("simpleq").len(),
+        1,
+        "stored, whatever its dates"
+    );
+    assert!(server.receive_all("deadletter").is_empty());
     // Unknown queue, malformed body: 400, and nothing stored.
     assert_eq!(post(&server, "/msmq/private$/nosuch", EXAMPLE_4_1), 400);
     assert_eq!(

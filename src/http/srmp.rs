@@ -453,7 +453,7 @@ pub fn accept<S: QueueStore>(
         );
     };
     // Stored in the queue's owning partition, like every message of the queue.
-    let d = broker.deliver_to(&frame, &msg, &queue, now, 0);
+    let d = broker.deliver_to_over_srmp(&frame, &msg, &queue, now, 0);
     let (p, wait) = match d.verdict {
         Verdict::Stored { ticket, .. } => (d.partition, Some(ticket)),
         // Duplicates and stream messages already received answer 200 once the first copy is

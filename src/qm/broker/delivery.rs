@@ -173,6 +173,35 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
+        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, true)
+    }
+
+    /// [`Broker::deliver_to`] for a message that arrived over SRMP: its TimeToReachQueue
+    /// (`<TTrq>`, or `<expiresAt>` minus `<sentAt>`) is checked by the sender while sending and
+    /// "not checked while processing a received message" (MC-MQSRM 3.1.5.1.4), so a sender
+    /// whose clock or `<sentAt>` lies in the past is not dead-lettered on arrival. (MC-MQSRM
+    /// 2.2.5.1.1 also says an expired message "MUST be discarded"; the processing rule of
+    /// 3.1.5.1.4 is followed.)
+    pub fn deliver_to_over_srmp(
+        &self,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        queue: &QueueDef,
+        now_unix: u32,
+        now_ms: u64,
+    ) -> Delivered {
+        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, false)
+    }
+
+    fn deliver_to_with(
+        &self,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        queue: &QueueDef,
+        now_unix: u32,
+        now_ms: u64,
+        check_reach_time: bool,
+    ) -> Delivered {
         let u = &msg.user;
         let transactional = u.flags.transactional();
         let acks = msg.properties.flags;
@@ -188,7 +217,11 @@ impl<S: QueueStore> Broker<S> {
         // has the receiver ignore an expired message; lior keeps it in the dead-letter queue
         // instead, so nothing is dropped without a trace.
         let ttrq = msg.base.time_to_reach_queue;
-        if ttrq != INFINITE && u.sent_time != 0 && now_unix.saturating_sub(u.sent_time) > ttrq {
+        if check_reach_time
+            && ttrq != INFINITE
+            && u.sent_time != 0
+            && now_unix.saturating_sub(u.sent_time) > ttrq
+        {
             bump(&self.counters.expired_on_arrival);
             return self.dead_letter(
                 frame,
