@@ -802,10 +802,13 @@ fn send(
         }
         let v = call(ureq::post(&url(api, "/v1/send")), Some(req))?;
         outln!(
-            "sent {} ({} queue {})",
+            "sent {} ({} queue {}){}",
             v["message_id"].as_str().unwrap_or("?"),
             v["placed"].as_str().unwrap_or("?"),
-            v["queue"].as_str().unwrap_or("?")
+            v["queue"].as_str().unwrap_or("?"),
+            v["held"]
+                .as_str()
+                .map_or_else(String::new, |h| format!("; {h}"))
         );
     }
     Ok(ExitCode::SUCCESS)

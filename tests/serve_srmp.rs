@@ -88,6 +88,8 @@ fn hardened_mode_takes_srmp_only_and_locks_raw_outgoing_queues() {
         "kept",
     ]);
     assert!(out.contains("outgoing"), "{out}");
+    // The answer says the message is held, and why (issue 12, item 5).
+    assert!(out.contains("locked: hardened mode"), "{out}");
     // Local queues keep working.
     let out = server.cli(&[
         "send",
@@ -107,4 +109,5 @@ fn hardened_mode_takes_srmp_only_and_locks_raw_outgoing_queues() {
     )
     .unwrap();
     assert_eq!(list[0]["messages"], 1, "the message waits, locked: {list}");
+    assert_eq!(list[0]["state"], "locked", "{list}");
 }

@@ -59,6 +59,10 @@ pub struct SendOutcome {
     /// The local queue, or the outgoing queue's destination.
     pub queue: String,
     pub message_id: String,
+    /// Why the outgoing queue keeps the message without sending it (hardened mode, a transport
+    /// lior does not send, paused), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// What a local application sends.
@@ -406,6 +410,7 @@ impl<S: QueueStore> Broker<S> {
                 placed: "local",
                 queue: name,
                 message_id,
+                held: None,
             });
         }
         let meta = message_meta(&m);
@@ -415,10 +420,27 @@ impl<S: QueueStore> Broker<S> {
                 t.next_no = t.next_no.wrapping_add(1);
             }
         }
+        let held = if def.paused {
+            Some("the outgoing queue is paused (lior outgoing resume)".to_string())
+        } else if def.transport != crate::qm::outgoing::Transport::Mqqb {
+            Some(format!(
+                "locked: lior does not send over {:?} yet; kept until it does",
+                def.transport
+            ))
+        } else if self.config.parameters.Hardened_MSMQ {
+            Some(
+                "locked: hardened mode sends nothing over MS-MQQB; kept until Hardened_MSMQ is \
+                 off and lior restarts"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
         Ok(SendOutcome {
             placed: "outgoing",
             queue: def.key,
             message_id,
+            held,
         })
     }
 }
