@@ -404,5 +404,18 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         "Times the receive buffer ring ran dry.",
         e.recv_buffer_exhausted,
     );
+    // Per shard: how the kernel spread the connections over the shards.
+    let _ = writeln!(
+        out,
+        "# HELP lior_shard_connections_accepted_total TCP connections accepted, per shard.\n\
+         # TYPE lior_shard_connections_accepted_total counter"
+    );
+    for (i, s) in engine.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "lior_shard_connections_accepted_total{{shard=\"{i}\"}} {}",
+            s.snapshot().accepted
+        );
+    }
     out
 }

@@ -305,3 +305,85 @@ fn half_sent_huge_packets_cannot_exhaust_memory() {
     c.wait_acked();
     assert_eq!(server.receive_all("q").len(), 1);
 }
+
+/// Issue 10: one queue is delivered in MSMQ order whatever the number of cores. With two shards,
+/// sessions land on both (the kernel spreads the connections); 10,000 messages from 8 or more
+/// senders, in random priorities, to one queue owned by one partition, are received in
+/// priority order and, within a priority, in each sender's order.
+#[test]
+fn sessions_on_two_shards_deliver_one_queue_in_priority_then_fifo_order_per_sender() {
+    use common::api::metric_or_none;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &["--cores", "0,1"]);
+    server.cli(&["queue", "create", "q"]);
+    let shard_accepts = |s: &Server| {
+        (0..2)
+            .map(|i| {
+                metric_or_none(
+                    s,
+                    &format!("lior_shard_connections_accepted_total{{shard=\"{i}\"}}"),
+                )
+                .unwrap_or(0)
+            })
+            .collect::<Vec<u64>>()
+    };
+    // At least 8 senders, and more until both shards have some (bounded).
+    let mut clients = Vec::new();
+    while clients.len() < 8 || shard_accepts(&server).contains(&0) {
+        assert!(
+            clients.len() < 64,
+            "the connections never reached both shards: {:?}",
+            shard_accepts(&server)
+        );
+        let n = clients.len() as u8;
+        clients.push((
+            Guid([0x60 + n; 16]),
+            Client::connect(server.listen, Guid([0x60 + n; 16])),
+        ));
+    }
+    let dest = utf16z("TCP:127.0.0.1\\private$\\q");
+    let label = utf16z("order");
+    let senders = clients.len();
+    let total = 10_000usize;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    for k in 0..total {
+        let (guid, c) = &mut clients[k % senders];
+        let id = (k / senders) as u32 + 1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let m = UserMessage::new(
+            *guid,
+            id,
+            QueueRef::Direct(Utf16(&dest)),
+            Utf16(&label),
+            b"x",
+        )
+        .with_recoverable(true)
+        .with_priority((rng % 8) as u8);
+        let mut f = vec![0u8; m.frame_len()];
+        let n = m.encode(&mut f).unwrap();
+        c.send(&f[..n], true, k as u64);
+    }
+    for (_, c) in &mut clients {
+        c.wait_acked();
+    }
+    let got = server.receive_all("q");
+    assert_eq!(got.len(), total);
+    let mut last_priority = 7u64;
+    let mut last: std::collections::HashMap<(String, u64), u64> = Default::default();
+    for m in &got {
+        let p = m["priority"].as_u64().unwrap();
+        assert!(p <= last_priority, "priority {p} after {last_priority}");
+        last_priority = p;
+        let id = m["message_id"].as_str().unwrap();
+        let (sender, ordinal) = id.rsplit_once('\\').unwrap();
+        let ordinal: u64 = ordinal.parse().unwrap();
+        if let Some(prev) = last.insert((sender.to_string(), p), ordinal) {
+            assert!(
+                prev < ordinal,
+                "{sender} priority {p}: {ordinal} after {prev}"
+            );
+        }
+    }
+}
