@@ -660,7 +660,7 @@ impl<S: QueueStore> MsmqApp<S> {
                     Some(o) => {
                         if o.def.paused != def.paused {
                             tracing::info!(destination = %def.key, paused = def.paused, "outgoing queue paused or resumed");
-                            if let Some(c) = o.set_paused(now_ms, def.paused) {
+                            if let Some(c) = o.set_paused(def.paused) {
                                 self.closes.push((c, close_code::PAUSED));
                             }
                         }

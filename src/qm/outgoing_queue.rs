@@ -108,17 +108,15 @@ impl<C: Copy> OutQueue<C> {
     /// Pauses or resumes sending (`def.paused` is kept with it). Pausing an open session
     /// returns it: the caller closes it (MSMQ disconnects a paused queue); what it did not get
     /// acknowledged is sent again after the resume.
-    pub fn set_paused(&mut self, now_ms: u64, paused: bool) -> Option<C> {
+    pub fn set_paused(&mut self, paused: bool) -> Option<C> {
         self.def.paused = paused;
         if paused {
             let open = self.session();
             if !matches!(self.phase, OutPhase::Paused) {
                 self.phase = OutPhase::Paused;
-                self.cursor = Cursor::new(QueueId(self.def.id));
-                self.sent.clear();
+                self.start_over();
                 self.tx_resend_at = None;
             }
-            let _ = now_ms;
             open
         } else {
             if matches!(self.phase, OutPhase::Paused) {
@@ -232,11 +230,6 @@ impl<C: Copy> OutQueue<C> {
         }
     }
 
-    /// The connection could not be made (no session came of it): retry later.
-    pub fn handle_connect_failed(&mut self, now_ms: u64, retry_ms: u64) {
-        self.handle_closed(now_ms, retry_ms);
-    }
-
     /// The session to the destination is established.
     pub fn handle_established(&mut self, session: C) {
         self.phase = OutPhase::Open(session);
@@ -246,14 +239,17 @@ impl<C: Copy> OutQueue<C> {
     /// The session closed: everything it did not get acknowledged is sent again on the next
     /// one, which is tried after `retry_ms`.
     pub fn handle_closed(&mut self, now_ms: u64, retry_ms: u64) {
-        if self.def.paused {
-            // Closed because it was paused: it stays paused.
-            self.phase = OutPhase::Paused;
-            self.cursor = Cursor::new(QueueId(self.def.id));
-            self.sent.clear();
-            return;
-        }
-        self.phase = OutPhase::Retry(now_ms + retry_ms);
+        // Closed because it was paused, it stays paused.
+        self.phase = if self.def.paused {
+            OutPhase::Paused
+        } else {
+            OutPhase::Retry(now_ms + retry_ms)
+        };
+        self.start_over();
+    }
+
+    /// The next session starts from the front: nothing counts as sent on it yet.
+    fn start_over(&mut self) {
         self.cursor = Cursor::new(QueueId(self.def.id));
         self.sent.clear();
     }
@@ -474,11 +470,7 @@ mod tests {
         q.handle_established(4);
         q.note_sent(0, 11, false, 30_000);
         assert_eq!(q.status().state, "connected");
-        assert_eq!(
-            q.set_paused(10, true),
-            Some(4),
-            "the open session is closed"
-        );
+        assert_eq!(q.set_paused(true), Some(4), "the open session is closed");
         assert_eq!(q.status().state, "paused");
         assert!(!q.was_sent(11), "sent again after the resume");
         // The close of that session keeps it paused, and nothing starts while paused.
@@ -486,7 +478,7 @@ mod tests {
         assert_eq!(q.phase(), OutPhase::Paused);
         assert!(!q.wants_pending(u64::MAX));
         assert_eq!(q.poll_action(u64::MAX, 5, &POLICY), None);
-        assert_eq!(q.set_paused(30, false), None);
+        assert_eq!(q.set_paused(false), None);
         assert_eq!(q.status().state, "inactive");
         assert!(matches!(
             q.poll_action(30, 5, &POLICY),

@@ -190,35 +190,40 @@ pub fn migrate_spread<S: QueueStore>(
         while let Some(m) = parts[owner].store.cursor_next(&mut c) {
             present.insert(m.meta.message_id);
         }
-        let mut cursors: Vec<(usize, Cursor)> =
-            foreign.iter().map(|&p| (p, Cursor::new(queue))).collect();
+        // Each foreign partition's cursor and the MSMQ order key of the message it would give
+        // next (priority high first, SentTime, partition), computed once per message.
+        type Key = (std::cmp::Reverse<u8>, u32, usize);
+        let head = |parts: &[Partition<S>], p: usize, cur: &Cursor| -> Option<Key> {
+            let mut probe = *cur;
+            let m = parts[p].store.cursor_next(&mut probe)?;
+            let sent = UserMessage::parse(m.bytes).map_or(0, |u| u.user.sent_time);
+            Some((std::cmp::Reverse(m.meta.priority), sent, p))
+        };
+        let mut cursors: Vec<(usize, Cursor, Option<Key>)> = foreign
+            .iter()
+            .map(|&p| {
+                let c = Cursor::new(queue);
+                (p, c, head(parts, p, &c))
+            })
+            .collect();
         let mut ok = true;
-        loop {
-            // The next message in MSMQ order among the foreign partitions' heads.
-            // (MSMQ order key: priority high first, SentTime, partition; index in `cursors`).
-            type Head = ((std::cmp::Reverse<u8>, u32, usize), usize);
-            let mut best: Option<Head> = None;
-            for (k, (p, cur)) in cursors.iter().enumerate() {
-                let mut probe = *cur;
-                if let Some(m) = parts[*p].store.cursor_next(&mut probe) {
-                    let sent = UserMessage::parse(m.bytes).map_or(0, |u| u.user.sent_time);
-                    let key = (std::cmp::Reverse(m.meta.priority), sent, *p);
-                    if best.as_ref().is_none_or(|(b, _)| key < *b) {
-                        best = Some((key, k));
-                    }
-                }
-            }
-            let Some((_, k)) = best else { break };
-            let (p, cur) = &mut cursors[k];
-            let Some(m) = parts[*p].store.cursor_next(cur) else {
+        // The next message in MSMQ order among the foreign partitions' heads.
+        while let Some(k) = (0..cursors.len())
+            .filter(|&k| cursors[k].2.is_some())
+            .min_by_key(|&k| cursors[k].2)
+        {
+            let (p, mut cur) = (cursors[k].0, cursors[k].1);
+            let Some(m) = parts[p].store.cursor_next(&mut cur) else {
                 break;
             };
-            if !present.insert(m.meta.message_id) {
-                continue;
-            }
-            let meta = m.meta;
+            let (id, meta) = (m.meta.message_id, m.meta);
             buf.clear();
             buf.extend_from_slice(m.bytes);
+            cursors[k].1 = cur;
+            cursors[k].2 = head(parts, p, &cur);
+            if !present.insert(id) {
+                continue;
+            }
             match parts[owner].store.append(queue, &meta, &buf) {
                 Ok(a) => {
                     report.moved += 1;
