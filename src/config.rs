@@ -113,6 +113,12 @@ pub struct Limits {
     /// the resend schedule (its ten intervals) plus `RemoveDuplicateCleanup`, as MSMQ keeps
     /// it until the sender can no longer be resending.
     pub tx_sequence_idle_max_s: u64,
+    /// Bytes of each lane between two shards (a message arriving on one shard for a queue
+    /// another owns crosses one); at least 4096.
+    pub handoff_lane_bytes: usize,
+    /// Bytes of hand-offs one shard keeps waiting while a lane is full; past it the session
+    /// bringing more is closed (its sender keeps what was not acknowledged and resends).
+    pub handoff_backlog_bytes_per_shard_max: usize,
 }
 
 impl Default for Limits {
@@ -137,6 +143,8 @@ impl Default for Limits {
             tx_sequences_max: 65_536,
             tx_sequence_evict_idle_s: 600,
             tx_sequence_idle_max_s: 0,
+            handoff_lane_bytes: crate::engine::mesh::DEFAULT_LANE_BYTES,
+            handoff_backlog_bytes_per_shard_max: 64 << 20,
         }
     }
 }

@@ -88,12 +88,30 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let s2 = shared.clone();
+    // The shards' mesh (a lane per ordered pair), made by whichever factory runs first: every
+    // shard's waker exists before any factory runs.
+    let mesh: Arc<std::sync::OnceLock<Option<Arc<crate::engine::mesh::Mesh>>>> = Arc::default();
+    let lane_bytes = config.limits.handoff_lane_bytes;
     // Each shard registers its eventfd on the store rings of the partitions it runs before its
     // loop starts, so no commit completion of theirs goes unsignalled.
     let engine = Engine::start_with_ctx(engine_cfg, move |ctx: crate::engine::net::ShardCtx| {
         let mut app = MsmqApp::new(s2.clone(), ctx.index);
         if let Some(w) = ctx.wakers.get(ctx.index) {
             app.notify_commits_to(w.as_raw_fd());
+        }
+        if ctx.shards > 1 {
+            let mesh = mesh.get_or_init(|| {
+                crate::engine::mesh::Mesh::new(ctx.shards, lane_bytes, ctx.wakers.clone())
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "cannot build the shards' mesh (limits.handoff_lane_bytes?); every shard stores into other shards' partitions under their locks instead")
+                    })
+                    .ok()
+            });
+            match mesh.as_ref().map(|m| m.port(ctx.index)) {
+                Some(Ok(port)) => app.join_mesh(port),
+                Some(Err(e)) => tracing::error!(shard = ctx.index, error = %e, "cannot join the shards' mesh"),
+                None => {}
+            }
         }
         app
     })
@@ -311,6 +329,17 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         "group_commits_total",
         "Store group commits that carried recoverable messages.",
         load(&c.commits),
+    );
+    put(
+        "handoffs_total",
+        "Messages handed by the shard that received them to the shard owning their queue.",
+        load(&c.handoffs),
+    );
+    put(
+        "handoff_backlog_full_total",
+        "Sessions closed because their shard's backlog of hand-offs was full \
+         (limits.handoff_backlog_bytes_per_shard_max).",
+        load(&c.handoff_backlog_full),
     );
     let b = &shared.broker.counters;
     put(

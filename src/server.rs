@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{AckSource, Broker, Verdict};
+use crate::qm::handoff::{Mail, Placement, ReplyTo, HEAD_MAX};
 use crate::qm::order_acks::{
     order_ack_frame, OrderAckTo, OrderAcks, ORDER_ACKS_PER_SESSION_MAX, ORDER_ACK_WINDOW_RETRY_MS,
 };
@@ -51,6 +52,10 @@ pub struct ServerCounters {
     pub acks_out: AtomicU64,
     pub order_acks_out: AtomicU64,
     pub commits: AtomicU64,
+    /// Messages handed to the shard owning their queue.
+    pub handoffs: AtomicU64,
+    /// Sessions closed because this shard's backlog of hand-offs was full.
+    pub handoff_backlog_full: AtomicU64,
 }
 
 /// What every shard shares.
@@ -109,9 +114,10 @@ pub struct MsmqConn {
     peer: SocketAddr,
     session: Session,
     framer: Framer,
-    /// Recoverable messages not yet durable, in arrival order: (store partition, ticket,
-    /// recoverable seq). A duplicate waits for its first copy, wherever that was stored.
-    pending_durable: VecDeque<(usize, Ticket, u16)>,
+    /// Recoverable messages not yet durable, in arrival order. A duplicate waits for its first
+    /// copy, wherever that was stored; a message handed to its queue's owner waits for the
+    /// owner's answer first.
+    pending_durable: VecDeque<Pending>,
     /// OrderAck state per (sender, queue) of the transactional messages on this session.
     order_acks: OrderAcks,
     /// Set when any received message used a direct format name (MS-MQQB 3.1.7.17).
@@ -124,6 +130,46 @@ pub struct MsmqConn {
     /// O(1) per message, not a search of every waiting session).
     waiting_turn: Option<u64>,
 }
+
+/// A recoverable message of a session, waiting to be acknowledged (cumulatively, in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    /// Stored (or its first copy stored) at `ticket` of partition `partition`.
+    At {
+        partition: usize,
+        ticket: Ticket,
+        rec: u16,
+    },
+    /// Handed to the shard that owns its queue (`qm::handoff`), not answered yet.
+    Handed { seq: u64, rec: u16 },
+    /// The owner's store refused it: never acknowledged (the session is closing).
+    Refused,
+}
+
+/// The cross-shard side of a shard: its mesh port, mail it could not send yet (a full lane)
+/// and its hand-offs waiting for an answer.
+struct Handoff {
+    port: crate::engine::mesh::Port,
+    /// Per target shard, in order: records waiting for room in the lane.
+    outbox: Vec<VecDeque<(Vec<u8>, Vec<u8>)>>,
+    /// Bytes held in `outbox` (deliveries count against
+    /// `limits.handoff_backlog_bytes_per_shard_max`; answers always wait, they are bounded by
+    /// the deliveries they answer).
+    outbox_bytes: usize,
+    /// The next hand-off number.
+    next_seq: u64,
+    /// Hand-offs not answered yet: the session, and whether it waits for the answer in its
+    /// `pending_durable` (a recoverable message) or only needs a refusal to close it.
+    handed: HashMap<u64, (ConnId, bool)>,
+    /// Answers a session has not taken yet (it takes them in `poll_transmit`).
+    placed: HashMap<u64, Placed>,
+}
+
+/// An owner's answer, waiting for its session.
+type Placed = (
+    crate::qm::handoff::Placement,
+    Option<(crate::qm::txn::TxKey, crate::qm::txn::IncomingSequence)>,
+);
 
 /// The per-shard app.
 pub struct MsmqApp<S> {
@@ -183,6 +229,12 @@ pub struct MsmqApp<S> {
     /// it then looks for completed commits every millisecond while it waits for one. (Apps
     /// driven by tests and the simulation are woken by their driver.)
     commits_notify: bool,
+    /// Set when this shard runs beside others (`lior serve` on several cores): messages for
+    /// queues another shard owns go there over the mesh. Without it (tests driving one app),
+    /// every message is stored from this shard under the owner partition's lock.
+    handoff: Option<Handoff>,
+    /// Partitions this shard appended to this turn (it commits them at the end of it).
+    appended: Vec<bool>,
 }
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
@@ -251,7 +303,31 @@ impl<S: QueueStore> MsmqApp<S> {
             partials: HashMap::new(),
             evicted: std::collections::HashSet::new(),
             closes: Vec::new(),
+            handoff: None,
+            appended: vec![false; partitions],
         }
+    }
+
+    /// Joins this shard to the others through `port`: from now on a message whose queue
+    /// another shard owns is handed to that shard, and this shard takes theirs.
+    pub fn join_mesh(&mut self, port: crate::engine::mesh::Port) {
+        let n = port.mesh().shards();
+        self.handoff = Some(Handoff {
+            port,
+            outbox: (0..n).map(|_| VecDeque::new()).collect(),
+            outbox_bytes: 0,
+            next_seq: 0,
+            handed: HashMap::new(),
+            placed: HashMap::new(),
+        });
+    }
+
+    /// Whether mail from another shard waits for this one, or this one has mail it could not
+    /// send yet (for a driver that runs a shard only when it has work, like the simulation).
+    pub fn has_mail(&self) -> bool {
+        self.handoff
+            .as_ref()
+            .is_some_and(|h| h.port.has_mail() || h.outbox.iter().any(|o| !o.is_empty()))
     }
 }
 
@@ -308,11 +384,19 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
+        if let Some(to) = self.handoff_target(&msg) {
+            return self.hand_off(conn, to, frame, rec_seq);
+        }
         // Stored in the partition owning the queue (locked by the broker for this message only).
         let d = self.shared.broker.deliver(frame, &msg, unix_now(), now_ms);
         let own = d.partition;
         let wait_for = match d.verdict {
-            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => (own, ticket),
+            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
+                if let Some(a) = self.appended.get_mut(own) {
+                    *a = true;
+                }
+                (own, ticket)
+            }
             Verdict::Refuse(e) => {
                 tracing::error!(peer = %conn.peer, error = %e, "cannot store a message; closing the session so the sender keeps it");
                 return Err(close_code::STORE);
@@ -341,13 +425,7 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
         if let Some((key, state)) = d.order_ack {
-            let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
-            if !conn.order_acks.on_accepted(now_ms, key, state, max_delay)
-                && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
-            {
-                self.order_ack_cap_logged_ms = now_ms;
-                tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
-            }
+            self.accept_order_ack(now_ms, conn, key, state);
         }
         if let Some(rec) = rec_seq {
             let (p, t) = wait_for;
@@ -356,18 +434,275 @@ impl<S: QueueStore> MsmqApp<S> {
                 // (durability is acknowledged cumulatively).
                 conn.session.handle_durable(now_ms, rec);
             } else {
-                conn.pending_durable.push_back((p, t, rec));
-                if t != Ticket::IMMEDIATE {
-                    // Committed at the end of this turn, whichever partition it is in (a
-                    // duplicate's first copy included).
-                    if let Some(a) = self.awaiting.get_mut(p) {
-                        *a = Some(a.map_or(t, |a| a.max(t)));
-                    }
-                }
+                conn.pending_durable.push_back(Pending::At {
+                    partition: p,
+                    ticket: t,
+                    rec,
+                });
+                self.await_ticket(p, t);
                 self.mark_waiting(conn);
             }
         }
         Ok(())
+    }
+
+    /// This shard waits for ticket `t` of partition `p` (for a session's acknowledgement).
+    fn await_ticket(&mut self, p: usize, t: Ticket) {
+        if t != Ticket::IMMEDIATE {
+            if let Some(a) = self.awaiting.get_mut(p) {
+                *a = Some(a.map_or(t, |a| a.max(t)));
+            }
+        }
+    }
+
+    fn accept_order_ack(
+        &mut self,
+        now_ms: u64,
+        conn: &mut MsmqConn,
+        key: crate::qm::txn::TxKey,
+        state: crate::qm::txn::IncomingSequence,
+    ) {
+        let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
+        if !conn.order_acks.on_accepted(now_ms, key, state, max_delay)
+            && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
+        {
+            self.order_ack_cap_logged_ms = now_ms;
+            tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
+        }
+    }
+
+    /// The shard to hand `msg` to: the one running the partition that stores it, when that is
+    /// another shard and the shards are joined by a mesh.
+    fn handoff_target(&self, msg: &UserMessage<'_>) -> Option<usize> {
+        self.handoff.as_ref()?;
+        let p = self.shared.broker.route_partition(msg)?;
+        let to = p % self.shared.shards;
+        (to != self.shard).then_some(to)
+    }
+
+    /// Hands `frame` to shard `to`, which owns its queue; a recoverable message waits in the
+    /// session for the owner's answer and then for the owner's durability. Err closes the
+    /// session (without acknowledging the message) when the lane is full and this shard's
+    /// backlog of hand-offs is at its limit.
+    fn hand_off(
+        &mut self,
+        conn: &mut MsmqConn,
+        to: usize,
+        frame: &[u8],
+        rec_seq: Option<u16>,
+    ) -> Result<(), u32> {
+        let limit = self
+            .shared
+            .broker
+            .config
+            .limits
+            .handoff_backlog_bytes_per_shard_max;
+        let Some(h) = self.handoff.as_mut() else {
+            return Err(close_code::STORE);
+        };
+        let seq = h.next_seq;
+        let mail = Mail::Deliver {
+            reply: ReplyTo {
+                shard: self.shard as u32,
+                conn: conn.id,
+                seq,
+            },
+            now_unix: unix_now(),
+            frame,
+        };
+        let mut head = [0u8; HEAD_MAX];
+        let (n, body) = mail.encode_head(&mut head);
+        if !h.send(to, &head[..n], body, Some(limit)) {
+            self.shared
+                .counters
+                .handoff_backlog_full
+                .fetch_add(1, Ordering::Relaxed);
+            if crate::ratelog::QUOTA.allow() {
+                tracing::warn!(peer = %conn.peer, to, limit, "messages for another shard's queues wait past limits.handoff_backlog_bytes_per_shard_max; closing the session (its sender keeps what was not acknowledged)");
+            }
+            return Err(close_code::STORE);
+        }
+        h.next_seq += 1;
+        h.handed.insert(seq, (conn.id, rec_seq.is_some()));
+        self.shared
+            .counters
+            .handoffs
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(rec) = rec_seq {
+            conn.pending_durable.push_back(Pending::Handed { seq, rec });
+            self.mark_waiting(conn);
+        }
+        Ok(())
+    }
+
+    /// The owner's side of a hand-off: stores the message as if it had arrived here, and says
+    /// where it went.
+    fn place(&mut self, now_ms: u64, now_unix: u32, frame: &[u8]) -> Placed {
+        let msg = match UserMessage::parse(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                // It parsed on the shard that received it: a bug, not a peer's fault.
+                tracing::error!(error = %e, "a message handed over by another shard does not parse; refusing it");
+                return (Placement::Refused, None);
+            }
+        };
+        let d = self.shared.broker.deliver(frame, &msg, now_unix, now_ms);
+        let placement = match d.verdict {
+            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
+                if let Some(a) = self.appended.get_mut(d.partition) {
+                    *a = true;
+                }
+                Placement::At {
+                    partition: d.partition as u32,
+                    ticket,
+                }
+            }
+            Verdict::Refuse(e) => {
+                tracing::error!(error = %e, "cannot store a message handed over by another shard; its session closes so the sender keeps it");
+                Placement::Refused
+            }
+            Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => Placement::At {
+                partition: origin.0 as u32,
+                ticket: origin.1,
+            },
+            Verdict::TxAck => Placement::At {
+                partition: 0,
+                ticket: Ticket::IMMEDIATE,
+            },
+        };
+        if let Some(class) = d.admin_ack {
+            if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                self.admin_acks.push((frame.to_vec(), class));
+            } else {
+                tracing::warn!("too many admin acknowledgements in one turn; dropping one");
+            }
+        }
+        (placement, d.order_ack)
+    }
+
+    /// Takes the mail other shards sent: messages for this shard's queues (stored, answered)
+    /// and answers for this shard's sessions (kept for them, the sessions made ready).
+    fn take_mail(&mut self, now_ms: u64) {
+        let Some(mut h) = self.handoff.take() else {
+            return;
+        };
+        h.drain_outbox();
+        let mut answers: Vec<(usize, [u8; HEAD_MAX], usize)> = Vec::new();
+        let Handoff {
+            port,
+            handed,
+            placed,
+            ..
+        } = &mut h;
+        port.recv_all(|from, rec| match Mail::decode(rec.head(), rec.body()) {
+            Ok(Mail::Deliver {
+                reply,
+                now_unix,
+                frame,
+            }) => {
+                let (placement, order_ack) = self.place(now_ms, now_unix, frame);
+                let mut head = [0u8; HEAD_MAX];
+                let (n, _) = Mail::Placed {
+                    reply,
+                    placement,
+                    order_ack,
+                }
+                .encode_head(&mut head);
+                answers.push((from, head, n));
+            }
+            Ok(Mail::Placed {
+                reply,
+                placement,
+                order_ack,
+            }) => {
+                let Some((conn, waits)) = handed.remove(&reply.seq) else {
+                    // Its session closed meanwhile.
+                    return;
+                };
+                debug_assert_eq!(conn, reply.conn);
+                if placement == Placement::Refused {
+                    self.closes.push((conn, close_code::STORE));
+                }
+                if waits {
+                    placed.insert(reply.seq, (placement, order_ack));
+                    self.ready.push(conn);
+                }
+            }
+            Err(_) => {
+                tracing::error!(from, "unreadable mail from another shard; dropped");
+            }
+        });
+        for (to, head, n) in answers {
+            // Answers are never refused: they are bounded by the deliveries they answer.
+            h.send(to, &head[..n], &[], None);
+        }
+        self.handoff = Some(h);
+    }
+
+    /// Gives `conn` the owners' answers for its hand-offs.
+    fn take_placements(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        let Some(h) = self.handoff.as_mut() else {
+            return;
+        };
+        if h.placed.is_empty() {
+            return;
+        }
+        let mut order_acks = Vec::new();
+        let mut watch = Vec::new();
+        for e in conn.pending_durable.iter_mut() {
+            let Pending::Handed { seq, rec } = *e else {
+                continue;
+            };
+            let Some((placement, order_ack)) = h.placed.remove(&seq) else {
+                continue;
+            };
+            *e = match placement {
+                Placement::At { partition, ticket } => {
+                    let p = partition as usize;
+                    if ticket != Ticket::IMMEDIATE {
+                        if let Some(a) = self.awaiting.get_mut(p) {
+                            *a = Some(a.map_or(ticket, |a| a.max(ticket)));
+                        }
+                        watch.push(p);
+                    }
+                    Pending::At {
+                        partition: p,
+                        ticket,
+                        rec,
+                    }
+                }
+                Placement::Refused => Pending::Refused,
+            };
+            order_acks.extend(order_ack);
+        }
+        for (key, state) in order_acks {
+            self.accept_order_ack(now_ms, conn, key, state);
+        }
+        // This runs after the turn's `end_of_turn`: a partition of another shard must be
+        // watched now, or nothing would wake this shard when it becomes durable.
+        watch.sort_unstable();
+        watch.dedup();
+        for p in watch {
+            if p % self.shared.shards != self.shard {
+                self.watch_partition(p);
+            }
+        }
+    }
+
+    /// Builds the admin acknowledgements and takes the OrderAcks/FinalAcks owed for frames
+    /// received (or placed for another shard) since the last call; they store into other
+    /// queues, so they wait until no frame is being handled.
+    fn send_owed_acks(&mut self) {
+        for (frame, class) in std::mem::take(&mut self.admin_acks) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.shared.broker.send_admin_ack(&msg, class);
+            }
+        }
+        for (frame, from) in std::mem::take(&mut self.tx_acks) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.shared.broker.handle_tx_ack(&msg, &from);
+            }
+        }
     }
 
     fn send_order_acks(&mut self, now_ms: u64, conn: &mut MsmqConn) {
@@ -412,14 +747,24 @@ impl<S: QueueStore> MsmqApp<S> {
     }
 
     fn apply_durability(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        self.take_placements(now_ms, conn);
         let mut last = None;
-        while let Some(&(p, t, rec)) = conn.pending_durable.front() {
+        while let Some(&front) = conn.pending_durable.front() {
+            let Pending::At {
+                partition: p,
+                ticket: t,
+                rec,
+            } = front
+            else {
+                break;
+            };
             let durable = if !self.commit_ok {
                 false
             } else if self.durable.get(p).is_some_and(|&d| t < d) {
                 true
             } else {
-                // Committed by another shard or an API call since this shard's last commit.
+                // Committed by another shard or an API call since this shard's last commit
+                // (its published watermark; no lock).
                 self.shared.broker.is_durable(p, t)
             };
             if durable {
@@ -590,6 +935,23 @@ impl<S: QueueStore> MsmqApp<S> {
                 false
             }
         }
+    }
+
+    /// Another shard's partition this shard waits for (and did not append to): the owner wakes
+    /// this shard once its durable mark moves past what it waits for.
+    fn watch_partition(&mut self, p: usize) {
+        let Some(t) = self.awaiting[p] else {
+            return;
+        };
+        let broker = &self.shared.broker;
+        if !broker.is_durable(p, t) {
+            broker.note_durable_interest(p, self.shard);
+            // Read again after the interest is visible (see `note_durable_interest`).
+            if !broker.is_durable(p, t) {
+                return;
+            }
+        }
+        self.awaiting[p] = None;
     }
 
     /// Sends messages of outgoing queue `q` while the peer's window has room.
@@ -780,6 +1142,36 @@ impl<S: QueueStore> MsmqApp<S> {
     }
 }
 
+impl Handoff {
+    /// Sends one record to shard `to`, in order after any waiting for room; a full lane keeps
+    /// it in the outbox unless that would pass `limit` bytes (then false, nothing kept).
+    fn send(&mut self, to: usize, head: &[u8], body: &[u8], limit: Option<usize>) -> bool {
+        if self.outbox[to].is_empty() && self.port.try_send(to, head, body) {
+            return true;
+        }
+        let bytes = head.len() + body.len();
+        if limit.is_some_and(|max| self.outbox_bytes + bytes > max) {
+            return false;
+        }
+        self.outbox[to].push_back((head.to_vec(), body.to_vec()));
+        self.outbox_bytes += bytes;
+        true
+    }
+
+    /// Moves what waits in the outbox into the lanes, as far as they have room.
+    fn drain_outbox(&mut self) {
+        for (to, queue) in self.outbox.iter_mut().enumerate() {
+            while let Some((head, body)) = queue.front() {
+                if !self.port.try_send(to, head, body) {
+                    break;
+                }
+                self.outbox_bytes -= head.len() + body.len();
+                queue.pop_front();
+            }
+        }
+    }
+}
+
 impl<S> MsmqApp<S> {
     /// Accounts the partial packet `conn` now holds (`held` bytes) against the session's and the
     /// shard's reassembly budgets. Past the shard's, the sessions whose partial packets are the
@@ -903,16 +1295,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
         if let Err(code) = self.account_reassembly(now_ms, conn, after) {
             return Err(AppError(code));
         }
-        for (frame, class) in std::mem::take(&mut self.admin_acks) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.send_admin_ack(&msg, class);
-            }
-        }
-        for (frame, from) in std::mem::take(&mut self.tx_acks) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.handle_tx_ack(&msg, &from);
-            }
-        }
+        self.send_owed_acks();
         self.drain_events(conn);
         match r {
             Ok(()) => Ok(()),
@@ -987,6 +1370,15 @@ impl<S: QueueStore> App for MsmqApp<S> {
             self.reassembly_bytes = self.reassembly_bytes.saturating_sub(held);
         }
         self.evicted.remove(&conn.id);
+        if let Some(h) = self.handoff.as_mut() {
+            // Answers still to come for this session are dropped when they arrive.
+            for e in &conn.pending_durable {
+                if let Pending::Handed { seq, .. } = e {
+                    h.handed.remove(seq);
+                    h.placed.remove(seq);
+                }
+            }
+        }
         if conn.incoming {
             self.shared.sessions_in.fetch_sub(1, Ordering::Relaxed);
         }
@@ -1012,17 +1404,26 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn end_of_turn(&mut self, now_ms: u64) {
+        self.take_mail(now_ms);
+        self.send_owed_acks();
         let mut committed = false;
         for p in 0..self.awaiting.len() {
             // The shard's own partitions are committed every turn (completions, releases,
-            // maintenance); another only while this shard waits for it.
-            if self.awaiting[p].is_none() && p % self.shared.shards != self.shard {
-                continue;
+            // maintenance), and any other it appended to this turn (a dead letter, an admin
+            // acknowledgement); one it only waits for is watched, not locked.
+            let appended = std::mem::take(&mut self.appended[p]);
+            if p % self.shared.shards == self.shard || appended {
+                committed |= self.commit_partition(now_ms, p);
+            } else if self.awaiting[p].is_some() {
+                self.watch_partition(p);
             }
-            committed |= self.commit_partition(now_ms, p);
         }
         if committed {
             self.shared.broker.arrivals.notify_waiters();
+        }
+        if let Some(h) = self.handoff.as_mut() {
+            h.drain_outbox();
+            h.port.flush();
         }
         self.ready.append(&mut self.waiting);
         self.turn += 1;
@@ -1061,6 +1462,14 @@ impl<S: QueueStore> App for MsmqApp<S> {
             d = d.min(t);
         }
         if !self.commits_notify && self.awaiting.iter().any(Option::is_some) {
+            d = d.min(self.now_ms + 1);
+        }
+        if self
+            .handoff
+            .as_ref()
+            .is_some_and(|h| h.outbox.iter().any(|o| !o.is_empty()))
+        {
+            // A full lane: try again shortly (the receiver does not wake the sender).
             d = d.min(self.now_ms + 1);
         }
         if self.shard == 0 {

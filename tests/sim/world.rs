@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lior::config::Config;
+use lior::engine::mesh::{Mesh, Parker, LANE_BYTES_MIN};
 use lior::engine::net::{App, CloseReason as NetClose, ConnId};
 use lior::qm::broker::Broker;
 use lior::server::{MsmqApp, MsmqConn, Shared};
@@ -174,6 +175,8 @@ pub struct Stats {
     pub maintain_calls: u64,
     /// Runs with two shards (0 or 1 for one run).
     pub two_shard_runs: u64,
+    /// Messages a shard handed to the other over the mesh (two-shard runs).
+    pub handoffs: u64,
     /// Shard turns run, and shard-steps a shard slept through (nothing woke it).
     pub turns: u64,
     pub turns_slept: u64,
@@ -276,20 +279,36 @@ impl Wake {
 /// Builds the broker over `stores` (one partition per shard), installs the waker and starts one
 /// app per shard, as `lior serve` does.
 #[allow(clippy::type_complexity)]
+///
+/// With two shards the apps are joined by a mesh, as `lior serve` joins them, with the smallest
+/// lane the mesh allows, so full lanes (and the shards' outboxes) and boxed frames happen
+/// often. Each shard's mesh wake is an eventfd of its own ([`Parker`]), read without blocking
+/// as the turn starts, as the engine reads its eventfd: a lost mesh wake shows as a stall.
 fn boot(
     config: &Config,
     shards: usize,
     stores: Vec<SimStore>,
     wake: &Arc<Wake>,
-) -> Result<(Arc<Shared<SimStore>>, Vec<MsmqApp<SimStore>>), String> {
+) -> Result<(Arc<Shared<SimStore>>, Vec<MsmqApp<SimStore>>, Vec<Parker>), String> {
     let broker = Broker::with_stores(config.clone(), stores).map_err(|e| format!("broker: {e}"))?;
     let w = wake.clone();
     broker.set_waker(Box::new(move |s| w.wake(s)));
     let shared = Arc::new(Shared::with_shards(Arc::new(broker), shards));
-    let apps = (0..shards)
+    let mut apps: Vec<MsmqApp<SimStore>> = (0..shards)
         .map(|s| MsmqApp::new(shared.clone(), s))
         .collect();
-    Ok((shared, apps))
+    let mut parkers = Vec::new();
+    if shards > 1 {
+        for _ in 0..shards {
+            parkers.push(Parker::new().map_err(|e| format!("eventfd: {e}"))?);
+        }
+        let wakers: Arc<[lior::engine::net::Waker]> = parkers.iter().map(Parker::waker).collect();
+        let mesh = Mesh::new(shards, LANE_BYTES_MIN, wakers).map_err(|e| format!("mesh: {e}"))?;
+        for (s, app) in apps.iter_mut().enumerate() {
+            app.join_mesh(mesh.port(s).map_err(|e| format!("mesh port: {e}"))?);
+        }
+    }
+    Ok((shared, apps, parkers))
 }
 
 struct Server {
@@ -300,6 +319,8 @@ struct Server {
     /// One app per shard while up; empty while down.
     apps: Vec<MsmqApp<SimStore>>,
     wake: Arc<Wake>,
+    /// Per shard, with two: the eventfd the mesh wakes it through (see [`boot`]).
+    parkers: Vec<Parker>,
     /// Per partition: the durable watermark when the sim last looked (for the completion
     /// signal, see [`World::signal_completions`]).
     seen_durable: Vec<Ticket>,
@@ -379,7 +400,7 @@ impl World {
             stores.push(store);
         }
         let wake = Arc::new(Wake::new(shards));
-        let (shared, apps) = boot(&config, shards, stores, &wake)?;
+        let (shared, apps, parkers) = boot(&config, shards, stores, &wake)?;
         let mut qids = Vec::new();
         for (name, tx) in QUEUES {
             let q = shared
@@ -472,6 +493,7 @@ impl World {
                 shared: Some(shared),
                 apps,
                 wake,
+                parkers,
                 seen_durable: vec![Ticket(0); shards],
                 slots: Vec::new(),
                 generation: 0,
@@ -541,6 +563,9 @@ impl World {
         self.aud.final_check()?;
         self.stats.sim_ms = self.now;
         self.stats.wakes += self.server.wake.calls.load(Ordering::Relaxed);
+        if let Some(shared) = &self.server.shared {
+            self.stats.handoffs += shared.counters.handoffs.load(Ordering::Relaxed);
+        }
         self.stats.audit = self.aud.counts;
         Ok(self.stats)
     }
@@ -781,6 +806,13 @@ impl World {
             }
             // Cleared as the turn starts: a wake during the turn runs the next one.
             let woken = self.server.wake.take(s);
+            // The mesh's wake, read as the engine reads its eventfd (both are consumed).
+            let mailed = self
+                .server
+                .parkers
+                .get(s)
+                .is_some_and(|p| p.park_timeout(std::time::Duration::ZERO).unwrap_or(false));
+            let woken = woken || mailed;
             let io = self.has_io(s);
             let due = self.server.apps[s]
                 .app_deadline()
@@ -1009,6 +1041,7 @@ impl World {
         // Both shards stop: the process is gone.
         self.server.apps.clear();
         let shared = self.server.shared.take().expect("the server is up");
+        self.stats.handoffs += shared.counters.handoffs.load(Ordering::Relaxed);
         let Ok(Shared { broker, .. }) = Arc::try_unwrap(shared) else {
             return Err("harness: the server state is still shared at the crash".into());
         };
@@ -1054,7 +1087,7 @@ impl World {
         self.stats.wakes += self.server.wake.calls.swap(0, Ordering::Relaxed);
         self.server.wake.clear();
         self.server.seen_durable = vec![Ticket(0); self.server.shards];
-        let (shared, apps) = boot(
+        let (shared, apps, parkers) = boot(
             &self.server.config,
             self.server.shards,
             stores,
@@ -1062,6 +1095,7 @@ impl World {
         )
         .map_err(|e| format!("restart failed: {e}"))?;
         self.server.apps = apps;
+        self.server.parkers = parkers;
         self.server.shared = Some(shared.clone());
         self.server.epoch += 1;
         let epoch = self.server.epoch;

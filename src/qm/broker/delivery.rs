@@ -121,6 +121,36 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
+    /// The partition [`Broker::deliver`] would store `msg` in (its queue's owner, or the
+    /// dead-letter queue's owner for a message that routes nowhere), without storing it; None
+    /// for an OrderAck or FinalAck, which the session's own shard takes. A shard hands a
+    /// message whose partition another shard runs to that shard (`qm::handoff`). The owner
+    /// may still dead-letter it elsewhere (expired, wrong class, quota): that is its decision.
+    pub fn route_partition(&self, msg: &UserMessage<'_>) -> Option<usize> {
+        if msg.is_order_ack() || msg.is_final_ack() {
+            return None;
+        }
+        let u = &msg.user;
+        if u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid {
+            if let Some(q) = self.cached_route(&u.destination) {
+                return Some(self.owner(&q));
+            }
+        }
+        let route = route(u, &self.identity);
+        Some(match self.resolve(&route) {
+            Some(q) => {
+                let q = Arc::new(q);
+                self.cache_route(&u.destination, &q);
+                self.owner(&q)
+            }
+            None => self.dead_letter_partition(if u.flags.transactional() {
+                DEADXACT_ID
+            } else {
+                DEADLETTER_ID
+            }),
+        })
+    }
+
     /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
     /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
     /// Locks that one partition itself: call it holding no partition lock. The caller commits

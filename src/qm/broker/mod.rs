@@ -93,6 +93,9 @@ pub struct Broker<S> {
     txn: Mutex<TxnTable>,
     /// Per partition: sequences forgotten by the table, whose records go at its next commit.
     txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
+    /// Per partition: its durable watermark, published by each commit (read without a lock by
+    /// shards waiting for another shard's partition).
+    durable_marks: Vec<Arc<AtomicU64>>,
     /// Unix seconds the full sequence table was last logged.
     txn_full_logged: std::sync::atomic::AtomicU32,
     pub counters: BrokerCounters,
@@ -319,6 +322,10 @@ impl<S: QueueStore> Broker<S> {
             .iter()
             .map(|p| lock(p).txn_forget.clone())
             .collect();
+        let durable_marks = partitions
+            .iter()
+            .map(|p| lock(p).durable_mark.clone())
+            .collect();
         let shards = partitions.len();
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -343,6 +350,7 @@ impl<S: QueueStore> Broker<S> {
             dedup_waiters: AtomicUsize::new(0),
             txn: Mutex::new(txn),
             txn_forget,
+            durable_marks,
             txn_full_logged: std::sync::atomic::AtomicU32::new(0),
             counters: BrokerCounters::default(),
             arrivals: tokio::sync::Notify::new(),
@@ -368,9 +376,18 @@ impl<S: QueueStore> Broker<S> {
         self.partitions.len()
     }
 
-    /// Whether `ticket` of partition `i` is durable.
+    /// Whether `ticket` of partition `i` is durable, as far as the last commit of it (by any
+    /// thread) published. Takes no lock.
     pub fn is_durable(&self, i: usize, ticket: Ticket) -> bool {
-        ticket == Ticket::IMMEDIATE || self.partition(i).store.is_durable(ticket)
+        ticket == Ticket::IMMEDIATE || ticket < self.durable_mark(i)
+    }
+
+    /// Partition `i`'s durable watermark as its last commit published it (tickets below it are
+    /// durable). SeqCst: see `note_durable_interest`.
+    pub fn durable_mark(&self, i: usize) -> Ticket {
+        self.durable_marks
+            .get(i)
+            .map_or(Ticket(0), |m| Ticket(m.load(Ordering::SeqCst)))
     }
 
     /// Locks partition `i`. A thread holds at most one partition lock at a time (a debug

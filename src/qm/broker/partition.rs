@@ -4,6 +4,7 @@
 //! a thread holds at most one of.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::qm::txn::{IncomingSequence, TxKey};
@@ -79,6 +80,9 @@ pub struct Partition<S> {
     txn_stale: Vec<(LookupId, u16)>,
     /// Sequences the table forgot (evicted): their records here go at the next commit.
     pub(super) txn_forget: Arc<Mutex<Vec<TxKey>>>,
+    /// The durable watermark, published by every commit (whoever runs it) for shards that
+    /// wait on this partition without locking it (see `Broker::durable_mark`).
+    pub(super) durable_mark: Arc<AtomicU64>,
 }
 
 impl<S: QueueStore> Partition<S> {
@@ -91,6 +95,7 @@ impl<S: QueueStore> Partition<S> {
             txn_records: HashMap::new(),
             txn_stale: Vec::new(),
             txn_forget: Arc::new(Mutex::new(Vec::new())),
+            durable_mark: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -186,6 +191,9 @@ impl<S: QueueStore> Partition<S> {
             }
         }
         self.pending_release = keep;
+        // SeqCst: pairs with the waiter's interest bit (`Broker::note_durable_interest`), so
+        // either the waiter sees this mark or the committer sees its bit and wakes it.
+        self.durable_mark.fetch_max(mark.0, Ordering::SeqCst);
         // Reclaim consumed segments and copy a few old live messages forward (bounded work per
         // call, so a few old messages never pin unbounded space).
         let m = self.store.maintain()?;

@@ -27,11 +27,13 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Shard `shard` waits for partition `p` (owned by another shard) to become durable
-    /// further; the owner wakes it when it sees a commit complete. Called with `p` locked,
-    /// after finding the wanted ticket not yet durable, so no completion is missed.
+    /// further; the owner wakes it when it sees a commit complete. The caller reads
+    /// [`Broker::durable_mark`] again after this: both are SeqCst, as is the committer's
+    /// publication of the mark before it reads the bits (`wake_durable_interest`), so either
+    /// the waiter sees the new mark or the committer sees the bit (no wake is lost).
     pub fn note_durable_interest(&self, p: usize, shard: usize) {
         if let Some(i) = self.durable_interest.get(p) {
-            i.fetch_or(1 << (shard % 64), Ordering::AcqRel);
+            i.fetch_or(1 << (shard % 64), Ordering::SeqCst);
         }
     }
 
@@ -41,14 +43,14 @@ impl<S: QueueStore> Broker<S> {
             return;
         };
         let own = 1u64 << (me % 64);
-        if i.load(Ordering::Acquire) & !own == 0 {
+        if i.load(Ordering::SeqCst) & !own == 0 {
             return;
         }
         // The caller's own interest stays: a shard whose commit of another shard's partition
         // moved the mark may still wait there (it set its bit just before), and clearing it
         // would leave nobody to wake it when the owner reaps the rest (found by the simulation
         // with two shards, seed 7774064181399508077).
-        let bits = i.fetch_and(own, Ordering::AcqRel) & !own;
+        let bits = i.fetch_and(own, Ordering::SeqCst) & !own;
         for b in 0..64usize {
             if bits & (1 << b) != 0 {
                 // Shard indexes are below the partition count; `wake` maps them to shards.

@@ -1,0 +1,296 @@
+//! What shards say to each other over the mesh (`engine/mesh.rs`) when a message arrives on one
+//! shard for a queue another shard owns: the message goes to its owner ([`Mail::Deliver`]), and
+//! the owner says where it put it ([`Mail::Placed`]), so the receiving session acknowledges only
+//! what the owner made durable. Safe code only: a record is a fixed little-endian head (this
+//! module) plus, for a delivery, the frame as the record's body.
+//!
+//! A head is decoded with the same care as bytes from the network (a short or unknown head is an
+//! error, never a panic), though only lior's own shards write them.
+
+use crate::engine::net::ConnId;
+use crate::qm::txn::{IncomingSequence, TxKey};
+use crate::store::Ticket;
+use crate::wire::Guid;
+
+const TAG_DELIVER: u8 = 1;
+const TAG_PLACED: u8 = 2;
+
+/// Which session of which shard waits for the answer, and which of its hand-offs this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub shard: u32,
+    pub conn: ConnId,
+    /// The sending shard's hand-off number (unique per shard while the shard runs).
+    pub seq: u64,
+}
+
+/// Where the owner put a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Stored (or dead-lettered) at `ticket` of `partition`, or, for a duplicate or a refused
+    /// transactional message, where its first copy or its sequence's last message stands: the
+    /// session acknowledges it once that ticket is durable (`Ticket::IMMEDIATE`: at once).
+    At { partition: u32, ticket: Ticket },
+    /// The store refused it (poisoned, disk full, machine quota): the session closes without
+    /// acknowledging it, so the sender keeps it.
+    Refused,
+}
+
+/// One piece of mail between shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mail<'a> {
+    /// A UserMessage for a queue the receiving shard owns; `frame` is the packet as received.
+    Deliver {
+        reply: ReplyTo,
+        now_unix: u32,
+        frame: &'a [u8],
+    },
+    /// The owner's answer to a [`Mail::Deliver`], with the sequence state to acknowledge with
+    /// an OrderAck for a transactional message.
+    Placed {
+        reply: ReplyTo,
+        placement: Placement,
+        order_ack: Option<(TxKey, IncomingSequence)>,
+    },
+}
+
+/// A head too short, or with an unknown tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadMail;
+
+/// The longest head [`Mail::encode_head`] writes.
+pub const HEAD_MAX: usize = 96;
+
+struct W<'b> {
+    buf: &'b mut [u8; HEAD_MAX],
+    at: usize,
+}
+
+impl W<'_> {
+    fn put(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
+}
+
+struct R<'b> {
+    buf: &'b [u8],
+}
+
+impl<'b> R<'b> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], BadMail> {
+        let (h, t) = self.buf.split_at_checked(N).ok_or(BadMail)?;
+        self.buf = t;
+        h.try_into().map_err(|_| BadMail)
+    }
+    fn u8(&mut self) -> Result<u8, BadMail> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, BadMail> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, BadMail> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+}
+
+fn put_reply(w: &mut W<'_>, r: &ReplyTo) {
+    w.put(&r.shard.to_le_bytes());
+    w.put(&r.conn.slot.to_le_bytes());
+    w.put(&r.conn.generation.to_le_bytes());
+    w.put(&r.seq.to_le_bytes());
+}
+
+fn get_reply(r: &mut R<'_>) -> Result<ReplyTo, BadMail> {
+    Ok(ReplyTo {
+        shard: r.u32()?,
+        conn: ConnId {
+            slot: r.u32()?,
+            generation: r.u32()?,
+        },
+        seq: r.u64()?,
+    })
+}
+
+impl<'a> Mail<'a> {
+    /// Writes the head into `buf`; returns its length and the body to send after it.
+    pub fn encode_head(&self, buf: &mut [u8; HEAD_MAX]) -> (usize, &'a [u8]) {
+        let mut w = W { buf, at: 0 };
+        match *self {
+            Mail::Deliver {
+                reply,
+                now_unix,
+                frame,
+            } => {
+                w.put(&[TAG_DELIVER]);
+                put_reply(&mut w, &reply);
+                w.put(&now_unix.to_le_bytes());
+                (w.at, frame)
+            }
+            Mail::Placed {
+                reply,
+                placement,
+                order_ack,
+            } => {
+                w.put(&[TAG_PLACED]);
+                put_reply(&mut w, &reply);
+                match placement {
+                    Placement::At { partition, ticket } => {
+                        w.put(&[1]);
+                        w.put(&partition.to_le_bytes());
+                        w.put(&ticket.0.to_le_bytes());
+                    }
+                    Placement::Refused => w.put(&[0]),
+                }
+                match order_ack {
+                    None => w.put(&[0]),
+                    Some(((guid, queue), s)) => {
+                        w.put(&[1]);
+                        w.put(&guid.0);
+                        w.put(&queue.to_le_bytes());
+                        w.put(&s.seq_id.to_le_bytes());
+                        w.put(&s.seq_no.to_le_bytes());
+                        w.put(&s.reject_count.to_le_bytes());
+                        w.put(&(s.origin.0 as u32).to_le_bytes());
+                        w.put(&s.origin.1.to_le_bytes());
+                        match s.prior {
+                            None => w.put(&[0]),
+                            Some((id, no)) => {
+                                w.put(&[1]);
+                                w.put(&id.to_le_bytes());
+                                w.put(&no.to_le_bytes());
+                            }
+                        }
+                    }
+                }
+                (w.at, &[])
+            }
+        }
+    }
+
+    /// Reads a record: its head and its body.
+    pub fn decode(head: &[u8], body: &'a [u8]) -> Result<Mail<'a>, BadMail> {
+        let mut r = R { buf: head };
+        match r.u8()? {
+            TAG_DELIVER => Ok(Mail::Deliver {
+                reply: get_reply(&mut r)?,
+                now_unix: r.u32()?,
+                frame: body,
+            }),
+            TAG_PLACED => {
+                let reply = get_reply(&mut r)?;
+                let placement = match r.u8()? {
+                    0 => Placement::Refused,
+                    1 => Placement::At {
+                        partition: r.u32()?,
+                        ticket: Ticket(r.u64()?),
+                    },
+                    _ => return Err(BadMail),
+                };
+                let order_ack = match r.u8()? {
+                    0 => None,
+                    1 => {
+                        let guid = Guid(r.take::<16>()?);
+                        let queue = r.u32()?;
+                        let seq_id = r.u64()?;
+                        let seq_no = r.u32()?;
+                        let reject_count = r.u32()?;
+                        let origin = (r.u32()? as usize, r.u64()?);
+                        let prior = match r.u8()? {
+                            0 => None,
+                            1 => Some((r.u64()?, r.u32()?)),
+                            _ => return Err(BadMail),
+                        };
+                        Some((
+                            (guid, queue),
+                            IncomingSequence {
+                                seq_id,
+                                seq_no,
+                                reject_count,
+                                origin,
+                                prior,
+                            },
+                        ))
+                    }
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::Placed {
+                    reply,
+                    placement,
+                    order_ack,
+                })
+            }
+            _ => Err(BadMail),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply() -> ReplyTo {
+        ReplyTo {
+            shard: 1,
+            conn: ConnId {
+                slot: 7,
+                generation: 9,
+            },
+            seq: 0x0102_0304_0506_0708,
+        }
+    }
+
+    fn round_trip(m: Mail<'_>) {
+        let mut buf = [0u8; HEAD_MAX];
+        let (n, body) = m.encode_head(&mut buf);
+        assert_eq!(Mail::decode(&buf[..n], body), Ok(m));
+        // Every shorter head is refused, never a panic.
+        for cut in 0..n {
+            assert_eq!(
+                Mail::decode(&buf[..cut], body),
+                Err(BadMail),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_mail_round_trips_and_short_heads_are_refused() {
+        round_trip(Mail::Deliver {
+            reply: reply(),
+            now_unix: 1_700_000_000,
+            frame: b"frame bytes",
+        });
+        round_trip(Mail::Placed {
+            reply: reply(),
+            placement: Placement::Refused,
+            order_ack: None,
+        });
+        for prior in [None, Some((u64::MAX, 3))] {
+            round_trip(Mail::Placed {
+                reply: reply(),
+                placement: Placement::At {
+                    partition: 3,
+                    ticket: Ticket(42),
+                },
+                order_ack: Some((
+                    (Guid([5; 16]), 77),
+                    IncomingSequence {
+                        seq_id: 11,
+                        seq_no: 12,
+                        reject_count: 13,
+                        origin: (2, 99),
+                        prior,
+                    },
+                )),
+            });
+        }
+    }
+
+    #[test]
+    fn unknown_tags_are_refused() {
+        assert_eq!(Mail::decode(&[0], &[]), Err(BadMail));
+        assert_eq!(Mail::decode(&[9; 40], &[]), Err(BadMail));
+        assert_eq!(Mail::decode(&[], &[]), Err(BadMail));
+    }
+}
