@@ -558,6 +558,17 @@ fn user_message_fields(u: &UserMessage<'_>, m: &mut Map<String, Value>) {
             }),
         );
     }
+    if let Some(x) = &u.extension {
+        m.insert(
+            "ExtensionHeader".into(),
+            json!({
+                "HeaderSize": x.header_size,
+                "RemainingHeadersSize": x.remaining_headers_size,
+                "Flags": { "value": hex(u64::from(x.flags.0), 2), "set": x.flags.names() },
+                "Reserved": x.reserved.iter().map(|b| format!("{b:02X}")).collect::<String>(),
+            }),
+        );
+    }
 }
 
 /// Renders a value tree as indented text.

@@ -123,3 +123,37 @@ fn malformed_input_names_the_field_and_offset_and_fails() {
     let (code, _, err) = decode(b"", &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A UserMessage with the AH flag whose CompoundMessageHeader is followed by the 12-byte MQRR
+/// ExtensionHeader (the fuzz seed; built by tests/wire_extension.rs, which checks it).
+#[test]
+fn ah_message_with_an_extension_header_shows_the_header() {
+    let seed = std::fs::read(format!(
+        "{}/tests/fuzz/corpus/parse_packet/seed-ah-compound-extension.bin",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let (code, text, err) = decode(&seed, &[]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "CompoundMessageHeader:",
+        "ExtensionHeader:",
+        "HeaderSize: 12",
+        "RemainingHeadersSize: 0",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let (code, json, err) = decode(&seed, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["ExtensionHeader"]["HeaderSize"], 12);
+    assert_eq!(v["ExtensionHeader"]["RemainingHeadersSize"], 0);
+    assert_eq!(v["ExtensionHeader"]["Flags"]["value"], "0x00");
+    // HeaderSize past the packet: refused, naming the field.
+    let mut lying = seed.clone();
+    let at = lying.len() - 12;
+    lying[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let (code, _, err) = decode(&lying, &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ExtensionHeader.HeaderSize"), "{err}");
+}

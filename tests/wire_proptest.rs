@@ -6,9 +6,10 @@
 
 use lior::wire::base::{BaseFlags, BaseHeader};
 use lior::wire::headers::{
-    AckFlags, Calg, CompoundMessageHeader, DebugHeader, MessageClass, MessagePropertiesHeader,
-    MqfAddressHeader, MqfElement, MultiQueueFormatHeader, PrivacyLevel, SecurityFlags,
-    SecurityHeader, SoapHeader, SrmpEnvelopeHeader, TransactionHeader, TxFlags,
+    AckFlags, Calg, CompoundMessageHeader, DebugHeader, ExtensionFlags, ExtensionHeader,
+    MessageClass, MessagePropertiesHeader, MqfAddressHeader, MqfElement, MultiQueueFormatHeader,
+    PrivacyLevel, SecurityFlags, SecurityHeader, SoapHeader, SrmpEnvelopeHeader, TransactionHeader,
+    TxFlags,
 };
 use lior::wire::user::{QueueRef, UserFlags, UserHeader, UserMessage};
 use lior::wire::{frame_len, parse_packet, ErrorKind, Guid, Packet, SessionHeader, Utf16};
@@ -76,6 +77,8 @@ struct Srmp {
     cm_id: u16,
     http: Vec<u8>,
     pick: (u16, u16),
+    /// The MQRR ExtensionHeader's Flags and Reserved, when one follows the SRMP sections.
+    ext: Option<(u8, [u8; 3])>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,13 +231,15 @@ fn spec() -> impl Strategy<Value = Spec> {
                 any::<u16>(),
                 bytes(60),
                 (any::<u16>(), any::<u16>()),
+                prop::option::of((any::<u8>(), any::<[u8; 3]>())),
             )
-                .prop_map(|(env_id, env, cm_id, http, pick)| Srmp {
+                .prop_map(|(env_id, env, cm_id, http, pick, ext)| Srmp {
                     env_id,
                     env,
                     cm_id,
                     http,
                     pick,
+                    ext,
                 }),
         ),
         prop::option::of((wchars(30), wchars(30))),
@@ -436,6 +441,15 @@ fn build<'a>(s: &'a Spec, lists: &'a [(u32, Vec<u8>)]) -> UserMessage<'a> {
             }
         }),
         multi_queue_before_soap: s.mqf_first,
+        extension: s
+            .srmp
+            .as_ref()
+            .and_then(|x| x.ext)
+            .map(|(flags, reserved)| ExtensionHeader {
+                flags: ExtensionFlags(flags & !ExtensionFlags::PRESENCE_MASK),
+                reserved,
+                ..ExtensionHeader::default()
+            }),
         session: s.session.map(|v| SessionHeader {
             ack_sequence_number: v[0],
             recoverable_msg_ack_seq_number: v[1],

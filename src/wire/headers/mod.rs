@@ -1,8 +1,9 @@
 //! The headers of a UserMessage after its UserHeader (MS-MQMQ 2.2.19.3, 2.2.20.x), one file
 //! per header: `transaction` (TransactionHeader), `security` (SecurityHeader),
 //! `properties` (MessagePropertiesHeader, with `message_class`), `debug` (DebugHeader),
-//! `soap` (SoapHeader), `mqf` (MultiQueueFormatHeader) and `srmp` (the SRMP sections of
-//! a message that came over HTTP). The SessionHeader (2.2.20.4) lives in `wire::control`.
+//! `soap` (SoapHeader), `mqf` (MultiQueueFormatHeader), `srmp` (the SRMP sections of
+//! a message that came over HTTP) and `extension` (the MQRR ExtensionHeader that may follow
+//! them). The SessionHeader (2.2.20.4) lives in `wire::control`.
 //! Callers name every type through this module (`wire::headers::X`).
 //!
 //! Every view here borrows from the packet and is validated once by `parse`; accessors are
@@ -16,6 +17,7 @@
 //! This module must not allocate while parsing, panic on any input, or use `unsafe`.
 
 mod debug;
+mod extension;
 mod message_class;
 mod mqf;
 mod properties;
@@ -25,6 +27,7 @@ mod srmp;
 mod transaction;
 
 pub use debug::DebugHeader;
+pub use extension::{ExtensionFlags, ExtensionHeader};
 pub use message_class::MessageClass;
 pub use mqf::{MqfAddressHeader, MqfElement, MqfElements, MultiQueueFormatHeader};
 pub use properties::{body_type, AckFlags, Calg, MessagePropertiesHeader, PrivacyLevel};

@@ -1,5 +1,6 @@
 //! The SRMP sections of a UserMessage that arrived over HTTP (UserHeader.Flags.AH; MS-MQRR
 //! 2.2.5.1.2; DIGEST §5.10): SRMPEnvelopeHeader and CompoundMessageHeader. Never sent on 1801.
+//! The MQRR ExtensionHeader that may follow them is in `extension`.
 
 use super::{bad, len_u32};
 use crate::wire::{ErrorKind, Reader, Result, Utf16, Writer};

@@ -20,9 +20,9 @@ use crate::wire::base::{BaseFlags, BaseHeader, BASE_HEADER_LEN, INFINITE, MAX_PA
 use crate::wire::control::{SessionHeader, SESSION_HEADER_LEN};
 use crate::wire::frame::expect_frame_len;
 use crate::wire::headers::{
-    body_type, AckFlags, CompoundMessageHeader, DebugHeader, MessageClass, MessagePropertiesHeader,
-    MqfAddressHeader, MultiQueueFormatHeader, SecurityHeader, SoapHeader, SrmpEnvelopeHeader,
-    TransactionHeader,
+    body_type, AckFlags, CompoundMessageHeader, DebugHeader, ExtensionHeader, MessageClass,
+    MessagePropertiesHeader, MqfAddressHeader, MultiQueueFormatHeader, SecurityHeader, SoapHeader,
+    SrmpEnvelopeHeader, TransactionHeader,
 };
 use crate::wire::{pad4, ErrorKind, Guid, Reader, Result, Utf16, WireError, Writer};
 
@@ -32,6 +32,7 @@ use crate::wire::{pad4, ErrorKind, Guid, Reader, Result, Utf16, WireError, Write
 /// BaseHeader (16, IN=0) | UserHeader | [TransactionHeader: TH] | [SecurityHeader: SH]
 /// MessagePropertiesHeader (always; MP=1) | [DebugHeader: Base.DH]
 /// [SRMPEnvelopeHeader + CompoundMessageHeader: AH] | [SoapHeader: HH] | [MultiQueueFormatHeader: MQ]
+/// [ExtensionHeader (12): only with AH, announced by no flag: the bytes after the last header]
 /// ...padding to 4, all counted in PacketSize...
 /// [SessionHeader (16): Base.SH, after PacketSize]
 /// ```
@@ -54,12 +55,20 @@ pub struct UserMessage<'a> {
     /// True only when both SoapHeader and MultiQueueFormatHeader are present and the MQF header
     /// came first on the wire (DIGEST §5.1, §17.1: the order is unconfirmed, so we keep it).
     pub multi_queue_before_soap: bool,
+    /// The 12-byte MQRR ExtensionHeader (MS-MQRR 2.2.5.2) after the last header of an AH message,
+    /// inside PacketSize: Windows' 1801 parser accepts it there (DIGEST §5.10). Only with the
+    /// SRMP sections; [`UserMessage::encode`] refuses it without them.
+    pub extension: Option<ExtensionHeader>,
     /// The piggy-backed SessionHeader after PacketSize, when BaseHeader.SH is set.
     pub session: Option<SessionHeader>,
 }
 
-/// The SOAP and MQF headers found after the fixed part of the packet.
-type Tail<'a> = (Option<SoapHeader<'a>>, Option<MultiQueueFormatHeader<'a>>);
+/// The SOAP and MQF headers found after the fixed part of the packet, and the ExtensionHeader.
+type Tail<'a> = (
+    Option<SoapHeader<'a>>,
+    Option<MultiQueueFormatHeader<'a>>,
+    Option<ExtensionHeader>,
+);
 
 impl<'a> UserMessage<'a> {
     /// Parses one framed UserMessage: `frame` is exactly PacketSize bytes, plus the 16-byte
@@ -143,8 +152,12 @@ impl<'a> UserMessage<'a> {
             (None, None)
         };
 
-        let (soap, multi_queue, multi_queue_before_soap) =
-            Self::parse_soap_and_mqf(r, user.flags.soap(), user.flags.multi_queue())?;
+        let ((soap, multi_queue, extension), multi_queue_before_soap) = Self::parse_soap_and_mqf(
+            r,
+            user.flags.soap(),
+            user.flags.multi_queue(),
+            user.flags.http(),
+        )?;
 
         let session = if base.flags.session() {
             let mut tr = Reader::with_base(&frame[packet_size..], packet_size);
@@ -165,12 +178,13 @@ impl<'a> UserMessage<'a> {
             soap,
             multi_queue,
             multi_queue_before_soap,
+            extension,
             session,
         })
     }
 
     /// Parses the SoapHeader and MultiQueueFormatHeader in whichever order they came, then
-    /// checks that PacketSize ends where the headers do.
+    /// checks that PacketSize ends where the headers do (after an ExtensionHeader, if `http`).
     ///
     /// The spec orders SOAP before MQF; a non-authoritative source suggests Windows may write
     /// MQF first (DIGEST §17.1). With both present we peek: a SoapHeader starts with u16
@@ -180,14 +194,10 @@ impl<'a> UserMessage<'a> {
         r: Reader<'a>,
         soap: bool,
         mqf: bool,
-    ) -> Result<(
-        Option<SoapHeader<'a>>,
-        Option<MultiQueueFormatHeader<'a>>,
-        bool,
-    )> {
+        http: bool,
+    ) -> Result<(Tail<'a>, bool)> {
         if !(soap && mqf) {
-            let (s, m) = Self::parse_tail(r, soap, mqf, false)?;
-            return Ok((s, m, false));
+            return Ok((Self::parse_tail(r, soap, mqf, false, http)?, false));
         }
         let mut peek = r;
         peek.align4("SoapHeader")?;
@@ -196,7 +206,7 @@ impl<'a> UserMessage<'a> {
         peek.u16("SoapHeader.Reserved")?;
         let id4 = peek.u16("MQFAddressHeader.HeaderID")?;
         let soap_first = if id0 == SoapHeader::HEADER_SECTION_ID {
-            Self::parse_tail(r, true, true, false)
+            Self::parse_tail(r, true, true, false, http)
         } else {
             Err(WireError::new(
                 ErrorKind::BadValue,
@@ -205,9 +215,9 @@ impl<'a> UserMessage<'a> {
             ))
         };
         match soap_first {
-            Ok((s, m)) => Ok((s, m, false)),
+            Ok(tail) => Ok((tail, false)),
             Err(e) if id4 == MqfAddressHeader::DESTINATION_ID => {
-                let (s, m) = Self::parse_tail(r, true, true, true).map_err(|e2| {
+                let tail = Self::parse_tail(r, true, true, true, http).map_err(|e2| {
                     // Report the error of the order the bytes claimed to be in.
                     if id0 == SoapHeader::HEADER_SECTION_ID {
                         e
@@ -215,13 +225,19 @@ impl<'a> UserMessage<'a> {
                         e2
                     }
                 })?;
-                Ok((s, m, true))
+                Ok((tail, true))
             }
             Err(e) => Err(e),
         }
     }
 
-    fn parse_tail(mut r: Reader<'a>, soap: bool, mqf: bool, mqf_first: bool) -> Result<Tail<'a>> {
+    fn parse_tail(
+        mut r: Reader<'a>,
+        soap: bool,
+        mqf: bool,
+        mqf_first: bool,
+        http: bool,
+    ) -> Result<Tail<'a>> {
         let mut s = None;
         let mut m = None;
         for step in 0..2 {
@@ -234,16 +250,28 @@ impl<'a> UserMessage<'a> {
                 s = Some(SoapHeader::parse(&mut r)?);
             }
         }
-        let end = r.pos();
-        // Only alignment padding (< 4 bytes, up to the next boundary) may follow the headers.
-        if r.remaining() > pad4(end) - end {
-            return Err(WireError::new(
-                ErrorKind::SizeMismatch,
-                "BaseHeader.PacketSize",
-                end,
-            ));
+        // Only alignment padding (< 4 bytes, up to the next boundary) may follow the headers,
+        // except in an AH message: there the bytes after the last header are read as the MQRR
+        // ExtensionHeader (no flag announces it), and only padding may follow that.
+        let mut extension = None;
+        let mut field = "BaseHeader.PacketSize";
+        if http && Self::more_than_padding(&r) {
+            r.align4("ExtensionHeader")?;
+            extension = Some(ExtensionHeader::parse(&mut r)?);
+            // It said no header follows (RemainingHeadersSize 0): a second ExtensionHeader or
+            // any other bytes contradict it.
+            field = "ExtensionHeader.RemainingHeadersSize";
         }
-        Ok((s, m))
+        if Self::more_than_padding(&r) {
+            return Err(WireError::new(ErrorKind::SizeMismatch, field, r.abs()));
+        }
+        Ok((s, m, extension))
+    }
+
+    /// True when more than the alignment padding up to the next 4-byte boundary is left.
+    fn more_than_padding(r: &Reader<'a>) -> bool {
+        let end = r.pos();
+        r.remaining() > pad4(end) - end
     }
 
     /// The PacketSize this message encodes to (headers and padding, not the SessionHeader).
@@ -272,6 +300,9 @@ impl<'a> UserMessage<'a> {
         if let Some(m) = &self.multi_queue {
             add(m.encoded_len());
         }
+        if let Some(x) = &self.extension {
+            add(x.encoded_len());
+        }
         n
     }
 
@@ -289,7 +320,7 @@ impl<'a> UserMessage<'a> {
     fn check_flags(&self) -> Result<()> {
         let f = self.user.flags;
         let flags_at = BASE_HEADER_LEN + UserHeader::FLAGS_OFFSET;
-        let checks: [(bool, &'static str, usize); 12] = [
+        let checks: [(bool, &'static str, usize); 13] = [
             (!self.base.flags.internal(), "BaseHeader.Flags.IN", 2),
             (
                 self.base.flags.session() == self.session.is_some(),
@@ -325,6 +356,11 @@ impl<'a> UserMessage<'a> {
             (
                 f.http() == self.compound_message.is_some(),
                 "UserHeader.Flags.AH",
+                flags_at,
+            ),
+            (
+                self.extension.is_none() || f.http(),
+                "UserMessage.extension",
                 flags_at,
             ),
             (
@@ -400,6 +436,10 @@ impl<'a> UserMessage<'a> {
                 }
                 _ => {}
             }
+        }
+        if let Some(x) = &self.extension {
+            w.align4("ExtensionHeader")?;
+            x.encode(&mut w)?;
         }
         w.align4("UserMessage")?;
         let packet_size = w.pos();
@@ -516,6 +556,7 @@ impl<'a> UserMessage<'a> {
             soap: None,
             multi_queue: None,
             multi_queue_before_soap: false,
+            extension: None,
             session: None,
         };
         m.sync();
