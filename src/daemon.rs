@@ -170,8 +170,18 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!(%listen, api = %api.local_addr, qm = %broker.guid(), "lior is serving");
+    // systemd (Type=notify): every listener and the API accept connections from here on.
+    crate::sdnotify::notify_logged(
+        &format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving listen={listen} api={}",
+            std::process::id(),
+            api.local_addr
+        ),
+        "lior is ready",
+    );
     let sig = signal.wait();
     tracing::info!(signal = sig, "shutting down");
+    crate::sdnotify::notify_logged("STOPPING=1", "lior is stopping");
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     api.stop();
     if let Some(s) = srmp {
