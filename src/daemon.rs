@@ -463,7 +463,11 @@ fn render_queue_gauges(out: &mut String, broker: &Broker<FileStore>) {
             "Messages waiting in each outgoing queue (not yet acknowledged by the destination).",
             false,
         ),
-        ("outgoing_bytes", "Bytes waiting in each outgoing queue.", true),
+        (
+            "outgoing_bytes",
+            "Bytes waiting in each outgoing queue.",
+            true,
+        ),
     ] {
         let _ = writeln!(out, "# HELP lior_{name} {help}\n# TYPE lior_{name} gauge");
         for o in &outgoing {

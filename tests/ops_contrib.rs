@@ -22,7 +22,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(at) = text[i..].find("lior_") {
         let start = i + at;
-        let boundary = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
         let mut end = start;
         while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
             end += 1;
@@ -58,7 +59,12 @@ fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_lior() {
         let targets = p["targets"].as_array().expect("a panel has targets");
         assert!(!targets.is_empty(), "panel {} queries nothing", p["title"]);
         for t in targets {
-            exprs.push(t["expr"].as_str().expect("a target has an expr").to_string());
+            exprs.push(
+                t["expr"]
+                    .as_str()
+                    .expect("a target has an expr")
+                    .to_string(),
+            );
         }
     }
     for v in dash["templating"]["list"].as_array().into_iter().flatten() {
@@ -121,7 +127,10 @@ fn every_metric_the_grafana_dashboard_queries_is_exported_by_a_running_lior() {
             "no {metric} series with a {label} label in:\n{text}"
         );
     }
-    assert!(text.contains("lior_queue_messages{queue=\"orders\"} 1"), "{text}");
+    assert!(
+        text.contains("lior_queue_messages{queue=\"orders\"} 1"),
+        "{text}"
+    );
     assert!(
         text.contains("lior_outgoing_messages{destination=\"TCP:127.0.0.99\""),
         "{text}"
@@ -241,7 +250,9 @@ fn the_containerfile_builds_in_two_stages_and_runs_serve_with_real_flags() {
     assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
     assert!(froms[0].ends_with(" AS build"), "{froms:?}");
     assert!(c.lines().any(|l| l.starts_with("COPY --from=build ")));
-    assert!(c.lines().any(|l| l.contains("cargo build --release --locked")));
+    assert!(c
+        .lines()
+        .any(|l| l.contains("cargo build --release --locked")));
     assert!(c.lines().any(|l| l == "VOLUME [\"/var/lib/lior\"]"));
     assert!(c
         .lines()
@@ -252,7 +263,10 @@ fn the_containerfile_builds_in_two_stages_and_runs_serve_with_real_flags() {
         .expect("a CMD");
     let args: Vec<String> = serde_json::from_str(cmd).expect("CMD in JSON form");
     assert_eq!(args[0], "serve");
-    let help = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let help = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in args.iter().filter(|a| a.starts_with("--")) {
         assert!(help.contains(flag.as_str()), "lior serve has no {flag}");

@@ -256,7 +256,11 @@ fn a_new_node_on_a_copy_of_the_data_directory_is_the_same_queue_manager_and_lose
         format!("{NODE2}:{port2}"),
         "another address"
     );
-    assert_eq!(qm_guid(&node2), guid, "the API names the same queue manager");
+    assert_eq!(
+        qm_guid(&node2),
+        guid,
+        "the API names the same queue manager"
+    );
 
     // The transactional sender reconnects to the new address: the handshake names the same
     // queue manager. It resends everything of its sequence that it has no OrderAck for (here:
@@ -291,7 +295,11 @@ fn a_new_node_on_a_copy_of_the_data_directory_is_the_same_queue_manager_and_lose
 
     // The outgoing queues came along; once the remote machine is up they are delivered, the
     // transactional ones exactly once and in order.
-    assert_eq!(outgoing_len(&node2), 8, "the outgoing queues moved with the data");
+    assert_eq!(
+        outgoing_len(&node2),
+        8,
+        "the outgoing queues moved with the data"
+    );
     let remote_dir = work.path().join("remote");
     std::fs::create_dir_all(&remote_dir).unwrap();
     std::fs::write(
@@ -329,5 +337,8 @@ fn a_new_node_on_a_copy_of_the_data_directory_is_the_same_queue_manager_and_lose
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(left, 0, "acknowledged by the remote machine, the outgoing queues empty");
+    assert_eq!(
+        left, 0,
+        "acknowledged by the remote machine, the outgoing queues empty"
+    );
 }

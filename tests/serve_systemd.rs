@@ -74,10 +74,7 @@ fn systemd_analyze_verifies_the_unit() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    let about_unit: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains("lior.service"))
-        .collect();
+    let about_unit: Vec<&str> = err.lines().filter(|l| l.contains("lior.service")).collect();
     assert!(
         out.status.success() && about_unit.is_empty(),
         "systemd-analyze verify: {}\n{err}",
