@@ -188,8 +188,18 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!(%listen, api = %api.local_addr, qm = %broker.guid(), "lior is serving");
+    // systemd (Type=notify): every listener and the API accept connections from here on.
+    crate::sdnotify::notify_logged(
+        &format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving listen={listen} api={}",
+            std::process::id(),
+            api.local_addr
+        ),
+        "lior is ready",
+    );
     let sig = signal.wait();
     tracing::info!(signal = sig, "shutting down");
+    crate::sdnotify::notify_logged("STOPPING=1", "lior is stopping");
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     api.stop();
     if let Some(s) = srmp {
@@ -446,5 +456,75 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
             s.snapshot().accepted
         );
     }
+    render_queue_gauges(&mut out, &shared.broker);
     out
+}
+
+/// Gauges of what waits: each queue's messages and bytes, each outgoing queue's, and how many
+/// outgoing queues are in each state (contrib/grafana/lior.json shows them).
+fn render_queue_gauges(out: &mut String, broker: &Broker<FileStore>) {
+    // Prometheus label values escape backslash, double quote and newline.
+    let esc = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let queues = broker.list_queues();
+    for (name, help, bytes) in [
+        ("queue_messages", "Messages in each queue.", false),
+        ("queue_bytes", "Bytes of the messages in each queue.", true),
+    ] {
+        let _ = writeln!(out, "# HELP lior_{name} {help}\n# TYPE lior_{name} gauge");
+        for q in &queues {
+            let v = if bytes { q.bytes } else { q.messages };
+            let _ = writeln!(out, "lior_{name}{{queue=\"{}\"}} {v}", esc(&q.name));
+        }
+    }
+    let outgoing = broker.list_outgoing();
+    let state_of = |o: &crate::qm::broker::OutgoingInfo| match &o.status {
+        Some(s) => s.state,
+        None if o.def.paused => "paused",
+        None => "inactive",
+    };
+    for (name, help, bytes) in [
+        (
+            "outgoing_messages",
+            "Messages waiting in each outgoing queue (not yet acknowledged by the destination).",
+            false,
+        ),
+        (
+            "outgoing_bytes",
+            "Bytes waiting in each outgoing queue.",
+            true,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP lior_{name} {help}\n# TYPE lior_{name} gauge");
+        for o in &outgoing {
+            let v = if bytes { o.bytes } else { o.messages };
+            let _ = writeln!(
+                out,
+                "lior_{name}{{destination=\"{}\",state=\"{}\"}} {v}",
+                esc(&o.def.key),
+                state_of(o)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lior_outgoing_queues Outgoing queues in each state.\n\
+         # TYPE lior_outgoing_queues gauge"
+    );
+    // Every state `OutStatus::state` takes (qm/outgoing_queue.rs), so each series exists at 0.
+    const OUT_STATES: [&str; 6] = [
+        "connected",
+        "connecting",
+        "waiting to connect",
+        "inactive",
+        "locked",
+        "paused",
+    ];
+    for state in OUT_STATES {
+        let n = outgoing.iter().filter(|o| state_of(o) == state).count();
+        let _ = writeln!(out, "lior_outgoing_queues{{state=\"{state}\"}} {n}");
+    }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod ping;
 pub mod qm;
 pub mod ratelog;
+pub mod sdnotify;
 pub mod server;
 pub mod session;
 pub mod store;
