@@ -1433,6 +1433,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
             for &p in &self.owned {
                 self.shared.broker.expire_partition(p, unix_now());
+                self.shared.broker.clean_duplicates(p, now_ms);
             }
             if self.shard == 0 {
                 self.shared.broker.sweep_txn(unix_now());

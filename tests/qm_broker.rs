@@ -152,6 +152,37 @@ fn duplicates_are_dropped_by_message_id() {
     assert_eq!(body_ids(&b, "q", 10), [1]);
 }
 
+/// RemoveDuplicateCleanup acts: the owner's periodic clean-up forgets identifiers older than
+/// it (MSMQ purges its MessageIDHistoryTable every 30 minutes), so a copy arriving after that is
+/// taken again, while one arriving before it is still dropped.
+#[test]
+fn the_duplicate_table_forgets_identifiers_older_than_remove_duplicate_cleanup() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    let q = b.create_queue("q", false).unwrap();
+    let f = frame("OS:localhost\\q", 1, true, |m| m);
+    let cleanup = u64::from(b.config.parameters.RemoveDuplicateCleanup);
+    let msg = UserMessage::parse(&f).unwrap();
+    let at = |ms: u64| {
+        let d = b.deliver(&f, &msg, 1_700_000_000, ms);
+        let wait = match d.verdict {
+            Verdict::Stored { ticket, .. } => Some(ticket),
+            _ => None,
+        };
+        b.partition(d.partition).commit(wait).unwrap();
+        d.verdict
+    };
+    assert!(matches!(at(1_000), Verdict::Stored { .. }));
+    b.clean_duplicates(q.partition as usize, cleanup / 2);
+    assert!(matches!(at(cleanup / 2), Verdict::Duplicate { .. }));
+    // Seen again at cleanup / 2: still remembered one period after the first copy.
+    b.clean_duplicates(q.partition as usize, cleanup + 1_001);
+    assert!(matches!(at(cleanup + 1_001), Verdict::Duplicate { .. }));
+    b.clean_duplicates(q.partition as usize, 3 * cleanup);
+    assert!(matches!(at(3 * cleanup), Verdict::Stored { .. }));
+    assert_eq!(body_ids(&b, "q", 10), [1, 1]);
+}
+
 fn tx(id: u32, seq_no: u32, prev: u32) -> impl FnOnce(UserMessage) -> UserMessage {
     move |m| {
         m.with_transaction(TransactionHeader::new(

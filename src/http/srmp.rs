@@ -453,7 +453,8 @@ pub fn accept<S: QueueStore>(
         );
     };
     // Stored in the queue's owning partition, like every message of the queue.
-    let d = broker.deliver_to_over_srmp(&frame, &msg, &queue, now, 0);
+    // The engine's clock: the duplicate table's times are all on it.
+    let d = broker.deliver_to_over_srmp(&frame, &msg, &queue, now, crate::engine::net::now_ms());
     let (p, wait) = match d.verdict {
         Verdict::Stored { ticket, .. } => (d.partition, Some(ticket)),
         // Duplicates and stream messages already received answer 200 once the first copy is

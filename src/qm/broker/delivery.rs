@@ -19,11 +19,10 @@ use crate::wire::base::INFINITE;
 use crate::wire::format_name::SystemQueue;
 use crate::wire::headers::MessageClass;
 use crate::wire::user::UserMessage;
-use crate::wire::Guid;
 
 use super::partition::Partition;
 use super::{
-    bump, lock, unix_now, Broker, DEDUP_PENDING_WAIT_MS, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX,
+    bump, lock, unix_now, Broker, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX,
     TX_ACK_REFUSED_LOG_INTERVAL_S,
 };
 
@@ -323,37 +322,30 @@ impl<S: QueueStore> Broker<S> {
             tx_state = Some((seq_id, th.tx_sequence_number));
             txn_guard = Some(txn);
         }
+        // The duplicate table is the owner's (one per partition): the look-up, the append and
+        // the recorded place happen in one step of the owner, so no copy ever sees another
+        // copy's entry without its place (the race `tests/dedup_race.rs` pins cannot be
+        // written).
         let dedup_key = (u.source_queue_manager, u.message_id);
         if tx_state.is_none() {
-            match self.dedup_check(dedup_key, now_ms) {
-                Ok(None) => {}
-                Ok(Some(origin)) => {
-                    bump(&self.counters.duplicates_dropped);
-                    out.verdict = Verdict::Duplicate {
-                        origin: (origin.0, Ticket(origin.1)),
-                    };
-                    return out;
-                }
-                Err(e) => {
-                    bump(&self.counters.refused_store_errors);
-                    out.verdict = Verdict::Refuse(e);
-                    return out;
-                }
+            if let Some(origin) = part.dedup.check_and_insert(dedup_key, now_ms, PENDING) {
+                debug_assert!(origin != PENDING, "a duplicate-table entry left pending");
+                bump(&self.counters.duplicates_dropped);
+                out.verdict = Verdict::Duplicate {
+                    origin: (origin.0, Ticket(origin.1)),
+                };
+                return out;
             }
         }
         let stored = self.store(&mut part, queue.id, frame, msg);
         if tx_state.is_none() {
-            let mut dedup = lock(&self.dedup);
             match stored {
-                Ok(ticket) => dedup.set_origin(&dedup_key, (part.index, ticket.0)),
+                Ok(ticket) => {
+                    let origin = (part.index, ticket.0);
+                    part.dedup.set_origin(&dedup_key, origin)
+                }
                 // Not stored: a resend must be taken, not dropped as a duplicate.
-                Err(_) => dedup.remove(&dedup_key),
-            }
-            // Read under the lock a waiter registers under: no wake-up is lost.
-            let waiting = self.dedup_waiters.load(Ordering::Relaxed) > 0;
-            drop(dedup);
-            if waiting {
-                self.dedup_settled.notify_all();
+                Err(_) => part.dedup.remove(&dedup_key),
             }
         }
         match stored {
@@ -428,42 +420,6 @@ impl<S: QueueStore> Broker<S> {
                     partition: out.partition,
                 }
             }
-        }
-    }
-
-    /// Looks a non-transactional message up in the duplicate table and records it as pending
-    /// when new. A duplicate whose first copy another shard is storing at this very moment waits
-    /// (a few microseconds) until that copy has its ticket: until then it has no place the
-    /// duplicate's acknowledgement could wait for. Past [`DEDUP_PENDING_WAIT_MS`] the message is
-    /// refused (the session closes; the sender resends).
-    fn dedup_check(
-        &self,
-        key: (Guid, u32),
-        now_ms: u64,
-    ) -> Result<Option<(usize, u64)>, StoreError> {
-        // The clock is read only when there is something to wait for.
-        let mut deadline = None;
-        let mut dedup = lock(&self.dedup);
-        loop {
-            match dedup.check_and_insert(key, now_ms, PENDING) {
-                Some(o) if o == PENDING => {}
-                found => return Ok(found),
-            }
-            let deadline = *deadline.get_or_insert_with(|| {
-                std::time::Instant::now() + std::time::Duration::from_millis(DEDUP_PENDING_WAIT_MS)
-            });
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                tracing::error!(source = %key.0, id = key.1, "the first copy of a duplicate was not stored in time; refusing the copy");
-                return Err(StoreError::NotDurable);
-            }
-            self.dedup_waiters.fetch_add(1, Ordering::Relaxed);
-            dedup = self
-                .dedup_settled
-                .wait_timeout(dedup, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-            self.dedup_waiters.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

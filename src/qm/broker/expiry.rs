@@ -18,6 +18,13 @@ impl<S: QueueStore> Broker<S> {
     /// journaling (JN), and a NACK_RECEIVE_TIMEOUT goes to the admin queue when it asked for
     /// negative receive acks; otherwise it is deleted, logged and counted. Returns how many
     /// expired.
+    /// Drops duplicate-table entries of partition `i` older than `RemoveDuplicateCleanup`
+    /// (the table does the work at most once per that period), as MSMQ purges its
+    /// MessageIDHistoryTable. `now_ms` is the engine's clock, the one deliveries record.
+    pub fn clean_duplicates(&self, i: usize, now_ms: u64) {
+        self.partition(i).dedup.cleanup(now_ms);
+    }
+
     pub fn expire_partition(&self, i: usize, now_unix: u32) -> usize {
         let i = i % self.partitions.len();
         // (queue, lookup, frame, meta, dead-letter queue if JN, NR).

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::config::Config;
@@ -57,9 +57,6 @@ use recovery::{rebuild_tables, restore_txn_states};
 
 /// Sequence states one sweep looks at most.
 pub const TXN_SWEEP_BATCH_MAX: usize = 4_096;
-/// How long a duplicate waits at most for its first copy (being stored by another shard) to get
-/// its place.
-pub const DEDUP_PENDING_WAIT_MS: u64 = 1_000;
 /// Ignored OrderAcks/FinalAcks are logged once per peer per this many seconds.
 pub const TX_ACK_REFUSED_LOG_INTERVAL_S: u32 = 60;
 /// Peers whose last such log line is remembered (the memory starts over when full).
@@ -84,12 +81,6 @@ pub struct Broker<S> {
     pub config: Config,
     catalog: RwLock<Catalog>,
     partitions: Vec<Mutex<Partition<S>>>,
-    dedup: Mutex<DuplicateTable>,
-    /// Signalled when a pending duplicate-table entry got its place (or was dropped).
-    dedup_settled: std::sync::Condvar,
-    /// Threads waiting on `dedup_settled`, changed only under the `dedup` lock: the common case
-    /// (nobody waits) costs no wake-up syscall per message.
-    dedup_waiters: AtomicUsize,
     txn: Mutex<TxnTable>,
     /// Per partition: sequences forgotten by the table, whose records go at its next commit.
     txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
@@ -293,13 +284,15 @@ impl<S: QueueStore> Broker<S> {
             );
         }
         let p = &config.parameters;
-        let mut dedup = DuplicateTable::new(
-            p.RemoveDuplicateSize as usize,
-            u64::from(p.RemoveDuplicateCleanup),
-        );
+        for part in &mut partitions {
+            part.dedup = DuplicateTable::new(
+                p.RemoveDuplicateSize as usize,
+                u64::from(p.RemoveDuplicateCleanup),
+            );
+        }
         // The duplicate and sequence tables, from the messages still stored.
         let (spread, rebuilt_not_restored) =
-            rebuild_tables(&mut partitions, &catalog, &mut txn, &mut dedup, now_s);
+            rebuild_tables(&mut partitions, &catalog, &mut txn, now_s);
         not_restored += rebuilt_not_restored;
         // Sequence states raised from stored messages are staged now, ahead of any record a
         // receive could stage, so a removal is never durable without them.
@@ -345,9 +338,6 @@ impl<S: QueueStore> Broker<S> {
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,
-            dedup: Mutex::new(dedup),
-            dedup_settled: std::sync::Condvar::new(),
-            dedup_waiters: AtomicUsize::new(0),
             txn: Mutex::new(txn),
             txn_forget,
             durable_marks,

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::qm::dedup::DuplicateTable;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::qm::txn::{IncomingSequence, TxKey};
@@ -83,6 +85,10 @@ pub struct Partition<S> {
     /// The durable watermark, published by every commit (whoever runs it) for shards that
     /// wait on this partition without locking it (see `Broker::durable_mark`).
     pub(super) durable_mark: Arc<AtomicU64>,
+    /// The duplicate table of this partition's queues (MS-MQQB's MessageIDHistoryTable, one
+    /// per owner: `RemoveDuplicateSize` entries each), read and written only under this
+    /// partition, in the same step as the append it records.
+    pub(super) dedup: DuplicateTable,
 }
 
 impl<S: QueueStore> Partition<S> {
@@ -96,6 +102,10 @@ impl<S: QueueStore> Partition<S> {
             txn_stale: Vec::new(),
             txn_forget: Arc::new(Mutex::new(Vec::new())),
             durable_mark: Arc::new(AtomicU64::new(0)),
+            dedup: DuplicateTable::new(
+                crate::config::Parameters::default().RemoveDuplicateSize as usize,
+                u64::from(crate::config::Parameters::default().RemoveDuplicateCleanup),
+            ),
         }
     }
 

@@ -7,7 +7,6 @@ use crate::qm::txn::TxKey;
 use std::collections::HashSet;
 
 use crate::qm::catalog::Catalog;
-use crate::qm::dedup::DuplicateTable;
 use crate::qm::txn::{IncomingSequence, TxnTable};
 use crate::store::{Class, Cursor, QueueId, QueueStore, StoreError, Ticket};
 use crate::wire::user::UserMessage;
@@ -78,7 +77,6 @@ pub(super) fn rebuild_tables<S: QueueStore>(
     partitions: &mut [Partition<S>],
     catalog: &Catalog,
     txn: &mut TxnTable,
-    dedup: &mut DuplicateTable,
     now_s: u32,
 ) -> (HashSet<u32>, u64) {
     let mut not_restored = 0u64;
@@ -86,9 +84,9 @@ pub(super) fn rebuild_tables<S: QueueStore>(
     let n = partitions.len();
     // (owner partition, key) of the states raised from stored messages.
     let mut raised: Vec<(usize, TxKey)> = Vec::new();
-    for part in partitions.iter() {
+    for part in partitions.iter_mut() {
         for q in catalog.iter() {
-            if q.partition as usize % partitions.len() != part.index
+            if q.partition as usize % n != part.index
                 && part.store.queue_len(QueueId(q.id)).0 > 0
                 && spread.insert(q.id)
             {
@@ -127,7 +125,8 @@ pub(super) fn rebuild_tables<S: QueueStore>(
                 let mut g = [0u8; 16];
                 g.copy_from_slice(&id[..16]);
                 let n = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
-                dedup.check_and_insert((Guid(g), n), 0, (part.index, 0));
+                let origin = (part.index, 0);
+                part.dedup.check_and_insert((Guid(g), n), 0, origin);
             }
         }
     }

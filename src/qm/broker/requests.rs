@@ -385,7 +385,9 @@ impl<S: QueueStore> Broker<S> {
                     )
                 }));
             }
-            let d = self.deliver_to(&frame, &msg, &queue, now, 0);
+            // The engine's clock: the duplicate table's times are all on it.
+            let now_ms = crate::engine::net::now_ms();
+            let d = self.deliver_to(&frame, &msg, &queue, now, now_ms);
             let (queue, ticket) = match d.verdict {
                 Verdict::Stored { queue, ticket } => (queue, ticket),
                 Verdict::DeadLettered { class, .. } => {
