@@ -427,6 +427,11 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         "TCP connections refused at limits.connections_per_ip_max.",
         e.refused_per_ip,
     );
+    put(
+        "connections_refused_app_total",
+        "TCP connections the application refused at once (a listener it does not serve yet, such as AMQP).",
+        e.refused_app,
+    );
     put("bytes_in_total", "Bytes received.", e.bytes_in);
     put("bytes_out_total", "Bytes sent.", e.bytes_out);
     put(
