@@ -121,8 +121,8 @@ fn hash_with(password: &str, params: Params) -> Result<String, AuthError> {
         .map_err(|e| AuthError(format!("hashing: {e}")))
 }
 
-/// Equal bytes, in time that depends only on the lengths of both inputs' bound
-/// ([`USER_NAME_BYTES_MAX`] for names): no early exit on the first difference.
+/// Equal bytes, comparing every position up to [`USER_NAME_BYTES_MAX`] (or the longer input)
+/// with no early exit on the first difference.
 fn ct_eq_padded(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
     for i in 0..USER_NAME_BYTES_MAX.max(a.len()).max(b.len()) {
