@@ -34,6 +34,9 @@ pub struct Config {
     pub remote_port: u16,
     /// Engine and store limits that have no Windows counterpart.
     pub limits: Limits,
+    /// The AMQP 1.0 door: `enabled`, `listen`, `sasl_mechanisms`, `[[amqp.users]]` (see
+    /// [`crate::amqp::config`]).
+    pub amqp: crate::amqp::config::AmqpConfig,
     #[serde(rename = "Parameters")]
     pub parameters: Parameters,
 }
@@ -49,6 +52,7 @@ impl Default for Config {
             aliases: Vec::new(),
             remote_port: 1801,
             limits: Limits::default(),
+            amqp: Default::default(),
             parameters: Parameters::default(),
         }
     }
@@ -283,6 +287,7 @@ impl Config {
 
     /// Checks ranges the wire or the product impose.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.amqp.validate().map_err(ConfigError)?;
         let p = &self.parameters;
         if p.MaxUnackedPacket == 0 {
             return Err(ConfigError(

@@ -29,6 +29,22 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         host::ensure_no_listener(config.listen, "MS-MQQB listen").map_err(anyhow::Error::msg)?;
     }
     host::ensure_no_listener(config.api, "API").map_err(anyhow::Error::msg)?;
+    // The AMQP door (same shards as MS-MQQB): its users and mechanisms are checked now, so a
+    // bad [amqp] section stops the start. The AMQP app (issue 11) takes `amqp_sasl` from here.
+    let _amqp_sasl = if config.amqp.enabled {
+        host::ensure_no_listener(config.amqp.listen, "AMQP (amqp.listen)")
+            .map_err(anyhow::Error::msg)?;
+        let users = crate::amqp::auth::UserTable::from_config(&config.amqp)
+            .map_err(|e| anyhow::anyhow!("amqp.users: {e}"))?;
+        let sasl = crate::amqp::auth::sasl_config(&config.amqp, Arc::new(users))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if sasl.anonymous && !config.amqp.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.amqp.listen, "amqp: ANONYMOUS is offered on a non-loopback address (amqp.sasl_mechanisms)");
+        }
+        Some(sasl)
+    } else {
+        None
+    };
     if let Some(a) = srmp_addr {
         host::ensure_no_listener(a, "SRMP").map_err(anyhow::Error::msg)?;
     }
@@ -78,9 +94,17 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         )
     })?);
     let shared = Arc::new(Shared::with_shards(broker.clone(), cores.len()));
+    // Hardened mode listens on no raw MS-MQQB port (only SRMP over HTTP is accepted); the AMQP
+    // door is not MS-MQQB and follows `[amqp] enabled`.
+    let mut listen = Vec::new();
+    if !hardened {
+        listen.push((crate::server::MSMQ_LISTENER, config.listen));
+    }
+    if config.amqp.enabled {
+        listen.push((crate::amqp::AMQP_LISTENER, config.amqp.listen));
+    }
     let engine_cfg = EngineConfig {
-        // Hardened mode listens on no raw MS-MQQB port (only SRMP over HTTP is accepted).
-        listen_addr: (!hardened).then_some(config.listen),
+        listen,
         cores: cores.clone(),
         max_connections: budget.mqqb_per_shard,
         max_connections_per_ip: config.limits.connections_per_ip_max,
@@ -116,11 +140,14 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         app
     })
     .map_err(|e| match &e {
-        crate::engine::net::EngineError::Io {
-            what: "binding the listening socket",
-            error,
-            ..
-        } => listen_error("MS-MQQB (listen)", config.listen, error),
+        crate::engine::net::EngineError::Listen { addr, error } => {
+            let door = if config.amqp.enabled && *addr == config.amqp.listen {
+                "AMQP (amqp.listen)"
+            } else {
+                "MS-MQQB (listen)"
+            };
+            listen_error(door, *addr, error)
+        }
         _ => anyhow::anyhow!("{e}"),
     })?;
     // Other threads (the API, a shard queueing an admin ack for another shard) wake a shard
@@ -162,8 +189,11 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let amqp = engine
+        .local_addr_of(crate::amqp::AMQP_LISTENER)
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
     let listen = engine
-        .local_addr()
+        .local_addr_of(crate::server::MSMQ_LISTENER)
         .map(|a| a.to_string())
         .unwrap_or_else(|| "none(hardened)".into());
     // The first line on stdout names the chosen ports, so scripts and tests can use port 0.
@@ -174,7 +204,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let written = writeln!(
             out,
-            "lior ready listen={listen} api={} srmp={} qm={} cores={:?} data_dir={}",
+            "lior ready listen={listen} api={} srmp={} amqp={amqp} qm={} cores={:?} data_dir={}",
             api.local_addr,
             srmp.as_ref()
                 .map_or_else(|| "off".to_string(), |s| s.local_addr.to_string()),
@@ -435,6 +465,11 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         "connections_refused_per_ip_total",
         "TCP connections refused at limits.connections_per_ip_max.",
         e.refused_per_ip,
+    );
+    put(
+        "connections_refused_app_total",
+        "TCP connections the application refused at once (a listener it does not serve yet, such as AMQP).",
+        e.refused_app,
     );
     put("bytes_in_total", "Bytes received.", e.bytes_in);
     put("bytes_out_total", "Bytes sent.", e.bytes_out);

@@ -82,6 +82,12 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// AMQP users: `lior amqp-user hash` reads a password on stdin and prints the
+    /// `password_hash` (an Argon2id PHC string) for `[[amqp.users]]`.
+    AmqpUser {
+        #[command(subcommand)]
+        command: AmqpUserCommand,
+    },
     /// Look at messages without removing them.
     Peek {
         queue: String,
@@ -134,6 +140,12 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+}
+
+#[derive(Subcommand)]
+enum AmqpUserCommand {
+    /// Read one password from stdin (its first line) and print its salted Argon2id hash.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -211,6 +223,10 @@ struct ServeArgs {
     /// Local API listener; port 0 picks a free port.
     #[arg(long)]
     api: Option<std::net::SocketAddr>,
+    /// Serve AMQP 1.0 on this address (sets `[amqp] enabled = true` and `listen`); port 0
+    /// picks a free port.
+    #[arg(long)]
+    amqp_listen: Option<std::net::SocketAddr>,
     /// Cores to run shards on, e.g. `0,1` or `2-3`; default all.
     #[arg(long)]
     cores: Option<String>,
@@ -230,6 +246,9 @@ fn main() -> ExitCode {
         Command::Queue { command, api } => queue(command, &api.api),
         Command::Outgoing { command, api } => outgoing(command, &api.api),
         Command::Store { command } => store(command),
+        Command::AmqpUser {
+            command: AmqpUserCommand::Hash,
+        } => amqp_user_hash(),
         Command::Peek {
             queue,
             count,
@@ -311,6 +330,18 @@ fn decode(file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn amqp_user_hash() -> anyhow::Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let phc = lior::amqp::auth::hash_password(password).map_err(|e| {
+        anyhow::anyhow!("{e}; give the password on stdin, e.g. `lior amqp-user hash < file`")
+    })?;
+    println!("{phc}");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn store(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
     use lior::store::check;
     match cmd {
@@ -382,6 +413,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(a) = args.api {
         cfg.api = a;
+    }
+    if let Some(a) = args.amqp_listen {
+        cfg.amqp.enabled = true;
+        cfg.amqp.listen = a;
     }
     if let Some(c) = args.cores {
         cfg.cores = parse_cores(&c)?;

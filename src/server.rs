@@ -1240,10 +1240,25 @@ impl<S> MsmqApp<S> {
     }
 }
 
+/// The engine listener MS-MQQB connections arrive on (`daemon.rs` tags the addresses; AMQP's is
+/// [`crate::amqp::AMQP_LISTENER`]). Until the AMQP app is served, a connection on any other
+/// listener is refused here.
+pub const MSMQ_LISTENER: crate::engine::net::Listener = crate::engine::net::Listener(0);
+
 impl<S: QueueStore> App for MsmqApp<S> {
     type Conn = MsmqConn;
 
-    fn accept(&mut self, now_ms: u64, id: ConnId, peer: SocketAddr) -> Option<MsmqConn> {
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        peer: SocketAddr,
+        listener: crate::engine::net::Listener,
+    ) -> Option<MsmqConn> {
+        if listener != MSMQ_LISTENER {
+            tracing::debug!(%peer, %listener, "not an MS-MQQB listener; AMQP is not served yet: refused");
+            return None;
+        }
         let max = self.shared.broker.config.parameters.MaxInSessions;
         let n = self.shared.sessions_in.fetch_add(1, Ordering::Relaxed);
         let mut cfg = self.shared.session_config.clone();

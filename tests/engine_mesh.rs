@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lior::engine::mesh::{Mesh, Parker, Port};
 use lior::engine::net::{
-    App, AppError, CloseReason, ConnId, Engine, EngineConfig, ShardCtx, Waker,
+    App, AppError, CloseReason, ConnId, Engine, EngineConfig, Listener, ShardCtx, Waker,
 };
 
 /// How long a parked receiver may wait for a record its sender has flushed.
@@ -276,7 +276,13 @@ impl Player {
 impl App for Player {
     type Conn = ();
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: std::net::SocketAddr) -> Option<()> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: std::net::SocketAddr,
+        _listener: Listener,
+    ) -> Option<()> {
         None
     }
 

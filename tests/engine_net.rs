@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use lior::engine::net::{
     now_ms, App, AppError, CloseReason, ConnId, CountersSnapshot, Engine, EngineConfig,
-    EngineHandle, Errno,
+    EngineHandle, Errno, Listener,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
 
 fn loopback_config(cores: Vec<usize>) -> EngineConfig {
     EngineConfig {
-        listen_addr: Some("127.0.0.1:0".parse().expect("address")),
+        listen: vec![(Listener::FIRST, "127.0.0.1:0".parse().expect("address"))],
         cores,
         ring_entries: 256,
         recv_buffer_count: 64,
@@ -130,7 +130,13 @@ struct EchoConn {
 impl App for Echo {
     type Conn = EchoConn;
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<EchoConn> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<EchoConn> {
         let _ = self.events.send(Event::Accepted(self.shard));
         Some(EchoConn { out: Vec::new() })
     }
@@ -387,7 +393,13 @@ struct TickerConn {
 impl App for Ticker {
     type Conn = TickerConn;
 
-    fn accept(&mut self, now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<TickerConn> {
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<TickerConn> {
         Some(TickerConn {
             next_ms: Some(now_ms + 40),
             ticks: 0,
@@ -472,7 +484,13 @@ struct MoverConn {
 impl App for Mover {
     type Conn = MoverConn;
 
-    fn accept(&mut self, now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<MoverConn> {
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<MoverConn> {
         Some(MoverConn {
             deadline_ms: Some(now_ms + 30),
             moved: false,
@@ -562,7 +580,13 @@ struct DialConn {
 impl App for Dialer {
     type Conn = DialConn;
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<DialConn> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<DialConn> {
         None
     }
 
@@ -616,7 +640,7 @@ fn start_dialer(connect_timeout_ms: u64) -> (EngineHandle, DialQueue, mpsc::Rece
     let queue: DialQueue = Arc::default();
     let (tx, rx) = mpsc::channel();
     let config = EngineConfig {
-        listen_addr: None,
+        listen: Vec::new(),
         connect_timeout_ms,
         ..loopback_config(vec![0])
     };
@@ -764,7 +788,13 @@ struct Hub {
 impl App for Hub {
     type Conn = ConnId;
 
-    fn accept(&mut self, _now_ms: u64, id: ConnId, _peer: SocketAddr) -> Option<ConnId> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<ConnId> {
         self.members.push(id);
         Some(id)
     }
@@ -837,7 +867,13 @@ struct Firehose;
 impl App for Firehose {
     type Conn = Vec<u8>;
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<Vec<u8>> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<Vec<u8>> {
         // Far more than loopback socket buffers hold, so the send stays in flight.
         Some(vec![0x5a; 4 * 1024 * 1024])
     }
@@ -962,7 +998,13 @@ struct CloserConn {
 impl App for Closer {
     type Conn = CloserConn;
 
-    fn accept(&mut self, _now_ms: u64, id: ConnId, _peer: SocketAddr) -> Option<CloserConn> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<CloserConn> {
         self.open.push(id);
         Some(CloserConn {
             id,
@@ -1036,7 +1078,7 @@ fn a_second_engine_on_a_listening_address_is_refused() {
     let (first, _events) = start_echo(loopback_config(vec![0]), None, false);
     let addr = first.local_addr().expect("listening");
     let config = EngineConfig {
-        listen_addr: Some(addr),
+        listen: vec![(Listener::FIRST, addr)],
         ..loopback_config(vec![0])
     };
     let (tx, _rx) = mpsc::channel();
@@ -1086,7 +1128,13 @@ struct Idle {
 impl App for Idle {
     type Conn = ();
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<()> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<()> {
         None
     }
 
@@ -1141,7 +1189,7 @@ fn start_idle(
     let shared = Arc::clone(&requests);
     let intervals: VecDeque<u64> = intervals.iter().copied().collect();
     let config = EngineConfig {
-        listen_addr: None,
+        listen: Vec::new(),
         ..loopback_config(vec![0])
     };
     let handle = Engine::start(config, move |_| Idle {
@@ -1204,4 +1252,176 @@ fn a_waker_from_another_thread_runs_end_of_turn() {
         }
     }
     handle.shutdown().expect("clean shutdown");
+}
+
+// ----- several listeners on one engine -----
+
+/// Answers the first byte of every connection with the connection's listener tag and the shard
+/// that accepted it, and reports both.
+struct Tagger {
+    shard: usize,
+    accepted: mpsc::Sender<(usize, Listener)>,
+}
+
+struct TaggerConn {
+    answer: [u8; 2],
+    out: Vec<u8>,
+}
+
+impl App for Tagger {
+    type Conn = TaggerConn;
+
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        listener: Listener,
+    ) -> Option<TaggerConn> {
+        let _ = self.accepted.send((self.shard, listener));
+        Some(TaggerConn {
+            answer: [listener.0 as u8, self.shard as u8],
+            out: Vec::new(),
+        })
+    }
+
+    fn on_recv(
+        &mut self,
+        _now_ms: u64,
+        conn: &mut TaggerConn,
+        _bytes: &[u8],
+    ) -> Result<(), AppError> {
+        conn.out.extend_from_slice(&conn.answer);
+        Ok(())
+    }
+
+    fn poll_transmit(&mut self, _now_ms: u64, conn: &mut TaggerConn, buf: &mut Vec<u8>) {
+        std::mem::swap(buf, &mut conn.out);
+    }
+
+    fn deadline(&self, _conn: &TaggerConn) -> Option<u64> {
+        None
+    }
+
+    fn on_timeout(&mut self, _now_ms: u64, _conn: &mut TaggerConn) {}
+
+    fn wants_close(&self, _conn: &TaggerConn) -> bool {
+        false
+    }
+
+    fn on_closed(&mut self, _now_ms: u64, _conn: TaggerConn, _reason: CloseReason) {}
+
+    fn end_of_turn(&mut self, _now_ms: u64) {}
+}
+
+const AMQP_LIKE: Listener = Listener(7);
+
+fn start_tagger(
+    listen: Vec<(Listener, SocketAddr)>,
+) -> Result<(EngineHandle, mpsc::Receiver<(usize, Listener)>), lior::engine::net::EngineError> {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let config = EngineConfig {
+        listen,
+        ..loopback_config(vec![0, 1])
+    };
+    let handle = Engine::start(config, move |shard| Tagger {
+        shard,
+        accepted: tx.lock().expect("sender").clone(),
+    })?;
+    Ok((handle, rx))
+}
+
+#[test]
+fn connections_on_each_listener_reach_the_app_with_its_tag_on_every_shard() {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let (handle, accepted) =
+        start_tagger(vec![(Listener::FIRST, any), (AMQP_LIKE, any)]).expect("engine starts");
+    let first = handle
+        .local_addr_of(Listener::FIRST)
+        .expect("first listener");
+    let second = handle.local_addr_of(AMQP_LIKE).expect("second listener");
+    assert_ne!(first.port(), second.port());
+    assert_eq!(handle.local_addr(), Some(first));
+    assert_eq!(
+        handle.local_addrs(),
+        &[(Listener::FIRST, first), (AMQP_LIKE, second)]
+    );
+    assert_eq!(handle.local_addr_of(Listener(3)), None);
+
+    // The kernel spreads each listener's connections over the shards by a hash of the
+    // addresses: with 48 connections per listener, both shards see each listener (the chance
+    // that one does not is 2^-47 per listener).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut kept = Vec::new();
+    for round in 0..48 {
+        for (tag, addr) in [(Listener::FIRST, first), (AMQP_LIKE, second)] {
+            let mut stream = TcpStream::connect(addr).expect("connect");
+            stream.set_read_timeout(Some(WAIT)).expect("timeout");
+            stream.write_all(&[round]).expect("write");
+            let mut answer = [0u8; 2];
+            stream.read_exact(&mut answer).expect("the app answers");
+            assert_eq!(
+                answer[0], tag.0 as u8,
+                "connection to {addr} tagged {answer:?}"
+            );
+            seen.insert((usize::from(answer[1]), tag));
+            kept.push(stream);
+        }
+    }
+    let expected: std::collections::BTreeSet<_> = [0, 1]
+        .into_iter()
+        .flat_map(|shard| [(shard, Listener::FIRST), (shard, AMQP_LIKE)])
+        .collect();
+    assert_eq!(seen, expected, "every shard accepts on every listener");
+    // What accept reported agrees with what the connections were told.
+    let reported: Vec<_> = accepted.try_iter().collect();
+    assert_eq!(reported.len(), 96);
+    assert_eq!(reported.iter().filter(|(_, l)| *l == AMQP_LIKE).count(), 48);
+    drop(kept);
+    let counters = final_counters(handle);
+    assert_eq!(counters.accepted, 96);
+}
+
+#[test]
+fn one_listener_that_cannot_bind_fails_the_start_naming_its_address() {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    // 192.0.2.1 (TEST-NET-1, RFC 5737) is not an address of this machine: its bind fails with
+    // EADDRNOTAVAIL after the first listener was bound.
+    let foreign: SocketAddr = "192.0.2.1:5672".parse().expect("address");
+    let error = start_tagger(vec![(Listener::FIRST, any), (AMQP_LIKE, foreign)])
+        .err()
+        .expect("the start fails");
+    let text = error.to_string();
+    assert!(text.contains("192.0.2.1:5672"), "{text}");
+    assert!(
+        matches!(error, lior::engine::net::EngineError::Listen { addr, .. } if addr == foreign),
+        "{error:?}"
+    );
+
+    // A second listener on an address another socket holds is refused the same way, naming it.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr");
+    let error = start_tagger(vec![(Listener::FIRST, any), (AMQP_LIKE, taken_addr)])
+        .err()
+        .expect("the start fails");
+    assert!(
+        error.to_string().contains(&taken_addr.to_string()),
+        "{error}"
+    );
+
+    // The first listener of a failed start was released: a new engine can start at once.
+    let (handle, _accepted) = start_tagger(vec![(Listener::FIRST, any)]).expect("engine starts");
+    handle.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn listener_tags_must_be_unique() {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let error = start_tagger(vec![(AMQP_LIKE, any), (AMQP_LIKE, any)])
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("same Listener tag"), "{error}");
+    let config = EngineConfig::listening_on(any);
+    assert_eq!(config.listen, vec![(Listener::FIRST, any)]);
 }

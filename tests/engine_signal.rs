@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use lior::engine::net::{App, AppError, CloseReason, ConnId, Engine, EngineConfig};
+use lior::engine::net::{App, AppError, CloseReason, ConnId, Engine, EngineConfig, Listener};
 use lior::engine::signal;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -18,7 +18,13 @@ struct Echo;
 impl App for Echo {
     type Conn = Vec<u8>;
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<Vec<u8>> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<Vec<u8>> {
         Some(Vec::new())
     }
 
@@ -51,7 +57,7 @@ fn sigterm_shuts_the_engine_down_cleanly() {
     let shutdown_signal = signal::install().expect("install handlers");
     assert_eq!(shutdown_signal.received(), None);
     let config = EngineConfig {
-        listen_addr: Some("127.0.0.1:0".parse().expect("address")),
+        listen: vec![(Listener::FIRST, "127.0.0.1:0".parse().expect("address"))],
         cores: vec![0],
         ..EngineConfig::default()
     };

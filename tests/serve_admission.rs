@@ -55,6 +55,7 @@ fn ready(mut child: Child) -> Server {
         listen: field("listen=").parse().expect("listen address"),
         api: field("api="),
         srmp: field("srmp=").parse().ok(),
+        amqp: field("amqp=").parse().ok(),
         child,
     }
 }

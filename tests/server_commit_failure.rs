@@ -125,7 +125,9 @@ fn rig(dir: &std::path::Path, fail: Arc<AtomicU32>) -> Rig {
         slot: 0,
         generation: 1,
     };
-    let conn = app.accept(0, id, peer).unwrap();
+    let conn = app
+        .accept(0, id, peer, lior::server::MSMQ_LISTENER)
+        .unwrap();
     let client = Session::initiator(
         SessionConfig {
             own_guid: Guid([0x41; 16]),

@@ -20,6 +20,8 @@
 //! | `frame.rs` | Part 2 (Transport): §2.2 version negotiation (protocol headers), §2.3 framing, §2.4.5 idle time-out (empty frames), §2.7.1 max-frame-size, §2.8.15 MIN-MAX-FRAME-SIZE; Part 5 §5.3.1 SASL frames |
 //! | `performatives.rs` | Part 2: §2.7 performatives, §2.8 definitions (role, settle modes, error and its conditions §2.8.14-2.8.18); Part 3 (Messaging): §3.4 delivery state, §3.5.3 source, §3.5.4 target |
 //! | `sasl.rs` | Part 5 (Security): §5.3.3 SASL frames; RFC 4505 (ANONYMOUS) and RFC 4616 (PLAIN) initial responses |
+//! | `auth.rs` | Part 5 §5.3 SASL PLAIN against the `[[amqp.users]]` Argon2 hashes (RFC 4616) |
+//! | `config.rs` | the `[amqp]` configuration section (listen address, mechanisms, users) |
 //! | `message.rs` | Part 3: §3.2 message format (header, delivery-annotations, message-annotations, properties, application-properties, data, amqp-sequence, amqp-value, footer) |
 //!
 //! How a listener uses it (sketch; `buf` is the connection's receive buffer after the protocol
@@ -90,6 +92,8 @@
 //! descriptors other than ulong or symbol, transactions (coordinator target, declared and
 //! transactional-state delivery states).
 
+pub mod auth;
+pub mod config;
 pub mod connection;
 pub mod frame;
 pub mod mapping;
@@ -99,6 +103,12 @@ pub mod sasl;
 pub mod types;
 
 use std::fmt;
+
+use crate::engine::net::Listener;
+
+/// The engine listener AMQP connections arrive on (`daemon.rs` tags `[amqp] listen` with it;
+/// MS-MQQB's is [`crate::server::MSMQ_LISTENER`]).
+pub const AMQP_LISTENER: Listener = Listener(1);
 
 /// Deepest nesting of described values and compounds a decoder follows. AMQP's own
 /// performatives nest 4 deep (transfer > state > error > info map); hostile input nests

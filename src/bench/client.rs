@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
+use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId, Listener};
 use crate::session::{Event, Framer, Inbound, Session, SessionConfig};
 use crate::wire::user::{QueueRef, UserMessage};
 use crate::wire::{Guid, Utf16};
@@ -375,7 +375,13 @@ impl BenchApp {
 impl App for BenchApp {
     type Conn = BenchConn;
 
-    fn accept(&mut self, _now_ms: u64, _id: ConnId, _peer: SocketAddr) -> Option<BenchConn> {
+    fn accept(
+        &mut self,
+        _now_ms: u64,
+        _id: ConnId,
+        _peer: SocketAddr,
+        _listener: Listener,
+    ) -> Option<BenchConn> {
         // The bench listens on nothing.
         None
     }

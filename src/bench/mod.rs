@@ -213,7 +213,6 @@ fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summ
     let per_shard: Vec<Mutex<Vec<(SocketAddr, BenchConn)>>> =
         per_shard.into_iter().map(Mutex::new).collect();
     let engine_cfg = EngineConfig {
-        listen_addr: None,
         cores,
         pin_threads: pin,
         max_connections: args.sessions + 16,

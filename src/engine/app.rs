@@ -1,5 +1,5 @@
 //! The seam between the engine and a protocol layer: the [`App`] trait and the plain types its
-//! methods speak ([`ConnId`], [`CloseReason`], [`AppError`], [`Errno`]), plus what the app's
+//! methods speak ([`ConnId`], [`Listener`], [`CloseReason`], [`AppError`], [`Errno`]), plus what the app's
 //! factory receives ([`ShardCtx`]) and the [`Waker`] other threads use. Everything here is
 //! re-exported from [`super::net`], where callers name it.
 
@@ -19,6 +19,24 @@ pub struct ConnId {
     pub slot: u32,
     /// Distinguishes successive connections that reuse the same slot.
     pub generation: u32,
+}
+
+/// Which listening address an incoming connection arrived on: the tag its caller gave the address
+/// in [`super::net::EngineConfig::listen`], handed to [`App::accept`]. One engine can serve
+/// several protocols (say MS-MQQB on 1801 and AMQP on 5672) from the same shards, loop and
+/// connection table; the app tells them apart by this tag, the engine attaches no meaning to it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct Listener(pub u16);
+
+impl Listener {
+    /// The tag of the one address of [`super::net::EngineConfig::listening_on`].
+    pub const FIRST: Listener = Listener(0);
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "listener {}", self.0)
+    }
 }
 
 /// An app's reason for refusing bytes from a peer; the engine closes that connection and hands
@@ -77,10 +95,17 @@ pub trait App {
     /// Per-connection state, stored by the engine in its connection table next to the socket.
     type Conn;
 
-    /// A peer connected. Return None to refuse (the engine closes the socket at once and counts
-    /// it); the app enforces its own session limits (MaxInSessions) here. `id` names the
-    /// connection in [`App::poll_ready`].
-    fn accept(&mut self, now_ms: u64, id: ConnId, peer: SocketAddr) -> Option<Self::Conn>;
+    /// A peer connected on `listener` (the tag of the address it reached, see [`Listener`]).
+    /// Return None to refuse (the engine closes the socket at once and counts it in
+    /// `refused_app`); the app enforces its own session limits (MaxInSessions) here, and refuses
+    /// a listener it does not serve. `id` names the connection in [`App::poll_ready`].
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        peer: SocketAddr,
+        listener: Listener,
+    ) -> Option<Self::Conn>;
 
     /// Bytes arrived. `bytes` borrows the kernel-filled receive buffer (no copy); the buffer
     /// returns to the kernel when this call returns, so keep what you need by copying it.

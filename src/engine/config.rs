@@ -11,17 +11,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::admission::PeerLimiter;
-use super::app::{CloseReason, Waker};
+use super::app::{CloseReason, Listener, Waker};
 use super::probe::ProbeError;
+
+/// Listen addresses one engine takes at most (each costs one socket and one multishot accept
+/// per shard).
+pub const LISTENERS_MAX: usize = 16;
 
 /// Every limit and knob of the engine, per shard unless said otherwise. A full table refuses;
 /// nothing grows past these.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Where to listen (port 0 picks a free port, see
-    /// [`super::net::EngineHandle::local_addr`]); None runs only outgoing connections. Default
-    /// None: the protocol layer chooses its port.
-    pub listen_addr: Option<SocketAddr>,
+    /// Where to listen, each address with the [`Listener`] tag that [`super::app::App::accept`]
+    /// receives for connections that arrive on it (tags chosen by the caller, unique; see
+    /// [`EngineConfig::listening_on`] for the one-address case). Every shard accepts on every
+    /// address. Port 0 picks a free port (see [`super::net::EngineHandle::local_addr_of`]).
+    /// Empty runs only outgoing connections. Default empty: the protocol layer chooses.
+    pub listen: Vec<(Listener, SocketAddr)>,
     /// The CPUs to run one shard on each; empty means every CPU this process may use. Default
     /// empty.
     pub cores: Vec<usize>,
@@ -68,7 +74,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            listen_addr: None,
+            listen: Vec::new(),
             cores: Vec::new(),
             pin_threads: true,
             max_connections: 1024,
@@ -90,8 +96,29 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The default configuration listening on one address, tagged [`Listener::FIRST`].
+    pub fn listening_on(addr: SocketAddr) -> EngineConfig {
+        EngineConfig {
+            listen: vec![(Listener::FIRST, addr)],
+            ..EngineConfig::default()
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), EngineError> {
         let bad = |what: &'static str| Err(EngineError::Config(what));
+        if self.listen.len() > LISTENERS_MAX {
+            return bad("more listen addresses than LISTENERS_MAX");
+        }
+        for (i, (tag, addr)) in self.listen.iter().enumerate() {
+            for (other_tag, other_addr) in &self.listen[..i] {
+                if tag == other_tag {
+                    return bad("two listen addresses have the same Listener tag");
+                }
+                if addr == other_addr && addr.port() != 0 {
+                    return bad("the same listen address is given twice");
+                }
+            }
+        }
         if self.max_connections_per_ip == 0 {
             return bad("max_connections_per_ip must be positive");
         }
@@ -231,6 +258,8 @@ pub enum EngineError {
     },
     /// A shard thread panicked.
     ShardPanicked(usize),
+    /// A listening socket could not be opened on `addr` (bind or listen failed).
+    Listen { addr: SocketAddr, error: io::Error },
     /// Another socket already listens on the address; the message names its holder.
     AddressInUse(String),
 }
@@ -251,6 +280,7 @@ impl fmt::Display for EngineError {
                 error,
             } => write!(f, "{what}: {error}"),
             EngineError::ShardPanicked(shard) => write!(f, "shard {shard} panicked"),
+            EngineError::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             EngineError::AddressInUse(what) => f.write_str(what),
         }
     }
@@ -269,7 +299,8 @@ pub(crate) struct ShardSetup {
     pub(crate) index: usize,
     pub(crate) core: usize,
     pub(crate) config: EngineConfig,
-    pub(crate) listener: Option<OwnedFd>,
+    /// This shard's listening sockets, one per configured address, with their tags.
+    pub(crate) listeners: Vec<(Listener, OwnedFd)>,
     pub(crate) eventfd: Arc<OwnedFd>,
     pub(crate) wakers: Arc<[Waker]>,
     pub(crate) stop: Arc<AtomicBool>,

@@ -6,10 +6,11 @@
 //!
 //! # Shape
 //!
-//! [`Engine::start`] probes io_uring, checks that no other socket listens on the address (the
-//! kernel would let another process of the same user join the `SO_REUSEPORT` group and take a
-//! share of the connections), binds one `SO_REUSEPORT` listening socket per shard (the kernel
-//! spreads incoming connections across them), then starts one thread per core in
+//! [`Engine::start`] probes io_uring, checks that no other socket listens on any of the
+//! addresses of [`EngineConfig::listen`] (the kernel would let another process of the same user
+//! join the `SO_REUSEPORT` group and take a share of the connections), binds one `SO_REUSEPORT`
+//! listening socket per shard and per address (the kernel spreads incoming connections across
+//! a group; a failure names the address and fails the start), then starts one thread per core in
 //! [`EngineConfig::cores`], each pinned to its core and owning its own ring, buffers, connection
 //! table and app instance (from the factory, called on that thread). It returns an
 //! [`EngineHandle`] once every shard is ready, so [`EngineHandle::local_addr`] is known (port 0
@@ -22,7 +23,7 @@
 //!    passes, or another thread wakes the shard ([`Waker`]); the same call submits the
 //!    operations queued during the previous turn.
 //! 2. Read the clock once (`now_ms`), drain every completion, process them in order
-//!    ([`App::accept`], [`App::on_recv`], [`App::on_connected`], closes and [`App::on_closed`]).
+//!    ([`App::accept`] with the [`Listener`] the connection arrived on, [`App::on_recv`], [`App::on_connected`], closes and [`App::on_closed`]).
 //! 3. Fire expired deadlines ([`App::on_timeout`]).
 //! 4. [`App::end_of_turn`], then [`App::poll_connect`] and [`App::poll_ready`].
 //! 5. For every connection touched this turn (accepted, connected, received bytes, finished a
@@ -56,7 +57,7 @@
 //!   any other error stops the shard with [`EngineError::Io`].
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -67,9 +68,9 @@ use super::shard::Shard;
 use super::signal::ShutdownSignal;
 use super::sockets;
 
-pub use super::app::{App, AppError, CloseReason, ConnId, Errno, ShardCtx, Waker};
+pub use super::app::{App, AppError, CloseReason, ConnId, Errno, Listener, ShardCtx, Waker};
 pub(crate) use super::config::ShardSetup;
-pub use super::config::{Counters, CountersSnapshot, EngineConfig, EngineError};
+pub use super::config::{Counters, CountersSnapshot, EngineConfig, EngineError, LISTENERS_MAX};
 pub use super::sockets::now_ms;
 
 struct ShardHandle {
@@ -82,18 +83,31 @@ struct ShardHandle {
 /// The running engine. Dropping it shuts the shards down too (errors are then lost; call
 /// [`EngineHandle::shutdown`] to see them).
 pub struct EngineHandle {
-    /// Holds the listen address against another lior process (see `host::claim_address`).
-    _claim: Option<std::os::unix::net::UnixListener>,
-    local_addr: Option<SocketAddr>,
+    /// Holds the listen addresses against another lior process (see `host::claim_address`).
+    _claims: Vec<std::os::unix::net::UnixListener>,
+    local_addrs: Vec<(Listener, SocketAddr)>,
     stop: Arc<AtomicBool>,
     shards: Vec<ShardHandle>,
 }
 
 impl EngineHandle {
-    /// The bound listening address (the real port when port 0 was asked for), or None when the
-    /// engine does not listen.
+    /// The bound address of the first configured listener (the real port when port 0 was asked
+    /// for), or None when the engine does not listen. See [`EngineHandle::local_addr_of`].
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_addr
+        self.local_addrs.first().map(|&(_, addr)| addr)
+    }
+
+    /// The bound address of the listener tagged `listener`, or None when there is none.
+    pub fn local_addr_of(&self, listener: Listener) -> Option<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .find(|&&(tag, _)| tag == listener)
+            .map(|&(_, addr)| addr)
+    }
+
+    /// Every bound listening address with its tag, in the configured order.
+    pub fn local_addrs(&self) -> &[(Listener, SocketAddr)] {
+        &self.local_addrs
     }
 
     /// How many shards run.
@@ -217,33 +231,31 @@ impl Engine {
             return Err(EngineError::Config("no CPU to run a shard on"));
         }
 
-        // Bind every listener before any thread starts, so a bind error is reported plainly and
-        // the port chosen for port 0 is shared by every shard.
-        let mut listeners = Vec::with_capacity(cores.len());
-        let mut local_addr = None;
-        let mut claim = None;
-        if let Some(mut addr) = config.listen_addr {
+        // Bind every listener before any thread starts, so a bind error is reported plainly (with
+        // the address) and the port chosen for port 0 is shared by every shard.
+        let mut listeners: Vec<Vec<(Listener, OwnedFd)>> =
+            cores.iter().map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::with_capacity(config.listen.len());
+        let mut claims = Vec::new();
+        for &(tag, mut addr) in &config.listen {
             // SO_REUSEPORT would also let another process (of the same user) share the port
             // and take a share of the connections: refuse to start beside one.
             if addr.port() != 0 {
-                claim = Some(super::host::claim_address(addr).map_err(EngineError::AddressInUse)?);
+                claims.push(super::host::claim_address(addr).map_err(EngineError::AddressInUse)?);
             }
             super::host::ensure_no_listener(addr, "listen").map_err(EngineError::AddressInUse)?;
-            for _ in &cores {
-                let fd =
-                    sockets::listen_reuseport(addr, config.listen_backlog).map_err(|error| {
-                        EngineError::io(None, "binding the listening socket", error)
-                    })?;
-                if local_addr.is_none() {
-                    let bound = sockets::local_addr(fd.as_raw_fd())
+            let asked = addr;
+            for shard in listeners.iter_mut() {
+                let fd = sockets::listen_reuseport(addr, config.listen_backlog)
+                    .map_err(|error| EngineError::Listen { addr: asked, error })?;
+                if addr.port() == 0 {
+                    // The first shard's socket got a free port: every other shard joins it.
+                    addr = sockets::local_addr(fd.as_raw_fd())
                         .map_err(|error| EngineError::io(None, "getsockname", error))?;
-                    addr = bound;
-                    local_addr = Some(bound);
                 }
-                listeners.push(Some(fd));
+                shard.push((tag, fd));
             }
-        } else {
-            listeners.resize_with(cores.len(), || None);
+            local_addrs.push((tag, addr));
         }
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,8 +263,8 @@ impl Engine {
         let factory = Arc::new(app_factory);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), EngineError>)>();
         let mut handle = EngineHandle {
-            _claim: claim,
-            local_addr,
+            _claims: claims,
+            local_addrs,
             stop: Arc::clone(&stop),
             shards: Vec::with_capacity(cores.len()),
         };
@@ -267,7 +279,7 @@ impl Engine {
             .iter()
             .map(|eventfd| Waker::new(Arc::clone(eventfd)))
             .collect();
-        for (index, ((core, listener), eventfd)) in cores
+        for (index, ((core, listeners), eventfd)) in cores
             .iter()
             .copied()
             .zip(listeners)
@@ -279,7 +291,7 @@ impl Engine {
                 index,
                 core,
                 config: config.clone(),
-                listener,
+                listeners,
                 eventfd: Arc::clone(&eventfd),
                 wakers: Arc::clone(&wakers),
                 stop: Arc::clone(&stop),

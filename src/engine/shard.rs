@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 use slab::Slab;
 
 use super::admission::PeerLimiter;
-use super::app::{App, CloseReason, ConnId, Errno, ShardCtx};
+use super::app::{App, CloseReason, ConnId, Errno, Listener, ShardCtx};
 use super::buffers::{RecvBufRing, SparePool};
 use super::config::{Counters, EngineConfig, EngineError, ShardSetup};
 use super::sockets::{self, now_ms, RawSockAddr};
@@ -133,6 +133,15 @@ impl<C> Slot<C> {
     }
 }
 
+/// One listening socket of this shard and its multishot accept; `user_data` of the accept names
+/// the acceptor by its index in [`Shard::acceptors`].
+struct Acceptor {
+    tag: Listener,
+    /// Closed (None) at shutdown, once the accept has completed for the last time.
+    fd: Option<OwnedFd>,
+    armed: bool,
+}
+
 pub(crate) struct Shard<A: App> {
     index: usize,
     config: EngineConfig,
@@ -147,8 +156,8 @@ pub(crate) struct Shard<A: App> {
     /// Open incoming connections per peer address, shared by every shard.
     peers: Arc<PeerLimiter>,
     stop: Arc<AtomicBool>,
-    listener: Option<OwnedFd>,
-    accept_armed: bool,
+    /// One per configured listen address, in the configured order.
+    acceptors: Vec<Acceptor>,
     accept_paused_until_ms: Option<u64>,
     eventfd: Arc<OwnedFd>,
     /// Where the wake-up read lands; boxed so it outlives any in-flight read.
@@ -180,7 +189,7 @@ impl<A: App> Shard<A> {
             index,
             core: _,
             config,
-            listener,
+            listeners,
             eventfd,
             wakers,
             stop,
@@ -236,8 +245,14 @@ impl<A: App> Shard<A> {
             counters,
             peers,
             stop,
-            listener,
-            accept_armed: false,
+            acceptors: listeners
+                .into_iter()
+                .map(|(tag, fd)| Acceptor {
+                    tag,
+                    fd: Some(fd),
+                    armed: false,
+                })
+                .collect(),
             accept_paused_until_ms: None,
             eventfd,
             wake_buf: Box::new(0),
@@ -284,9 +299,11 @@ impl<A: App> Shard<A> {
                 if waited >= self.config.shutdown_grace_ms {
                     self.abandon_flushes()?;
                 }
-                if self.listener.is_some() && !self.accept_armed {
-                    // The accept has completed for the last time: the listener can go.
-                    self.listener = None;
+                for acceptor in &mut self.acceptors {
+                    if !acceptor.armed {
+                        // The accept has completed for the last time: the listener can go.
+                        acceptor.fd = None;
+                    }
                 }
                 if self.slab.is_empty() && self.aux_ops_in_flight == 0 {
                     break true;
@@ -426,7 +443,7 @@ impl<A: App> Shard<A> {
             }
         };
         consider(app_deadline);
-        if !self.accept_armed && self.stopping_since_ms.is_none() {
+        if self.acceptors.iter().any(|a| !a.armed) && self.stopping_since_ms.is_none() {
             consider(self.accept_paused_until_ms);
         }
         if let Some(since) = self.stopping_since_ms {
@@ -467,7 +484,7 @@ impl<A: App> Shard<A> {
             return Ok(());
         };
         match kind {
-            OpKind::Accept => return self.on_accept(result, flags),
+            OpKind::Accept => return self.on_accept(key, result, flags),
             OpKind::Wake => {
                 self.on_wake(result);
                 return Ok(());
@@ -515,9 +532,18 @@ impl<A: App> Shard<A> {
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) -> Result<(), EngineError> {
+    fn on_accept(&mut self, acceptor: usize, result: i32, flags: u32) -> Result<(), EngineError> {
+        let Some(tag) = self.acceptors.get(acceptor).map(|a| a.tag) else {
+            // Cannot happen: only arm_accept names an acceptor, by its index.
+            Counters::bump(&self.counters.stale_completions, 1);
+            if result >= 0 {
+                // SAFETY: a successful accept hands over a descriptor nothing else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(result) });
+            }
+            return Ok(());
+        };
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            self.acceptors[acceptor].armed = false;
             self.aux_ops_in_flight -= 1;
         }
         if result < 0 {
@@ -595,7 +621,7 @@ impl<A: App> Shard<A> {
             slot: key as u32,
             generation,
         };
-        let Some(conn) = self.app.accept(self.now_ms, id, peer) else {
+        let Some(conn) = self.app.accept(self.now_ms, id, peer, tag) else {
             self.peers.remove(peer.ip());
             Counters::bump(&self.counters.refused_app, 1);
             return Ok(());
@@ -982,8 +1008,10 @@ impl<A: App> Shard<A> {
 
     // ----- arming operations -----
 
+    /// Arms the multishot accept of every listener that has none in flight (a multishot accept
+    /// ends on an error or when the kernel drops it), unless accepting is paused.
     fn arm_accept(&mut self) -> Result<(), EngineError> {
-        if self.accept_armed || self.stopping_since_ms.is_some() {
+        if self.stopping_since_ms.is_some() || self.acceptors.iter().all(|a| a.armed) {
             return Ok(());
         }
         if let Some(until) = self.accept_paused_until_ms {
@@ -992,18 +1020,25 @@ impl<A: App> Shard<A> {
             }
             self.accept_paused_until_ms = None;
         }
-        let Some(listener) = self.listener.as_ref() else {
-            return Ok(());
-        };
-        let entry = opcode::AcceptMulti::new(Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data(OpKind::Accept, 0, 0));
-        self.accept_armed = true;
-        self.aux_ops_in_flight += 1;
-        // SAFETY: a multishot accept without an address points at no memory; the listener is
-        // closed only after the accept's last completion.
-        unsafe { self.push(&[entry]) }
+        for index in 0..self.acceptors.len() {
+            let acceptor = &mut self.acceptors[index];
+            if acceptor.armed {
+                continue;
+            }
+            let Some(fd) = acceptor.fd.as_ref() else {
+                continue;
+            };
+            let entry = opcode::AcceptMulti::new(Fd(fd.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data(OpKind::Accept, index, 0));
+            acceptor.armed = true;
+            self.aux_ops_in_flight += 1;
+            // SAFETY: a multishot accept without an address points at no memory; the listener
+            // is closed only after the accept's last completion.
+            unsafe { self.push(&[entry])? };
+        }
+        Ok(())
     }
 
     fn arm_wake(&mut self) -> Result<(), EngineError> {
@@ -1133,17 +1168,20 @@ impl<A: App> Shard<A> {
 
     fn begin_shutdown(&mut self) -> Result<(), EngineError> {
         self.stopping_since_ms = Some(self.now_ms);
-        if self.accept_armed {
-            if let Some(listener) = self.listener.as_ref() {
-                let entry =
-                    opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(listener.as_raw_fd())).all())
-                        .build()
-                        .user_data(user_data(OpKind::AuxCancel, 0, 0));
-                self.aux_ops_in_flight += 1;
-                // SAFETY: a cancel points at no memory; the listener stays open until the
-                // accept's last completion.
-                unsafe { self.push(&[entry])? };
-            }
+        let armed: Vec<RawFd> = self
+            .acceptors
+            .iter()
+            .filter(|a| a.armed)
+            .filter_map(|a| a.fd.as_ref().map(|fd| fd.as_raw_fd()))
+            .collect();
+        for fd in armed {
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+                .build()
+                .user_data(user_data(OpKind::AuxCancel, 0, 0));
+            self.aux_ops_in_flight += 1;
+            // SAFETY: a cancel points at no memory; the listener stays open until the
+            // accept's last completion.
+            unsafe { self.push(&[entry])? };
         }
         if self.wake_armed {
             let entry = opcode::AsyncCancel::new(user_data(OpKind::Wake, 0, 0))

@@ -32,6 +32,8 @@ pub struct Server {
     pub api: String,
     /// The SRMP endpoint, when one runs.
     pub srmp: Option<SocketAddr>,
+    /// The AMQP listener, when one runs (`--amqp-listen`).
+    pub amqp: Option<SocketAddr>,
 }
 
 impl Server {
@@ -78,6 +80,7 @@ impl Server {
                 .unwrap_or_else(|_| "0.0.0.0:0".parse().expect("literal")),
             api: field("api="),
             srmp: field("srmp=").parse().ok(),
+            amqp: field("amqp=").parse().ok(),
             child,
         }
     }

@@ -1186,7 +1186,7 @@ impl World {
             self.stats.links_on_shard_1 += 1;
         }
         let app = &mut self.server.apps[shard];
-        match app.accept(now, id, peer) {
+        match app.accept(now, id, peer, lior::server::MSMQ_LISTENER) {
             Some(conn) => {
                 self.server.slots[i] = Some(Slot {
                     shard,
