@@ -107,7 +107,8 @@ pub struct Limits {
     pub srmp_body_bytes_in_flight_max: usize,
     /// Connections to the local HTTP API open at once (the descriptor budget may lower it).
     pub api_connections_max: usize,
-    /// Incoming transactional sequences (sender queue manager × queue) whose state is kept.
+    /// Incoming transactional sequences (sender queue manager × queue) whose state each store
+    /// partition keeps (for the queues it owns).
     /// When full, the longest-idle state idle for at least `tx_sequence_evict_idle_s` makes
     /// room; otherwise a message starting a new sequence is refused (the sender resends).
     pub tx_sequences_max: usize,

@@ -1449,9 +1449,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             for &p in &self.owned {
                 self.shared.broker.expire_partition(p, unix_now());
                 self.shared.broker.clean_duplicates(p, now_ms);
-            }
-            if self.shard == 0 {
-                self.shared.broker.sweep_txn(unix_now());
+                self.shared.broker.sweep_txn(p, unix_now());
             }
         }
         if self.shard == 0 && now_ms >= self.next_log_flush_ms {

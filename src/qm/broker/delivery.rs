@@ -22,8 +22,7 @@ use crate::wire::user::UserMessage;
 
 use super::partition::Partition;
 use super::{
-    bump, lock, unix_now, Broker, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX,
-    TX_ACK_REFUSED_LOG_INTERVAL_S,
+    bump, unix_now, Broker, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX, TX_ACK_REFUSED_LOG_INTERVAL_S,
 };
 
 /// What happened to one incoming message.
@@ -286,18 +285,16 @@ impl<S: QueueStore> Broker<S> {
                 ),
             );
         }
-        // The owner's lock is held from the transactional and duplicate checks to the append,
-        // so the queue's order is the order of its appends. Lock order: partition, then the
-        // transactional table, then the duplicate table.
+        // One step of the queue's owner from the transactional and duplicate checks to the
+        // append and the recorded state: the queue's order is the order of its appends, an
+        // accepted message always gets its state, and the tables (the partition's own) are
+        // never seen half-updated.
         let mut part = self.partition(out.partition);
         let key = (u.source_queue_manager, queue.id);
         let mut tx_state = None;
-        // Held from the check until the state is recorded, so an accepted message always gets
-        // its state (no other shard fills the table or moves the sequence in between).
-        let mut txn_guard = None;
         if let (true, Some(th)) = (transactional, msg.transaction) {
             let seq_id = th.tx_sequence_id;
-            let mut txn = lock(&self.txn);
+            let txn = &mut part.txn;
             let mut verdict = txn.check(
                 key,
                 seq_id,
@@ -320,7 +317,6 @@ impl<S: QueueStore> Broker<S> {
                 return out;
             }
             tx_state = Some((seq_id, th.tx_sequence_number));
-            txn_guard = Some(txn);
         }
         // The duplicate table is the owner's (one per partition): the look-up, the append and
         // the recorded place happen in one step of the owner, so no copy ever sees another
@@ -358,19 +354,19 @@ impl<S: QueueStore> Broker<S> {
                     queue: queue.id,
                     ticket,
                 };
-                if let (Some((seq_id, seq_no)), Some(txn)) = (tx_state, txn_guard.as_mut()) {
-                    match txn.commit(key, seq_id, seq_no, (part.index, ticket.0), now_unix) {
+                if let Some((seq_id, seq_no)) = tx_state {
+                    let origin = (part.index, ticket.0);
+                    match part.txn.commit(key, seq_id, seq_no, origin, now_unix) {
                         Ok(s) => {
                             part.txn_dirty.insert(key, s);
                             out.order_ack = Some((key, s));
                         }
-                        // Room was made above, under the same lock.
-                        Err(_) => self.log_txn_full(txn.len()),
+                        // Room was made above, in the same step.
+                        Err(_) => self.log_txn_full(part.txn.len()),
                     }
-                    let evicted = txn.take_evicted();
-                    self.forget_txn(evicted);
+                    let evicted = part.txn.take_evicted();
+                    part.txn_forget.extend(evicted);
                 }
-                drop(txn_guard);
                 if acks.positive_arrival() {
                     out.admin_ack = Some(MessageClass::ACK_REACH_QUEUE);
                 }
@@ -393,7 +389,6 @@ impl<S: QueueStore> Broker<S> {
                 }
                 if u.flags.journal_negative() && !transactional {
                     // The dead-letter queue has its own owner: one partition lock at a time.
-                    drop(txn_guard);
                     drop(part);
                     self.dead_letter(frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
                 } else {
@@ -537,30 +532,20 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
-    /// Hands forgotten sequence states to every partition (their records go at its next
-    /// commit).
-    fn forget_txn(&self, keys: Vec<TxKey>) {
-        if keys.is_empty() {
-            return;
-        }
-        for f in &self.txn_forget {
-            lock(f).extend_from_slice(&keys);
-        }
+    /// Forgets partition `i`'s transactional sequence states idle past their time (bounded
+    /// work per call); their records go at the partition's next commit. Run by its owner.
+    pub fn sweep_txn(&self, i: usize, now_unix: u32) {
+        let mut part = self.partition(i);
+        part.txn.sweep(now_unix, TXN_SWEEP_BATCH_MAX);
+        let evicted = part.txn.take_evicted();
+        part.txn_forget.extend(evicted);
     }
 
-    /// Forgets transactional sequence states idle past their time (bounded work per call).
-    pub fn sweep_txn(&self, now_unix: u32) {
-        let evicted = {
-            let mut t = lock(&self.txn);
-            t.sweep(now_unix, TXN_SWEEP_BATCH_MAX);
-            t.take_evicted()
-        };
-        self.forget_txn(evicted);
-    }
-
-    /// Transactional sequence states kept now.
+    /// Transactional sequence states kept now, over every partition (for metrics).
     pub fn txn_len(&self) -> usize {
-        lock(&self.txn).len()
+        (0..self.partition_count())
+            .map(|i| self.partition(i).txn.len())
+            .sum()
     }
 }
 

@@ -30,7 +30,7 @@ use crate::qm::dedup::DuplicateTable;
 use crate::qm::identity::{load_or_create_guid, OrdinalAllocator};
 use crate::qm::outgoing::OutgoingTable;
 use crate::qm::routing::LocalIdentity;
-use crate::qm::txn::{TxKey, TxnLimits, TxnTable};
+use crate::qm::txn::{TxnLimits, TxnTable};
 use crate::store::{FileStore, QueueStore, StoreConfig, StoreError, Ticket, UringDisk};
 use crate::wire::user::UserMessage;
 use crate::wire::Guid;
@@ -81,9 +81,6 @@ pub struct Broker<S> {
     pub config: Config,
     catalog: RwLock<Catalog>,
     partitions: Vec<Mutex<Partition<S>>>,
-    txn: Mutex<TxnTable>,
-    /// Per partition: sequences forgotten by the table, whose records go at its next commit.
-    txn_forget: Vec<Arc<Mutex<Vec<TxKey>>>>,
     /// Per partition: its durable watermark, published by each commit (read without a lock by
     /// shards waiting for another shard's partition).
     durable_marks: Vec<Arc<AtomicU64>>,
@@ -256,18 +253,14 @@ impl<S: QueueStore> Broker<S> {
             );
         }
         let now_s = unix_now();
-        let mut txn = TxnTable::new(TxnLimits {
-            capacity: config.limits.tx_sequences_max,
-            evict_idle_s: u32::try_from(config.limits.tx_sequence_evict_idle_s).unwrap_or(u32::MAX),
-            idle_max_s: u32::try_from(config.tx_sequence_idle_s()).unwrap_or(u32::MAX),
-        });
         let mut not_restored = 0u64;
         let mut partitions = Vec::new();
         for store in stores {
             let index = partitions.len();
             let mut part = Partition::new(store, index);
+            part.txn = TxnTable::new(txn_limits(&config));
             // Restore the transactional sequence states; older records of a key go.
-            not_restored += restore_txn_states(&mut part, &mut txn, now_s)
+            not_restored += restore_txn_states(&mut part, now_s)
                 .map_err(|e| anyhow::anyhow!("partition {index}: {e}"))?;
             partitions.push(part);
         }
@@ -291,8 +284,7 @@ impl<S: QueueStore> Broker<S> {
             );
         }
         // The duplicate and sequence tables, from the messages still stored.
-        let (spread, rebuilt_not_restored) =
-            rebuild_tables(&mut partitions, &catalog, &mut txn, now_s);
+        let (spread, rebuilt_not_restored) = rebuild_tables(&mut partitions, &catalog, now_s);
         not_restored += rebuilt_not_restored;
         // Sequence states raised from stored messages are staged now, ahead of any record a
         // receive could stage, so a removal is never durable without them.
@@ -311,10 +303,6 @@ impl<S: QueueStore> Broker<S> {
                 config.limits.tx_sequences_max
             );
         }
-        let txn_forget = partitions
-            .iter()
-            .map(|p| lock(p).txn_forget.clone())
-            .collect();
         let durable_marks = partitions
             .iter()
             .map(|p| lock(p).durable_mark.clone())
@@ -338,8 +326,6 @@ impl<S: QueueStore> Broker<S> {
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,
-            txn: Mutex::new(txn),
-            txn_forget,
             durable_marks,
             txn_full_logged: std::sync::atomic::AtomicU32::new(0),
             counters: BrokerCounters::default(),
@@ -420,6 +406,15 @@ impl<S> std::fmt::Debug for Broker<S> {
             .field("guid", &self.identity.guid)
             .field("partitions", &self.partitions.len())
             .finish()
+    }
+}
+
+/// The limits of each partition's transactional sequence table.
+pub(super) fn txn_limits(config: &Config) -> TxnLimits {
+    TxnLimits {
+        capacity: config.limits.tx_sequences_max,
+        evict_idle_s: u32::try_from(config.limits.tx_sequence_evict_idle_s).unwrap_or(u32::MAX),
+        idle_max_s: u32::try_from(config.tx_sequence_idle_s()).unwrap_or(u32::MAX),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::qm::dedup::DuplicateTable;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::qm::txn::{IncomingSequence, TxKey};
+use crate::qm::txn::{IncomingSequence, TxKey, TxnTable};
 use crate::store::{
     Class, LookupId, MessageId, MessageMeta, QueueId, QueueStore, Reservation, Select, StoreError,
     Ticket, EXPIRY_NEVER,
@@ -81,7 +81,11 @@ pub struct Partition<S> {
     /// have waited (a record that never shows up is left to the start-up clean-up).
     txn_stale: Vec<(LookupId, u16)>,
     /// Sequences the table forgot (evicted): their records here go at the next commit.
-    pub(super) txn_forget: Arc<Mutex<Vec<TxKey>>>,
+    pub(super) txn_forget: Vec<TxKey>,
+    /// The incoming transactional sequences of this partition's queues (MS-MQQB's
+    /// TxSequenceStates, keyed by sender and queue; `limits.tx_sequences_max` states each),
+    /// checked and moved only under this partition, in the same step as the append.
+    pub(super) txn: TxnTable,
     /// The durable watermark, published by every commit (whoever runs it) for shards that
     /// wait on this partition without locking it (see `Broker::durable_mark`).
     pub(super) durable_mark: Arc<AtomicU64>,
@@ -100,7 +104,8 @@ impl<S: QueueStore> Partition<S> {
             txn_dirty: HashMap::new(),
             txn_records: HashMap::new(),
             txn_stale: Vec::new(),
-            txn_forget: Arc::new(Mutex::new(Vec::new())),
+            txn_forget: Vec::new(),
+            txn: TxnTable::new(super::txn_limits(&crate::config::Config::default())),
             durable_mark: Arc::new(AtomicU64::new(0)),
             dedup: DuplicateTable::new(
                 crate::config::Parameters::default().RemoveDuplicateSize as usize,
@@ -130,7 +135,7 @@ impl<S: QueueStore> Partition<S> {
     /// blocks until that ticket is durable. Returns the durable watermark. On an error the
     /// state records not yet written stay owed, so a later commit writes them.
     pub fn commit(&mut self, wait_for: Option<Ticket>) -> Result<Ticket, StoreError> {
-        let forget = std::mem::take(&mut *lock(&self.txn_forget));
+        let forget = std::mem::take(&mut self.txn_forget);
         for key in forget {
             if let Some(l) = self.txn_records.remove(&key) {
                 self.drop_txn_record(l)?;

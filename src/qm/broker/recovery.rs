@@ -7,7 +7,7 @@ use crate::qm::txn::TxKey;
 use std::collections::HashSet;
 
 use crate::qm::catalog::Catalog;
-use crate::qm::txn::{IncomingSequence, TxnTable};
+use crate::qm::txn::IncomingSequence;
 use crate::store::{Class, Cursor, QueueId, QueueStore, StoreError, Ticket};
 use crate::wire::user::UserMessage;
 use crate::wire::Guid;
@@ -19,7 +19,6 @@ use super::partition::{Partition, TXN_STATE_QUEUE};
 /// no room for.
 pub(super) fn restore_txn_states<S: QueueStore>(
     part: &mut Partition<S>,
-    txn: &mut TxnTable,
     now_s: u32,
 ) -> Result<u64, StoreError> {
     let mut not_restored = 0u64;
@@ -50,7 +49,7 @@ pub(super) fn restore_txn_states<S: QueueStore>(
                 prior,
                 ..Default::default()
             };
-            if !txn.restore(key, s, now_s) {
+            if !part.txn.restore(key, s, now_s) {
                 not_restored += 1;
             }
         }
@@ -76,14 +75,14 @@ pub(super) fn restore_txn_states<S: QueueStore>(
 pub(super) fn rebuild_tables<S: QueueStore>(
     partitions: &mut [Partition<S>],
     catalog: &Catalog,
-    txn: &mut TxnTable,
     now_s: u32,
 ) -> (HashSet<u32>, u64) {
     let mut not_restored = 0u64;
     let mut spread = HashSet::new();
     let n = partitions.len();
-    // (owner partition, key) of the states raised from stored messages.
-    let mut raised: Vec<(usize, TxKey)> = Vec::new();
+    // (owner partition, key, position) of the transactional messages still stored, raised
+    // into their owner's table once every partition was read.
+    let mut stored_tx: Vec<(usize, TxKey, IncomingSequence)> = Vec::new();
     for part in partitions.iter_mut() {
         for q in catalog.iter() {
             if q.partition as usize % n != part.index
@@ -112,12 +111,7 @@ pub(super) fn rebuild_tables<S: QueueStore>(
                             ..Default::default()
                         };
                         let key = (msg.user.source_queue_manager, q.id);
-                        let before = txn.get(&key);
-                        if !txn.restore(key, s, now_s) {
-                            not_restored += 1;
-                        } else if txn.get(&key) != before {
-                            raised.push((q.partition as usize % n, key));
-                        }
+                        stored_tx.push((q.partition as usize % n, key, s));
                     }
                     continue;
                 }
@@ -130,8 +124,15 @@ pub(super) fn rebuild_tables<S: QueueStore>(
             }
         }
     }
-    for (owner, key) in raised {
-        partitions[owner].txn_dirty.insert(key, txn.get(&key));
+    for (owner, key, s) in stored_tx {
+        let part = &mut partitions[owner];
+        let before = part.txn.get(&key);
+        if !part.txn.restore(key, s, now_s) {
+            not_restored += 1;
+        } else if part.txn.get(&key) != before {
+            let raised = part.txn.get(&key);
+            part.txn_dirty.insert(key, raised);
+        }
     }
     (spread, not_restored)
 }

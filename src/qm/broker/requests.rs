@@ -321,7 +321,8 @@ impl<S: QueueStore> Broker<S> {
                     Route::Number(n) => n,
                     _ => return Err(ApiError::Send(format!("{to}: no such local queue"))),
                 };
-                let s = lock(&self.txn).get(&(own, q));
+                let owner = self.catalog().by_id(q).map_or(0, |d| self.owner(d));
+                let s = self.partition(owner).txn.get(&(own, q));
                 let seq_id = if s.seq_id == 0 {
                     (u64::from(now) << 32) | 1
                 } else {
