@@ -235,6 +235,8 @@ pub struct MsmqApp<S> {
     handoff: Option<Handoff>,
     /// Partitions this shard appended to this turn (it commits them at the end of it).
     appended: Vec<bool>,
+    /// This shard's destinations already resolved (its own: no lock on the message path).
+    routes: crate::qm::broker::RouteCache,
 }
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
@@ -305,6 +307,7 @@ impl<S: QueueStore> MsmqApp<S> {
             closes: Vec::new(),
             handoff: None,
             appended: vec![false; partitions],
+            routes: crate::qm::broker::RouteCache::default(),
         }
     }
 
@@ -388,7 +391,10 @@ impl<S: QueueStore> MsmqApp<S> {
             return self.hand_off(conn, to, frame, rec_seq);
         }
         // Stored in the partition owning the queue (locked by the broker for this message only).
-        let d = self.shared.broker.deliver(frame, &msg, unix_now(), now_ms);
+        let d =
+            self.shared
+                .broker
+                .deliver_cached(&mut self.routes, frame, &msg, unix_now(), now_ms);
         let own = d.partition;
         let wait_for = match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
@@ -473,9 +479,9 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// The shard to hand `msg` to: the one running the partition that stores it, when that is
     /// another shard and the shards are joined by a mesh.
-    fn handoff_target(&self, msg: &UserMessage<'_>) -> Option<usize> {
+    fn handoff_target(&mut self, msg: &UserMessage<'_>) -> Option<usize> {
         self.handoff.as_ref()?;
-        let p = self.shared.broker.route_partition(msg)?;
+        let p = self.shared.broker.route_partition(&mut self.routes, msg)?;
         let to = p % self.shared.shards;
         (to != self.shard).then_some(to)
     }
@@ -546,7 +552,10 @@ impl<S: QueueStore> MsmqApp<S> {
                 return (Placement::Refused, None);
             }
         };
-        let d = self.shared.broker.deliver(frame, &msg, now_unix, now_ms);
+        let d = self
+            .shared
+            .broker
+            .deliver_cached(&mut self.routes, frame, &msg, now_unix, now_ms);
         let placement = match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
                 if let Some(a) = self.appended.get_mut(d.partition) {

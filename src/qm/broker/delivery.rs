@@ -65,9 +65,11 @@ pub struct Delivered {
     pub partition: usize,
 }
 
-/// Destinations already resolved to a local queue, valid for one catalog generation.
+/// Destinations already resolved to a local queue, valid for one catalog generation. Each
+/// shard keeps its own (no lock on the message path); a catalog change bumps the generation and
+/// every cache starts over at its next look-up.
 #[derive(Debug, Default)]
-pub(super) struct RouteCache {
+pub struct RouteCache {
     generation: u64,
     /// By the raw UTF-16 bytes of a direct format name.
     direct: HashMap<Vec<u8>, Arc<QueueDef>>,
@@ -75,35 +77,76 @@ pub(super) struct RouteCache {
     numbers: HashMap<u32, Arc<QueueDef>>,
 }
 
-impl<S: QueueStore> Broker<S> {
-    fn cached_route(&self, dest: &crate::wire::user::QueueRef<'_>) -> Option<Arc<QueueDef>> {
-        let c = self.route_cache.read().unwrap_or_else(|p| p.into_inner());
-        if c.generation != self.catalog_generation.load(Ordering::Acquire) {
+impl RouteCache {
+    fn get(
+        &self,
+        generation: u64,
+        dest: &crate::wire::user::QueueRef<'_>,
+    ) -> Option<Arc<QueueDef>> {
+        if self.generation != generation {
             return None;
         }
         match dest {
-            crate::wire::user::QueueRef::Direct(s) => c.direct.get(s.0).cloned(),
-            crate::wire::user::QueueRef::DestinationPrivate(n) => c.numbers.get(n).cloned(),
+            crate::wire::user::QueueRef::Direct(s) => self.direct.get(s.0).cloned(),
+            crate::wire::user::QueueRef::DestinationPrivate(n) => self.numbers.get(n).cloned(),
             _ => None,
         }
     }
 
-    fn cache_route(&self, dest: &crate::wire::user::QueueRef<'_>, q: &Arc<QueueDef>) {
-        let mut c = self.route_cache.write().unwrap_or_else(|p| p.into_inner());
-        let generation = self.catalog_generation.load(Ordering::Acquire);
-        if c.generation != generation || c.direct.len() + c.numbers.len() >= ROUTE_CACHE_MAX {
-            c.direct.clear();
-            c.numbers.clear();
-            c.generation = generation;
+    fn put(&mut self, generation: u64, dest: &crate::wire::user::QueueRef<'_>, q: &Arc<QueueDef>) {
+        if self.generation != generation
+            || self.direct.len() + self.numbers.len() >= ROUTE_CACHE_MAX
+        {
+            self.direct.clear();
+            self.numbers.clear();
+            self.generation = generation;
         }
         match dest {
             crate::wire::user::QueueRef::Direct(s) => {
-                c.direct.insert(s.0.to_vec(), q.clone());
+                self.direct.insert(s.0.to_vec(), q.clone());
             }
             crate::wire::user::QueueRef::DestinationPrivate(n) => {
-                c.numbers.insert(*n, q.clone());
+                self.numbers.insert(*n, q.clone());
             }
             _ => {}
+        }
+    }
+}
+
+/// Where a message goes, decided before anything is stored.
+enum Routed {
+    Queue(Arc<QueueDef>),
+    /// Nowhere here: the dead-letter queue, with the reason.
+    Nowhere(String),
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// Resolves `msg`'s destination: from `cache` when seen before in this catalog generation
+    /// (no parsing, no catalog look-up), else from the catalog (a read lock, taken only on a
+    /// miss), remembered in `cache`.
+    fn route_msg(&self, cache: &mut RouteCache, msg: &UserMessage<'_>) -> Routed {
+        let u = &msg.user;
+        let generation = self.catalog_generation.load(Ordering::Acquire);
+        let ours =
+            u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid;
+        if ours {
+            if let Some(q) = cache.get(generation, &u.destination) {
+                return Routed::Queue(q);
+            }
+        }
+        let route = route(u, &self.identity);
+        match self.resolve(&route) {
+            Some(q) => {
+                let q = Arc::new(q);
+                cache.put(generation, &u.destination, &q);
+                Routed::Queue(q)
+            }
+            None => Routed::Nowhere(match &route {
+                Route::NotHere(w) | Route::Unknown(w) => w.clone(),
+                Route::Named(n) => format!("no queue named {n}"),
+                Route::Number(n) => format!("no private queue number {n:#x}"),
+                Route::System(s) => format!("no system queue {s:?}"),
+            }),
         }
     }
 
@@ -124,24 +167,13 @@ impl<S: QueueStore> Broker<S> {
     /// for an OrderAck or FinalAck, which the session's own shard takes. A shard hands a
     /// message whose partition another shard runs to that shard (`qm::handoff`). The owner
     /// may still dead-letter it elsewhere (expired, wrong class, quota): that is its decision.
-    pub fn route_partition(&self, msg: &UserMessage<'_>) -> Option<usize> {
+    pub fn route_partition(&self, cache: &mut RouteCache, msg: &UserMessage<'_>) -> Option<usize> {
         if msg.is_order_ack() || msg.is_final_ack() {
             return None;
         }
-        let u = &msg.user;
-        if u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid {
-            if let Some(q) = self.cached_route(&u.destination) {
-                return Some(self.owner(&q));
-            }
-        }
-        let route = route(u, &self.identity);
-        Some(match self.resolve(&route) {
-            Some(q) => {
-                let q = Arc::new(q);
-                self.cache_route(&u.destination, &q);
-                self.owner(&q)
-            }
-            None => self.dead_letter_partition(if u.flags.transactional() {
+        Some(match self.route_msg(cache, msg) {
+            Routed::Queue(q) => self.owner(&q),
+            Routed::Nowhere(_) => self.dead_letter_partition(if msg.user.flags.transactional() {
                 DEADXACT_ID
             } else {
                 DEADLETTER_ID
@@ -149,10 +181,8 @@ impl<S: QueueStore> Broker<S> {
         })
     }
 
-    /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
-    /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
-    /// Locks that one partition itself: call it holding no partition lock. The caller commits
-    /// `Delivered::partition`.
+    /// [`Broker::deliver_cached`] with no route cache (tests, tools): every destination is
+    /// resolved from the catalog.
     pub fn deliver(
         &self,
         frame: &[u8],
@@ -160,7 +190,21 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        let u = &msg.user;
+        self.deliver_cached(&mut RouteCache::default(), frame, msg, now_unix, now_ms)
+    }
+
+    /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
+    /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
+    /// Locks that one partition itself: call it holding no partition lock. The caller commits
+    /// `Delivered::partition`. `cache` is the calling shard's route cache.
+    pub fn deliver_cached(
+        &self,
+        cache: &mut RouteCache,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        now_unix: u32,
+        now_ms: u64,
+    ) -> Delivered {
         if msg.is_order_ack() || msg.is_final_ack() {
             return Delivered {
                 verdict: Verdict::TxAck,
@@ -169,26 +213,12 @@ impl<S: QueueStore> Broker<S> {
                 partition: 0,
             };
         }
-        // The hot path: a destination seen before resolves from the cache without parsing the
-        // format name or cloning the queue definition.
-        if u.queue_manager_address.is_null() || u.queue_manager_address == self.identity.guid {
-            if let Some(q) = self.cached_route(&u.destination) {
-                return self.deliver_to(frame, msg, &q, now_unix, now_ms);
+        match self.route_msg(cache, msg) {
+            Routed::Queue(q) => self.deliver_to(frame, msg, &q, now_unix, now_ms),
+            Routed::Nowhere(why) => {
+                self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why)
             }
         }
-        let route = route(u, &self.identity);
-        let Some(queue) = self.resolve(&route) else {
-            let why = match &route {
-                Route::NotHere(w) | Route::Unknown(w) => w.clone(),
-                Route::Named(n) => format!("no queue named {n}"),
-                Route::Number(n) => format!("no private queue number {n:#x}"),
-                Route::System(s) => format!("no system queue {s:?}"),
-            };
-            return self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why);
-        };
-        let queue = Arc::new(queue);
-        self.cache_route(&u.destination, &queue);
-        self.deliver_to(frame, msg, &queue, now_unix, now_ms)
     }
 
     /// Delivers a message whose queue is already known (an SRMP post names it by its URL).

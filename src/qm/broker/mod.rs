@@ -44,13 +44,12 @@ mod recovery;
 mod requests;
 mod wakeups;
 
-pub use delivery::{message_meta, Delivered, Verdict};
+pub use delivery::{message_meta, Delivered, RouteCache, Verdict};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
 pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_QUEUE_DEFAULT_S};
 
-use delivery::RouteCache;
 use recovery::{rebuild_tables, restore_txn_states};
 
 // The broker's limits, in one place: each file of the broker takes its own from here.
@@ -109,7 +108,6 @@ pub struct Broker<S> {
     tx_progress: Mutex<Vec<u32>>,
     /// When an ignored OrderAck/FinalAck was last logged, per peer address.
     refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
-    route_cache: RwLock<RouteCache>,
     /// Bumped by every catalog change; the route cache is valid for one generation.
     catalog_generation: AtomicU64,
     /// Queues found at start-up with messages outside their owning partition (stored by a lior
@@ -322,7 +320,6 @@ impl<S: QueueStore> Broker<S> {
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
             refused_log: Mutex::new(HashMap::new()),
-            route_cache: RwLock::new(RouteCache::default()),
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,
