@@ -140,10 +140,13 @@ enum Pending {
         ticket: Ticket,
         rec: u16,
     },
-    /// Handed to the shard that owns its queue (`qm::handoff`), not answered yet.
-    Handed { seq: u64, rec: u16 },
+    /// Handed to the shard that owns its queue (`qm::handoff`), not answered yet; the session
+    /// holds its SessionAcks until it is (`Session::hold`). `rec` for a recoverable message.
+    Handed { seq: u64, rec: Option<u16> },
     /// The owner's store refused it: never acknowledged (the session is closing).
     Refused,
+    /// An express message the owner took (removed at once; never waits).
+    Placed,
 }
 
 /// The cross-shard side of a shard: its mesh port, mail it could not send yet (a full lane)
@@ -158,9 +161,8 @@ struct Handoff {
     outbox_bytes: usize,
     /// The next hand-off number.
     next_seq: u64,
-    /// Hand-offs not answered yet: the session, and whether it waits for the answer in its
-    /// `pending_durable` (a recoverable message) or only needs a refusal to close it.
-    handed: HashMap<u64, (ConnId, bool)>,
+    /// Hand-offs not answered yet, with their sessions.
+    handed: HashMap<u64, ConnId>,
     /// Answers a session has not taken yet (it takes them in `poll_transmit`).
     placed: HashMap<u64, Placed>,
 }
@@ -529,15 +531,14 @@ impl<S: QueueStore> MsmqApp<S> {
             return Err(close_code::STORE);
         }
         h.next_seq += 1;
-        h.handed.insert(seq, (conn.id, rec_seq.is_some()));
+        h.handed.insert(seq, conn.id);
         self.shared
             .counters
             .handoffs
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(rec) = rec_seq {
-            conn.pending_durable.push_back(Pending::Handed { seq, rec });
-            self.mark_waiting(conn);
-        }
+        conn.session.hold();
+        conn.pending_durable
+            .push_back(Pending::Handed { seq, rec: rec_seq });
         Ok(())
     }
 
@@ -624,7 +625,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 placement,
                 order_ack,
             }) => {
-                let Some((conn, waits)) = handed.remove(&reply.seq) else {
+                let Some(conn) = handed.remove(&reply.seq) else {
                     // Its session closed meanwhile.
                     return;
                 };
@@ -632,10 +633,8 @@ impl<S: QueueStore> MsmqApp<S> {
                 if placement == Placement::Refused {
                     self.closes.push((conn, close_code::STORE));
                 }
-                if waits {
-                    placed.insert(reply.seq, (placement, order_ack));
-                    self.ready.push(conn);
-                }
+                placed.insert(reply.seq, (placement, order_ack));
+                self.ready.push(conn);
             }
             Err(_) => {
                 tracing::error!(from, "unreadable mail from another shard; dropped");
@@ -658,11 +657,19 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         let mut order_acks = Vec::new();
         let mut watch = Vec::new();
+        let mut taken = 0;
         for e in conn.pending_durable.iter_mut() {
             let Pending::Handed { seq, rec } = *e else {
                 continue;
             };
             let Some((placement, order_ack)) = h.placed.remove(&seq) else {
+                continue;
+            };
+            taken += 1;
+            order_acks.extend(order_ack);
+            let Some(rec) = rec else {
+                // Express: nothing to wait for once the owner has it (a refusal closes).
+                *e = Pending::Placed;
                 continue;
             };
             *e = match placement {
@@ -682,8 +689,14 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
                 Placement::Refused => Pending::Refused,
             };
-            order_acks.extend(order_ack);
         }
+        if taken == 0 {
+            return;
+        }
+        for _ in 0..taken {
+            conn.session.release();
+        }
+        conn.pending_durable.retain(|e| *e != Pending::Placed);
         for (key, state) in order_acks {
             self.accept_order_ack(now_ms, conn, key, state);
         }

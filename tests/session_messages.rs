@@ -112,6 +112,30 @@ fn express_messages_are_acknowledged_by_sequence_number() {
     assert_eq!(i.in_flight(), 0);
 }
 
+/// A message the app handed to another shard is held: no SessionAck covers it (nor anything
+/// after it) until the app releases it, so the sender's window bounds what crosses shards.
+#[test]
+fn held_messages_are_not_acknowledged_until_released() {
+    let (mut i, mut a) = open_pair();
+    for n in 0..3 {
+        i.send_message(1, &encode_msg(n, false), false, u64::from(n))
+            .unwrap();
+    }
+    deliver(1, &mut i, &mut a);
+    a.hold();
+    a.hold();
+    a.flush_acks();
+    assert!(acks_in(&a.take_transmit(Vec::new())).is_empty());
+    a.release();
+    a.flush_acks();
+    assert!(acks_in(&a.take_transmit(Vec::new())).is_empty());
+    a.release();
+    a.flush_acks();
+    let acks = acks_in(&a.take_transmit(Vec::new()));
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].ack_sequence_number, 3);
+}
+
 #[test]
 fn recoverable_messages_wait_for_the_disk_before_their_ack() {
     let (mut i, mut a) = open_pair();

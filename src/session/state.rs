@@ -188,6 +188,9 @@ pub struct Session {
     msg_received: u16,
     rec_received: u16,
     unacked_received: u16,
+    /// Received messages the app has not taken yet (handed to another shard, not placed):
+    /// no SessionAck covers them, so the sender's window is the back-pressure.
+    held: u32,
     /// LastAckedRecoverableMsgSeqNumber.
     rec_acked: u16,
     /// Highest recoverable sequence number such that it and all before it are on disk.
@@ -253,6 +256,7 @@ impl Session {
             msg_received: 0,
             rec_received: 0,
             unacked_received: 0,
+            held: 0,
             rec_acked: 0,
             rec_durable: 0,
             msg_sent: 0,
@@ -504,9 +508,26 @@ impl Session {
         self.ack_send_deadline = Some(self.ack_send_deadline.map_or(deadline, |d| d.min(deadline)));
     }
 
+    /// The app has not taken the message just received yet (it handed it to the shard that
+    /// owns its queue): SessionAcks wait until [`Session::release`] says it has, so a sender
+    /// never has more than its window in flight between shards. The ack timer still
+    /// acknowledges the window when it fires (the message is in lior's memory by then, as an
+    /// express message is when acknowledged), so a sender never times out on a stuck shard.
+    pub fn hold(&mut self) {
+        self.held = self.held.saturating_add(1);
+    }
+
+    /// One message [`Session::hold`] kept is now taken by the app.
+    pub fn release(&mut self) {
+        self.held = self.held.saturating_sub(1);
+    }
+
     /// Whether a SessionAck is owed now: messages not yet acknowledged, and every recoverable
     /// one among them on disk (otherwise the ack waits for the store, one group commit).
     fn ack_ready(&self) -> bool {
+        if self.held > 0 {
+            return false;
+        }
         let durable_progress = self.rec_durable != self.rec_acked;
         let waiting_for_disk = self.rec_durable != self.rec_received;
         (self.unacked_received > 0 && !waiting_for_disk) || durable_progress
