@@ -239,7 +239,12 @@ pub struct MsmqApp<S> {
     appended: Vec<bool>,
     /// This shard's destinations already resolved (its own: no lock on the message path).
     routes: crate::qm::broker::RouteCache,
+    /// MessageIdOrdinals leased from the broker for the OrderAcks this shard builds.
+    ordinals: std::ops::Range<u32>,
 }
+
+/// MessageIdOrdinals a shard leases at a time (one reservation on disk per lease).
+pub const ORDINAL_LEASE: u32 = 4_096;
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
 pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
@@ -310,6 +315,7 @@ impl<S: QueueStore> MsmqApp<S> {
             handoff: None,
             appended: vec![false; partitions],
             routes: crate::qm::broker::RouteCache::default(),
+            ordinals: 0..0,
         }
     }
 
@@ -452,6 +458,18 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
         Ok(())
+    }
+
+    /// A fresh MessageIdOrdinal from this shard's lease (a new lease every `ORDINAL_LEASE`).
+    fn next_ordinal(&mut self) -> u32 {
+        if self.ordinals.is_empty() {
+            match self.shared.broker.lease_ordinals(ORDINAL_LEASE) {
+                Some(r) => self.ordinals = r,
+                // Logged by the broker; as its single allocation does, use an unreserved one.
+                None => return 0,
+            }
+        }
+        self.ordinals.next().unwrap_or(0)
     }
 
     /// This shard waits for ticket `t` of partition `p` (for a session's acknowledgement).
@@ -743,7 +761,7 @@ impl<S: QueueStore> MsmqApp<S> {
             OrderAckTo::Private(conn.session.remote_qm())
         };
         for s in conn.order_acks.take_due(now_ms) {
-            let ordinal = self.shared.broker.next_ordinal();
+            let ordinal = self.next_ordinal();
             let bytes = match order_ack_frame(own, ordinal, &s, to) {
                 Ok(b) => b,
                 Err(e) => {

@@ -388,6 +388,17 @@ impl<S: QueueStore> Broker<S> {
         self.catalog.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A block of `n` fresh MessageIdOrdinals for a shard to hand out itself (one lock per
+    /// block instead of one per message); None when the reservation cannot be written.
+    pub fn lease_ordinals(&self, n: u32) -> Option<std::ops::Range<u32>> {
+        lock(&self.ordinals)
+            .allocate_block(n)
+            .map_err(
+                |e| tracing::error!(error = %e, "cannot persist the message ordinal reservation"),
+            )
+            .ok()
+    }
+
     /// A fresh MessageIdOrdinal (unique across restarts).
     pub fn next_ordinal(&self) -> u32 {
         lock(&self.ordinals).allocate().unwrap_or_else(|e| {
