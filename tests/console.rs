@@ -71,6 +71,33 @@ fn api_paths(js: &str) -> Vec<String> {
     out
 }
 
+/// A recoverable UserMessage to `queue_path` sent `sent_ago` seconds ago with a
+/// TimeToReachQueue of 10 s (already passed when `sent_ago` > 10).
+fn frame(source: Guid, id: u32, queue_path: &str, sent_ago: u32) -> Vec<u8> {
+    use lior::wire::user::{QueueRef, UserMessage};
+    use lior::wire::{utf16z, Utf16};
+    let dest = utf16z(queue_path);
+    let label = utf16z("late");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let m = UserMessage::new(
+        source,
+        id,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        b"x",
+    )
+    .with_recoverable(true)
+    .with_sent_time(now - sent_ago)
+    .with_time_to_reach_queue(10);
+    let mut out = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut out).expect("encode");
+    out.truncate(n);
+    out
+}
+
 /// A port on 127.0.0.1 where nothing listens (bound, then closed).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -239,15 +266,51 @@ fn a_decoded_peek_gives_headers_and_why_a_dead_letter_is_there() {
     assert_eq!(h["MessagePropertiesHeader"]["Label"], "order 1", "{h}");
     assert!(msgs[0].get("dead_letter_reason").is_none());
 
+    // Two more dead letters over MS-MQQB: the wrong transaction type, and too late.
+    let me = Guid([0x45; 16]);
+    let mut c = Client::connect(s.listen, me);
+    c.send(
+        &frame(me, 1, "OS:localhost\\private$\\billing$", 0),
+        true,
+        1,
+    );
+    c.send(
+        &frame(me, 2, "OS:localhost\\private$\\orders", 100),
+        true,
+        2,
+    );
+    c.wait_acked();
     let dead = get_json(
         &s,
         "/v1/queues/system$;deadletter/messages/decoded?count=10",
     );
     let dead = dead.as_array().unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    let r = &dead[0]["dead_letter_reason"];
-    assert_eq!(r["class"], "NACK_BAD_DST_Q", "{r}");
-    assert!(r["why"].as_str().unwrap().contains("nosuch"), "{r}");
+    let reasons: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|m| {
+            let r = &m["dead_letter_reason"];
+            (r["class"].as_str().unwrap(), r["why"].as_str().unwrap())
+        })
+        .collect();
+    // The two came on one session but are dead-lettered by their queues' owners (one shard
+    // each, maybe two): their order in the dead-letter queue is not fixed.
+    assert_eq!(reasons.len(), 3, "{dead:?}");
+    let find = |class: &str| {
+        reasons
+            .iter()
+            .find(|r| r.0 == class)
+            .unwrap_or_else(|| panic!("no {class} in {reasons:?}"))
+            .1
+    };
+    assert_eq!(find("NACK_BAD_DST_Q"), "no queue named nosuch");
+    assert!(
+        find("NACK_NOT_TRANSACTIONAL_MSG").contains("billing$"),
+        "{reasons:?}"
+    );
+    assert!(
+        find("NACK_REACH_QUEUE_TIMEOUT").contains("TimeToReachQueue 10 s"),
+        "{reasons:?}"
+    );
 
     let (status, _, body) = get(&s, "/v1/queues/nosuch/messages/decoded", &[]);
     assert_eq!(status, 404, "{body}");

@@ -188,7 +188,8 @@ async function loadMessages(name) {
 // ---- routing ----
 
 function route() {
-  const h = decodeURIComponent(location.hash.replace(/^#\/?/, ''));
+  let h = location.hash.replace(/^#\/?/, '');
+  try { h = decodeURIComponent(h); } catch (_) { /* a malformed escape: take it as it is */ }
   if (h.startsWith('queues/')) return { view: 'queue', name: h.slice('queues/'.length) };
   if (['dead-letter', 'outgoing', 'sessions'].includes(h)) return { view: h };
   return { view: 'queues' };
@@ -231,7 +232,9 @@ function render(force) {
   const view = document.getElementById('view');
   const focusKey = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.key : null;
   const open = new Set([...view.querySelectorAll('details[open]')].map((d) => d.dataset.key));
-  if (!force && key === st.routeKey && (r.view === 'queue' || r.view === 'dead-letter') && open.size > 0) {
+  // Nor while a person is typing in one of its fields.
+  const typing = document.activeElement && document.activeElement.tagName === 'INPUT' && view.contains(document.activeElement);
+  if (!force && key === st.routeKey && (typing || ((r.view === 'queue' || r.view === 'dead-letter') && open.size > 0))) {
     return;
   }
   st.routeKey = key;

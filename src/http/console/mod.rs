@@ -125,14 +125,15 @@ pub fn peek_decoded<S: QueueStore>(
 /// Why a message in a dead-letter queue is there, worked out now from the message and the
 /// queues as they are (lior keeps the packet as it came, not the NACK class it was given): the
 /// checks of delivery in its order (destination, TimeToReachQueue, transaction type), then an
-/// expired TimeToBeReceived, then a full queue. `{"class", "why"}`.
+/// expired TimeToBeReceived or a full queue (both only for a sender that asked for negative
+/// journaling). `{"class", "why"}`; class `unknown` when nothing explains it any more.
 pub fn dead_letter_reason<S: QueueStore>(broker: &Broker<S>, packet: &[u8], now: u32) -> Value {
     let reason = |class: MessageClass, why: String| json!({"class": class.name(), "why": why});
     let Ok(m) = UserMessage::parse(packet) else {
         return json!({"class": "unknown", "why": "the stored packet does not parse"});
     };
     let u = &m.user;
-    let queue = match route(u, &broker.identity) {
+    let (queue, queue_tx) = match route(u, &broker.identity) {
         Route::NotHere(w) | Route::Unknown(w) => {
             return reason(MessageClass::NACK_BAD_DST_Q, w);
         }
@@ -140,18 +141,13 @@ pub fn dead_letter_reason<S: QueueStore>(broker: &Broker<S>, packet: &[u8], now:
             return json!({"class": "unknown", "why": format!("sent to the system queue {s:?}")})
         }
         Route::Named(n) => match broker.lookup(&n) {
-            Ok(q) => q,
+            Ok(q) => (q.name, q.transactional),
             Err(_) => {
                 return reason(MessageClass::NACK_BAD_DST_Q, format!("no queue named {n}"));
             }
         },
         Route::Number(n) => match broker.list_queues().into_iter().find(|q| q.id == n) {
-            Some(q) => match broker.lookup(&q.name) {
-                Ok(q) => q,
-                Err(_) => {
-                    return reason(MessageClass::NACK_BAD_DST_Q, format!("no queue {n:#x}"));
-                }
-            },
+            Some(q) => (q.name, q.transactional),
             None => {
                 return reason(
                     MessageClass::NACK_BAD_DST_Q,
@@ -161,44 +157,70 @@ pub fn dead_letter_reason<S: QueueStore>(broker: &Broker<S>, packet: &[u8], now:
         },
     };
     let ttrq = m.base.time_to_reach_queue;
+    let ttbr = u.time_to_be_received;
     let age = now.saturating_sub(u.sent_time);
-    if ttrq != INFINITE && u.sent_time != 0 && age > ttrq {
+    let ttrq_passed = ttrq != INFINITE && u.sent_time != 0 && age > ttrq;
+    let ttbr_passed = ttbr != INFINITE && u.sent_time != 0 && age >= ttbr;
+    // Expiry in a queue moves a message here only when its sender asked for negative
+    // journaling; expiry on the way always does.
+    let jn = u.flags.journal_negative();
+    if ttrq_passed && !(ttbr_passed && jn) {
         return reason(
             MessageClass::NACK_REACH_QUEUE_TIMEOUT,
             format!(
                 "TimeToReachQueue {ttrq} s has passed (sent {age} s ago) on its way to {}",
-                queue.name
+                queue
             ),
         );
     }
     let tx = u.flags.transactional();
-    if tx && !queue.transactional {
+    if tx && !queue_tx {
         return reason(
             MessageClass::NACK_NOT_TRANSACTIONAL_Q,
             format!(
                 "transactional message for non-transactional queue {}",
-                queue.name
+                queue
             ),
         );
     }
-    if !tx && queue.transactional {
+    if !tx && queue_tx {
         return reason(
             MessageClass::NACK_NOT_TRANSACTIONAL_MSG,
             format!(
                 "non-transactional message for transactional queue {}",
-                queue.name
+                queue
             ),
         );
     }
-    let ttbr = u.time_to_be_received;
-    if ttbr != INFINITE && age >= ttbr {
+    if ttbr_passed && jn {
+        let also = if ttrq_passed {
+            format!(", or on its way there (TimeToReachQueue {ttrq} s passed too)")
+        } else {
+            String::new()
+        };
         return reason(
             MessageClass::NACK_RECEIVE_TIMEOUT,
-            format!("TimeToBeReceived {ttbr} s passed in queue {}", queue.name),
+            format!(
+                "TimeToBeReceived {ttbr} s passed (sent {age} s ago) in queue {}{also}",
+                queue
+            ),
         );
     }
-    reason(
-        MessageClass::NACK_Q_EXCEED_QUOTA,
-        format!("queue {} was full", queue.name),
-    )
+    if jn && !tx {
+        return reason(
+            MessageClass::NACK_Q_EXCEED_QUOTA,
+            format!(
+                "queue {} was full when it came (nothing else explains it now)",
+                queue
+            ),
+        );
+    }
+    json!({
+        "class": "unknown",
+        "why": format!(
+            "nothing that dead-letters a message holds now; queue {} may have been deleted \
+             and created again since",
+            queue
+        ),
+    })
 }
