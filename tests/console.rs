@@ -334,8 +334,9 @@ fn find_chromium() -> Option<PathBuf> {
 }
 
 /// Runs headless Chromium on `url` with `args` (after the common ones), giving the page's
-/// script 10 s of virtual time to fetch and render; returns stdout.
-fn chromium(bin: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
+/// script `virtual_ms` of virtual time (which runs ahead of the clock while nothing is
+/// fetched) to fetch and render; returns stdout.
+fn chromium(bin: &Path, profile: &Path, url: &str, virtual_ms: u32, args: &[&str]) -> String {
     let mut child = Command::new(bin)
         .args([
             "--headless",
@@ -344,8 +345,8 @@ fn chromium(bin: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--hide-scrollbars",
-            "--virtual-time-budget=10000",
         ])
+        .arg(format!("--virtual-time-budget={virtual_ms}"))
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(url)
@@ -440,6 +441,7 @@ fn a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium() 
             &bin,
             &profile,
             &format!("{base}{fragment}"),
+            10_000,
             &["--window-size=1280,900", "--dump-dom"],
         )
     };
@@ -511,16 +513,41 @@ fn a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium() 
         "{sessions}"
     );
 
-    // Screenshots at a desktop and a phone width.
+    // Screenshots at a desktop and a phone width, with messages flowing so that the charts
+    // have something to draw.
+    s.cli(&["queue", "create", "shipments"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (api, stop) = (s.api.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for i in 0..2000u32 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let body = format!("{{\"to\": \"DIRECT=OS:localhost\\\\private$\\\\shipments\", \"label\": \"parcel {i}\", \"body\": \"x\"}}");
+                let _ = ureq::post(&format!("http://{api}/v1/send"))
+                    .set("Content-Type", "application/json")
+                    .send_string(&body);
+                if i % 3 == 0 {
+                    let _ =
+                        ureq::post(&format!("http://{api}/v1/queues/shipments/receive?count=2"))
+                            .call();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
     for (w, h, name) in [
         (1280u32, 900u32, "console.png"),
         (390, 844, "console-phone.png"),
     ] {
         let png = dir.path().join(name);
+        // Two minutes of refreshes: the charts' whole history.
         chromium(
             &bin,
             &profile,
             &base,
+            120_000,
             &[
                 &format!("--window-size={w},{h}"),
                 &format!("--screenshot={}", png.display()),
@@ -534,4 +561,6 @@ fn a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium() 
             std::fs::copy(&png, docs).unwrap();
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
 }

@@ -253,12 +253,14 @@ function render(force) {
 }
 
 function chart(title, cls, values, unit) {
-  const w = HISTORY, h = 100;
+  const w = 100, h = 100;
   const max = Math.max(1, ...values.map((v) => v || 0));
   const last = values.length ? values[values.length - 1] : null;
   const s = svg('svg', { viewBox: '0 0 ' + w + ' ' + h, preserveAspectRatio: 'none', 'aria-hidden': 'true', focusable: 'false' });
   for (const y of [0, 50, 100]) s.append(svg('line', { x1: 0, x2: w, y1: y, y2: y, class: 'grid' }));
-  const pts = values.map((v, i) => (w - (values.length - 1 - i)) + ',' + (h - (v || 0) / max * (h - 4) - 2).toFixed(1));
+  // The samples kept so far span the width (at most HISTORY of them: two minutes).
+  const step = values.length > 1 ? w / (values.length - 1) : 0;
+  const pts = values.map((v, i) => (values.length > 1 ? i * step : w).toFixed(2) + ',' + (h - (v || 0) / max * (h - 4) - 2).toFixed(1));
   if (pts.length > 0) s.append(svg('polyline', { points: pts.join(' '), class: 'series' }));
   const label = title + ': ' + fmtRate(last) + ' now, peak ' + fmtRate(max === 1 && !values.some((v) => v > 0) ? 0 : max) + ' over the last ' + Math.round(values.length * REFRESH_MS / 1000) + ' s';
   return el('figure', { class: 'chart ' + cls, role: 'img', 'aria-label': label },
