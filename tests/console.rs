@@ -2,7 +2,8 @@
 //! with the right types and every API path its script calls exists (no browser needed), and in
 //! a real headless Chromium (the distribution's `chromium`, installed by `.ci/run`) a person
 //! sees the queues with their counts, a queue's messages with their decoded headers, the
-//! dead-letter queue with each message's reason, and the outgoing queues with their state.
+//! dead-letter queue with each message's reason, and the outgoing queues with their state, and
+//! pauses and resumes an outgoing queue with its buttons, from the keyboard.
 //!
 //! Without chromium the browser test fails under CI (`CI=true`) and says loudly that it skipped
 //! elsewhere. `LIOR_UPDATE_SCREENSHOT=1` copies its 1280-pixel screenshot to `docs/console.png`.
@@ -563,4 +564,201 @@ fn a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium() 
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     traffic.join().unwrap();
+}
+
+/// Chrome's DevTools protocol over `--remote-debugging-pipe` (commands on the browser's fd 3,
+/// answers on fd 4, each a JSON object ended by a NUL byte), through two named pipes.
+struct Devtools {
+    child: std::process::Child,
+    to: std::fs::File,
+    from: std::io::BufReader<std::fs::File>,
+    next: u64,
+    session: Option<String>,
+}
+
+impl Devtools {
+    fn start(bin: &Path, dir: &Path) -> Devtools {
+        let (cmd, ans) = (dir.join("cdp-in"), dir.join("cdp-out"));
+        for p in [&cmd, &ans] {
+            let st = Command::new("mkfifo").arg(p).status().expect("mkfifo");
+            assert!(st.success(), "mkfifo {}", p.display());
+        }
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("exec \"$0\" \"$@\" 3<\"$CDP_IN\" 4>\"$CDP_OUT\"")
+            .arg(bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-pipe",
+                "--window-size=1280,900",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                dir.join("cdp-profile").display()
+            ))
+            .env("CDP_IN", &cmd)
+            .env("CDP_OUT", &ans)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        // The shell opens fd 3 first, then fd 4: open ours in the same order.
+        let to = std::fs::OpenOptions::new().write(true).open(&cmd).unwrap();
+        let from = std::io::BufReader::new(std::fs::File::open(&ans).unwrap());
+        Devtools {
+            child,
+            to,
+            from,
+            next: 0,
+            session: None,
+        }
+    }
+
+    /// Sends one command (to the attached page once there is one) and returns its result.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        self.next += 1;
+        let id = self.next;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = serde_json::json!(s);
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = self.from.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "chromium closed its DevTools pipe during {method}");
+            buf.pop();
+            let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `js` in the page (awaiting a promise) and returns its value.
+    fn eval(&mut self, js: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": js, "awaitPromise": true, "returnByValue": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `js` evaluates to true in the page (the console refreshes every 2 s).
+    fn wait_for(&mut self, js: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.eval(js) != serde_json::json!(true) {
+            let seen = self.eval("document.getElementById('view').innerText");
+            assert!(
+                Instant::now() < deadline,
+                "never {what}; the page shows: {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Presses Enter on the element `selector`, focused as a keyboard user would reach it.
+    fn press_enter_on(&mut self, selector: &str) {
+        let focused = self.eval(&format!(
+            "(() => {{ const b = document.querySelector({sel}); if (!b) return false; b.focus(); \
+             return document.activeElement === b; }})()",
+            sel = serde_json::json!(selector)
+        ));
+        assert_eq!(focused, serde_json::json!(true), "cannot focus {selector}");
+        for ty in ["keyDown", "keyUp"] {
+            let mut ev = serde_json::json!({"type": ty, "key": "Enter", "code": "Enter",
+                "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13});
+            if ty == "keyDown" {
+                ev["text"] = serde_json::json!("\r");
+            }
+            self.call("Input.dispatchKeyEvent", ev);
+        }
+    }
+}
+
+impl Drop for Devtools {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pause_and_resume_buttons_work_from_the_keyboard_in_chromium() {
+    let Some(bin) = find_chromium() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("chromium is missing: .ci/run installs it (apt-get install chromium)");
+        }
+        eprintln!(
+            "\n*** SKIPPED pause_and_resume_buttons_work_from_the_keyboard_in_chromium: \
+             no chromium on PATH (apt-get install chromium); under CI=true this fails ***\n"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = populated(dir.path());
+    let mut cdp = Devtools::start(&bin, dir.path());
+    let target = cdp.call(
+        "Target.createTarget",
+        serde_json::json!({"url": "about:blank"}),
+    )["targetId"]
+        .clone();
+    let session = cdp.call(
+        "Target.attachToTarget",
+        serde_json::json!({"targetId": target, "flatten": true}),
+    )["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cdp.session = Some(session);
+    cdp.call(
+        "Page.navigate",
+        serde_json::json!({"url": format!("http://{}/#/outgoing", s.api)}),
+    );
+    let row = |d: &str| format!("document.querySelector('tr[data-destination=\"{d}\"]')");
+    let paused_in_api = |s: &Server| {
+        get_json(s, "/v1/outgoing")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["destination"] == "TCP:127.0.0.2")
+            .unwrap()["paused"]
+            .clone()
+    };
+    let waiting = row("TCP:127.0.0.2");
+    cdp.wait_for(
+        &format!("!!{waiting} && {waiting}.innerText.includes('Pause')"),
+        "a Pause button for TCP:127.0.0.2",
+    );
+    cdp.press_enter_on("tr[data-destination=\"TCP:127.0.0.2\"] button");
+    cdp.wait_for(
+        &format!(
+            "{waiting}.innerText.includes('paused') && {waiting}.innerText.includes('Resume')"
+        ),
+        "TCP:127.0.0.2 shown paused with a Resume button",
+    );
+    assert_eq!(paused_in_api(&s), true, "the API says it is paused");
+    let said = cdp.eval("document.getElementById('status').innerText");
+    assert_eq!(
+        said, "Paused TCP:127.0.0.2.",
+        "announced in the status region"
+    );
+
+    cdp.press_enter_on("tr[data-destination=\"TCP:127.0.0.2\"] button");
+    cdp.wait_for(
+        &format!(
+            "{waiting}.innerText.includes('Pause') && !{waiting}.innerText.includes('Resume')"
+        ),
+        "TCP:127.0.0.2 resumed",
+    );
+    assert_eq!(paused_in_api(&s), false, "the API says it is resumed");
 }
