@@ -569,7 +569,7 @@ fn a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium() 
 /// Chrome's DevTools protocol over `--remote-debugging-pipe` (commands on the browser's fd 3,
 /// answers on fd 4, each a JSON object ended by a NUL byte), through two named pipes.
 struct Devtools {
-    child: std::process::Child,
+    child: std::sync::Arc<std::sync::Mutex<std::process::Child>>,
     to: std::fs::File,
     from: std::io::BufReader<std::fs::File>,
     next: u64,
@@ -606,6 +606,23 @@ impl Devtools {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromium");
+        // A browser that stops answering would block a read forever: killed after 120 s, it
+        // closes the pipe and the read fails with the name of the command.
+        // (std's Child never signals a process it has already reaped.)
+        let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+        let watched = std::sync::Arc::downgrade(&child);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if watched.strong_count() == 0 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            if let Some(c) = watched.upgrade() {
+                let _ = c.lock().unwrap().kill();
+            }
+        });
         // The shell opens fd 3 first, then fd 4: open ours in the same order.
         let to = std::fs::OpenOptions::new().write(true).open(&cmd).unwrap();
         let from = std::io::BufReader::new(std::fs::File::open(&ans).unwrap());
@@ -687,8 +704,9 @@ impl Devtools {
 
 impl Drop for Devtools {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut c = self.child.lock().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
