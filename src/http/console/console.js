@@ -34,6 +34,7 @@ const st = {
   messages: {}, // queue name -> {list, more, error}
   routeKey: '',
   timer: 0,
+  busy: false,
 };
 
 // ---- small helpers ----
@@ -144,6 +145,9 @@ function metric(name) {
 // ---- data ----
 
 async function refresh() {
+  // A slow answer is not piled on: the next tick waits for it.
+  if (st.busy) return;
+  st.busy = true;
   try {
     const [status, queues, outgoing, metricsText] = await Promise.all([
       getJson(API.status),
@@ -172,6 +176,8 @@ async function refresh() {
     document.getElementById('updated').textContent = 'Updated ' + new Date(now).toISOString().slice(11, 19) + ' UTC.';
   } catch (e) {
     setStatus('Cannot read the API: ' + e.message, true);
+  } finally {
+    st.busy = false;
   }
   render(false);
 }
@@ -252,7 +258,7 @@ function render(force) {
   }
 }
 
-function chart(title, cls, values, unit) {
+function chart(title, cls, values) {
   const w = 100, h = 100;
   const max = Math.max(1, ...values.map((v) => v || 0));
   const last = values.length ? values[values.length - 1] : null;
