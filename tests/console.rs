@@ -334,6 +334,27 @@ fn find_chromium() -> Option<PathBuf> {
     None
 }
 
+/// Chromium, or None after saying loudly that `test` is skipped (on the terminal itself: the
+/// test harness keeps `eprintln!` of a passing test to itself); under `CI=true` a missing
+/// chromium fails the test.
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "chromium is missing: {test} needs the distribution's chromium package \
+             (.ci/run installs it with apt-get when run as root: apt-get install chromium)"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED {test}: no chromium on PATH (apt-get install chromium); \
+             under CI=true this fails ***\n"
+        );
+    }
+    found
+}
+
 /// Runs headless Chromium on `url` with `args` (after the common ones), giving the page's
 /// script `virtual_ms` of virtual time (which runs ahead of the clock while nothing is
 /// fetched) to fetch and render; returns stdout.
@@ -419,18 +440,9 @@ fn png_size(png: &[u8]) -> (u32, u32) {
 
 #[test]
 fn a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium() {
-    let Some(bin) = find_chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "chromium is missing: the console test needs the distribution's chromium \
-                 package (.ci/run installs it with apt-get when run as root: \
-                 apt-get install chromium)"
-            );
-        }
-        eprintln!(
-            "\n*** SKIPPED a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium: \
-             no chromium on PATH (apt-get install chromium); under CI=true this fails ***\n"
-        );
+    let Some(bin) = chromium_or_skip(
+        "a_person_sees_queues_messages_dead_letters_and_outgoing_queues_in_chromium",
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -712,14 +724,8 @@ impl Drop for Devtools {
 
 #[test]
 fn pause_and_resume_buttons_work_from_the_keyboard_in_chromium() {
-    let Some(bin) = find_chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium is missing: .ci/run installs it (apt-get install chromium)");
-        }
-        eprintln!(
-            "\n*** SKIPPED pause_and_resume_buttons_work_from_the_keyboard_in_chromium: \
-             no chromium on PATH (apt-get install chromium); under CI=true this fails ***\n"
-        );
+    let Some(bin) = chromium_or_skip("pause_and_resume_buttons_work_from_the_keyboard_in_chromium")
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
