@@ -723,9 +723,10 @@ impl Drop for Devtools {
 }
 
 #[test]
-fn pause_and_resume_buttons_work_from_the_keyboard_in_chromium() {
-    let Some(bin) = chromium_or_skip("pause_and_resume_buttons_work_from_the_keyboard_in_chromium")
-    else {
+fn pause_and_resume_work_from_the_keyboard_and_every_view_fits_a_phone_in_chromium() {
+    let Some(bin) = chromium_or_skip(
+        "pause_and_resume_work_from_the_keyboard_and_every_view_fits_a_phone_in_chromium",
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -785,4 +786,30 @@ fn pause_and_resume_buttons_work_from_the_keyboard_in_chromium() {
         "TCP:127.0.0.2 resumed",
     );
     assert_eq!(paused_in_api(&s), false, "the API says it is resumed");
+
+    // At a phone's width every view fits: the page never scrolls sideways (wide tables scroll
+    // inside their own region).
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": true}),
+    );
+    for view in [
+        "#/queues",
+        "#/queues/orders",
+        "#/dead-letter",
+        "#/outgoing",
+        "#/sessions",
+    ] {
+        cdp.eval(&format!("location.hash = {}", serde_json::json!(view)));
+        cdp.wait_for(
+            "!!document.querySelector('#view h2') && !document.querySelector('#view').innerText.includes('Loading')",
+            &format!("{view} rendered"),
+        );
+        let widths = cdp
+            .eval("[document.documentElement.scrollWidth, document.documentElement.clientWidth]");
+        assert!(
+            widths[0].as_u64() <= widths[1].as_u64() && widths[1] == 390,
+            "{view} is wider than the phone: {widths}"
+        );
+    }
 }
