@@ -18,6 +18,7 @@ use crate::qm::catalog::CatalogError;
 use crate::store::QueueStore;
 use crate::wire::base::MAX_PACKET_SIZE;
 
+use super::console;
 use super::message_json::message_value;
 
 /// The most one request waits for messages.
@@ -193,6 +194,10 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/v1/outgoing/pause", post(pause_outgoing::<S>))
                     .route("/v1/outgoing/resume", post(resume_outgoing::<S>))
                     .route("/metrics", get(metrics_route::<S>))
+                    .route("/v1/queues/{name}/messages/decoded", get(peek_decoded::<S>))
+                    .route(console::INDEX_PATH, get(console::index))
+                    .route(console::CSS_PATH, get(console::css))
+                    .route(console::JS_PATH, get(console::js))
                     .layer(DefaultBodyLimit::max(SEND_REQUEST_BYTES_MAX))
                     .with_state(ctx);
                 let r = axum::serve(super::CappedListener::new(listener, api_cap, "API"), app)
@@ -322,6 +327,27 @@ async fn receive<S: QueueStore + Send + 'static>(
         // missed notification from turning into a full wait.
         let slice = (deadline - now).min(Duration::from_millis(100));
         let _ = tokio::time::timeout(slice, notified).await;
+    }
+}
+
+/// The web console's peek: each message with its decoded headers (and, in a dead-letter queue,
+/// why it is there), bounded as a peek is.
+async fn peek_decoded<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Path(name): Path<String>,
+    Query(q): Query<MessagesQuery>,
+) -> Response {
+    let count = match message_count(&q) {
+        Ok(n) => n,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match console::peek_decoded(&c.broker, &name, count, RECEIVE_RESPONSE_BYTES_MAX) {
+        Ok((msgs, more)) => (
+            [(MORE_HEADER, if more { "true" } else { "false" })],
+            Json(msgs),
+        )
+            .into_response(),
+        Err(e) => api_error(e),
     }
 }
 

@@ -2,6 +2,7 @@
 //! axum on a thread of its own. It calls the queue manager; it holds no queue logic.
 
 pub mod api;
+pub mod console;
 pub mod message_json;
 pub mod srmp;
 
