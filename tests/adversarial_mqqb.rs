@@ -327,7 +327,7 @@ fn half_open_handshakes_are_closed_after_the_handshake_timeout_while_others_are_
         let Some(mut s) = connect_from(src, server.listen) else {
             continue;
         };
-        if i >= 100 && i < 200 {
+        if (100..200).contains(&i) {
             let _ = s.write_all(&f3[..f3.len() / 2]);
         } else if i >= 200 {
             let _ = s.write_all(&f3);
@@ -884,6 +884,12 @@ fn bad_utf16_in_format_names_and_labels_is_dead_lettered_or_stored_and_readable(
         stored >= c.acked.len(),
         "{} acked, {stored} stored or dead-lettered",
         c.acked.len()
+    );
+    // The unreadable destinations are dead-lettered (each with its reason in the log).
+    assert!(
+        metric(&server, "dead_lettered_total") >= 3,
+        "{} dead-lettered",
+        metric(&server, "dead_lettered_total")
     );
     server.cli(&["receive", "q", "--count", "100"]);
     server.cli(&["receive", "deadletter", "--count", "100", "--json"]);
