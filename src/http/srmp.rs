@@ -230,7 +230,13 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
                 let Some(el) = stack.last().map(String::as_str) else {
                     continue;
                 };
-                let parent = stack.len().checked_sub(2).map(|i| stack[i].as_str());
+                // The 4.4 stream sample spells the element `<Stream>` where 2.2.5.3 says
+                // `<stream>`: both are read.
+                let parent = stack
+                    .len()
+                    .checked_sub(2)
+                    .map(|i| stack[i].as_str())
+                    .map(|p| if p == "Stream" { "stream" } else { p });
                 match (parent, el) {
                     (Some("path"), "action") => {
                         m.label = text.strip_prefix("MSMQ:").unwrap_or("").to_string();

@@ -5,34 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lior::wire::user::UserMessage;
-use lior::wire::{frame_len, parse_packet, ErrorKind, Packet};
 
-fn round_trip(m: &UserMessage<'_>) {
-    let mut out = vec![0u8; m.frame_len()];
-    match m.encode(&mut out) {
-        Ok(n) => {
-            assert_eq!(n, out.len(), "frame_len() disagrees with encode()");
-            let mut want = *m;
-            want.base.packet_size = m.packet_size() as u32;
-            assert_eq!(UserMessage::parse(&out[..n]), Ok(want), "re-parse differs");
-            assert_eq!(frame_len(&out[..n]), Ok(Some(n)));
-        }
-        // The only refusal allowed for a parsed value: an MQF-before-SOAP order that the
-        // reader's order detection would read the other way.
-        Err(e) => assert!(
-            m.multi_queue_before_soap && e.kind == ErrorKind::Unsupported,
-            "re-encode of a parsed message failed: {e}"
-        ),
-    }
-}
+#[path = "../checks/parse_packet.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = frame_len(data);
-    if let Ok(Packet::User(m)) = parse_packet(data) {
-        round_trip(&m);
-    }
-    if let Ok(m) = UserMessage::parse(data) {
-        round_trip(&m);
-    }
-});
+fuzz_target!(|data: &[u8]| check::check(data));
