@@ -124,6 +124,8 @@ pub struct MsmqConn {
     direct_format: bool,
     incoming: bool,
     established: bool,
+    /// Whether this incoming session took a MaxInSessions slot (at its EstablishConnection).
+    counted: bool,
     /// For sessions we opened: the outgoing queue (store queue id) they carry.
     outgoing: Option<u32>,
     /// The app's turn in which this connection was put on its `waiting` list (so the check is
@@ -379,6 +381,9 @@ impl<S> MsmqApp<S> {
 impl<S: QueueStore> MsmqApp<S> {
     /// Processes one frame; Err closes the connection at once.
     fn handle_frame(&mut self, now_ms: u64, conn: &mut MsmqConn, frame: &[u8]) -> Result<(), u32> {
+        if conn.incoming && !conn.counted && conn.session.awaits_establish() {
+            self.take_session_slot(conn);
+        }
         let inbound = match conn.session.handle_frame(now_ms, frame) {
             Ok(i) => i,
             // The session queued its own goodbye (a refusal reply) if it has one; `wants_close`
@@ -470,6 +475,33 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
         self.ordinals.next().unwrap_or(0)
+    }
+
+    /// An incoming session takes one of the MaxInSessions slots when its first packet (the
+    /// EstablishConnection) arrives, not when TCP accepts it: a connection that never speaks
+    /// holds no slot (it only lives `limits.handshake_timeout_ms`), so silent connections cannot
+    /// lock real senders out. Past MaxInSessions the EstablishConnection is answered with CS=1,
+    /// as Windows does, and the connection closes once the answer is sent.
+    fn take_session_slot(&mut self, conn: &mut MsmqConn) {
+        let max = self.shared.broker.config.parameters.MaxInSessions;
+        let n = self.shared.sessions_in.fetch_add(1, Ordering::Relaxed);
+        conn.counted = true;
+        let refuse = n >= max;
+        conn.session.refuse_next_establish(refuse);
+        if refuse {
+            self.shared
+                .counters
+                .sessions_refused
+                .fetch_add(1, Ordering::Relaxed);
+            if crate::ratelog::REFUSED.allow() {
+                tracing::warn!(peer = %conn.peer, max, "MaxInSessions reached; refusing the session");
+            }
+        } else {
+            self.shared
+                .counters
+                .sessions_accepted
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// This shard waits for ticket `t` of partition `p` (for a session's acknowledgement).
@@ -1299,30 +1331,12 @@ impl<S: QueueStore> App for MsmqApp<S> {
             tracing::debug!(%peer, %listener, "not an MS-MQQB listener; AMQP is not served yet: refused");
             return None;
         }
-        let max = self.shared.broker.config.parameters.MaxInSessions;
-        let n = self.shared.sessions_in.fetch_add(1, Ordering::Relaxed);
         let mut cfg = self.shared.session_config.clone();
-        // A connection that does not finish its handshake soon holds a slot and a descriptor
-        // for nothing: incoming sessions get limits.handshake_timeout_ms, not the 60 s
-        // Session Initialization Timer.
+        // A connection that does not finish its handshake soon holds a descriptor for nothing:
+        // incoming sessions get limits.handshake_timeout_ms, not the 60 s Session
+        // Initialization Timer. Its MaxInSessions slot is taken when its EstablishConnection
+        // arrives (`take_session_slot`).
         cfg.init_timeout_ms = self.shared.broker.config.incoming_handshake_timeout_ms();
-        // Past MaxInSessions the EstablishConnection is answered with CS=1, as Windows does,
-        // and the connection closes once the answer is sent.
-        cfg.refuse = n >= max;
-        if cfg.refuse {
-            self.shared
-                .counters
-                .sessions_refused
-                .fetch_add(1, Ordering::Relaxed);
-            if crate::ratelog::REFUSED.allow() {
-                tracing::warn!(%peer, max, "MaxInSessions reached; refusing the session");
-            }
-        } else {
-            self.shared
-                .counters
-                .sessions_accepted
-                .fetch_add(1, Ordering::Relaxed);
-        }
         Some(MsmqConn {
             id,
             peer,
@@ -1332,6 +1346,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             order_acks: OrderAcks::default(),
             direct_format: false,
             incoming: true,
+            counted: false,
             established: false,
             outgoing: None,
             waiting_turn: None,
@@ -1434,7 +1449,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 }
             }
         }
-        if conn.incoming {
+        if conn.counted {
             self.shared.sessions_in.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
@@ -1569,6 +1584,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 order_acks: OrderAcks::default(),
                 direct_format: true,
                 incoming: false,
+                counted: false,
                 established: false,
                 outgoing: Some(q),
                 waiting_turn: None,

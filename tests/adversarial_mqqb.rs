@@ -354,7 +354,6 @@ fn half_open_handshakes_are_closed_after_the_handshake_timeout_while_others_are_
 /// lock every real sender out (refused with CS=1) for as long as the attacker renews them
 /// (each lives limits.handshake_timeout_ms).
 #[test]
-#[ignore = "defect in src/server.rs: half-open TCP connections hold MaxInSessions slots, so a few silent connections refuse every real sender"]
 fn half_open_connections_past_max_in_sessions_do_not_lock_out_a_real_sender() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), "[Parameters]\nMaxInSessions = 4\n");

@@ -191,6 +191,8 @@ pub struct Session {
     /// Received messages the app has not taken yet (handed to another shard, not placed):
     /// no SessionAck covers them, so the sender's window is the back-pressure.
     held: u32,
+    /// Set by [`Session::refuse_next_establish`].
+    refuse_at_establish: Option<bool>,
     /// LastAckedRecoverableMsgSeqNumber.
     rec_acked: u16,
     /// Highest recoverable sequence number such that it and all before it are on disk.
@@ -257,6 +259,7 @@ impl Session {
             rec_received: 0,
             unacked_received: 0,
             held: 0,
+            refuse_at_establish: None,
             rec_acked: 0,
             rec_durable: 0,
             msg_sent: 0,
@@ -357,6 +360,9 @@ impl Session {
         };
         match (self.state, packet) {
             (SessionState::WaitingEcMsg, Packet::EstablishConnection(ec)) => {
+                if let Some(decide) = self.refuse_at_establish.take() {
+                    self.cfg.refuse = decide;
+                }
                 self.on_ec_request(&ec)?;
                 Ok(Inbound::Control)
             }
@@ -515,6 +521,18 @@ impl Session {
     /// express message is when acknowledged), so a sender never times out on a stuck shard.
     pub fn hold(&mut self) {
         self.held = self.held.saturating_add(1);
+    }
+
+    /// Whether this session (the acceptor) still waits for the peer's EstablishConnection: the
+    /// moment it would take one of the queue manager's MaxInSessions slots.
+    pub fn awaits_establish(&self) -> bool {
+        self.state == SessionState::WaitingEcMsg
+    }
+
+    /// Decides, for the EstablishConnection about to be handled, whether to refuse it (CS=1)
+    /// rather than what [`SessionConfig::refuse`] said at creation.
+    pub fn refuse_next_establish(&mut self, refuse: bool) {
+        self.refuse_at_establish = Some(refuse);
     }
 
     /// One message [`Session::hold`] kept is now taken by the app.
