@@ -7,8 +7,9 @@ what happened) and exits 0, or prints the failure and exits 1. Uses only the blo
 import json
 import sys
 
-from proton import Message
+from proton import Delivery, Message
 from proton.utils import BlockingConnection
+from proton import Timeout
 
 
 def body(m):
@@ -38,12 +39,19 @@ def props(m):
 
 def main():
     url, scenario, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    user = None
-    password = None
-    if scenario == "bad-sasl":
-        user, password = "nobody", "wrong"
-    conn = BlockingConnection(url, timeout=20, user=user, password=password,
-                              allowed_mechs="PLAIN" if user else None)
+    if scenario == "sasl":
+        # sasl USER PASSWORD QUEUE: log in with PLAIN and send one message
+        user, password, q = args
+        try:
+            conn = BlockingConnection(url, timeout=20, user=user, password=password,
+                                      allowed_mechs="PLAIN")
+            conn.create_sender(q).send(Message(body=b"x", durable=True))
+            conn.close()
+            out({"error": None})
+        except Exception as e:  # noqa: BLE001
+            out({"error": "%s: %s" % (type(e).__name__, e)})
+        return
+    conn = BlockingConnection(url, timeout=20)
 
     if scenario == "send":
         # send QUEUE N [durable] [subject] [priority] [app_specific]
@@ -98,9 +106,11 @@ def main():
             m = r.receive(timeout=20)
             out({"step": step, "body": body(m), "delivery_count": m.delivery_count})
             if step == "release":
-                r.release()
+                r.release(delivered=False)
             elif step == "modify":
-                r.release(delivered=True)
+                for d in r.fetcher.unsettled:
+                    d.local.failed = True
+                r.settle(Delivery.MODIFIED)
             else:
                 r.reject()
     elif scenario == "hold":
@@ -114,16 +124,20 @@ def main():
         import time
         time.sleep(60)
     elif scenario == "two-consumers":
-        # two receivers on one connection, each credit N, unsettled: no message twice
+        # two receivers of one queue, unsettled, each with credit N: every message goes to
+        # exactly one of them (whoever has credit first), none twice
         q, n = args[0], int(args[1])
         r1 = conn.create_receiver(q, credit=n, name="first")
         r2 = conn.create_receiver(q, credit=n, name="second")
-        seen = []
-        for r in (r1, r2):
-            for _ in range(n):
-                m = r.receive(timeout=20)
-                seen.append(body(m))
-        out({"seen": seen})
+        seen = {"first": [], "second": []}
+        for name, r in (("first", r1), ("second", r2)):
+            while True:
+                try:
+                    m = r.receive(timeout=2)
+                except Timeout:
+                    break
+                seen[name].append(body(m))
+        out(seen)
     elif scenario == "browse":
         from proton.reactor import Copy
         q, n = args[0], int(args[1])
@@ -132,10 +146,35 @@ def main():
         for _ in range(n):
             m = r.receive(timeout=20)
             got.append(body(m))
-            r.accept()
         out({"browsed": got})
-    elif scenario == "bad-sasl":
-        out({"error": None})
+    elif scenario == "receive-big":
+        r = conn.create_receiver(args[0], credit=1)
+        m = r.receive(timeout=30)
+        b = bytes(m.body)
+        ok = all(b[i] == i % 251 for i in range(len(b)))
+        out({"len": len(b), "pattern": ok})
+        r.accept()
+    elif scenario == "credit":
+        # credit QUEUE: a receiver granting 2 credits gets exactly 2 messages; a second one on
+        # the same queue gets the rest (the first two are held, unsettled)
+        q = args[0]
+        r1 = conn.create_receiver(q, credit=0, name="two-credits")
+        r1.link.flow(2)
+        try:
+            conn.wait(lambda: r1.fetcher.has_message > 2, timeout=2)
+        except Timeout:
+            pass
+        first = r1.fetcher.has_message
+        r2 = conn.create_receiver(q, credit=10, name="the-rest")
+        rest = []
+        while True:
+            try:
+                m = r2.receive(timeout=2)
+            except Timeout:
+                break
+            rest.append(body(m))
+            r2.accept()
+        out({"first": first, "rest": rest})
     else:
         raise SystemExit("unknown scenario " + scenario)
     conn.close()
