@@ -43,7 +43,10 @@ fn have_proton() -> bool {
 
 fn start(dir: &Path) -> (Server, String) {
     let server = Server::start_with(dir, &["--amqp-listen", "127.0.0.1:0"]);
-    let url = format!("amqp://{}", server.amqp.expect("the ready line names amqp="));
+    let url = format!(
+        "amqp://{}",
+        server.amqp.expect("the ready line names amqp=")
+    );
     (server, url)
 }
 
@@ -82,7 +85,10 @@ fn messages_sent_over_amqp_are_received_over_amqp_in_msmq_order() {
     let (server, url) = start(dir.path());
     server.cli(&["queue", "create", "orders"]);
     // Recoverable (settled once durable) and express; priorities put the last first.
-    assert_eq!(client(&url, &["send", "orders", "3", "durable"])[0]["sent"], 3);
+    assert_eq!(
+        client(&url, &["send", "orders", "3", "durable"])[0]["sent"],
+        3
+    );
     assert_eq!(
         client(&url, &["send", "orders", "1", "express", "urgent", "7"])[0]["sent"],
         1
@@ -98,7 +104,14 @@ fn messages_sent_over_amqp_are_received_over_amqp_in_msmq_order() {
     assert_eq!(peek_count(&server, "orders"), 0);
     // A format name of a local queue works as an address too.
     client(&url, &["send", "DIRECT=OS:.\\private$\\orders", "1"]);
-    assert_eq!(client(&url, &["receive", "DIRECT=TCP:127.0.0.1\\private$\\orders", "1"]).len(), 1);
+    assert_eq!(
+        client(
+            &url,
+            &["receive", "DIRECT=TCP:127.0.0.1\\private$\\orders", "1"]
+        )
+        .len(),
+        1
+    );
 }
 
 #[test]
@@ -161,10 +174,13 @@ fn an_amqp_message_is_read_by_lior_receive_with_its_properties() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, url) = start(dir.path());
     server.cli(&["queue", "create", "outbox"]);
-    client(&url, &["send", "outbox", "1", "durable", "hello", "5", "42"]);
+    client(
+        &url,
+        &["send", "outbox", "1", "durable", "hello", "5", "42"],
+    );
     let out = server.cli(&["receive", "outbox", "--json"]);
-    let m: serde_json::Value = serde_json::from_str(out.lines().next().expect("one message"))
-        .expect("json");
+    let m: serde_json::Value =
+        serde_json::from_str(out.lines().next().expect("one message")).expect("json");
     assert_eq!(m["label"], "hello");
     assert_eq!(m["priority"], 5);
     assert_eq!(m["app_specific"], 42);
@@ -212,7 +228,10 @@ fn released_modified_and_rejected_deliveries() {
     assert!(steps.iter().all(|s| s["body"] == "msg-0"));
     assert_eq!(peek_count(&server, "flaky"), 0);
     let dl = server.cli(&["peek", "deadletter", "--json"]);
-    assert!(dl.contains("bXNnLTA="), "not in the dead-letter queue: {dl}");
+    assert!(
+        dl.contains("bXNnLTA="),
+        "not in the dead-letter queue: {dl}"
+    );
 }
 
 #[test]
@@ -295,9 +314,15 @@ fn unknown_queues_are_refused_with_not_found() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, url) = start(dir.path());
     let s = &client(&url, &["send-expect-error", "nope"])[0];
-    assert!(s["error"].as_str().unwrap().contains("amqp:not-found"), "{s}");
+    assert!(
+        s["error"].as_str().unwrap().contains("amqp:not-found"),
+        "{s}"
+    );
     let r = &client(&url, &["receive-expect-error", "nope"])[0];
-    assert!(r["error"].as_str().unwrap().contains("amqp:not-found"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("amqp:not-found"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -376,4 +401,67 @@ fn a_bad_frame_closes_the_connection_with_a_condition() {
     );
     // The server goes on serving.
     assert!(TcpStream::connect(server.amqp.unwrap()).is_ok());
+}
+
+#[test]
+fn a_waiting_consumer_gets_messages_stored_after_it_attached() {
+    if !have_proton() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, url) = start(dir.path());
+    server.cli(&["queue", "create", "later"]);
+    // The consumer attaches to an empty queue and waits (credit, nothing to send)...
+    let waiter = Command::new("python3")
+        .args([SCRIPT, &url, "receive", "later", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(500));
+    // ...then one message comes over MS-MQQB, one over the HTTP API.
+    let sender = Guid([0x5b; 16]);
+    let mut c = common::Client::connect(server.listen, sender);
+    c.send(
+        &common::message(
+            sender,
+            1,
+            "OS:127.0.0.1\\private$\\later",
+            b"over mqqb",
+            true,
+        ),
+        true,
+        1,
+    );
+    c.wait_acked();
+    server.cli(&[
+        "send",
+        "DIRECT=OS:.\\private$\\later",
+        "--body",
+        "over the api",
+    ]);
+    let out = waiter.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("over mqqb") && text.contains("over the api"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_producer_to_another_machine_fills_its_outgoing_queue() {
+    if !have_proton() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, url) = start(dir.path());
+    // 192.0.2.0/24 is TEST-NET-1: nothing answers there; the attach and the accepted outcome
+    // do not wait for the remote machine.
+    let r = &client(&url, &["send", "DIRECT=TCP:192.0.2.1\\private$\\far", "2"])[0];
+    assert_eq!(r["sent"], 2);
+    assert_eq!(common::api::outgoing_len(&server), 2);
 }

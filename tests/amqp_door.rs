@@ -21,7 +21,8 @@ fn amqp_connections_are_answered_while_mqqb_is_served() {
 
     for _ in 0..4 {
         let mut s = TcpStream::connect(amqp).expect("the AMQP port listens");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         // A client's SASL protocol header: the same header comes back (then the mechanisms).
         s.write_all(b"AMQP\x03\x01\x00\x00").expect("write");
         let mut head = [0u8; 8];

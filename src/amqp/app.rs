@@ -257,8 +257,8 @@ fn resolve<S: QueueStore>(
     if !addr.contains('=') {
         return local(addr);
     }
-    let f = FormatName::parse(addr)
-        .map_err(|e| (condition::NOT_FOUND, format!("{addr:?}: {e}")))?;
+    let f =
+        FormatName::parse(addr).map_err(|e| (condition::NOT_FOUND, format!("{addr:?}: {e}")))?;
     let Some(d) = f.as_direct() else {
         return Err((
             condition::NOT_IMPLEMENTED,
@@ -606,8 +606,7 @@ impl<S: QueueStore> AmqpApp<S> {
             return;
         }
         let broker = &self.shared.broker;
-        let mut m = match amqp_to_msmq(payload, broker.guid(), broker.next_ordinal(), unix_now())
-        {
+        let mut m = match amqp_to_msmq(payload, broker.guid(), broker.next_ordinal(), unix_now()) {
             Ok(m) => m,
             Err(e) => {
                 let cond = match e {
@@ -715,11 +714,7 @@ impl<S: QueueStore> AmqpApp<S> {
         if k.browse || !k.held.remove(&tag) {
             return;
         }
-        let (p, q, l) = (
-            k.queue.partition,
-            QueueId(k.queue.def.id),
-            LookupId(tag),
-        );
+        let (p, q, l) = (k.queue.partition, QueueId(k.queue.def.id), LookupId(tag));
         let counters = &self.amqp.counters;
         let broker = &self.shared.broker;
         match state {
@@ -763,7 +758,11 @@ impl<S: QueueStore> AmqpApp<S> {
                 let transactional = UserMessage::parse(&bytes)
                     .map(|m| m.user.flags.transactional())
                     .unwrap_or(false);
-                let dlq = if transactional { "deadxact" } else { "deadletter" };
+                let dlq = if transactional {
+                    "deadxact"
+                } else {
+                    "deadletter"
+                };
                 let Ok(dl) = broker.lookup(dlq) else {
                     broker.partition(p).inflight.drop_held(q, l);
                     return;
@@ -835,15 +834,29 @@ impl<S: QueueStore> AmqpApp<S> {
         if c.work.is_empty() {
             return;
         }
-        let work = std::mem::take(&mut c.work);
-        for w in work {
-            if let Some(w) = self.try_work(now_ms, Some(c), w) {
-                c.work.push(w);
+        // At most twice: once, then again if a partition became durable while the interest
+        // in it was being registered (so no wake-up is lost between the look and the bit).
+        for _ in 0..2 {
+            let work = std::mem::take(&mut c.work);
+            for w in work {
+                if let Some(w) = self.try_work(now_ms, Some(c), w) {
+                    c.work.push(w);
+                }
             }
-        }
-        for w in &c.work {
-            let (p, _) = w.wait_for();
-            self.awaiting[p] = true;
+            let mut again = false;
+            for w in &c.work {
+                let (p, t) = w.wait_for();
+                self.awaiting[p] = true;
+                if !self.owns(p) {
+                    // Another shard's partition: its owner wakes this shard once the mark
+                    // moves; read it again after the bit is visible.
+                    self.shared.broker.note_durable_interest(p, self.shard);
+                    again |= self.shared.broker.is_durable(p, t);
+                }
+            }
+            if !again {
+                break;
+            }
         }
     }
 
@@ -960,7 +973,9 @@ impl<S: QueueStore> AmqpApp<S> {
         let links: Vec<LinkId> = c
             .links
             .iter()
-            .filter(|(_, r)| matches!(r, Role::Consumer(k) if !k.waiting && (k.credit > 0 || k.drain)))
+            .filter(
+                |(_, r)| matches!(r, Role::Consumer(k) if !k.waiting && (k.credit > 0 || k.drain)),
+            )
             .map(|(l, _)| *l)
             .collect();
         for l in links {
