@@ -113,6 +113,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     };
     let s2 = shared.clone();
     let amqp_shared = Arc::new(crate::amqp::app::AmqpShared::new(amqp_sasl));
+    let amqp_factory = amqp_shared.clone();
     // The shards' mesh (a lane per ordered pair), made by whichever factory runs first: every
     // shard's waker exists before any factory runs.
     let mesh: Arc<std::sync::OnceLock<Option<Arc<crate::engine::mesh::Mesh>>>> = Arc::default();
@@ -121,7 +122,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     // loop starts, so no commit completion of theirs goes unsignalled.
     let engine = Engine::start_with_ctx(engine_cfg, move |ctx: crate::engine::net::ShardCtx| {
         let mut shard_app =
-            crate::shard_app::ShardApp::new(s2.clone(), amqp_shared.clone(), ctx.index);
+            crate::shard_app::ShardApp::new(s2.clone(), amqp_factory.clone(), ctx.index);
         let app = &mut shard_app.msmq;
         if let Some(w) = ctx.wakers.get(ctx.index) {
             app.notify_commits_to(w.as_raw_fd());
@@ -167,7 +168,12 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         .filter_map(|i| engine.shard_counters(i))
         .collect();
     let s3 = shared.clone();
-    let metrics = Arc::new(move || render_metrics(&s3, &engine_counters));
+    let a3 = amqp_shared.clone();
+    let metrics = Arc::new(move || {
+        let mut m = render_metrics(&s3, &engine_counters);
+        a3.render_metrics(&mut m);
+        m
+    });
     let api = serve_api(config.api, broker.clone(), metrics)
         .map_err(|e| listen_error("API (api)", config.api, &e))?;
     let srmp = match srmp_addr {

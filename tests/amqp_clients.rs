@@ -227,6 +227,12 @@ fn released_modified_and_rejected_deliveries() {
     assert_eq!(counts, [0, 0, 1], "{steps:?}");
     assert!(steps.iter().all(|s| s["body"] == "msg-0"));
     assert_eq!(peek_count(&server, "flaky"), 0);
+    for (m, n) in [("released", 1), ("modified", 1), ("rejected", 1)] {
+        assert_eq!(
+            common::api::metric(&server, &format!("lior_amqp_{m}_total")),
+            n
+        );
+    }
     let dl = server.cli(&["peek", "deadletter", "--json"]);
     assert!(
         dl.contains("bXNnLTA="),
@@ -399,7 +405,11 @@ fn a_bad_frame_closes_the_connection_with_a_condition() {
         text.contains("amqp:"),
         "closed without an AMQP condition: {got:?}"
     );
-    // The server goes on serving.
+    // Counted (and logged), and the server goes on serving.
+    assert_eq!(
+        common::api::metric(&server, "lior_amqp_connections_closed_error_total"),
+        1
+    );
     assert!(TcpStream::connect(server.amqp.unwrap()).is_ok());
 }
 

@@ -87,6 +87,29 @@ impl AmqpShared {
             counters: AmqpCounters::default(),
         }
     }
+
+    /// Appends the AMQP counters to a Prometheus text exposition (`/metrics`).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let c = &self.counters;
+        let rows: [(&str, &str, &AtomicU64); 8] = [
+            ("amqp_connections_accepted_total", "AMQP connections accepted.", &c.connections_accepted),
+            ("amqp_connections_closed_error_total", "AMQP connections closed on a protocol error, a failed login or a time-out (each logged).", &c.connections_closed_error),
+            ("amqp_messages_in_total", "Messages received on AMQP producer links.", &c.messages_in),
+            ("amqp_messages_out_total", "Messages sent on AMQP consumer links.", &c.messages_out),
+            ("amqp_accepted_total", "AMQP deliveries the consumer accepted (removed).", &c.accepted),
+            ("amqp_released_total", "AMQP deliveries released (put back).", &c.released),
+            ("amqp_rejected_total", "AMQP deliveries rejected (moved to the dead-letter queue).", &c.rejected),
+            ("amqp_modified_total", "AMQP deliveries modified (put back, counted when delivery-failed).", &c.modified),
+        ];
+        for (name, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP lior_{name} {help}\n# TYPE lior_{name} counter\nlior_{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// A local queue as a link sees it.
