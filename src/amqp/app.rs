@@ -1128,9 +1128,13 @@ impl<S: QueueStore> AmqpApp<S> {
             }
             self.waiting.insert(c.id);
             c.arrival_deadline = Some(now_ms + ARRIVAL_FALLBACK_MS);
-        } else if sent >= AMQP_SENDS_PER_FILL_MAX {
-            // More next turn.
+        } else if sent >= AMQP_SENDS_PER_FILL_MAX || full {
+            // More next turn (the transmit buffer drains, a send completion runs a turn), and a
+            // fallback look should nothing else wake this connection (a full in-flight table).
             self.busy.insert(c.id);
+            if full {
+                c.arrival_deadline = Some(now_ms + ARRIVAL_FALLBACK_MS);
+            }
         }
     }
 
