@@ -298,6 +298,21 @@ fn browse_links_leave_the_messages_in_place() {
 }
 
 #[test]
+fn pre_settled_links_remove_before_sending() {
+    if !have_proton() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, url) = start(dir.path());
+    server.cli(&["queue", "create", "once"]);
+    client(&url, &["send", "once", "3"]);
+    let r = &client(&url, &["presettled", "once", "3"])[0];
+    assert_eq!(r["got"], serde_json::json!(["msg-0", "msg-1", "msg-2"]));
+    // Nothing was settled by the client, and nothing comes back: at-most-once.
+    assert_eq!(peek_count(&server, "once"), 0);
+}
+
+#[test]
 fn a_four_megabyte_message_goes_both_ways() {
     if !have_proton() {
         return;

@@ -147,6 +147,16 @@ def main():
             m = r.receive(timeout=20)
             got.append(body(m))
         out({"browsed": got})
+    elif scenario == "presettled":
+        # presettled QUEUE N: an at-most-once receiver (snd-settle-mode settled)
+        from proton.reactor import AtMostOnce
+        q, n = args[0], int(args[1])
+        r = conn.create_receiver(q, credit=n, options=AtMostOnce())
+        got = []
+        for _ in range(n):
+            m = r.receive(timeout=20)
+            got.append(body(m))
+        out({"got": got})
     elif scenario == "receive-big":
         r = conn.create_receiver(args[0], credit=1)
         m = r.receive(timeout=30)
