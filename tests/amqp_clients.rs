@@ -490,3 +490,70 @@ fn a_producer_to_another_machine_fills_its_outgoing_queue() {
     assert_eq!(r["sent"], 2);
     assert_eq!(common::api::outgoing_len(&server), 2);
 }
+
+#[test]
+fn an_amqp_message_reaches_a_second_lior_over_mqqb_with_its_properties() {
+    if !have_proton() {
+        return;
+    }
+    // Two queue managers standing for two machines (as tests/serve_outgoing.rs): B at
+    // 127.0.0.2 holds the queue, A at 127.0.0.3 takes the AMQP message and sends it on.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &Path, alias: &str, remote_port: u16| {
+        let p = dir.join("lior.toml");
+        std::fs::write(
+            &p,
+            format!("aliases = [\"{alias}\"]\nremote_port = {remote_port}\n"),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let port_a = std::net::TcpListener::bind("127.0.0.3:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cb = config(db.path(), "127.0.0.2", port_a);
+    let b = Server::start_with(
+        &db.path().join("data"),
+        &["--config", &cb, "--listen", "127.0.0.2:0"],
+    );
+    let ca = config(da.path(), "127.0.0.3", b.listen.port());
+    let listen_a = format!("127.0.0.3:{port_a}");
+    let a = Server::start_with(
+        &da.path().join("data"),
+        &[
+            "--config",
+            &ca,
+            "--listen",
+            &listen_a,
+            "--amqp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    b.cli(&["queue", "create", "orders"]);
+    let url = format!("amqp://{}", a.amqp.expect("amqp="));
+    client(
+        &url,
+        &[
+            "send",
+            "DIRECT=TCP:127.0.0.2\\private$\\orders",
+            "1",
+            "durable",
+            "to windows",
+            "2",
+            "99",
+        ],
+    );
+    let got = b.receive_until("orders", 1);
+    assert_eq!(got.len(), 1, "nothing reached B");
+    let m = &got[0];
+    assert_eq!(m["label"], "to windows");
+    assert_eq!(m["priority"], 2);
+    assert_eq!(m["app_specific"], 99);
+    assert_eq!(m["class"], "recoverable");
+    assert_eq!(m["body_base64"], "bXNnLTA=");
+    // The id A gave it: {A's GUID}\ordinal, A as the source queue manager.
+    let id = m["message_id"].as_str().unwrap();
+    assert_eq!(id.split('\\').next(), m["source_qm"].as_str(), "{m}");
+}
