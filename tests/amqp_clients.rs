@@ -328,7 +328,7 @@ fn a_four_megabyte_message_goes_both_ways() {
 }
 
 #[test]
-fn unknown_queues_are_refused_with_not_found() {
+fn unknown_and_internal_queues_are_refused_with_their_conditions() {
     if !have_proton() {
         return;
     }
@@ -342,6 +342,17 @@ fn unknown_queues_are_refused_with_not_found() {
     let r = &client(&url, &["receive-expect-error", "nope"])[0];
     assert!(
         r["error"].as_str().unwrap().contains("amqp:not-found"),
+        "{r}"
+    );
+    // lior's own queues: no producer into the dead-letter queue, nobody takes the OrderAcks.
+    let s = &client(&url, &["send-expect-error", "deadletter"])[0];
+    assert!(
+        s["error"].as_str().unwrap().contains("amqp:not-allowed"),
+        "{s}"
+    );
+    let r = &client(&url, &["receive-expect-error", "private$\\order_queue$"])[0];
+    assert!(
+        r["error"].as_str().unwrap().contains("amqp:not-allowed"),
         "{r}"
     );
 }

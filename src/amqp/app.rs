@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use crate::engine::net::{AppError, CloseReason, ConnId};
 use crate::qm::broker::{message_meta, Broker, InFlight, Verdict};
-use crate::qm::catalog::QueueDef;
+use crate::qm::catalog::{QueueDef, QueueKind};
 use crate::server::Shared;
 use crate::store::{Cursor, LookupId, QueueId, QueueStore, Reservation, Select, Ticket};
 use crate::wire::format_name::{DirectName, FormatName, QueuePath, SystemQueue};
@@ -559,6 +559,23 @@ impl<S: QueueStore> AmqpApp<S> {
             (_, Err((cond, why))) => {
                 tracing::info!(peer = %c.peer, ?address, why, "amqp: link refused");
                 let _ = c.conn.refuse_link(link, cond, &why);
+                return;
+            }
+            (_, Ok(Target::Local(q))) if q.def.kind == QueueKind::OrderQueue => {
+                let why = format!(
+                    "{} holds lior's own transactional acknowledgements: not served over AMQP",
+                    q.def.name
+                );
+                let _ = c.conn.refuse_link(link, condition::NOT_ALLOWED, &why);
+                return;
+            }
+            (LinkKind::Producer, Ok(Target::Local(q))) if q.def.kind != QueueKind::Private => {
+                let why = format!(
+                    "{} is a system queue: lior puts messages there itself; send to a \
+                     private queue",
+                    q.def.name
+                );
+                let _ = c.conn.refuse_link(link, condition::NOT_ALLOWED, &why);
                 return;
             }
             (LinkKind::Producer, Ok(Target::Local(q))) if q.def.transactional => {
