@@ -379,6 +379,24 @@ impl<S: QueueStore> AmqpApp<S> {
 
     pub fn poll_transmit(&mut self, now_ms: u64, c: &mut AmqpConn, buf: &mut Vec<u8>) {
         self.do_work(now_ms, c);
+        if !c.work.is_empty()
+            && !c.conn.is_closed()
+            && self
+                .shared
+                .broker
+                .counters
+                .store_poisoned
+                .load(Ordering::Relaxed)
+                > 0
+        {
+            // Nothing more becomes durable: the client keeps what was not accepted.
+            tracing::warn!(peer = %c.peer, waiting = c.work.len(), "store poisoned; closing an AMQP connection with messages waiting for the disk");
+            c.conn.close(Some((
+                condition::INTERNAL_ERROR,
+                "lior's store failed for good (see its log); messages not accepted were not \
+                 stored durably: send them again elsewhere or after lior restarts",
+            )));
+        }
         self.fill_all(now_ms, c);
         self.drive(now_ms, c);
         if c.conn.has_transmit() {
