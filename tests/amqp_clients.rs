@@ -568,3 +568,42 @@ fn an_amqp_message_reaches_a_second_lior_over_mqqb_with_its_properties() {
     let id = m["message_id"].as_str().unwrap();
     assert_eq!(id.split('\\').next(), m["source_qm"].as_str(), "{m}");
 }
+
+#[test]
+fn rhea_sends_and_receives_too() {
+    // Optional second client (Node.js rhea), installed by .ci/run into tests/amqp/node_modules.
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/amqp/node_modules/rhea");
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node || !modules.exists() {
+        eprintln!(
+            "SKIPPED (loudly): rhea is not installed (node and `cd tests/amqp && npm install \
+             rhea`; bash .ci/run does it)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _url) = start(dir.path());
+    server.cli(&["queue", "create", "rhea"]);
+    let a = server.amqp.unwrap();
+    let out = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/amqp/rhea_client.js"
+        ))
+        .args([&a.ip().to_string(), &a.port().to_string(), "rhea", "3"])
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "rhea_client.js: {text}");
+    let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(r["accepted"], 3, "{r}");
+    assert_eq!(
+        r["received"],
+        serde_json::json!(["rhea-0", "rhea-1", "rhea-2"])
+    );
+    assert_eq!(r["subject"], "from rhea");
+    assert_eq!(peek_count(&server, "rhea"), 0);
+}
