@@ -12,7 +12,7 @@ use crate::engine::net::{Counters as EngineCounters, Engine, EngineConfig};
 use crate::http::serve_api;
 use crate::ping::PingResponder;
 use crate::qm::broker::Broker;
-use crate::server::{MsmqApp, Shared};
+use crate::server::Shared;
 use crate::store::FileStore;
 
 /// Runs the server until a signal arrives.
@@ -31,7 +31,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     host::ensure_no_listener(config.api, "API").map_err(anyhow::Error::msg)?;
     // The AMQP door (same shards as MS-MQQB): its users and mechanisms are checked now, so a
     // bad [amqp] section stops the start. The AMQP app (issue 11) takes `amqp_sasl` from here.
-    let _amqp_sasl = if config.amqp.enabled {
+    let amqp_sasl = if config.amqp.enabled {
         host::ensure_no_listener(config.amqp.listen, "AMQP (amqp.listen)")
             .map_err(anyhow::Error::msg)?;
         let users = crate::amqp::auth::UserTable::from_config(&config.amqp)
@@ -112,6 +112,8 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let s2 = shared.clone();
+    let amqp_shared = Arc::new(crate::amqp::app::AmqpShared::new(amqp_sasl));
+    let amqp_factory = amqp_shared.clone();
     // The shards' mesh (a lane per ordered pair), made by whichever factory runs first: every
     // shard's waker exists before any factory runs.
     let mesh: Arc<std::sync::OnceLock<Option<Arc<crate::engine::mesh::Mesh>>>> = Arc::default();
@@ -119,7 +121,9 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     // Each shard registers its eventfd on the store rings of the partitions it runs before its
     // loop starts, so no commit completion of theirs goes unsignalled.
     let engine = Engine::start_with_ctx(engine_cfg, move |ctx: crate::engine::net::ShardCtx| {
-        let mut app = MsmqApp::new(s2.clone(), ctx.index);
+        let mut shard_app =
+            crate::shard_app::ShardApp::new(s2.clone(), amqp_factory.clone(), ctx.index);
+        let app = &mut shard_app.msmq;
         if let Some(w) = ctx.wakers.get(ctx.index) {
             app.notify_commits_to(w.as_raw_fd());
         }
@@ -137,7 +141,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
                 None => {}
             }
         }
-        app
+        shard_app
     })
     .map_err(|e| match &e {
         crate::engine::net::EngineError::Listen { addr, error } => {
@@ -164,7 +168,12 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         .filter_map(|i| engine.shard_counters(i))
         .collect();
     let s3 = shared.clone();
-    let metrics = Arc::new(move || render_metrics(&s3, &engine_counters));
+    let a3 = amqp_shared.clone();
+    let metrics = Arc::new(move || {
+        let mut m = render_metrics(&s3, &engine_counters);
+        a3.render_metrics(&mut m);
+        m
+    });
     let api = serve_api(config.api, broker.clone(), metrics)
         .map_err(|e| listen_error("API (api)", config.api, &e))?;
     let srmp = match srmp_addr {

@@ -16,5 +16,6 @@ pub mod ratelog;
 pub mod sdnotify;
 pub mod server;
 pub mod session;
+pub mod shard_app;
 pub mod store;
 pub mod wire;

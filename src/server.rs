@@ -1328,7 +1328,8 @@ impl<S: QueueStore> App for MsmqApp<S> {
         listener: crate::engine::net::Listener,
     ) -> Option<MsmqConn> {
         if listener != MSMQ_LISTENER {
-            tracing::debug!(%peer, %listener, "not an MS-MQQB listener; AMQP is not served yet: refused");
+            // `ShardApp` routes AMQP connections to the AMQP app; this app serves MS-MQQB only.
+            tracing::debug!(%peer, %listener, "not an MS-MQQB listener: refused");
             return None;
         }
         let mut cfg = self.shared.session_config.clone();

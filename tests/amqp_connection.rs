@@ -435,15 +435,21 @@ fn sasl_plain_good_and_bad_password() {
 
 #[test]
 fn sasl_required_but_client_skips_it() {
+    // With ANONYMOUS offered, a client without a SASL layer is taken as anonymous.
     let mut cl = Client::new(sasl_cfg());
     cl.header(&AMQP_HEADER);
-    // The server answers with the header it wants, then closes.
+    assert_eq!(cl.got(), vec![Got::Header(AMQP_HEADER)]);
+    assert!(!cl.c.is_closed());
+    assert!(cl.result.is_ok());
+    // Without it, the server answers with the header it wants, then closes.
+    let mut cfg = sasl_cfg();
+    cfg.sasl.as_mut().unwrap().anonymous = false;
+    let mut cl = Client::new(cfg.clone());
+    cl.header(&AMQP_HEADER);
     assert_eq!(cl.got(), vec![Got::Header(SASL_HEADER)]);
     assert!(cl.c.is_closed());
     assert!(cl.result.is_err());
     // And a mechanism not offered is an auth failure.
-    let mut cfg = sasl_cfg();
-    cfg.sasl.as_mut().unwrap().anonymous = false;
     let mut cl = Client::new(cfg);
     cl.header(&SASL_HEADER);
     assert_eq!(cl.got()[1], Got::Mechanisms(vec!["PLAIN".to_string()]));

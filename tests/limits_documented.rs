@@ -12,6 +12,8 @@ const SERVER_SIDE: &[&str] = &[
     "src/engine",
     "src/http",
     "src/session",
+    "src/amqp",
+    "src/shard_app.rs",
 ];
 
 fn rust_files(p: &Path, out: &mut Vec<std::path::PathBuf>) {

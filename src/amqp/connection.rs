@@ -736,6 +736,16 @@ impl Connection {
     }
 
     fn on_header(&mut self, h: ProtocolHeader, sasl_done: bool) -> Res {
+        if !sasl_done
+            && h.to_bytes() == AMQP_HEADER
+            && self.cfg.sasl.as_ref().is_some_and(|s| s.anonymous)
+        {
+            // A client without a SASL layer (rhea's default) where ANONYMOUS is offered: the
+            // same access as SASL ANONYMOUS, so it is taken as that.
+            self.transmit.extend_from_slice(&AMQP_HEADER);
+            self.state = State::AwaitOpen;
+            return Ok(());
+        }
         let ours = self.preferred_header(sasl_done);
         self.transmit.extend_from_slice(&ours);
         if h.to_bytes() != ours {

@@ -163,6 +163,18 @@ pub fn msmq_to_amqp(
     arrived_unix_ms: u64,
     out: &mut Vec<u8>,
 ) -> Result<(), MappingError> {
+    msmq_to_amqp_counted(msg, lookup_id, arrived_unix_ms, 0, out)
+}
+
+/// [`msmq_to_amqp`] with `header.delivery-count` set: the failed deliveries counted for the
+/// message (AMQP consumers that answered `modified` with delivery-failed).
+pub fn msmq_to_amqp_counted(
+    msg: &UserMessage<'_>,
+    lookup_id: u64,
+    arrived_unix_ms: u64,
+    delivery_count: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), MappingError> {
     let u = &msg.user;
     let p = &msg.properties;
     let ttbr_ms = if u.time_to_be_received == INFINITE {
@@ -175,7 +187,7 @@ pub fn msmq_to_amqp(
         priority: msg.priority(),
         ttl: ttbr_ms,
         first_acquirer: false,
-        delivery_count: 0,
+        delivery_count,
     }
     .encode(out)?;
 
@@ -305,7 +317,7 @@ pub enum OwnedQueue {
 }
 
 impl OwnedQueue {
-    fn parse(text: &str, name: &'static str) -> Result<Self, MappingError> {
+    pub(crate) fn parse(text: &str, name: &'static str) -> Result<Self, MappingError> {
         let f = FormatName::parse(text).map_err(|e| field(name, format!("{text:?}: {e}")))?;
         match f {
             // Keep the sender's spelling of the name after `DIRECT=` (checked just above).

@@ -92,6 +92,7 @@
 //! descriptors other than ulong or symbol, transactions (coordinator target, declared and
 //! transactional-state delivery states).
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod connection;

@@ -46,7 +46,7 @@ mod wakeups;
 
 pub use delivery::{message_meta, Delivered, RouteCache, Verdict};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
-pub use partition::{Partition, PartitionGuard, TXN_STATE_QUEUE};
+pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
 pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_QUEUE_DEFAULT_S};
 
@@ -100,6 +100,9 @@ pub struct Broker<S> {
     /// Per partition: the shards (bit `s % 64`) waiting for its durability to advance, woken
     /// by the partition's owner once it sees a commit complete (see `wake_durable_interest`).
     durable_interest: Vec<AtomicU64>,
+    /// Per partition: the shards (bit `s % 64`) with an AMQP consumer waiting for a message
+    /// there (see `note_arrival_interest`).
+    arrival_interest: Vec<AtomicU64>,
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
     /// Outgoing transactional sequences, by outgoing queue id (MS-MQQB TxOutgoingSequence).
@@ -316,6 +319,7 @@ impl<S: QueueStore> Broker<S> {
             ordinals: Mutex::new(ordinals),
             outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
             durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            arrival_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             waker: OnceLock::new(),
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),

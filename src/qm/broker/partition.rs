@@ -93,6 +93,74 @@ pub struct Partition<S> {
     /// per owner: `RemoveDuplicateSize` entries each), read and written only under this
     /// partition, in the same step as the append it records.
     pub(super) dedup: DuplicateTable,
+    /// Messages handed to AMQP consumers and not settled yet (any shard's, under this lock).
+    pub inflight: InFlight,
+    /// Moves whenever a commit of this partition saw new messages or a higher durable mark
+    /// (something may have become visible): AMQP consumers waiting here are woken for it.
+    pub arrivals: u64,
+    /// The store's message count and durable mark at the last commit (for `arrivals`).
+    arrivals_seen: (u64, Ticket),
+}
+
+/// Messages an AMQP consumer holds unsettled (so no other consumer gets them) and how many
+/// times each was given back as failed (`modified` with delivery-failed), by (queue, lookup id).
+/// Lives with the partition, so every shard's consumers of a queue share it under the
+/// partition's lock.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    held: std::collections::HashSet<(QueueId, LookupId)>,
+    failed: HashMap<(QueueId, LookupId), u32>,
+}
+
+/// Unsettled AMQP deliveries one partition holds, over all consumers and shards.
+pub const AMQP_INFLIGHT_PER_PARTITION_MAX: usize = 1 << 20;
+/// Messages of one partition whose failed deliveries are counted (beyond it the oldest counts
+/// are not kept: a later delivery says a lower delivery-count).
+pub const AMQP_FAILED_COUNTS_PER_PARTITION_MAX: usize = 65_536;
+
+impl InFlight {
+    /// Whether a consumer holds the message.
+    pub fn contains(&self, q: QueueId, l: LookupId) -> bool {
+        self.held.contains(&(q, l))
+    }
+    /// Marks the message held; false when the table is full (send nothing more now).
+    pub fn hold(&mut self, q: QueueId, l: LookupId) -> bool {
+        if self.held.len() >= AMQP_INFLIGHT_PER_PARTITION_MAX {
+            return false;
+        }
+        self.held.insert((q, l))
+    }
+    /// Gives the message back (released, link lost) or forgets it (removed).
+    pub fn drop_held(&mut self, q: QueueId, l: LookupId) {
+        self.held.remove(&(q, l));
+    }
+    /// Messages held now.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+    /// Counts one failed delivery of the message; returns the count.
+    pub fn note_failed(&mut self, q: QueueId, l: LookupId) -> u32 {
+        if self.failed.len() >= AMQP_FAILED_COUNTS_PER_PARTITION_MAX
+            && !self.failed.contains_key(&(q, l))
+        {
+            return 0;
+        }
+        let c = self.failed.entry((q, l)).or_insert(0);
+        *c = c.saturating_add(1);
+        *c
+    }
+    /// Failed deliveries counted for the message.
+    pub fn failed(&self, q: QueueId, l: LookupId) -> u32 {
+        self.failed.get(&(q, l)).copied().unwrap_or(0)
+    }
+    /// The message left its queue: its count goes.
+    pub fn forget(&mut self, q: QueueId, l: LookupId) {
+        self.held.remove(&(q, l));
+        self.failed.remove(&(q, l));
+    }
 }
 
 impl<S: QueueStore> Partition<S> {
@@ -111,6 +179,9 @@ impl<S: QueueStore> Partition<S> {
                 crate::config::Parameters::default().RemoveDuplicateSize as usize,
                 u64::from(crate::config::Parameters::default().RemoveDuplicateCleanup),
             ),
+            inflight: InFlight::default(),
+            arrivals: 0,
+            arrivals_seen: (0, Ticket(0)),
         }
     }
 
@@ -209,6 +280,13 @@ impl<S: QueueStore> Partition<S> {
         // SeqCst: pairs with the waiter's interest bit (`Broker::note_durable_interest`), so
         // either the waiter sees this mark or the committer sees its bit and wakes it.
         self.durable_mark.fetch_max(mark.0, Ordering::SeqCst);
+        // Something may have become visible to AMQP consumers (new messages, or recoverable
+        // ones now durable): the committer wakes those waiting (`Broker::wake_arrival_interest`).
+        let seen = (self.store.stats().messages, mark);
+        if seen.0 > self.arrivals_seen.0 || seen.1 > self.arrivals_seen.1 {
+            self.arrivals = self.arrivals.wrapping_add(1);
+        }
+        self.arrivals_seen = seen;
         // Reclaim consumed segments and copy a few old live messages forward (bounded work per
         // call, so a few old messages never pin unbounded space).
         let m = self.store.maintain()?;

@@ -60,4 +60,38 @@ impl<S: QueueStore> Broker<S> {
             }
         }
     }
+
+    /// Shard `shard` has an AMQP consumer with credit and nothing to send in partition `p`:
+    /// whoever sees something new there ([`Partition::arrivals`](super::Partition) moved) at
+    /// its end of turn wakes it ([`Broker::wake_arrival_interest`]). The caller looks at the
+    /// partition again after this (under its lock), so no arrival is missed.
+    pub fn note_arrival_interest(&self, p: usize, shard: usize) {
+        if let Some(i) = self.arrival_interest.get(p) {
+            i.fetch_or(1 << (shard % 64), Ordering::SeqCst);
+        }
+    }
+
+    /// Whether any shard waits for an arrival in partition `p` (no lock).
+    pub fn has_arrival_interest(&self, p: usize) -> bool {
+        self.arrival_interest
+            .get(p)
+            .is_some_and(|i| i.load(Ordering::SeqCst) != 0)
+    }
+
+    /// Something arrived in partition `p`: wakes every shard waiting for it and forgets their
+    /// interest; returns the bits woken (the caller's own bit included, for its own links).
+    pub fn wake_arrival_interest(&self, p: usize, me: usize) -> u64 {
+        let Some(i) = self.arrival_interest.get(p) else {
+            return 0;
+        };
+        let bits = i.swap(0, Ordering::SeqCst);
+        for b in 0..64usize {
+            if b != me % 64 && bits & (1 << b) != 0 {
+                for s in (b..self.partitions.len()).step_by(64) {
+                    self.wake(s);
+                }
+            }
+        }
+        bits
+    }
 }

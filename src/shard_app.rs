@@ -1,0 +1,141 @@
+//! The app each shard runs: MS-MQQB ([`MsmqApp`]) and AMQP 1.0 ([`AmqpApp`]) on the same loop,
+//! slab and partitions. Connections are told apart by the listener they arrived on
+//! ([`MSMQ_LISTENER`], [`AMQP_LISTENER`]) and by their variant afterwards; the per-turn hooks
+//! run both (MS-MQQB first: its end of turn commits the shard's partitions, which the AMQP app
+//! then looks at for durability and arrivals).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::amqp::app::{AmqpApp, AmqpConn, AmqpShared};
+use crate::amqp::AMQP_LISTENER;
+use crate::engine::net::{App, AppError, CloseReason, ConnId, Listener};
+use crate::server::{MsmqApp, MsmqConn, Shared, MSMQ_LISTENER};
+use crate::store::QueueStore;
+
+/// One connection of a shard: MS-MQQB or AMQP.
+#[derive(Debug)]
+pub enum ShardConn {
+    Msmq(MsmqConn),
+    Amqp(AmqpConn),
+}
+
+/// Both doors of one shard.
+pub struct ShardApp<S> {
+    pub msmq: MsmqApp<S>,
+    pub amqp: AmqpApp<S>,
+}
+
+impl<S: QueueStore> ShardApp<S> {
+    pub fn new(shared: Arc<Shared<S>>, amqp: Arc<AmqpShared>, shard: usize) -> Self {
+        ShardApp {
+            msmq: MsmqApp::new(shared.clone(), shard),
+            amqp: AmqpApp::new(shared, amqp, shard),
+        }
+    }
+}
+
+fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl<S: QueueStore> App for ShardApp<S> {
+    type Conn = ShardConn;
+
+    fn accept(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        peer: SocketAddr,
+        listener: Listener,
+    ) -> Option<ShardConn> {
+        if listener == MSMQ_LISTENER {
+            self.msmq
+                .accept(now_ms, id, peer, listener)
+                .map(ShardConn::Msmq)
+        } else if listener == AMQP_LISTENER {
+            Some(ShardConn::Amqp(self.amqp.accept(now_ms, id, peer)))
+        } else {
+            tracing::debug!(%peer, %listener, "no app serves this listener: refused");
+            None
+        }
+    }
+
+    fn on_recv(&mut self, now_ms: u64, conn: &mut ShardConn, bytes: &[u8]) -> Result<(), AppError> {
+        match conn {
+            ShardConn::Msmq(c) => self.msmq.on_recv(now_ms, c, bytes),
+            ShardConn::Amqp(c) => self.amqp.on_recv(now_ms, c, bytes),
+        }
+    }
+
+    fn poll_transmit(&mut self, now_ms: u64, conn: &mut ShardConn, buf: &mut Vec<u8>) {
+        match conn {
+            ShardConn::Msmq(c) => self.msmq.poll_transmit(now_ms, c, buf),
+            ShardConn::Amqp(c) => self.amqp.poll_transmit(now_ms, c, buf),
+        }
+    }
+
+    fn deadline(&self, conn: &ShardConn) -> Option<u64> {
+        match conn {
+            ShardConn::Msmq(c) => self.msmq.deadline(c),
+            ShardConn::Amqp(c) => self.amqp.deadline(c),
+        }
+    }
+
+    fn on_timeout(&mut self, now_ms: u64, conn: &mut ShardConn) {
+        match conn {
+            ShardConn::Msmq(c) => self.msmq.on_timeout(now_ms, c),
+            ShardConn::Amqp(c) => self.amqp.on_timeout(now_ms, c),
+        }
+    }
+
+    fn wants_close(&self, conn: &ShardConn) -> bool {
+        match conn {
+            ShardConn::Msmq(c) => self.msmq.wants_close(c),
+            ShardConn::Amqp(c) => self.amqp.wants_close(c),
+        }
+    }
+
+    fn on_closed(&mut self, now_ms: u64, conn: ShardConn, reason: CloseReason) {
+        match conn {
+            ShardConn::Msmq(c) => self.msmq.on_closed(now_ms, c, reason),
+            ShardConn::Amqp(c) => self.amqp.on_closed(now_ms, c, reason),
+        }
+    }
+
+    fn end_of_turn(&mut self, now_ms: u64) {
+        self.msmq.end_of_turn(now_ms);
+        self.amqp.end_of_turn(now_ms);
+    }
+
+    fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, ShardConn)> {
+        self.msmq
+            .poll_connect(now_ms)
+            .map(|(a, c)| (a, ShardConn::Msmq(c)))
+    }
+
+    fn on_connected(&mut self, now_ms: u64, id: ConnId, conn: &mut ShardConn) {
+        if let ShardConn::Msmq(c) = conn {
+            self.msmq.on_connected(now_ms, id, c);
+        }
+    }
+
+    fn poll_ready(&mut self) -> Option<ConnId> {
+        self.msmq.poll_ready().or_else(|| self.amqp.poll_ready())
+    }
+
+    fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
+        self.msmq.poll_close()
+    }
+
+    fn app_deadline(&self) -> Option<u64> {
+        min_opt(self.msmq.app_deadline(), self.amqp.app_deadline())
+    }
+
+    fn on_app_deadline(&mut self, now_ms: u64) {
+        self.msmq.on_app_deadline(now_ms);
+    }
+}
