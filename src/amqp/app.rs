@@ -9,7 +9,7 @@
 //!   lock); `accepted` goes back once the message is durable (recoverable) or stored
 //!   (express): the ticket is kept and looked at each turn ([`Broker::is_durable`]), with
 //!   interest registered on another shard's partition ([`Broker::note_durable_interest`]). A
-//!   remote format name goes to the outgoing queue ([`Broker::enqueue_outgoing`]).
+//!   remote format name goes to the outgoing queue ([`Broker::enqueue_outgoing_nowait`]).
 //! * Consumers (the client receives; source = a queue name or a format name of a local queue):
 //!   messages go out under link credit in MSMQ order (a cursor walk), mapped with
 //!   [`super::mapping::msmq_to_amqp_counted`], never removed on send. An unsettled delivery is
@@ -695,12 +695,21 @@ impl<S: QueueStore> AmqpApp<S> {
         };
         match target {
             Target::Remote(d) => {
-                // Through the outgoing queue (stored and committed there, as the API's send).
-                match broker.enqueue_outgoing(d, &frame, &message_meta(&msg)) {
-                    Ok(_) => {
-                        if !settled {
-                            let _ = c.conn.settle(link, delivery_id, &Outcome::Accepted);
+                // Through the outgoing queue: stored there and its commit started, never waited
+                // for on the shard; `accepted` once that ticket is durable, as for a local queue.
+                match broker.enqueue_outgoing_nowait(d, &frame, &message_meta(&msg)) {
+                    Ok((_, partition, ticket)) => {
+                        if settled {
+                            return;
                         }
+                        c.work.push(Work::Settle {
+                            link,
+                            delivery_id,
+                            partition,
+                            ticket,
+                            outcome: Outcome::Accepted,
+                        });
+                        self.busy.insert(c.id);
                     }
                     Err(e) => reject(c, condition::RESOURCE_LIMIT_EXCEEDED, e.to_string()),
                 }

@@ -118,8 +118,10 @@ impl<S: QueueStore> Broker<S> {
             return;
         }
         let meta = message_meta(&m);
-        match self.enqueue_outgoing(dest, &frame, &meta) {
-            Ok(def) => {
+        // Nobody waits for an acknowledgement's durability (and a shard must not wait for the
+        // disk): the commit is started, the partition's owner reaps it.
+        match self.enqueue_outgoing_nowait(dest, &frame, &meta) {
+            Ok((def, _, _)) => {
                 bump(&self.counters.admin_acks_queued);
                 tracing::info!(class = class.name(), to = %admin, via = %def.key, "admin acknowledgement queued");
             }
@@ -139,7 +141,7 @@ impl<S: QueueStore> Broker<S> {
             return;
         };
         // Stored in the admin queue's owning partition, like every message of that queue.
-        let d = self.deliver(frame, &msg, unix_now(), 0);
+        let d = self.deliver(frame, &msg, unix_now(), crate::engine::net::now_ms());
         match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
                 // Durable with this commit or the shard's next one; nobody waits for it.

@@ -103,17 +103,43 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Stores an encoded message in the outgoing queue of its direct destination, durably
-    /// when `recoverable`, and wakes the shard that sends it.
+    /// when `recoverable` (this call waits for the commit: for the API's threads), and wakes
+    /// the shard that sends it.
     pub fn enqueue_outgoing(
         &self,
         dest: &crate::wire::format_name::DirectName,
         frame: &[u8],
         meta: &MessageMeta,
     ) -> Result<OutgoingDef, ApiError> {
+        self.queue_outgoing(dest, frame, meta, true)
+            .map(|(def, _, _)| def)
+    }
+
+    /// [`Broker::enqueue_outgoing`] for a shard, which must never wait for the disk: the
+    /// commit is started, not waited for. Returns the outgoing queue, its partition and the
+    /// message's ticket there: whoever owes an answer once it is durable (an AMQP producer)
+    /// waits for that ticket as for any other.
+    pub fn enqueue_outgoing_nowait(
+        &self,
+        dest: &crate::wire::format_name::DirectName,
+        frame: &[u8],
+        meta: &MessageMeta,
+    ) -> Result<(OutgoingDef, usize, Ticket), ApiError> {
+        self.queue_outgoing(dest, frame, meta, false)
+    }
+
+    fn queue_outgoing(
+        &self,
+        dest: &crate::wire::format_name::DirectName,
+        frame: &[u8],
+        meta: &MessageMeta,
+        wait: bool,
+    ) -> Result<(OutgoingDef, usize, Ticket), ApiError> {
         let def = lock(&self.outgoing)
             .get_or_create(dest)
             .map_err(|e| ApiError::Send(e.to_string()))?;
         let shard = def.shard % self.partitions.len();
+        let ticket;
         {
             let mut p = self.partition(shard);
             let (waiting, _) = p.store.queue_len(QueueId(def.id));
@@ -129,7 +155,9 @@ impl<S: QueueStore> Broker<S> {
                 )));
             }
             let a = p.store.append(QueueId(def.id), meta, frame)?;
-            p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
+            ticket = a.ticket;
+            let wait_for = (wait && a.ticket != Ticket::IMMEDIATE).then_some(a.ticket);
+            p.commit(wait_for)?;
         }
         if def.transport != Transport::Mqqb || self.config.parameters.Hardened_MSMQ {
             tracing::warn!(
@@ -146,7 +174,7 @@ impl<S: QueueStore> Broker<S> {
             f.store(true, Ordering::Release);
         }
         self.wake(shard);
-        Ok(def)
+        Ok((def, shard, ticket))
     }
 
     /// The outgoing transactional sequence of `def`, read back from the stored messages the
