@@ -13,11 +13,6 @@ use super::partition::TXN_STATE_QUEUE;
 use super::{bump, Broker, EXPIRY_BATCH_MAX};
 
 impl<S: QueueStore> Broker<S> {
-    /// Removes the messages of partition `i` whose TimeToBeReceived has passed (MS-MQDMPR
-    /// 3.1.7.1.x): each goes to the dead-letter queue when its sender asked for negative
-    /// journaling (JN), and a NACK_RECEIVE_TIMEOUT goes to the admin queue when it asked for
-    /// negative receive acks; otherwise it is deleted, logged and counted. Returns how many
-    /// expired.
     /// Drops duplicate-table entries of partition `i` older than `RemoveDuplicateCleanup`
     /// (the table does the work at most once per that period), as MSMQ purges its
     /// MessageIDHistoryTable. `now_ms` is the engine's clock, the one deliveries record.
@@ -25,6 +20,13 @@ impl<S: QueueStore> Broker<S> {
         self.partition(i).dedup.cleanup(now_ms);
     }
 
+    /// Removes the messages of partition `i` whose TimeToBeReceived has passed (MS-MQDMPR
+    /// 3.1.7.1.x): each goes to the dead-letter queue when its sender asked for negative
+    /// journaling (JN), and a NACK_RECEIVE_TIMEOUT goes to the admin queue when it asked for
+    /// negative receive acks; otherwise it is deleted, logged and counted. Returns how many
+    /// expired. The dead-letter copies are made durable before the originals go, and that
+    /// commit is waited for here (on the shard running partition `i`: a known wait of the
+    /// loop, only when messages with JN expire).
     pub fn expire_partition(&self, i: usize, now_unix: u32) -> usize {
         let i = i % self.partitions.len();
         // (queue, lookup, frame, meta, dead-letter queue if JN, NR).
