@@ -243,7 +243,14 @@ pub struct MsmqApp<S> {
     routes: crate::qm::broker::RouteCache,
     /// MessageIdOrdinals leased from the broker for the OrderAcks this shard builds.
     ordinals: std::ops::Range<u32>,
+    /// Per partition: expired messages wait for their dead-letter copies to be durable.
+    expiry_waits: Vec<bool>,
 }
+
+/// How often a shard looks whether the dead-letter copies of expired messages are durable
+/// (only while some wait; the copies may be another shard's partition, which does not wake
+/// this one).
+pub const EXPIRY_SETTLE_POLL_MS: u64 = 5;
 
 /// MessageIdOrdinals a shard leases at a time (one reservation on disk per lease).
 pub const ORDINAL_LEASE: u32 = 4_096;
@@ -318,6 +325,7 @@ impl<S: QueueStore> MsmqApp<S> {
             appended: vec![false; partitions],
             routes: crate::qm::broker::RouteCache::default(),
             ordinals: 0..0,
+            expiry_waits: vec![false; partitions],
         }
     }
 
@@ -1496,6 +1504,11 @@ impl<S: QueueStore> App for MsmqApp<S> {
             h.drain_outbox();
             h.port.flush();
         }
+        for p in 0..self.expiry_waits.len() {
+            if self.expiry_waits[p] {
+                self.expiry_waits[p] = self.shared.broker.settle_expiry(p).1;
+            }
+        }
         self.ready.append(&mut self.waiting);
         self.turn += 1;
         self.now_ms = now_ms;
@@ -1503,7 +1516,8 @@ impl<S: QueueStore> App for MsmqApp<S> {
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
             for &p in &self.owned {
-                self.shared.broker.expire_partition(p, unix_now());
+                let (_, waits) = self.shared.broker.expire_partition(p, unix_now());
+                self.expiry_waits[p] = waits;
                 self.shared.broker.clean_duplicates(p, now_ms);
                 self.shared.broker.sweep_txn(p, unix_now());
             }
@@ -1530,6 +1544,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         if let Some(t) = self.commit_retry_at {
             d = d.min(t);
+        }
+        if self.expiry_waits.iter().any(|&w| w) {
+            d = d.min(self.now_ms + EXPIRY_SETTLE_POLL_MS);
         }
         if !self.commits_notify && self.awaiting.iter().any(Option::is_some) {
             d = d.min(self.now_ms + 1);

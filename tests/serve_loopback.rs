@@ -387,3 +387,61 @@ fn sessions_on_two_shards_deliver_one_queue_in_priority_then_fifo_order_per_send
         }
     }
 }
+
+/// A message whose TimeToBeReceived passed, sent with negative journaling (JN), leaves its queue
+/// for the dead-letter queue through the shards' expiry scan, which never waits for the disk: the
+/// copy's commit is started, and the original goes once the copy is durable (two shards, so the
+/// dead-letter queue may be another shard's).
+#[test]
+fn an_expired_message_with_jn_reaches_the_dead_letter_queue_through_the_shards_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &["--cores", "0,1"]);
+    server.cli(&["queue", "create", "q"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let dest = utf16z("TCP:127.0.0.1\\private$\\q");
+    let label = utf16z("expiring");
+    let mut m = UserMessage::new(
+        Guid([0x71; 16]),
+        1,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        b"late",
+    )
+    .with_recoverable(true)
+    .with_sent_time(now - 100)
+    .with_time_to_be_received(10);
+    m.user.flags = m.user.flags.with(lior::wire::user::UserFlags::JN, true);
+    m.sync();
+    let mut f = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut f).unwrap();
+    let mut c = Client::connect(server.listen, Guid([0x71; 16]));
+    c.send(&f[..n], true, 1);
+    c.wait_acked();
+    // Both moves show in the queue list: the copy in the dead-letter queue (once durable) and
+    // the original gone from q (once the copy is durable).
+    let counts = || -> (u64, u64) {
+        let list: serde_json::Value =
+            serde_json::from_str(&server.cli(&["queue", "list", "--json"])).unwrap();
+        let n = |name: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|q| q["name"].as_str() == Some(name))
+                .and_then(|q| q["messages"].as_u64())
+                .unwrap_or(0)
+        };
+        (n("system$;deadletter"), n("q"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = counts();
+    while seen != (1, 0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = counts();
+    }
+    assert_eq!(seen, (1, 0), "(dead-letter queue, q) after the expiry scan");
+    let dead = server.receive_all("deadletter");
+    assert_eq!(dead.len(), 1);
+}

@@ -2,14 +2,14 @@
 //! dead-lettered when their senders asked for negative journaling, removed, and answered with
 //! a NACK_RECEIVE_TIMEOUT when their senders asked for negative receive acks.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use crate::qm::catalog::{DEADLETTER_ID, DEADXACT_ID};
-use crate::store::{LookupId, MessageMeta, QueueId, QueueStore, Select, Ticket};
+use crate::store::{LookupId, MessageMeta, QueueId, QueueStore, Select};
 use crate::wire::headers::MessageClass;
 use crate::wire::user::UserMessage;
 
-use super::partition::TXN_STATE_QUEUE;
+use super::partition::{ExpiredItem, ExpiryWave, TXN_STATE_QUEUE};
 use super::{bump, Broker, EXPIRY_BATCH_MAX};
 
 impl<S: QueueStore> Broker<S> {
@@ -24,20 +24,31 @@ impl<S: QueueStore> Broker<S> {
     /// 3.1.7.1.x): each goes to the dead-letter queue when its sender asked for negative
     /// journaling (JN), and a NACK_RECEIVE_TIMEOUT goes to the admin queue when it asked for
     /// negative receive acks; otherwise it is deleted, logged and counted. Returns how many
-    /// expired. The dead-letter copies are made durable before the originals go, and that
-    /// commit is waited for here (on the shard running partition `i`: a known wait of the
-    /// loop, only when messages with JN expire).
-    pub fn expire_partition(&self, i: usize, now_unix: u32) -> usize {
+    /// expired now, and whether dead-letter copies wait for the disk (see
+    /// [`Broker::settle_expiry`]).
+    ///
+    /// Never waits for the disk: a message with JN is copied into the dead-letter queue (at
+    /// that queue's owner, whose commit is started), and only once the copy is durable is the
+    /// original removed, by a later call (a crash in between leaves a copy too many, never
+    /// none). One wave of copies waits at a time; messages with JN found meanwhile wait for the
+    /// next scan.
+    pub fn expire_partition(&self, i: usize, now_unix: u32) -> (usize, bool) {
         let i = i % self.partitions.len();
+        let (mut removed, pending) = self.settle_expiry(i);
         // (queue, lookup, frame, meta, dead-letter queue if JN, NR).
         type Expired = (QueueId, LookupId, Vec<u8>, MessageMeta, Option<u32>, bool);
         let mut found_msgs: Vec<Expired> = Vec::new();
         {
             let part = self.partition(i);
+            let waiting: HashSet<(QueueId, LookupId)> = part
+                .expiry_wave
+                .as_ref()
+                .map(|w| w.items.iter().map(|(q, l, _)| (*q, *l)).collect())
+                .unwrap_or_default();
             let mut found = Vec::new();
             part.store.expired(now_unix, EXPIRY_BATCH_MAX, &mut found);
             for (q, lookup) in found {
-                if q == TXN_STATE_QUEUE {
+                if q == TXN_STATE_QUEUE || waiting.contains(&(q, lookup)) {
                     continue;
                 }
                 let Some(m) = part.store.peek(q, Select::Lookup(lookup)) else {
@@ -56,56 +67,88 @@ impl<S: QueueStore> Broker<S> {
                     }
                     nr = msg.properties.flags.negative_receive();
                 }
+                if dlq.is_some() && pending {
+                    // The next wave.
+                    continue;
+                }
                 found_msgs.push((q, lookup, frame, meta, dlq, nr));
             }
         }
-        let n = found_msgs.len();
-        if n == 0 {
-            return 0;
+        if found_msgs.is_empty() {
+            return (removed, pending);
         }
-        // Copies for the dead-letter queue go to its owner and are durable before the originals
-        // are removed (a crash in between leaves a copy too many, never none). One partition
-        // lock at a time.
-        let mut keep = vec![false; n];
-        let mut wait: HashMap<usize, (Ticket, Vec<usize>)> = HashMap::new();
-        for (k, (_, _, frame, meta, dlq, _)) in found_msgs.iter().enumerate() {
-            let Some(dlq) = *dlq else { continue };
+        // Copies for the dead-letter queue go to its owner, whose commit is started; one
+        // partition lock at a time.
+        let mut wave = ExpiryWave::default();
+        let mut now_gone = Vec::new();
+        for (q, lookup, frame, meta, dlq, nr) in found_msgs {
+            let Some(dlq) = dlq else {
+                now_gone.push((q, lookup, nr.then_some(frame)));
+                continue;
+            };
             let pi = self.dead_letter_partition(dlq);
-            match self.partition(pi).store.append(QueueId(dlq), meta, frame) {
+            let mut p = self.partition(pi);
+            match p.store.append(QueueId(dlq), &meta, &frame) {
                 Ok(a) => {
-                    let w = wait.entry(pi).or_insert((Ticket::IMMEDIATE, Vec::new()));
-                    w.0 = w.0.max(a.ticket);
-                    w.1.push(k);
+                    match wave.copies.iter_mut().find(|(x, _)| *x == pi) {
+                        Some((_, t)) => *t = (*t).max(a.ticket),
+                        None => wave.copies.push((pi, a.ticket)),
+                    }
+                    wave.items.push((q, lookup, nr.then_some(frame)));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot dead-letter an expired message; keeping it");
-                    keep[k] = true;
                 }
             }
         }
-        for (pi, (t, ks)) in wait {
-            let t = (t != Ticket::IMMEDIATE).then_some(t);
-            if let Err(e) = self.partition(pi).commit(t) {
-                tracing::error!(error = %e, "cannot commit dead-lettered expired messages; keeping the originals");
-                for k in ks {
-                    keep[k] = true;
-                }
+        for &(pi, _) in &wave.copies {
+            if let Err(e) = self.partition(pi).commit(None) {
+                tracing::error!(error = %e, "cannot start the commit of dead-lettered expired messages; the originals stay until it succeeds");
             }
+        }
+        removed += self.remove_expired(i, now_gone);
+        let pending = !wave.items.is_empty();
+        if pending {
+            self.partition(i).expiry_wave = Some(wave);
+        }
+        (removed, pending)
+    }
+
+    /// Removes the originals of partition `i`'s wave of dead-lettered expired messages once
+    /// every copy is durable (read from the copies' partitions' published marks, without their
+    /// locks). Returns how many were removed and whether a wave still waits.
+    pub fn settle_expiry(&self, i: usize) -> (usize, bool) {
+        let wave = {
+            let mut part = self.partition(i);
+            let Some(w) = part.expiry_wave.as_ref() else {
+                return (0, false);
+            };
+            if !w.copies.iter().all(|&(pi, t)| self.is_durable(pi, t)) {
+                return (0, true);
+            }
+            part.expiry_wave.take()
+        };
+        let items = wave.map(|w| w.items).unwrap_or_default();
+        (self.remove_expired(i, items), false)
+    }
+
+    /// Removes expired messages from partition `i` (their removal committed with its next
+    /// commit, started here) and sends the NACK_RECEIVE_TIMEOUTs owed.
+    fn remove_expired(&self, i: usize, items: Vec<ExpiredItem>) -> usize {
+        if items.is_empty() {
+            return 0;
         }
         let mut nacks = Vec::new();
+        let mut n = 0;
         {
             let mut part = self.partition(i);
-            for (k, (q, lookup, frame, _, _, nr)) in found_msgs.into_iter().enumerate() {
-                if keep[k] {
-                    continue;
-                }
+            for (q, lookup, nack) in items {
                 if let Err(e) = part.remove_delivered(q, lookup) {
                     tracing::error!(error = %e, "cannot remove an expired message");
                     continue;
                 }
-                if nr {
-                    nacks.push(frame);
-                }
+                n += 1;
+                nacks.extend(nack);
                 bump(&self.counters.expired_in_queue);
                 tracing::info!(
                     queue = q.0,

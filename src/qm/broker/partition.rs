@@ -65,6 +65,19 @@ impl<S> std::ops::DerefMut for PartitionGuard<'_, S> {
     }
 }
 
+/// An expired message leaving its queue: where it is, and its frame when a
+/// NACK_RECEIVE_TIMEOUT is owed for it.
+pub(super) type ExpiredItem = (QueueId, LookupId, Option<Vec<u8>>);
+
+/// Expired messages copied into a dead-letter queue whose originals go once the copies are
+/// durable.
+#[derive(Debug, Default)]
+pub(super) struct ExpiryWave {
+    /// The partitions holding copies, with the highest copy ticket in each.
+    pub(super) copies: Vec<(usize, Ticket)>,
+    pub(super) items: Vec<ExpiredItem>,
+}
+
 /// One store partition with the work it owes at its next commit.
 #[derive(Debug)]
 pub struct Partition<S> {
@@ -100,6 +113,8 @@ pub struct Partition<S> {
     pub arrivals: u64,
     /// The store's message count and durable mark at the last commit (for `arrivals`).
     arrivals_seen: (u64, Ticket),
+    /// Expired messages of this partition whose dead-letter copies wait for the disk.
+    pub(super) expiry_wave: Option<ExpiryWave>,
 }
 
 /// Messages an AMQP consumer holds unsettled (so no other consumer gets them) and how many
@@ -175,6 +190,7 @@ impl<S: QueueStore> Partition<S> {
             txn_forget: Vec::new(),
             txn: TxnTable::new(super::txn_limits(&crate::config::Config::default())),
             durable_mark: Arc::new(AtomicU64::new(0)),
+            expiry_wave: None,
             dedup: DuplicateTable::new(
                 crate::config::Parameters::default().RemoveDuplicateSize as usize,
                 u64::from(crate::config::Parameters::default().RemoveDuplicateCleanup),
