@@ -32,6 +32,9 @@ pub struct Config {
     /// The TCP port of remote queue managers (Windows always listens on 1801; tests and
     /// unusual set-ups change it).
     pub remote_port: u16,
+    /// Per remote machine, as named in format names (`[remotes."10.0.0.7"] port = 1901`):
+    /// settings that differ from the defaults above. Names are compared without case.
+    pub remotes: std::collections::BTreeMap<String, Remote>,
     /// Engine and store limits that have no Windows counterpart.
     pub limits: Limits,
     /// The AMQP 1.0 door: `enabled`, `listen`, `sasl_mechanisms`, `[[amqp.users]]` (see
@@ -39,6 +42,25 @@ pub struct Config {
     pub amqp: crate::amqp::config::AmqpConfig,
     #[serde(rename = "Parameters")]
     pub parameters: Parameters,
+}
+
+/// Settings for one remote machine (`[remotes."NAME"]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remote {
+    /// The TCP port its queue manager listens on (instead of `remote_port`).
+    pub port: Option<u16>,
+}
+
+impl Config {
+    /// The port of the queue manager on `host` (a name or address as in a format name).
+    pub fn remote_port_for(&self, host: &str) -> u16 {
+        self.remotes
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(host))
+            .and_then(|(_, r)| r.port)
+            .unwrap_or(self.remote_port)
+    }
 }
 
 impl Default for Config {
@@ -51,6 +73,7 @@ impl Default for Config {
             cores: Vec::new(),
             aliases: Vec::new(),
             remote_port: 1801,
+            remotes: std::collections::BTreeMap::new(),
             limits: Limits::default(),
             amqp: Default::default(),
             parameters: Parameters::default(),
@@ -289,6 +312,16 @@ impl Config {
     /// Checks ranges the wire or the product impose.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.amqp.validate().map_err(ConfigError)?;
+        for (host, r) in &self.remotes {
+            if host.trim().is_empty() {
+                return Err(ConfigError("remotes: a remote machine needs a name".into()));
+            }
+            if r.port == Some(0) {
+                return Err(ConfigError(format!(
+                    "remotes.\"{host}\".port must be 1..=65535"
+                )));
+            }
+        }
         let p = &self.parameters;
         if p.MaxUnackedPacket == 0 {
             return Err(ConfigError(

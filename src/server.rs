@@ -1140,13 +1140,18 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::info!(destination = %o.def.key, interval = o.resend_interval(), "no OrderAck in time; resending");
             }
         }
-        let policy = OutPolicy {
+        let base = OutPolicy {
             hardened: broker.config.parameters.Hardened_MSMQ,
             port: broker.config.remote_port,
             retry_ms: u64::from(broker.config.parameters.TryConnectInterval),
         };
         for out in self.out.values_mut() {
             let id = out.def.id;
+            // `[remotes."HOST"] port` where the machine has its own port.
+            let policy = OutPolicy {
+                port: broker.config.remote_port_for(&out.def.host),
+                ..base
+            };
             if let Some(rx) = self.resolving.get(&id) {
                 let result = match rx.try_recv() {
                     Ok(r) => r.map_err(|e| e.to_string()),

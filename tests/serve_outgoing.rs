@@ -597,3 +597,43 @@ fn an_outgoing_queue_shows_its_state_and_can_be_paused_and_resumed() {
         String::from_utf8_lossy(&err.stderr)
     );
 }
+
+/// Issue 12 item 6: a remote machine that listens on its own port (`[remotes."HOST"] port`) is
+/// reached there, while the others keep `remote_port`.
+#[test]
+fn a_remote_machine_with_its_own_port_is_reached_on_it() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b = start_at(db.path(), "127.0.0.2", 0, free_port("127.0.0.3"));
+    b.cli(&["queue", "create", "orders"]);
+    // A's default remote port leads nowhere; B's own entry names its real port.
+    let nowhere = free_port("127.0.0.2");
+    let extra = format!("[remotes.\"127.0.0.2\"]\nport = {}\n", b.listen.port());
+    let a = start_at_with(da.path(), "127.0.0.3", 0, nowhere, &extra);
+    a.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.2\\private$\\orders",
+        "--body",
+        "on its own port",
+        "--recoverable",
+    ]);
+    let got = b.receive_until("orders", 1);
+    assert_eq!(bodies(&got), ["on its own port"]);
+    assert_eq!(outgoing_left(&a), 0);
+}
+
+/// Issue 12 item 6: the address a queue manager listens on names it, without an `aliases`
+/// entry: a send to `DIRECT=TCP:<listen address>\private$\q` is local.
+#[test]
+fn the_listen_address_names_this_machine_without_an_alias() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&d.path().join("data"), &["--listen", "127.0.0.5:0"]);
+    s.cli(&["queue", "create", "q"]);
+    let out = s.cli(&[
+        "send",
+        "DIRECT=TCP:127.0.0.5\\private$\\q",
+        "--body",
+        "here",
+    ]);
+    assert!(!out.contains("outgoing queue"), "{out}");
+    assert_eq!(bodies(&s.receive_until("q", 1)), ["here"]);
+}
