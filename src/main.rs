@@ -657,13 +657,16 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 let (done, name) = (done.clone(), name.clone());
                 std::thread::spawn(move || {
                     let mut p = cli::Progress::new();
-                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    loop {
                         p.tick(|| {
                             format!(
                                 "lior queue purge: removing {messages} messages ({}) from {name}",
                                 cli::human_bytes(bytes)
                             )
                         });
+                        if done.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
                         std::thread::sleep(std::time::Duration::from_millis(100));
                     }
                     p.done();

@@ -178,3 +178,55 @@ fn every_command_that_prints_data_takes_json() {
         serde_json::from_str(&server.cli(&["queue", "delete", "j", "--json"])).expect("delete");
     assert_eq!(v["deleted"].as_str(), Some("j"), "{v}");
 }
+
+/// Puts `count` small messages into `queue` over MS-MQQB with `lior bench`.
+fn fill_with_bench(server: &Server, queue: &str, count: u32) {
+    let o = Command::new(BIN)
+        .args(["bench", "--connect", &server.listen.to_string()])
+        .args(["--to", &format!("DIRECT=TCP:127.0.0.1\\PRIVATE$\\{queue}")])
+        .args(["--count", &count.to_string(), "--size", "16"])
+        .args(["--json", "--quiet", "--cores", "0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// Long runs show progress on stderr (here with the interval at 0 ms, so that every step shows
+/// without the test waiting on the clock); stdout keeps only the messages.
+#[test]
+fn a_long_receive_and_a_purge_show_progress_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    server.cli(&["queue", "create", "many"]);
+    fill_with_bench(&server, "many", 10_010);
+    let o = Command::new(BIN)
+        .args(["receive", "many", "--count", "10005", "--json"])
+        .args(["--api", &server.api])
+        .env("LIOR_PROGRESS_EVERY_MS", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 10_005);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("lior receive: 10000 of 10005 from many"),
+        "progress past the first batch: {err}"
+    );
+    let o = Command::new(BIN)
+        .args(["queue", "purge", "many"])
+        .args(["--api", &server.api])
+        .env("LIOR_PROGRESS_EVERY_MS", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("purged many: 5 messages"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stderr).contains("lior queue purge: removing 5 messages"),
+        "{}",
+        text(&o.stderr)
+    );
+}

@@ -16,23 +16,31 @@ pub struct Progress {
     started: Instant,
     last: Option<Instant>,
     terminal: bool,
+    every: Duration,
 }
+
+/// Environment variable that sets the progress interval in ms (tests set 0 to see every line
+/// without waiting on the clock).
+pub const PROGRESS_EVERY_ENV: &str = "LIOR_PROGRESS_EVERY_MS";
 
 impl Progress {
     pub fn new() -> Progress {
+        let every = std::env::var(PROGRESS_EVERY_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(PROGRESS_EVERY, Duration::from_millis);
         Progress {
             started: Instant::now(),
             last: None,
             terminal: std::io::stderr().is_terminal(),
+            every,
         }
     }
 
-    /// Says `what` if a second passed since the start and since the last line.
+    /// Says `what` if the interval passed since the start and since the last line.
     pub fn tick(&mut self, what: impl FnOnce() -> String) {
         let now = Instant::now();
-        if now - self.started < PROGRESS_EVERY
-            || self.last.is_some_and(|l| now - l < PROGRESS_EVERY)
-        {
+        if now - self.started < self.every || self.last.is_some_and(|l| now - l < self.every) {
             return;
         }
         self.last = Some(now);
