@@ -32,6 +32,8 @@ macro_rules! out {
     };
 }
 
+mod cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -63,6 +65,15 @@ enum Command {
     Serve(ServeArgs),
     /// Load generator: N MS-MQQB sessions to any queue manager; messages/s and ack latency.
     Bench(lior::bench::BenchArgs),
+    /// One screen on a running queue manager: GUID, addresses, partitions, sessions, queues,
+    /// outgoing queues, disk use, store health.
+    Status {
+        /// The same as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArg,
+    },
     /// Administer queues through the local API.
     Queue {
         #[command(subcommand)]
@@ -123,6 +134,9 @@ enum Command {
         /// Send this many copies (at least 1).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// One JSON object per message sent per line (`message_id`, `placed`, `queue`, `held`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArg,
     },
@@ -181,6 +195,8 @@ enum QueueCommand {
         name: String,
         #[arg(long)]
         transactional: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// List queues with their message counts.
     List {
@@ -188,9 +204,17 @@ enum QueueCommand {
         json: bool,
     },
     /// Delete a private queue and its messages.
-    Delete { name: String },
-    /// Remove every message of a queue.
-    Purge { name: String },
+    Delete {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every message of a queue; says how many messages and bytes went.
+    Purge {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,9 +228,15 @@ enum OutgoingCommand {
     Pause {
         /// As `lior outgoing list` names it, e.g. `TCP:10.0.0.7` or `OS:winbox`.
         destination: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Send to a machine again.
-    Resume { destination: String },
+    Resume {
+        destination: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -243,6 +273,7 @@ fn main() -> ExitCode {
         Command::Config { config } => print_config(config),
         Command::Serve(args) => serve(args),
         Command::Bench(args) => lior::bench::main(args),
+        Command::Status { json, api } => status(&api.api, json),
         Command::Queue { command, api } => queue(command, &api.api),
         Command::Outgoing { command, api } => outgoing(command, &api.api),
         Command::Store { command } => store(command),
@@ -264,6 +295,7 @@ fn main() -> ExitCode {
             recoverable,
             transactional,
             count,
+            json,
             api,
         } => send(
             &api.api,
@@ -275,6 +307,7 @@ fn main() -> ExitCode {
             recoverable || transactional,
             transactional,
             count,
+            json,
         ),
         Command::Receive {
             queue,
@@ -507,104 +540,198 @@ fn call_more(
     }
 }
 
+fn status(api: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let st = call(ureq::get(&url(api, "/v1/status")), None)?;
+    let queues = call(ureq::get(&url(api, "/v1/queues")), None)?;
+    let outgoing = call(ureq::get(&url(api, "/v1/outgoing")), None)?;
+    let metrics = ureq::get(&url(api, "/metrics"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default();
+    let v = cli::status::compose(api, &st, &queues, &outgoing, &metrics);
+    if json {
+        outln!("{v}");
+    } else {
+        out!("{}", cli::status::text(&v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a table's lines.
+fn print_table(t: &cli::table::Table) {
+    for line in t.render() {
+        outln!("{line}");
+    }
+}
+
+/// The named queue's `(messages, bytes)` as `/v1/queues` lists it (names are case-insensitive).
+fn queue_counts(api: &str, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
+    let v = call(ureq::get(&url(api, "/v1/queues")), None)?;
+    Ok(v.as_array().into_iter().flatten().find_map(|q| {
+        q["name"]
+            .as_str()
+            .filter(|n| n.eq_ignore_ascii_case(name))
+            .map(|_| {
+                (
+                    q["messages"].as_u64().unwrap_or(0),
+                    q["bytes"].as_u64().unwrap_or(0),
+                )
+            })
+    }))
+}
+
 fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
     match cmd {
         QueueCommand::Create {
             name,
             transactional,
+            json,
         } => {
             let v = call(
                 ureq::post(&url(api, "/v1/queues")),
                 Some(serde_json::json!({"name": name, "transactional": transactional})),
             )?;
-            outln!(
-                "created {} (private queue number {:#x}{})",
-                v["name"].as_str().unwrap_or(&name),
-                v["id"].as_u64().unwrap_or(0),
-                if transactional { ", transactional" } else { "" }
-            );
+            if json {
+                outln!("{v}");
+            } else {
+                outln!(
+                    "created {} (private queue number {:#x}{})",
+                    v["name"].as_str().unwrap_or(&name),
+                    v["id"].as_u64().unwrap_or(0),
+                    if transactional { ", transactional" } else { "" }
+                );
+            }
         }
         QueueCommand::List { json } => {
             let v = call(ureq::get(&url(api, "/v1/queues")), None)?;
             if json {
                 outln!("{v}");
             } else {
-                outln!(
-                    "{:<32} {:>10} {:>12} {:>14} kind",
-                    "queue",
-                    "id",
-                    "messages",
-                    "bytes"
+                let mut t = cli::table::Table::new(
+                    &[
+                        ("queue", false),
+                        ("id", true),
+                        ("messages", true),
+                        ("bytes", true),
+                        ("kind", false),
+                    ],
+                    0,
                 );
                 for q in v.as_array().into_iter().flatten() {
-                    outln!(
-                        "{:<32} {:>#10x} {:>12} {:>14} {}{}",
-                        q["name"].as_str().unwrap_or("?"),
-                        q["id"].as_u64().unwrap_or(0),
-                        q["messages"].as_u64().unwrap_or(0),
-                        q["bytes"].as_u64().unwrap_or(0),
-                        q["kind"].as_str().unwrap_or("?"),
-                        if q["transactional"].as_bool() == Some(true) {
-                            ", transactional"
-                        } else {
-                            ""
-                        },
-                    );
+                    t.row(vec![
+                        terminal_safe(q["name"].as_str().unwrap_or("?")),
+                        format!("{:#x}", q["id"].as_u64().unwrap_or(0)),
+                        q["messages"].as_u64().unwrap_or(0).to_string(),
+                        q["bytes"].as_u64().unwrap_or(0).to_string(),
+                        format!(
+                            "{}{}",
+                            q["kind"].as_str().unwrap_or("?"),
+                            if q["transactional"].as_bool() == Some(true) {
+                                ", transactional"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ]);
                 }
+                print_table(&t);
             }
         }
-        QueueCommand::Delete { name } => {
+        QueueCommand::Delete { name, json } => {
             call(
                 ureq::delete(&url(api, &format!("/v1/queues/{}", seg(&name)))),
                 None,
             )?;
-            outln!("deleted {name}");
+            if json {
+                outln!("{}", serde_json::json!({ "deleted": name }));
+            } else {
+                outln!("deleted {name}");
+            }
         }
-        QueueCommand::Purge { name } => {
-            call(
+        QueueCommand::Purge { name, json } => {
+            // What the queue held just before: the API's purge answers with nothing.
+            let (messages, bytes) = queue_counts(api, &name)?.unwrap_or((0, 0));
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ticker = {
+                let (done, name) = (done.clone(), name.clone());
+                std::thread::spawn(move || {
+                    let mut p = cli::Progress::new();
+                    loop {
+                        p.tick(|| {
+                            format!(
+                                "lior queue purge: removing {messages} messages ({}) from {name}",
+                                cli::human_bytes(bytes)
+                            )
+                        });
+                        if done.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    p.done();
+                })
+            };
+            let r = call(
                 ureq::post(&url(api, &format!("/v1/queues/{}/purge", seg(&name)))),
                 None,
-            )?;
-            outln!("purged {name}");
+            );
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = ticker.join();
+            r?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"queue": name, "messages": messages, "bytes": bytes})
+                );
+            } else {
+                outln!(
+                    "purged {name}: {messages} messages ({bytes} bytes, {})",
+                    cli::human_bytes(bytes)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn outgoing(cmd: OutgoingCommand, api: &str) -> anyhow::Result<ExitCode> {
-    let (destination, paused) = match cmd {
+    let (destination, paused, json) = match cmd {
         OutgoingCommand::List { json } => {
             let v = call(ureq::get(&url(api, "/v1/outgoing")), None)?;
             if json {
                 outln!("{v}");
                 return Ok(ExitCode::SUCCESS);
             }
-            outln!(
-                "{:<28} {:<20} {:>10} {:>12} {:>10}  last error",
-                "destination",
-                "state",
-                "messages",
-                "bytes",
-                "next try"
+            let mut t = cli::table::Table::new(
+                &[
+                    ("destination", false),
+                    ("state", false),
+                    ("messages", true),
+                    ("bytes", true),
+                    ("next try", true),
+                    ("last error", false),
+                ],
+                0,
             );
             for q in v.as_array().into_iter().flatten() {
                 let next = q["next_try_in_ms"]
                     .as_u64()
                     .map_or_else(|| "-".to_string(), |ms| format!("{:.1} s", ms as f64 / 1e3));
-                outln!(
-                    "{:<28} {:<20} {:>10} {:>12} {:>10}  {}",
-                    q["destination"].as_str().unwrap_or("?"),
-                    q["state"].as_str().unwrap_or("?"),
-                    q["messages"].as_u64().unwrap_or(0),
-                    q["bytes"].as_u64().unwrap_or(0),
+                t.row(vec![
+                    terminal_safe(q["destination"].as_str().unwrap_or("?")),
+                    q["state"].as_str().unwrap_or("?").to_string(),
+                    q["messages"].as_u64().unwrap_or(0).to_string(),
+                    q["bytes"].as_u64().unwrap_or(0).to_string(),
                     next,
-                    q["last_error"].as_str().unwrap_or("-"),
-                );
+                    terminal_safe(q["last_error"].as_str().unwrap_or("-")),
+                ]);
             }
+            print_table(&t);
             return Ok(ExitCode::SUCCESS);
         }
-        OutgoingCommand::Pause { destination } => (destination, true),
-        OutgoingCommand::Resume { destination } => (destination, false),
+        OutgoingCommand::Pause { destination, json } => (destination, true, json),
+        OutgoingCommand::Resume { destination, json } => (destination, false, json),
     };
     let path = if paused {
         "/v1/outgoing/pause"
@@ -615,6 +742,10 @@ fn outgoing(cmd: OutgoingCommand, api: &str) -> anyhow::Result<ExitCode> {
         ureq::post(&url(api, path)),
         Some(serde_json::json!({ "destination": destination })),
     )?;
+    if json {
+        outln!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "{} {}",
         if paused { "paused" } else { "resumed" },
@@ -640,6 +771,7 @@ fn messages(
     let timeout = std::time::Duration::from_millis(wait_ms + 30_000);
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
     let mut shown = 0usize;
+    let mut progress = cli::Progress::new();
     // A peek answer that stopped at its byte bound with more messages left.
     let mut peek_cut;
     loop {
@@ -661,6 +793,7 @@ fn messages(
             }
         }
         shown += list.len();
+        progress.tick(|| format!("lior {verb}: {shown} of {count} from {queue}"));
         peek_cut = verb == "peek" && more;
         // Fewer than asked means the queue ran empty, unless the answer stopped at its byte
         // bound and says more may be waiting.
@@ -668,6 +801,7 @@ fn messages(
             break;
         }
     }
+    progress.done();
     if shown == 0 {
         errln!("no message in {queue}");
     } else if shown < count && count > 1 {
@@ -801,6 +935,7 @@ fn send(
     recoverable: bool,
     transactional: bool,
     count: u32,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     use base64::Engine as _;
     let bytes = match (body, body_file) {
@@ -836,6 +971,10 @@ fn send(
                 .into();
         }
         let v = call(ureq::post(&url(api, "/v1/send")), Some(req))?;
+        if json {
+            outln!("{v}");
+            continue;
+        }
         outln!(
             "sent {} ({} queue {}){}",
             v["message_id"].as_str().unwrap_or("?"),

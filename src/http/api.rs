@@ -220,18 +220,58 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
 type Ctxt<S> = State<Arc<Ctx<S>>>;
 
 async fn status<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
+    let cfg = &c.broker.config;
+    let poisoned = c
+        .broker
+        .counters
+        .store_poisoned
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0;
+    let hardened = cfg.parameters.Hardened_MSMQ;
+    let dir = cfg.data_dir.clone();
+    // Walking the data directory reads the disk: off the async thread.
+    let disk = tokio::task::spawn_blocking(move || dir_bytes(&dir))
+        .await
+        .unwrap_or(0);
     Json(json!({
         "qm_guid": c.broker.guid().to_string(),
         "partitions": c.broker.partition_count(),
         "version": env!("CARGO_PKG_VERSION"),
-        "hardened": c.broker.config.parameters.Hardened_MSMQ,
-        "health": if c.broker.counters.store_poisoned.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        "hardened": hardened,
+        // As configured (port 0 means the port was chosen at start; `lior ready` names it).
+        "listen": {
+            "msmq": (!hardened).then(|| cfg.listen.to_string()),
+            "srmp": cfg.srmp_listen.or_else(|| hardened.then(|| "0.0.0.0:80".parse().expect("literal address"))).map(|a| a.to_string()),
+            "amqp": cfg.amqp.enabled.then(|| cfg.amqp.listen.to_string()),
+        },
+        "cores": cfg.cores,
+        "data_dir": cfg.data_dir.display().to_string(),
+        "data_dir_bytes": disk,
+        "store_poisoned": poisoned,
+        "health": if poisoned {
             "store poisoned: nothing more is acknowledged; restart lior once the disk is fixed"
         } else {
             "ok"
         },
     }))
     .into_response()
+}
+
+/// Disk space the files under `dir` take (allocated blocks: sparse and preallocated segment
+/// files count as what they use); unreadable entries count 0.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 async fn list<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
