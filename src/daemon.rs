@@ -500,6 +500,12 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
             s.snapshot().accepted
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP lior_sessions_open Incoming MS-MQQB sessions holding a MaxInSessions slot now.\n\
+         # TYPE lior_sessions_open gauge\nlior_sessions_open {}",
+        shared.sessions_in.load(Ordering::Relaxed)
+    );
     render_queue_gauges(&mut out, &shared.broker);
     out
 }

@@ -65,6 +65,15 @@ fn status_shows_the_queue_manager_addresses_queues_sessions_and_disk_use() {
     assert_eq!(status["store_poisoned"].as_bool(), Some(false), "{status}");
     assert_eq!(status["partitions"].as_u64(), Some(1), "{status}");
     assert!(status["sessions"]["accepted"].is_u64(), "{status}");
+    // One MS-MQQB session open now is counted as open.
+    let _session = common::Client::connect(server.listen, lior::wire::Guid([0x33; 16]));
+    let status: serde_json::Value =
+        serde_json::from_str(&server.cli(&["status", "--json"])).expect("one JSON object");
+    assert_eq!(status["sessions"]["open"].as_u64(), Some(1), "{status}");
+    assert!(
+        server.cli(&["status"]).contains("1 open"),
+        "the open session is shown"
+    );
     assert!(status["outgoing"]["by_state"].is_object(), "{status}");
     let disk = status["data_dir_bytes"].as_u64().expect("data_dir_bytes");
     assert!(disk > 0, "the data directory holds files: {status}");

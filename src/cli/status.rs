@@ -60,6 +60,7 @@ pub fn compose(
     v.insert(
         "sessions".into(),
         json!({
+            "open": metric(metrics, "lior_sessions_open").unwrap_or(0),
             "accepted": metric(metrics, "lior_sessions_accepted_total").unwrap_or(0),
             "established": metric(metrics, "lior_sessions_established_total").unwrap_or(0),
             "refused": metric(metrics, "lior_sessions_refused_total").unwrap_or(0),
@@ -122,7 +123,8 @@ pub fn text(v: &Value) -> String {
         (
             "sessions",
             format!(
-                "{} accepted, {} established, {} refused since start",
+                "{} open; {} accepted, {} established, {} refused since start",
+                n(&v["sessions"]["open"]),
                 n(&v["sessions"]["accepted"]),
                 n(&v["sessions"]["established"]),
                 n(&v["sessions"]["refused"])
