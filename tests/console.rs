@@ -683,10 +683,14 @@ impl Devtools {
     }
 
     /// Waits until `js` evaluates to true in the page (the console refreshes every 2 s).
+    /// An expression that throws (an element replaced by the 2 s refresh at that instant) counts
+    /// as not yet.
     fn wait_for(&mut self, js: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.eval(js) != serde_json::json!(true) {
-            let seen = self.eval("document.getElementById('view').innerText");
+        let guarded =
+            format!("(() => {{ try {{ return ({js}); }} catch (e) {{ return false; }} }})()");
+        while self.eval(&guarded) != serde_json::json!(true) {
+            let seen = self.eval("(document.getElementById('view') || {}).innerText");
             assert!(
                 Instant::now() < deadline,
                 "never {what}; the page shows: {seen}"
@@ -812,4 +816,67 @@ fn pause_and_resume_work_from_the_keyboard_and_every_view_fits_a_phone_in_chromi
             "{view} is wider than the phone: {widths}"
         );
     }
+}
+
+/// A dead letter moves back into a queue (the console's Move button): the copy is in the target
+/// and the original is gone; a wrong transaction type, an unknown message and an unknown queue
+/// are refused with nothing moved.
+#[test]
+fn a_dead_letter_moves_into_another_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"));
+    s.cli(&["queue", "create", "orders"]);
+    s.cli(&["queue", "create", "billing", "--transactional"]);
+    let me = Guid([0x46; 16]);
+    let mut c = Client::connect(s.listen, me);
+    // A queue that does not exist: dead-lettered.
+    c.send(&frame(me, 1, "OS:localhost\\private$\\nosuch", 0), true, 1);
+    c.wait_acked();
+    let dlq = "system$;deadletter";
+    let dead = get_json(&s, &format!("/v1/queues/{dlq}/messages?count=10"));
+    let lookup = dead[0]["lookup_id"].as_u64().expect("a dead letter");
+    let post = |body: String| {
+        let url = format!("http://{}/v1/queues/{dlq}/move", s.api);
+        match ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+        {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(
+        post(format!(r#"{{"lookup_id": {lookup}, "to": "billing"}}"#)),
+        400
+    );
+    assert_eq!(
+        post(format!(
+            r#"{{"lookup_id": {}, "to": "orders"}}"#,
+            lookup + 99
+        )),
+        404
+    );
+    assert_eq!(
+        post(format!(r#"{{"lookup_id": {lookup}, "to": "nosuch"}}"#)),
+        404
+    );
+    assert_eq!(
+        get_json(&s, &format!("/v1/queues/{dlq}/messages?count=10"))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        post(format!(r#"{{"lookup_id": {lookup}, "to": "orders"}}"#)),
+        204
+    );
+    assert!(get_json(&s, &format!("/v1/queues/{dlq}/messages?count=10"))
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let moved = s.receive_all("orders");
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0]["label"], "late");
 }

@@ -77,9 +77,10 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 
 fn api_error(e: ApiError) -> Response {
     let status = match &e {
-        ApiError::NoSuchQueue(_) | ApiError::Catalog(CatalogError::NotFound(_)) => {
-            StatusCode::NOT_FOUND
-        }
+        ApiError::NoSuchQueue(_)
+        | ApiError::NoSuchMessage(_)
+        | ApiError::Catalog(CatalogError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ApiError::Send(_) => StatusCode::BAD_REQUEST,
         ApiError::Catalog(CatalogError::Exists(_)) => StatusCode::CONFLICT,
         ApiError::Catalog(CatalogError::BadName(_))
         | ApiError::Catalog(CatalogError::SystemQueue(_)) => StatusCode::BAD_REQUEST,
@@ -187,6 +188,7 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                         axum::routing::delete(delete_queue::<S>),
                     )
                     .route("/v1/queues/{name}/purge", post(purge::<S>))
+                    .route("/v1/queues/{name}/move", post(move_message::<S>))
                     .route("/v1/queues/{name}/messages", get(peek::<S>))
                     .route("/v1/queues/{name}/receive", post(receive::<S>))
                     .route("/v1/send", post(send::<S>))
@@ -295,6 +297,27 @@ async fn delete_queue<S: QueueStore + Send + 'static>(
     match c.broker.delete_queue(&name) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct MoveBody {
+    lookup_id: u64,
+    to: String,
+}
+
+/// Moves one message of a queue (a dead letter, say) into another local queue.
+async fn move_message<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Path(name): Path<String>,
+    Json(b): Json<MoveBody>,
+) -> Response {
+    let broker = c.broker.clone();
+    match tokio::task::spawn_blocking(move || broker.move_message(&name, b.lookup_id, &b.to)).await
+    {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => api_error(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 

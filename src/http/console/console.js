@@ -9,6 +9,7 @@ const API = {
   queues: '/v1/queues',
   decoded: '/v1/queues/{name}/messages/decoded',
   purge: '/v1/queues/{name}/purge',
+  move: '/v1/queues/{name}/move',
   outgoing: '/v1/outgoing',
   pause: '/v1/outgoing/pause',
   resume: '/v1/outgoing/resume',
@@ -305,6 +306,26 @@ function queueRate(q) {
   return (q.messages - p.messages) / dt;
 }
 
+function moveButton(name, m, n) {
+  return el('button', {
+    type: 'button', class: 'secondary', 'data-key': 'move:' + name + ':' + m.lookup_id,
+    'aria-label': 'Move message ' + n + ' of ' + name + ' to another queue',
+    onclick: async () => {
+      const to = prompt('Move message ' + n + ' of ' + name + ' to which queue?');
+      if (!to) return;
+      try {
+        await post(apiPath(API.move, name), { lookup_id: m.lookup_id, to });
+        setStatus('Moved message ' + n + ' of ' + name + ' to ' + to + '.');
+        delete st.messages[name];
+      } catch (e) {
+        setStatus('Move to ' + to + ' failed: ' + e.message, true);
+      }
+      await refresh();
+      await onRoute(false);
+    },
+  }, 'Move…');
+}
+
 function purgeButton(name, count) {
   return el('button', {
     type: 'button', class: 'danger', 'data-key': 'purge:' + name,
@@ -372,7 +393,7 @@ function messagesTable(name, withReason) {
   if (got.error) return el('p', { class: 'error-text', text: 'Cannot peek: ' + got.error });
   const headers = ['#', 'Label', { label: 'Priority', cls: 'num' }, 'Delivery', { label: 'Size', cls: 'num' },
     { label: 'Sent', cls: 'hide-narrow' }];
-  if (withReason) headers.push('Reason');
+  if (withReason) headers.push('Reason', 'Action');
   const cols = headers.length;
   const rows = [];
   got.list.forEach((m, i) => {
@@ -386,6 +407,7 @@ function messagesTable(name, withReason) {
       el('td', { class: 'hide-narrow', text: fmtTime(m.sent_time) }),
     ];
     if (withReason) cells.push(el('td', { class: 'reason' }, reason ? [el('strong', { text: reason.class + ':' }), ' ' + reason.why] : '–'));
+    if (withReason) cells.push(el('td', {}, moveButton(name, m, i + 1)));
     rows.push(el('tr', { 'data-lookup': m.lookup_id }, cells));
     rows.push(el('tr', { class: 'detail' }, el('td', { colspan: cols },
       el('details', { 'data-key': 'd:' + name + ':' + m.lookup_id },
@@ -442,7 +464,7 @@ function queueView(name) {
 function deadLetterView() {
   const out = [
     el('h2', { text: 'Dead letters' }),
-    el('p', { class: 'note', text: 'Messages lior could not deliver. The reason is worked out from each message and the queues as they are now (lior keeps the packet as it came, not the NACK class it was given). Moving a message to another queue needs an API lior does not have yet; purge removes them all.' }),
+    el('p', { class: 'note', text: 'Messages lior could not deliver. The reason is worked out from each message and the queues as they are now (lior keeps the packet as it came, not the NACK class it was given). Move puts one message into another queue (durable there before it leaves); purge removes them all.' }),
   ];
   const qs = deadLetterQueues();
   for (const q of qs) {

@@ -157,6 +157,8 @@ pub enum ApiError {
     Catalog(CatalogError),
     Store(StoreError),
     NoSuchQueue(String),
+    /// No message with that lookup id in that queue.
+    NoSuchMessage(String),
     /// A send could not be placed (bad format name, outgoing table full, ...).
     Send(String),
 }
@@ -167,6 +169,7 @@ impl std::fmt::Display for ApiError {
             ApiError::Catalog(e) => write!(f, "{e}"),
             ApiError::Store(e) => write!(f, "{e}"),
             ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
+            ApiError::NoSuchMessage(m) => write!(f, "{m}"),
             ApiError::Send(e) => write!(f, "{e}"),
         }
     }

@@ -123,6 +123,64 @@ impl<S: QueueStore> Broker<S> {
         Ok(())
     }
 
+    /// Moves one message (by its lookup id) from queue `from` to queue `to`, both on this
+    /// machine (a dead letter back to where it belongs, say). The copy is durable in `to`
+    /// before the original leaves `from`: a crash in between leaves a copy too many, never
+    /// none. A transactional message moves only into a transactional queue, and a
+    /// non-transactional one only into a non-transactional queue. Runs on the API's threads.
+    pub fn move_message(&self, from: &str, lookup: u64, to: &str) -> Result<(), ApiError> {
+        let src = self.lookup(from)?;
+        let dst = self.lookup(to)?;
+        if src.id == dst.id {
+            return Err(ApiError::Send(format!(
+                "{from}: a message moves to another queue"
+            )));
+        }
+        let (bytes, meta) = {
+            let p = self.partition(self.owner(&src));
+            let m = p
+                .store
+                .peek(
+                    QueueId(src.id),
+                    Select::Lookup(crate::store::LookupId(lookup)),
+                )
+                .ok_or_else(|| {
+                    ApiError::NoSuchMessage(format!("{from} has no message {lookup}"))
+                })?;
+            (m.bytes.to_vec(), m.meta)
+        };
+        let transactional = meta.class == Class::Transactional;
+        if transactional != dst.transactional {
+            return Err(ApiError::Send(format!(
+                "message {lookup} is {}transactional and queue {to} is {}: not moved",
+                if transactional { "" } else { "not " },
+                if dst.transactional {
+                    "transactional"
+                } else {
+                    "not transactional"
+                }
+            )));
+        }
+        {
+            let mut p = self.partition(self.owner(&dst));
+            let a = p.store.append(QueueId(dst.id), &meta, &bytes)?;
+            p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
+        }
+        {
+            let mut p = self.partition(self.owner(&src));
+            let taken = p.store.receive(
+                QueueId(src.id),
+                Select::Lookup(crate::store::LookupId(lookup)),
+            )?;
+            if let Some(r) = taken {
+                p.commit(Some(r.ticket))?;
+                p.store.release(r)?;
+            }
+        }
+        self.arrivals.notify_waiters();
+        Ok(())
+    }
+
     pub fn purge_queue(&self, name: &str) -> Result<(), ApiError> {
         let q = self.lookup(name)?;
         self.empty_queue(q.id, MessageClass::NACK_Q_PURGED, |s, q| s.purge(q))
