@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
-use crate::qm::broker::{AckSource, Broker, Verdict};
+use crate::qm::broker::{AckSource, Broker, Routed, Verdict};
 use crate::qm::handoff::{Mail, Placement, ReplyTo, HEAD_MAX};
 use crate::qm::order_acks::{
     order_ack_frame, OrderAckTo, OrderAcks, ORDER_ACKS_PER_SESSION_MAX, ORDER_ACK_WINDOW_RETRY_MS,
@@ -408,14 +408,16 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
-        if let Some(to) = self.handoff_target(&msg) {
+        // Routed once: to find the shard that stores it, and to store it here if that is us.
+        let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
+        if let Some(to) = self.handoff_target(&routed, &msg) {
             return self.hand_off(conn, to, frame, rec_seq);
         }
         // Stored in the partition owning the queue (locked by the broker for this message only).
-        let d =
-            self.shared
-                .broker
-                .deliver_cached(&mut self.routes, frame, &msg, unix_now(), now_ms);
+        let d = self
+            .shared
+            .broker
+            .deliver_routed(routed, frame, &msg, unix_now(), now_ms);
         let own = d.partition;
         let wait_for = match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
@@ -539,9 +541,9 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// The shard to hand `msg` to: the one running the partition that stores it, when that is
     /// another shard and the shards are joined by a mesh.
-    fn handoff_target(&mut self, msg: &UserMessage<'_>) -> Option<usize> {
+    fn handoff_target(&self, routed: &Routed, msg: &UserMessage<'_>) -> Option<usize> {
         self.handoff.as_ref()?;
-        let p = self.shared.broker.route_partition(&mut self.routes, msg)?;
+        let p = self.shared.broker.route_partition(routed, msg)?;
         let to = p % self.shared.shards;
         (to != self.shard).then_some(to)
     }
@@ -611,10 +613,11 @@ impl<S: QueueStore> MsmqApp<S> {
                 return (Placement::Refused, None);
             }
         };
+        let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
         let d = self
             .shared
             .broker
-            .deliver_cached(&mut self.routes, frame, &msg, now_unix, now_ms);
+            .deliver_routed(routed, frame, &msg, now_unix, now_ms);
         let placement = match d.verdict {
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
                 if let Some(a) = self.appended.get_mut(d.partition) {

@@ -113,8 +113,13 @@ impl RouteCache {
     }
 }
 
-/// Where a message goes, decided before anything is stored.
-enum Routed {
+/// Where an incoming message goes, decided before anything is stored
+/// ([`Broker::route_incoming`]), so a shard routes each message once: to pick the shard that
+/// stores it and then to store it.
+#[derive(Debug)]
+pub enum Routed {
+    /// An OrderAck or FinalAck for our own sends: taken by the session's shard.
+    TxAck,
     Queue(Arc<QueueDef>),
     /// Nowhere here: the dead-letter queue, with the reason.
     Nowhere(String),
@@ -167,22 +172,30 @@ impl<S: QueueStore> Broker<S> {
     /// for an OrderAck or FinalAck, which the session's own shard takes. A shard hands a
     /// message whose partition another shard runs to that shard (`qm::handoff`). The owner
     /// may still dead-letter it elsewhere (expired, wrong class, quota): that is its decision.
-    pub fn route_partition(&self, cache: &mut RouteCache, msg: &UserMessage<'_>) -> Option<usize> {
-        if msg.is_order_ack() || msg.is_final_ack() {
-            return None;
+    pub fn route_partition(&self, routed: &Routed, msg: &UserMessage<'_>) -> Option<usize> {
+        match routed {
+            Routed::TxAck => None,
+            Routed::Queue(q) => Some(self.owner(q)),
+            Routed::Nowhere(_) => Some(self.dead_letter_partition(
+                if msg.user.flags.transactional() {
+                    DEADXACT_ID
+                } else {
+                    DEADLETTER_ID
+                },
+            )),
         }
-        Some(match self.route_msg(cache, msg) {
-            Routed::Queue(q) => self.owner(&q),
-            Routed::Nowhere(_) => self.dead_letter_partition(if msg.user.flags.transactional() {
-                DEADXACT_ID
-            } else {
-                DEADLETTER_ID
-            }),
-        })
     }
 
-    /// [`Broker::deliver_cached`] with no route cache (tests, tools): every destination is
-    /// resolved from the catalog.
+    /// Where `msg` goes (see [`Routed`]), through `cache`, the calling shard's route cache.
+    pub fn route_incoming(&self, cache: &mut RouteCache, msg: &UserMessage<'_>) -> Routed {
+        if msg.is_order_ack() || msg.is_final_ack() {
+            return Routed::TxAck;
+        }
+        self.route_msg(cache, msg)
+    }
+
+    /// [`Broker::deliver_routed`] with the message routed here without a route cache (tests,
+    /// tools, local admin acks): the destination is resolved from the catalog.
     pub fn deliver(
         &self,
         frame: &[u8],
@@ -190,30 +203,29 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_cached(&mut RouteCache::default(), frame, msg, now_unix, now_ms)
+        let routed = self.route_incoming(&mut RouteCache::default(), msg);
+        self.deliver_routed(routed, frame, msg, now_unix, now_ms)
     }
 
     /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
     /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
     /// Locks that one partition itself: call it holding no partition lock. The caller commits
-    /// `Delivered::partition`. `cache` is the calling shard's route cache.
-    pub fn deliver_cached(
+    /// `Delivered::partition`. `routed` is [`Broker::route_incoming`]'s answer for `msg`.
+    pub fn deliver_routed(
         &self,
-        cache: &mut RouteCache,
+        routed: Routed,
         frame: &[u8],
         msg: &UserMessage<'_>,
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        if msg.is_order_ack() || msg.is_final_ack() {
-            return Delivered {
+        match routed {
+            Routed::TxAck => Delivered {
                 verdict: Verdict::TxAck,
                 order_ack: None,
                 admin_ack: None,
                 partition: 0,
-            };
-        }
-        match self.route_msg(cache, msg) {
+            },
             Routed::Queue(q) => self.deliver_to(frame, msg, &q, now_unix, now_ms),
             Routed::Nowhere(why) => {
                 self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why)

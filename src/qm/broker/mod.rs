@@ -44,7 +44,7 @@ mod recovery;
 mod requests;
 mod wakeups;
 
-pub use delivery::{message_meta, Delivered, RouteCache, Verdict};
+pub use delivery::{message_meta, Delivered, RouteCache, Routed, Verdict};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
