@@ -26,11 +26,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::config::Config;
 use crate::qm::catalog::{Catalog, CatalogError, QueueDef};
-use crate::qm::dedup::DuplicateTable;
 use crate::qm::identity::{load_or_create_guid, OrdinalAllocator};
 use crate::qm::outgoing::OutgoingTable;
 use crate::qm::routing::LocalIdentity;
-use crate::qm::txn::{TxnLimits, TxnTable};
+use crate::qm::txn::TxnLimits;
 use crate::store::{FileStore, QueueStore, StoreConfig, StoreError, Ticket, UringDisk};
 use crate::wire::user::UserMessage;
 use crate::wire::Guid;
@@ -261,8 +260,7 @@ impl<S: QueueStore> Broker<S> {
         let mut partitions = Vec::new();
         for store in stores {
             let index = partitions.len();
-            let mut part = Partition::new(store, index);
-            part.txn = TxnTable::new(txn_limits(&config));
+            let mut part = Partition::new(store, index, &config);
             // Restore the transactional sequence states; older records of a key go.
             not_restored += restore_txn_states(&mut part, now_s)
                 .map_err(|e| anyhow::anyhow!("partition {index}: {e}"))?;
@@ -278,13 +276,6 @@ impl<S: QueueStore> Broker<S> {
                 "messages of queues spread over several partitions (stored by an older lior) \
                  moved into each queue's owning partition, in priority then arrival order; \
                  their lookup ids changed"
-            );
-        }
-        let p = &config.parameters;
-        for part in &mut partitions {
-            part.dedup = DuplicateTable::new(
-                p.RemoveDuplicateSize as usize,
-                u64::from(p.RemoveDuplicateCleanup),
             );
         }
         // The duplicate and sequence tables, from the messages still stored.

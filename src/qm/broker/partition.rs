@@ -179,7 +179,10 @@ impl InFlight {
 }
 
 impl<S: QueueStore> Partition<S> {
-    pub fn new(store: S, index: usize) -> Self {
+    /// A partition over `store` with its duplicate and transactional tables sized from
+    /// `config` (`RemoveDuplicateSize`, `RemoveDuplicateCleanup`, `limits.tx_sequences_*`).
+    pub fn new(store: S, index: usize, config: &crate::config::Config) -> Self {
+        let p = &config.parameters;
         Partition {
             store,
             index,
@@ -188,12 +191,12 @@ impl<S: QueueStore> Partition<S> {
             txn_records: HashMap::new(),
             txn_stale: Vec::new(),
             txn_forget: Vec::new(),
-            txn: TxnTable::new(super::txn_limits(&crate::config::Config::default())),
+            txn: TxnTable::new(super::txn_limits(config)),
             durable_mark: Arc::new(AtomicU64::new(0)),
             expiry_wave: None,
             dedup: DuplicateTable::new(
-                crate::config::Parameters::default().RemoveDuplicateSize as usize,
-                u64::from(crate::config::Parameters::default().RemoveDuplicateCleanup),
+                p.RemoveDuplicateSize as usize,
+                u64::from(p.RemoveDuplicateCleanup),
             ),
             inflight: InFlight::default(),
             arrivals: 0,
