@@ -5,6 +5,7 @@ pub mod api;
 pub mod console;
 pub mod message_json;
 pub mod srmp;
+pub mod srmp_client;
 pub mod srmp_write;
 
 pub use api::{serve_api, ApiHandle};
