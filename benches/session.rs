@@ -78,5 +78,29 @@ fn bench_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_path);
+/// The duplicate table, full (Windows' 10,000 entries), as every new message meets it: a miss,
+/// an insert and an eviction of the oldest identifier.
+fn bench_dedup(c: &mut Criterion) {
+    use lior::qm::dedup::DuplicateTable;
+    use lior::wire::Guid;
+    let mut g = c.benchmark_group("dedup");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(3));
+    let sender = Guid([7; 16]);
+    let mut table = DuplicateTable::new(10_000, 30 * 60 * 1000);
+    let mut n: u32 = 0;
+    for _ in 0..10_000 {
+        n = n.wrapping_add(1);
+        table.check_and_insert((sender, n), u64::from(n), (0, 0));
+    }
+    g.bench_function("check_and_insert/full_10000/new_id", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            table.check_and_insert((sender, n), u64::from(n), (0, u64::from(n)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_path, bench_dedup);
 criterion_main!(benches);

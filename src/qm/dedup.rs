@@ -5,6 +5,7 @@
 //! The full 20-byte identifier (source QM GUID + MessageID) is compared: MS-MQQB 3.1.5.8.1 names
 //! only the ordinal, but 3.1.5.8.2 stores both, and ordinals of different senders collide.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 
@@ -25,6 +26,13 @@ impl KeyedHash {
         let k0 = u64::from_le_bytes(g[..8].try_into().unwrap_or([1; 8]));
         let k1 = u64::from_le_bytes(g[8..].try_into().unwrap_or([2; 8]));
         KeyedHash { k0, k1: k1 | 1 }
+    }
+}
+
+/// A fresh random key: a map of network-supplied keys gets its own (as `RandomState` does).
+impl Default for KeyedHash {
+    fn default() -> Self {
+        KeyedHash::random()
     }
 }
 
@@ -112,8 +120,8 @@ impl DuplicateTable {
         DuplicateTable {
             capacity,
             max_age_ms,
-            seen: HashMap::with_capacity_and_hasher(capacity, KeyedHash::random()),
-            order: VecDeque::with_capacity(capacity),
+            seen: HashMap::with_capacity_and_hasher(capacity + 1, KeyedHash::random()),
+            order: VecDeque::with_capacity(capacity + 1),
             last_cleanup_ms: 0,
         }
     }
@@ -135,15 +143,23 @@ impl DuplicateTable {
         now_ms: u64,
         origin: Origin,
     ) -> Option<Origin> {
-        if let Some((t, o)) = self.seen.get_mut(&key) {
-            *t = now_ms;
-            return Some(*o);
+        // One hash lookup for the common case (a new identifier): the entry either holds the
+        // first copy's origin or takes this one. The table may exceed its capacity by this one
+        // entry until the eviction below (it is allocated for capacity + 1).
+        match self.seen.entry(key) {
+            Entry::Occupied(mut e) => {
+                let (t, o) = e.get_mut();
+                *t = now_ms;
+                return Some(*o);
+            }
+            Entry::Vacant(e) => {
+                e.insert((now_ms, origin));
+            }
         }
-        while self.seen.len() >= self.capacity {
+        self.order.push_back((key, now_ms));
+        while self.seen.len() > self.capacity {
             self.evict_oldest();
         }
-        self.seen.insert(key, (now_ms, origin));
-        self.order.push_back((key, now_ms));
         None
     }
 
@@ -163,12 +179,14 @@ impl DuplicateTable {
 
     fn evict_oldest(&mut self) {
         while let Some((key, t)) = self.order.pop_front() {
-            match self.seen.get(&key).map(|v| v.0) {
-                Some(latest) if latest != t => self.order.push_back((key, latest)),
-                Some(_) => {
-                    self.seen.remove(&key);
-                    return;
+            // Removing first costs one lookup in the common case (the oldest entry was not seen
+            // again); an entry seen again since goes back in with its newer time (rare: resends).
+            match self.seen.remove(&key) {
+                Some(v) if v.0 != t => {
+                    self.seen.insert(key, v);
+                    self.order.push_back((key, v.0));
                 }
+                Some(_) => return,
                 None => {}
             }
         }
