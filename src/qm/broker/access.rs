@@ -103,35 +103,7 @@ impl<S: QueueStore> Broker<S> {
         )
         .err()?;
         let class = refusal.class();
-        let why = match &refusal {
-            Refusal::Encrypted => format!(
-                "encrypted body for queue {}: lior holds no key to decrypt MSMQ bodies \
-                 (Active Directory exchange keys); refused with {}",
-                queue.name,
-                class.name()
-            ),
-            Refusal::NotAuthenticated => format!(
-                "queue {} takes only authenticated messages (Authenticate) and lior verifies \
-                 no signatures yet; refused with {}",
-                queue.name,
-                class.name()
-            ),
-            Refusal::AccessDenied => format!(
-                "sender {} may not send to queue {} (no send right for {}); refused with {} \
-                 (lior queue show {} lists its rights)",
-                sender_text(&sender),
-                queue.name,
-                if matches!(sender, SenderId::Sid(_)) {
-                    "Everyone: the SID is not authenticated"
-                } else if sender == SenderId::None {
-                    "Anonymous"
-                } else {
-                    "Everyone"
-                },
-                class.name(),
-                queue.name
-            ),
-        };
+        let why = refusal_text(&refusal, &sender, &queue.name);
         if refusal == Refusal::Encrypted {
             bump(&self.counters.encrypted_refused);
         } else {
@@ -168,6 +140,20 @@ impl<S: QueueStore> Broker<S> {
             admin_ack: acks.negative_arrival().then_some(class),
             partition,
         })
+    }
+
+    /// Whether the rights of queue `name` as they are now refuse `msg` (as an arrival from the
+    /// network), with the class and why: for explaining a dead letter.
+    pub fn refusal_now(
+        &self,
+        name: &str,
+        msg: &UserMessage<'_>,
+    ) -> Option<(crate::wire::headers::MessageClass, String)> {
+        let q = self.catalog().lookup(name).cloned()?;
+        let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
+        let sender = sender_id(msg);
+        let r = check_arrival(&q.security(), &sender, authenticated(msg), encrypted).err()?;
+        Some((r.class(), refusal_text(&r, &sender, &q.name)))
     }
 
     /// Queue `name` with its rights, for `lior queue show`.
@@ -207,6 +193,31 @@ impl<S: QueueStore> Broker<S> {
         };
         tracing::info!(queue = %q.name, change = ?change, "queue rights changed");
         self.queue_detail(&q.name)
+    }
+}
+
+/// Why `refusal` refused a message of `sender` for queue `queue`.
+fn refusal_text(refusal: &Refusal, sender: &SenderId, queue: &str) -> String {
+    let class = refusal.class().name();
+    match refusal {
+        Refusal::Encrypted => format!(
+            "encrypted body for queue {queue}: lior holds no key to decrypt MSMQ bodies \
+             (Active Directory exchange keys); refused with {class}"
+        ),
+        Refusal::NotAuthenticated => format!(
+            "queue {queue} takes only authenticated messages (Authenticate) and lior verifies \
+             no signatures yet; refused with {class}"
+        ),
+        Refusal::AccessDenied => format!(
+            "sender {} may not send to queue {queue} (no send right for {}); refused with \
+             {class} (lior queue show {queue} lists its rights)",
+            sender_text(sender),
+            match sender {
+                SenderId::Sid(_) => "Everyone: the SID is not authenticated",
+                SenderId::None => "Anonymous",
+                SenderId::QmGuid => "Everyone",
+            },
+        ),
     }
 }
 
