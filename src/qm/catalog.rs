@@ -601,6 +601,86 @@ mod tests {
     }
 
     #[test]
+    fn write_access_of_an_older_catalog_becomes_send_grants_saved_once() {
+        use crate::qm::rights::{Principal, Rights};
+        let d = tempfile::tempdir().unwrap();
+        let old = r#"{"next_id": 19, "queues": [
+            {"id": 16, "name": "only-alice", "kind": "private", "transactional": false,
+             "write_access": ["S-1-5-21-1-2-3-1001"]},
+            {"id": 17, "name": "anyone", "kind": "private", "transactional": false},
+            {"id": 18, "name": "world", "kind": "private", "transactional": false,
+             "write_access": ["Everyone"]}]}"#;
+        std::fs::write(d.path().join(CATALOG_FILE), old).unwrap();
+        let c = Catalog::open(d.path(), 100).unwrap();
+        let alice = Principal::parse("S-1-5-21-1-2-3-1001").unwrap();
+        let sec = c.lookup("only-alice").unwrap().security();
+        assert_eq!(sec.rights_of(&[alice]), Rights::WRITE_MESSAGE);
+        assert!(!sec
+            .rights_of(&[Principal::Everyone, Principal::Anonymous])
+            .contains(Rights::WRITE_MESSAGE));
+        assert_eq!(
+            *c.lookup("anyone").unwrap().security(),
+            QueueSecurity::windows_default()
+        );
+        assert!(c
+            .lookup("world")
+            .unwrap()
+            .security()
+            .rights_of(&[Principal::Everyone])
+            .contains(Rights::WRITE_MESSAGE));
+        // Saved in the new form at once: write_access is gone, the grants are there.
+        let text = std::fs::read_to_string(d.path().join(CATALOG_FILE)).unwrap();
+        assert!(!text.contains("write_access"), "{text}");
+        drop(c);
+        let c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("only-alice").unwrap().security().acl.len(), 2);
+        // An entry that names no principal stops the open, naming the file, queue and entry.
+        let bad = r#"{"next_id": 17, "queues": [{"id": 16, "name": "q", "kind": "private",
+            "transactional": false, "write_access": ["DOMAIN\\bob"]}]}"#;
+        std::fs::write(d.path().join(CATALOG_FILE), bad).unwrap();
+        let e = Catalog::open(d.path(), 100).unwrap_err().to_string();
+        assert!(
+            e.contains(CATALOG_FILE) && e.contains("queue q") && e.contains("bob"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rights_changes_are_saved_and_a_full_list_refuses() {
+        use crate::qm::rights::{Principal, Rights, RIGHTS_ENTRIES_MAX};
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(d.path(), 100).unwrap();
+        c.create("q", false).unwrap();
+        for i in 0..RIGHTS_ENTRIES_MAX - 2 {
+            c.update_security("q", |s| {
+                s.grant(Principal::Sid(format!("S-1-5-21-{i}")), Rights::WRITE_MESSAGE)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+        }
+        let e = c
+            .update_security("q", |s| {
+                s.grant(Principal::User("x".into()), Rights::PEEK_MESSAGE)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_err();
+        assert!(matches!(&e, CatalogError::Rights(w) if w.contains("RIGHTS_ENTRIES_MAX")));
+        c.update_security("deadletter", |s| {
+            s.authenticate = true;
+            Ok(())
+        })
+        .unwrap();
+        assert!(matches!(
+            c.update_security("nosuch", |_| Ok(())),
+            Err(CatalogError::NotFound(_))
+        ));
+        drop(c);
+        let c = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(c.lookup("q").unwrap().security().acl.len(), RIGHTS_ENTRIES_MAX);
+        assert!(c.lookup("deadletter").unwrap().security().authenticate);
+    }
+
+    #[test]
     fn an_older_catalog_gets_its_partitions_once_and_saved() {
         let d = tempfile::tempdir().unwrap();
         let old = r#"{"next_id": 18, "queues": [
