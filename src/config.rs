@@ -499,7 +499,8 @@ mod tests {
 
     #[test]
     fn encryption_algorithm_takes_only_the_windows_default_and_says_why() {
-        let c = Config::from_toml("[Parameters.Security]\nEncryptionAlgorithm = \"RC4\"\n").unwrap();
+        let c =
+            Config::from_toml("[Parameters.Security]\nEncryptionAlgorithm = \"RC4\"\n").unwrap();
         assert_eq!(c, Config::default());
         for other in ["RC2", "AES", "rc4", ""] {
             let e = Config::from_toml(&format!(

@@ -131,17 +131,65 @@ fn a_queue_granting_send_to_one_sid_refuses_other_senders_at_the_target() {
     let sends = [
         // Bob: no right. Alice: granted, but her SID is not authenticated (lior verifies no
         // signatures yet), so it is not trusted. No identity: Anonymous, no right.
-        Msg { id: 1, queue: "secure", sid: Some(BOB), encrypted: false, dead_letter: false },
-        Msg { id: 2, queue: "secure", sid: Some(ALICE), encrypted: false, dead_letter: false },
-        Msg { id: 3, queue: "secure", sid: None, encrypted: false, dead_letter: false },
+        Msg {
+            id: 1,
+            queue: "secure",
+            sid: Some(BOB),
+            encrypted: false,
+            dead_letter: false,
+        },
+        Msg {
+            id: 2,
+            queue: "secure",
+            sid: Some(ALICE),
+            encrypted: false,
+            dead_letter: false,
+        },
+        Msg {
+            id: 3,
+            queue: "secure",
+            sid: None,
+            encrypted: false,
+            dead_letter: false,
+        },
         // Bob asks for a dead letter when refused.
-        Msg { id: 4, queue: "secure", sid: Some(BOB), encrypted: false, dead_letter: true },
+        Msg {
+            id: 4,
+            queue: "secure",
+            sid: Some(BOB),
+            encrypted: false,
+            dead_letter: true,
+        },
         // The default rights: Everyone and Anonymous may send.
-        Msg { id: 5, queue: "open", sid: Some(BOB), encrypted: false, dead_letter: false },
-        Msg { id: 6, queue: "open", sid: None, encrypted: false, dead_letter: false },
+        Msg {
+            id: 5,
+            queue: "open",
+            sid: Some(BOB),
+            encrypted: false,
+            dead_letter: false,
+        },
+        Msg {
+            id: 6,
+            queue: "open",
+            sid: None,
+            encrypted: false,
+            dead_letter: false,
+        },
         // An encrypted body: refused whatever the rights, dead-lettered when asked.
-        Msg { id: 7, queue: "open", sid: Some(BOB), encrypted: true, dead_letter: false },
-        Msg { id: 8, queue: "open", sid: Some(BOB), encrypted: true, dead_letter: true },
+        Msg {
+            id: 7,
+            queue: "open",
+            sid: Some(BOB),
+            encrypted: true,
+            dead_letter: false,
+        },
+        Msg {
+            id: 8,
+            queue: "open",
+            sid: Some(BOB),
+            encrypted: true,
+            dead_letter: true,
+        },
     ];
     for m in &sends {
         c.send(&frame(source, m), true, u64::from(m.id));
@@ -151,7 +199,10 @@ fn a_queue_granting_send_to_one_sid_refuses_other_senders_at_the_target() {
     assert_eq!(c.acked.len(), sends.len());
 
     assert_eq!(labels(&s.receive_all("open")), ["msg 5", "msg 6"]);
-    assert!(s.receive_all("secure").is_empty(), "nothing refused is stored");
+    assert!(
+        s.receive_all("secure").is_empty(),
+        "nothing refused is stored"
+    );
     assert_eq!(metric(&s, "lior_access_denied_total"), 4);
     assert_eq!(metric(&s, "lior_encrypted_refused_total"), 2);
     // Dead letters only for the senders that asked (JN), each with its reason.
@@ -163,7 +214,10 @@ fn a_queue_granting_send_to_one_sid_refuses_other_senders_at_the_target() {
         .map(|m| {
             (
                 m["label"].as_str().unwrap().to_string(),
-                m["dead_letter_reason"]["class"].as_str().unwrap().to_string(),
+                m["dead_letter_reason"]["class"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect();
@@ -181,7 +235,13 @@ fn a_queue_granting_send_to_one_sid_refuses_other_senders_at_the_target() {
 
     // Granting Everyone send again opens the queue for the next message, in the same session.
     s.cli(&["queue", "grant", "secure", "Everyone", "send"]);
-    let m = Msg { id: 9, queue: "secure", sid: Some(BOB), encrypted: false, dead_letter: false };
+    let m = Msg {
+        id: 9,
+        queue: "secure",
+        sid: Some(BOB),
+        encrypted: false,
+        dead_letter: false,
+    };
     c.send(&frame(source, &m), true, 9);
     c.wait_acked();
     assert_eq!(labels(&s.receive_all("secure")), ["msg 9"]);
@@ -203,8 +263,20 @@ fn insecure_nacks_are_sent_when_permitted_and_authenticate_refuses_with_bad_sign
     let source = Guid([0x42; 16]);
     let mut c = Client::connect(s.listen, source);
     for m in [
-        Msg { id: 1, queue: "secure", sid: Some(BOB), encrypted: false, dead_letter: false },
-        Msg { id: 2, queue: "signed", sid: Some(ALICE), encrypted: false, dead_letter: false },
+        Msg {
+            id: 1,
+            queue: "secure",
+            sid: Some(BOB),
+            encrypted: false,
+            dead_letter: false,
+        },
+        Msg {
+            id: 2,
+            queue: "signed",
+            sid: Some(ALICE),
+            encrypted: false,
+            dead_letter: false,
+        },
     ] {
         c.send(&frame(source, &m), true, u64::from(m.id));
     }
@@ -269,7 +341,14 @@ fn rights_changes_persist_and_bad_ones_are_refused_with_the_reason() {
     let d = tempfile::tempdir().unwrap();
     let mut s = Server::start(d.path());
     s.cli(&["queue", "create", "orders"]);
-    s.cli(&["queue", "grant", "orders", "s-1-5-21-7-8-9-1001", "receive", "MQSEC_WRITE_MESSAGE"]);
+    s.cli(&[
+        "queue",
+        "grant",
+        "orders",
+        "s-1-5-21-7-8-9-1001",
+        "receive",
+        "MQSEC_WRITE_MESSAGE",
+    ]);
     let fail = |args: &[&str]| {
         let out = std::process::Command::new(common::BIN)
             .args(args)
@@ -289,5 +368,8 @@ fn rights_changes_persist_and_bad_ones_are_refused_with_the_reason() {
         shown.contains("S-1-5-21-7-8-9-1001  send, receive"),
         "kept across a restart: {shown}"
     );
-    assert!(shown.contains("transactional: no") && shown.contains("partition: "), "{shown}");
+    assert!(
+        shown.contains("transactional: no") && shown.contains("partition: "),
+        "{shown}"
+    );
 }

@@ -631,14 +631,18 @@ async fn change_rights<S: QueueStore + Send + 'static>(
         Principal::parse(b.principal.as_deref().ok_or("\"principal\" is missing")?)
     };
     let change = match (&b.grant, &b.revoke, b.authenticate) {
-        (Some(r), None, None) => principal()
-            .and_then(|p| Ok(RightsChange::Grant(p, Rights::parse_list(r)?))),
-        (None, Some(r), None) => principal()
-            .and_then(|p| Ok(RightsChange::Revoke(p, Rights::parse_list(r)?))),
+        (Some(r), None, None) => {
+            principal().and_then(|p| Ok(RightsChange::Grant(p, Rights::parse_list(r)?)))
+        }
+        (None, Some(r), None) => {
+            principal().and_then(|p| Ok(RightsChange::Revoke(p, Rights::parse_list(r)?)))
+        }
         (None, None, Some(on)) if b.principal.is_none() => Ok(RightsChange::Authenticate(on)),
-        _ => Err("give one of {\"principal\", \"grant\": [...]}, {\"principal\", \"revoke\": \
+        _ => Err(
+            "give one of {\"principal\", \"grant\": [...]}, {\"principal\", \"revoke\": \
                   [...]} or {\"authenticate\": true|false}"
-            .to_string()),
+                .to_string(),
+        ),
     };
     let change = match change {
         Ok(c) => c,

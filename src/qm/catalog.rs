@@ -653,8 +653,11 @@ mod tests {
         c.create("q", false).unwrap();
         for i in 0..RIGHTS_ENTRIES_MAX - 2 {
             c.update_security("q", |s| {
-                s.grant(Principal::Sid(format!("S-1-5-21-{i}")), Rights::WRITE_MESSAGE)
-                    .map_err(|e| e.to_string())
+                s.grant(
+                    Principal::Sid(format!("S-1-5-21-{i}")),
+                    Rights::WRITE_MESSAGE,
+                )
+                .map_err(|e| e.to_string())
             })
             .unwrap();
         }
@@ -676,7 +679,10 @@ mod tests {
         ));
         drop(c);
         let c = Catalog::open(d.path(), 100).unwrap();
-        assert_eq!(c.lookup("q").unwrap().security().acl.len(), RIGHTS_ENTRIES_MAX);
+        assert_eq!(
+            c.lookup("q").unwrap().security().acl.len(),
+            RIGHTS_ENTRIES_MAX
+        );
         assert!(c.lookup("deadletter").unwrap().security().authenticate);
     }
 

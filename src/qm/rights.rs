@@ -17,7 +17,7 @@
 //! - no SecurityHeader, or no sender id (ST = 0): Anonymous only (Everyone does not include
 //!   ANONYMOUS LOGON on Windows since XP SP2 / Server 2003).
 //!
-//! Default access list of a new queue (MS-MQDMPR 3.1.4.1 / the product's private-queue
+//! Default access list of a new queue (MS-MQDMPR 3.1.7.1.3.1 and the product's private-queue
 //! defaults): Everyone may send, get properties and get permissions; and, because every lior
 //! queue can be reached over SRMP, MQSEC_WRITE_MESSAGE for Everyone and Anonymous as MS-MQDMPR
 //! says a queue reachable over SRMP SHOULD have ("AnonymousAccess SHOULD be set to
@@ -118,9 +118,9 @@ impl Rights {
         if names.is_empty() {
             return Err("name at least one right (send, receive, peek, ...)".into());
         }
-        names
-            .iter()
-            .try_fold(Rights::NONE, |acc, n| Ok(acc.union(Rights::parse_one(n.as_ref())?)))
+        names.iter().try_fold(Rights::NONE, |acc, n| {
+            Ok(acc.union(Rights::parse_one(n.as_ref())?))
+        })
     }
 
     /// The names of this mask, largest groups first (`full`, then `receive` for both of its
@@ -147,7 +147,11 @@ const RIGHT_NAMES: &[(&str, &str, Rights)] = &[
     ("send", "MQSEC_WRITE_MESSAGE", Rights::WRITE_MESSAGE),
     ("receive", "MQSEC_RECEIVE_MESSAGE", Rights::RECEIVE_MESSAGE),
     ("peek", "MQSEC_PEEK_MESSAGE", Rights::PEEK_MESSAGE),
-    ("delete-message", "MQSEC_DELETE_MESSAGE", Rights::DELETE_MESSAGE),
+    (
+        "delete-message",
+        "MQSEC_DELETE_MESSAGE",
+        Rights::DELETE_MESSAGE,
+    ),
     (
         "receive-journal",
         "MQSEC_RECEIVE_JOURNAL_MESSAGE",
@@ -671,7 +675,10 @@ mod tests {
     fn principals_parse_to_one_canonical_form() {
         assert_eq!(Principal::parse("everyone"), Ok(Principal::Everyone));
         assert_eq!(Principal::parse("S-1-1-0"), Ok(Principal::Everyone));
-        assert_eq!(Principal::parse("ANONYMOUS LOGON"), Ok(Principal::Anonymous));
+        assert_eq!(
+            Principal::parse("ANONYMOUS LOGON"),
+            Ok(Principal::Anonymous)
+        );
         assert_eq!(Principal::parse("s-1-5-7"), Ok(Principal::Anonymous));
         assert_eq!(
             Principal::parse("s-1-5-21-1-2-3-500").unwrap().to_string(),
@@ -724,7 +731,11 @@ mod tests {
         assert_eq!(Rights::RECEIVE_MESSAGE.to_string(), "receive");
         assert_eq!(Rights::NONE.to_string(), "none");
         // Serialised as names, read back exactly (unnamed bits too).
-        for r in [Rights::GENERIC_READ, Rights(0x4 | 0x100), Rights::GENERIC_ALL] {
+        for r in [
+            Rights::GENERIC_READ,
+            Rights(0x4 | 0x100),
+            Rights::GENERIC_ALL,
+        ] {
             let j = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Rights>(&j).unwrap(), r, "{j}");
         }
@@ -737,16 +748,19 @@ mod tests {
         s.grant(alice.clone(), Rights::PEEK_MESSAGE).unwrap();
         s.grant(alice.clone(), Rights::WRITE_MESSAGE).unwrap();
         assert_eq!(s.acl.len(), 3);
-        assert_eq!(
-            s.rights_of(std::slice::from_ref(&alice)),
-            Rights(0x2 | 0x4)
-        );
+        assert_eq!(s.rights_of(std::slice::from_ref(&alice)), Rights(0x2 | 0x4));
         assert!(s.revoke(&alice, Rights::GENERIC_ALL));
-        assert!(!s.revoke(&alice, Rights::GENERIC_ALL), "nothing left to revoke");
+        assert!(
+            !s.revoke(&alice, Rights::GENERIC_ALL),
+            "nothing left to revoke"
+        );
         assert_eq!(s.acl.len(), 2);
         for i in 0..(RIGHTS_ENTRIES_MAX - 2) {
-            s.grant(Principal::Sid(format!("S-1-5-21-{i}")), Rights::WRITE_MESSAGE)
-                .unwrap();
+            s.grant(
+                Principal::Sid(format!("S-1-5-21-{i}")),
+                Rights::WRITE_MESSAGE,
+            )
+            .unwrap();
         }
         assert_eq!(
             s.grant(alice.clone(), Rights::WRITE_MESSAGE),

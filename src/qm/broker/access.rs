@@ -95,13 +95,8 @@ impl<S: QueueStore> Broker<S> {
     ) -> Option<Delivered> {
         let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
         let sender = sender_id(msg);
-        let refusal = check_arrival(
-            &queue.security(),
-            &sender,
-            authenticated(msg),
-            encrypted,
-        )
-        .err()?;
+        let refusal =
+            check_arrival(&queue.security(), &sender, authenticated(msg), encrypted).err()?;
         let class = refusal.class();
         let why = refusal_text(&refusal, &sender, &queue.name);
         if refusal == Refusal::Encrypted {

@@ -25,6 +25,18 @@ use super::{
     bump, unix_now, Broker, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX, TX_ACK_REFUSED_LOG_INTERVAL_S,
 };
 
+/// Where an incoming message comes from: what `deliver_to_with` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// This machine (the local API, AMQP, an admin acknowledgement lior built): no rights check.
+    Local,
+    /// An MS-MQQB session: the rights at the target and TimeToReachQueue are checked.
+    Mqqb,
+    /// An SRMP post: the rights at the target are checked, TimeToReachQueue is not (MC-MQSRM
+    /// 3.1.5.1.4).
+    Srmp,
+}
+
 /// What happened to one incoming message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -206,7 +218,7 @@ impl<S: QueueStore> Broker<S> {
         now_ms: u64,
     ) -> Delivered {
         let routed = self.route_incoming(&mut RouteCache::default(), msg);
-        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, false)
+        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Local)
     }
 
     /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, the rights at the
@@ -223,7 +235,7 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, true)
+        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Mqqb)
     }
 
     fn deliver_routed_from(
@@ -233,7 +245,7 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
         now_unix: u32,
         now_ms: u64,
-        from_network: bool,
+        origin: Origin,
     ) -> Delivered {
         match routed {
             Routed::TxAck => Delivered {
@@ -242,9 +254,7 @@ impl<S: QueueStore> Broker<S> {
                 admin_ack: None,
                 partition: 0,
             },
-            Routed::Queue(q) => {
-                self.deliver_to_with(frame, msg, &q, now_unix, now_ms, true, from_network)
-            }
+            Routed::Queue(q) => self.deliver_to_with(frame, msg, &q, now_unix, now_ms, origin),
             Routed::Nowhere(why) => {
                 self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why)
             }
@@ -262,7 +272,7 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, true, false)
+        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, Origin::Local)
     }
 
     /// [`Broker::deliver_to`] for a message that arrived over SRMP: its TimeToReachQueue
@@ -279,7 +289,7 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, false, true)
+        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, Origin::Srmp)
     }
 
     fn deliver_to_with(
@@ -289,15 +299,15 @@ impl<S: QueueStore> Broker<S> {
         queue: &QueueDef,
         now_unix: u32,
         now_ms: u64,
-        check_reach_time: bool,
-        from_network: bool,
+        origin: Origin,
     ) -> Delivered {
+        let check_reach_time = origin != Origin::Srmp;
         let u = &msg.user;
         let transactional = u.flags.transactional();
         let acks = msg.properties.flags;
         let partition = self.owner(queue);
         // Rights at the target (MS-MQQB 3.1.5.8.3): encrypted bodies, Authenticate, send right.
-        if from_network {
+        if origin != Origin::Local {
             if let Some(refused) = self.refuse_at_target(frame, msg, queue, partition) {
                 return refused;
             }
