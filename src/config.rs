@@ -254,7 +254,12 @@ pub struct Security {
     pub EnablePingService: bool,
     /// Hash algorithm for signing: MD5, SHA1, SHA256 or SHA512 (Windows 7+ generates SHA512).
     pub HashAlgorithm: String,
-    /// Body cipher when encrypting: RC2 or RC4 (Windows default RC4 for base/enhanced).
+    /// Windows' body cipher for encrypted messages (RC2 or RC4, default RC4). lior neither
+    /// encrypts nor decrypts MSMQ bodies: Windows encrypts only with the destination's exchange
+    /// key from Active Directory, which lior has no part in, and an arriving encrypted message
+    /// is refused with NACK_BAD_ENCRYPTION (`qm::rights`). The key is accepted so a
+    /// configuration naming the Windows default loads, and takes only "RC4": any other value
+    /// would promise a cipher lior never uses.
     pub EncryptionAlgorithm: String,
 }
 
@@ -358,9 +363,13 @@ impl Config {
                 s.HashAlgorithm
             )));
         }
-        if !["RC2", "RC4"].contains(&s.EncryptionAlgorithm.as_str()) {
+        if s.EncryptionAlgorithm != "RC4" {
             return Err(ConfigError(format!(
-                "Parameters.Security.EncryptionAlgorithm {:?}: expected RC2 or RC4",
+                "Parameters.Security.EncryptionAlgorithm {:?}: lior neither encrypts nor \
+                 decrypts MSMQ message bodies (Windows encrypts only with keys from Active \
+                 Directory) and refuses encrypted messages with NACK_BAD_ENCRYPTION, so no \
+                 cipher can be chosen; the setting takes only \"RC4\", the Windows default \
+                 (remove the line or set \"RC4\")",
                 s.EncryptionAlgorithm
             )));
         }
@@ -486,5 +495,22 @@ mod tests {
         assert!(e.0.contains("AckTimeout"), "{e}");
         let e = Config::from_toml("[Parameters.Security]\nHashAlgorithm = \"MD4\"\n").unwrap_err();
         assert!(e.0.contains("HashAlgorithm"), "{e}");
+    }
+
+    #[test]
+    fn encryption_algorithm_takes_only_the_windows_default_and_says_why() {
+        let c =
+            Config::from_toml("[Parameters.Security]\nEncryptionAlgorithm = \"RC4\"\n").unwrap();
+        assert_eq!(c, Config::default());
+        for other in ["RC2", "AES", "rc4", ""] {
+            let e = Config::from_toml(&format!(
+                "[Parameters.Security]\nEncryptionAlgorithm = {other:?}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.0.contains("EncryptionAlgorithm") && e.0.contains("NACK_BAD_ENCRYPTION"),
+                "{e}"
+            );
+        }
     }
 }

@@ -407,6 +407,17 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
         load(&b.dead_lettered),
     );
     put(
+        "access_denied_total",
+        "Messages refused at their target queue: no send right for the sender, or a queue \
+         taking only authenticated messages (lior queue show NAME).",
+        load(&b.access_denied),
+    );
+    put(
+        "encrypted_refused_total",
+        "Messages refused because their body is encrypted (NACK_BAD_ENCRYPTION).",
+        load(&b.encrypted_refused),
+    );
+    put(
         "tx_rejected_total",
         "Transactional messages refused as duplicate or out of order.",
         load(&b.tx_rejected),

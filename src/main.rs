@@ -215,6 +215,41 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A queue's rights, Authenticate, quota, journal, transaction type and partition.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant rights on a queue to a principal: a SID (S-1-5-21-...), Everyone, Anonymous or
+    /// user:NAME. Rights: send, receive, peek, delete-message, receive-journal,
+    /// get-properties, set-properties, get-permissions, set-permissions, take-ownership,
+    /// delete, full (or MSMQ's MQSEC_* names).
+    Grant {
+        name: String,
+        principal: String,
+        #[arg(required = true)]
+        rights: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take rights on a queue from a principal (as `grant` names them).
+    Revoke {
+        name: String,
+        principal: String,
+        #[arg(required = true)]
+        rights: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the queue takes only authenticated messages (MSMQ's Authenticate): on or off.
+    Authenticate {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -691,8 +726,115 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        QueueCommand::Show { name, json } => {
+            let v = call(
+                ureq::get(&url(api, &format!("/v1/queues/{}", seg(&name)))),
+                None,
+            )?;
+            print_queue_detail(&v, json);
+        }
+        QueueCommand::Grant {
+            name,
+            principal,
+            rights,
+            json,
+        } => {
+            let v = call(
+                ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(&name)))),
+                Some(serde_json::json!({ "principal": principal, "grant": rights })),
+            )?;
+            print_queue_detail(&v, json);
+        }
+        QueueCommand::Revoke {
+            name,
+            principal,
+            rights,
+            json,
+        } => {
+            let v = call(
+                ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(&name)))),
+                Some(serde_json::json!({ "principal": principal, "revoke": rights })),
+            )?;
+            print_queue_detail(&v, json);
+        }
+        QueueCommand::Authenticate {
+            name,
+            setting,
+            json,
+        } => {
+            let v = call(
+                ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(&name)))),
+                Some(serde_json::json!({ "authenticate": setting == "on" })),
+            )?;
+            print_queue_detail(&v, json);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what `GET /v1/queues/{name}` answers (also the answer of a rights change).
+fn print_queue_detail(v: &serde_json::Value, json: bool) {
+    if json {
+        outln!("{v}");
+        return;
+    }
+    let yes_no = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
+    outln!(
+        "queue {} (private queue number {:#x}, {})",
+        terminal_safe(v["name"].as_str().unwrap_or("?")),
+        v["id"].as_u64().unwrap_or(0),
+        v["kind"].as_str().unwrap_or("?")
+    );
+    outln!("  transactional: {}", yes_no(v["transactional"].as_bool()));
+    match v["quota_bytes"].as_u64() {
+        Some(q) => outln!("  quota: {q} bytes"),
+        None => outln!("  quota: none (limits.queue_messages_max applies)"),
+    }
+    outln!(
+        "  journal: {} (lior keeps no queue journals yet)",
+        yes_no(v["journal"].as_bool())
+    );
+    outln!("  partition: {}", v["partition"].as_u64().unwrap_or(0));
+    outln!(
+        "  messages: {} ({} bytes)",
+        v["messages"].as_u64().unwrap_or(0),
+        v["bytes"].as_u64().unwrap_or(0)
+    );
+    outln!(
+        "  authenticate: {}{}",
+        yes_no(v["authenticate"].as_bool()),
+        if v["authenticate"].as_bool() == Some(true) {
+            " (every message from the network is refused until lior verifies signatures)"
+        } else {
+            ""
+        }
+    );
+    let entries: Vec<(String, String)> = v["rights"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let names: Vec<&str> = e["rights"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .collect();
+            (
+                terminal_safe(e["principal"].as_str().unwrap_or("?")),
+                names.join(", "),
+            )
+        })
+        .collect();
+    if entries.is_empty() {
+        outln!("  rights: none (no sender from the network may send)");
+        return;
+    }
+    outln!("  rights (send is checked for messages from the network):");
+    let width = entries.iter().map(|e| e.0.len()).max().unwrap_or(0);
+    for (p, r) in entries {
+        outln!("    {p:width$}  {r}");
+    }
 }
 
 fn outgoing(cmd: OutgoingCommand, api: &str) -> anyhow::Result<ExitCode> {

@@ -185,8 +185,9 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
                     .route("/v1/queues", get(list::<S>).post(create::<S>))
                     .route(
                         "/v1/queues/{name}",
-                        axum::routing::delete(delete_queue::<S>),
+                        get(show_queue::<S>).delete(delete_queue::<S>),
                     )
+                    .route("/v1/queues/{name}/rights", post(change_rights::<S>))
                     .route("/v1/queues/{name}/purge", post(purge::<S>))
                     .route("/v1/queues/{name}/move", post(move_message::<S>))
                     .route("/v1/queues/{name}/messages", get(peek::<S>))
@@ -590,5 +591,66 @@ async fn set_paused<S: QueueStore + Send + 'static>(
         Ok(Ok(d)) => Json(json!({"destination": d.key, "paused": d.paused})).into_response(),
         Ok(Err(e)) => api_error(e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /v1/queues/{name}`: the queue with its rights (`lior queue show`).
+async fn show_queue<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Path(name): Path<String>,
+) -> Response {
+    match c.broker.queue_detail(&name) {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => api_error(e),
+    }
+}
+
+/// `POST /v1/queues/{name}/rights`: one of `{"principal": P, "grant": [RIGHTS]}`,
+/// `{"principal": P, "revoke": [RIGHTS]}`, `{"authenticate": BOOL}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RightsBody {
+    principal: Option<String>,
+    grant: Option<Vec<String>>,
+    revoke: Option<Vec<String>>,
+    authenticate: Option<bool>,
+}
+
+async fn change_rights<S: QueueStore + Send + 'static>(
+    State(c): Ctxt<S>,
+    Path(name): Path<String>,
+    body: Result<Json<RightsBody>, JsonRejection>,
+) -> Response {
+    use crate::qm::broker::RightsChange;
+    use crate::qm::rights::{Principal, Rights};
+    let b = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let principal = || -> Result<Principal, String> {
+        Principal::parse(b.principal.as_deref().ok_or("\"principal\" is missing")?)
+    };
+    let change = match (&b.grant, &b.revoke, b.authenticate) {
+        (Some(r), None, None) => {
+            principal().and_then(|p| Ok(RightsChange::Grant(p, Rights::parse_list(r)?)))
+        }
+        (None, Some(r), None) => {
+            principal().and_then(|p| Ok(RightsChange::Revoke(p, Rights::parse_list(r)?)))
+        }
+        (None, None, Some(on)) if b.principal.is_none() => Ok(RightsChange::Authenticate(on)),
+        _ => Err(
+            "give one of {\"principal\", \"grant\": [...]}, {\"principal\", \"revoke\": \
+                  [...]} or {\"authenticate\": true|false}"
+                .to_string(),
+        ),
+    };
+    let change = match change {
+        Ok(c) => c,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    match c.broker.change_rights(&name, change) {
+        Ok(d) => Json(d).into_response(),
+        Err(ApiError::Catalog(CatalogError::Rights(why))) => error(StatusCode::BAD_REQUEST, why),
+        Err(e) => api_error(e),
     }
 }

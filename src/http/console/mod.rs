@@ -156,6 +156,10 @@ pub fn dead_letter_reason<S: QueueStore>(broker: &Broker<S>, packet: &[u8], now:
             }
         },
     };
+    // The rights at the target come first in delivery.
+    if let Some((class, why)) = broker.refusal_now(&queue, &m) {
+        return reason(class, why);
+    }
     let ttrq = m.base.time_to_reach_queue;
     let ttbr = u.time_to_be_received;
     let age = now.saturating_sub(u.sent_time);

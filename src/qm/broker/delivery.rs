@@ -25,6 +25,18 @@ use super::{
     bump, unix_now, Broker, ROUTE_CACHE_MAX, TXN_SWEEP_BATCH_MAX, TX_ACK_REFUSED_LOG_INTERVAL_S,
 };
 
+/// Where an incoming message comes from: what `deliver_to_with` checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// This machine (the local API, AMQP, an admin acknowledgement lior built): no rights check.
+    Local,
+    /// An MS-MQQB session: the rights at the target and TimeToReachQueue are checked.
+    Mqqb,
+    /// An SRMP post: the rights at the target are checked, TimeToReachQueue is not (MC-MQSRM
+    /// 3.1.5.1.4).
+    Srmp,
+}
+
 /// What happened to one incoming message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -196,7 +208,9 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// [`Broker::deliver_routed`] with the message routed here without a route cache (tests,
-    /// tools, local admin acks): the destination is resolved from the catalog.
+    /// tools, local admin acks): the destination is resolved from the catalog. The message is
+    /// this machine's own (an admin acknowledgement lior built), so the rights at the target
+    /// are not checked.
     pub fn deliver(
         &self,
         frame: &[u8],
@@ -205,13 +219,15 @@ impl<S: QueueStore> Broker<S> {
         now_ms: u64,
     ) -> Delivered {
         let routed = self.route_incoming(&mut RouteCache::default(), msg);
-        self.deliver_routed(routed, frame, msg, now_unix, now_ms)
+        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Local)
     }
 
-    /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, transactional and
-    /// duplicate checks, then storage in its queue's owning partition or a dead-letter queue's.
+    /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, the rights at the
+    /// target, transactional and duplicate checks, then storage in its queue's owning
+    /// partition or a dead-letter queue's.
     /// Locks that one partition itself: call it holding no partition lock. The caller commits
-    /// `Delivered::partition`. `routed` is [`Broker::route_incoming`]'s answer for `msg`.
+    /// `Delivered::partition`. `routed` is [`Broker::route_incoming`]'s answer for `msg`, a
+    /// message that arrived from the network (MS-MQQB).
     pub fn deliver_routed(
         &self,
         routed: Routed,
@@ -220,6 +236,18 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
+        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Mqqb)
+    }
+
+    fn deliver_routed_from(
+        &self,
+        routed: Routed,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        now_unix: u32,
+        now_ms: u64,
+        origin: Origin,
+    ) -> Delivered {
         match routed {
             Routed::TxAck => Delivered {
                 verdict: Verdict::TxAck,
@@ -227,15 +255,16 @@ impl<S: QueueStore> Broker<S> {
                 admin_ack: None,
                 partition: 0,
             },
-            Routed::Queue(q) => self.deliver_to(frame, msg, &q, now_unix, now_ms),
+            Routed::Queue(q) => self.deliver_to_with(frame, msg, &q, now_unix, now_ms, origin),
             Routed::Nowhere(why) => {
                 self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why)
             }
         }
     }
 
-    /// Delivers a message whose queue is already known (an SRMP post names it by its URL).
-    /// Locks the queue's owning partition (or the dead-letter queue's) itself.
+    /// Delivers a message of this machine (the local API, AMQP) whose queue is already known;
+    /// the rights at the target are not checked (see `qm::rights`). Locks the queue's owning
+    /// partition (or the dead-letter queue's) itself.
     pub fn deliver_to(
         &self,
         frame: &[u8],
@@ -244,7 +273,7 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, true)
+        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, Origin::Local)
     }
 
     /// [`Broker::deliver_to`] for a message that arrived over SRMP: its TimeToReachQueue
@@ -252,7 +281,7 @@ impl<S: QueueStore> Broker<S> {
     /// "not checked while processing a received message" (MC-MQSRM 3.1.5.1.4), so a sender
     /// whose clock or `<sentAt>` lies in the past is not dead-lettered on arrival. (MC-MQSRM
     /// 2.2.5.1.1 also says an expired message "MUST be discarded"; the processing rule of
-    /// 3.1.5.1.4 is followed.)
+    /// 3.1.5.1.4 is followed.) The rights at the target are checked.
     pub fn deliver_to_over_srmp(
         &self,
         frame: &[u8],
@@ -261,7 +290,7 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, false)
+        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, Origin::Srmp)
     }
 
     fn deliver_to_with(
@@ -271,18 +300,26 @@ impl<S: QueueStore> Broker<S> {
         queue: &QueueDef,
         now_unix: u32,
         now_ms: u64,
-        check_reach_time: bool,
+        origin: Origin,
     ) -> Delivered {
+        let check_reach_time = origin != Origin::Srmp;
         let u = &msg.user;
         let transactional = u.flags.transactional();
         let acks = msg.properties.flags;
+        let partition = self.owner(queue);
+        // Rights at the target (MS-MQQB 3.1.5.8.3): encrypted bodies, Authenticate, send right.
+        if origin != Origin::Local {
+            if let Some(refused) = self.refuse_at_target(frame, msg, queue, partition) {
+                return refused;
+            }
+        }
         let mut out = Delivered {
             verdict: Verdict::Duplicate {
                 origin: (0, Ticket::IMMEDIATE),
             },
             order_ack: None,
             admin_ack: None,
-            partition: self.owner(queue),
+            partition,
         };
         // TimeToReachQueue, checked after routing as MS-MQQB 3.1.5.8 orders the steps. The spec
         // has the receiver ignore an expired message; lior keeps it in the dead-letter queue
@@ -487,7 +524,7 @@ impl<S: QueueStore> Broker<S> {
 
     /// Stores `frame` in the dead-letter queue (transactional or not) at that queue's owner;
     /// locks that partition itself.
-    fn dead_letter(
+    pub(super) fn dead_letter(
         &self,
         frame: &[u8],
         msg: &UserMessage<'_>,

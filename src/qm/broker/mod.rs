@@ -34,6 +34,7 @@ use crate::store::{FileStore, QueueStore, StoreConfig, StoreError, Ticket, Uring
 use crate::wire::user::UserMessage;
 use crate::wire::Guid;
 
+mod access;
 mod admin_acks;
 mod delivery;
 mod expiry;
@@ -43,6 +44,7 @@ mod recovery;
 mod requests;
 mod wakeups;
 
+pub use access::{sender_id, QueueDetail, RightsChange, RightsEntry};
 pub use delivery::{message_meta, Delivered, RouteCache, Routed, Verdict};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
@@ -148,6 +150,11 @@ pub struct BrokerCounters {
     pub store_poisoned: AtomicU64,
     /// Group commits that failed and are retried.
     pub commit_failures: AtomicU64,
+    /// Messages refused at their target queue: no send right for the sender, or a queue with
+    /// Authenticate and a message not authenticated (`qm::rights`).
+    pub access_denied: AtomicU64,
+    /// Messages refused because their body is encrypted (lior cannot decrypt MSMQ bodies).
+    pub encrypted_refused: AtomicU64,
 }
 
 /// Errors of the local API.

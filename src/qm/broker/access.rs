@@ -1,0 +1,250 @@
+//! Queue rights at the target (MS-MQQB 3.1.5.8.3): the check an arriving MS-MQQB or SRMP
+//! message passes before it is stored (`qm::rights` decides; this file carries the verdict
+//! out: counted, logged once per peer per interval, dead-lettered when the sender asked, a NACK
+//! only where PermitInsecureNacks allows), and the local API's view and changes of a queue's
+//! rights.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::qm::catalog::QueueDef;
+use crate::qm::rights::{check_arrival, Principal, Refusal, RefusalLog, Rights, SenderId};
+use crate::store::{QueueId, QueueStore, Ticket};
+use crate::wire::headers::SenderIdType;
+use crate::wire::user::UserMessage;
+
+use super::{bump, unix_now, ApiError, Broker, Delivered, Verdict};
+
+/// When each peer's last refusal was logged (shared by every broker of the process: one per
+/// `lior serve`).
+static REFUSAL_LOG: Mutex<RefusalLog> = Mutex::new(RefusalLog::new());
+
+/// Whether an arriving message's signature was verified. Nothing verifies MSMQ signatures yet
+/// (issue 13 item 2), so no message is authenticated: a grant to a SID admits nothing, grants
+/// to Everyone (and Anonymous) do, and a queue with Authenticate refuses every message.
+fn authenticated(_msg: &UserMessage<'_>) -> bool {
+    false
+}
+
+/// The identity `msg` claims in its SecurityHeader.
+pub fn sender_id(msg: &UserMessage<'_>) -> SenderId {
+    let Some(sec) = msg.security else {
+        return SenderId::None;
+    };
+    match sec.flags.sender_id_type() {
+        SenderIdType::SID => match sec.sender_sid() {
+            Some(sid) => SenderId::Sid(sid.to_string()),
+            // ST = 1 with bytes that are no SID: no identity.
+            None => SenderId::None,
+        },
+        SenderIdType::QM_GUID => SenderId::QmGuid,
+        _ => SenderId::None,
+    }
+}
+
+/// A queue as `lior queue show` presents it.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueDetail {
+    pub name: String,
+    pub id: u32,
+    pub kind: crate::qm::catalog::QueueKind,
+    pub transactional: bool,
+    pub quota_bytes: Option<u64>,
+    pub journal: bool,
+    pub partition: u32,
+    pub messages: u64,
+    pub bytes: u64,
+    pub authenticate: bool,
+    pub rights: Vec<RightsEntry>,
+}
+
+/// One principal's rights, with their names.
+#[derive(Clone, Debug, Serialize)]
+pub struct RightsEntry {
+    pub principal: String,
+    pub rights: Vec<&'static str>,
+    /// The MQSEC_* access mask.
+    pub mask: u32,
+}
+
+/// A change of a queue's rights (`POST /v1/queues/{name}/rights`).
+#[derive(Clone, Debug)]
+pub enum RightsChange {
+    Grant(Principal, Rights),
+    Revoke(Principal, Rights),
+    Authenticate(bool),
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// The check at the target for an arriving message (MS-MQQB 3.1.5.8.3): None when `msg`
+    /// may be stored in `queue`, else what happened to it. A refused message is not stored in
+    /// `queue`: it is counted (`access_denied` or `encrypted_refused`), logged once per
+    /// sending queue manager per minute, and stored in the dead-letter queue with its NACK
+    /// class when its sender asked for negative journaling (JN); the admin NACK the sender
+    /// asked for (NA) is the caller's, and `send_admin_ack` sends it only where
+    /// PermitInsecureNacks allows. Either way the session acknowledges the message as handled.
+    /// Transactional messages get no negative FinalAck: lior sends no FinalAcks yet.
+    pub(super) fn refuse_at_target(
+        &self,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        queue: &QueueDef,
+        partition: usize,
+    ) -> Option<Delivered> {
+        let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
+        let sender = sender_id(msg);
+        let refusal =
+            check_arrival(&queue.security(), &sender, authenticated(msg), encrypted).err()?;
+        let class = refusal.class();
+        let why = refusal_text(&refusal, &sender, &queue.name);
+        if refusal == Refusal::Encrypted {
+            bump(&self.counters.encrypted_refused);
+        } else {
+            bump(&self.counters.access_denied);
+        }
+        let peer = msg.user.source_queue_manager;
+        let log = REFUSAL_LOG
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(peer, u64::from(unix_now()));
+        if log {
+            tracing::warn!(
+                source = %peer,
+                id = msg.user.message_id,
+                nack = class.name(),
+                dead_lettered = msg.user.flags.journal_negative(),
+                "message refused at its target: {why} (further refusals from this queue \
+                 manager are counted in lior_access_denied_total / \
+                 lior_encrypted_refused_total, logged again after a minute)"
+            );
+        }
+        if msg.user.flags.journal_negative() {
+            return Some(self.dead_letter(frame, msg, class, &why));
+        }
+        let acks = msg.properties.flags;
+        Some(Delivered {
+            // Not stored anywhere: nothing to wait for, the session acknowledges it at once.
+            verdict: Verdict::DeadLettered {
+                queue: queue.id,
+                ticket: Ticket::IMMEDIATE,
+                class,
+            },
+            order_ack: None,
+            admin_ack: acks.negative_arrival().then_some(class),
+            partition,
+        })
+    }
+
+    /// Whether the rights of queue `name` as they are now refuse `msg` (as an arrival from the
+    /// network), with the class and why: for explaining a dead letter.
+    pub fn refusal_now(
+        &self,
+        name: &str,
+        msg: &UserMessage<'_>,
+    ) -> Option<(crate::wire::headers::MessageClass, String)> {
+        let q = self.catalog().lookup(name).cloned()?;
+        let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
+        let sender = sender_id(msg);
+        let r = check_arrival(&q.security(), &sender, authenticated(msg), encrypted).err()?;
+        Some((r.class(), refusal_text(&r, &sender, &q.name)))
+    }
+
+    /// Queue `name` with its rights, for `lior queue show`.
+    pub fn queue_detail(&self, name: &str) -> Result<QueueDetail, ApiError> {
+        let q = self
+            .catalog()
+            .lookup(name)
+            .cloned()
+            .ok_or_else(|| ApiError::NoSuchQueue(name.to_string()))?;
+        let (mut messages, mut bytes) = (0, 0);
+        for i in 0..self.partitions.len() {
+            let (m, b) = self.partition(i).store.queue_len(QueueId(q.id));
+            messages += m;
+            bytes += b;
+        }
+        Ok(detail(&q, messages, bytes))
+    }
+
+    /// Changes queue `name`'s rights or Authenticate setting, persisted in the catalog, and
+    /// makes every shard see it for the next message (the route caches start over).
+    pub fn change_rights(&self, name: &str, change: RightsChange) -> Result<QueueDetail, ApiError> {
+        let q = {
+            let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+            let q = cat.update_security(name, |s| match &change {
+                RightsChange::Grant(p, r) => s.grant(p.clone(), *r).map_err(|e| e.to_string()),
+                RightsChange::Revoke(p, r) => {
+                    s.revoke(p, *r);
+                    Ok(())
+                }
+                RightsChange::Authenticate(on) => {
+                    s.authenticate = *on;
+                    Ok(())
+                }
+            })?;
+            self.catalog_generation.fetch_add(1, Ordering::AcqRel);
+            q
+        };
+        tracing::info!(queue = %q.name, change = ?change, "queue rights changed");
+        self.queue_detail(&q.name)
+    }
+}
+
+/// Why `refusal` refused a message of `sender` for queue `queue`.
+fn refusal_text(refusal: &Refusal, sender: &SenderId, queue: &str) -> String {
+    let class = refusal.class().name();
+    match refusal {
+        Refusal::Encrypted => format!(
+            "encrypted body for queue {queue}: lior holds no key to decrypt MSMQ bodies \
+             (Active Directory exchange keys); refused with {class}"
+        ),
+        Refusal::NotAuthenticated => format!(
+            "queue {queue} takes only authenticated messages (Authenticate) and lior verifies \
+             no signatures yet; refused with {class}"
+        ),
+        Refusal::AccessDenied => format!(
+            "sender {} may not send to queue {queue} (no send right for {}); refused with \
+             {class} (lior queue show {queue} lists its rights)",
+            sender_text(sender),
+            match sender {
+                SenderId::Sid(_) => "Everyone: the SID is not authenticated",
+                SenderId::None => "Anonymous",
+                SenderId::QmGuid => "Everyone",
+            },
+        ),
+    }
+}
+
+fn sender_text(s: &SenderId) -> String {
+    match s {
+        SenderId::None => "without identity (Anonymous)".into(),
+        SenderId::Sid(sid) => format!("SID {sid} (not authenticated)"),
+        SenderId::QmGuid => "identified by its queue manager only (Everyone)".into(),
+    }
+}
+
+fn detail(q: &QueueDef, messages: u64, bytes: u64) -> QueueDetail {
+    let sec = q.security();
+    QueueDetail {
+        name: q.name.clone(),
+        id: q.id,
+        kind: q.kind,
+        transactional: q.transactional,
+        quota_bytes: q.quota_bytes,
+        journal: q.journal,
+        partition: q.partition,
+        messages,
+        bytes,
+        authenticate: sec.authenticate,
+        rights: sec
+            .acl
+            .iter()
+            .map(|e| RightsEntry {
+                principal: e.principal.to_string(),
+                rights: e.rights.names(),
+                mask: e.rights.0,
+            })
+            .collect(),
+    }
+}
