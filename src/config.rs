@@ -252,8 +252,21 @@ pub struct Security {
     pub PermitInsecureNacks: bool,
     /// Answer UDP pings on `MsmqIpPingPort` (Windows Vista+ default: off).
     pub EnablePingService: bool,
-    /// Hash algorithm for signing: MD5, SHA1, SHA256 or SHA512 (Windows 7+ generates SHA512).
+    /// Hash algorithm lior signs with when `SigningCertificate` and `SigningKey` are set: MD5,
+    /// SHA1, SHA256 or SHA512 (Windows 7+ generates SHA512). Arriving signatures use the hash
+    /// their sender named; see `WeakHashAlgorithms`.
     pub HashAlgorithm: String,
+    /// Weak hashes an arriving signature may use: any of "MD5", "SHA1". Empty (the default,
+    /// as on Windows 7+): a message signed with MD5 or SHA-1 is refused with
+    /// NACK_BAD_SIGNATURE. (Windows' registry value of this name enables every weak hash by
+    /// being present; lior lists the ones it enables.)
+    pub WeakHashAlgorithms: Vec<String>,
+    /// PEM X.509 certificate (RSA key) sent in the SecurityHeader of the messages lior sends;
+    /// with `SigningKey`, every message lior sends is signed (MSMQ 2.0 signature,
+    /// `HashAlgorithm`). Unset: nothing is signed.
+    pub SigningCertificate: Option<PathBuf>,
+    /// PEM RSA private key (PKCS#8 or PKCS#1) of `SigningCertificate`.
+    pub SigningKey: Option<PathBuf>,
     /// Body cipher when encrypting: RC2 or RC4 (Windows default RC4 for base/enhanced).
     pub EncryptionAlgorithm: String,
 }
@@ -264,6 +277,9 @@ impl Default for Security {
             PermitInsecureNacks: false,
             EnablePingService: false,
             HashAlgorithm: "SHA512".into(),
+            WeakHashAlgorithms: Vec::new(),
+            SigningCertificate: None,
+            SigningKey: None,
             EncryptionAlgorithm: "RC4".into(),
         }
     }
@@ -357,6 +373,21 @@ impl Config {
                 "Parameters.Security.HashAlgorithm {:?}: expected MD5, SHA1, SHA256 or SHA512",
                 s.HashAlgorithm
             )));
+        }
+        for w in &s.WeakHashAlgorithms {
+            if !["MD5", "SHA1"].contains(&w.as_str()) {
+                return Err(ConfigError(format!(
+                    "Parameters.Security.WeakHashAlgorithms {w:?}: expected \"MD5\" or \"SHA1\" \
+                     (SHA256 and SHA512 are always accepted)"
+                )));
+            }
+        }
+        if s.SigningCertificate.is_some() != s.SigningKey.is_some() {
+            return Err(ConfigError(
+                "Parameters.Security.SigningCertificate and SigningKey go together: set both \
+                 (PEM files) to sign the messages lior sends, or neither"
+                    .into(),
+            ));
         }
         if !["RC2", "RC4"].contains(&s.EncryptionAlgorithm.as_str()) {
             return Err(ConfigError(format!(

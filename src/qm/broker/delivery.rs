@@ -327,6 +327,18 @@ impl<S: QueueStore> Broker<S> {
                 ),
             );
         }
+        // MS-MQQB 3.1.5.8.3 at the target: a signature is verified with the certificate the
+        // message carries and the result kept in the stored SecurityHeader.Flags.AS, as Windows
+        // does (`security::stored_authentication`); a bad one is refused (NACK_BAD_SIGNATURE,
+        // which the admin-ack path sends only under PermitInsecureNacks).
+        let judged =
+            match crate::security::judge_arrival(frame, msg, &self.config.parameters.security) {
+                Ok(j) => j,
+                Err(why) => {
+                    return self.dead_letter(frame, msg, MessageClass::NACK_BAD_SIGNATURE, &why)
+                }
+            };
+        let frame: &[u8] = &judged.frame;
         // One step of the queue's owner from the transactional and duplicate checks to the
         // append and the recorded state: the queue's order is the order of its appends, an
         // accepted message always gets its state, and the tables (the partition's own) are
