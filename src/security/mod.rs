@@ -248,8 +248,8 @@ pub fn verify(m: &UserMessage<'_>, policy: &Policy) -> Verification {
     };
     if !policy.allows(alg) {
         return Verification::Invalid(format!(
-            "signed with {alg}, a weak hash; Parameters.Security.WeakHashAlgorithms = [\"{}\"] \
-             accepts it",
+            "signed with {alg}, a weak hash refused by default; add \"{}\" to \
+             Parameters.Security.WeakHashAlgorithms to accept it",
             alg.config_name()
         ));
     }
