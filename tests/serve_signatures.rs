@@ -160,13 +160,19 @@ fn weak_hashes_pass_when_configured_and_nacks_wait_for_permit_insecure_nacks() {
     assert!(s.receive_all("adminq").is_empty());
 }
 
-#[test]
-fn lior_signs_what_it_sends_and_the_receiving_lior_verifies_it() {
+/// Two queue managers standing for two machines: B at `ip_b` holds `orders`; A at `ip_a`
+/// signs with SHA-256 (`SigningCertificate`, `SigningKey`) and reaches B; `extra_a` are more
+/// `lior serve` arguments for A.
+fn signing_pair(
+    ip_a: &str,
+    ip_b: &str,
+    extra_a: &[&str],
+) -> (Server, Server, [tempfile::TempDir; 2]) {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let cb = config(db.path(), "aliases = [\"127.0.0.42\"]\n");
+    let cb = config(db.path(), &format!("aliases = [\"{ip_b}\"]\n"));
     let b = Server::start_with(
         &db.path().join("data"),
-        &["--config", &cb, "--listen", "127.0.0.42:0"],
+        &["--config", &cb, "--listen", &format!("{ip_b}:0")],
     );
     b.cli(&["queue", "create", "orders"]);
     let cert = da.path().join("cert.pem");
@@ -176,17 +182,23 @@ fn lior_signs_what_it_sends_and_the_receiving_lior_verifies_it() {
     let ca = config(
         da.path(),
         &format!(
-            "aliases = [\"127.0.0.41\"]\nremote_port = {}\n[Parameters.Security]\n\
+            "aliases = [\"{ip_a}\"]\nremote_port = {}\n[Parameters.Security]\n\
              HashAlgorithm = \"SHA256\"\nSigningCertificate = {:?}\nSigningKey = {:?}\n",
             b.listen.port(),
             cert.to_str().unwrap(),
             key.to_str().unwrap()
         ),
     );
-    let a = Server::start_with(
-        &da.path().join("data"),
-        &["--config", &ca, "--listen", "127.0.0.41:0"],
-    );
+    let listen_a = format!("{ip_a}:0");
+    let mut args = vec!["--config", ca.as_str(), "--listen", listen_a.as_str()];
+    args.extend_from_slice(extra_a);
+    let a = Server::start_with(&da.path().join("data"), &args);
+    (a, b, [da, db])
+}
+
+#[test]
+fn lior_signs_what_it_sends_and_the_receiving_lior_verifies_it() {
+    let (a, b, _dirs) = signing_pair("127.0.0.41", "127.0.0.42", &[]);
     a.cli(&["queue", "create", "local"]);
     a.cli(&[
         "send",
@@ -207,6 +219,60 @@ fn lior_signs_what_it_sends_and_the_receiving_lior_verifies_it() {
     let here = a.receive_all("local");
     assert_eq!(here.len(), 1);
     assert_eq!(here[0]["authenticated"], true);
+}
+
+/// Whether python3 with proton is here; panics under CI, skips loudly elsewhere (as
+/// tests/amqp_clients.rs).
+fn have_proton() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import proton, proton.utils"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let msg = "python3 with python-qpid-proton is not installed: `pip install \
+                   python-qpid-proton` (bash .ci/run installs it)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED (loudly): {msg}");
+    }
+    ok
+}
+
+#[test]
+fn an_amqp_producers_message_to_another_machine_is_signed() {
+    if !have_proton() {
+        return;
+    }
+    let (a, b, _dirs) = signing_pair(
+        "127.0.0.43",
+        "127.0.0.44",
+        &["--amqp-listen", "127.0.0.1:0"],
+    );
+    let url = format!("amqp://{}", a.amqp.expect("amqp="));
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/amqp/client.py"))
+        .arg(&url)
+        .args([
+            "send",
+            "DIRECT=TCP:127.0.0.44\\private$\\orders",
+            "1",
+            "durable",
+            "over amqp",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = b.receive_until("orders", 1);
+    assert_eq!(got.len(), 1, "nothing reached B");
+    assert_eq!(got[0]["label"], "over amqp");
+    assert_eq!(got[0]["authenticated"], true, "{}", got[0]);
 }
 
 #[test]

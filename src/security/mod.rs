@@ -468,6 +468,20 @@ impl Signer {
         Ok(sig)
     }
 
+    /// `frame` (an encoded UserMessage) signed: parsed, signed, encoded again.
+    pub fn sign_frame(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
+        let mut m = UserMessage::parse(frame)
+            .map_err(|e| format!("the message to sign does not parse: {e}"))?;
+        let sig = self.signature(&mut m)?;
+        self.attach(&mut m, &sig);
+        let mut out = vec![0u8; m.frame_len()];
+        let n = m
+            .encode(&mut out)
+            .map_err(|e| format!("the signed message does not encode: {e}"))?;
+        out.truncate(n);
+        Ok(out)
+    }
+
     /// Puts on `m` a SecurityHeader with `signature` and this certificate (ST = 0, DE and AI
     /// set, AS 0) and syncs its flags and size.
     pub fn attach<'a>(&'a self, m: &mut UserMessage<'a>, signature: &'a [u8]) {
