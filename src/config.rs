@@ -312,7 +312,21 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
-        let text = toml::to_string_pretty(self).expect("the configuration always serialises");
+        let mut text = toml::to_string_pretty(self).expect("the configuration always serialises");
+        let sec = &self.parameters.security;
+        if sec.SigningCertificate.is_none() {
+            // Unset signing files are named in comments too, at the end of their table.
+            let note = "# SigningCertificate = \"/etc/lior/signing.crt\"  # PEM; with SigningKey, \
+                        lior signs the messages it sends (HashAlgorithm)\n# SigningKey = \
+                        \"/etc/lior/signing.key\"  # PEM RSA private key of SigningCertificate\n";
+            let at = text
+                .find("[Parameters.Security]\n")
+                .map(|i| text[i..].find("\n\n").map_or(text.len(), |j| i + j + 1));
+            match at {
+                Some(i) => text.insert_str(i, note),
+                None => text.push_str(note),
+            }
+        }
         if self.srmp_listen.is_some() {
             return text;
         }
@@ -507,6 +521,35 @@ mod tests {
         let text = c.to_toml();
         assert!(text.contains("srmp_listen = \"127.0.0.1:8080\""), "{text}");
         assert_eq!(Config::from_toml(&text).unwrap(), c);
+        let text = Config::default().to_toml();
+        for key in [
+            "# SigningCertificate = ",
+            "# SigningKey = ",
+            "WeakHashAlgorithms = []",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+        let mut c = Config::default();
+        c.parameters.security.SigningCertificate = Some("/x/c.pem".into());
+        c.parameters.security.SigningKey = Some("/x/k.pem".into());
+        c.parameters.security.WeakHashAlgorithms = vec!["SHA1".into()];
+        let text = c.to_toml();
+        assert!(text.contains("SigningKey = \"/x/k.pem\""), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn signing_keys_go_together_and_only_weak_hashes_are_listed_as_weak() {
+        let e = Config::from_toml("[Parameters.Security]\nSigningCertificate = \"/c.pem\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("SigningKey"), "{e}");
+        let e = Config::from_toml("[Parameters.Security]\nWeakHashAlgorithms = [\"SHA512\"]\n")
+            .unwrap_err();
+        assert!(e.0.contains("WeakHashAlgorithms"), "{e}");
+        let c =
+            Config::from_toml("[Parameters.Security]\nWeakHashAlgorithms = [\"MD5\", \"SHA1\"]\n")
+                .unwrap();
+        assert_eq!(c.parameters.security.WeakHashAlgorithms, ["MD5", "SHA1"]);
     }
 
     #[test]

@@ -381,3 +381,111 @@ fn arrival_records_the_result_in_the_stored_as_bits() {
     let stored = UserMessage::parse(&j.frame).expect("parses");
     assert_eq!(stored_authentication(&stored), Some(SigKind::Msmq20));
 }
+
+#[test]
+fn an_authenticated_message_says_so_over_amqp() {
+    let s = signer(HashAlg::Sha256);
+    let frame = signed_frame(&s, b"x");
+    let m = UserMessage::parse(&frame).expect("parses");
+    let amqp_of = |f: &[u8]| {
+        let mut out = Vec::new();
+        let m = UserMessage::parse(f).expect("parses");
+        crate::amqp::mapping::msmq_to_amqp(&m, 1, 0, &mut out).expect("maps");
+        out
+    };
+    let name = crate::amqp::mapping::names::AUTHENTICATED;
+    // As it arrived (AS 0): no property.
+    let before = amqp_of(&frame);
+    let a = crate::amqp::message::Message::decode(&before).expect("decodes");
+    assert_eq!(a.application_property(name).expect("readable"), None);
+    // As stored after verification.
+    let j = judge_arrival(&frame, &m, &Security::default()).expect("valid");
+    let after = amqp_of(&j.frame);
+    let a = crate::amqp::message::Message::decode(&after).expect("decodes");
+    assert_eq!(
+        a.application_property(name).expect("readable"),
+        Some(crate::amqp::types::Value::Bool(true))
+    );
+}
+
+/// MSMQ 3.0: a multi-destination message signs ExtensionData and the destination list, and
+/// carries its signature in the MQFSignatureHeader (MS-MQQB 3.1.7.1.4, 3.1.5.8.3).
+#[test]
+fn msmq30_signatures_in_the_mqf_header_verify() {
+    use crate::wire::headers::{MqfAddressHeader, MqfElement, MultiQueueFormatHeader};
+    let s = signer(HashAlg::Sha512);
+    let key = RsaPrivateKey::from_pkcs8_pem(SIGNER_KEY).expect("key");
+    let mut list = [0u8; 128];
+    let dest = MqfAddressHeader::build(
+        &[
+            MqfElement::Direct(Utf16(DEST)),
+            MqfElement::Public(Guid([0x44; 16])),
+        ],
+        &mut list,
+    )
+    .expect("list");
+    let mut m = sample(b"to many");
+    m.properties.hash_algorithm = Calg::SHA512;
+    m.multi_queue = Some(MultiQueueFormatHeader {
+        destination: dest,
+        administration: MqfAddressHeader::EMPTY,
+        response: MqfAddressHeader::EMPTY,
+        signature: &[],
+    });
+    // The destination list is part of what is signed, right after ExtensionData.
+    let bytes = signed_bytes(&m, SigKind::Msmq30);
+    let at = 20 + 4 + 7 + LABEL.len() + 2 + RESP.len() + 20 + 3;
+    assert_eq!(&bytes[at..at + dest.list.len()], dest.list);
+    let mut sig = key
+        .sign(
+            HashAlg::Sha512.pkcs1(),
+            &digest(&m, SigKind::Msmq30, HashAlg::Sha512),
+        )
+        .expect("sign");
+    sig.reverse(); // CryptoAPI order
+    let mqf = m.multi_queue.expect("mqf");
+    m.multi_queue = Some(MultiQueueFormatHeader {
+        signature: &sig,
+        ..mqf
+    });
+    m.security = Some(SecurityHeader {
+        flags: SecurityFlags::default().with(SecurityFlags::DE, true),
+        sender_id: &[],
+        encryption_key: &[],
+        signature: &[],
+        sender_cert: s.cert_der(),
+        provider_info: &[],
+    });
+    m.sync();
+    let mut buf = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut buf).expect("encode");
+    buf.truncate(n);
+    let parsed = UserMessage::parse(&buf).expect("parses");
+    match verify(&parsed, &Policy::STRICT) {
+        Verification::Valid(a) => assert_eq!(a.kind, SigKind::Msmq30),
+        other => panic!("{other:?}"),
+    }
+    let j = judge_arrival(&buf, &parsed, &Security::default()).expect("valid");
+    let stored = UserMessage::parse(&j.frame).expect("parses");
+    assert_eq!(stored_authentication(&stored), Some(SigKind::Msmq30));
+    // The extension and the destination list are protected.
+    let mut t = parsed;
+    t.properties.extension = b"exu";
+    assert!(matches!(
+        verify(&t, &Policy::STRICT),
+        Verification::Invalid(_)
+    ));
+    let mut t = parsed;
+    let mqf = t.multi_queue.expect("mqf");
+    t.multi_queue = Some(MultiQueueFormatHeader {
+        destination: MqfAddressHeader {
+            element_count: 1,
+            list: &mqf.destination.list[..DEST.len() + 2],
+        },
+        ..mqf
+    });
+    assert!(matches!(
+        verify(&t, &Policy::STRICT),
+        Verification::Invalid(_)
+    ));
+}
