@@ -141,7 +141,8 @@ fn changing_any_signed_field_fails_verification() {
         Verification::Valid(_)
     ));
     let other_dest: &[u8] = b"T\0C\0P\0:\x001\x002\x007\0.\x000\0.\x000\0.\x001\0\\\0z\0\0\0";
-    let tampers: Vec<(&str, Box<dyn Fn(&mut UserMessage<'_>)>)> = vec![
+    type Tamper = Box<dyn Fn(&mut UserMessage<'_>)>;
+    let tampers: Vec<(&str, Tamper)> = vec![
         (
             "body",
             Box::new(|m: &mut UserMessage<'_>| m.properties.message_body = b"paylaod"),
