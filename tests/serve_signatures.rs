@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::{Client, Server};
 use lior::security::{HashAlg, Signer};
-use lior::wire::headers::AckFlags;
+use lior::wire::headers::{AckFlags, SecurityFlags, SecurityHeader};
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
 
@@ -33,6 +33,12 @@ const SENDER: Guid = Guid([0x5A; 16]);
 /// One message to `orders` on 127.0.0.1, signed by `signer` when given, asking for
 /// negative-arrival acks on the local `adminq`.
 fn frame(id: u32, label: &str, signer: Option<&Signer>) -> Vec<u8> {
+    frame_claiming(id, label, signer, false)
+}
+
+/// [`frame`], with SecurityHeader.Flags.AS = 3 ("verified as MSMQ 2.0") set by the sender
+/// when `claim` (a SecurityHeader with a SID is added to an unsigned message for it).
+fn frame_claiming(id: u32, label: &str, signer: Option<&Signer>, claim: bool) -> Vec<u8> {
     let dest = utf16z("TCP:127.0.0.1\\private$\\orders");
     let admin = utf16z("TCP:127.0.0.1\\private$\\adminq");
     let label = utf16z(label);
@@ -48,6 +54,13 @@ fn frame(id: u32, label: &str, signer: Option<&Signer>) -> Vec<u8> {
     let sig = signer.map(|s| s.signature(&mut m).expect("sign"));
     if let (Some(s), Some(sig)) = (signer, &sig) {
         s.attach(&mut m, sig);
+    }
+    let sid = [1u8, 1, 0, 0, 0, 0, 0, 5, 18, 0, 0, 0];
+    if claim {
+        let mut sec = m.security.unwrap_or(SecurityHeader::with_sid(&sid));
+        sec.flags = SecurityFlags(sec.flags.0 | (3 << SecurityFlags::AS_SHIFT));
+        m.security = Some(sec);
+        m.sync();
     }
     let mut f = vec![0u8; m.frame_len()];
     let n = m.encode(&mut f).expect("encode");
@@ -90,9 +103,13 @@ fn signed_messages_are_authenticated_and_bad_signatures_refused_over_a_real_sess
     c.send(&tampered(frame(2, "tampered", Some(&sha512))), true, 2);
     c.send(&frame(3, "weak", Some(&md5)), true, 3);
     c.send(&frame(4, "plain", None), true, 4);
+    // A sender cannot claim "verified" (AS) itself, signed badly or not signed at all.
+    c.send(&frame_claiming(5, "claims", None, true), true, 5);
+    let forged = tampered(frame_claiming(6, "tampered", Some(&sha512), true));
+    c.send(&forged, true, 6);
     c.wait_acked();
 
-    let mut got = s.receive_until("orders", 2);
+    let mut got = s.receive_until("orders", 3);
     got.sort_by_key(|m| m["label"].as_str().unwrap().to_string());
     let summary: Vec<(String, bool)> = got
         .iter()
@@ -105,12 +122,16 @@ fn signed_messages_are_authenticated_and_bad_signatures_refused_over_a_real_sess
         .collect();
     assert_eq!(
         summary,
-        [("good".to_string(), true), ("plain".to_string(), false)]
+        [
+            ("claims".to_string(), false),
+            ("good".to_string(), true),
+            ("plain".to_string(), false)
+        ]
     );
-    assert_eq!(got[0]["signature"], "MSMQ 2.0");
+    assert_eq!(got[1]["signature"], "MSMQ 2.0");
 
     let mut nacks: Vec<(String, String)> = s
-        .receive_until("adminq", 2)
+        .receive_until("adminq", 3)
         .iter()
         .map(|m| {
             (
@@ -124,11 +145,12 @@ fn signed_messages_are_authenticated_and_bad_signatures_refused_over_a_real_sess
         nacks,
         [
             ("tampered".to_string(), "NACK_BAD_SIGNATURE".to_string()),
+            ("tampered".to_string(), "NACK_BAD_SIGNATURE".to_string()),
             ("weak".to_string(), "NACK_BAD_SIGNATURE".to_string()),
         ]
     );
     let dead = s.receive_all("deadletter");
-    assert_eq!(dead.len(), 2, "refused messages are kept, not dropped");
+    assert_eq!(dead.len(), 3, "refused messages are kept, not dropped");
     assert!(dead.iter().all(|m| m["authenticated"] == false));
 }
 

@@ -355,6 +355,29 @@ pub fn judge_arrival<'f>(
     })
 }
 
+/// `frame` with a SecurityHeader.Flags.AS its sender set cleared (a copy only then), for
+/// messages stored without [`judge_arrival`] (the dead-letter queue): AS says "verified here",
+/// which the sender cannot claim. A frame [`judge_arrival`] already marked (its AS bytes differ
+/// from what `m` was parsed with) is kept as it is.
+pub fn clear_claimed_authentication<'f>(frame: &'f [u8], m: &UserMessage<'_>) -> Cow<'f, [u8]> {
+    let Some(sec) = &m.security else {
+        return Cow::Borrowed(frame);
+    };
+    if sec.flags.authentication_signature_type() == 0 {
+        return Cow::Borrowed(frame);
+    }
+    let at = security_header_offset(m);
+    match frame.get(at..at + 2) {
+        Some(b) if u16::from_le_bytes([b[0], b[1]]) == sec.flags.0 => {
+            let mut copy = frame.to_vec();
+            let cleared = sec.flags.0 & !SecurityFlags::AS_MASK;
+            copy[at..at + 2].copy_from_slice(&cleared.to_le_bytes());
+            Cow::Owned(copy)
+        }
+        _ => Cow::Borrowed(frame),
+    }
+}
+
 /// The verified signature type recorded in a stored message (SecurityHeader.Flags.AS), if any.
 pub fn stored_authentication(m: &UserMessage<'_>) -> Option<SigKind> {
     let sec = m.security.as_ref()?;

@@ -526,7 +526,8 @@ impl<S: QueueStore> Broker<S> {
             );
         }
         let pi = self.dead_letter_partition(dlq);
-        let stored = self.store(&mut self.partition(pi), dlq, frame, msg);
+        let frame = crate::security::clear_claimed_authentication(frame, msg);
+        let stored = self.store(&mut self.partition(pi), dlq, &frame, msg);
         match stored {
             Ok(ticket) => {
                 bump(&self.counters.dead_lettered);
