@@ -252,8 +252,26 @@ pub struct Security {
     pub PermitInsecureNacks: bool,
     /// Answer UDP pings on `MsmqIpPingPort` (Windows Vista+ default: off).
     pub EnablePingService: bool,
-    /// Hash algorithm for signing: MD5, SHA1, SHA256 or SHA512 (Windows 7+ generates SHA512).
+    /// Hash algorithm lior signs with when `SigningCertificate` and `SigningKey` are set: MD5,
+    /// SHA1, SHA256 or SHA512 (Windows 7+ generates SHA512). Arriving signatures use the hash
+    /// their sender named; see `WeakHashAlgorithms`.
     pub HashAlgorithm: String,
+    /// Weak hashes an arriving signature may use: any of "MD5", "SHA1". Empty (the default,
+    /// as on Windows 7+): a message signed with MD5 or SHA-1 is refused with
+    /// NACK_BAD_SIGNATURE. (Windows' registry value of this name enables every weak hash by
+    /// being present; lior lists the ones it enables.)
+    pub WeakHashAlgorithms: Vec<String>,
+    /// PEM X.509 certificate (RSA key) sent in the SecurityHeader of the messages lior sends;
+    /// with `SigningKey`, every message lior sends is signed (MSMQ 2.0 signature,
+    /// `HashAlgorithm`). Unset: nothing is signed.
+    pub SigningCertificate: Option<PathBuf>,
+    /// PEM RSA private key (PKCS#8 or PKCS#1) of `SigningCertificate`.
+    pub SigningKey: Option<PathBuf>,
+    /// Certificates registered to Windows users, as MSMQ registers them in Active Directory
+    /// (MQRegisterCertificate): a message signed with one of these (by its SHA-256) and
+    /// verified is the user's (its SID is trusted for the queue rights); a verified message
+    /// signed with any other certificate is authenticated but counts as Everyone.
+    pub RegisteredCertificates: Vec<RegisteredCertificate>,
     /// Windows' body cipher for encrypted messages (RC2 or RC4, default RC4). lior neither
     /// encrypts nor decrypts MSMQ bodies: Windows encrypts only with the destination's exchange
     /// key from Active Directory, which lior has no part in, and an arriving encrypted message
@@ -263,12 +281,30 @@ pub struct Security {
     pub EncryptionAlgorithm: String,
 }
 
+/// One certificate registered to a Windows user (`Parameters.Security.RegisteredCertificates`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)]
+pub struct RegisteredCertificate {
+    /// The user's SID, `S-1-5-21-...`.
+    pub Sid: String,
+    /// SHA-256 of the certificate's DER bytes, hex (as `lior decode` shows it).
+    pub Sha256: String,
+}
+
+/// Certificates `RegisteredCertificates` holds at most.
+pub const REGISTERED_CERTIFICATES_MAX: usize = 4_096;
+
 impl Default for Security {
     fn default() -> Self {
         Security {
             PermitInsecureNacks: false,
             EnablePingService: false,
             HashAlgorithm: "SHA512".into(),
+            WeakHashAlgorithms: Vec::new(),
+            SigningCertificate: None,
+            SigningKey: None,
+            RegisteredCertificates: Vec::new(),
             EncryptionAlgorithm: "RC4".into(),
         }
     }
@@ -301,7 +337,21 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
-        let text = toml::to_string_pretty(self).expect("the configuration always serialises");
+        let mut text = toml::to_string_pretty(self).expect("the configuration always serialises");
+        let sec = &self.parameters.security;
+        if sec.SigningCertificate.is_none() {
+            // Unset signing files are named in comments too, at the end of their table.
+            let note = "# SigningCertificate = \"/etc/lior/signing.crt\"  # PEM; with SigningKey, \
+                        lior signs the messages it sends (HashAlgorithm)\n# SigningKey = \
+                        \"/etc/lior/signing.key\"  # PEM RSA private key of SigningCertificate\n";
+            let at = text
+                .find("[Parameters.Security]\n")
+                .map(|i| text[i..].find("\n\n").map_or(text.len(), |j| i + j + 1));
+            match at {
+                Some(i) => text.insert_str(i, note),
+                None => text.push_str(note),
+            }
+        }
         if self.srmp_listen.is_some() {
             return text;
         }
@@ -362,6 +412,48 @@ impl Config {
                 "Parameters.Security.HashAlgorithm {:?}: expected MD5, SHA1, SHA256 or SHA512",
                 s.HashAlgorithm
             )));
+        }
+        for w in &s.WeakHashAlgorithms {
+            if !["MD5", "SHA1"].contains(&w.as_str()) {
+                return Err(ConfigError(format!(
+                    "Parameters.Security.WeakHashAlgorithms {w:?}: expected \"MD5\" or \"SHA1\" \
+                     (SHA256 and SHA512 are always accepted)"
+                )));
+            }
+        }
+        if s.RegisteredCertificates.len() > REGISTERED_CERTIFICATES_MAX {
+            return Err(ConfigError(format!(
+                "Parameters.Security.RegisteredCertificates: {} entries, at most \
+                 {REGISTERED_CERTIFICATES_MAX}",
+                s.RegisteredCertificates.len()
+            )));
+        }
+        for c in &s.RegisteredCertificates {
+            let sid_ok = c.Sid.starts_with("S-1-")
+                && c.Sid[4..]
+                    .split('-')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if !sid_ok {
+                return Err(ConfigError(format!(
+                    "Parameters.Security.RegisteredCertificates: Sid {:?} is not a SID \
+                     (S-1-5-21-...)",
+                    c.Sid
+                )));
+            }
+            if c.Sha256.len() != 64 || !c.Sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError(format!(
+                    "Parameters.Security.RegisteredCertificates: Sha256 {:?} for {} is not 64 \
+                     hex digits (the certificate's SHA-256, as `lior decode` prints it)",
+                    c.Sha256, c.Sid
+                )));
+            }
+        }
+        if s.SigningCertificate.is_some() != s.SigningKey.is_some() {
+            return Err(ConfigError(
+                "Parameters.Security.SigningCertificate and SigningKey go together: set both \
+                 (PEM files) to sign the messages lior sends, or neither"
+                    .into(),
+            ));
         }
         if s.EncryptionAlgorithm != "RC4" {
             return Err(ConfigError(format!(
@@ -485,6 +577,35 @@ mod tests {
         let text = c.to_toml();
         assert!(text.contains("srmp_listen = \"127.0.0.1:8080\""), "{text}");
         assert_eq!(Config::from_toml(&text).unwrap(), c);
+        let text = Config::default().to_toml();
+        for key in [
+            "# SigningCertificate = ",
+            "# SigningKey = ",
+            "WeakHashAlgorithms = []",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+        let mut c = Config::default();
+        c.parameters.security.SigningCertificate = Some("/x/c.pem".into());
+        c.parameters.security.SigningKey = Some("/x/k.pem".into());
+        c.parameters.security.WeakHashAlgorithms = vec!["SHA1".into()];
+        let text = c.to_toml();
+        assert!(text.contains("SigningKey = \"/x/k.pem\""), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn signing_keys_go_together_and_only_weak_hashes_are_listed_as_weak() {
+        let e = Config::from_toml("[Parameters.Security]\nSigningCertificate = \"/c.pem\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("SigningKey"), "{e}");
+        let e = Config::from_toml("[Parameters.Security]\nWeakHashAlgorithms = [\"SHA512\"]\n")
+            .unwrap_err();
+        assert!(e.0.contains("WeakHashAlgorithms"), "{e}");
+        let c =
+            Config::from_toml("[Parameters.Security]\nWeakHashAlgorithms = [\"MD5\", \"SHA1\"]\n")
+                .unwrap();
+        assert_eq!(c.parameters.security.WeakHashAlgorithms, ["MD5", "SHA1"]);
     }
 
     #[test]

@@ -366,6 +366,28 @@ fn body_preview(b: &[u8]) -> Value {
 }
 
 /// The headers of a UserMessage, in wire order.
+/// `valid (...)`, `invalid: why` or `absent`: the signature checked as lior's queue manager
+/// would (MS-MQQB 3.1.5.8.3), except that a weak hash is named rather than refused.
+fn signature_text(u: &UserMessage<'_>) -> String {
+    use crate::security::{verify, Policy, Verification};
+    match verify(u, &Policy::ANY) {
+        Verification::Absent => "absent".into(),
+        Verification::Invalid(why) => format!("invalid: {why}"),
+        Verification::Valid(a) => format!(
+            "valid ({}, {}{}, certificate {}, sha256 {})",
+            a.kind.name(),
+            a.hash,
+            if a.hash.is_weak() {
+                ": weak, refused unless Parameters.Security.WeakHashAlgorithms lists it"
+            } else {
+                ""
+            },
+            a.subject,
+            a.cert_sha256
+        ),
+    }
+}
+
 fn user_message_fields(u: &UserMessage<'_>, m: &mut Map<String, Value>) {
     let h = &u.user;
     let f = h.flags;
@@ -479,6 +501,7 @@ fn user_message_fields(u: &UserMessage<'_>, m: &mut Map<String, Value>) {
         }
         m.insert("SecurityHeader".into(), Value::Object(sm));
     }
+    m.insert("signature".into(), json!(signature_text(u)));
     let p = &u.properties;
     let mut acks = Vec::new();
     for (bit, name) in [(0x01, "PA"), (0x02, "PR"), (0x04, "NA"), (0x08, "NR")] {

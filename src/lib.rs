@@ -14,6 +14,7 @@ pub mod ping;
 pub mod qm;
 pub mod ratelog;
 pub mod sdnotify;
+pub mod security;
 pub mod server;
 pub mod session;
 pub mod shard_app;

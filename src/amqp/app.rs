@@ -682,7 +682,14 @@ impl<S: QueueStore> AmqpApp<S> {
             Ok(d) => m.destination = d,
             Err(e) => return reject(c, condition::INVALID_FIELD, e.to_string()),
         }
-        let frame = m.encode();
+        let mut frame = m.encode();
+        // Messages for other machines carry our signature when one is configured.
+        if let (Target::Remote(_), Some(s), false) = (&target, &broker.signer, frame.is_empty()) {
+            match s.sign_frame(&frame) {
+                Ok(f) => frame = f,
+                Err(e) => return reject(c, condition::INVALID_FIELD, e),
+            }
+        }
         let msg = match UserMessage::parse(&frame) {
             Ok(u) if !frame.is_empty() => u,
             Ok(_) | Err(_) => {

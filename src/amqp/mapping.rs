@@ -58,6 +58,8 @@ pub mod names {
     pub const ADMIN_QUEUE: &str = "msmq.AdminQueue";
     pub const ACKNOWLEDGE: &str = "msmq.Acknowledge";
     pub const SENDER_ID: &str = "msmq.SenderId";
+    /// True when the message's MSMQ signature verified on arrival (`crate::security`).
+    pub const AUTHENTICATED: &str = "msmq.Authenticated";
     pub const SOURCE_QM: &str = "msmq.SourceQueueManager";
     pub const TIME_TO_REACH_QUEUE: &str = "msmq.TimeToReachQueue";
     pub const TIME_TO_BE_RECEIVED: &str = "msmq.TimeToBeReceived";
@@ -278,6 +280,9 @@ pub fn msmq_to_amqp_counted(
     let sid = msg.security.as_ref().and_then(|s| s.sender_sid());
     if let Some(s) = &sid {
         app.push((Value::String(n::SENDER_ID), Value::Binary(s.as_bytes())));
+    }
+    if crate::security::stored_authentication(msg).is_some() {
+        app.push((Value::String(n::AUTHENTICATED), Value::Bool(true)));
     }
     if let Some(t) = &msg.transaction {
         app.push((

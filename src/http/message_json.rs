@@ -71,6 +71,12 @@ pub fn message_value(r: &Received) -> Value {
             v["sender_sid"] = json!(sid.to_string());
         }
     }
+    // Set at arrival when the signature verified (SecurityHeader.Flags.AS, `security`).
+    let auth = crate::security::stored_authentication(&m);
+    v["authenticated"] = json!(auth.is_some());
+    if let Some(kind) = auth {
+        v["signature"] = json!(kind.name());
+    }
     if let Some(t) = &m.transaction {
         v["tx_sequence_id"] = json!(format!("{:#018x}", t.tx_sequence_id));
         v["tx_sequence_number"] = json!(t.tx_sequence_number);

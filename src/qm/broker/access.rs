@@ -21,11 +21,57 @@ use super::{bump, unix_now, ApiError, Broker, Delivered, Verdict};
 /// `lior serve`).
 static REFUSAL_LOG: Mutex<RefusalLog> = Mutex::new(RefusalLog::new());
 
-/// Whether an arriving message's signature was verified. Nothing verifies MSMQ signatures yet
-/// (issue 13 item 2), so no message is authenticated: a grant to a SID admits nothing, grants
-/// to Everyone (and Anonymous) do, and a queue with Authenticate refuses every message.
-fn authenticated(_msg: &UserMessage<'_>) -> bool {
-    false
+/// Who an arriving message is, for the rights check, and whether it is authenticated: its
+/// signature verified (`security::judge_arrival`). The SID it claims is trusted only when the
+/// certificate that signed it is registered to that SID (`RegisteredCertificates`, lior's
+/// stand-in for the certificates Active Directory holds): anyone can sign with a certificate
+/// of their own and name any SID. A verified message signed with another certificate is
+/// authenticated (an Authenticate queue takes it) but counts as Everyone.
+pub fn arrival_identity(
+    msg: &UserMessage<'_>,
+    verified: Option<&crate::security::Authenticated>,
+    security: &crate::config::Security,
+) -> (SenderId, bool) {
+    let claimed = sender_id(msg);
+    let Some(a) = verified else {
+        return (claimed, false);
+    };
+    let registered = |sid: &str| {
+        security.RegisteredCertificates.iter().any(|c| {
+            c.Sid.eq_ignore_ascii_case(sid) && c.Sha256.eq_ignore_ascii_case(&a.cert_sha256)
+        })
+    };
+    if let SenderId::Sid(sid) = &claimed {
+        if registered(sid) {
+            return (claimed, true);
+        }
+    }
+    // No SID claimed (or not this certificate's): the certificate's registered user, if any.
+    match security
+        .RegisteredCertificates
+        .iter()
+        .find(|c| c.Sha256.eq_ignore_ascii_case(&a.cert_sha256))
+    {
+        Some(c) => (SenderId::Sid(c.Sid.clone()), true),
+        None => (SenderId::QmGuid, true),
+    }
+}
+
+/// The identity of a message already stored (a dead letter being explained): verified when
+/// its stored SecurityHeader says so (AS), its certificate read again for the registration.
+fn stored_identity(msg: &UserMessage<'_>, security: &crate::config::Security) -> (SenderId, bool) {
+    if crate::security::stored_authentication(msg).is_none() {
+        return (sender_id(msg), false);
+    }
+    let cert = msg.security.as_ref().map_or(&[][..], |s| s.sender_cert);
+    let a = crate::security::Authenticated {
+        kind: crate::security::stored_authentication(msg).expect("checked above"),
+        hash: crate::security::HashAlg::Sha512,
+        sid: None,
+        cert_sha256: crate::security::sha256_hex(cert),
+        subject: String::new(),
+    };
+    arrival_identity(msg, Some(&a), security)
 }
 
 /// The identity `msg` claims in its SecurityHeader.
@@ -92,11 +138,12 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
         queue: &QueueDef,
         partition: usize,
+        verified: Option<&crate::security::Authenticated>,
     ) -> Option<Delivered> {
         let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
-        let sender = sender_id(msg);
-        let refusal =
-            check_arrival(&queue.security(), &sender, authenticated(msg), encrypted).err()?;
+        let (sender, authenticated) =
+            arrival_identity(msg, verified, &self.config.parameters.security);
+        let refusal = check_arrival(&queue.security(), &sender, authenticated, encrypted).err()?;
         let class = refusal.class();
         let why = refusal_text(&refusal, &sender, &queue.name);
         if refusal == Refusal::Encrypted {
@@ -146,8 +193,8 @@ impl<S: QueueStore> Broker<S> {
     ) -> Option<(crate::wire::headers::MessageClass, String)> {
         let q = self.catalog().lookup(name).cloned()?;
         let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
-        let sender = sender_id(msg);
-        let r = check_arrival(&q.security(), &sender, authenticated(msg), encrypted).err()?;
+        let (sender, authenticated) = stored_identity(msg, &self.config.parameters.security);
+        let r = check_arrival(&q.security(), &sender, authenticated, encrypted).err()?;
         Some((r.class(), refusal_text(&r, &sender, &q.name)))
     }
 

@@ -307,12 +307,27 @@ impl<S: QueueStore> Broker<S> {
         let transactional = u.flags.transactional();
         let acks = msg.properties.flags;
         let partition = self.owner(queue);
-        // Rights at the target (MS-MQQB 3.1.5.8.3): encrypted bodies, Authenticate, send right.
+        // MS-MQQB 3.1.5.8.3 at the target: a signature is verified with the certificate the
+        // message carries and the result kept in the stored SecurityHeader.Flags.AS, as Windows
+        // does (`security::stored_authentication`); a bad one is refused (NACK_BAD_SIGNATURE,
+        // which the admin-ack path sends only under PermitInsecureNacks).
+        let judged =
+            match crate::security::judge_arrival(frame, msg, &self.config.parameters.security) {
+                Ok(j) => j,
+                Err(why) => {
+                    return self.dead_letter(frame, msg, MessageClass::NACK_BAD_SIGNATURE, &why)
+                }
+            };
+        // Rights at the target (MS-MQQB 3.1.5.8.3): encrypted bodies, Authenticate, send right,
+        // with the identity the signature proved.
         if origin != Origin::Local {
-            if let Some(refused) = self.refuse_at_target(frame, msg, queue, partition) {
+            if let Some(refused) =
+                self.refuse_at_target(frame, msg, queue, partition, judged.authenticated.as_ref())
+            {
                 return refused;
             }
         }
+        let frame: &[u8] = &judged.frame;
         let mut out = Delivered {
             verdict: Verdict::Duplicate {
                 origin: (0, Ticket::IMMEDIATE),
@@ -552,7 +567,8 @@ impl<S: QueueStore> Broker<S> {
             );
         }
         let pi = self.dead_letter_partition(dlq);
-        let stored = self.store(&mut self.partition(pi), dlq, frame, msg);
+        let frame = crate::security::clear_claimed_authentication(frame, msg);
+        let stored = self.store(&mut self.partition(pi), dlq, &frame, msg);
         match stored {
             Ok(ticket) => {
                 bump(&self.counters.dead_lettered);

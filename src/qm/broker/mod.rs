@@ -119,6 +119,8 @@ pub struct Broker<S> {
     /// them, in the older (not FIFO) order. New messages go to the owner only; S2 of issue 10
     /// migrates these at start-up.
     spread: std::collections::HashSet<u32>,
+    /// Signs the messages this queue manager sends (`Parameters.Security.SigningCertificate`).
+    pub signer: Option<crate::security::Signer>,
 }
 
 /// Counters of the queue manager, for metrics and tests.
@@ -313,7 +315,10 @@ impl<S: QueueStore> Broker<S> {
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ordinals = OrdinalAllocator::open(&config.data_dir)?;
+        let signer = crate::security::Signer::from_config(&config.parameters.security)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Broker {
+            signer,
             identity,
             outgoing: Mutex::new(outgoing),
             outgoing_status: Mutex::new(HashMap::new()),

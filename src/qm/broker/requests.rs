@@ -407,6 +407,14 @@ impl<S: QueueStore> Broker<S> {
                 no.saturating_sub(1),
             ));
         }
+        // Signed last, when every signed field is final (MS-MQQB 3.1.7.1.4).
+        let signature = match &self.signer {
+            Some(s) => s.signature(&mut m).map_err(ApiError::Send)?,
+            None => Vec::new(),
+        };
+        if let Some(s) = self.signer.as_ref().filter(|_| !signature.is_empty()) {
+            s.attach(&mut m, &signature);
+        }
         if m.frame_len() > crate::wire::base::MAX_PACKET_SIZE as usize {
             return Err(ApiError::Send(format!(
                 "message too large: the packet would be {} bytes (body {} bytes), limit {} \
