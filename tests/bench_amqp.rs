@@ -183,3 +183,30 @@ fn bench_amqp_says_why_an_attach_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn bench_amqp_moves_messages_larger_than_one_frame() {
+    // lior announces a 256 KiB max-frame-size: 600,000 B goes as several transfer frames each
+    // way (the producer splits, the consumer puts them together).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &["--amqp-listen", "127.0.0.1:0"]);
+    server.cli(&["queue", "create", "big"]);
+    let p = bench_ok(
+        &server,
+        &[
+            "--produce-amqp",
+            "big",
+            "--count",
+            "6",
+            "--connections",
+            "2",
+            "--size",
+            "600000",
+        ],
+    );
+    assert_eq!(p["acked"], 6, "{p}");
+    let c = bench_ok(&server, &["--consume-amqp", "big", "--credit", "2"]);
+    assert_eq!(c["amqp_consume"]["received"], 6, "{c}");
+    assert_eq!(c["amqp_consume"]["end_to_end_us"]["samples"], 6, "{c}");
+    assert_eq!(queue_messages(&server, "big"), 0);
+}

@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// AMQP producer: `header.durable` (recoverable in lior).
     #[arg(long)]
     pub durable: bool,
+    /// AMQP producer: at most this many unaccepted messages per connection (default: as many
+    /// as the broker's link credit allows); to compare brokers that grant different credit.
+    #[arg(long, value_name = "N")]
+    pub amqp_window: Option<u32>,
 }
 
 /// Runs `lior bench` and prints its summary.
@@ -228,9 +232,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
         _ => None,
     };
     consume_stop.store(true, Ordering::Relaxed);
-    if let Ok(p) = &produced {
-        amqp_consumers.expect.store(p.acked, Ordering::Relaxed);
-    }
+    let expect = match &produced {
+        Ok(p) if args.to.is_some() || args.produce_amqp.is_some() => p.acked,
+        _ => args.count.unwrap_or(0),
+    };
+    amqp_consumers.expect.store(expect, Ordering::Relaxed);
     amqp_consumers.stop.store(true, Ordering::Relaxed);
     let amqp_consumed: Vec<amqp::Consumed> = amqp_threads
         .into_iter()
@@ -338,6 +344,10 @@ fn drain_only(args: &BenchArgs, api: Option<&Consumer>, ac: &amqp::Counters) {
 fn amqp_produce(args: &BenchArgs, address: &str, peer: &amqp::Peer) -> anyhow::Result<Summary> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(
+        args.amqp_window != Some(0),
+        "--amqp-window must be at least 1"
+    );
+    anyhow::ensure!(
         args.size <= amqp::BODY_MAX,
         "--size {}: at most {} bytes over AMQP",
         args.size,
@@ -352,6 +362,7 @@ fn amqp_produce(args: &BenchArgs, address: &str, peer: &amqp::Peer) -> anyhow::R
         size: args.size,
         durable: args.durable,
         quota: args.count,
+        window: args.amqp_window,
     };
     let go = Arc::new(AtomicBool::new(false));
     let pc = Arc::new(amqp::Counters::default());
@@ -451,6 +462,7 @@ fn amqp_produce(args: &BenchArgs, address: &str, peer: &amqp::Peer) -> anyhow::R
             connections: args.connections,
             size: args.size,
             durable: args.durable,
+            window: args.amqp_window,
             sent,
             accepted: acked,
             elapsed_s: (elapsed * 1000.0).round() / 1000.0,
