@@ -888,7 +888,7 @@ pub fn produce(
         epoch: Instant::now(),
     };
     // The peer's begin and first flow may come with the attach.
-    let mut early: Vec<(Option<u32>, u32, Option<u32>, Option<u32>)> = Vec::new();
+    let mut early: Vec<FlowState> = Vec::new();
     let mut w = handshake(peer, what.clone(), &attach, &begin, &mut |p, _, _| {
         match p {
             // The answer's incoming-window is the first session window.
@@ -989,6 +989,9 @@ pub fn produce(
     })
 }
 
+/// A flow's next-incoming-id, incoming-window, delivery-count and link-credit (for our link).
+type FlowState = (Option<u32>, u32, Option<u32>, Option<u32>);
+
 struct ProducerState {
     hist: Histogram<u64>,
     /// Send time (ns since `epoch`, never 0) of each unsettled delivery, by id modulo the ring.
@@ -1032,15 +1035,9 @@ impl ProducerState {
 
     fn on_frame(&mut self, p: Performative<'_>, what: &str) -> anyhow::Result<()> {
         match p {
-            Performative::Flow(f) => {
-                if f.handle.is_none() || f.handle == Some(0) {
-                    let lc = if f.handle.is_some() {
-                        f.link_credit
-                    } else {
-                        None
-                    };
-                    self.on_flow(f.next_incoming_id, f.incoming_window, f.delivery_count, lc);
-                }
+            Performative::Flow(f) if f.handle.is_none_or(|h| h == 0) => {
+                let lc = f.handle.and(f.link_credit);
+                self.on_flow(f.next_incoming_id, f.incoming_window, f.delivery_count, lc);
             }
             Performative::Disposition(d) if d.role == Role::Receiver => {
                 let now = self.now_ns();
