@@ -83,6 +83,14 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(0);
     print!("{header}");
     println!();
+    if !rows
+        .iter()
+        .any(|r| matches!(r["kind"].as_str(), Some("lior" | "ceiling" | "redis")))
+    {
+        // perf/amqp.sh alone: only its own tables.
+        amqp_tables(&rows);
+        return Ok(());
+    }
     println!("### Throughput (closed loop, window 64; median of {runs} runs)\n");
     println!(
         "| size | delivery | sessions | lior msg/s | lior MB/s | lior p50 / p99 ack µs | \

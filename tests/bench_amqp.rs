@@ -210,3 +210,36 @@ fn bench_amqp_moves_messages_larger_than_one_frame() {
     assert_eq!(c["amqp_consume"]["end_to_end_us"]["samples"], 6, "{c}");
     assert_eq!(queue_messages(&server, "big"), 0);
 }
+
+#[test]
+fn bench_amqp_says_so_when_the_server_goes_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_with(dir.path(), &["--amqp-listen", "127.0.0.1:0"]);
+    server.cli(&["queue", "create", "gone"]);
+    let amqp = server.amqp.expect("amqp=").to_string();
+    let child = Command::new(BIN)
+        .args(["bench", "--consume-amqp", "gone", "--amqp", &amqp])
+        .args([
+            "--api",
+            &server.api,
+            "--duration",
+            "60",
+            "--json",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn lior bench");
+    // Let the consumer attach, then kill -9 the server under it.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    server.kill9();
+    let out = child.wait_with_output().expect("wait for lior bench");
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("AMQP consumer 0")
+            && (err.contains("closed the connection") || err.contains("read:")),
+        "{err}"
+    );
+}
