@@ -83,6 +83,14 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(0);
     print!("{header}");
     println!();
+    if !rows
+        .iter()
+        .any(|r| matches!(r["kind"].as_str(), Some("lior" | "ceiling" | "redis")))
+    {
+        // perf/amqp.sh alone: only its own tables.
+        amqp_tables(&rows);
+        return Ok(());
+    }
     println!("### Throughput (closed loop, window 64; median of {runs} runs)\n");
     println!(
         "| size | delivery | sessions | lior msg/s | lior MB/s | lior p50 / p99 ack µs | \
@@ -160,5 +168,114 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    amqp_tables(&rows);
     Ok(())
+}
+
+/// The AMQP 1.0 rows of `perf/amqp.sh`: produce and consume beside RabbitMQ, and MS-MQQB in with
+/// AMQP out on lior (the issue-11 targets).
+fn amqp_tables(rows: &[Value]) {
+    // (kind, field) -> values over runs.
+    let mut cells: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    for r in rows {
+        let kind = r["kind"].as_str().unwrap_or("?");
+        let c = &r["amqp_consume"];
+        let fields: Vec<(&str, Option<f64>)> = if kind.starts_with("amqp-produce-") {
+            vec![
+                ("rate", r["msgs_per_sec"].as_f64()),
+                ("p50", r["latency_us"]["p50"].as_f64()),
+                ("p99", r["latency_us"]["p99"].as_f64()),
+            ]
+        } else if kind.starts_with("amqp-consume-") || kind.starts_with("e2e-") {
+            vec![
+                ("rate", c["msgs_per_sec"].as_f64()),
+                ("received", c["received"].as_f64()),
+                ("p50", c["end_to_end_us"]["p50"].as_f64()),
+                ("p99", c["end_to_end_us"]["p99"].as_f64()),
+                ("p999", c["end_to_end_us"]["p999"].as_f64()),
+                ("depth", c["depth_at_producer_end"].as_f64()),
+                ("produced", r["msgs_per_sec"].as_f64()),
+                ("target", r["rate"].as_f64()),
+            ]
+        } else {
+            continue;
+        };
+        for (f, v) in fields {
+            if let Some(v) = v {
+                cells.entry((kind.to_string(), f)).or_default().push(v);
+            }
+        }
+    }
+    if cells.is_empty() {
+        return;
+    }
+    let get = |kind: &str, f: &str| cells.get(&(kind.to_string(), f)).cloned().and_then(median);
+    let runs = rows
+        .iter()
+        .filter(|r| r["kind"].as_str().is_some_and(|k| k.starts_with("amqp-")))
+        .filter_map(|r| r["run"].as_u64())
+        .max()
+        .unwrap_or(0);
+    println!("\n### AMQP 1.0, lior beside RabbitMQ (100 B, same client and settings; median of {runs} runs)\n");
+    println!("| row | lior msg/s | RabbitMQ msg/s | lior / RabbitMQ (target >= 3) | lior p50 / p99 µs | RabbitMQ p50 / p99 µs |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (what, kind, lat) in [
+        (
+            "produce: 1 connection, unsettled, counted at `accepted`",
+            "produce",
+            "send to accepted",
+        ),
+        (
+            "consume: backlog drained by 1 consumer, accepting",
+            "consume",
+            "end to end",
+        ),
+    ] {
+        let l = get(&format!("amqp-{kind}-lior"), "rate");
+        let r = get(&format!("amqp-{kind}-rabbitmq"), "rate");
+        let ratio = match (l, r) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let lat_of = |server: &str| {
+            format!(
+                "{} / {}",
+                fmt_f(get(&format!("amqp-{kind}-{server}"), "p50"), 0),
+                fmt_f(get(&format!("amqp-{kind}-{server}"), "p99"), 0)
+            )
+        };
+        println!(
+            "| {what} ({lat}) | {} | {} | {ratio} | {} | {} |",
+            fmt_rate(l),
+            fmt_rate(r),
+            lat_of("lior"),
+            lat_of("rabbitmq"),
+        );
+    }
+    if get("e2e-lior", "rate").is_some() || get("e2e-lior-half", "rate").is_some() {
+        println!("\n### MS-MQQB in, AMQP 1.0 out (lior: express 100 B, 1 session, window 64, plus 1 AMQP consumer)\n");
+        println!("| load | MS-MQQB acked msg/s | drained end to end msg/s (target >= 500,000) | depth when the producer stopped | end-to-end p50 / p99 / p99.9 µs (target p99 <= 5,000 at half rate) |");
+        println!("|---|---:|---:|---:|---:|");
+        for (what, kind) in [
+            ("full speed", "e2e-lior"),
+            ("half the drained rate, open loop", "e2e-lior-half"),
+        ] {
+            if get(kind, "rate").is_none() {
+                continue;
+            }
+            let load = match get(kind, "target") {
+                Some(t) => format!("{what} ({t:.0} msg/s)"),
+                None => what.to_string(),
+            };
+            println!(
+                "| {load} | {} | {} | {} | {} / {} / {} |",
+                fmt_rate(get(kind, "produced")),
+                fmt_rate(get(kind, "rate")),
+                fmt_rate(get(kind, "depth")),
+                fmt_f(get(kind, "p50"), 0),
+                fmt_f(get(kind, "p99"), 0),
+                fmt_f(get(kind, "p999"), 0),
+            );
+        }
+    }
 }

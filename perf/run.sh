@@ -18,12 +18,15 @@
 #          recoverable against one with `appendonly yes` and `appendfsync always`; same cores.
 #   5. Runs `lior bench --rate` at half the median maximum rate for the two target rows
 #      (express 100 B 1 session, recoverable 100 B 16 sessions) RUNS times, for p99 latency.
-#   6. Writes perf/results/<date>.md (and latest.md, and the raw .jsonl) with medians and the
+#   6. Runs perf/amqp.sh: AMQP 1.0 produce and consume beside RabbitMQ (installed from the
+#      distribution's packages), and MS-MQQB express in with one AMQP consumer out.
+#   7. Writes perf/results/<date>.md (and latest.md, and the raw .jsonl) with medians and the
 #      ratios lior/ceiling and lior/Redis, the kernel, the CPU and the command lines, and puts
 #      the table into README.md between the perf markers.
 #
 # Everything it starts it stops again. Usage: perf/run.sh  (env: RUNS, DURATION, SERVER_CORE,
-# CLIENT_CORE, SIZES, SESSIONS_LIST). Takes about 5-6 minutes with the defaults.
+# CLIENT_CORE, SIZES, SESSIONS_LIST; CREDIT, CONSUME_COUNT for perf/amqp.sh). Takes about 8-10
+# minutes with the defaults.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -181,6 +184,12 @@ for row in "${HALF_ROWS[@]}"; do
     done
 done
 
+# --- AMQP 1.0: lior beside RabbitMQ, and MS-MQQB in with AMQP out (perf/amqp.sh) -------------
+AMQP_HEADER="$WORK/amqp-header.md"
+LIOR="$LIOR" JSONL="$JSONL" WORK="$WORK" AMQP_HEADER="$AMQP_HEADER" RUNS="$RUNS" DURATION="$DURATION" \
+    SERVER_CORE="$SERVER_CORE" CLIENT_CORE="$CLIENT_CORE" bash "$ROOT/perf/amqp.sh" ||
+    say "perf/amqp.sh failed (the AMQP rows are missing)"
+
 # --- two server cores: sessions land on both shards, the queue is owned by one ----------------
 # A second lior on cores 0 and 1 (the client unpinned): the 16 sessions of a row are spread over
 # both shards by the kernel's accept queue, and queue `bench` lives in one partition, so about
@@ -234,6 +243,7 @@ HEADER="$WORK/header.md"
     echo "taskset -c $CLIENT_CORE redis-benchmark -t lpush -P $WINDOW -c N -d SIZE -n RATE*$DURATION --csv"
     echo "lior serve ... --cores $SERVER_CORE,$CLIENT_CORE; lior bench ... --sessions 16 --size 100 (unpinned)   # the two-shard rows"
     echo '```'
+    [ -s "$AMQP_HEADER" ] && { echo; cat "$AMQP_HEADER"; }
 } >"$HEADER"
 "$REPORT" "$JSONL" "$HEADER" >"$OUT/$STAMP.md"
 cp "$OUT/$STAMP.md" "$OUT/latest.md"

@@ -5,6 +5,7 @@
 //! ([`client::BenchApp`]); this module is the controller: it starts them, prints a progress line
 //! every second, stops them and summarises.
 
+pub mod amqp;
 pub mod client;
 pub mod pair;
 pub mod report;
@@ -79,9 +80,46 @@ pub struct BenchArgs {
     /// Also drain this lior queue through the local API and report end-to-end latency.
     #[arg(long)]
     pub consume: Option<String>,
-    /// The local API of the lior that holds the `--consume` queue.
+    /// The local API of the lior that holds the `--consume` queue (also asked for the depth of
+    /// the `--consume-amqp` queue).
     #[arg(long, default_value = "127.0.0.1:1802")]
     pub api: String,
+    /// Drain this queue over AMQP 1.0 (a source address: a lior queue name or format name;
+    /// for RabbitMQ `/amq/queue/NAME`), alone or while `--to` or `--produce-amqp` sends.
+    #[arg(long, value_name = "QUEUE")]
+    pub consume_amqp: Option<String>,
+    /// Send over AMQP 1.0 to this target address (instead of `--to`): unsettled transfers,
+    /// counted when `accepted` comes back.
+    #[arg(long, value_name = "ADDRESS")]
+    pub produce_amqp: Option<String>,
+    /// The AMQP 1.0 server to connect to.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5672")]
+    pub amqp: String,
+    /// SASL PLAIN user for `--amqp` (ANONYMOUS without it).
+    #[arg(long)]
+    pub amqp_user: Option<String>,
+    /// SASL PLAIN password for `--amqp-user`.
+    #[arg(long)]
+    pub amqp_password: Option<String>,
+    /// AMQP consumer connections (one link each).
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Link credit each AMQP consumer keeps granted (topped up when half is used).
+    #[arg(long, default_value_t = 1000)]
+    pub credit: u32,
+    /// How AMQP consumers settle: `accept` each delivery, or take them `presettled`.
+    #[arg(long, value_enum, default_value_t = amqp::Settle::Accept)]
+    pub settle: amqp::Settle,
+    /// AMQP producer connections (one link each).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// AMQP producer: `header.durable` (recoverable in lior).
+    #[arg(long)]
+    pub durable: bool,
+    /// AMQP producer: at most this many unaccepted messages per connection (default: as many
+    /// as the broker's link credit allows); to compare brokers that grant different credit.
+    #[arg(long, value_name = "N")]
+    pub amqp_window: Option<u32>,
 }
 
 /// Runs `lior bench` and prints its summary.
@@ -128,9 +166,46 @@ fn connect_addr(args: &BenchArgs, fname: &FormatName) -> anyhow::Result<SocketAd
 /// Runs a bench and returns its summary (progress lines go to stderr unless `quiet`).
 pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
     anyhow::ensure!(
-        args.to.is_some() || args.consume.is_some(),
-        "say where to send (--to) or what to drain (--consume)"
+        args.to.is_some()
+            || args.consume.is_some()
+            || args.consume_amqp.is_some()
+            || args.produce_amqp.is_some(),
+        "say where to send (--to, --produce-amqp) or what to drain (--consume, --consume-amqp)"
     );
+    anyhow::ensure!(
+        args.to.is_none() || args.produce_amqp.is_none(),
+        "--to and --produce-amqp: one producer per run"
+    );
+    let peer = if args.consume_amqp.is_some() || args.produce_amqp.is_some() {
+        Some(amqp::Peer::resolve(
+            &args.amqp,
+            args.amqp_user.as_deref(),
+            args.amqp_password.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    let amqp_consumers = Arc::new(amqp::Counters::default());
+    let mut amqp_threads = Vec::new();
+    if let (Some(q), Some(peer)) = (&args.consume_amqp, &peer) {
+        anyhow::ensure!(args.consumers > 0, "--consumers must be at least 1");
+        anyhow::ensure!(args.credit > 0, "--credit must be at least 1");
+        let plan = amqp::ConsumePlan {
+            source: q.clone(),
+            credit: args.credit,
+            settle: args.settle,
+            idle: AMQP_CONSUMER_IDLE,
+            tail_max: AMQP_CONSUMER_TAIL_MAX,
+        };
+        amqp_threads = amqp::start_consumers(args.consumers, peer, &plan, &amqp_consumers);
+        if let Err(e) = amqp::wait_ready(&amqp_consumers, args.consumers, "--consume-amqp") {
+            amqp_consumers.stop.store(true, Ordering::Relaxed);
+            for t in amqp_threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+    }
     let shared = Arc::new(Shared::new());
     let consume_stop = Arc::new(AtomicBool::new(false));
     let consumer = args.consume.as_ref().map(|q| {
@@ -142,28 +217,262 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Summary> {
             Arc::clone(&consume_stop),
         )
     });
-    let mut summary = match &args.to {
-        Some(to) => send(args, to, &shared)?,
-        None => {
-            // Drain only: run for the duration, or until --count messages arrived.
-            let c = consumer.as_ref().map(|c| Arc::clone(&c.received));
-            let start = Instant::now();
-            let limit = Duration::from_secs_f64(args.duration.unwrap_or(10.0));
-            while start.elapsed() < limit {
-                let got = c.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
-                if args.count.is_some_and(|n| got >= n) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Summary::default()
+    let produced = match (&args.to, &args.produce_amqp, &peer) {
+        (Some(to), _, _) => send(args, to, &shared),
+        (None, Some(address), Some(peer)) => amqp_produce(args, address, peer),
+        _ => {
+            drain_only(args, consumer.as_ref(), &amqp_consumers);
+            Ok(Summary::default())
         }
     };
+    let depth_at_producer_end = match &args.consume_amqp {
+        Some(q) if args.to.is_some() || args.produce_amqp.is_some() => {
+            amqp::lior_depth(&args.api, q)
+        }
+        _ => None,
+    };
     consume_stop.store(true, Ordering::Relaxed);
+    let expect = match &produced {
+        Ok(p) if args.to.is_some() || args.produce_amqp.is_some() => p.acked,
+        _ => args.count.unwrap_or(0),
+    };
+    amqp_consumers.expect.store(expect, Ordering::Relaxed);
+    amqp_consumers.stop.store(true, Ordering::Relaxed);
+    let amqp_consumed: Vec<amqp::Consumed> = amqp_threads
+        .into_iter()
+        .filter_map(|t| t.join().ok().flatten())
+        .collect();
+    let mut summary = produced?;
     if let Some(c) = consumer {
         summary.consume = Some(c.finish()?);
     }
+    if let Some(q) = &args.consume_amqp {
+        let received: u64 = amqp_consumed.iter().map(|c| c.received).sum();
+        let first = amqp_consumed.iter().filter_map(|c| c.first).min();
+        let last = amqp_consumed.iter().filter_map(|c| c.last).max();
+        let secs = match (first, last) {
+            (Some(f), Some(l)) => (l - f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let hists: Vec<_> = amqp_consumed.into_iter().map(|c| c.hist).collect();
+        summary.amqp_consume = Some(amqp::AmqpConsumeSummary {
+            queue: q.clone(),
+            connect: args.amqp.clone(),
+            consumers: args.consumers,
+            credit: args.credit,
+            settle: match args.settle {
+                amqp::Settle::Accept => "accept",
+                amqp::Settle::Presettled => "presettled",
+            }
+            .into(),
+            received,
+            msgs_per_sec: if secs > 0.0 {
+                (received as f64 / secs).round()
+            } else {
+                0.0
+            },
+            end_to_end_us: Latency::from_histogram(&amqp::merge(&hists)),
+            depth_at_producer_end,
+            depth_end: amqp::lior_depth(&args.api, q),
+        });
+        summary.errors.extend(amqp_consumers.errors());
+    }
     Ok(summary)
+}
+
+/// After the run stops, AMQP consumers close once they received what the producer side had
+/// acknowledged, or once nothing came for this long (from the stop at the earliest)...
+const AMQP_CONSUMER_IDLE: Duration = Duration::from_secs(2);
+/// ...or after this long, whatever still comes.
+const AMQP_CONSUMER_TAIL_MAX: Duration = Duration::from_secs(10);
+/// Drain only, without --duration: the backlog is drained once nothing came for this long...
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// ...or nothing came at all for this long.
+const DRAIN_NOTHING: Duration = Duration::from_secs(10);
+
+/// Drain only (no producer): with `--duration`, run that long; else until `--count` messages
+/// arrived, or the backlog is drained (nothing came for [`DRAIN_IDLE`] after the first, or
+/// nothing at all in [`DRAIN_NOTHING`]).
+fn drain_only(args: &BenchArgs, api: Option<&Consumer>, ac: &amqp::Counters) {
+    let start = Instant::now();
+    let mut last_n = 0;
+    let mut last_change = start;
+    let mut next_tick = start + Duration::from_secs(1);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let got = api.map_or(0, |c| c.received.load(Ordering::Relaxed))
+            + ac.messages.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if got != last_n {
+            last_change = now;
+        }
+        if now >= next_tick {
+            if !args.quiet {
+                eprintln!(
+                    "[{:>4}s] received {got:>12}  {:>11.0} msg/s",
+                    (now - start).as_secs(),
+                    (got - last_n) as f64
+                );
+            }
+            next_tick += Duration::from_secs(1);
+        }
+        last_n = got;
+        if args.count.is_some_and(|n| got >= n) {
+            break;
+        }
+        if ac.ended.load(Ordering::Relaxed) > 0 {
+            break; // a consumer failed: its error is in the summary
+        }
+        match args.duration {
+            Some(d) => {
+                if now - start >= Duration::from_secs_f64(d) {
+                    break;
+                }
+            }
+            None => {
+                if (got > 0 && now - last_change >= DRAIN_IDLE)
+                    || (got == 0 && now - start >= DRAIN_NOTHING)
+                {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `--produce-amqp`: N producer connections; the summary's main fields describe them.
+fn amqp_produce(args: &BenchArgs, address: &str, peer: &amqp::Peer) -> anyhow::Result<Summary> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.amqp_window != Some(0),
+        "--amqp-window must be at least 1"
+    );
+    anyhow::ensure!(
+        args.size <= amqp::BODY_MAX,
+        "--size {}: at most {} bytes over AMQP",
+        args.size,
+        amqp::BODY_MAX
+    );
+    anyhow::ensure!(
+        args.rate.is_none(),
+        "--rate is for --to (MS-MQQB) only; --produce-amqp runs closed loop"
+    );
+    let plan = amqp::ProducePlan {
+        address: address.to_string(),
+        size: args.size,
+        durable: args.durable,
+        quota: args.count,
+        window: args.amqp_window,
+    };
+    let go = Arc::new(AtomicBool::new(false));
+    let pc = Arc::new(amqp::Counters::default());
+    let threads = amqp::start_producers(args.connections, peer, &plan, &go, &pc);
+    let join = |threads: Vec<std::thread::JoinHandle<Option<amqp::Produced>>>| {
+        threads
+            .into_iter()
+            .filter_map(|t| t.join().ok().flatten())
+            .collect::<Vec<_>>()
+    };
+    if let Err(e) = amqp::wait_ready(&pc, args.connections, "--produce-amqp") {
+        pc.stop.store(true, Ordering::Relaxed);
+        join(threads);
+        return Err(e);
+    }
+    let duration = match (args.duration, args.count) {
+        (Some(d), _) => Some(Duration::from_secs_f64(d)),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let start = Instant::now();
+    go.store(true, Ordering::Release);
+    let mut next_tick = start + Duration::from_secs(1);
+    let mut last_acked = 0;
+    let mut last_tick = start;
+    let mut second = 0;
+    let end = loop {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        if now >= next_tick {
+            second += 1;
+            let acked = pc.accepted.load(Ordering::Relaxed);
+            if !args.quiet {
+                eprintln!(
+                    "{}",
+                    report::progress_line(
+                        second,
+                        acked,
+                        acked - last_acked,
+                        (now - last_tick).as_secs_f64(),
+                        args.size,
+                        &Latency::default()
+                    )
+                );
+            }
+            last_acked = acked;
+            last_tick = now;
+            next_tick += Duration::from_secs(1);
+        }
+        if duration.is_some_and(|d| now - start >= d)
+            || pc.ended.load(Ordering::Relaxed) >= args.connections
+        {
+            break now;
+        }
+    };
+    let acked_at_end = pc.accepted.load(Ordering::Relaxed);
+    pc.stop.store(true, Ordering::Relaxed);
+    let done = join(threads);
+    let elapsed = (end - start).as_secs_f64();
+    let sent: u64 = done.iter().map(|p| p.sent).sum();
+    let acked: u64 = done.iter().map(|p| p.accepted).sum();
+    let counted = if duration.is_some() {
+        acked_at_end
+    } else {
+        acked
+    };
+    let hists: Vec<_> = done.into_iter().map(|p| p.hist).collect();
+    let latency = Latency::from_histogram(&amqp::merge(&hists));
+    let msgs_per_sec = (counted as f64 / elapsed.max(1e-9)).round();
+    let mb_per_sec =
+        ((counted as f64 * args.size as f64 / 1e6 / elapsed.max(1e-9)) * 100.0).round() / 100.0;
+    let mut errors = pc.errors();
+    if acked < sent && errors.is_empty() {
+        errors.push(format!("{} messages were not accepted", sent - acked));
+    }
+    Ok(Summary {
+        target: address.to_string(),
+        connect: args.amqp.clone(),
+        sessions: args.connections,
+        size: args.size,
+        delivery: if args.durable {
+            "recoverable"
+        } else {
+            "express"
+        }
+        .into(),
+        protocol: "amqp".into(),
+        elapsed_s: (elapsed * 1000.0).round() / 1000.0,
+        sent,
+        acked,
+        msgs_per_sec,
+        mb_per_sec,
+        latency_us: latency,
+        amqp_produce: Some(amqp::AmqpProduceSummary {
+            address: address.to_string(),
+            connect: args.amqp.clone(),
+            connections: args.connections,
+            size: args.size,
+            durable: args.durable,
+            window: args.amqp_window,
+            sent,
+            accepted: acked,
+            elapsed_s: (elapsed * 1000.0).round() / 1000.0,
+            msgs_per_sec,
+            mb_per_sec,
+            latency_us: latency,
+        }),
+        errors,
+        ..Summary::default()
+    })
 }
 
 fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summary> {
@@ -232,6 +541,7 @@ fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summ
     wake_all(&engine);
 
     let mut summary = Summary {
+        protocol: "msmq".into(),
         target: to.to_string(),
         connect: addr.to_string(),
         sessions: args.sessions,

@@ -63,6 +63,9 @@ pub struct ConsumeSummary {
 /// The final summary of a run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
+    /// What the producer side spoke: `msmq` (`--to`), `amqp` (`--produce-amqp`), empty when
+    /// nothing was sent.
+    pub protocol: String,
     pub target: String,
     pub connect: String,
     pub sessions: usize,
@@ -82,6 +85,12 @@ pub struct Summary {
     /// From send to the SessionAck (express) or recoverable ack that covered the message.
     pub latency_us: Latency,
     pub consume: Option<ConsumeSummary>,
+    /// `--consume-amqp`: the AMQP consumers' side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_consume: Option<super::amqp::AmqpConsumeSummary>,
+    /// `--produce-amqp`: the AMQP producers (also in the main fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp_produce: Option<super::amqp::AmqpProduceSummary>,
     /// Why sessions closed before the end, if any did.
     pub errors: Vec<String>,
 }
@@ -96,8 +105,13 @@ impl Summary {
         let mut s = String::new();
         if !self.target.is_empty() {
             s += &format!(
-                "lior bench: {} sessions to {} via {}, {} B {}, window {}{}\n",
+                "lior bench: {} {} to {} via {}, {} B {}, window {}{}\n",
                 self.sessions,
+                if self.protocol == "amqp" {
+                    "AMQP connections"
+                } else {
+                    "sessions"
+                },
                 self.target,
                 self.connect,
                 self.size,
@@ -120,6 +134,23 @@ impl Summary {
                 c.queue,
                 c.msgs_per_sec,
                 latency_text(&c.end_to_end_us)
+            );
+        }
+        if let Some(c) = &self.amqp_consume {
+            s += &format!(
+                "  AMQP: {} consumers of {} via {} (credit {}, {}): received {} at {:.0} msg/s\n  \
+                 end-to-end latency (us): {}\n  queue depth: {} when the producer stopped, {} at the end\n",
+                c.consumers,
+                c.queue,
+                c.connect,
+                c.credit,
+                c.settle,
+                c.received,
+                c.msgs_per_sec,
+                latency_text(&c.end_to_end_us),
+                c.depth_at_producer_end
+                    .map_or("-".into(), |d| d.to_string()),
+                c.depth_end.map_or("-".into(), |d| d.to_string()),
             );
         }
         for e in &self.errors {
