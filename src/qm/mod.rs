@@ -10,5 +10,6 @@ pub mod identity;
 pub mod order_acks;
 pub mod outgoing;
 pub mod outgoing_queue;
+pub mod requests;
 pub mod routing;
 pub mod txn;

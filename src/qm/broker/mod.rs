@@ -47,7 +47,10 @@ pub use delivery::{message_meta, Delivered, RouteCache, Routed, Verdict};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
-pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_QUEUE_DEFAULT_S};
+pub use requests::{
+    check_move, QueueInfo, QueueLens, Received, SendOutcome, SendRequest, Staged,
+    TIME_TO_REACH_QUEUE_DEFAULT_S,
+};
 
 use recovery::{rebuild_tables, restore_txn_states};
 
@@ -85,8 +88,6 @@ pub struct Broker<S> {
     /// Unix seconds the full sequence table was last logged.
     txn_full_logged: std::sync::atomic::AtomicU32,
     pub counters: BrokerCounters,
-    /// Woken whenever messages become receivable (for receive with a wait).
-    pub arrivals: tokio::sync::Notify,
     /// Rotates the partition receive starts at.
     receive_cursor: AtomicU64,
     outgoing: Mutex<OutgoingTable>,
@@ -160,6 +161,9 @@ pub enum ApiError {
     NoSuchMessage(String),
     /// A send could not be placed (bad format name, outgoing table full, ...).
     Send(String),
+    /// The shard that owns the queue cannot take the request now (its request channel or
+    /// its list of waiting receives is full, or it is stopping): try again shortly (HTTP 503).
+    Busy(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -170,6 +174,7 @@ impl std::fmt::Display for ApiError {
             ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
             ApiError::NoSuchMessage(m) => write!(f, "{m}"),
             ApiError::Send(e) => write!(f, "{e}"),
+            ApiError::Busy(e) => write!(f, "{e}"),
         }
     }
 }
@@ -324,7 +329,6 @@ impl<S: QueueStore> Broker<S> {
             durable_marks,
             txn_full_logged: std::sync::atomic::AtomicU32::new(0),
             counters: BrokerCounters::default(),
-            arrivals: tokio::sync::Notify::new(),
             receive_cursor: AtomicU64::new(0),
             spread,
             config,
