@@ -596,7 +596,7 @@ async fn send<S: QueueStore + Send + 'static>(
         transactional: req.transactional,
     };
     // The shard owning the local queue, or the outgoing queue of the remote machine.
-    let shard = c.shards.shard_of(c.broker.send_partition(&req.to));
+    let shard = c.shards.shard_of(c.broker.owner_for_send(&req.to));
     let to = req.to;
     match c
         .shards

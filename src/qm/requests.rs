@@ -658,3 +658,64 @@ impl<S> Drop for Desk<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn lens_request(reply: Reply<QueueLens>) -> Request {
+        Request::Lens { reply }
+    }
+
+    #[test]
+    fn a_full_channel_is_busy_at_once_and_a_stopped_shard_is_busy() {
+        let (tx, mut rx) = channels(2, 1);
+        let woken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = woken.clone();
+        let client = ShardClient::new(tx, 1, Arc::new(move |s| w.lock().unwrap().push(s)));
+        let rt = runtime();
+        rt.block_on(async {
+            // The first request fills shard 1's channel (nobody serves it yet)...
+            let c = client.clone();
+            let first = tokio::spawn(async move { c.ask(1, lens_request).await });
+            tokio::task::yield_now().await;
+            // ...so the next is refused at once, naming the limit.
+            match client.ask(1, lens_request).await {
+                Err(ApiError::Busy(why)) => {
+                    assert!(why.contains("limits.api_requests_per_shard_max"), "{why}")
+                }
+                other => panic!("expected Busy, got {other:?}"),
+            }
+            // Shard 0's channel is its own.
+            let c = client.clone();
+            let zero = tokio::spawn(async move { c.ask(0, lens_request).await });
+            tokio::task::yield_now().await;
+            // The shard serves the first: its answer arrives.
+            let Ok(Request::Lens { reply }) = rx[1].try_recv() else {
+                panic!("no request at shard 1");
+            };
+            let _ = reply.send(Ok(QueueLens {
+                tx_sequences: 7,
+                ..QueueLens::default()
+            }));
+            assert_eq!(first.await.unwrap().unwrap().tx_sequences, 7);
+            // A shard that drops a request without answering (it stopped): Busy.
+            drop(rx[0].try_recv().unwrap());
+            assert!(matches!(zero.await.unwrap(), Err(ApiError::Busy(_))));
+            // A shard whose receiver is gone: Busy at once.
+            rx.remove(1);
+            assert!(matches!(
+                client.ask(1, lens_request).await,
+                Err(ApiError::Busy(_))
+            ));
+        });
+        assert_eq!(*woken.lock().unwrap(), vec![1, 0]);
+    }
+}

@@ -534,7 +534,7 @@ impl<S: QueueStore> Broker<S> {
     /// The store partition a local application's send to `to` goes to: the owner of the local
     /// queue it names, or the partition of the outgoing queue of the remote machine (made if
     /// new). A name that cannot be sent to goes to partition 0, whose shard says why.
-    pub fn send_partition(&self, to: &str) -> usize {
+    pub fn owner_for_send(&self, to: &str) -> usize {
         let Ok(fname) = crate::wire::format_name::FormatName::parse(to) else {
             return 0;
         };
@@ -561,7 +561,7 @@ impl<S: QueueStore> Broker<S> {
 
     /// [`Broker::send`] without waiting: the message is appended (in its queue's owning
     /// partition, or its outgoing queue's), and the caller answers once `waits` are durable.
-    /// Runs on the shard owning that partition (see [`Broker::send_partition`]): the
+    /// Runs on the shard owning that partition (see [`Broker::owner_for_send`]): the
     /// transactional numbering and the append are one step there, and no lock is held across
     /// a commit.
     pub fn send_staged(
