@@ -241,6 +241,16 @@ enum Answer {
 }
 
 impl Answer {
+    /// Answers with an error instead (the tickets will never be durable).
+    fn refuse(self, e: ApiError) {
+        match self {
+            Answer::Messages(reply, _) => drop(reply.send(Err(e))),
+            Answer::Emptied(reply, _, _) | Answer::Unit(reply) => drop(reply.send(Err(e))),
+            Answer::Sent(reply, _) => drop(reply.send(Err(e))),
+            Answer::Delivered(reply, _) => drop(reply.send(Err(e))),
+        }
+    }
+
     fn give<S: QueueStore>(self, broker: &Broker<S>) {
         match self {
             Answer::Messages(reply, value) => {
@@ -386,8 +396,13 @@ impl<S: QueueStore> Desk<S> {
     /// The store failed for good: the answers waiting for it say so (nothing they staged will
     /// become durable before a restart).
     pub fn fail_owed(&mut self) {
-        // Dropping an answer makes its caller report that the shard stopped (503).
-        self.owed.clear();
+        for o in self.owed.drain(..) {
+            o.answer.refuse(ApiError::NotDurable(format!(
+                "the store of partition(s) {:?} failed for good (see the log); nothing more \
+                 becomes durable there until lior restarts: restart lior once the disk is fixed",
+                o.waits.iter().map(|w| w.0).collect::<Vec<_>>()
+            )));
+        }
     }
 
     /// When the shard must run again for the desk: a parked receive's deadline, or at once
@@ -607,7 +622,9 @@ impl<S: QueueStore> Desk<S> {
                 now_unix,
                 reply,
             } => match deliver(&broker, &queue, &frame, now_unix, now_ms) {
-                Ok((refused, waits)) => self.owe(waits, Answer::Delivered(reply, refused), touched),
+                Ok(Staged { value, waits }) => {
+                    self.owe(waits, Answer::Delivered(reply, value), touched)
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -628,12 +645,12 @@ fn deliver<S: QueueStore>(
     frame: &[u8],
     now_unix: u32,
     now_ms: u64,
-) -> Result<(Option<String>, Vec<(usize, Ticket)>), ApiError> {
+) -> Result<Staged<Option<String>>, ApiError> {
     let msg = UserMessage::parse(frame)
         .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
     // The engine's clock: the duplicate table's times are all on it.
     let d = broker.deliver_to_over_srmp(frame, &msg, queue, now_unix, now_ms);
-    Ok(match d.verdict {
+    let (value, waits) = match d.verdict {
         Verdict::Stored { ticket, .. } => (None, vec![(d.partition, ticket)]),
         Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => (None, vec![origin]),
         Verdict::DeadLettered { class, .. } => {
@@ -641,7 +658,8 @@ fn deliver<S: QueueStore>(
         }
         Verdict::TxAck => (None, Vec::new()),
         Verdict::Refuse(e) => return Err(ApiError::Store(e)),
-    })
+    };
+    Ok(Staged { value, waits })
 }
 
 impl<S> Drop for Desk<S> {

@@ -164,6 +164,8 @@ pub enum ApiError {
     /// The shard that owns the queue cannot take the request now (its request channel or
     /// its list of waiting receives is full, or it is stopping): try again shortly (HTTP 503).
     Busy(String),
+    /// What the request staged can never become durable (the store failed for good): HTTP 500.
+    NotDurable(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -175,6 +177,7 @@ impl std::fmt::Display for ApiError {
             ApiError::NoSuchMessage(m) => write!(f, "{m}"),
             ApiError::Send(e) => write!(f, "{e}"),
             ApiError::Busy(e) => write!(f, "{e}"),
+            ApiError::NotDurable(e) => write!(f, "{e}"),
         }
     }
 }

@@ -555,7 +555,7 @@ impl<S: QueueStore> Broker<S> {
         } else {
             lock(&self.outgoing)
                 .get_or_create(direct)
-                .map_or(0, |d| d.shard as usize % self.partitions.len())
+                .map_or(0, |d| d.shard % self.partitions.len())
         }
     }
 
