@@ -1533,6 +1533,11 @@ impl<S: QueueStore> App for MsmqApp<S> {
             let appended = std::mem::take(&mut self.appended[p]);
             if p % self.shared.shards == self.shard || appended {
                 self.commit_partition(now_ms, p);
+                if appended && p % self.shared.shards != self.shard {
+                    // Something landed in another shard's partition (a dead letter, an admin
+                    // acknowledgement): its owner looks at the receives it keeps waiting.
+                    self.shared.broker.wake(p % self.shared.shards);
+                }
             } else if self.awaiting[p].is_some() {
                 self.watch_partition(p);
             }

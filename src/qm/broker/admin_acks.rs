@@ -150,6 +150,8 @@ impl<S: QueueStore> Broker<S> {
                 if let Err(e) = self.partition(d.partition).commit(None) {
                     tracing::error!(error = %e, "commit after a local admin acknowledgement failed");
                 }
+                // The partition's shard (maybe another) looks at the receives it keeps waiting.
+                self.wake(d.partition);
                 bump(&self.counters.admin_acks_queued);
                 tracing::info!(
                     class = class.name(),
