@@ -480,8 +480,12 @@ impl<S: QueueStore> Desk<S> {
         self.parked = keep;
         // A store into these partitions by another shard (an AMQP producer there) wakes this
         // one (see `Broker::note_arrival_interest`).
+        let mut noted: Vec<usize> = Vec::new();
         for p in &self.parked {
-            self.broker.note_arrival_interest(p.partition, self.shard);
+            if !noted.contains(&p.partition) {
+                noted.push(p.partition);
+                self.broker.note_arrival_interest(p.partition, self.shard);
+            }
         }
     }
 
