@@ -533,6 +533,14 @@ pub fn render_metrics(
          # TYPE lior_sessions_open gauge\nlior_sessions_open {}",
         shared.sessions_in.load(Ordering::Relaxed)
     );
+    let _ =
+        writeln!(
+        out,
+        "# HELP lior_api_receives_waiting API receives with a wait_ms kept by their queue's shard \
+         until a message arrives (limits.api_waiting_receives_per_shard_max per shard).\n\
+         # TYPE lior_api_receives_waiting gauge\nlior_api_receives_waiting {}",
+        shared.broker.counters.api_receives_waiting.load(Ordering::Relaxed)
+    );
     render_queue_gauges(&mut out, &shared.broker, lens);
     out
 }

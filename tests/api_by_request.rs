@@ -64,6 +64,18 @@ fn waiting_receive(
     })
 }
 
+/// Waits (up to 20 s) until the shards keep `n` receives waiting.
+fn wait_for_waiting_receives(server: &Server, n: u64) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while metric_or_none(server, "lior_api_receives_waiting") != Some(n) {
+        assert!(
+            Instant::now() < until,
+            "the shards never kept {n} receives waiting"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn accepted_on(server: &Server, shard: usize) -> u64 {
     metric_or_none(
         server,
@@ -96,7 +108,7 @@ fn a_waiting_receive_at_the_owning_shard_gets_what_another_shard_and_the_api_bri
     // Over MS-MQQB to a session on shard 0: handed to shard 1, which gives it to the receive
     // it keeps waiting.
     let r = waiting_receive(&server, &q, WAIT_MS);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_waiting_receives(&server, 1);
     let f = message(
         guid,
         1,
@@ -119,7 +131,7 @@ fn a_waiting_receive_at_the_owning_shard_gets_what_another_shard_and_the_api_bri
 
     // Over the API: the send goes to the owner, which gives it to the waiting receive.
     let r = waiting_receive(&server, &q, WAIT_MS);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_waiting_receives(&server, 1);
     server.cli(&[
         "send",
         &format!("DIRECT=OS:localhost\\private$\\{q}"),
@@ -156,7 +168,7 @@ fn a_receive_past_the_shards_waiting_limit_is_answered_503_with_retry_after() {
     server.cli(&["queue", "create", "b"]);
     // One receive waits (the limit)...
     let first = waiting_receive(&server, "a", 30_000);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_waiting_receives(&server, 1);
     // ...so another that would wait is refused at once, with when to try again.
     let url = format!(
         "http://{}/v1/queues/b/receive?count=1&wait_ms=30000",
@@ -189,6 +201,7 @@ fn a_receive_past_the_shards_waiting_limit_is_answered_503_with_retry_after() {
     server.cli(&["send", "DIRECT=OS:localhost\\private$\\a", "--body", "x"]);
     let (bodies, _) = first.join().unwrap();
     assert_eq!(bodies, vec![b"x".to_vec()]);
+    wait_for_waiting_receives(&server, 0);
 }
 
 #[test]

@@ -312,6 +312,8 @@ pub struct Desk<S> {
     parked_max: usize,
     /// Requests may be left in the channel (the per-turn bound stopped the drain).
     backlog: bool,
+    /// `parked.len()` as last added to `BrokerCounters::api_receives_waiting`.
+    parked_published: usize,
     /// Waits for the answers' tickets, blocking, and gives them (for `Drop`, which knows no
     /// `QueueStore`).
     finish: fn(&Broker<S>, Vec<Owed>),
@@ -346,6 +348,7 @@ impl<S: QueueStore> Desk<S> {
             parked: VecDeque::new(),
             parked_max,
             backlog: false,
+            parked_published: 0,
             finish: finish::<S>,
         }
     }
@@ -369,6 +372,7 @@ impl<S: QueueStore> Desk<S> {
             }
             taken += 1;
         }
+        self.publish_parked();
     }
 
     /// Answers those whose tickets are all durable now (after the shard's commits, where it
@@ -666,6 +670,21 @@ fn deliver<S: QueueStore>(
     Ok(Staged { value, waits })
 }
 
+impl<S> Desk<S> {
+    /// Keeps `lior_api_receives_waiting` (the broker's counter, over all shards) up to date.
+    fn publish_parked(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (now, was) = (self.parked.len(), self.parked_published);
+        let c = &self.broker.counters.api_receives_waiting;
+        if now > was {
+            c.fetch_add((now - was) as u64, Relaxed);
+        } else if was > now {
+            c.fetch_sub((was - now) as u64, Relaxed);
+        }
+        self.parked_published = now;
+    }
+}
+
 impl<S> Drop for Desk<S> {
     /// The shard stops: answers waiting for the disk get it (a blocking wait is fine now: the
     /// shard's loop has ended), so a receive whose removal becomes durable is never lost to
@@ -674,6 +693,7 @@ impl<S> Drop for Desk<S> {
         for p in self.parked.drain(..) {
             let _ = p.reply.send(Ok((Vec::new(), false)));
         }
+        self.publish_parked();
         let owed = std::mem::take(&mut self.owed);
         if !owed.is_empty() {
             (self.finish)(&self.broker, owed);

@@ -149,6 +149,8 @@ pub struct BrokerCounters {
     pub store_poisoned: AtomicU64,
     /// Group commits that failed and are retried.
     pub commit_failures: AtomicU64,
+    /// API receives with a wait that their queue's shard keeps waiting for a message now.
+    pub api_receives_waiting: AtomicU64,
 }
 
 /// Errors of the local API.
