@@ -130,6 +130,12 @@ pub struct Limits {
     pub srmp_body_bytes_in_flight_max: usize,
     /// Connections to the local HTTP API open at once (the descriptor budget may lower it).
     pub api_connections_max: usize,
+    /// Requests of the HTTP API and SRMP waiting for one shard (each goes to the shard that
+    /// owns its queue); past it a request is answered 503 with a Retry-After, never queued.
+    pub api_requests_per_shard_max: usize,
+    /// Receives with a wait (`wait_ms`) one shard keeps waiting for a message at once; past
+    /// it a new one that finds its queue empty is answered 503.
+    pub api_waiting_receives_per_shard_max: usize,
     /// Incoming transactional sequences (sender queue manager × queue) whose state each store
     /// partition keeps (for the queues it owns).
     /// When full, the longest-idle state idle for at least `tx_sequence_evict_idle_s` makes
@@ -168,6 +174,8 @@ impl Default for Limits {
             srmp_body_timeout_ms: 60_000,
             srmp_body_bytes_in_flight_max: 64 << 20,
             api_connections_max: 256,
+            api_requests_per_shard_max: 1_024,
+            api_waiting_receives_per_shard_max: 4_096,
             tx_sequences_max: 65_536,
             tx_sequence_evict_idle_s: 600,
             tx_sequence_idle_max_s: 0,
@@ -473,6 +481,7 @@ impl Config {
             ("connections_per_ip_max", l.connections_per_ip_max),
             ("srmp_connections_max", l.srmp_connections_max),
             ("api_connections_max", l.api_connections_max),
+            ("api_requests_per_shard_max", l.api_requests_per_shard_max),
             (
                 "reassembly_bytes_per_session_max",
                 l.reassembly_bytes_per_session_max,

@@ -118,6 +118,13 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     // shard's waker exists before any factory runs.
     let mesh: Arc<std::sync::OnceLock<Option<Arc<crate::engine::mesh::Mesh>>>> = Arc::default();
     let lane_bytes = config.limits.handoff_lane_bytes;
+    // The HTTP API's and SRMP's requests: a bounded channel per shard, served by the shard
+    // owning the queue in its own turn (`qm::requests`). Each shard takes its receiver.
+    let requests_max = config.limits.api_requests_per_shard_max;
+    let (request_senders, request_receivers) =
+        crate::qm::requests::channels(cores.len(), requests_max);
+    let request_receivers: std::sync::Mutex<Vec<Option<_>>> =
+        std::sync::Mutex::new(request_receivers.into_iter().map(Some).collect());
     // Each shard registers its eventfd on the store rings of the partitions it runs before its
     // loop starts, so no commit completion of theirs goes unsignalled.
     let engine = Engine::start_with_ctx(engine_cfg, move |ctx: crate::engine::net::ShardCtx| {
@@ -126,6 +133,15 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         let app = &mut shard_app.msmq;
         if let Some(w) = ctx.wakers.get(ctx.index) {
             app.notify_commits_to(w.as_raw_fd());
+        }
+        let rx = request_receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(ctx.index)
+            .and_then(Option::take);
+        match rx {
+            Some(rx) => app.take_requests(rx),
+            None => tracing::error!(shard = ctx.index, "no request channel for this shard; the API and SRMP answer 503 for its queues"),
         }
         if ctx.shards > 1 {
             let mesh = mesh.get_or_init(|| {
@@ -156,31 +172,38 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     })?;
     // Other threads (the API, a shard queueing an admin ack for another shard) wake a shard
     // when its outgoing queues have new messages.
-    let wakers: Vec<_> = (0..engine.shard_count())
-        .filter_map(|i| engine.waker(i))
-        .collect();
-    broker.set_waker(Box::new(move |i| {
-        if let Some(w) = wakers.get(i % wakers.len().max(1)) {
+    let wakers: Arc<Vec<_>> = Arc::new(
+        (0..engine.shard_count())
+            .filter_map(|i| engine.waker(i))
+            .collect(),
+    );
+    let w2 = wakers.clone();
+    let wake: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(move |i: usize| {
+        if let Some(w) = w2.get(i % w2.len().max(1)) {
             let _ = w.wake();
         }
-    }));
+    });
+    let w3 = wake.clone();
+    broker.set_waker(Box::new(move |i| w3(i)));
+    let shards = crate::qm::requests::ShardClient::new(request_senders, requests_max, wake);
     let engine_counters: Vec<Arc<EngineCounters>> = (0..engine.shard_count())
         .filter_map(|i| engine.shard_counters(i))
         .collect();
     let s3 = shared.clone();
     let a3 = amqp_shared.clone();
-    let metrics = Arc::new(move || {
-        let mut m = render_metrics(&s3, &engine_counters);
+    let metrics = Arc::new(move |lens: &crate::qm::broker::QueueLens| {
+        let mut m = render_metrics(&s3, &engine_counters, lens);
         a3.render_metrics(&mut m);
         m
     });
-    let api = serve_api(config.api, broker.clone(), metrics)
+    let api = serve_api(config.api, broker.clone(), shards.clone(), metrics)
         .map_err(|e| listen_error("API (api)", config.api, &e))?;
     let srmp = match srmp_addr {
         Some(a) => Some(
             crate::http::srmp::serve_srmp(
                 a,
                 broker.clone(),
+                shards.clone(),
                 crate::http::srmp::SrmpLimits::from_config(&config.limits, budget.srmp),
             )
             .map_err(|e| listen_error("SRMP (srmp_listen)", a, &e))?,
@@ -324,7 +347,11 @@ fn online_cores() -> Vec<usize> {
 }
 
 /// Prometheus text exposition of every counter.
-pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]) -> String {
+pub fn render_metrics(
+    shared: &Shared<FileStore>,
+    engine: &[Arc<EngineCounters>],
+    lens: &crate::qm::broker::QueueLens,
+) -> String {
     let mut out = String::new();
     let mut put = |name: &str, help: &str, v: u64| {
         let _ = writeln!(
@@ -445,7 +472,7 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
     put(
         "tx_sequences",
         "Incoming transactional sequence states kept.",
-        shared.broker.txn_len() as u64,
+        lens.tx_sequences,
     );
     put(
         "order_acks_in_total",
@@ -517,20 +544,32 @@ pub fn render_metrics(shared: &Shared<FileStore>, engine: &[Arc<EngineCounters>]
          # TYPE lior_sessions_open gauge\nlior_sessions_open {}",
         shared.sessions_in.load(Ordering::Relaxed)
     );
-    render_queue_gauges(&mut out, &shared.broker);
+    let _ =
+        writeln!(
+        out,
+        "# HELP lior_api_receives_waiting API receives with a wait_ms kept by their queue's shard \
+         until a message arrives (limits.api_waiting_receives_per_shard_max per shard).\n\
+         # TYPE lior_api_receives_waiting gauge\nlior_api_receives_waiting {}",
+        shared.broker.counters.api_receives_waiting.load(Ordering::Relaxed)
+    );
+    render_queue_gauges(&mut out, &shared.broker, lens);
     out
 }
 
 /// Gauges of what waits: each queue's messages and bytes, each outgoing queue's, and how many
 /// outgoing queues are in each state (contrib/grafana/lior.json shows them).
-fn render_queue_gauges(out: &mut String, broker: &Broker<FileStore>) {
+fn render_queue_gauges(
+    out: &mut String,
+    broker: &Broker<FileStore>,
+    lens: &crate::qm::broker::QueueLens,
+) {
     // Prometheus label values escape backslash, double quote and newline.
     let esc = |v: &str| {
         v.replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('\n', "\\n")
     };
-    let queues = broker.list_queues();
+    let queues = broker.list_queues_from(lens);
     for (name, help, bytes) in [
         ("queue_messages", "Messages in each queue.", false),
         ("queue_bytes", "Bytes of the messages in each queue.", true),
@@ -541,7 +580,7 @@ fn render_queue_gauges(out: &mut String, broker: &Broker<FileStore>) {
             let _ = writeln!(out, "lior_{name}{{queue=\"{}\"}} {v}", esc(&q.name));
         }
     }
-    let outgoing = broker.list_outgoing();
+    let outgoing = broker.list_outgoing_from(lens);
     let state_of = |o: &crate::qm::broker::OutgoingInfo| match &o.status {
         Some(s) => s.state,
         None if o.def.paused => "paused",

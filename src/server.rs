@@ -245,6 +245,9 @@ pub struct MsmqApp<S> {
     ordinals: std::ops::Range<u32>,
     /// Per partition: expired messages wait for their dead-letter copies to be durable.
     expiry_waits: Vec<bool>,
+    /// The requests of the HTTP API and SRMP for the queues this shard owns (`lior serve`;
+    /// apps driven by tests have none).
+    desk: Option<crate::qm::requests::Desk<S>>,
 }
 
 /// How often a shard looks whether the dead-letter copies of expired messages are durable
@@ -326,6 +329,35 @@ impl<S: QueueStore> MsmqApp<S> {
             routes: crate::qm::broker::RouteCache::default(),
             ordinals: 0..0,
             expiry_waits: vec![false; partitions],
+            desk: None,
+        }
+    }
+
+    /// Serves the HTTP API's and SRMP's requests arriving on `rx` (this shard's channel; see
+    /// `qm::requests`).
+    pub fn take_requests(&mut self, rx: std::sync::mpsc::Receiver<crate::qm::requests::Request>) {
+        self.desk = Some(crate::qm::requests::Desk::new(
+            self.shared.broker.clone(),
+            rx,
+            self.shard,
+            self.owned.clone(),
+        ));
+    }
+
+    /// Takes this turn's requests: each stages its work on a partition this shard runs; the
+    /// answers waiting for the disk make this turn commit those partitions and are given once
+    /// the shard sees them durable (`Desk::settle`, after the commits).
+    fn serve_requests(&mut self, now_ms: u64) {
+        let Some(desk) = self.desk.as_mut() else {
+            return;
+        };
+        let mut touched = Vec::new();
+        desk.serve(now_ms, &mut touched);
+        for (p, t) in touched {
+            if let Some(a) = self.appended.get_mut(p) {
+                *a = true;
+            }
+            self.await_ticket(p, t);
         }
     }
 
@@ -1493,20 +1525,29 @@ impl<S: QueueStore> App for MsmqApp<S> {
     fn end_of_turn(&mut self, now_ms: u64) {
         self.take_mail(now_ms);
         self.send_owed_acks();
-        let mut committed = false;
+        self.serve_requests(now_ms);
         for p in 0..self.awaiting.len() {
             // The shard's own partitions are committed every turn (completions, releases,
             // maintenance), and any other it appended to this turn (a dead letter, an admin
             // acknowledgement); one it only waits for is watched, not locked.
             let appended = std::mem::take(&mut self.appended[p]);
             if p % self.shared.shards == self.shard || appended {
-                committed |= self.commit_partition(now_ms, p);
+                self.commit_partition(now_ms, p);
+                if appended && p % self.shared.shards != self.shard {
+                    // Something landed in another shard's partition (a dead letter, an admin
+                    // acknowledgement): its owner looks at the receives it keeps waiting.
+                    self.shared.broker.wake(p % self.shared.shards);
+                }
             } else if self.awaiting[p].is_some() {
                 self.watch_partition(p);
             }
         }
-        if committed {
-            self.shared.broker.arrivals.notify_waiters();
+        if let Some(desk) = self.desk.as_mut() {
+            if self.commit_ok {
+                desk.settle();
+            } else {
+                desk.fail_owed();
+            }
         }
         if let Some(h) = self.handoff.as_mut() {
             h.drain_outbox();
@@ -1569,6 +1610,10 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         if self.shard == 0 {
             d = d.min(self.next_log_flush_ms);
+        }
+        if let Some(t) = self.desk.as_ref().and_then(|k| k.deadline(self.now_ms)) {
+            // A receive's wait ends, or requests are left in the channel.
+            d = d.min(t);
         }
         Some(d)
     }

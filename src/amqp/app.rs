@@ -1044,6 +1044,17 @@ impl<S: QueueStore> AmqpApp<S> {
     }
 
     fn fill_all(&mut self, now_ms: u64, c: &mut AmqpConn) {
+        // A connection no longer in `waiting` was woken by an arrival (`wake_waiting`): its
+        // consumers look again. Without this only a flow or the fallback deadline cleared their
+        // flag, so a consumer that had drained its queue saw new messages up to
+        // ARRIVAL_FALLBACK_MS late (found by `lior bench --consume-amqp`: end-to-end p50 ~100 ms).
+        if !self.waiting.contains(&c.id) {
+            for r in c.links.values_mut() {
+                if let Role::Consumer(k) = r {
+                    k.waiting = false;
+                }
+            }
+        }
         let links: Vec<LinkId> = c
             .links
             .iter()

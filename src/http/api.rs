@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -13,8 +12,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::qm::broker::{ApiError, Broker};
+use crate::qm::broker::{check_move, ApiError, Broker, QueueLens};
 use crate::qm::catalog::CatalogError;
+use crate::qm::requests::{Request, SendOwned, ShardClient};
 use crate::store::QueueStore;
 use crate::wire::base::MAX_PACKET_SIZE;
 
@@ -30,8 +30,6 @@ pub const RECEIVE_COUNT_MAX: usize = crate::qm::broker::RECEIVE_BATCH_MAX;
 /// says so with the header [`MORE_HEADER`] (`count` messages of 4 MB each would otherwise be
 /// built into one answer of gigabytes).
 pub const RECEIVE_RESPONSE_BYTES_MAX: usize = 64 << 20;
-/// Messages taken by the first step of a receive, before their sizes are known.
-const RECEIVE_FIRST_STEP: usize = 16;
 /// Response header of a receive that stopped at [`RECEIVE_RESPONSE_BYTES_MAX`] with messages
 /// possibly left: `x-lior-more: true`.
 pub const MORE_HEADER: &str = "x-lior-more";
@@ -45,12 +43,26 @@ pub const SEND_BODY_BYTES_MAX: usize = MAX_PACKET_SIZE as usize - SEND_HEADERS_B
 /// the JSON object.
 pub const SEND_REQUEST_BYTES_MAX: usize = SEND_BODY_BYTES_MAX.div_ceil(3) * 4 + (64 << 10);
 
-/// Where metrics come from: the server adds its counters to the broker's.
-pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+/// Where metrics come from: the server adds its counters to the broker's, and the queues'
+/// lengths the shards gave.
+pub type MetricsFn = Arc<dyn Fn(&QueueLens) -> String + Send + Sync>;
 
+/// Seconds a 503 (a shard's request channel full) tells the client to wait (`Retry-After`).
+pub const BUSY_RETRY_AFTER_S: u32 = 1;
+
+/// The API's state: the broker for the catalog (queue administration, names), the shards for
+/// everything that reads or writes a queue's messages (by request, never by lock).
 struct Ctx<S> {
     broker: Arc<Broker<S>>,
+    shards: ShardClient,
     metrics: MetricsFn,
+}
+
+impl<S: QueueStore> Ctx<S> {
+    /// The shard owning queue `name`.
+    fn owner(&self, name: &str) -> Result<usize, ApiError> {
+        Ok(self.shards.shard_of(self.broker.owner_of(name)?))
+    }
 }
 
 /// A running API server.
@@ -85,6 +97,14 @@ fn api_error(e: ApiError) -> Response {
         ApiError::Catalog(CatalogError::BadName(_))
         | ApiError::Catalog(CatalogError::SystemQueue(_)) => StatusCode::BAD_REQUEST,
         ApiError::Catalog(CatalogError::Full(_)) => StatusCode::INSUFFICIENT_STORAGE,
+        ApiError::Busy(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", BUSY_RETRY_AFTER_S.to_string())],
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response()
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
@@ -148,9 +168,10 @@ pub fn too_large(bytes: usize) -> String {
 }
 
 /// Starts the API on `addr` (port 0 picks one) on its own thread.
-pub fn serve_api<S: QueueStore + Send + 'static>(
+pub fn serve_api<S: QueueStore + Send + Sync + 'static>(
     addr: SocketAddr,
     broker: Arc<Broker<S>>,
+    shards: ShardClient,
     metrics: MetricsFn,
 ) -> std::io::Result<ApiHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
@@ -158,7 +179,11 @@ pub fn serve_api<S: QueueStore + Send + 'static>(
     let local_addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let api_cap = broker.config.limits.api_connections_max;
-    let ctx = Arc::new(Ctx { broker, metrics });
+    let ctx = Arc::new(Ctx {
+        broker,
+        shards,
+        metrics,
+    });
     let thread = std::thread::Builder::new()
         .name("lior-api".into())
         .spawn(move || {
@@ -278,7 +303,10 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 }
 
 async fn list<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
-    Json(c.broker.list_queues()).into_response()
+    match c.shards.lens().await {
+        Ok(lens) => Json(c.broker.list_queues_from(&lens)).into_response(),
+        Err(e) => api_error(e),
+    }
 }
 
 async fn create<S: QueueStore + Send + 'static>(
@@ -295,7 +323,20 @@ async fn delete_queue<S: QueueStore + Send + 'static>(
     State(c): Ctxt<S>,
     Path(name): Path<String>,
 ) -> Response {
-    match c.broker.delete_queue(&name) {
+    // The owning shard deletes the catalog entry and the messages in one step.
+    let r = match c.owner(&name) {
+        Ok(shard) => {
+            c.shards
+                .ask(shard, |reply| Request::Empty {
+                    queue: name,
+                    delete: true,
+                    reply,
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
     }
@@ -313,20 +354,68 @@ async fn move_message<S: QueueStore + Send + 'static>(
     Path(name): Path<String>,
     Json(b): Json<MoveBody>,
 ) -> Response {
-    let broker = c.broker.clone();
-    match tokio::task::spawn_blocking(move || broker.move_message(&name, b.lookup_id, &b.to)).await
-    {
-        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
-        Ok(Err(e)) => api_error(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    match move_steps(&c, &name, b.lookup_id, &b.to).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => api_error(e),
     }
+}
+
+/// A move in three requests, each to the shard owning its queue: a copy of the message, the
+/// copy stored in `to` (answered once durable), then the original removed (answered once
+/// durable). A crash in between leaves a copy too many, never none.
+async fn move_steps<S: QueueStore>(
+    c: &Ctx<S>,
+    from: &str,
+    lookup: u64,
+    to: &str,
+) -> Result<(), ApiError> {
+    let (src, dst) = c.broker.move_queues(from, to)?;
+    let src_shard = c.shards.shard_of(c.broker.owner_of(from)?);
+    let dst_shard = c.shards.shard_of(c.broker.owner_of(to)?);
+    let queue = src.clone();
+    let (bytes, meta) = c
+        .shards
+        .ask(src_shard, |reply| Request::PeekMessage {
+            queue,
+            lookup,
+            reply,
+        })
+        .await?;
+    check_move(&meta, &dst, lookup)?;
+    c.shards
+        .ask(dst_shard, |reply| Request::StoreCopy {
+            queue: dst,
+            bytes,
+            meta,
+            reply,
+        })
+        .await?;
+    c.shards
+        .ask(src_shard, |reply| Request::RemoveMessage {
+            queue: src,
+            lookup,
+            reply,
+        })
+        .await
 }
 
 async fn purge<S: QueueStore + Send + 'static>(
     State(c): Ctxt<S>,
     Path(name): Path<String>,
 ) -> Response {
-    match c.broker.purge_queue(&name) {
+    let r = match c.owner(&name) {
+        Ok(shard) => {
+            c.shards
+                .ask(shard, |reply| Request::Empty {
+                    queue: name,
+                    delete: false,
+                    reply,
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(e),
     }
@@ -343,10 +432,7 @@ async fn peek<S: QueueStore + Send + 'static>(
     };
     // Bounded like a receive answer: past about RECEIVE_RESPONSE_BYTES_MAX it stops and says
     // so (10,000 messages of 4 MB would otherwise be copied into one answer of 40 GB).
-    match c
-        .broker
-        .peek_bounded(&name, count, RECEIVE_RESPONSE_BYTES_MAX)
-    {
+    match peek_at_owner(&c, name, count).await {
         Ok((msgs, more)) => {
             let more = if more { "true" } else { "false" };
             (
@@ -368,30 +454,53 @@ async fn receive<S: QueueStore + Send + 'static>(
         Ok(n) => n,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(RECEIVE_WAIT_MAX_MS));
-    let deadline = Instant::now() + wait;
-    loop {
-        // Register for a wake-up before looking, so an arrival in between is not missed.
-        let notified = c.broker.arrivals.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        match receive_bounded(&c.broker, &name, count) {
-            Ok((msgs, more)) if !msgs.is_empty() => {
-                let more = if more { "true" } else { "false" };
-                return ([(MORE_HEADER, more)], Json(msgs)).into_response();
-            }
-            Ok(_) => {}
-            Err(e) => return api_error(e),
+    let wait = q.wait_ms.unwrap_or(0).min(RECEIVE_WAIT_MAX_MS);
+    // The owning shard takes the messages, answers once their removals are durable, and
+    // with a wait keeps the request until a message arrives or the wait ends.
+    let until_ms = crate::engine::net::now_ms() + wait;
+    let r = match c.owner(&name) {
+        Ok(shard) => {
+            c.shards
+                .ask(shard, |reply| Request::Receive {
+                    queue: name,
+                    count,
+                    max_bytes: RECEIVE_RESPONSE_BYTES_MAX,
+                    until_ms,
+                    reply,
+                })
+                .await
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Json(Vec::<serde_json::Value>::new()).into_response();
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok((msgs, more)) => {
+            let more = if more { "true" } else { "false" };
+            (
+                [(MORE_HEADER, more)],
+                Json(msgs.iter().map(message_value).collect::<Vec<_>>()),
+            )
+                .into_response()
         }
-        // Wake at least every 100 ms: arrivals on other shards notify too, but a bound keeps a
-        // missed notification from turning into a full wait.
-        let slice = (deadline - now).min(Duration::from_millis(100));
-        let _ = tokio::time::timeout(slice, notified).await;
+        Err(e) => api_error(e),
     }
+}
+
+/// Peeks up to `count` messages (about [`RECEIVE_RESPONSE_BYTES_MAX`] bytes) at the queue's
+/// owning shard.
+async fn peek_at_owner<S: QueueStore>(
+    c: &Ctx<S>,
+    name: String,
+    count: usize,
+) -> Result<(Vec<crate::qm::broker::Received>, bool), ApiError> {
+    let shard = c.owner(&name)?;
+    c.shards
+        .ask(shard, |reply| Request::Peek {
+            queue: name,
+            count,
+            max_bytes: RECEIVE_RESPONSE_BYTES_MAX,
+            reply,
+        })
+        .await
 }
 
 /// The web console's peek: each message with its decoded headers (and, in a dead-letter queue,
@@ -405,7 +514,11 @@ async fn peek_decoded<S: QueueStore + Send + 'static>(
         Ok(n) => n,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    match console::peek_decoded(&c.broker, &name, count, RECEIVE_RESPONSE_BYTES_MAX) {
+    let decoded = match peek_at_owner(&c, name.clone(), count).await {
+        Ok((msgs, more)) => console::decode_peeked(&c.broker, &name, &msgs).map(|v| (v, more)),
+        Err(e) => Err(e),
+    };
+    match decoded {
         Ok((msgs, more)) => (
             [(MORE_HEADER, if more { "true" } else { "false" })],
             Json(msgs),
@@ -415,49 +528,14 @@ async fn peek_decoded<S: QueueStore + Send + 'static>(
     }
 }
 
-/// Receives up to `count` messages, in steps sized by what came so far, until about
-/// [`RECEIVE_RESPONSE_BYTES_MAX`] bytes; says whether it stopped at that bound.
-fn receive_bounded<S: QueueStore>(
-    broker: &Broker<S>,
-    name: &str,
-    count: usize,
-) -> Result<(Vec<serde_json::Value>, bool), ApiError> {
-    let mut out = Vec::new();
-    let (mut bytes, mut largest) = (0usize, 0usize);
-    loop {
-        let left = count - out.len();
-        let step = match (RECEIVE_RESPONSE_BYTES_MAX - bytes).checked_div(largest) {
-            None => left.min(RECEIVE_FIRST_STEP),
-            Some(fits) => left.min(fits.max(1)),
-        };
-        let got = match broker.receive(name, step) {
-            Ok(g) => g,
-            // Messages already taken are on their way out: they must reach the caller.
-            Err(e) if !out.is_empty() => {
-                tracing::warn!(queue = name, error = %e, "receive stopped early");
-                return Ok((out, false));
-            }
-            Err(e) => return Err(e),
-        };
-        let n = got.len();
-        for r in &got {
-            bytes += r.bytes.len();
-            largest = largest.max(r.bytes.len());
-            out.push(message_value(r));
-        }
-        if n < step || out.len() >= count {
-            return Ok((out, false));
-        }
-        if bytes >= RECEIVE_RESPONSE_BYTES_MAX {
-            return Ok((out, true));
-        }
-    }
-}
-
 async fn metrics_route<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
+    let lens = match c.shards.lens().await {
+        Ok(l) => l,
+        Err(e) => return api_error(e),
+    };
     (
         [("content-type", "text/plain; version=0.0.4")],
-        (c.metrics)(),
+        (c.metrics)(&lens),
     )
         .into_response()
 }
@@ -508,9 +586,9 @@ async fn send<S: QueueStore + Send + 'static>(
     if req.priority > 7 {
         return error(StatusCode::BAD_REQUEST, "priority must be 0..=7");
     }
-    let r = crate::qm::broker::SendRequest {
-        label: &req.label,
-        body: &body,
+    let message = SendOwned {
+        label: req.label,
+        body,
         priority: req.priority,
         recoverable: req.recoverable,
         time_to_reach_queue: req.time_to_reach_queue,
@@ -518,7 +596,14 @@ async fn send<S: QueueStore + Send + 'static>(
         app_specific: req.app_specific,
         transactional: req.transactional,
     };
-    match c.broker.send(&req.to, &r) {
+    // The shard owning the local queue, or the outgoing queue of the remote machine.
+    let shard = c.shards.shard_of(c.broker.owner_for_send(&req.to));
+    let to = req.to;
+    match c
+        .shards
+        .ask(shard, |reply| Request::Send { to, message, reply })
+        .await
+    {
         Ok(o) => (StatusCode::ACCEPTED, Json(o)).into_response(),
         Err(ApiError::Send(e)) => error(StatusCode::BAD_REQUEST, e),
         Err(e) => api_error(e),
@@ -526,10 +611,14 @@ async fn send<S: QueueStore + Send + 'static>(
 }
 
 async fn outgoing<S: QueueStore + Send + 'static>(State(c): Ctxt<S>) -> Response {
+    let lens = match c.shards.lens().await {
+        Ok(l) => l,
+        Err(e) => return api_error(e),
+    };
     let now = crate::engine::net::now_ms();
     let list: Vec<serde_json::Value> = c
         .broker
-        .list_outgoing()
+        .list_outgoing_from(&lens)
         .into_iter()
         .map(|o| {
             // Before its shard first looked at it, a queue is shown by what is known here.
@@ -599,7 +688,11 @@ async fn show_queue<S: QueueStore + Send + 'static>(
     State(c): Ctxt<S>,
     Path(name): Path<String>,
 ) -> Response {
-    match c.broker.queue_detail(&name) {
+    let lens = match c.shards.lens().await {
+        Ok(l) => l,
+        Err(e) => return api_error(e),
+    };
+    match c.broker.queue_detail_from(&name, &lens) {
         Ok(d) => Json(d).into_response(),
         Err(e) => api_error(e),
     }
@@ -649,7 +742,16 @@ async fn change_rights<S: QueueStore + Send + 'static>(
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     match c.broker.change_rights(&name, change) {
-        Ok(d) => Json(d).into_response(),
+        Ok(q) => {
+            let lens = match c.shards.lens().await {
+                Ok(l) => l,
+                Err(e) => return api_error(e),
+            };
+            match c.broker.queue_detail_from(&q.name, &lens) {
+                Ok(d) => Json(d).into_response(),
+                Err(e) => api_error(e),
+            }
+        }
         Err(ApiError::Catalog(CatalogError::Rights(why))) => error(StatusCode::BAD_REQUEST, why),
         Err(e) => api_error(e),
     }

@@ -27,8 +27,9 @@ use quick_xml::Reader as XmlReader;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::engine::admission::PeerLimiter;
-use crate::qm::broker::{Broker, Verdict};
-use crate::store::{QueueStore, Ticket};
+use crate::qm::broker::{ApiError, Broker};
+use crate::qm::requests::{Request, ShardClient};
+use crate::store::QueueStore;
 use crate::wire::headers::{MessageClass, TransactionHeader, TxFlags};
 use crate::wire::user::{QueueRef, UserFlags, UserMessage};
 use crate::wire::{utf16z, Guid, Utf16};
@@ -375,22 +376,59 @@ fn unix_now() -> u32 {
         .unwrap_or(0)
 }
 
-/// Stores one SRMP message in `queue_path`'s queue. Returns the HTTP status and a reason.
-pub fn accept<S: QueueStore>(
+/// Stores one SRMP message in `queue_path`'s queue: builds its packet here and asks the shard
+/// owning the queue to store it, which answers once it is durable. Returns the HTTP status and
+/// a reason.
+pub async fn accept<S: QueueStore>(
     broker: &Broker<S>,
+    shards: &ShardClient,
     queue_path: &str,
     m: &SrmpMessage,
 ) -> (StatusCode, String) {
+    let (queue, frame, now) = match prepare(broker, queue_path, m) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    let shard = shards.shard_of(
+        broker
+            .owner_of(&queue.name)
+            .unwrap_or(queue.partition as usize),
+    );
+    let r = shards
+        .ask(shard, |reply| Request::Deliver {
+            queue,
+            frame,
+            now_unix: now,
+            reply,
+        })
+        .await;
+    match r {
+        Ok(None) => (StatusCode::OK, String::new()),
+        Ok(Some(why)) => (StatusCode::BAD_REQUEST, why),
+        Err(ApiError::Busy(why)) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        Err(ApiError::Send(why)) => (StatusCode::INTERNAL_SERVER_ERROR, why),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The queue an SRMP message goes to, its packet as a binary sender would have sent it, and
+/// the time it arrived; or the refusal.
+#[allow(clippy::result_large_err)]
+fn prepare<S: QueueStore>(
+    broker: &Broker<S>,
+    queue_path: &str,
+    m: &SrmpMessage,
+) -> Result<(crate::qm::catalog::QueueDef, Vec<u8>, u32), (StatusCode, String)> {
     let name = queue_path
         .strip_prefix("private$\\")
         .or_else(|| queue_path.strip_prefix("PRIVATE$\\"))
         .unwrap_or(queue_path);
     let queue = match broker.lookup(name) {
         Ok(q) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return Err((StatusCode::BAD_REQUEST, e.to_string())),
     };
     if queue.transactional != m.stream.is_some() {
-        return (
+        return Err((
             StatusCode::BAD_REQUEST,
             format!(
                 "queue {} is {}transactional and the message is {}a stream message",
@@ -398,7 +436,7 @@ pub fn accept<S: QueueStore>(
                 if queue.transactional { "" } else { "not " },
                 if m.stream.is_some() { "" } else { "not " }
             ),
-        );
+        ));
     }
     let now = unix_now();
     let wire = utf16z(&m.to);
@@ -445,47 +483,23 @@ pub fn accept<S: QueueStore>(
     let n = match u.encode(&mut frame) {
         Ok(n) => n,
         Err(e) => {
-            return (
+            return Err((
                 StatusCode::BAD_REQUEST,
                 format!("cannot represent the message: {e}"),
-            )
+            ))
         }
     };
     frame.truncate(n);
-    let Ok(msg) = UserMessage::parse(&frame) else {
-        return (
+    if UserMessage::parse(&frame).is_err() {
+        return Err((
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoded message does not parse".into(),
-        );
-    };
-    // Stored in the queue's owning partition, like every message of the queue.
-    // The engine's clock: the duplicate table's times are all on it.
-    let d = broker.deliver_to_over_srmp(&frame, &msg, &queue, now, crate::engine::net::now_ms());
-    let (p, wait) = match d.verdict {
-        Verdict::Stored { ticket, .. } => (d.partition, Some(ticket)),
-        // Duplicates and stream messages already received answer 200 once the first copy is
-        // durable: the sender may drop its copy (MC-MQSRM 3.1.5.1).
-        Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => {
-            (origin.0, Some(origin.1))
-        }
-        Verdict::DeadLettered { class, .. } => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("rejected: {}", class.name()),
-            )
-        }
-        Verdict::TxAck => (d.partition, None),
-        Verdict::Refuse(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    // Durable (or stream) messages are on disk before the 200 (MC-MQSRM 3.1.5.1.3).
-    if let Err(e) = broker
-        .partition(p)
-        .commit(wait.filter(|t| *t != Ticket::IMMEDIATE))
-    {
-        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        ));
     }
-    broker.arrivals.notify_waiters();
-    (StatusCode::OK, String::new())
+    // Stored in the queue's owning partition, like every message of the queue; durable (or
+    // stream) messages are on disk before the 200 (MC-MQSRM 3.1.5.1.3), duplicates and
+    // stream messages already received once the first copy is (3.1.5.1).
+    Ok((queue, frame, now))
 }
 
 /// The bounds of the SRMP endpoint (from `[limits]` and the descriptor budget).
@@ -752,6 +766,7 @@ impl SrmpHandle {
 
 struct Ctx<S> {
     broker: Arc<Broker<S>>,
+    shards: ShardClient,
     budget: Arc<BodyBudget>,
     body_timeout: Duration,
 }
@@ -800,7 +815,7 @@ async fn post<S: QueueStore + Send + 'static>(
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
-    let (status, why) = accept(&ctx.broker, &path, &m);
+    let (status, why) = accept(&ctx.broker, &ctx.shards, &path, &m).await;
     if status != StatusCode::OK && crate::ratelog::SRMP.allow() {
         tracing::warn!(%path, %status, %why, "SRMP message refused");
     }
@@ -816,6 +831,7 @@ async fn post<S: QueueStore + Send + 'static>(
 pub fn serve_srmp<S: QueueStore + Send + 'static>(
     addr: SocketAddr,
     broker: Arc<Broker<S>>,
+    shards: ShardClient,
     limits: SrmpLimits,
 ) -> std::io::Result<SrmpHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
@@ -839,6 +855,7 @@ pub fn serve_srmp<S: QueueStore + Send + 'static>(
                 };
                 let ctx = Arc::new(Ctx {
                     broker,
+                    shards,
                     budget: BodyBudget::new(limits.body_bytes_in_flight_max),
                     body_timeout: limits.body_timeout,
                 });

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod order_acks;
 pub mod outgoing;
 pub mod outgoing_queue;
+pub mod requests;
 pub mod rights;
 pub mod routing;
 pub mod txn;

@@ -88,19 +88,16 @@ pub async fn js(req: HeaderMap) -> Response {
     asset(&req, CONSOLE_JS, "text/javascript; charset=utf-8")
 }
 
-/// Peeks up to `count` messages of queue `name` in delivery order (bounded like a peek:
-/// about `max_bytes` of messages, then it stops and says so), each as the API's message
-/// object plus `headers` (what `lior decode --json` says of the stored packet) and, in a
-/// dead-letter queue, `dead_letter_reason`.
-pub fn peek_decoded<S: QueueStore>(
+/// The messages a peek of queue `name` returned (the queue's owning shard peeked them), each
+/// as the API's message object plus `headers` (what `lior decode --json` says of the stored
+/// packet) and, in a dead-letter queue, `dead_letter_reason`.
+pub fn decode_peeked<S: QueueStore>(
     broker: &Broker<S>,
     name: &str,
-    count: usize,
-    max_bytes: usize,
-) -> Result<(Vec<Value>, bool), ApiError> {
+    msgs: &[crate::qm::broker::Received],
+) -> Result<Vec<Value>, ApiError> {
     let q = broker.lookup(name)?;
     let dead = matches!(q.kind, QueueKind::DeadLetter | QueueKind::DeadXact);
-    let (msgs, more) = broker.peek_bounded(name, count, max_bytes)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
@@ -119,7 +116,7 @@ pub fn peek_decoded<S: QueueStore>(
             v
         })
         .collect();
-    Ok((out, more))
+    Ok(out)
 }
 
 /// Why a message in a dead-letter queue is there, worked out now from the message and the
@@ -146,7 +143,7 @@ pub fn dead_letter_reason<S: QueueStore>(broker: &Broker<S>, packet: &[u8], now:
                 return reason(MessageClass::NACK_BAD_DST_Q, format!("no queue named {n}"));
             }
         },
-        Route::Number(n) => match broker.list_queues().into_iter().find(|q| q.id == n) {
+        Route::Number(n) => match broker.queue_by_id(n) {
             Some(q) => (q.name, q.transactional),
             None => {
                 return reason(

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::qm::catalog::QueueDef;
 use crate::qm::rights::{check_arrival, Principal, Refusal, RefusalLog, Rights, SenderId};
-use crate::store::{QueueId, QueueStore, Ticket};
+use crate::store::{QueueStore, Ticket};
 use crate::wire::headers::SenderIdType;
 use crate::wire::user::UserMessage;
 
@@ -198,25 +198,25 @@ impl<S: QueueStore> Broker<S> {
         Some((r.class(), refusal_text(&r, &sender, &q.name)))
     }
 
-    /// Queue `name` with its rights, for `lior queue show`.
-    pub fn queue_detail(&self, name: &str) -> Result<QueueDetail, ApiError> {
+    /// Queue `name` with its rights, for `lior queue show`; its length from `lens` (what each
+    /// shard answered to a `Lens` request: no partition is touched here).
+    pub fn queue_detail_from(
+        &self,
+        name: &str,
+        lens: &super::QueueLens,
+    ) -> Result<QueueDetail, ApiError> {
         let q = self
             .catalog()
             .lookup(name)
             .cloned()
             .ok_or_else(|| ApiError::NoSuchQueue(name.to_string()))?;
-        let (mut messages, mut bytes) = (0, 0);
-        for i in 0..self.partitions.len() {
-            let (m, b) = self.partition(i).store.queue_len(QueueId(q.id));
-            messages += m;
-            bytes += b;
-        }
+        let (messages, bytes) = lens.queues.get(&q.id).copied().unwrap_or((0, 0));
         Ok(detail(&q, messages, bytes))
     }
 
     /// Changes queue `name`'s rights or Authenticate setting, persisted in the catalog, and
     /// makes every shard see it for the next message (the route caches start over).
-    pub fn change_rights(&self, name: &str, change: RightsChange) -> Result<QueueDetail, ApiError> {
+    pub fn change_rights(&self, name: &str, change: RightsChange) -> Result<QueueDef, ApiError> {
         let q = {
             let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
             let q = cat.update_security(name, |s| match &change {
@@ -234,7 +234,7 @@ impl<S: QueueStore> Broker<S> {
             q
         };
         tracing::info!(queue = %q.name, change = ?change, "queue rights changed");
-        self.queue_detail(&q.name)
+        Ok(q)
     }
 }
 

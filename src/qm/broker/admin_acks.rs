@@ -11,9 +11,10 @@ use super::{bump, encode_message, message_meta, unix_now, Broker, Verdict, RECEI
 impl<S: QueueStore> Broker<S> {
     /// Copies of the messages of queue `id` whose senders asked for negative receive acks (NR):
     /// purging or deleting the queue owes them a NACK (MS-MQDMPR, MS-MQQB 3.1.7.2).
-    pub(super) fn negative_receive_frames(&self, id: u32) -> Vec<Vec<u8>> {
+    /// Reads the partitions `parts` (those holding the queue).
+    pub(super) fn negative_receive_frames(&self, id: u32, parts: &[usize]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        for i in 0..self.partitions.len() {
+        for &i in parts {
             let p = self.partition(i);
             let mut c = Cursor::new(QueueId(id));
             while let Some(m) = p.store.cursor_next(&mut c) {
@@ -32,7 +33,7 @@ impl<S: QueueStore> Broker<S> {
         out
     }
 
-    pub(super) fn send_receive_acks(&self, frames: &[Vec<u8>], class: MessageClass) {
+    pub fn send_receive_acks(&self, frames: &[Vec<u8>], class: MessageClass) {
         for f in frames {
             if let Ok(m) = UserMessage::parse(f) {
                 self.send_admin_ack(&m, class);
@@ -149,7 +150,8 @@ impl<S: QueueStore> Broker<S> {
                 if let Err(e) = self.partition(d.partition).commit(None) {
                     tracing::error!(error = %e, "commit after a local admin acknowledgement failed");
                 }
-                self.arrivals.notify_waiters();
+                // The partition's shard (maybe another) looks at the receives it keeps waiting.
+                self.wake(d.partition);
                 bump(&self.counters.admin_acks_queued);
                 tracing::info!(
                     class = class.name(),

@@ -465,11 +465,6 @@ impl<S: QueueStore> Broker<S> {
                 if acks.positive_arrival() {
                     out.admin_ack = Some(MessageClass::ACK_REACH_QUEUE);
                 }
-                if u.flags.recoverable() {
-                    // Visible to receivers once durable; waiters poll after the commit.
-                } else {
-                    self.arrivals.notify_waiters();
-                }
                 out
             }
             Err(StoreError::Quota {

@@ -49,7 +49,10 @@ pub use delivery::{message_meta, Delivered, RouteCache, Routed, Verdict};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
-pub use requests::{QueueInfo, Received, SendOutcome, SendRequest, TIME_TO_REACH_QUEUE_DEFAULT_S};
+pub use requests::{
+    check_move, QueueInfo, QueueLens, Received, SendOutcome, SendRequest, Staged,
+    TIME_TO_REACH_QUEUE_DEFAULT_S,
+};
 
 use recovery::{rebuild_tables, restore_txn_states};
 
@@ -87,8 +90,6 @@ pub struct Broker<S> {
     /// Unix seconds the full sequence table was last logged.
     txn_full_logged: std::sync::atomic::AtomicU32,
     pub counters: BrokerCounters,
-    /// Woken whenever messages become receivable (for receive with a wait).
-    pub arrivals: tokio::sync::Notify,
     /// Rotates the partition receive starts at.
     receive_cursor: AtomicU64,
     outgoing: Mutex<OutgoingTable>,
@@ -157,6 +158,8 @@ pub struct BrokerCounters {
     pub access_denied: AtomicU64,
     /// Messages refused because their body is encrypted (lior cannot decrypt MSMQ bodies).
     pub encrypted_refused: AtomicU64,
+    /// API receives with a wait that their queue's shard keeps waiting for a message now.
+    pub api_receives_waiting: AtomicU64,
 }
 
 /// Errors of the local API.
@@ -169,6 +172,11 @@ pub enum ApiError {
     NoSuchMessage(String),
     /// A send could not be placed (bad format name, outgoing table full, ...).
     Send(String),
+    /// The shard that owns the queue cannot take the request now (its request channel or
+    /// its list of waiting receives is full, or it is stopping): try again shortly (HTTP 503).
+    Busy(String),
+    /// What the request staged can never become durable (the store failed for good): HTTP 500.
+    NotDurable(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -179,6 +187,8 @@ impl std::fmt::Display for ApiError {
             ApiError::NoSuchQueue(q) => write!(f, "no queue named {q}"),
             ApiError::NoSuchMessage(m) => write!(f, "{m}"),
             ApiError::Send(e) => write!(f, "{e}"),
+            ApiError::Busy(e) => write!(f, "{e}"),
+            ApiError::NotDurable(e) => write!(f, "{e}"),
         }
     }
 }
@@ -336,7 +346,6 @@ impl<S: QueueStore> Broker<S> {
             durable_marks,
             txn_full_logged: std::sync::atomic::AtomicU32::new(0),
             counters: BrokerCounters::default(),
-            arrivals: tokio::sync::Notify::new(),
             receive_cursor: AtomicU64::new(0),
             spread,
             config,

@@ -66,10 +66,17 @@ impl<S: QueueStore> Broker<S> {
 
     /// Every outgoing queue with its message count (for the API).
     pub fn list_outgoing(&self) -> Vec<OutgoingInfo> {
+        let all: Vec<usize> = (0..self.partitions.len()).collect();
+        self.list_outgoing_from(&self.queue_lens(&all))
+    }
+
+    /// Every outgoing queue with its counts from `lens` (gathered from the shards; no
+    /// partition is read here).
+    pub fn list_outgoing_from(&self, lens: &super::QueueLens) -> Vec<OutgoingInfo> {
         let defs: Vec<OutgoingDef> = lock(&self.outgoing).iter().cloned().collect();
         defs.into_iter()
             .map(|d| {
-                let (messages, bytes) = self.partition(d.shard).store.queue_len(QueueId(d.id));
+                let (messages, bytes) = lens.outgoing.get(&d.id).copied().unwrap_or((0, 0));
                 let status = lock(&self.outgoing_status).get(&d.id).cloned();
                 OutgoingInfo {
                     def: d,

@@ -319,6 +319,11 @@ impl<S: QueueStore> Partition<S> {
         Ok(mark)
     }
 
+    /// Keeps a reservation until its removal is durable, then releases it (at a later commit).
+    pub fn release_when_durable(&mut self, r: Reservation) {
+        self.pending_release.push(r);
+    }
+
     /// Removes a message the remote queue manager acknowledged from its outgoing queue; the
     /// removal is committed with the next group commit.
     pub fn remove_delivered(&mut self, queue: QueueId, lookup: LookupId) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::qm::catalog::{QueueDef, QueueKind};
 use crate::qm::routing::{route, Route};
-use crate::store::{Class, Cursor, QueueId, QueueQuota, QueueStore, Select, StoreError, Ticket};
+use crate::store::{Class, Cursor, QueueId, QueueQuota, QueueStore, Select, Ticket};
 use crate::wire::base::INFINITE;
 use crate::wire::headers::{MessageClass, TransactionHeader, TxFlags};
 use crate::wire::user::UserMessage;
@@ -84,6 +84,63 @@ pub struct SendRequest<'a> {
 /// Default TimeToReachQueue: 4 days (MS-MQDMPR 3.1.1.12).
 pub const TIME_TO_REACH_QUEUE_DEFAULT_S: u32 = 345_600;
 
+/// What an operation did without waiting for the disk: its result, and the `(partition,
+/// ticket)` pairs that must be durable before the result is handed out.
+#[derive(Debug)]
+pub struct Staged<T> {
+    pub value: T,
+    pub waits: Vec<(usize, Ticket)>,
+}
+
+/// Messages and bytes per queue id (catalog queues and outgoing queues apart): what
+/// `GET /v1/queues`, `GET /v1/outgoing` and `/metrics` show, gathered from the shards.
+#[derive(Clone, Debug, Default)]
+pub struct QueueLens {
+    pub queues: std::collections::HashMap<u32, (u64, u64)>,
+    pub outgoing: std::collections::HashMap<u32, (u64, u64)>,
+    /// Incoming transactional sequence states kept.
+    pub tx_sequences: u64,
+}
+
+impl QueueLens {
+    /// Adds another shard's counts.
+    pub fn add(&mut self, other: QueueLens) {
+        for (mine, theirs) in [
+            (&mut self.queues, other.queues),
+            (&mut self.outgoing, other.outgoing),
+        ] {
+            for (id, (m, b)) in theirs {
+                let e = mine.entry(id).or_insert((0, 0));
+                e.0 += m;
+                e.1 += b;
+            }
+        }
+        self.tx_sequences += other.tx_sequences;
+    }
+}
+
+/// Whether a message with `meta` may move into queue `dst` (the same transaction type).
+pub fn check_move(
+    meta: &crate::store::MessageMeta,
+    dst: &QueueDef,
+    lookup: u64,
+) -> Result<(), ApiError> {
+    let transactional = meta.class == Class::Transactional;
+    if transactional != dst.transactional {
+        return Err(ApiError::Send(format!(
+            "message {lookup} is {}transactional and queue {} is {}: not moved",
+            if transactional { "" } else { "not " },
+            dst.name,
+            if dst.transactional {
+                "transactional"
+            } else {
+                "not transactional"
+            }
+        )));
+    }
+    Ok(())
+}
+
 impl<S: QueueStore> Broker<S> {
     pub fn create_queue(&self, name: &str, transactional: bool) -> Result<QueueDef, ApiError> {
         let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
@@ -93,33 +150,63 @@ impl<S: QueueStore> Broker<S> {
         Ok(q)
     }
 
+    /// Deletes a queue and, durably, its messages (for tests and tools that drive the broker
+    /// from one thread; `lior serve` deletes the catalog entry with [`Broker::delete_queue_entry`]
+    /// and asks the owning shard to empty it).
     pub fn delete_queue(&self, name: &str) -> Result<(), ApiError> {
-        let q = {
-            let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
-            let q = cat.delete(name)?;
-            self.catalog_generation.fetch_add(1, Ordering::AcqRel);
-            q
-        };
-        self.empty_queue(q.id, MessageClass::NACK_Q_DELETED, |s, q| s.delete_queue(q))?;
-        tracing::info!(queue = %q.name, "queue deleted");
+        let q = self.delete_queue_entry(name)?;
+        let staged = self.empty_queue_staged(&q, true)?;
+        self.wait_durable(&staged.waits)?;
+        self.send_receive_acks(&staged.value, MessageClass::NACK_Q_DELETED);
         Ok(())
     }
 
-    /// Removes every message of queue `id` in every partition with `remove` (purge or delete),
-    /// durably, then sends `class` to the senders that asked for negative receive acks.
-    fn empty_queue(
+    /// Removes queue `name` from the catalog (no new message is routed to it from now on: the
+    /// catalog generation moves, so every shard's route cache forgets it). Its messages stay
+    /// until its owning shard empties it ([`Broker::empty_queue_staged`] with `delete`).
+    pub fn delete_queue_entry(&self, name: &str) -> Result<QueueDef, ApiError> {
+        let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let q = cat.delete(name)?;
+        self.catalog_generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(queue = %q.name, "queue deleted");
+        Ok(q)
+    }
+
+    /// Stages the removal of every message of queue `q` in the partitions holding it (purge, or
+    /// with `delete` forgets its quota too); returns the frames owed a negative receive
+    /// acknowledgement (NACK_Q_PURGED or NACK_Q_DELETED, sent once the removal is durable) and
+    /// the tickets to wait for. Runs on the queue's owning shard.
+    pub fn empty_queue_staged(
         &self,
-        id: u32,
-        class: MessageClass,
-        remove: impl Fn(&mut S, QueueId) -> Result<Ticket, StoreError>,
-    ) -> Result<(), ApiError> {
-        let nacks = self.negative_receive_frames(id);
-        for i in 0..self.partitions.len() {
+        q: &QueueDef,
+        delete: bool,
+    ) -> Result<Staged<Vec<Vec<u8>>>, ApiError> {
+        let parts = self.read_partitions(q);
+        let nacks = self.negative_receive_frames(q.id, &parts);
+        let mut waits = Vec::new();
+        for i in parts {
             let mut p = self.partition(i);
-            let t = remove(&mut p.store, QueueId(id))?;
-            p.commit(Some(t))?;
+            let t = if delete {
+                p.store.delete_queue(QueueId(q.id))?
+            } else {
+                p.store.purge(QueueId(q.id))?
+            };
+            waits.push((i, t));
         }
-        self.send_receive_acks(&nacks, class);
+        Ok(Staged {
+            value: nacks,
+            waits,
+        })
+    }
+
+    /// Blocks until each `(partition, ticket)` is durable (tests and tools that drive the
+    /// broker from one thread, and a shard's last act before it stops).
+    pub fn wait_durable(&self, waits: &[(usize, Ticket)]) -> Result<(), ApiError> {
+        for &(p, t) in waits {
+            if !self.is_durable(p, t) {
+                self.partition(p).commit(Some(t))?;
+            }
+        }
         Ok(())
     }
 
@@ -127,8 +214,22 @@ impl<S: QueueStore> Broker<S> {
     /// machine (a dead letter back to where it belongs, say). The copy is durable in `to`
     /// before the original leaves `from`: a crash in between leaves a copy too many, never
     /// none. A transactional message moves only into a transactional queue, and a
-    /// non-transactional one only into a non-transactional queue. Runs on the API's threads.
+    /// non-transactional one only into a non-transactional queue. From one thread; `lior
+    /// serve`'s API asks the owning shards for the same three steps
+    /// ([`Broker::peek_message`], [`Broker::store_copy`], [`Broker::remove_message`]).
     pub fn move_message(&self, from: &str, lookup: u64, to: &str) -> Result<(), ApiError> {
+        let (src, dst) = self.move_queues(from, to)?;
+        let (bytes, meta) = self.peek_message(&src, lookup)?;
+        check_move(&meta, &dst, lookup)?;
+        let copy = self.store_copy(&dst, &bytes, &meta)?;
+        self.wait_durable(&copy)?;
+        let removed = self.remove_message(&src, lookup)?;
+        self.wait_durable(&removed)?;
+        Ok(())
+    }
+
+    /// The two queues of a move, checked (both exist, not the same queue).
+    pub fn move_queues(&self, from: &str, to: &str) -> Result<(QueueDef, QueueDef), ApiError> {
         let src = self.lookup(from)?;
         let dst = self.lookup(to)?;
         if src.id == dst.id {
@@ -136,54 +237,71 @@ impl<S: QueueStore> Broker<S> {
                 "{from}: a message moves to another queue"
             )));
         }
-        let (bytes, meta) = {
-            let p = self.partition(self.owner(&src));
-            let m = p
-                .store
-                .peek(
-                    QueueId(src.id),
-                    Select::Lookup(crate::store::LookupId(lookup)),
-                )
-                .ok_or_else(|| {
-                    ApiError::NoSuchMessage(format!("{from} has no message {lookup}"))
-                })?;
-            (m.bytes.to_vec(), m.meta)
-        };
-        let transactional = meta.class == Class::Transactional;
-        if transactional != dst.transactional {
-            return Err(ApiError::Send(format!(
-                "message {lookup} is {}transactional and queue {to} is {}: not moved",
-                if transactional { "" } else { "not " },
-                if dst.transactional {
-                    "transactional"
-                } else {
-                    "not transactional"
-                }
-            )));
-        }
-        {
-            let mut p = self.partition(self.owner(&dst));
-            let a = p.store.append(QueueId(dst.id), &meta, &bytes)?;
-            p.commit((a.ticket != Ticket::IMMEDIATE).then_some(a.ticket))?;
-        }
-        {
-            let mut p = self.partition(self.owner(&src));
-            let taken = p.store.receive(
-                QueueId(src.id),
+        Ok((src, dst))
+    }
+
+    /// A copy of message `lookup` of queue `q` (first step of a move; on `q`'s owner).
+    pub fn peek_message(
+        &self,
+        q: &QueueDef,
+        lookup: u64,
+    ) -> Result<(Vec<u8>, crate::store::MessageMeta), ApiError> {
+        let p = self.partition(self.owner(q));
+        let m = p
+            .store
+            .peek(
+                QueueId(q.id),
                 Select::Lookup(crate::store::LookupId(lookup)),
-            )?;
-            if let Some(r) = taken {
-                p.commit(Some(r.ticket))?;
-                p.store.release(r)?;
+            )
+            .ok_or_else(|| {
+                ApiError::NoSuchMessage(format!("{} has no message {lookup}", q.name))
+            })?;
+        Ok((m.bytes.to_vec(), m.meta))
+    }
+
+    /// Appends a copy of a moved message to queue `q` (on `q`'s owner); returns what to wait
+    /// for before the original may go.
+    pub fn store_copy(
+        &self,
+        q: &QueueDef,
+        bytes: &[u8],
+        meta: &crate::store::MessageMeta,
+    ) -> Result<Vec<(usize, Ticket)>, ApiError> {
+        let i = self.owner(q);
+        let mut p = self.partition(i);
+        let a = p.store.append(QueueId(q.id), meta, bytes)?;
+        Ok(vec![(i, a.ticket)])
+    }
+
+    /// Stages the removal of message `lookup` from queue `q` (last step of a move, on `q`'s
+    /// owner); nothing when another receiver took it meanwhile.
+    pub fn remove_message(
+        &self,
+        q: &QueueDef,
+        lookup: u64,
+    ) -> Result<Vec<(usize, Ticket)>, ApiError> {
+        let i = self.owner(q);
+        let mut p = self.partition(i);
+        let taken = p.store.receive(
+            QueueId(q.id),
+            Select::Lookup(crate::store::LookupId(lookup)),
+        )?;
+        Ok(match taken {
+            Some(r) => {
+                let t = r.ticket;
+                p.release_when_durable(r);
+                vec![(i, t)]
             }
-        }
-        self.arrivals.notify_waiters();
-        Ok(())
+            None => Vec::new(),
+        })
     }
 
     pub fn purge_queue(&self, name: &str) -> Result<(), ApiError> {
         let q = self.lookup(name)?;
-        self.empty_queue(q.id, MessageClass::NACK_Q_PURGED, |s, q| s.purge(q))
+        let staged = self.empty_queue_staged(&q, false)?;
+        self.wait_durable(&staged.waits)?;
+        self.send_receive_acks(&staged.value, MessageClass::NACK_Q_PURGED);
+        Ok(())
     }
 
     pub fn lookup(&self, name: &str) -> Result<QueueDef, ApiError> {
@@ -203,16 +321,41 @@ impl<S: QueueStore> Broker<S> {
         Ok(())
     }
 
+    /// Every queue with its messages and bytes (from one thread: reads every partition).
     pub fn list_queues(&self) -> Vec<QueueInfo> {
+        let all: Vec<usize> = (0..self.partitions.len()).collect();
+        self.list_queues_from(&self.queue_lens(&all))
+    }
+
+    /// The messages and bytes of every queue and outgoing queue in partitions `parts` (a shard
+    /// answers for the partitions it runs; the API adds the shards' answers up).
+    pub fn queue_lens(&self, parts: &[usize]) -> QueueLens {
+        let queues: Vec<u32> = self.catalog().iter().map(|q| q.id).collect();
+        let outgoing: Vec<u32> = lock(&self.outgoing).iter().map(|d| d.id).collect();
+        let mut lens = QueueLens::default();
+        for &i in parts {
+            let p = self.partition(i);
+            lens.tx_sequences += p.txn.len() as u64;
+            for (ids, into) in [(&queues, &mut lens.queues), (&outgoing, &mut lens.outgoing)] {
+                for &id in ids {
+                    let (m, b) = p.store.queue_len(QueueId(id));
+                    if m > 0 || b > 0 {
+                        let e = into.entry(id).or_insert((0, 0));
+                        e.0 += m;
+                        e.1 += b;
+                    }
+                }
+            }
+        }
+        lens
+    }
+
+    /// Every queue of the catalog with its counts from `lens` (no partition is read).
+    pub fn list_queues_from(&self, lens: &QueueLens) -> Vec<QueueInfo> {
         let defs: Vec<QueueDef> = self.catalog().iter().cloned().collect();
         defs.into_iter()
             .map(|q| {
-                let (mut messages, mut bytes) = (0, 0);
-                for i in 0..self.partitions.len() {
-                    let (m, b) = self.partition(i).store.queue_len(QueueId(q.id));
-                    messages += m;
-                    bytes += b;
-                }
+                let (messages, bytes) = lens.queues.get(&q.id).copied().unwrap_or((0, 0));
                 QueueInfo {
                     name: q.name,
                     id: q.id,
@@ -223,6 +366,16 @@ impl<S: QueueStore> Broker<S> {
                 }
             })
             .collect()
+    }
+
+    /// The queue with catalog id `id`, if any.
+    pub fn queue_by_id(&self, id: u32) -> Option<QueueDef> {
+        self.catalog().by_id(id).cloned()
+    }
+
+    /// The store partition a request about queue `name` goes to (its owner).
+    pub fn owner_of(&self, name: &str) -> Result<usize, ApiError> {
+        Ok(self.owner(&self.lookup(name)?))
     }
 
     /// Peeks at up to `count` messages of a queue in delivery order, without removing them.
@@ -267,16 +420,41 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Receives (removes) up to `count` messages. Each removal is durable before the message
-    /// is returned: a crash after this call never brings a received message back.
+    /// is returned: a crash after this call never brings a received message back. From one
+    /// thread (tests, tools); `lior serve` stages the same on the queue's owning shard
+    /// ([`Broker::receive_staged`]) and answers once the shard sees the removals durable.
     pub fn receive(&self, name: &str, count: usize) -> Result<Vec<Received>, ApiError> {
+        let staged = self.receive_staged(name, count, usize::MAX)?;
+        self.wait_durable(&staged.waits)?;
+        let (out, _) = staged.value;
+        self.ack_received(&out);
+        Ok(out)
+    }
+
+    /// Takes up to `count` messages of queue `name` in delivery order, stopping once about
+    /// `max_bytes` of message bytes are taken (at least one message is), and stages their
+    /// removal: the messages are copied now, their removals become durable with the partition's
+    /// next group commit, and their space is released once they are. The caller hands the
+    /// messages out only once every ticket of `waits` is durable, then calls
+    /// [`Broker::ack_received`]. Says whether it stopped at `max_bytes` with messages left.
+    pub fn receive_staged(
+        &self,
+        name: &str,
+        count: usize,
+        max_bytes: usize,
+    ) -> Result<Staged<(Vec<Received>, bool)>, ApiError> {
         let q = self.lookup(name)?;
         // The owner only, but for a queue an older lior spread over the partitions.
         let parts = self.read_partitions(&q);
         let n = parts.len();
+        let want = count.min(RECEIVE_BATCH_MAX);
         let mut out = Vec::new();
+        let mut waits: Vec<(usize, Ticket)> = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
         // Start at a rotating partition so no partition is always served last.
         let start = self.receive_cursor.fetch_add(1, Ordering::Relaxed) as usize;
-        while out.len() < count.min(RECEIVE_BATCH_MAX) {
+        'outer: while out.len() < want {
             // The highest priority at the front of any partition goes first.
             let mut best: Option<(u8, usize)> = None;
             for k in 0..n {
@@ -288,53 +466,109 @@ impl<S: QueueStore> Broker<S> {
                     }
                 }
             }
-            let Some((_, i)) = best else {
+            let Some((prio, i)) = best else {
                 break;
             };
             let mut p = self.partition(i);
-            // Take a batch from this partition under one commit.
-            let mut reservations = Vec::new();
-            while out.len() + reservations.len() < count.min(RECEIVE_BATCH_MAX) {
-                match p.store.receive(QueueId(q.id), Select::Front)? {
-                    Some(r) => reservations.push(r),
-                    None => break,
-                }
-                if p.store
-                    .peek(QueueId(q.id), Select::Front)
-                    .is_none_or(|m| Some(m.meta.priority) < best.map(|b| b.0))
-                {
+            let mut last = None;
+            // Take from this partition while its front keeps that priority.
+            while out.len() < want {
+                let Some(m) = p.store.peek(QueueId(q.id), Select::Front) else {
+                    break;
+                };
+                if m.meta.priority < prio {
                     break;
                 }
+                if !out.is_empty() && bytes.saturating_add(m.bytes.len()) > max_bytes {
+                    more = true;
+                    if let Some(t) = last {
+                        waits.push((i, t));
+                    }
+                    break 'outer;
+                }
+                let copy = Received::copy(&q.name, i, &m);
+                let lookup = m.lookup_id;
+                let Some(r) = p.store.receive(QueueId(q.id), Select::Lookup(lookup))? else {
+                    break;
+                };
+                bytes += copy.bytes.len();
+                last = Some(last.map_or(r.ticket, |t: Ticket| t.max(r.ticket)));
+                p.release_when_durable(r);
+                out.push(copy);
             }
-            if reservations.is_empty() {
-                continue;
-            }
-            let last = reservations.iter().map(|r| r.ticket).max();
-            p.commit(last)?;
-            for r in reservations {
-                let m = p.store.reserved(&r)?;
-                out.push(Received::copy(&q.name, i, &m));
-                p.store.release(r)?;
+            match last {
+                Some(t) => waits.push((i, t)),
+                None => break,
             }
         }
         self.counters
             .messages_received
             .fetch_add(out.len() as u64, Ordering::Relaxed);
-        // Positive receive acknowledgements (PR), now that the removals are durable.
-        for r in &out {
+        Ok(Staged {
+            value: (out, more),
+            waits,
+        })
+    }
+
+    /// Sends the positive receive acknowledgements (PR) of messages handed out, once their
+    /// removals are durable.
+    pub fn ack_received(&self, out: &[Received]) {
+        for r in out {
             if let Ok(m) = UserMessage::parse(&r.bytes) {
                 if m.properties.flags.positive_receive() {
                     self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
                 }
             }
         }
-        Ok(out)
     }
 
     /// Sends a message from a local application to `to`: into our own queue when the format
     /// name names this machine, else into the outgoing queue of the remote machine. No contact
     /// with the remote machine is made here.
     pub fn send(&self, to: &str, req: &SendRequest<'_>) -> Result<SendOutcome, ApiError> {
+        let staged = self.send_staged(to, req)?;
+        self.wait_durable(&staged.waits)?;
+        Ok(staged.value)
+    }
+
+    /// The store partition a local application's send to `to` goes to: the owner of the local
+    /// queue it names, or the partition of the outgoing queue of the remote machine (made if
+    /// new). A name that cannot be sent to goes to partition 0, whose shard says why.
+    pub fn owner_for_send(&self, to: &str) -> usize {
+        let Ok(fname) = crate::wire::format_name::FormatName::parse(to) else {
+            return 0;
+        };
+        let Some(direct) = fname.as_direct() else {
+            return 0;
+        };
+        if self.identity.is_local(&direct.address) {
+            let wire = direct.wire_bytes();
+            let m = UserMessage::new(
+                self.guid(),
+                0,
+                crate::wire::user::QueueRef::Direct(crate::wire::Utf16(&wire)),
+                crate::wire::Utf16(&[]),
+                &[],
+            );
+            self.resolve(&route(&m.user, &self.identity))
+                .map_or(0, |q| self.owner(&q))
+        } else {
+            lock(&self.outgoing)
+                .get_or_create(direct)
+                .map_or(0, |d| d.shard % self.partitions.len())
+        }
+    }
+
+    /// [`Broker::send`] without waiting: the message is appended (in its queue's owning
+    /// partition, or its outgoing queue's), and the caller answers once `waits` are durable.
+    /// Runs on the shard owning that partition (see [`Broker::owner_for_send`]): the
+    /// transactional numbering and the append are one step there, and no lock is held across
+    /// a commit.
+    pub fn send_staged(
+        &self,
+        to: &str,
+        req: &SendRequest<'_>,
+    ) -> Result<Staged<SendOutcome>, ApiError> {
         let fname = crate::wire::format_name::FormatName::parse(to)
             .map_err(|e| ApiError::Send(format!("{to}: {e}")))?;
         let Some(direct) = fname.as_direct() else {
@@ -370,7 +604,8 @@ impl<S: QueueStore> Broker<S> {
         m.properties.application_tag = req.app_specific;
         let local = self.identity.is_local(&direct.address);
         // Transactional numbering is assigned under the sequence lock and the message is
-        // stored before the lock is released, so numbers follow the queue order.
+        // appended before the lock is released (no commit under it), so numbers follow the
+        // queue order.
         let mut tx_guard = None;
         if req.transactional {
             let (seq_id, no) = if local {
@@ -468,22 +703,22 @@ impl<S: QueueStore> Broker<S> {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
             };
-            self.partition(d.partition)
-                .commit((ticket != Ticket::IMMEDIATE).then_some(ticket))?;
-            self.arrivals.notify_waiters();
             let name = self
                 .catalog()
                 .by_id(queue)
                 .map_or_else(|| format!("{queue:#x}"), |q| q.name.clone());
-            return Ok(SendOutcome {
-                placed: "local",
-                queue: name,
-                message_id,
-                held: None,
+            return Ok(Staged {
+                value: SendOutcome {
+                    placed: "local",
+                    queue: name,
+                    message_id,
+                    held: None,
+                },
+                waits: vec![(d.partition, ticket)],
             });
         }
         let meta = message_meta(&m);
-        let def = self.enqueue_outgoing(direct, &frame, &meta)?;
+        let (def, partition, ticket) = self.enqueue_outgoing_nowait(direct, &frame, &meta)?;
         if let Some((mut g, id)) = tx_guard {
             if let Some(t) = g.get_mut(&id) {
                 t.next_no = t.next_no.wrapping_add(1);
@@ -505,11 +740,14 @@ impl<S: QueueStore> Broker<S> {
         } else {
             None
         };
-        Ok(SendOutcome {
-            placed: "outgoing",
-            queue: def.key,
-            message_id,
-            held,
+        Ok(Staged {
+            value: SendOutcome {
+                placed: "outgoing",
+                queue: def.key,
+                message_id,
+                held,
+            },
+            waits: vec![(partition, ticket)],
         })
     }
 }

@@ -14,7 +14,8 @@ impl<S: QueueStore> Broker<S> {
         let _ = self.waker.set(f);
     }
 
-    pub(super) fn wake(&self, shard: usize) {
+    /// Wakes shard `shard` (its engine loop runs a turn soon).
+    pub fn wake(&self, shard: usize) {
         if let Some(w) = self.waker.get() {
             w(shard);
         }
