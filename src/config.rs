@@ -431,7 +431,9 @@ impl Config {
                     .into(),
             ));
         }
-        if self.srmp_tls_cert.is_some() && self.srmp_listen.is_none() && !self.parameters.Hardened_MSMQ
+        if self.srmp_tls_cert.is_some()
+            && self.srmp_listen.is_none()
+            && !self.parameters.Hardened_MSMQ
         {
             return Err(ConfigError(
                 "srmp_tls_cert is set but the SRMP endpoint is off: set srmp_listen (or remove \
@@ -562,7 +564,10 @@ mod tests {
         let e = Config::from_toml("srmp_tls_client_ca = \"ca.pem\"\n").unwrap_err();
         assert!(e.0.contains("srmp_tls_cert"), "{e}");
         let e = Config::from_toml("api = \"0.0.0.0:1802\"\n").unwrap_err();
-        assert!(e.0.contains("not a loopback address") && e.0.contains("api_tls_cert"), "{e}");
+        assert!(
+            e.0.contains("not a loopback address") && e.0.contains("api_tls_cert"),
+            "{e}"
+        );
         let c = Config::from_toml(
             "api = \"0.0.0.0:1802\"\napi_tls_cert = \"c.pem\"\napi_tls_key = \"k.pem\"\n",
         )
@@ -574,7 +579,10 @@ mod tests {
             api_tls_key: Some("k.pem".into()),
             ..Config::default()
         };
-        assert!(c.api_needs_token(), "TLS on the API always comes with the token");
+        assert!(
+            c.api_needs_token(),
+            "TLS on the API always comes with the token"
+        );
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }
 }

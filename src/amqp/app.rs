@@ -400,7 +400,10 @@ impl<S: QueueStore> AmqpApp<S> {
     }
 
     fn tls_failed(&self, c: &mut AmqpConn, why: &str) {
-        self.amqp.counters.tls_errors.fetch_add(1, Ordering::Relaxed);
+        self.amqp
+            .counters
+            .tls_errors
+            .fetch_add(1, Ordering::Relaxed);
         if crate::ratelog::MALFORMED.allow() {
             tracing::warn!(peer = %c.peer, error = %why, "amqps: TLS error; closing the connection");
         }

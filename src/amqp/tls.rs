@@ -124,7 +124,12 @@ impl TlsLayer {
 
     /// Encrypts `plain` (the AMQP connection's transmit) and appends every TLS record ready to
     /// go (handshake messages, alerts, data) to `out`. With `closing`, ends with close_notify.
-    pub fn transmit(&mut self, plain: &[u8], closing: bool, out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn transmit(
+        &mut self,
+        plain: &[u8],
+        closing: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         if !self.failed {
             if self.pending.len() + plain.len() > AMQPS_PENDING_PLAINTEXT_BYTES_MAX {
                 self.failed = true;

@@ -111,10 +111,12 @@ pub fn server_config(
     let builder = match client_ca {
         Some(ca) => {
             let roots = load_roots(&format!("{door}_client_ca"), ca)?;
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
-                    .build()
-                    .map_err(|e| format!("{door}_client_ca = {:?}: {e}", ca.display()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.into(),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("{door}_client_ca = {:?}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -144,7 +146,10 @@ pub fn client_config(
         .with_root_certificates(roots);
     let cfg = match client_cert {
         Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs("client_cert", cert)?, load_key("client_key", key)?)
+            .with_client_auth_cert(
+                load_certs("client_cert", cert)?,
+                load_key("client_key", key)?,
+            )
             .map_err(|e| format!("client certificate {:?}: {e}", cert.display()))?,
         None => builder.with_no_client_auth(),
     };
@@ -345,7 +350,10 @@ impl ApiSecurity {
     /// its stylesheet and script hold no data; the script sends the token on every call).
     pub fn protect(&self, app: axum::Router) -> axum::Router {
         match &self.token {
-            Some(t) => app.layer(axum::middleware::from_fn_with_state(t.clone(), require_token)),
+            Some(t) => app.layer(axum::middleware::from_fn_with_state(
+                t.clone(),
+                require_token,
+            )),
             None => app,
         }
     }
@@ -412,10 +420,7 @@ pub fn render_metrics(out: &mut String) {
 
 enum State<S> {
     Plain(S),
-    Handshaking(
-        tokio_rustls::Accept<S>,
-        Pin<Box<tokio::time::Sleep>>,
-    ),
+    Handshaking(tokio_rustls::Accept<S>, Pin<Box<tokio::time::Sleep>>),
     Tls(Box<tokio_rustls::server::TlsStream<S>>),
     Failed,
 }
@@ -551,7 +556,11 @@ mod tests {
             .unwrap()
             .signed_by(&key, &ca, &ca_key)
             .unwrap();
-        let (c, l, k) = (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"));
+        let (c, l, k) = (
+            dir.join("ca.pem"),
+            dir.join("leaf.pem"),
+            dir.join("leaf.key"),
+        );
         std::fs::write(&c, ca.pem()).unwrap();
         std::fs::write(&l, leaf.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
