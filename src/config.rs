@@ -311,17 +311,53 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
-        let text = toml::to_string_pretty(self).expect("the configuration always serialises");
-        if self.srmp_listen.is_some() {
-            return text;
+        let mut text = toml::to_string_pretty(self).expect("the configuration always serialises");
+        // TOML has no "unset": name each optional setting in a comment, so `lior config` shows
+        // that it exists.
+        let mut note = String::new();
+        if self.srmp_listen.is_none() {
+            note.push_str(
+                "# srmp_listen = \"0.0.0.0:80\"  # SRMP (MSMQ over HTTP) endpoint; off unless \
+                 set (hardened mode: 0.0.0.0:80)\n",
+            );
         }
-        // TOML has no "unset": name the setting in a comment, so `lior config` shows it exists.
-        let note = "# srmp_listen = \"0.0.0.0:80\"  # SRMP (MSMQ over HTTP) endpoint; off unless \
-                    set (hardened mode: 0.0.0.0:80)\n";
-        match text.find("\ncores") {
-            Some(i) => format!("{}{note}{}", &text[..=i], &text[i + 1..]),
-            None => format!("{note}{text}"),
+        for (set, line) in [
+            (
+                self.srmp_tls_cert.is_some(),
+                "# srmp_tls_cert = \"/etc/lior/srmp.pem\"  # HTTPS for SRMP: PEM chain; with \
+                 srmp_tls_key\n# srmp_tls_key = \"/etc/lior/srmp.key\"\n",
+            ),
+            (
+                self.srmp_tls_client_ca.is_some(),
+                "# srmp_tls_client_ca = \"/etc/lior/clients-ca.pem\"  # require SRMP client \
+                 certificates signed by these CAs\n",
+            ),
+            (
+                self.api_tls_cert.is_some(),
+                "# api_tls_cert = \"/etc/lior/api.pem\"  # HTTPS for the API (then every \
+                 request needs the bearer token of DATA_DIR/api-token)\n# api_tls_key = \
+                 \"/etc/lior/api.key\"\n",
+            ),
+        ] {
+            if !set {
+                note.push_str(line);
+            }
         }
+        if !note.is_empty() {
+            text = match text.find("\ncores") {
+                Some(i) => format!("{}{note}{}", &text[..=i], &text[i + 1..]),
+                None => format!("{note}{text}"),
+            };
+        }
+        if self.amqp.tls_listen.is_none() {
+            let amqps = "# tls_listen = \"0.0.0.0:5671\"  # AMQPS; with tls_cert and tls_key \
+                         (PEM)\n";
+            if let Some(i) = text.find("[amqp]\n") {
+                let at = i + "[amqp]\n".len();
+                text = format!("{}{amqps}{}", &text[..at], &text[at..]);
+            }
+        }
+        text
     }
 
     /// Checks ranges the wire or the product impose.
@@ -534,6 +570,16 @@ mod tests {
     fn every_setting_is_named_in_the_printed_file_even_when_unset() {
         let text = Config::default().to_toml();
         assert!(text.contains("# srmp_listen = "), "{text}");
+        for key in [
+            "srmp_tls_cert",
+            "srmp_tls_key",
+            "srmp_tls_client_ca",
+            "api_tls_cert",
+            "api_tls_key",
+            "tls_listen",
+        ] {
+            assert!(text.contains(&format!("# {key} = ")), "{key}: {text}");
+        }
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
         let c = Config {
             srmp_listen: Some("127.0.0.1:8080".parse().unwrap()),
