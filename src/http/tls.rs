@@ -206,7 +206,7 @@ impl ServerTls {
     pub fn wrap<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S, peer: SocketAddr) -> Door<S> {
         Door {
             state: State::Handshaking(
-                self.acceptor.accept(stream),
+                Box::new(self.acceptor.accept(stream)),
                 Box::pin(tokio::time::sleep(self.handshake_timeout)),
             ),
             peer,
@@ -420,7 +420,7 @@ pub fn render_metrics(out: &mut String) {
 
 enum State<S> {
     Plain(S),
-    Handshaking(tokio_rustls::Accept<S>, Pin<Box<tokio::time::Sleep>>),
+    Handshaking(Box<tokio_rustls::Accept<S>>, Pin<Box<tokio::time::Sleep>>),
     Tls(Box<tokio_rustls::server::TlsStream<S>>),
     Failed,
 }
@@ -453,7 +453,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Door<S> {
                 _ => Poll::Ready(Ok(())),
             };
         };
-        let error = match Pin::new(accept).poll(cx) {
+        let error = match Pin::new(&mut **accept).poll(cx) {
             Poll::Ready(Ok(s)) => {
                 self.state = State::Tls(Box::new(s));
                 return Poll::Ready(Ok(()));
