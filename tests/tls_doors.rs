@@ -171,6 +171,8 @@ fn srmp_over_https_takes_a_message_from_curl_and_plain_http_is_not_served() {
     let body = dir.path().join("msg.mime");
     std::fs::write(&body, EXAMPLE_4_1).unwrap();
     let srmp = server.srmp.expect("srmp=");
+    // A client that connects and never starts its handshake holds up nobody else.
+    let _silent = TcpStream::connect(srmp).unwrap();
     let (code, err) = srmp_post(srmp, &body, &["--cacert", p.ca.to_str().unwrap()]);
     assert_eq!(code, 200, "curl over HTTPS: {err}");
     let got = server.receive_all("simpleq");
@@ -264,6 +266,8 @@ fn the_api_over_https_needs_its_bearer_token_and_the_cli_sends_it() {
         .to_string();
     assert!(token.len() >= 32);
     let port = server.api.rsplit(':').next().unwrap().to_string();
+    // A client that connects and never starts its handshake holds up nobody else.
+    let _silent = TcpStream::connect(server.api.as_str()).unwrap();
     let base = format!("https://localhost:{port}");
     let resolve = format!("localhost:{port}:127.0.0.1");
     let ca = p.ca.to_str().unwrap();

@@ -521,7 +521,13 @@ impl<S: QueueStore> AmqpApp<S> {
 
     pub fn wants_close(&self, c: &AmqpConn) -> bool {
         match &c.tls {
-            Some(t) => t.failed() || t.peer_closed() || (c.conn.is_closed() && t.close_sent()),
+            // A connection closed before its handshake ended (the AMQP open time-out) has
+            // nothing to flush.
+            Some(t) => {
+                t.failed()
+                    || t.peer_closed()
+                    || (c.conn.is_closed() && (t.close_sent() || t.is_handshaking()))
+            }
             None => c.conn.is_closed(),
         }
     }

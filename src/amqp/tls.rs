@@ -187,4 +187,9 @@ impl TlsLayer {
     pub fn close_sent(&self) -> bool {
         self.close_sent
     }
+
+    /// The handshake has not finished (nothing of AMQP can reach the peer yet).
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
 }
