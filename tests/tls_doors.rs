@@ -191,15 +191,10 @@ fn srmp_over_https_takes_a_message_from_curl_and_plain_http_is_not_served() {
     // The server still serves over TLS after both.
     let (code, err) = srmp_post(srmp, &body, &["--cacert", p.ca.to_str().unwrap()]);
     assert_eq!(code, 200, "{err}");
-    let m = ureq::get(&format!("http://{}/metrics", server.api))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    assert!(
-        m.contains("lior_tls_handshake_failures_total{door=\"srmp\"} 2"),
-        "the untrusted client's abort and the plain request are counted: {m}"
-    );
+    // The untrusted client's abort and the plain request (and the silent client, should it
+    // have timed out already).
+    let failures = metric(&server, "lior_tls_handshake_failures_total{door=\"srmp\"}");
+    assert!(failures >= 2, "handshake failures counted: {failures}");
 }
 
 #[test]
@@ -548,11 +543,7 @@ fn garbage_on_the_amqps_port_closes_that_connection_and_the_server_still_serves(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The server still serves AMQPS (and the idle connection was not closed by the others).
-    let r = proton(&url, &p.ca, &["send", "orders", "after the garbage"]);
-    assert_eq!(r["sent"], "after the garbage");
-    let r = proton(&url, &p.ca, &["receive", "orders"]);
-    assert_eq!(r["body"], "after the garbage", "{r}");
+    // The idle connection was not closed by the others (well before the AMQP open time-out).
     idle.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut b = [0u8; 1];
@@ -564,4 +555,9 @@ fn garbage_on_the_amqps_port_closes_that_connection_and_the_server_still_serves(
             ) => {}
         other => panic!("the idle connection was touched: {other:?}"),
     }
+    // The server still serves AMQPS.
+    let r = proton(&url, &p.ca, &["send", "orders", "after the garbage"]);
+    assert_eq!(r["sent"], "after the garbage");
+    let r = proton(&url, &p.ca, &["receive", "orders"]);
+    assert_eq!(r["body"], "after the garbage", "{r}");
 }
