@@ -24,6 +24,16 @@ pub struct Config {
     /// The SRMP (MSMQ over HTTP) endpoint, `/msmq/...`; off unless set. In hardened mode it
     /// defaults to 0.0.0.0:80, the only way in.
     pub srmp_listen: Option<SocketAddr>,
+    /// HTTPS for the SRMP endpoint: a PEM certificate chain (leaf first) and its PEM private
+    /// key (PKCS#8, PKCS#1 or SEC1). Both or neither; with them `srmp_listen` speaks only TLS.
+    pub srmp_tls_cert: Option<PathBuf>,
+    pub srmp_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: with it, an SRMP client must present a certificate they signed.
+    pub srmp_tls_client_ca: Option<PathBuf>,
+    /// HTTPS for the local API (PEM chain and key, both or neither). Required, with the bearer
+    /// token of `DATA_DIR/api-token`, when `api` is not a loopback address.
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
     /// Cores to run shards on; empty means every online core.
     pub cores: Vec<usize>,
     /// Extra names this machine answers to in DIRECT=OS: and DIRECT=TCP: format names, beside
@@ -70,6 +80,11 @@ impl Default for Config {
             listen: "0.0.0.0:1801".parse().expect("literal address"),
             api: "127.0.0.1:1802".parse().expect("literal address"),
             srmp_listen: None,
+            srmp_tls_cert: None,
+            srmp_tls_key: None,
+            srmp_tls_client_ca: None,
+            api_tls_cert: None,
+            api_tls_key: None,
             cores: Vec::new(),
             aliases: Vec::new(),
             remote_port: 1801,
@@ -360,21 +375,58 @@ impl Config {
                 None => text.push_str(note),
             }
         }
-        if self.srmp_listen.is_some() {
-            return text;
+        // TOML has no "unset": name each optional setting in a comment, so `lior config` shows
+        // that it exists.
+        let mut note = String::new();
+        if self.srmp_listen.is_none() {
+            note.push_str(
+                "# srmp_listen = \"0.0.0.0:80\"  # SRMP (MSMQ over HTTP) endpoint; off unless \
+                 set (hardened mode: 0.0.0.0:80)\n",
+            );
         }
-        // TOML has no "unset": name the setting in a comment, so `lior config` shows it exists.
-        let note = "# srmp_listen = \"0.0.0.0:80\"  # SRMP (MSMQ over HTTP) endpoint; off unless \
-                    set (hardened mode: 0.0.0.0:80)\n";
-        match text.find("\ncores") {
-            Some(i) => format!("{}{note}{}", &text[..=i], &text[i + 1..]),
-            None => format!("{note}{text}"),
+        for (set, line) in [
+            (
+                self.srmp_tls_cert.is_some(),
+                "# srmp_tls_cert = \"/etc/lior/srmp.pem\"  # HTTPS for SRMP: PEM chain; with \
+                 srmp_tls_key\n# srmp_tls_key = \"/etc/lior/srmp.key\"\n",
+            ),
+            (
+                self.srmp_tls_client_ca.is_some(),
+                "# srmp_tls_client_ca = \"/etc/lior/clients-ca.pem\"  # require SRMP client \
+                 certificates signed by these CAs\n",
+            ),
+            (
+                self.api_tls_cert.is_some(),
+                "# api_tls_cert = \"/etc/lior/api.pem\"  # HTTPS for the API (then every \
+                 request needs the bearer token of DATA_DIR/api-token)\n# api_tls_key = \
+                 \"/etc/lior/api.key\"\n",
+            ),
+        ] {
+            if !set {
+                note.push_str(line);
+            }
         }
+        if !note.is_empty() {
+            text = match text.find("\ncores") {
+                Some(i) => format!("{}{note}{}", &text[..=i], &text[i + 1..]),
+                None => format!("{note}{text}"),
+            };
+        }
+        if self.amqp.tls_listen.is_none() {
+            let amqps = "# tls_listen = \"0.0.0.0:5671\"  # AMQPS; with tls_cert and tls_key \
+                         (PEM)\n";
+            if let Some(i) = text.find("[amqp]\n") {
+                let at = i + "[amqp]\n".len();
+                text = format!("{}{amqps}{}", &text[..at], &text[at..]);
+            }
+        }
+        text
     }
 
     /// Checks ranges the wire or the product impose.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.amqp.validate().map_err(ConfigError)?;
+        self.validate_tls()?;
         for (host, r) in &self.remotes {
             if host.trim().is_empty() {
                 return Err(ConfigError("remotes: a remote machine needs a name".into()));
@@ -505,6 +557,56 @@ impl Config {
         Ok(())
     }
 
+    /// TLS keys come in pairs, and the API leaves loopback only with TLS (and its token).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        for (door, cert, key) in [
+            ("srmp", &self.srmp_tls_cert, &self.srmp_tls_key),
+            ("api", &self.api_tls_cert, &self.api_tls_key),
+        ] {
+            if cert.is_some() != key.is_some() {
+                return Err(ConfigError(format!(
+                    "{door}_tls_cert and {door}_tls_key go together: set both (a PEM \
+                     certificate chain and its PEM private key) or neither"
+                )));
+            }
+        }
+        if self.srmp_tls_client_ca.is_some() && self.srmp_tls_cert.is_none() {
+            return Err(ConfigError(
+                "srmp_tls_client_ca asks SRMP clients for certificates, which needs TLS: set \
+                 srmp_tls_cert and srmp_tls_key too"
+                    .into(),
+            ));
+        }
+        if self.srmp_tls_cert.is_some()
+            && self.srmp_listen.is_none()
+            && !self.parameters.Hardened_MSMQ
+        {
+            return Err(ConfigError(
+                "srmp_tls_cert is set but the SRMP endpoint is off: set srmp_listen (or remove \
+                 the srmp_tls_* keys)"
+                    .into(),
+            ));
+        }
+        if !self.api.ip().is_loopback() && self.api_tls_cert.is_none() {
+            return Err(ConfigError(format!(
+                "api = {} is not a loopback address: an API reachable from other machines needs \
+                 TLS and a bearer token. Set api_tls_cert and api_tls_key (the token is then \
+                 created in {}/api-token, mode 0600, and every request needs `Authorization: \
+                 Bearer <token>`), or bind the API to 127.0.0.1",
+                self.api,
+                self.data_dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether every API request needs the bearer token of `DATA_DIR/api-token`: when the API
+    /// is reachable beyond loopback, or served over TLS (TLS on the API is for remote use, say
+    /// through a forwarded port, so it is never open without the token).
+    pub fn api_needs_token(&self) -> bool {
+        !self.api.ip().is_loopback() || self.api_tls_cert.is_some()
+    }
+
     /// The resend schedule of MS-MQQB 3.1.3.1 in seconds: three tries at each of the first
     /// three intervals, then the last one forever.
     pub fn resend_schedule_s(&self) -> [u32; 10] {
@@ -578,6 +680,16 @@ mod tests {
     fn every_setting_is_named_in_the_printed_file_even_when_unset() {
         let text = Config::default().to_toml();
         assert!(text.contains("# srmp_listen = "), "{text}");
+        for key in [
+            "srmp_tls_cert",
+            "srmp_tls_key",
+            "srmp_tls_client_ca",
+            "api_tls_cert",
+            "api_tls_key",
+            "tls_listen",
+        ] {
+            assert!(text.contains(&format!("# {key} = ")), "{key}: {text}");
+        }
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
         let c = Config {
             srmp_listen: Some("127.0.0.1:8080".parse().unwrap()),
@@ -642,5 +754,37 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn tls_keys_pair_up_and_the_api_leaves_loopback_only_with_tls() {
+        let e = Config::from_toml("srmp_listen = \"127.0.0.1:0\"\nsrmp_tls_cert = \"c.pem\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("srmp_tls_key"), "{e}");
+        let e = Config::from_toml("api_tls_key = \"k.pem\"\n").unwrap_err();
+        assert!(e.0.contains("api_tls_cert"), "{e}");
+        let e = Config::from_toml("srmp_tls_client_ca = \"ca.pem\"\n").unwrap_err();
+        assert!(e.0.contains("srmp_tls_cert"), "{e}");
+        let e = Config::from_toml("api = \"0.0.0.0:1802\"\n").unwrap_err();
+        assert!(
+            e.0.contains("not a loopback address") && e.0.contains("api_tls_cert"),
+            "{e}"
+        );
+        let c = Config::from_toml(
+            "api = \"0.0.0.0:1802\"\napi_tls_cert = \"c.pem\"\napi_tls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert!(c.api_needs_token());
+        assert!(!Config::default().api_needs_token());
+        let c = Config {
+            api_tls_cert: Some("c.pem".into()),
+            api_tls_key: Some("k.pem".into()),
+            ..Config::default()
+        };
+        assert!(
+            c.api_needs_token(),
+            "TLS on the API always comes with the token"
+        );
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c);
     }
 }

@@ -48,6 +48,10 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     if let Some(a) = srmp_addr {
         host::ensure_no_listener(a, "SRMP").map_err(anyhow::Error::msg)?;
     }
+    // TLS on the doors (certificates read now, so a bad file stops the start) and the API token.
+    let amqps = crate::amqp::tls::door(&config.amqp).map_err(anyhow::Error::msg)?;
+    let srmp_tls = crate::http::tls::srmp_tls(&config).map_err(anyhow::Error::msg)?;
+    let api_security = crate::http::tls::api_security(&config).map_err(anyhow::Error::msg)?;
     crate::engine::probe::check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let signal = crate::engine::signal::install()?;
     let cores = if config.cores.is_empty() {
@@ -103,6 +107,9 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     if config.amqp.enabled {
         listen.push((crate::amqp::AMQP_LISTENER, config.amqp.listen));
     }
+    if let (Some(a), Some(_)) = (config.amqp.tls_listen, &amqps) {
+        listen.push((crate::amqp::AMQPS_LISTENER, a));
+    }
     let engine_cfg = EngineConfig {
         listen,
         cores: cores.clone(),
@@ -112,7 +119,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     let s2 = shared.clone();
-    let amqp_shared = Arc::new(crate::amqp::app::AmqpShared::new(amqp_sasl));
+    let amqp_shared = Arc::new(crate::amqp::app::AmqpShared::new(amqp_sasl).with_tls(amqps));
     let amqp_factory = amqp_shared.clone();
     // The shards' mesh (a lane per ordered pair), made by whichever factory runs first: every
     // shard's waker exists before any factory runs.
@@ -163,6 +170,8 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         crate::engine::net::EngineError::Listen { addr, error } => {
             let door = if config.amqp.enabled && *addr == config.amqp.listen {
                 "AMQP (amqp.listen)"
+            } else if config.amqp.tls_listen == Some(*addr) {
+                "AMQPS (amqp.tls_listen)"
             } else {
                 "MS-MQQB (listen)"
             };
@@ -194,10 +203,17 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(move |lens: &crate::qm::broker::QueueLens| {
         let mut m = render_metrics(&s3, &engine_counters, lens);
         a3.render_metrics(&mut m);
+        crate::http::tls::render_metrics(&mut m);
         m
     });
-    let api = serve_api(config.api, broker.clone(), shards.clone(), metrics)
-        .map_err(|e| listen_error("API (api)", config.api, &e))?;
+    let api = serve_api(
+        config.api,
+        broker.clone(),
+        shards.clone(),
+        metrics,
+        api_security,
+    )
+    .map_err(|e| listen_error("API (api)", config.api, &e))?;
     let srmp = match srmp_addr {
         Some(a) => Some(
             crate::http::srmp::serve_srmp(
@@ -205,6 +221,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
                 broker.clone(),
                 shards.clone(),
                 crate::http::srmp::SrmpLimits::from_config(&config.limits, budget.srmp),
+                srmp_tls,
             )
             .map_err(|e| listen_error("SRMP (srmp_listen)", a, &e))?,
         ),
@@ -224,6 +241,9 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     let amqp = engine
         .local_addr_of(crate::amqp::AMQP_LISTENER)
         .map_or_else(|| "off".to_string(), |a| a.to_string());
+    let amqps = engine
+        .local_addr_of(crate::amqp::AMQPS_LISTENER)
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
     let listen = engine
         .local_addr_of(crate::server::MSMQ_LISTENER)
         .map(|a| a.to_string())
@@ -236,7 +256,8 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let written = writeln!(
             out,
-            "lior ready listen={listen} api={} srmp={} amqp={amqp} qm={} cores={:?} data_dir={}",
+            "lior ready listen={listen} api={} srmp={} amqp={amqp} amqps={amqps} qm={} cores={:?} \
+             data_dir={}",
             api.local_addr,
             srmp.as_ref()
                 .map_or_else(|| "off".to_string(), |s| s.local_addr.to_string()),

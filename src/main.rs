@@ -183,9 +183,109 @@ enum StoreCommand {
 
 #[derive(clap::Args)]
 struct ApiArg {
-    /// Address of the local API of a running `lior serve`.
+    /// Address of the local API of a running `lior serve` (`HOST:PORT`, or a URL:
+    /// `https://HOST:PORT` for an API served with api_tls_cert).
     #[arg(long, default_value = "127.0.0.1:1802", global = true)]
     api: String,
+    /// PEM CA certificates that sign the certificate of an `https://` API (default: the
+    /// public web roots built into lior).
+    #[arg(long, global = true)]
+    api_ca: Option<PathBuf>,
+    /// The API's bearer token file, `DATA_DIR/api-token` of the server (needed when the API is
+    /// beyond loopback or on HTTPS). Default: $LIOR_API_TOKEN_FILE, else ./lior-data/api-token
+    /// or /var/lib/lior/api-token, the first that exists.
+    #[arg(long, global = true)]
+    api_token_file: Option<PathBuf>,
+}
+
+/// How the CLI reaches the API: the agent (with the CA of `--api-ca`) and the bearer token.
+struct ApiClient {
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+static API_CLIENT: std::sync::OnceLock<ApiClient> = std::sync::OnceLock::new();
+
+impl ApiArg {
+    /// Sets up the API client from the options; returns the API's address.
+    fn setup(&self) -> anyhow::Result<String> {
+        let tls = match &self.api_ca {
+            Some(ca) => Some(
+                lior::http::tls::client_config(ca, None)
+                    .map_err(|e| anyhow::anyhow!("--api-ca: {e}"))?,
+            ),
+            None => None,
+        };
+        let file = match &self.api_token_file {
+            Some(f) => Some(f.clone()),
+            None => std::env::var_os("LIOR_API_TOKEN_FILE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    ["./lior-data", "/var/lib/lior"]
+                        .iter()
+                        .map(|d| std::path::Path::new(d).join(lior::http::tls::API_TOKEN_FILE))
+                        .find(|p| p.is_file())
+                }),
+        };
+        let token = match file {
+            Some(f) => Some(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot read the API token file {}: {e}", f.display())
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let mut client = ApiClient {
+            tls,
+            token,
+            agent: ureq::Agent::new(),
+        };
+        client.agent = client.agent_builder().build();
+        let _ = API_CLIENT.set(client);
+        Ok(self.api.clone())
+    }
+}
+
+impl ApiClient {
+    fn agent_builder(&self) -> ureq::AgentBuilder {
+        let b = ureq::AgentBuilder::new();
+        match &self.tls {
+            Some(t) => b.tls_config(t.clone()),
+            None => b,
+        }
+    }
+}
+
+fn api_client() -> &'static ApiClient {
+    API_CLIENT.get_or_init(|| ApiClient {
+        tls: None,
+        token: None,
+        agent: ureq::Agent::new(),
+    })
+}
+
+/// A request carrying the bearer token, when there is one.
+fn authorize(req: ureq::Request) -> ureq::Request {
+    match &api_client().token {
+        Some(t) => req.set("Authorization", &format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+fn get(url: &str) -> ureq::Request {
+    authorize(api_client().agent.get(url))
+}
+
+fn post(url: &str) -> ureq::Request {
+    authorize(api_client().agent.post(url))
+}
+
+fn delete(url: &str) -> ureq::Request {
+    authorize(api_client().agent.delete(url))
 }
 
 #[derive(Subcommand)]
@@ -308,9 +408,9 @@ fn main() -> ExitCode {
         Command::Config { config } => print_config(config),
         Command::Serve(args) => serve(args),
         Command::Bench(args) => lior::bench::main(args),
-        Command::Status { json, api } => status(&api.api, json),
-        Command::Queue { command, api } => queue(command, &api.api),
-        Command::Outgoing { command, api } => outgoing(command, &api.api),
+        Command::Status { json, api } => api.setup().and_then(|a| status(&a, json)),
+        Command::Queue { command, api } => api.setup().and_then(|a| queue(command, &a)),
+        Command::Outgoing { command, api } => api.setup().and_then(|a| outgoing(command, &a)),
         Command::Store { command } => store(command),
         Command::AmqpUser {
             command: AmqpUserCommand::Hash,
@@ -320,7 +420,9 @@ fn main() -> ExitCode {
             count,
             json,
             api,
-        } => messages(&api.api, &queue, "GET", "messages", count, 0, json),
+        } => api
+            .setup()
+            .and_then(|a| messages(&a, &queue, "GET", "messages", count, 0, json)),
         Command::Send {
             to,
             label,
@@ -332,25 +434,29 @@ fn main() -> ExitCode {
             count,
             json,
             api,
-        } => send(
-            &api.api,
-            &to,
-            &label,
-            body,
-            body_file,
-            priority,
-            recoverable || transactional,
-            transactional,
-            count,
-            json,
-        ),
+        } => api.setup().and_then(|a| {
+            send(
+                &a,
+                &to,
+                &label,
+                body,
+                body_file,
+                priority,
+                recoverable || transactional,
+                transactional,
+                count,
+                json,
+            )
+        }),
         Command::Receive {
             queue,
             count,
             wait_ms,
             json,
             api,
-        } => messages(&api.api, &queue, "POST", "receive", count, wait_ms, json),
+        } => api
+            .setup()
+            .and_then(|a| messages(&a, &queue, "POST", "receive", count, wait_ms, json)),
     };
     match result {
         Ok(code) => code,
@@ -501,7 +607,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn url(api: &str, path: &str) -> String {
-    format!("http://{api}{path}")
+    if api.starts_with("http://") || api.starts_with("https://") {
+        format!("{}{path}", api.trim_end_matches('/'))
+    } else {
+        format!("http://{api}{path}")
+    }
 }
 
 /// Percent-encodes a queue name for a URL path segment.
@@ -559,6 +669,11 @@ fn call_more(
                 .ok()
                 .and_then(|v| v["error"].as_str().map(String::from))
                 .unwrap_or(text);
+            if code == 401 && api_client().token.is_none() {
+                anyhow::bail!(
+                    "{msg} (HTTP 401): no token file was found; pass --api-token-file                      DATA_DIR/api-token (a copy of the server's file, kept private)"
+                )
+            }
             anyhow::bail!("{msg} (HTTP {code})")
         }
         Err(ureq::Error::Transport(t)) if sent_bytes > 0 && t.kind() == ureq::ErrorKind::Io => {
@@ -576,10 +691,10 @@ fn call_more(
 }
 
 fn status(api: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let st = call(ureq::get(&url(api, "/v1/status")), None)?;
-    let queues = call(ureq::get(&url(api, "/v1/queues")), None)?;
-    let outgoing = call(ureq::get(&url(api, "/v1/outgoing")), None)?;
-    let metrics = ureq::get(&url(api, "/metrics"))
+    let st = call(get(&url(api, "/v1/status")), None)?;
+    let queues = call(get(&url(api, "/v1/queues")), None)?;
+    let outgoing = call(get(&url(api, "/v1/outgoing")), None)?;
+    let metrics = get(&url(api, "/metrics"))
         .call()
         .ok()
         .and_then(|r| r.into_string().ok())
@@ -602,7 +717,7 @@ fn print_table(t: &cli::table::Table) {
 
 /// The named queue's `(messages, bytes)` as `/v1/queues` lists it (names are case-insensitive).
 fn queue_counts(api: &str, name: &str) -> anyhow::Result<Option<(u64, u64)>> {
-    let v = call(ureq::get(&url(api, "/v1/queues")), None)?;
+    let v = call(get(&url(api, "/v1/queues")), None)?;
     Ok(v.as_array().into_iter().flatten().find_map(|q| {
         q["name"]
             .as_str()
@@ -624,7 +739,7 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let v = call(
-                ureq::post(&url(api, "/v1/queues")),
+                post(&url(api, "/v1/queues")),
                 Some(serde_json::json!({"name": name, "transactional": transactional})),
             )?;
             if json {
@@ -639,7 +754,7 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
             }
         }
         QueueCommand::List { json } => {
-            let v = call(ureq::get(&url(api, "/v1/queues")), None)?;
+            let v = call(get(&url(api, "/v1/queues")), None)?;
             if json {
                 outln!("{v}");
             } else {
@@ -675,7 +790,7 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
         }
         QueueCommand::Delete { name, json } => {
             call(
-                ureq::delete(&url(api, &format!("/v1/queues/{}", seg(&name)))),
+                delete(&url(api, &format!("/v1/queues/{}", seg(&name)))),
                 None,
             )?;
             if json {
@@ -708,7 +823,7 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 })
             };
             let r = call(
-                ureq::post(&url(api, &format!("/v1/queues/{}/purge", seg(&name)))),
+                post(&url(api, &format!("/v1/queues/{}/purge", seg(&name)))),
                 None,
             );
             done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -840,7 +955,7 @@ fn print_queue_detail(v: &serde_json::Value, json: bool) {
 fn outgoing(cmd: OutgoingCommand, api: &str) -> anyhow::Result<ExitCode> {
     let (destination, paused, json) = match cmd {
         OutgoingCommand::List { json } => {
-            let v = call(ureq::get(&url(api, "/v1/outgoing")), None)?;
+            let v = call(get(&url(api, "/v1/outgoing")), None)?;
             if json {
                 outln!("{v}");
                 return Ok(ExitCode::SUCCESS);
@@ -881,7 +996,7 @@ fn outgoing(cmd: OutgoingCommand, api: &str) -> anyhow::Result<ExitCode> {
         "/v1/outgoing/resume"
     };
     let v = call(
-        ureq::post(&url(api, path)),
+        post(&url(api, path)),
         Some(serde_json::json!({ "destination": destination })),
     )?;
     if json {
@@ -911,7 +1026,7 @@ fn messages(
         "--count 0: lior {verb} takes at least 1 message; nothing was done"
     );
     let timeout = std::time::Duration::from_millis(wait_ms + 30_000);
-    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    let agent = api_client().agent_builder().timeout(timeout).build();
     let mut shown = 0usize;
     let mut progress = cli::Progress::new();
     // A peek answer that stopped at its byte bound with more messages left.
@@ -925,7 +1040,7 @@ fn messages(
             "/v1/queues/{}/{what}?count={batch}&wait_ms={wait}",
             seg(queue)
         );
-        let (v, more) = call_more(agent.request(method, &url(api, &path)), None)?;
+        let (v, more) = call_more(authorize(agent.request(method, &url(api, &path))), None)?;
         let list = v.as_array().cloned().unwrap_or_default();
         for m in &list {
             if json {
@@ -1112,7 +1227,7 @@ fn send(
                 .encode(format!("{}", i + 1))
                 .into();
         }
-        let v = call(ureq::post(&url(api, "/v1/send")), Some(req))?;
+        let v = call(post(&url(api, "/v1/send")), Some(req))?;
         if json {
             outln!("{v}");
             continue;

@@ -58,6 +58,8 @@ impl<S: QueueStore> App for ShardApp<S> {
                 .map(ShardConn::Msmq)
         } else if listener == AMQP_LISTENER {
             Some(ShardConn::Amqp(self.amqp.accept(now_ms, id, peer)))
+        } else if listener == crate::amqp::AMQPS_LISTENER {
+            self.amqp.accept_tls(now_ms, id, peer).map(ShardConn::Amqp)
         } else {
             tracing::debug!(%peer, %listener, "no app serves this listener: refused");
             None

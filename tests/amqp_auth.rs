@@ -33,6 +33,7 @@ fn amqp_cfg(listen: &str, mechanisms: &[&str]) -> AmqpConfig {
             name: "orders-app".into(),
             password_hash: app_hash().to_string(),
         }],
+        ..AmqpConfig::default()
     }
 }
 

@@ -175,9 +175,8 @@ fn the_kubernetes_manifests_carry_what_docs_ha_relies_on() {
     has("statefulset.yaml", "- /etc/lior/lior.toml");
     has("statefulset.yaml", "readinessProbe:");
     has("statefulset.yaml", "livenessProbe:");
-    has("statefulset.yaml", "path: /v1/status");
-    has("statefulset.yaml", "port: api");
-    has("statefulset.yaml", "containerPort: 1802");
+    has("statefulset.yaml", "- /usr/local/bin/lior");
+    has("statefulset.yaml", "- status");
     has("statefulset.yaml", "containerPort: 1801");
     has("service.yaml", "kind: Service");
     has("service.yaml", "port: 1801");
@@ -199,7 +198,7 @@ fn the_kubernetes_manifests_carry_what_docs_ha_relies_on() {
         .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
         .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
         .collect();
-    assert!(toml.contains("api = \"0.0.0.0:1802\""), "{toml}");
+    assert!(toml.contains("api = \"127.0.0.1:1802\""), "{toml}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lior.toml");
     std::fs::write(&path, &toml).unwrap();

@@ -56,6 +56,7 @@ fn ready(mut child: Child) -> Server {
         api: field("api="),
         srmp: field("srmp=").parse().ok(),
         amqp: field("amqp=").parse().ok(),
+        amqps: None,
         child,
     }
 }

@@ -71,6 +71,8 @@ pub struct AmqpCounters {
     pub released: AtomicU64,
     pub rejected: AtomicU64,
     pub modified: AtomicU64,
+    /// AMQPS connections closed on a TLS error (a failed handshake, garbage, a bad record).
+    pub tls_errors: AtomicU64,
 }
 
 /// What every shard's AMQP app shares.
@@ -78,6 +80,8 @@ pub struct AmqpShared {
     /// The SASL layer (`None`: no SASL, the client starts with `AMQP 0 1 0 0`).
     pub sasl: Option<SaslConfig>,
     pub counters: AmqpCounters,
+    /// AMQPS (`[amqp] tls_listen`): its TLS configuration and SASL layer.
+    pub tls: Option<super::tls::AmqpsDoor>,
 }
 
 impl AmqpShared {
@@ -85,14 +89,21 @@ impl AmqpShared {
         AmqpShared {
             sasl,
             counters: AmqpCounters::default(),
+            tls: None,
         }
+    }
+
+    /// Serves AMQPS too (connections on [`super::AMQPS_LISTENER`]).
+    pub fn with_tls(mut self, door: Option<super::tls::AmqpsDoor>) -> Self {
+        self.tls = door;
+        self
     }
 
     /// Appends the AMQP counters to a Prometheus text exposition (`/metrics`).
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let c = &self.counters;
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 9] = [
             ("amqp_connections_accepted_total", "AMQP connections accepted.", &c.connections_accepted),
             ("amqp_connections_closed_error_total", "AMQP connections closed on a protocol error, a failed login or a time-out (each logged).", &c.connections_closed_error),
             ("amqp_messages_in_total", "Messages received on AMQP producer links.", &c.messages_in),
@@ -101,6 +112,7 @@ impl AmqpShared {
             ("amqp_released_total", "AMQP deliveries released (put back).", &c.released),
             ("amqp_rejected_total", "AMQP deliveries rejected (moved to the dead-letter queue).", &c.rejected),
             ("amqp_modified_total", "AMQP deliveries modified (put back, counted when delivery-failed).", &c.modified),
+            ("amqp_tls_errors_total", "AMQPS connections closed on a TLS error (each logged).", &c.tls_errors),
         ];
         for (name, help, v) in rows {
             let _ = writeln!(
@@ -216,6 +228,10 @@ pub struct AmqpConn {
     /// A fallback look at waiting consumers at this time.
     arrival_deadline: Option<u64>,
     logged_close: bool,
+    /// AMQPS: the TLS layer between the engine's bytes and `conn`, and a reused buffer for
+    /// the plaintext passing through it.
+    tls: Option<Box<super::tls::TlsLayer>>,
+    tls_plain: Vec<u8>,
 }
 
 impl std::fmt::Debug for AmqpConn {
@@ -334,9 +350,20 @@ impl<S: QueueStore> AmqpApp<S> {
 
     /// A connection arrived on the AMQP listener.
     pub fn accept(&mut self, now_ms: u64, id: ConnId, peer: SocketAddr) -> AmqpConn {
+        let sasl = self.amqp.sasl.clone();
+        self.new_conn(now_ms, id, peer, sasl)
+    }
+
+    fn new_conn(
+        &mut self,
+        now_ms: u64,
+        id: ConnId,
+        peer: SocketAddr,
+        sasl: Option<SaslConfig>,
+    ) -> AmqpConn {
         let cfg = ConnectionConfig {
             container_id: format!("lior-{}", self.broker().guid()),
-            sasl: self.amqp.sasl.clone(),
+            sasl,
             ..ConnectionConfig::default()
         };
         self.amqp
@@ -351,11 +378,57 @@ impl<S: QueueStore> AmqpApp<S> {
             work: Vec::new(),
             arrival_deadline: None,
             logged_close: false,
+            tls: None,
+            tls_plain: Vec::new(),
         }
     }
 
+    /// A connection arrived on the AMQPS listener: TLS, then AMQP with the AMQPS door's SASL.
+    pub fn accept_tls(&mut self, now_ms: u64, id: ConnId, peer: SocketAddr) -> Option<AmqpConn> {
+        let door = self.amqp.tls.as_ref()?;
+        let (config, sasl) = (door.config.clone(), door.sasl.clone());
+        let layer = match super::tls::TlsLayer::new(config) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "amqps: cannot start TLS; connection refused");
+                return None;
+            }
+        };
+        let mut c = self.new_conn(now_ms, id, peer, sasl);
+        c.tls = Some(Box::new(layer));
+        Some(c)
+    }
+
+    fn tls_failed(&self, c: &mut AmqpConn, why: &str) {
+        self.amqp
+            .counters
+            .tls_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if crate::ratelog::MALFORMED.allow() {
+            tracing::warn!(peer = %c.peer, error = %why, "amqps: TLS error; closing the connection");
+        }
+        c.logged_close = true;
+    }
+
     pub fn on_recv(&mut self, now_ms: u64, c: &mut AmqpConn, bytes: &[u8]) -> Result<(), AppError> {
-        if let Err(e) = c.conn.handle_bytes(now_ms, bytes) {
+        let mut plain = std::mem::take(&mut c.tls_plain);
+        let bytes = match c.tls.as_mut() {
+            None => bytes,
+            Some(tls) => {
+                plain.clear();
+                if let Err(e) = tls.on_ciphertext(bytes, &mut plain) {
+                    self.tls_failed(c, &e);
+                }
+                &plain[..]
+            }
+        };
+        let handled = if bytes.is_empty() {
+            Ok(())
+        } else {
+            c.conn.handle_bytes(now_ms, bytes)
+        };
+        c.tls_plain = plain;
+        if let Err(e) = handled {
             // The condition went to the peer; `wants_close` closes once it is sent.
             self.log_close(c, &e.to_string());
         }
@@ -399,7 +472,20 @@ impl<S: QueueStore> AmqpApp<S> {
         }
         self.fill_all(now_ms, c);
         self.drive(now_ms, c);
-        if c.conn.has_transmit() {
+        if let Some(tls) = c.tls.as_mut() {
+            // AMQPS: the plaintext goes through rustls; `buf` gets the records.
+            let mut plain = std::mem::take(&mut c.tls_plain);
+            plain.clear();
+            if c.conn.has_transmit() {
+                plain = c.conn.take_transmit(plain);
+            }
+            let sent = tls.transmit(&plain, c.conn.is_closed(), buf);
+            plain.clear();
+            c.tls_plain = plain;
+            if let Err(e) = sent {
+                self.tls_failed(c, &e);
+            }
+        } else if c.conn.has_transmit() {
             let spare = std::mem::take(buf);
             *buf = c.conn.take_transmit(spare);
         }
@@ -434,7 +520,16 @@ impl<S: QueueStore> AmqpApp<S> {
     }
 
     pub fn wants_close(&self, c: &AmqpConn) -> bool {
-        c.conn.is_closed()
+        match &c.tls {
+            // A connection closed before its handshake ended (the AMQP open time-out) has
+            // nothing to flush.
+            Some(t) => {
+                t.failed()
+                    || t.peer_closed()
+                    || (c.conn.is_closed() && (t.close_sent() || t.is_handshaking()))
+            }
+            None => c.conn.is_closed(),
+        }
     }
 
     pub fn on_closed(&mut self, now_ms: u64, mut c: AmqpConn, reason: CloseReason) {

@@ -41,6 +41,14 @@ pub struct AmqpConfig {
     pub sasl_mechanisms: Vec<String>,
     /// The users SASL PLAIN accepts.
     pub users: Vec<AmqpUser>,
+    /// AMQPS (AMQP over TLS, IANA port 5671) on the same shards, served while `enabled`;
+    /// needs `tls_cert` and `tls_key`. Its SASL mechanisms follow the rule above for this
+    /// address (ANONYMOUS automatic only on loopback). Port 0 picks a free port.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) of the AMQPS listener.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// One `[[amqp.users]]` entry.
@@ -61,6 +69,9 @@ impl Default for AmqpConfig {
             listen: "127.0.0.1:5672".parse().expect("literal address"),
             sasl_mechanisms: Vec::new(),
             users: Vec::new(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -75,17 +86,21 @@ pub struct Mechanisms {
 impl AmqpConfig {
     /// The mechanisms offered on `listen`, or why the section is wrong (naming the key).
     pub fn mechanisms(&self) -> Result<Mechanisms, String> {
+        self.mechanisms_on(self.listen)
+    }
+
+    /// The mechanisms offered on the listener at `addr` (`listen` or `tls_listen`).
+    pub fn mechanisms_on(&self, addr: SocketAddr) -> Result<Mechanisms, String> {
         if self.sasl_mechanisms.is_empty() {
             let m = Mechanisms {
                 plain: !self.users.is_empty(),
-                anonymous: self.listen.ip().is_loopback(),
+                anonymous: addr.ip().is_loopback(),
             };
             if self.enabled && !m.plain && !m.anonymous {
                 return Err(format!(
-                    "amqp: no SASL mechanism for {}: ANONYMOUS is automatic only on a loopback \
-                     address; add [[amqp.users]] (PLAIN, hashes from `lior amqp-user hash`) or \
-                     list \"ANONYMOUS\" in amqp.sasl_mechanisms",
-                    self.listen
+                    "amqp: no SASL mechanism for {addr}: ANONYMOUS is automatic only on a \
+                     loopback address; add [[amqp.users]] (PLAIN, hashes from `lior amqp-user \
+                     hash`) or list \"ANONYMOUS\" in amqp.sasl_mechanisms"
                 ));
             }
             return Ok(m);
@@ -119,6 +134,21 @@ impl AmqpConfig {
     /// Checks the section: mechanisms, user count, names, duplicate names and every hash.
     pub fn validate(&self) -> Result<(), String> {
         self.mechanisms()?;
+        if let Some(a) = self.tls_listen {
+            self.mechanisms_on(a)?;
+            if self.tls_cert.is_none() || self.tls_key.is_none() {
+                return Err(format!(
+                    "amqp.tls_listen = {a} needs amqp.tls_cert and amqp.tls_key (a PEM \
+                     certificate chain and its PEM private key)"
+                ));
+            }
+        } else if self.tls_cert.is_some() || self.tls_key.is_some() {
+            return Err(
+                "amqp.tls_cert / amqp.tls_key are set but amqp.tls_listen is not: set the \
+                 AMQPS address (e.g. \"0.0.0.0:5671\") or remove them"
+                    .into(),
+            );
+        }
         if self.users.len() > USERS_MAX {
             return Err(format!(
                 "amqp.users: {} users; at most USERS_MAX ({USERS_MAX})",

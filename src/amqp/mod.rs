@@ -21,7 +21,8 @@
 //! | `performatives.rs` | Part 2: §2.7 performatives, §2.8 definitions (role, settle modes, error and its conditions §2.8.14-2.8.18); Part 3 (Messaging): §3.4 delivery state, §3.5.3 source, §3.5.4 target |
 //! | `sasl.rs` | Part 5 (Security): §5.3.3 SASL frames; RFC 4505 (ANONYMOUS) and RFC 4616 (PLAIN) initial responses |
 //! | `auth.rs` | Part 5 §5.3 SASL PLAIN against the `[[amqp.users]]` Argon2 hashes (RFC 4616) |
-//! | `config.rs` | the `[amqp]` configuration section (listen address, mechanisms, users) |
+//! | `config.rs` | the `[amqp]` configuration section (listen address, mechanisms, users, AMQPS) |
+//! | `tls.rs` | AMQPS: rustls between the engine's bytes and the sans-IO connection |
 //! | `message.rs` | Part 3: §3.2 message format (header, delivery-annotations, message-annotations, properties, application-properties, data, amqp-sequence, amqp-value, footer) |
 //!
 //! How a listener uses it (sketch; `buf` is the connection's receive buffer after the protocol
@@ -101,6 +102,7 @@ pub mod mapping;
 pub mod message;
 pub mod performatives;
 pub mod sasl;
+pub mod tls;
 pub mod types;
 
 use std::fmt;
@@ -110,6 +112,9 @@ use crate::engine::net::Listener;
 /// The engine listener AMQP connections arrive on (`daemon.rs` tags `[amqp] listen` with it;
 /// MS-MQQB's is [`crate::server::MSMQ_LISTENER`]).
 pub const AMQP_LISTENER: Listener = Listener(1);
+
+/// The engine listener AMQPS connections arrive on (`[amqp] tls_listen`; see [`tls`]).
+pub const AMQPS_LISTENER: Listener = Listener(2);
 
 /// Deepest nesting of described values and compounds a decoder follows. AMQP's own
 /// performatives nest 4 deep (transfer > state > error > info map); hostile input nests

@@ -173,6 +173,7 @@ pub fn serve_api<S: QueueStore + Send + Sync + 'static>(
     broker: Arc<Broker<S>>,
     shards: ShardClient,
     metrics: MetricsFn,
+    security: super::tls::ApiSecurity,
 ) -> std::io::Result<ApiHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -228,7 +229,10 @@ pub fn serve_api<S: QueueStore + Send + Sync + 'static>(
                     .route(console::JS_PATH, get(console::js))
                     .layer(DefaultBodyLimit::max(SEND_REQUEST_BYTES_MAX))
                     .with_state(ctx);
-                let r = axum::serve(super::CappedListener::new(listener, api_cap, "API"), app)
+                let app = security.protect(app);
+                let listener =
+                    super::CappedListener::new(listener, api_cap, "API").with_tls(security.tls);
+                let r = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = rx.await;
                     })

@@ -1,5 +1,7 @@
 //! The local HTTP/JSON API (queue administration, peek, receive, metrics) on loopback, served by
-//! axum on a thread of its own. It calls the queue manager; it holds no queue logic.
+//! axum on a thread of its own. It calls the queue manager; it holds no queue logic. With
+//! `api_tls_cert` it speaks HTTPS, and beyond loopback (or with TLS) every request needs the
+//! bearer token of `DATA_DIR/api-token` ([`tls`]).
 
 pub mod api;
 pub mod console;
@@ -7,6 +9,7 @@ pub mod message_json;
 pub mod srmp;
 pub mod srmp_client;
 pub mod srmp_write;
+pub mod tls;
 
 pub use api::{serve_api, ApiHandle};
 
@@ -18,6 +21,7 @@ pub struct CappedListener {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     max: usize,
     what: &'static str,
+    tls: Option<tls::ServerTls>,
 }
 
 impl CappedListener {
@@ -28,13 +32,20 @@ impl CappedListener {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
             max,
             what,
+            tls: None,
         }
+    }
+
+    /// Serves TLS on every connection (the handshake runs on the connection's task).
+    pub fn with_tls(mut self, tls: Option<tls::ServerTls>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
 /// A connection of a [`CappedListener`]; its slot comes back when it is dropped.
 pub struct CappedStream {
-    stream: tokio::net::TcpStream,
+    stream: tls::Door<tokio::net::TcpStream>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -57,13 +68,17 @@ impl axum::serve::Listener for CappedListener {
             };
             match std::sync::Arc::clone(&self.slots).try_acquire_owned() {
                 Ok(slot) => {
+                    let stream = match &self.tls {
+                        Some(t) => t.wrap(stream, peer),
+                        None => tls::Door::plain(stream, peer),
+                    };
                     return (
                         CappedStream {
                             stream,
                             _slot: slot,
                         },
                         peer,
-                    )
+                    );
                 }
                 Err(_) => {
                     if crate::ratelog::REFUSED.allow() {

@@ -833,6 +833,7 @@ pub fn serve_srmp<S: QueueStore + Send + 'static>(
     broker: Arc<Broker<S>>,
     shards: ShardClient,
     limits: SrmpLimits,
+    tls: Option<super::tls::ServerTls>,
 ) -> std::io::Result<SrmpHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -862,7 +863,7 @@ pub fn serve_srmp<S: QueueStore + Send + 'static>(
                 let app = Router::new()
                     .fallback(axum::routing::post(post::<S>))
                     .with_state(ctx);
-                run_srmp(listener, app, limits, rx).await;
+                run_srmp(listener, app, limits, tls, rx).await;
             });
         })?;
     Ok(SrmpHandle {
@@ -876,6 +877,7 @@ async fn run_srmp(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: SrmpLimits,
+    tls: Option<super::tls::ServerTls>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
@@ -914,7 +916,16 @@ async fn run_srmp(
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let header_timeout = limits.header_timeout;
+        let tls = tls.clone();
         tokio::spawn(async move {
+            // HTTPS (srmp_tls_cert): the handshake first, bounded, on this connection's task.
+            let stream = match tls {
+                Some(t) => match t.wrap(stream, peer).handshake().await {
+                    Ok(s) => s,
+                    Err(_) => return, // logged and counted by the handshake
+                },
+                None => super::tls::Door::plain(stream, peer),
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)

@@ -34,6 +34,8 @@ pub struct Server {
     pub srmp: Option<SocketAddr>,
     /// The AMQP listener, when one runs (`--amqp-listen`).
     pub amqp: Option<SocketAddr>,
+    /// The AMQPS listener, when one runs (`[amqp] tls_listen`).
+    pub amqps: Option<SocketAddr>,
 }
 
 impl Server {
@@ -81,6 +83,10 @@ impl Server {
             api: field("api="),
             srmp: field("srmp=").parse().ok(),
             amqp: field("amqp=").parse().ok(),
+            amqps: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("amqps="))
+                .and_then(|a| a.parse().ok()),
             child,
         }
     }

@@ -105,8 +105,26 @@ function setStatus(text, isError) {
   s.className = isError ? 'status error' : 'status';
 }
 
+// The API's bearer token (an API beyond loopback or on HTTPS needs it): open the console as
+// https://HOST:PORT/#token=<DATA_DIR/api-token>; the fragment never leaves the browser, is kept
+// in this tab's sessionStorage and removed from the address bar.
+const TOKEN_KEY = 'lior-api-token';
+(function takeToken() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+})();
+
 async function call(path, opts) {
-  const r = await fetch(path, Object.assign({ cache: 'no-store' }, opts || {}));
+  const o = Object.assign({ cache: 'no-store' }, opts || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) o.headers = Object.assign({}, o.headers || {}, { Authorization: 'Bearer ' + token });
+  const r = await fetch(path, o);
+  if (r.status === 401) {
+    throw new Error('this API needs its token: open ' + location.origin + '/#token=<the contents of DATA_DIR/api-token>');
+  }
   if (!r.ok) {
     let why = r.statusText;
     try { why = (await r.json()).error || why; } catch (_) { /* not JSON */ }
