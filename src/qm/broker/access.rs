@@ -29,29 +29,27 @@ static REFUSAL_LOG: Mutex<RefusalLog> = Mutex::new(RefusalLog::new());
 /// authenticated (an Authenticate queue takes it) but counts as Everyone.
 pub fn arrival_identity(
     msg: &UserMessage<'_>,
-    verified: Option<&crate::security::Authenticated>,
+    verified_cert_sha256: Option<&str>,
     security: &crate::config::Security,
 ) -> (SenderId, bool) {
     let claimed = sender_id(msg);
-    let Some(a) = verified else {
+    let Some(cert) = verified_cert_sha256 else {
         return (claimed, false);
     };
-    let registered = |sid: &str| {
-        security.RegisteredCertificates.iter().any(|c| {
-            c.Sid.eq_ignore_ascii_case(sid) && c.Sha256.eq_ignore_ascii_case(&a.cert_sha256)
-        })
-    };
+    let mut registrations = security
+        .RegisteredCertificates
+        .iter()
+        .filter(|c| c.Sha256.eq_ignore_ascii_case(cert));
     if let SenderId::Sid(sid) = &claimed {
-        if registered(sid) {
+        if registrations
+            .clone()
+            .any(|c| c.Sid.eq_ignore_ascii_case(sid))
+        {
             return (claimed, true);
         }
     }
     // No SID claimed (or not this certificate's): the certificate's registered user, if any.
-    match security
-        .RegisteredCertificates
-        .iter()
-        .find(|c| c.Sha256.eq_ignore_ascii_case(&a.cert_sha256))
-    {
+    match registrations.next() {
         Some(c) => (SenderId::Sid(c.Sid.clone()), true),
         None => (SenderId::QmGuid, true),
     }
@@ -60,18 +58,10 @@ pub fn arrival_identity(
 /// The identity of a message already stored (a dead letter being explained): verified when
 /// its stored SecurityHeader says so (AS), its certificate read again for the registration.
 fn stored_identity(msg: &UserMessage<'_>, security: &crate::config::Security) -> (SenderId, bool) {
-    if crate::security::stored_authentication(msg).is_none() {
-        return (sender_id(msg), false);
-    }
-    let cert = msg.security.as_ref().map_or(&[][..], |s| s.sender_cert);
-    let a = crate::security::Authenticated {
-        kind: crate::security::stored_authentication(msg).expect("checked above"),
-        hash: crate::security::HashAlg::Sha512,
-        sid: None,
-        cert_sha256: crate::security::sha256_hex(cert),
-        subject: String::new(),
-    };
-    arrival_identity(msg, Some(&a), security)
+    let cert = crate::security::stored_authentication(msg).map(|_| {
+        crate::security::sha256_hex(msg.security.as_ref().map_or(&[][..], |s| s.sender_cert))
+    });
+    arrival_identity(msg, cert.as_deref(), security)
 }
 
 /// The identity `msg` claims in its SecurityHeader.
@@ -141,8 +131,11 @@ impl<S: QueueStore> Broker<S> {
         verified: Option<&crate::security::Authenticated>,
     ) -> Option<Delivered> {
         let encrypted = msg.security.is_some_and(|s| s.flags.body_encrypted());
-        let (sender, authenticated) =
-            arrival_identity(msg, verified, &self.config.parameters.security);
+        let (sender, authenticated) = arrival_identity(
+            msg,
+            verified.map(|a| a.cert_sha256.as_str()),
+            &self.config.parameters.security,
+        );
         let refusal = check_arrival(&queue.security(), &sender, authenticated, encrypted).err()?;
         let class = refusal.class();
         let why = refusal_text(&refusal, &sender, &queue.name);
