@@ -854,11 +854,12 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
             rights,
             json,
         } => {
-            let v = call(
-                ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(&name)))),
-                Some(serde_json::json!({ "principal": principal, "grant": rights })),
+            change_rights(
+                api,
+                &name,
+                serde_json::json!({ "principal": principal, "grant": rights }),
+                json,
             )?;
-            print_queue_detail(&v, json);
         }
         QueueCommand::Revoke {
             name,
@@ -866,28 +867,40 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
             rights,
             json,
         } => {
-            let v = call(
-                ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(&name)))),
-                Some(serde_json::json!({ "principal": principal, "revoke": rights })),
+            change_rights(
+                api,
+                &name,
+                serde_json::json!({ "principal": principal, "revoke": rights }),
+                json,
             )?;
-            print_queue_detail(&v, json);
         }
         QueueCommand::Authenticate {
             name,
             setting,
             json,
         } => {
-            let v = call(
-                ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(&name)))),
-                Some(serde_json::json!({ "authenticate": setting == "on" })),
+            change_rights(
+                api,
+                &name,
+                serde_json::json!({ "authenticate": setting == "on" }),
+                json,
             )?;
-            print_queue_detail(&v, json);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints what `GET /v1/queues/{name}` answers (also the answer of a rights change).
+/// `POST /v1/queues/{name}/rights` with `body`, then the queue as it is now.
+fn change_rights(api: &str, name: &str, body: serde_json::Value, json: bool) -> anyhow::Result<()> {
+    let v = call(
+        ureq::post(&url(api, &format!("/v1/queues/{}/rights", seg(name)))),
+        Some(body),
+    )?;
+    print_queue_detail(&v, json);
+    Ok(())
+}
+
 fn print_queue_detail(v: &serde_json::Value, json: bool) {
     if json {
         outln!("{v}");
