@@ -255,31 +255,25 @@ fn boundary_for(parts: &[&[u8]], seed: u64) -> Option<String> {
 pub fn write_message(m: &SrmpOut<'_>) -> Option<Written> {
     let env = envelope(m);
     let boundary = boundary_for(&[env.as_bytes(), m.body], m.index ^ u64::from(m.sent_at))?;
-    let mut body = Vec::with_capacity(env.len() + m.body.len() + 512);
-    let _ = (|| -> std::fmt::Result {
-        let mut head = String::new();
-        write!(
-            head,
-            "--{boundary}\r\nContent-Type: text/xml; charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
-            env.len()
-        )?;
-        body.extend_from_slice(head.as_bytes());
-        body.extend_from_slice(env.as_bytes());
-        head.clear();
-        write!(
-            head,
-            "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\
-             Content-Id: body@{}\r\n\r\n",
-            m.body.len(),
-            guid_text(m.qm)
-        )?;
-        body.extend_from_slice(head.as_bytes());
-        body.extend_from_slice(m.body);
-        head.clear();
-        write!(head, "\r\n--{boundary}--\r\n")?;
-        body.extend_from_slice(head.as_bytes());
-        Ok(())
-    })();
+    let qm = guid_text(m.qm);
+    let (env_len, body_len) = (env.len(), m.body.len());
+    let mut body = Vec::with_capacity(env_len + body_len + 512);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Type: text/xml; charset=UTF-8\r\nContent-Length: {env_len}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(env.as_bytes());
+    body.extend_from_slice(
+        format!(
+            "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Length: \
+             {body_len}\r\nContent-Id: body@{qm}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(m.body);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     Some(Written {
         content_type: format!("multipart/related; boundary=\"{boundary}\"; type=text/xml"),
         body,
