@@ -590,6 +590,64 @@ pub async fn send_all<S: crate::store::QueueStore>(
     Ok(out)
 }
 
+/// Where one copy of a fanned-out message produced on a shard (AMQP) goes.
+#[derive(Clone, Debug)]
+pub enum CopyTarget {
+    /// A private, non-transactional queue of this machine.
+    Local(crate::qm::catalog::QueueDef),
+    /// The outgoing queue of another machine.
+    Remote(crate::wire::format_name::DirectName),
+}
+
+/// Stores one copy (`frame`: a whole UserMessage addressed to `target`, with its
+/// MultiQueueFormatHeader) without waiting for the disk, as a single AMQP produce does: into the
+/// local queue (duplicate and transactional checks, admin acknowledgement), or signed when a
+/// signing key is configured and into the outgoing queue. Returns the `(partition, ticket)` to
+/// wait for, or why this destination has no copy.
+pub fn store_copy_nowait<S: crate::store::QueueStore>(
+    broker: &crate::qm::broker::Broker<S>,
+    target: &CopyTarget,
+    frame: Vec<u8>,
+    now_unix: u32,
+    now_ms: u64,
+) -> Result<(usize, crate::store::Ticket), String> {
+    use crate::qm::broker::Verdict;
+    use crate::wire::user::UserMessage;
+    match target {
+        CopyTarget::Remote(d) => {
+            let frame = match &broker.signer {
+                Some(s) => s.sign_frame(&frame)?,
+                None => frame,
+            };
+            let msg = UserMessage::parse(&frame)
+                .map_err(|e| format!("the copy does not encode as an MSMQ packet: {e}"))?;
+            broker
+                .enqueue_outgoing_nowait(d, &frame, &crate::qm::broker::message_meta(&msg))
+                .map(|(_, p, t)| (p, t))
+                .map_err(|e| e.to_string())
+        }
+        CopyTarget::Local(def) => {
+            let msg = UserMessage::parse(&frame)
+                .map_err(|e| format!("the copy does not encode as an MSMQ packet: {e}"))?;
+            let d = broker.deliver_to(&frame, &msg, def, now_unix, now_ms);
+            if let Some(class) = d.admin_ack {
+                broker.send_admin_ack(&msg, class);
+            }
+            match d.verdict {
+                Verdict::Stored { ticket, .. } => Ok((d.partition, ticket)),
+                Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => Ok(origin),
+                Verdict::TxAck => Ok((d.partition, crate::store::Ticket::IMMEDIATE)),
+                Verdict::DeadLettered { class, .. } => Err(format!(
+                    "not deliverable to {} ({}); moved to the dead-letter queue",
+                    def.name,
+                    class.name()
+                )),
+                Verdict::Refuse(e) => Err(format!("cannot store the message in {}: {e}", def.name)),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
