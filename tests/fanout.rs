@@ -8,7 +8,11 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Server, BIN};
+use common::{Client, Server, BIN};
+use lior::qm::fanout::MqfLists;
+use lior::wire::format_name::FormatName;
+use lior::wire::user::{QueueRef, UserMessage};
+use lior::wire::{utf16z, Guid, Utf16};
 
 const DL_A: &str = "7f2c0a3e-5b7d-4c1e-9a61-0d5e3f2b8c41";
 const DL_B: &str = "0b9d7c5e-3a1f-4e2d-8c6b-5a4f3e2d1c0b";
@@ -288,4 +292,63 @@ fn an_amqp_producer_to_a_dl_address_fans_out() {
             [r"direct=os:.\private$\a", r"direct=os:.\private$\b"]
         );
     }
+}
+
+/// Arrivals: a sender's copies of one message (one message id) for two queues of this machine,
+/// each with the MultiQueueFormatHeader, are both stored, each in the queue its packet
+/// addresses, even in one store partition (one duplicate table); the same copy sent again is
+/// still a duplicate.
+#[test]
+fn copies_sharing_a_message_id_for_two_local_queues_are_both_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&d.path().join("data"), &["--cores", "0"]);
+    s.cli(&["queue", "create", "a"]);
+    s.cli(&["queue", "create", "b"]);
+    let names: Vec<FormatName> = [r"DIRECT=OS:.\private$\a", r"DIRECT=OS:.\private$\b"]
+        .iter()
+        .map(|n| FormatName::parse(n).unwrap())
+        .collect();
+    let lists = MqfLists::new(&names, &[], &[]).unwrap();
+    let source = Guid([0x66; 16]);
+    let frame = |path: &str| {
+        let dest = utf16z(path);
+        let label = utf16z("copy");
+        let mut m = UserMessage::new(
+            source,
+            42,
+            QueueRef::Direct(Utf16(&dest)),
+            Utf16(&label),
+            b"one message",
+        )
+        .with_recoverable(true)
+        .with_sent_time(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as u32,
+        )
+        .with_time_to_reach_queue(345_600);
+        m.multi_queue = Some(lists.header());
+        m.sync();
+        let mut f = vec![0u8; m.frame_len()];
+        let n = m.encode(&mut f).unwrap();
+        f.truncate(n);
+        f
+    };
+    let mut c = Client::connect(s.listen, source);
+    c.send(&frame(r"OS:127.0.0.1\private$\a"), true, 1);
+    c.send(&frame(r"OS:127.0.0.1\private$\b"), true, 2);
+    c.send(&frame(r"OS:127.0.0.1\private$\a"), true, 3);
+    c.wait_acked();
+    let a = s.receive_until("a", 1);
+    let b = s.receive_until("b", 1);
+    assert_eq!((a.len(), b.len()), (1, 1), "a: {a:?}\nb: {b:?}");
+    assert_eq!(
+        mqf(&b[0]),
+        [r"direct=os:.\private$\a", r"direct=os:.\private$\b"]
+    );
+    assert!(
+        s.receive_all("a").is_empty(),
+        "the resend of a's copy was stored twice"
+    );
 }

@@ -1000,10 +1000,8 @@ impl<S: QueueStore> AmqpApp<S> {
                 }
             }
         }
-        if failed {
-            if crate::ratelog::MALFORMED.allow() {
-                tracing::info!(peer = %c.peer, report = report.join("; "), "amqp: fan-out incomplete");
-            }
+        if failed && crate::ratelog::MALFORMED.allow() {
+            tracing::info!(peer = %c.peer, report = report.join("; "), "amqp: fan-out incomplete");
         }
         if settled {
             return;

@@ -590,6 +590,23 @@ pub async fn send_all<S: crate::store::QueueStore>(
     Ok(out)
 }
 
+/// The source half of a message's duplicate-table key. A copy of a message sent to several
+/// queues (MultiQueueFormatHeader present) may share its message id with its sibling copies
+/// (the sender made them from one message); two of them for two queues of this machine are not
+/// duplicates of each other. So for such a copy the destination queue is folded into the key
+/// (XORed into the source GUID's last four bytes and a marker bit): the same copy sent again to
+/// the same queue still is a duplicate. Other messages keep their source GUID.
+pub fn dedup_source(msg: &crate::wire::user::UserMessage<'_>, queue: u32) -> Guid {
+    let mut g = msg.user.source_queue_manager;
+    if msg.multi_queue.is_some() {
+        for (b, q) in g.0[12..].iter_mut().zip(queue.to_le_bytes()) {
+            *b ^= q;
+        }
+        g.0[8] ^= 0x01;
+    }
+    g
+}
+
 /// Where one copy of a fanned-out message produced on a shard (AMQP) goes.
 #[derive(Clone, Debug)]
 pub enum CopyTarget {
