@@ -352,3 +352,37 @@ fn copies_sharing_a_message_id_for_two_local_queues_are_both_stored() {
         "the resend of a's copy was stored twice"
     );
 }
+
+/// Hardened mode: the local copy is stored, the copy for another machine waits in its locked
+/// outgoing queue, and the answer says so for each destination.
+#[test]
+fn in_hardened_mode_each_destination_says_stored_or_locked() {
+    let d = tempfile::tempdir().unwrap();
+    let c = write_config(
+        d.path(),
+        "srmp_listen = \"127.0.0.1:0\"\n[Parameters]\nHardened_MSMQ = true\n",
+    );
+    let s = Server::start_with(&d.path().join("data"), &["--config", &c]);
+    s.cli(&["queue", "create", "a"]);
+    let (v, ok, text) = send_json(
+        &s,
+        r"DIRECT=OS:.\private$\a,DIRECT=TCP:192.0.2.1\private$\far",
+        "x",
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        outcomes(&v),
+        [
+            (r"direct=os:.\private$\a".into(), "stored".into()),
+            (r"direct=tcp:192.0.2.1\private$\far".into(), "locked".into()),
+        ],
+        "{v}"
+    );
+    let far = &v["destinations"][1];
+    assert!(
+        far["held"].as_str().unwrap_or("").contains("hardened"),
+        "{v}"
+    );
+    assert_eq!(s.receive_until("a", 1).len(), 1);
+    assert_eq!(common::api::outgoing_len(&s), 1);
+}
