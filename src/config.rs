@@ -45,6 +45,11 @@ pub struct Config {
     /// Per remote machine, as named in format names (`[remotes."10.0.0.7"] port = 1901`):
     /// settings that differ from the defaults above. Names are compared without case.
     pub remotes: std::collections::BTreeMap<String, Remote>,
+    /// Distribution lists (`DL=` names), by GUID: `[distribution_lists."<guid>"]` with `name`
+    /// and `members` (format names; nested `DL=` allowed). lior has no directory service, so
+    /// this is where a list's members come from (`qm/fanout.rs`).
+    pub distribution_lists:
+        std::collections::BTreeMap<String, crate::qm::fanout::DistributionListConfig>,
     /// Engine and store limits that have no Windows counterpart.
     pub limits: Limits,
     /// The AMQP 1.0 door: `enabled`, `listen`, `sasl_mechanisms`, `[[amqp.users]]` (see
@@ -89,6 +94,7 @@ impl Default for Config {
             aliases: Vec::new(),
             remote_port: 1801,
             remotes: std::collections::BTreeMap::new(),
+            distribution_lists: std::collections::BTreeMap::new(),
             limits: Limits::default(),
             amqp: Default::default(),
             parameters: Parameters::default(),
@@ -437,6 +443,8 @@ impl Config {
                 )));
             }
         }
+        crate::qm::fanout::DistributionLists::from_config(&self.distribution_lists)
+            .map_err(ConfigError)?;
         let p = &self.parameters;
         if p.MaxUnackedPacket == 0 {
             return Err(ConfigError(

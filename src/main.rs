@@ -1232,6 +1232,7 @@ fn send(
         "recoverable": recoverable,
         "transactional": transactional,
     });
+    let mut some_refused = false;
     for i in 0..count {
         let mut req = req.clone();
         if count > 1 && bytes.is_empty() {
@@ -1241,6 +1242,30 @@ fn send(
                 .into();
         }
         let v = call(post(&url(api, "/v1/send")), Some(req))?;
+        if let Some(dests) = v["destinations"].as_array() {
+            // A multiple-element or DL= name: one line per destination (qm/fanout.rs).
+            some_refused |= dests.iter().any(|d| d["outcome"] == "refused");
+            if json {
+                outln!("{v}");
+                continue;
+            }
+            for d in dests {
+                outln!(
+                    "{} {}: {}",
+                    d["outcome"].as_str().unwrap_or("?"),
+                    d["destination"].as_str().unwrap_or("?"),
+                    d["error"].as_str().or(d["held"].as_str()).map_or_else(
+                        || format!(
+                            "{} (queue {})",
+                            d["message_id"].as_str().unwrap_or("?"),
+                            d["queue"].as_str().unwrap_or("?")
+                        ),
+                        |w| w.to_string()
+                    )
+                );
+            }
+            continue;
+        }
         if json {
             outln!("{v}");
             continue;
@@ -1254,6 +1279,10 @@ fn send(
                 .as_str()
                 .map_or_else(String::new, |h| format!("; {h}"))
         );
+    }
+    if some_refused {
+        errln!("lior send: some destinations refused their copy (see above)");
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -135,6 +135,12 @@ struct LocalQueue {
 enum Target {
     Local(LocalQueue),
     Remote(DirectName),
+    /// A multiple-element or `DL=` address (producers only): each destination's format name
+    /// and where its copy goes, and the MQF lists every copy carries (`qm/fanout.rs`).
+    Fanout(
+        Arc<[(String, crate::qm::fanout::CopyTarget)]>,
+        Arc<crate::qm::fanout::MqfLists>,
+    ),
 }
 
 #[derive(Debug)]
@@ -186,6 +192,14 @@ enum Work {
         copy_partition: usize,
         copy_ticket: Ticket,
     },
+    /// A message produced to a multiple-element or `DL=` address: settle `outcome` once every
+    /// copy's `(partition, ticket)` is durable (looked at one after the other).
+    SettleAll {
+        link: LinkId,
+        delivery_id: u32,
+        waits: Vec<(usize, Ticket)>,
+        outcome: Outcome,
+    },
     /// A pre-settled message removed: send it once the removal is durable.
     Presend {
         link: LinkId,
@@ -200,6 +214,9 @@ impl Work {
             Work::Settle {
                 partition, ticket, ..
             } => (*partition, *ticket),
+            Work::SettleAll { waits, .. } => {
+                waits.last().copied().unwrap_or((0, Ticket::IMMEDIATE))
+            }
             Work::Remove {
                 partition,
                 reservation,
@@ -298,6 +315,9 @@ fn resolve<S: QueueStore>(
     }
     let f =
         FormatName::parse(addr).map_err(|e| (condition::NOT_FOUND, format!("{addr:?}: {e}")))?;
+    if remote_ok && crate::qm::fanout::is_fanout(&f) {
+        return resolve_fanout(broker, &f);
+    }
     let Some(d) = f.as_direct() else {
         return Err((
             condition::NOT_IMPLEMENTED,
@@ -321,6 +341,42 @@ fn resolve<S: QueueStore>(
             format!("{addr:?} names another machine: lior serves only its own queues to consumers"),
         ))
     }
+}
+
+/// A producer's multiple-element or `DL=` address: every destination must take copies (a private
+/// non-transactional queue here, or another machine), else the attach is refused naming each
+/// one that cannot (a message has one AMQP outcome, so no destination is left out silently).
+fn resolve_fanout<S: QueueStore>(
+    broker: &Broker<S>,
+    f: &FormatName,
+) -> Result<Target, (&'static str, String)> {
+    use crate::qm::fanout::CopyTarget;
+    let (names, lists) =
+        crate::qm::fanout::plan(broker, f, None, None).map_err(|e| (condition::NOT_FOUND, e))?;
+    let mut dests = Vec::with_capacity(names.len());
+    let mut refused = Vec::new();
+    for n in names {
+        let text = n.to_string();
+        match resolve(broker, Some(&text), true) {
+            Ok(Target::Local(q)) if q.def.kind != QueueKind::Private || q.def.transactional => {
+                refused.push(format!(
+                    "{text}: {} is a system or transactional queue, not served to AMQP producers",
+                    q.def.name
+                ))
+            }
+            Ok(Target::Local(q)) => dests.push((text, CopyTarget::Local(q.def))),
+            Ok(Target::Remote(d)) => dests.push((text, CopyTarget::Remote(d))),
+            Ok(Target::Fanout(..)) => refused.push(format!("{text}: not a single name")),
+            Err((_, why)) => refused.push(why),
+        }
+    }
+    if !refused.is_empty() {
+        return Err((
+            condition::NOT_FOUND,
+            format!("{f}: {}; nothing is sent to it", refused.join("; ")),
+        ));
+    }
+    Ok(Target::Fanout(dests.into(), Arc::new(lists)))
 }
 
 impl<S: QueueStore> AmqpApp<S> {
@@ -542,7 +598,7 @@ impl<S: QueueStore> AmqpApp<S> {
         }
         for w in c.work.drain(..) {
             match w {
-                Work::Settle { .. } => {}
+                Work::Settle { .. } | Work::SettleAll { .. } => {}
                 other => {
                     if self.orphans.len() < AMQP_ORPHAN_REMOVALS_PER_SHARD_MAX {
                         self.orphans.push(other);
@@ -712,7 +768,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 presend: 0,
                 waiting: false,
             }),
-            (LinkKind::Consumer, Ok(Target::Remote(_))) => return,
+            (LinkKind::Consumer, Ok(Target::Remote(_) | Target::Fanout(..))) => return,
         };
         if c.conn.accept_link(link).is_ok() {
             c.links.insert(link, role);
@@ -758,6 +814,19 @@ impl<S: QueueStore> AmqpApp<S> {
             )));
             return;
         }
+        if let Some(Role::Producer(Target::Fanout(dests, lists))) = c.links.get(&link) {
+            let (dests, lists) = (dests.clone(), lists.clone());
+            return self.produce_fanout(
+                now_ms,
+                c,
+                link,
+                delivery_id,
+                settled,
+                payload,
+                &dests,
+                &lists,
+            );
+        }
         let broker = &self.shared.broker;
         let mut m = match amqp_to_msmq(payload, broker.guid(), broker.next_ordinal(), unix_now()) {
             Ok(m) => m,
@@ -772,6 +841,7 @@ impl<S: QueueStore> AmqpApp<S> {
         let dest_text = match target {
             Target::Local(q) => format!("DIRECT=OS:.\\{}", queue_path(&q.def)),
             Target::Remote(d) => format!("DIRECT={}", d.wire_string()),
+            Target::Fanout(..) => return,
         };
         match OwnedQueue::parse(&dest_text, "target") {
             Ok(d) => m.destination = d,
@@ -796,6 +866,7 @@ impl<S: QueueStore> AmqpApp<S> {
             }
         };
         match target {
+            Target::Fanout(..) => {}
             Target::Remote(d) => {
                 // Through the outgoing queue: stored there and its commit started, never waited
                 // for on the shard; `accepted` once that ticket is durable, as for a local queue.
@@ -873,6 +944,83 @@ impl<S: QueueStore> AmqpApp<S> {
                 self.busy.insert(c.id);
             }
         }
+    }
+
+    /// A message on a producer link to a multiple-element or `DL=` address: one copy per
+    /// destination, each with its own message id and the MQF lists (`qm/fanout.rs`); settled
+    /// `accepted` once every copy is durable, or `rejected` naming what each destination got
+    /// when one could not take its copy.
+    #[allow(clippy::too_many_arguments)]
+    fn produce_fanout(
+        &mut self,
+        now_ms: u64,
+        c: &mut AmqpConn,
+        link: LinkId,
+        delivery_id: u32,
+        settled: bool,
+        payload: &[u8],
+        dests: &[(String, crate::qm::fanout::CopyTarget)],
+        lists: &crate::qm::fanout::MqfLists,
+    ) {
+        use crate::qm::fanout::{store_copy_nowait, CopyTarget};
+        let broker = self.shared.broker.clone();
+        let now = unix_now();
+        let mut waits = Vec::with_capacity(dests.len());
+        let mut report = Vec::new();
+        let mut failed = false;
+        for (text, target) in dests {
+            let copy = amqp_to_msmq(payload, broker.guid(), broker.next_ordinal(), now)
+                .map_err(|e| e.to_string())
+                .and_then(|mut m| {
+                    let dest = match target {
+                        CopyTarget::Local(def) => format!("DIRECT=OS:.\\{}", queue_path(def)),
+                        CopyTarget::Remote(d) => format!("DIRECT={}", d.wire_string()),
+                    };
+                    m.destination =
+                        OwnedQueue::parse(&dest, "target").map_err(|e| e.to_string())?;
+                    let frame = m.encode_with_mqf(lists);
+                    if frame.is_empty() {
+                        return Err(
+                            "the copy does not encode as an MSMQ packet (too large?)".into()
+                        );
+                    }
+                    store_copy_nowait(&broker, target, frame, now, now_ms)
+                });
+            match copy {
+                Ok((p, t)) => {
+                    if t != Ticket::IMMEDIATE && matches!(target, CopyTarget::Local(_)) {
+                        self.appended[p] = true;
+                    }
+                    waits.push((p, t));
+                    report.push(format!("{text}: stored"));
+                }
+                Err(why) => {
+                    failed = true;
+                    report.push(format!("{text}: refused: {why}"));
+                }
+            }
+        }
+        if failed && crate::ratelog::MALFORMED.allow() {
+            tracing::info!(peer = %c.peer, report = report.join("; "), "amqp: fan-out incomplete");
+        }
+        if settled {
+            return;
+        }
+        let outcome = if failed {
+            Outcome::Rejected {
+                condition: condition::PRECONDITION_FAILED.to_string(),
+                description: Some(report.join("; ")),
+            }
+        } else {
+            Outcome::Accepted
+        };
+        c.work.push(Work::SettleAll {
+            link,
+            delivery_id,
+            waits,
+            outcome,
+        });
+        self.busy.insert(c.id);
     }
 
     /// The client's outcome for one of our deliveries.
@@ -1043,6 +1191,31 @@ impl<S: QueueStore> AmqpApp<S> {
                 outcome,
                 ..
             } => {
+                if let Some(c) = c {
+                    let _ = c.conn.settle(link, delivery_id, &outcome);
+                }
+            }
+            Work::SettleAll {
+                link,
+                delivery_id,
+                mut waits,
+                outcome,
+            } => {
+                // Every copy durable so far is done with; the first that is not is waited for.
+                while let Some(&(p, t)) = waits.last() {
+                    if !broker.is_durable(p, t) {
+                        break;
+                    }
+                    waits.pop();
+                }
+                if !waits.is_empty() {
+                    return Some(Work::SettleAll {
+                        link,
+                        delivery_id,
+                        waits,
+                        outcome,
+                    });
+                }
                 if let Some(c) = c {
                     let _ = c.conn.settle(link, delivery_id, &outcome);
                 }

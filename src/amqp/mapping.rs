@@ -422,6 +422,22 @@ impl MappedMessage {
         m
     }
 
+    /// The frame of one copy of a message sent to a multiple-element or `DL=` address: with the
+    /// MultiQueueFormatHeader (`qm/fanout.rs`). Empty if it does not encode (too large).
+    pub fn encode_with_mqf(&self, mqf: &crate::qm::fanout::MqfLists) -> Vec<u8> {
+        let mut m = self.user_message();
+        m.multi_queue = Some(mqf.header());
+        m.sync();
+        let mut buf = vec![0u8; m.frame_len()];
+        match m.encode(&mut buf) {
+            Ok(len) => {
+                buf.truncate(len);
+                buf
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The MSMQ frame (PacketSize bytes). [`amqp_to_msmq`] checked that it encodes, so this
     /// returns an empty vector only if that check was bypassed by editing the fields.
     pub fn encode(&self) -> Vec<u8> {

@@ -599,7 +599,17 @@ async fn send<S: QueueStore + Send + 'static>(
         time_to_be_received: req.time_to_be_received,
         app_specific: req.app_specific,
         transactional: req.transactional,
+        mqf: None,
     };
+    // A multiple-element or DL= name: one copy per destination (qm/fanout.rs).
+    if crate::qm::fanout::is_fanout_text(&req.to) {
+        return match crate::qm::fanout::send_all(&c.broker, &c.shards, &req.to, message).await {
+            Ok(o) if o.error.is_some() => (StatusCode::BAD_REQUEST, Json(o)).into_response(),
+            Ok(o) => (StatusCode::ACCEPTED, Json(o)).into_response(),
+            Err(ApiError::Send(e)) => error(StatusCode::BAD_REQUEST, e),
+            Err(e) => api_error(e),
+        };
+    }
     // The shard owning the local queue, or the outgoing queue of the remote machine.
     let shard = c.shards.shard_of(c.broker.owner_for_send(&req.to));
     let to = req.to;

@@ -77,6 +77,14 @@ pub fn message_value(r: &Received) -> Value {
     if let Some(kind) = auth {
         v["signature"] = json!(kind.name());
     }
+    // A copy of a send to a multiple-element or DL= name: every destination, and the admin and
+    // response lists (MS-MQMQ 2.2.20.1).
+    if let Some(mq) = &m.multi_queue {
+        use crate::qm::fanout::list_texts;
+        v["destination_mqf"] = json!(list_texts(&mq.destination));
+        v["admin_mqf"] = json!(list_texts(&mq.administration));
+        v["response_mqf"] = json!(list_texts(&mq.response));
+    }
     if let Some(t) = &m.transaction {
         v["tx_sequence_id"] = json!(format!("{:#018x}", t.tx_sequence_id));
         v["tx_sequence_number"] = json!(t.tx_sequence_number);

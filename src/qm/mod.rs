@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod catalog;
 pub mod dedup;
+pub mod fanout;
 pub mod handoff;
 pub mod identity;
 pub mod order_acks;

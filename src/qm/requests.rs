@@ -54,6 +54,8 @@ pub struct SendOwned {
     pub time_to_be_received: Option<u32>,
     pub app_specific: u32,
     pub transactional: bool,
+    /// A copy of a fanned-out send: the MultiQueueFormatHeader lists (`qm/fanout.rs`).
+    pub mqf: Option<Arc<crate::qm::fanout::MqfLists>>,
 }
 
 impl SendOwned {
@@ -67,6 +69,7 @@ impl SendOwned {
             time_to_be_received: self.time_to_be_received,
             app_specific: self.app_specific,
             transactional: self.transactional,
+            mqf: self.mqf.as_deref(),
         }
     }
 }

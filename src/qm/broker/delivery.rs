@@ -417,7 +417,7 @@ impl<S: QueueStore> Broker<S> {
         // the recorded place happen in one step of the owner, so no copy ever sees another
         // copy's entry without its place (the race `tests/dedup_race.rs` pins cannot be
         // written).
-        let dedup_key = (u.source_queue_manager, u.message_id);
+        let dedup_key = (crate::qm::fanout::dedup_source(msg, queue.id), u.message_id);
         if tx_state.is_none() {
             if let Some(origin) = part.dedup.check_and_insert(dedup_key, now_ms, PENDING) {
                 debug_assert!(origin != PENDING, "a duplicate-table entry left pending");

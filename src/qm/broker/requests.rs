@@ -66,7 +66,7 @@ pub struct SendOutcome {
 }
 
 /// What a local application sends.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SendRequest<'a> {
     pub label: &'a str,
     pub body: &'a [u8],
@@ -79,6 +79,9 @@ pub struct SendRequest<'a> {
     /// Send inside a (single-message) transaction: exactly once, in order. The destination
     /// must be a transactional queue.
     pub transactional: bool,
+    /// One copy of a send to a multiple-element or `DL=` name: the MultiQueueFormatHeader
+    /// lists it carries (`qm/fanout.rs`).
+    pub mqf: Option<&'a crate::qm::fanout::MqfLists>,
 }
 
 /// Default TimeToReachQueue: 4 days (MS-MQDMPR 3.1.1.12).
@@ -602,6 +605,10 @@ impl<S: QueueStore> Broker<S> {
         )
         .with_time_to_be_received(req.time_to_be_received.unwrap_or(INFINITE));
         m.properties.application_tag = req.app_specific;
+        if let Some(l) = req.mqf {
+            m.multi_queue = Some(l.header());
+            m.sync();
+        }
         let local = self.identity.is_local(&direct.address);
         // Transactional numbering is assigned under the sequence lock and the message is
         // appended before the lock is released (no commit under it), so numbers follow the
