@@ -1,0 +1,445 @@
+//! Sending over SRMP (MC-MQSRM 3.1): the HTTP side of an outgoing queue for a
+//! `DIRECT=HTTP://` or `DIRECT=HTTPS://` name. Sans-IO: the server glue (`server.rs`) opens the
+//! connection on the shard that owns the outgoing queue, hands the bytes it receives to
+//! [`HttpOut::feed`] and sends what [`build_request`] wrote; this file owns no socket, no clock
+//! and no store.
+//!
+//! One request in flight per connection (HTTP/1.1 keep-alive). A 2xx answer settles an express
+//! or recoverable message (the caller removes it); a transactional (stream) message stays until
+//! a stream receipt covers it (`Broker::handle_stream_receipt`) and is sent again on the
+//! transactional resend schedule. A non-2xx answer, a malformed one or none in time closes the
+//! connection: the message stays and is sent again on the next one (`TryConnectInterval`).
+//!
+//! Stream receipts a receiving lior owes are stored, like any outgoing message, as OrderAck
+//! messages (MS-MQQB's form of the same thing) addressed to the sender's `sendReceiptsTo` URI;
+//! [`build_request`] writes them as `<streamReceipt>` (MC-MQSRM 2.2.5.6).
+
+use crate::http::srmp_client::{PostTarget, ReadError, ResponseReader};
+use crate::http::srmp_write::{
+    request_head, write_message, write_receipt, Receipt, ReceiptRequests, SrmpOut, StreamOut,
+};
+use crate::wire::format_name::DirectName;
+use crate::wire::user::{QueueRef, UserFlags, UserMessage};
+use crate::wire::Guid;
+
+/// How long the peer has to answer one SRMP post before the connection is closed and the
+/// message sent again later.
+pub const SRMP_ANSWER_TIMEOUT_MS: u64 = 30_000;
+
+/// The label of a stream receipt's OrderAck (and of the receipt itself, MC-MQSRM 2.2.4.1).
+pub const STREAM_RECEIPT_LABEL: &str = "QM Ordering Ack";
+
+/// The message a post carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    /// Its lookup id in the outgoing queue.
+    pub lookup: u64,
+    /// A stream message: kept after the 2xx until a stream receipt covers it.
+    pub transactional: bool,
+}
+
+/// What an answer means for the message in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx: the receiver has it.
+    Accepted(InFlight),
+    /// Another status: the message stays, the connection closes.
+    Refused(InFlight, u16),
+}
+
+/// Why a connection is closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Nothing left to send.
+    Idle,
+    /// Something went wrong (shown as the queue's last error).
+    Failed(String),
+}
+
+/// One HTTP connection of an outgoing queue.
+#[derive(Debug, Default)]
+pub struct HttpOut {
+    reader: ResponseReader,
+    in_flight: Option<InFlight>,
+    answer_by: Option<u64>,
+    closing: Option<Closing>,
+    /// The peer said it closes after its answer.
+    peer_closes: bool,
+}
+
+impl HttpOut {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// No post in flight and not closing: the next message can go.
+    pub fn ready(&self) -> bool {
+        self.in_flight.is_none() && self.closing.is_none()
+    }
+
+    /// A post of `f` was handed to the connection at `now_ms`.
+    pub fn begin(&mut self, now_ms: u64, f: InFlight) {
+        self.in_flight = Some(f);
+        self.answer_by = Some(now_ms + SRMP_ANSWER_TIMEOUT_MS);
+    }
+
+    /// Bytes from the peer. `Err` is hostile or broken input: the caller closes the connection
+    /// (the message in flight stays queued), logs and counts it.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Outcome>, String> {
+        let r = match self.reader.feed(bytes) {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let Some(resp) = r else {
+            return Ok(None);
+        };
+        let Some(f) = self.in_flight.take() else {
+            let why = format!("an HTTP answer ({}) to no request", resp.status);
+            self.closing = Some(Closing::Failed(why.clone()));
+            return Err(why);
+        };
+        self.answer_by = None;
+        if resp.close {
+            self.peer_closes = true;
+            self.closing.get_or_insert(Closing::Idle);
+        }
+        if (200..300).contains(&resp.status) {
+            Ok(Some(Outcome::Accepted(f)))
+        } else {
+            self.closing = Some(Closing::Failed(format!(
+                "the receiver answered HTTP {}",
+                resp.status
+            )));
+            Ok(Some(Outcome::Refused(f, resp.status)))
+        }
+    }
+
+    fn fail(&mut self, e: ReadError) -> String {
+        let why = e.to_string();
+        self.closing = Some(Closing::Failed(why.clone()));
+        why
+    }
+
+    /// The connection ended: an answer that ran until the close is complete now.
+    pub fn on_closed(&mut self) -> Option<Outcome> {
+        let resp = self.reader.closed()?;
+        let f = self.in_flight.take()?;
+        Some(if (200..300).contains(&resp.status) {
+            Outcome::Accepted(f)
+        } else {
+            Outcome::Refused(f, resp.status)
+        })
+    }
+
+    /// Nothing more to send: close once the answer in flight (if any) is in.
+    pub fn close_idle(&mut self) {
+        if self.in_flight.is_none() {
+            self.closing.get_or_insert(Closing::Idle);
+        }
+    }
+
+    /// When the answer in flight is late.
+    pub fn deadline(&self) -> Option<u64> {
+        self.answer_by
+    }
+
+    pub fn on_timeout(&mut self, now_ms: u64) {
+        if self.answer_by.is_some_and(|t| t <= now_ms) {
+            self.answer_by = None;
+            self.closing = Some(Closing::Failed(format!(
+                "no HTTP answer within {SRMP_ANSWER_TIMEOUT_MS} ms (SRMP_ANSWER_TIMEOUT_MS)"
+            )));
+        }
+    }
+
+    pub fn wants_close(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// Why it closes (None: not by its own decision, the peer or the network closed it).
+    pub fn closing(&self) -> Option<&Closing> {
+        self.closing.as_ref()
+    }
+}
+
+/// The `sendReceiptsTo` URI of this queue manager's stream messages: its SRMP endpoint's
+/// `order_queue$` (Windows names the same queue). None without an SRMP endpoint (then no stream
+/// receipt can come back and transactional messages over HTTP wait).
+pub fn receipts_uri(cfg: &crate::config::Config) -> Option<String> {
+    let addr = cfg.srmp_listen.or_else(|| {
+        cfg.parameters
+            .Hardened_MSMQ
+            .then(|| "0.0.0.0:80".parse().expect("literal address"))
+    })?;
+    let https = cfg.srmp_tls_cert.is_some();
+    let host = if addr.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    let (scheme, default) = if https { ("https", 443) } else { ("http", 80) };
+    let port = if addr.port() == default {
+        String::new()
+    } else {
+        format!(":{}", addr.port())
+    };
+    Some(format!("{scheme}://{host}{port}/msmq/private$/order_queue$"))
+}
+
+/// The whole HTTP request (head and body) that carries stored message `frame` to its
+/// destination: an SRMP message, or a stream receipt for a stored OrderAck. `own` is this
+/// queue manager; `receipts_to` where stream receipts for our stream messages go.
+pub fn build_request(
+    frame: &[u8],
+    own: Guid,
+    receipts_to: Option<&str>,
+    now_unix: u32,
+) -> Result<Vec<u8>, String> {
+    let u = UserMessage::parse(frame).map_err(|e| format!("stored message does not parse: {e}"))?;
+    let QueueRef::Direct(dest) = u.user.destination else {
+        return Err("the destination is not a direct format name".into());
+    };
+    let direct = DirectName::from_utf16(dest)
+        .map_err(|e| format!("the destination format name does not parse: {e}"))?;
+    let target =
+        PostTarget::of(&direct).ok_or("the destination is not an HTTP or HTTPS format name")?;
+    let written = if let Some(oa) = u.order_ack_body() {
+        write_receipt(
+            &Receipt::Stream {
+                qm: u.user.queue_manager_address,
+                sequence: oa.tx_sequence_id,
+                last_ordinal: u64::from(oa.tx_sequence_number),
+            },
+            &target.to,
+            STREAM_RECEIPT_LABEL,
+            own,
+            u64::from(u.user.message_id),
+            now_unix,
+        )
+    } else {
+        let label = u.label().to_string_lossy();
+        let sent = if u.user.sent_time == 0 {
+            now_unix
+        } else {
+            u.user.sent_time
+        };
+        let response = match u.user.response {
+            QueueRef::Direct(r) => DirectName::from_utf16(r)
+                .ok()
+                .and_then(|d| PostTarget::of(&d))
+                .map(|t| t.to),
+            _ => None,
+        };
+        let m = SrmpOut {
+            to: &target.to,
+            label: &label,
+            qm: u.user.source_queue_manager,
+            index: u64::from(u.user.message_id),
+            sent_at: sent,
+            expires_at: sent.saturating_add(u.base.time_to_reach_queue),
+            ttrq: None,
+            durable: u.is_recoverable(),
+            priority: u.priority(),
+            class: u.message_class().0,
+            app: u.properties.application_tag,
+            body_type: u.properties.body_type,
+            correlation: Some(u.properties.correlation_id),
+            journal: u.user.flags.0 & UserFlags::JP != 0,
+            dead_letter: u.user.flags.0 & UserFlags::JN != 0,
+            response: response.as_deref(),
+            receipts: ReceiptRequests::default(),
+            stream: u.transaction.map(|t| StreamOut {
+                qm: u.user.source_queue_manager,
+                sequence: t.tx_sequence_id,
+                current: u64::from(t.tx_sequence_number),
+                previous: Some(u64::from(t.previous_tx_sequence_number)),
+                start_receipts_to: receipts_to.map(str::to_string),
+            }),
+            body: u.body(),
+        };
+        write_message(&m).ok_or("no MIME boundary found that the body does not contain")?
+    };
+    let head = request_head(&target.host_header(), &target.path, &written);
+    let mut out = Vec::with_capacity(head.len() + written.body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&written.body);
+    Ok(out)
+}
+
+/// A stream receipt to store in an outgoing queue: an OrderAck from `own` for stream
+/// `(stream_qm, sequence)` up to `last`, addressed to `receipts_to` (an `http(s)://` URI).
+/// Returns the destination and the frame.
+pub fn stream_receipt_frame(
+    own: Guid,
+    ordinal: u32,
+    receipts_to: &str,
+    stream_qm: Guid,
+    sequence: u64,
+    last: u32,
+) -> Result<(DirectName, Vec<u8>), String> {
+    let fname = crate::wire::format_name::FormatName::parse(&format!("DIRECT={receipts_to}"))
+        .map_err(|e| format!("sendReceiptsTo {receipts_to:?} is not a format name: {e}"))?;
+    let direct = fname
+        .as_direct()
+        .filter(|d| PostTarget::of(d).is_some())
+        .ok_or_else(|| format!("sendReceiptsTo {receipts_to:?} is not an HTTP(S) address"))?
+        .clone();
+    let body = crate::wire::user::OrderAckBody {
+        tx_sequence_id: sequence,
+        tx_sequence_number: last,
+        tx_previous_sequence_number: last.saturating_sub(1),
+    }
+    .to_bytes();
+    let wire = direct.wire_bytes();
+    let m = UserMessage::order_ack(
+        own,
+        ordinal,
+        QueueRef::Direct(crate::wire::Utf16(&wire)),
+        &body,
+    )
+    .with_queue_manager_address(stream_qm);
+    let mut frame = vec![0u8; m.frame_len()];
+    let n = m
+        .encode(&mut frame)
+        .map_err(|e| format!("cannot encode a stream receipt: {e}"))?;
+    frame.truncate(n);
+    Ok((direct, frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::srmp::parse_srmp;
+    use crate::wire::headers::{TransactionHeader, TxFlags};
+    use crate::wire::{utf16z, Utf16};
+
+    fn guid() -> Guid {
+        Guid::parse_text("caf195ea-615c-4264-ae08-11a4e60194c0").unwrap()
+    }
+
+    fn split(req: &[u8]) -> (String, Vec<u8>) {
+        let at = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8(req[..at].to_vec()).unwrap(),
+            req[at + 4..].to_vec(),
+        )
+    }
+
+    fn content_type(head: &str) -> String {
+        head.lines()
+            .find_map(|l| l.strip_prefix("Content-Type: "))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn a_stored_stream_message_becomes_an_srmp_post_that_parses_back() {
+        let wire = utf16z("HTTP://127.0.0.1:8081/msmq/private$/orders");
+        let label = utf16z("hello");
+        let u = UserMessage::new(
+            guid(),
+            42,
+            QueueRef::Direct(Utf16(&wire)),
+            Utf16(&label),
+            b"body bytes",
+        )
+        .with_sent_time(1_700_000_000)
+        .with_time_to_reach_queue(3600)
+        .with_transaction(TransactionHeader::new(TxFlags::default(), 77, 3, 2));
+        let mut frame = vec![0u8; u.frame_len()];
+        let n = u.encode(&mut frame).unwrap();
+        frame.truncate(n);
+        let req = build_request(
+            &frame,
+            guid(),
+            Some("http://10.0.0.1:8080/msmq/private$/order_queue$"),
+            1_700_000_001,
+        )
+        .unwrap();
+        let (head, body) = split(&req);
+        assert!(
+            head.starts_with("POST /msmq/private$/orders HTTP/1.1\r\nHost: 127.0.0.1:8081"),
+            "{head}"
+        );
+        let m = parse_srmp(&content_type(&head), &body).unwrap();
+        assert_eq!(m.label, "hello");
+        assert_eq!(m.body, b"body bytes");
+        assert_eq!(m.index, 42);
+        assert_eq!(m.stream, Some((77, 3, 2)));
+        assert_eq!(
+            m.stream_receipts_to.as_deref(),
+            Some("http://10.0.0.1:8080/msmq/private$/order_queue$")
+        );
+        assert_eq!(m.expires_at, Some(1_700_003_600));
+    }
+
+    #[test]
+    fn a_stored_order_ack_becomes_a_stream_receipt() {
+        let (d, frame) = stream_receipt_frame(
+            Guid([9; 16]),
+            5,
+            "http://127.0.0.1:8080/msmq/private$/order_queue$",
+            guid(),
+            77,
+            4,
+        )
+        .unwrap();
+        assert_eq!(PostTarget::of(&d).unwrap().port, 8080);
+        let req = build_request(&frame, Guid([9; 16]), None, 1_700_000_000).unwrap();
+        let (head, body) = split(&req);
+        assert!(head.contains("Content-Type: text/xml"), "{head}");
+        let m = parse_srmp(&content_type(&head), &body).unwrap();
+        assert_eq!(
+            m.receipt,
+            Some(crate::http::srmp::ReceivedReceipt::Stream {
+                qm: guid(),
+                sequence: 77,
+                last_ordinal: 4
+            })
+        );
+    }
+
+    #[test]
+    fn answers_settle_refuse_or_close() {
+        let mut h = HttpOut::new();
+        assert!(h.ready());
+        let f = InFlight {
+            lookup: 1,
+            transactional: false,
+        };
+        h.begin(0, f);
+        assert!(!h.ready());
+        assert_eq!(h.deadline(), Some(SRMP_ANSWER_TIMEOUT_MS));
+        assert_eq!(h.feed(b"HTTP/1.1 200 OK\r\nContent-Len").unwrap(), None);
+        assert_eq!(
+            h.feed(b"gth: 0\r\n\r\n").unwrap(),
+            Some(Outcome::Accepted(f))
+        );
+        assert!(h.ready());
+        h.begin(10, f);
+        assert_eq!(
+            h.feed(b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno")
+                .unwrap(),
+            Some(Outcome::Refused(f, 500))
+        );
+        assert!(h.wants_close());
+        // Garbage, or an answer nobody asked for, closes the connection.
+        let mut g = HttpOut::new();
+        g.begin(0, f);
+        assert!(g.feed(b"\x00\x01garbage\r\n\r\n").is_err());
+        assert!(g.wants_close());
+        let mut u = HttpOut::new();
+        assert!(u.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").is_err());
+        // No answer in time.
+        let mut t = HttpOut::new();
+        t.begin(0, f);
+        t.on_timeout(SRMP_ANSWER_TIMEOUT_MS);
+        assert!(matches!(t.closing(), Some(Closing::Failed(_))));
+    }
+}
