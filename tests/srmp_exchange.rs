@@ -249,3 +249,86 @@ fn a_peer_answering_500_or_garbage_keeps_the_message_queued_and_counted() {
     assert!(text.contains("<durable/>"), "recoverable is durable: {text}");
     eventually("settled by the 200", || outgoing_len(&a) == 0);
 }
+
+#[test]
+fn delivery_and_commitment_receipts_come_back_as_admin_acks_in_the_senders_admin_queue() {
+    use lior::http::srmp_write::{write_message, ReceiptRequests, SrmpOut};
+    use lior::wire::Guid;
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(A), free_port(B));
+    let a = hardened(&dir.path().join("a"), A, pa);
+    let b = hardened(&dir.path().join("b"), B, pb);
+    a.cli(&["queue", "create", "admin"]);
+    b.cli(&["queue", "create", "inbox"]);
+    // A sender (on A's machine) asks B for both receipts, to A's admin queue over HTTP.
+    let admin = format!("http://{A}:{pa}/msmq/private$/admin");
+    let sender = Guid::parse_text("caf195ea-615c-4264-ae08-11a4e60194c0").unwrap();
+    let to = format!("http://{B}:{pb}/msmq/private$/inbox");
+    let w = write_message(&SrmpOut {
+        to: &to,
+        label: "wants receipts",
+        qm: sender,
+        index: 41,
+        sent_at: 1_700_000_000,
+        expires_at: u32::MAX,
+        ttrq: None,
+        durable: true,
+        priority: 3,
+        class: 0,
+        app: 0,
+        body_type: 0,
+        correlation: None,
+        journal: false,
+        dead_letter: false,
+        response: None,
+        receipts: ReceiptRequests {
+            delivery_to: Some(admin.clone()),
+            commitment_to: Some(admin),
+            commitment_positive: false,
+            commitment_negative: false,
+        },
+        stream: None,
+        body: b"hello",
+    })
+    .unwrap();
+    let r = ureq::post(&format!("http://{B}:{pb}/msmq/private$/inbox"))
+        .set("Content-Type", &w.content_type)
+        .set("SOAPAction", "\"MSMQMessage\"")
+        .send_bytes(&w.body)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let original = format!("{}\\41", sender);
+    // Stored at B: the delivery receipt reaches A's admin queue as ACK_REACH_QUEUE.
+    let acks = a.receive_until("admin", 1);
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert!(
+        acks[0]["message_class"]
+            .as_str()
+            .unwrap()
+            .contains("REACH_QUEUE"),
+        "{acks:?}"
+    );
+    assert_eq!(acks[0]["label"], "wants receipts");
+    let corr = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(acks[0]["correlation_id_base64"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(&corr[16..], &41u32.to_le_bytes(), "correlated with {original}");
+    assert_eq!(&corr[..16], &sender.0);
+    // An application receives it at B: the commitment receipt reaches A as ACK_RECEIVE.
+    let got = b.receive_until("inbox", 1);
+    assert_eq!(got.len(), 1);
+    let acks = a.receive_until("admin", 1);
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert!(
+        acks[0]["message_class"]
+            .as_str()
+            .unwrap()
+            .contains("ACK_RECEIVE"),
+        "{acks:?}"
+    );
+    assert!(metric(&a, "lior_srmp_receipts_received_total") >= 2);
+    eventually("B's receipts are all sent", || outgoing_len(&b) == 0);
+}

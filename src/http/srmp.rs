@@ -72,6 +72,11 @@ pub struct SrmpMessage {
     pub stream_receipts_to: Option<String>,
     /// Where a delivery receipt goes (`<deliveryReceiptRequest><sendTo>`, 2.2.5.2.2).
     pub delivery_receipt_to: Option<String>,
+    /// Where a commitment receipt goes (`<commitmentReceiptRequest><sendTo>`, 2.2.5.2.3), and
+    /// whether only positive or only negative ones are asked for.
+    pub commitment_receipt_to: Option<String>,
+    pub commitment_positive_only: bool,
+    pub commitment_negative_only: bool,
     /// A receipt (the whole content of a single-part `text/xml` request, MC-MQSRM 2.2.2).
     pub receipt: Option<ReceivedReceipt>,
     pub body: Vec<u8>,
@@ -251,6 +256,8 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
                     "durable" => m.durable = true,
                     "Journal" => m.journal = true,
                     "DeadLetter" => m.dead_letter = true,
+                    "positiveOnly" => m.commitment_positive_only = true,
+                    "negativeOnly" => m.commitment_negative_only = true,
                     _ => {}
                 }
             }
@@ -295,6 +302,9 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
                     (Some("start"), "sendReceiptsTo") => m.stream_receipts_to = Some(text),
                     (Some("deliveryReceiptRequest"), "sendTo") => {
                         m.delivery_receipt_to = Some(text)
+                    }
+                    (Some("commitmentReceiptRequest"), "sendTo") => {
+                        m.commitment_receipt_to = Some(text)
                     }
                     (Some("streamReceipt"), "streamId") => {
                         receipt_stream = text
@@ -535,6 +545,11 @@ fn prepare<S: QueueStore>(
         utf16z(&m.label)
     };
     let sent = m.sent_at.unwrap_or(now);
+    // Receipts asked for (MC-MQSRM 2.2.5.2.2-3) become the admin queue and acknowledgement
+    // flags of the stored message, so the existing admin-ack paths send them: ACK_REACH_QUEUE
+    // once stored, ACK_RECEIVE when an application receives it; the sender side writes those
+    // as a deliveryReceipt and a commitmentReceipt (`qm::srmp_out`).
+    let (admin_wire, acks) = receipt_admin(m);
     let mut u = UserMessage::new(
         m.source_qm,
         m.index as u32,
@@ -547,6 +562,9 @@ fn prepare<S: QueueStore>(
     .with_sent_time(sent);
     if let Some(exp) = m.expires_at {
         u = u.with_time_to_reach_queue(exp.saturating_sub(sent).max(1));
+    }
+    if let Some(w) = &admin_wire {
+        u = u.with_admin_queue(QueueRef::Direct(Utf16(w)), acks);
     }
     if let Some((seq_id, cur, prev)) = m.stream {
         u = u.with_transaction(TransactionHeader::new(
@@ -589,6 +607,43 @@ fn prepare<S: QueueStore>(
     // stream) messages are on disk before the 200 (MC-MQSRM 3.1.5.1.3), duplicates and
     // stream messages already received once the first copy is (3.1.5.1).
     Ok((queue, frame, now))
+}
+
+/// The admin queue (an HTTP format name, UTF-16 for the UserHeader) and acknowledgement
+/// flags standing for the receipts an SRMP message asks for; None when it asks for none or
+/// names no HTTP address.
+fn receipt_admin(m: &SrmpMessage) -> (Option<Vec<u8>>, crate::wire::headers::AckFlags) {
+    use crate::wire::headers::AckFlags;
+    let Some(to) = m
+        .delivery_receipt_to
+        .as_deref()
+        .or(m.commitment_receipt_to.as_deref())
+    else {
+        return (None, AckFlags(0));
+    };
+    let Some(direct) = crate::wire::format_name::FormatName::parse(&format!("DIRECT={}", to.trim()))
+        .ok()
+        .and_then(|f| f.as_direct().cloned())
+        .filter(|d| super::srmp_client::PostTarget::of(d).is_some())
+    else {
+        if crate::ratelog::SRMP.allow() {
+            tracing::warn!(send_to = %to, "an SRMP receipt asked for an address that is not HTTP(S); no receipt will be sent");
+        }
+        return (None, AckFlags(0));
+    };
+    let mut flags = 0u8;
+    if m.delivery_receipt_to.is_some() {
+        flags |= AckFlags::PA;
+    }
+    if m.commitment_receipt_to.is_some() {
+        if !m.commitment_negative_only {
+            flags |= AckFlags::PR;
+        }
+        if !m.commitment_positive_only {
+            flags |= AckFlags::NR;
+        }
+    }
+    (Some(direct.wire_bytes()), AckFlags(flags))
 }
 
 /// The bounds of the SRMP endpoint (from `[limits]` and the descriptor budget).
@@ -905,7 +960,15 @@ async fn post<S: QueueStore + Send + 'static>(
         }
     };
     if let Some(r) = &m.receipt {
-        take_receipt(&ctx.broker, r);
+        if let Some(ack) = take_receipt(&ctx.broker, r, &m) {
+            // The admin acknowledgement the original message asked for, into the queue the
+            // receipt was posted to (its admin queue).
+            let (status, why) = accept(&ctx.broker, &ctx.shards, &path, &ack).await;
+            if status != StatusCode::OK && crate::ratelog::SRMP.allow() {
+                tracing::warn!(%path, %status, %why, "SRMP receipt not stored as an admin acknowledgement (counted in lior_srmp_receipts_received_total)");
+            }
+        }
+        // A receipt is never sent again: it is answered 200 whatever became of it.
         return (StatusCode::OK, String::new()).into_response();
     }
     let (status, why) = accept(&ctx.broker, &ctx.shards, &path, &m).await;
@@ -919,8 +982,14 @@ async fn post<S: QueueStore + Send + 'static>(
 }
 
 /// A receipt arrived (MC-MQSRM 3.1.5.2): a stream receipt settles the stream messages it
-/// covers; delivery and commitment receipts are counted and logged (lior asks for none yet).
-fn take_receipt<S: QueueStore>(broker: &Broker<S>, r: &ReceivedReceipt) {
+/// covers; a delivery or commitment receipt becomes the admin acknowledgement MSMQ stores for
+/// it (ACK_REACH_QUEUE, ACK_RECEIVE or NACK_RECEIVE_REJECTED, correlated with the original
+/// message's id), returned as a message to store in the queue it was posted to.
+fn take_receipt<S: QueueStore>(
+    broker: &Broker<S>,
+    r: &ReceivedReceipt,
+    m: &SrmpMessage,
+) -> Option<SrmpMessage> {
     use std::sync::atomic::Ordering::Relaxed;
     broker.counters.srmp_receipts_received.fetch_add(1, Relaxed);
     match r {
@@ -933,14 +1002,48 @@ fn take_receipt<S: QueueStore>(broker: &Broker<S>, r: &ReceivedReceipt) {
             if broker.handle_stream_receipt(*qm, *sequence, *last_ordinal, ip) {
                 tracing::debug!(sequence, last_ordinal, "stream receipt taken");
             }
+            None
         }
-        ReceivedReceipt::Delivery { id } => {
-            tracing::info!(message = %id, "SRMP delivery receipt received (counted in lior_srmp_receipts_received_total)");
-        }
-        ReceivedReceipt::Commitment { id, positive } => {
-            tracing::info!(message = %id, positive, "SRMP commitment receipt received (counted in lior_srmp_receipts_received_total)");
+        ReceivedReceipt::Delivery { id } | ReceivedReceipt::Commitment { id, .. } => {
+            let class = match r {
+                ReceivedReceipt::Delivery { .. } => MessageClass::ACK_REACH_QUEUE,
+                ReceivedReceipt::Commitment { positive: true, .. } => MessageClass::ACK_RECEIVE,
+                _ => MessageClass::NACK_RECEIVE_REJECTED,
+            };
+            let Some(correlation) = original_id(id) else {
+                if crate::ratelog::SRMP.allow() {
+                    tracing::warn!(message = %id, "SRMP receipt for a message id that does not parse (uuid:<index>@<GUID>); counted in lior_srmp_receipts_received_total, not stored");
+                }
+                return None;
+            };
+            tracing::info!(message = %id, class = class.name(), "SRMP receipt received");
+            Some(SrmpMessage {
+                class: class.0,
+                correlation: Some(correlation),
+                durable: false,
+                stream: None,
+                receipt: None,
+                delivery_receipt_to: None,
+                commitment_receipt_to: None,
+                body: Vec::new(),
+                ..m.clone()
+            })
         }
     }
+}
+
+/// The 20-byte message identifier (GUID, then the index little-endian) of an SRMP message id
+/// `uuid:<index>@<GUID>`.
+fn original_id(id: &str) -> Option<[u8; 20]> {
+    let t = id.trim();
+    let t = t.strip_prefix("uuid:").unwrap_or(t);
+    let (index, guid) = t.split_once('@')?;
+    let guid = Guid::parse_text(guid)?;
+    let index: u32 = index.parse().ok()?;
+    let mut c = [0u8; 20];
+    c[..16].copy_from_slice(&guid.0);
+    c[16..].copy_from_slice(&index.to_le_bytes());
+    Some(c)
 }
 
 /// A stream message was stored (or was a copy of one stored before): the sender is owed a

@@ -18,7 +18,9 @@ use crate::http::srmp_client::{PostTarget, ReadError, ResponseReader};
 use crate::http::srmp_write::{
     request_head, write_message, write_receipt, Receipt, ReceiptRequests, SrmpOut, StreamOut,
 };
+use crate::http::srmp_write::guid_text;
 use crate::wire::format_name::DirectName;
+use crate::wire::headers::MessageClass;
 use crate::wire::user::{QueueRef, UserFlags, UserMessage};
 use crate::wire::Guid;
 
@@ -209,7 +211,37 @@ pub fn build_request(
         .map_err(|e| format!("the destination format name does not parse: {e}"))?;
     let target =
         PostTarget::of(&direct).ok_or("the destination is not an HTTP or HTTPS format name")?;
-    let written = if let Some(oa) = u.order_ack_body() {
+    let class = u.message_class();
+    let written = if let Some(receipt_of) = admin_ack_receipt(&u) {
+        let label = u.label().to_string_lossy();
+        let (guid, index) = receipt_of;
+        let original_id = format!("uuid:{index}@{}", guid_text(guid));
+        let at = if u.user.sent_time == 0 {
+            now_unix
+        } else {
+            u.user.sent_time
+        };
+        let receipt = if class == MessageClass::ACK_REACH_QUEUE {
+            Receipt::Delivery {
+                received_at: at,
+                original_id: &original_id,
+            }
+        } else {
+            Receipt::Commitment {
+                decided_at: at,
+                positive: class == MessageClass::ACK_RECEIVE,
+                original_id: &original_id,
+            }
+        };
+        write_receipt(
+            &receipt,
+            &target.to,
+            &label,
+            own,
+            u64::from(u.user.message_id),
+            now_unix,
+        )
+    } else if let Some(oa) = u.order_ack_body() {
         write_receipt(
             &Receipt::Stream {
                 qm: u.user.queue_manager_address,
@@ -253,7 +285,7 @@ pub fn build_request(
             journal: u.user.flags.0 & UserFlags::JP != 0,
             dead_letter: u.user.flags.0 & UserFlags::JN != 0,
             response: response.as_deref(),
-            receipts: ReceiptRequests::default(),
+            receipts: receipt_requests(&u),
             stream: u.transaction.map(|t| StreamOut {
                 qm: u.user.source_queue_manager,
                 sequence: t.tx_sequence_id,
@@ -270,6 +302,47 @@ pub fn build_request(
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(&written.body);
     Ok(out)
+}
+
+/// An admin acknowledgement SRMP sends as a receipt (MC-MQSRM 2.2.5.4, 2.2.5.5): ACK_REACH_QUEUE
+/// as a deliveryReceipt, ACK_RECEIVE and the receive NACKs (0xC000...) as a commitmentReceipt.
+/// Returns the original message's (GUID, index) from its correlation id.
+fn admin_ack_receipt(u: &UserMessage<'_>) -> Option<(Guid, u32)> {
+    let class = u.message_class();
+    let receipt = class == MessageClass::ACK_REACH_QUEUE
+        || class == MessageClass::ACK_RECEIVE
+        || (class.0 & 0xC000 == 0xC000 && !u.is_final_ack());
+    if !receipt {
+        return None;
+    }
+    let c = u.properties.correlation_id;
+    let mut g = [0u8; 16];
+    g.copy_from_slice(&c[..16]);
+    let index = u32::from_le_bytes([c[16], c[17], c[18], c[19]]);
+    Some((Guid(g), index))
+}
+
+/// The receipts a message asks for: its admin queue, when that is an HTTP(S) name, with its
+/// acknowledgement flags (PA: delivery; PR/NR: commitment, positive or negative only).
+fn receipt_requests(u: &UserMessage<'_>) -> ReceiptRequests {
+    let QueueRef::Direct(a) = u.user.admin else {
+        return ReceiptRequests::default();
+    };
+    let Some(to) = DirectName::from_utf16(a)
+        .ok()
+        .and_then(|d| PostTarget::of(&d))
+        .map(|t| t.to)
+    else {
+        return ReceiptRequests::default();
+    };
+    let acks = u.properties.flags;
+    let (pr, nr) = (acks.positive_receive(), acks.negative_receive());
+    ReceiptRequests {
+        delivery_to: acks.positive_arrival().then(|| to.clone()),
+        commitment_to: (pr || nr).then_some(to),
+        commitment_positive: pr && !nr,
+        commitment_negative: nr && !pr,
+    }
 }
 
 /// A stream receipt to store in an outgoing queue: an OrderAck from `own` for stream
@@ -403,6 +476,58 @@ mod tests {
                 last_ordinal: 4
             })
         );
+    }
+
+    #[test]
+    fn admin_queue_flags_ask_for_receipts_and_admin_acks_become_receipts() {
+        use crate::wire::headers::AckFlags;
+        let wire = utf16z("HTTP://127.0.0.1:8081/msmq/private$/orders");
+        let admin = utf16z("HTTP://127.0.0.1:8080/msmq/private$/admin");
+        let label = utf16z("asks");
+        let u = UserMessage::new(
+            guid(),
+            7,
+            QueueRef::Direct(Utf16(&wire)),
+            Utf16(&label),
+            b"x",
+        )
+        .with_admin_queue(
+            QueueRef::Direct(Utf16(&admin)),
+            AckFlags(AckFlags::PA | AckFlags::PR),
+        );
+        let mut frame = vec![0u8; u.frame_len()];
+        let n = u.encode(&mut frame).unwrap();
+        frame.truncate(n);
+        let (head, body) = split(&build_request(&frame, guid(), None, 1_700_000_000).unwrap());
+        let m = parse_srmp(&content_type(&head), &body).unwrap();
+        let to = "http://127.0.0.1:8080/msmq/private$/admin";
+        assert_eq!(m.delivery_receipt_to.as_deref(), Some(to));
+        assert_eq!(m.commitment_receipt_to.as_deref(), Some(to));
+        assert!(m.commitment_positive_only && !m.commitment_negative_only);
+        // The ACK_REACH_QUEUE a receiver stores for it goes back as a deliveryReceipt.
+        let mut ack = UserMessage::new(
+            Guid([3; 16]),
+            9,
+            QueueRef::Direct(Utf16(&admin)),
+            Utf16(&label),
+            b"",
+        );
+        ack.properties.message_class = MessageClass::ACK_REACH_QUEUE;
+        ack.properties.correlation_id = u.message_identifier_bytes();
+        ack.sync();
+        let mut frame = vec![0u8; ack.frame_len()];
+        let n = ack.encode(&mut frame).unwrap();
+        frame.truncate(n);
+        let (head, body) = split(&build_request(&frame, Guid([3; 16]), None, 1_700_000_000).unwrap());
+        assert!(head.starts_with("POST /msmq/private$/admin "), "{head}");
+        let r = parse_srmp(&content_type(&head), &body).unwrap();
+        assert_eq!(
+            r.receipt,
+            Some(crate::http::srmp::ReceivedReceipt::Delivery {
+                id: format!("uuid:7@{}", guid_text(guid()))
+            })
+        );
+        assert_eq!(r.label, "asks");
     }
 
     #[test]
