@@ -256,6 +256,8 @@ pub struct MsmqApp<S> {
     desk: Option<crate::qm::requests::Desk<S>>,
     /// The `sendReceiptsTo` of the stream messages this queue manager sends over SRMP.
     srmp_receipts_to: Option<String>,
+    /// The client TLS configuration of SRMP over HTTPS, or why there is none.
+    srmp_tls: Result<Arc<rustls::ClientConfig>, String>,
 }
 
 /// How often a shard looks whether the dead-letter copies of expired messages are durable
@@ -305,6 +307,7 @@ impl<S: QueueStore> MsmqApp<S> {
         let shards = shared.shards;
         let owned = (0..partitions).filter(|p| p % shards == shard).collect();
         let srmp_receipts_to = crate::qm::srmp_out::receipts_uri(&shared.broker.config);
+        let srmp_tls = crate::qm::srmp_out::client_tls(&shared.broker.config);
         MsmqApp {
             resend_ms,
             shared,
@@ -340,6 +343,7 @@ impl<S: QueueStore> MsmqApp<S> {
             expiry_waits: vec![false; partitions],
             desk: None,
             srmp_receipts_to,
+            srmp_tls,
         }
     }
 
@@ -1669,10 +1673,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
     fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, MsmqConn)> {
         let (addr, q) = self.connects.pop_front()?;
         tracing::info!(%addr, queue = q, "opening an outgoing session");
-        let is_http = self
-            .out
-            .get(&q)
-            .is_some_and(|o| o.def.transport == crate::qm::outgoing::Transport::Http);
+        let http = srmp_conn::http_state(self.out.get(&q).map(|o| &o.def), &self.srmp_tls);
         let mut cfg = self.shared.session_config.clone();
         // Direct-format sessions wait twice as long for acks (QosCleanupIntervalMultiplier).
         cfg.ack_wait_multiplier = self
@@ -1698,7 +1699,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 counted: false,
                 established: false,
                 outgoing: Some(q),
-                http: srmp_conn::http_state(is_http),
+                http,
                 waiting_turn: None,
             },
         ))

@@ -29,12 +29,16 @@ fn free_port(ip: &str) -> u16 {
 }
 
 fn hardened(dir: &Path, ip: &str, srmp_port: u16) -> Server {
+    hardened_with(dir, ip, srmp_port, "")
+}
+
+fn hardened_with(dir: &Path, ip: &str, srmp_port: u16, extra: &str) -> Server {
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("lior.toml");
     std::fs::write(
         &cfg,
         format!(
-            "srmp_listen = \"{ip}:{srmp_port}\"\n[Parameters]\nHardened_MSMQ = true\n\
+            "srmp_listen = \"{ip}:{srmp_port}\"\n{extra}[Parameters]\nHardened_MSMQ = true\n\
              TryConnectInterval = 200\n"
         ),
     )
@@ -331,4 +335,69 @@ fn delivery_and_commitment_receipts_come_back_as_admin_acks_in_the_senders_admin
     );
     assert!(metric(&a, "lior_srmp_receipts_received_total") >= 2);
     eventually("B's receipts are all sent", || outgoing_len(&b) == 0);
+}
+
+/// A CA and a certificate it signed for both test addresses, as PEM files in `dir`: (ca, cert,
+/// key). Generated here (rcgen), nothing read from outside the repository.
+fn pki(dir: &Path) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "lior SRMP test CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![A.into(), B.into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = ["ca.pem", "srmp.pem", "srmp.key"].map(|f| dir.join(f));
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    let [a, b, c] = paths.map(|p| p.to_str().unwrap().to_string());
+    (a, b, c)
+}
+
+#[test]
+fn two_liors_exchange_over_https_and_an_untrusted_peer_keeps_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = pki(dir.path());
+    let tls = format!(
+        "srmp_tls_cert = \"{cert}\"\nsrmp_tls_key = \"{key}\"\nsrmp_tls_ca = \"{ca}\"\n"
+    );
+    let (pa, pb) = (free_port(A), free_port(B));
+    let a = hardened_with(&dir.path().join("a"), A, pa, &tls);
+    let b = hardened_with(&dir.path().join("b"), B, pb, &tls);
+    b.cli(&["queue", "create", "inbox"]);
+    b.cli(&["queue", "create", "orders", "--transactional"]);
+    let https = |q: &str| format!("DIRECT=HTTPS://{B}:{pb}/msmq/private$/{q}");
+    send(&a, &https("inbox"), "over-tls", "--recoverable");
+    for i in 0..3 {
+        send(&a, &https("orders"), &format!("tls-tx-{i}"), "--transactional");
+    }
+    assert_eq!(labels(&b.receive_until("inbox", 1)), ["over-tls"]);
+    assert_eq!(
+        labels(&b.receive_until("orders", 3)),
+        ["tls-tx-0", "tls-tx-1", "tls-tx-2"]
+    );
+    // The stream receipts came back over HTTPS too.
+    eventually("A's outgoing queue drains", || outgoing_len(&a) == 0);
+
+    // A sender that does not trust B's CA keeps its message, counted.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (other_ca, _, _) = pki(&other);
+    let c = hardened_with(
+        &dir.path().join("c"),
+        A,
+        free_port(A),
+        &format!("srmp_tls_ca = \"{other_ca}\"\n"),
+    );
+    send(&c, &https("inbox"), "untrusted", "--recoverable");
+    eventually("the failed handshake is counted", || {
+        metric(&c, "lior_srmp_out_failures_total") >= 1
+    });
+    assert_eq!(outgoing_len(&c), 1, "kept");
+    assert!(b.receive_all("inbox").is_empty());
 }

@@ -28,6 +28,112 @@ use crate::wire::Guid;
 /// message sent again later.
 pub const SRMP_ANSWER_TIMEOUT_MS: u64 = 30_000;
 
+/// Bytes rustls may hold for one outgoing HTTPS connection (a whole request written before the
+/// handshake ends, or records not yet sent).
+pub const SRMP_OUT_TLS_BUFFER_BYTES_MAX: usize = crate::http::srmp::SRMP_BODY_BYTES_MAX + (64 << 10);
+
+/// Plaintext read per step from an HTTPS connection.
+const SRMP_OUT_TLS_READ_CHUNK_BYTES: usize = 16 << 10;
+
+/// The system CA bundles tried, in order, when `srmp_tls_ca` is not set.
+pub const SYSTEM_CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The client TLS configuration of SRMP over HTTPS: servers verified against `srmp_tls_ca`, or
+/// the system bundle. Err says what to set.
+pub fn client_tls(
+    cfg: &crate::config::Config,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let ca = match &cfg.srmp_tls_ca {
+        Some(p) => p.clone(),
+        None => SYSTEM_CA_BUNDLES
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                format!(
+                    "no CA bundle to verify HTTPS peers: none of {SYSTEM_CA_BUNDLES:?} exists; \
+                     set srmp_tls_ca to a PEM file of the CAs that signed the receivers' \
+                     certificates"
+                )
+            })?,
+    };
+    crate::http::tls::client_config(&ca, None).map_err(|e| format!("srmp_tls_ca: {e}"))
+}
+
+/// The TLS side of an outgoing HTTPS connection (rustls, driven by the bytes the shard hands
+/// over; no socket).
+#[derive(Debug)]
+struct TlsClient {
+    conn: rustls::ClientConnection,
+    chunk: Vec<u8>,
+}
+
+impl TlsClient {
+    fn new(cfg: std::sync::Arc<rustls::ClientConfig>, host: &str) -> Result<Self, String> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+        let mut conn = rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS: {e}"))?;
+        conn.set_buffer_limit(Some(SRMP_OUT_TLS_BUFFER_BYTES_MAX));
+        Ok(TlsClient {
+            conn,
+            chunk: vec![0; SRMP_OUT_TLS_READ_CHUNK_BYTES],
+        })
+    }
+
+    /// Records in, plaintext out.
+    fn read(&mut self, mut bytes: &[u8], plain: &mut Vec<u8>) -> Result<(), String> {
+        use std::io::Read as _;
+        while !bytes.is_empty() {
+            match self.conn.read_tls(&mut bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(format!("TLS: {e}")),
+            }
+            self.conn
+                .process_new_packets()
+                .map_err(|e| format!("TLS: {e}"))?;
+            loop {
+                match self.conn.reader().read(&mut self.chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if plain.len() + n > SRMP_OUT_TLS_BUFFER_BYTES_MAX {
+                            return Err("TLS: more plaintext than an answer can hold".into());
+                        }
+                        plain.extend_from_slice(&self.chunk[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("TLS: {e}")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plaintext in (buffered by rustls until the handshake ends), records out.
+    fn write(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        use std::io::Write as _;
+        if !plain.is_empty() {
+            self.conn
+                .writer()
+                .write_all(plain)
+                .map_err(|e| format!("TLS: {e}"))?;
+        }
+        while self.conn.wants_write() {
+            match self.conn.write_tls(out) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(format!("TLS: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The label of a stream receipt's OrderAck (and of the receipt itself, MC-MQSRM 2.2.4.1).
 pub const STREAM_RECEIPT_LABEL: &str = "QM Ordering Ack";
 
@@ -67,11 +173,54 @@ pub struct HttpOut {
     closing: Option<Closing>,
     /// The peer said it closes after its answer.
     peer_closes: bool,
+    /// HTTPS: the TLS layer between the bytes on the wire and HTTP.
+    tls: Option<TlsClient>,
 }
 
 impl HttpOut {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An HTTPS connection to `host`, verified with `cfg`; or, when TLS cannot start, one
+    /// that closes at once with the reason.
+    pub fn https(cfg: Result<std::sync::Arc<rustls::ClientConfig>, String>, host: &str) -> Self {
+        let mut h = Self::default();
+        match cfg.and_then(|c| TlsClient::new(c, host)) {
+            Ok(t) => h.tls = Some(t),
+            Err(e) => h.closing = Some(Closing::Failed(e)),
+        }
+        h
+    }
+
+    /// Bytes to put on the wire for `plain` (a request, or nothing: what TLS has to send, the
+    /// handshake). Err closes the connection.
+    pub fn wire_out(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        match self.tls.as_mut() {
+            Some(t) => t.write(plain, out).inspect_err(|e| {
+                self.closing = Some(Closing::Failed(e.clone()));
+            }),
+            None => {
+                out.extend_from_slice(plain);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes from the wire (TLS records over HTTPS): [`HttpOut::feed`] on their plaintext.
+    pub fn feed_wire(&mut self, bytes: &[u8]) -> Result<Option<Outcome>, String> {
+        let Some(t) = self.tls.as_mut() else {
+            return self.feed(bytes);
+        };
+        let mut plain = Vec::new();
+        if let Err(e) = t.read(bytes, &mut plain) {
+            self.closing = Some(Closing::Failed(e.clone()));
+            return Err(e);
+        }
+        if plain.is_empty() {
+            return Ok(None);
+        }
+        self.feed(&plain)
     }
 
     /// No post in flight and not closing: the next message can go.

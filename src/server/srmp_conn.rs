@@ -18,7 +18,8 @@ impl<S: QueueStore> MsmqApp<S> {
         let (Some(q), Some(h)) = (conn.outgoing, conn.http.as_deref_mut()) else {
             return;
         };
-        if !h.ready() {
+        // What TLS has to send (the handshake, records) goes first.
+        if h.wire_out(&[], buf).is_err() || !h.ready() {
             return;
         }
         let broker = self.shared.broker.clone();
@@ -55,7 +56,10 @@ impl<S: QueueStore> MsmqApp<S> {
                             transactional,
                         },
                     );
-                    buf.extend_from_slice(&req);
+                    if let Err(e) = h.wire_out(&req, buf) {
+                        out.note_error(e);
+                        break;
+                    }
                     out.note_sent(now_ms, lookup, transactional, resend_ms);
                     if transactional {
                         tx_sent = UserMessage::parse(m.bytes)
@@ -93,7 +97,7 @@ impl<S: QueueStore> MsmqApp<S> {
         let (Some(q), Some(h)) = (conn.outgoing, conn.http.as_deref_mut()) else {
             return Ok(());
         };
-        match h.feed(bytes) {
+        match h.feed_wire(bytes) {
             Ok(Some(outcome)) => {
                 self.http_settle(q, conn, outcome);
                 Ok(())
@@ -170,7 +174,15 @@ impl<S: QueueStore> MsmqApp<S> {
     }
 }
 
-/// A new outgoing connection's HTTP state, for an outgoing queue sent over HTTP.
-pub(super) fn http_state(is_http: bool) -> Option<Box<HttpOut>> {
-    is_http.then(|| Box::new(HttpOut::new()))
+/// A new outgoing connection's HTTP state, for an outgoing queue sent over HTTP or HTTPS.
+pub(super) fn http_state(
+    def: Option<&crate::qm::outgoing::OutgoingDef>,
+    tls: &Result<std::sync::Arc<rustls::ClientConfig>, String>,
+) -> Option<Box<HttpOut>> {
+    let def = def.filter(|d| d.transport == crate::qm::outgoing::Transport::Http)?;
+    Some(Box::new(if def.https() {
+        HttpOut::https(tls.clone(), &def.host)
+    } else {
+        HttpOut::new()
+    }))
 }
