@@ -67,7 +67,10 @@ fn labels(got: &[serde_json::Value]) -> Vec<String> {
 fn eventually(what: &str, f: impl Fn() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -88,7 +91,12 @@ fn two_hardened_liors_exchange_every_class_over_srmp_with_stream_receipts() {
     }
     for (from, ip, port, tag) in [(&a, B, pb, "a"), (&b, A, pa, "b")] {
         for i in 0..3 {
-            send(from, &url(ip, port, "inbox"), &format!("{tag}-express-{i}"), "");
+            send(
+                from,
+                &url(ip, port, "inbox"),
+                &format!("{tag}-express-{i}"),
+                "",
+            );
             send(
                 from,
                 &url(ip, port, "inbox"),
@@ -177,7 +185,9 @@ fn a_receiver_killed_with_messages_in_flight_gets_each_exactly_once_after_restar
         (0..15).map(|i| format!("tx-{i:02}")).collect::<Vec<_>>(),
         "every transactional message once, in order"
     );
-    eventually("the sender's outgoing queue drains", || outgoing_len(&a) == 0);
+    eventually("the sender's outgoing queue drains", || {
+        outgoing_len(&a) == 0
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert!(b.receive_all("inbox").is_empty(), "no late duplicate");
     assert!(b.receive_all("orders").is_empty(), "no late duplicate");
@@ -215,9 +225,9 @@ fn fake_peer(answers: Vec<&'static [u8]>) -> (u16, std::sync::mpsc::Receiver<Vec
                 }
             };
             let Some(req) = total else { continue };
-            let answer = answers.next().unwrap_or(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
+            let answer = answers
+                .next()
+                .unwrap_or(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = c.write_all(answer);
             let _ = tx.send(req);
         }
@@ -233,7 +243,12 @@ fn a_peer_answering_500_or_garbage_keeps_the_message_queued_and_counted() {
         b"\x00\x01\x02 not HTTP at all\r\n\r\n",
     ]);
     let a = hardened(&dir.path().join("a"), A, free_port(A));
-    send(&a, &url("127.0.0.4", port, "inbox"), "kept", "--recoverable");
+    send(
+        &a,
+        &url("127.0.0.4", port, "inbox"),
+        "kept",
+        "--recoverable",
+    );
     // First post: 500. The message stays, counted.
     let first = requests.recv_timeout(Duration::from_secs(20)).unwrap();
     assert!(first.starts_with(b"POST /msmq/private$/inbox HTTP/1.1\r\n"));
@@ -250,7 +265,10 @@ fn a_peer_answering_500_or_garbage_keeps_the_message_queued_and_counted() {
     let third = requests.recv_timeout(Duration::from_secs(20)).unwrap();
     let text = String::from_utf8_lossy(&third);
     assert!(text.contains("<action>MSMQ:kept</action>"), "{text}");
-    assert!(text.contains("<durable/>"), "recoverable is durable: {text}");
+    assert!(
+        text.contains("<durable/>"),
+        "recoverable is durable: {text}"
+    );
     eventually("settled by the 200", || outgoing_len(&a) == 0);
 }
 
@@ -319,7 +337,11 @@ fn delivery_and_commitment_receipts_come_back_as_admin_acks_in_the_senders_admin
             .decode(acks[0]["correlation_id_base64"].as_str().unwrap())
             .unwrap()
     };
-    assert_eq!(&corr[16..], &41u32.to_le_bytes(), "correlated with {original}");
+    assert_eq!(
+        &corr[16..],
+        &41u32.to_le_bytes(),
+        "correlated with {original}"
+    );
     assert_eq!(&corr[..16], &sender.0);
     // An application receives it at B: the commitment receipt reaches A as ACK_RECEIVE.
     let got = b.receive_until("inbox", 1);
@@ -363,9 +385,8 @@ fn pki(dir: &Path) -> (String, String, String) {
 fn two_liors_exchange_over_https_and_an_untrusted_peer_keeps_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = pki(dir.path());
-    let tls = format!(
-        "srmp_tls_cert = \"{cert}\"\nsrmp_tls_key = \"{key}\"\nsrmp_tls_ca = \"{ca}\"\n"
-    );
+    let tls =
+        format!("srmp_tls_cert = \"{cert}\"\nsrmp_tls_key = \"{key}\"\nsrmp_tls_ca = \"{ca}\"\n");
     let (pa, pb) = (free_port(A), free_port(B));
     let a = hardened_with(&dir.path().join("a"), A, pa, &tls);
     let b = hardened_with(&dir.path().join("b"), B, pb, &tls);
@@ -374,7 +395,12 @@ fn two_liors_exchange_over_https_and_an_untrusted_peer_keeps_the_message() {
     let https = |q: &str| format!("DIRECT=HTTPS://{B}:{pb}/msmq/private$/{q}");
     send(&a, &https("inbox"), "over-tls", "--recoverable");
     for i in 0..3 {
-        send(&a, &https("orders"), &format!("tls-tx-{i}"), "--transactional");
+        send(
+            &a,
+            &https("orders"),
+            &format!("tls-tx-{i}"),
+            "--transactional",
+        );
     }
     assert_eq!(labels(&b.receive_until("inbox", 1)), ["over-tls"]);
     assert_eq!(

@@ -621,10 +621,11 @@ fn receipt_admin(m: &SrmpMessage) -> (Option<Vec<u8>>, crate::wire::headers::Ack
     else {
         return (None, AckFlags(0));
     };
-    let Some(direct) = crate::wire::format_name::FormatName::parse(&format!("DIRECT={}", to.trim()))
-        .ok()
-        .and_then(|f| f.as_direct().cloned())
-        .filter(|d| super::srmp_client::PostTarget::of(d).is_some())
+    let Some(direct) =
+        crate::wire::format_name::FormatName::parse(&format!("DIRECT={}", to.trim()))
+            .ok()
+            .and_then(|f| f.as_direct().cloned())
+            .filter(|d| super::srmp_client::PostTarget::of(d).is_some())
     else {
         if crate::ratelog::SRMP.allow() {
             tracing::warn!(send_to = %to, "an SRMP receipt asked for an address that is not HTTP(S); no receipt will be sent");
@@ -1052,8 +1053,7 @@ fn original_id(id: &str) -> Option<[u8; 20]> {
 /// durable: the 200 waited for this message (or the last one accepted) to be, and the
 /// partition's log is durable in order.
 fn queue_stream_receipt<S: QueueStore>(broker: &Broker<S>, queue_path: &str, m: &SrmpMessage) {
-    let (Some((seq_id, current, _)), Some(to)) = (m.stream, m.stream_receipts_to.as_deref())
-    else {
+    let (Some((seq_id, current, _)), Some(to)) = (m.stream, m.stream_receipts_to.as_deref()) else {
         return;
     };
     let name = queue_path

@@ -15,10 +15,10 @@
 //! [`build_request`] writes them as `<streamReceipt>` (MC-MQSRM 2.2.5.6).
 
 use crate::http::srmp_client::{PostTarget, ReadError, ResponseReader};
+use crate::http::srmp_write::guid_text;
 use crate::http::srmp_write::{
     request_head, write_message, write_receipt, Receipt, ReceiptRequests, SrmpOut, StreamOut,
 };
-use crate::http::srmp_write::guid_text;
 use crate::wire::format_name::DirectName;
 use crate::wire::headers::MessageClass;
 use crate::wire::user::{QueueRef, UserFlags, UserMessage};
@@ -30,7 +30,8 @@ pub const SRMP_ANSWER_TIMEOUT_MS: u64 = 30_000;
 
 /// Bytes rustls may hold for one outgoing HTTPS connection (a whole request written before the
 /// handshake ends, or records not yet sent).
-pub const SRMP_OUT_TLS_BUFFER_BYTES_MAX: usize = crate::http::srmp::SRMP_BODY_BYTES_MAX + (64 << 10);
+pub const SRMP_OUT_TLS_BUFFER_BYTES_MAX: usize =
+    crate::http::srmp::SRMP_BODY_BYTES_MAX + (64 << 10);
 
 /// Plaintext read per step from an HTTPS connection.
 const SRMP_OUT_TLS_READ_CHUNK_BYTES: usize = 16 << 10;
@@ -340,7 +341,9 @@ pub fn receipts_uri(cfg: &crate::config::Config) -> Option<String> {
     } else {
         format!(":{}", addr.port())
     };
-    Some(format!("{scheme}://{host}{port}/msmq/private$/order_queue$"))
+    Some(format!(
+        "{scheme}://{host}{port}/msmq/private$/order_queue$"
+    ))
 }
 
 /// The whole HTTP request (head and body) that carries stored message `frame` to its
@@ -667,7 +670,8 @@ mod tests {
         let mut frame = vec![0u8; ack.frame_len()];
         let n = ack.encode(&mut frame).unwrap();
         frame.truncate(n);
-        let (head, body) = split(&build_request(&frame, Guid([3; 16]), None, 1_700_000_000).unwrap());
+        let (head, body) =
+            split(&build_request(&frame, Guid([3; 16]), None, 1_700_000_000).unwrap());
         assert!(head.starts_with("POST /msmq/private$/admin "), "{head}");
         let r = parse_srmp(&content_type(&head), &body).unwrap();
         assert_eq!(
@@ -709,7 +713,9 @@ mod tests {
         assert!(g.feed(b"\x00\x01garbage\r\n\r\n").is_err());
         assert!(g.wants_close());
         let mut u = HttpOut::new();
-        assert!(u.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").is_err());
+        assert!(u
+            .feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .is_err());
         // No answer in time.
         let mut t = HttpOut::new();
         t.begin(0, f);

@@ -61,6 +61,12 @@ impl<S: QueueStore> MsmqApp<S> {
                         break;
                     }
                     out.note_sent(now_ms, lookup, transactional, resend_ms);
+                    if transactional
+                        && self.srmp_receipts_to.is_none()
+                        && crate::ratelog::SRMP.allow()
+                    {
+                        tracing::warn!(destination = %out.def.key, "a transactional message goes over SRMP without sendReceiptsTo: srmp_listen is not set, so no stream receipt can come back and it is sent again on the resend schedule; set srmp_listen");
+                    }
                     if transactional {
                         tx_sent = UserMessage::parse(m.bytes)
                             .ok()

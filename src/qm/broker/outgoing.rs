@@ -393,7 +393,10 @@ impl<S: QueueStore> Broker<S> {
                 .iter()
                 .filter(|(_, t)| t.seq_id == sequence)
                 .map(|(id, _)| *id)
-                .find(|id| out.by_id(*id).is_some_and(|d| d.transport == Transport::Http))
+                .find(|id| {
+                    out.by_id(*id)
+                        .is_some_and(|d| d.transport == Transport::Http)
+                })
         };
         let from = AckSource {
             remote_qm: Guid::NULL,
