@@ -30,6 +30,10 @@ pub struct Config {
     pub srmp_tls_key: Option<PathBuf>,
     /// PEM CA certificates: with it, an SRMP client must present a certificate they signed.
     pub srmp_tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificates lior trusts when it sends SRMP to `DIRECT=HTTPS://` names; unset,
+    /// the system's bundle (`/etc/ssl/certs/ca-certificates.crt` or
+    /// `/etc/pki/tls/certs/ca-bundle.crt`).
+    pub srmp_tls_ca: Option<PathBuf>,
     /// HTTPS for the local API (PEM chain and key, both or neither). Required, with the bearer
     /// token of `DATA_DIR/api-token`, when `api` is not a loopback address.
     pub api_tls_cert: Option<PathBuf>,
@@ -88,6 +92,7 @@ impl Default for Config {
             srmp_tls_cert: None,
             srmp_tls_key: None,
             srmp_tls_client_ca: None,
+            srmp_tls_ca: None,
             api_tls_cert: None,
             api_tls_key: None,
             cores: Vec::new(),
@@ -402,6 +407,11 @@ impl Config {
                  certificates signed by these CAs\n",
             ),
             (
+                self.srmp_tls_ca.is_some(),
+                "# srmp_tls_ca = \"/etc/lior/peers-ca.pem\"  # CAs trusted when sending SRMP \
+                 over HTTPS (default: the system bundle)\n",
+            ),
+            (
                 self.api_tls_cert.is_some(),
                 "# api_tls_cert = \"/etc/lior/api.pem\"  # HTTPS for the API (then every \
                  request needs the bearer token of DATA_DIR/api-token)\n# api_tls_key = \
@@ -692,6 +702,7 @@ mod tests {
             "srmp_tls_cert",
             "srmp_tls_key",
             "srmp_tls_client_ca",
+            "srmp_tls_ca",
             "api_tls_cert",
             "api_tls_key",
             "tls_listen",

@@ -471,6 +471,21 @@ pub fn render_metrics(
         load(&b.tx_rejected),
     );
     put(
+        "srmp_out_failures_total",
+        "SRMP posts lior sent that got no 2xx (refused, a malformed answer or none in time); the message stays queued.",
+        load(&b.srmp_out_failures),
+    );
+    put(
+        "srmp_receipts_received_total",
+        "SRMP receipts (delivery, commitment, stream) received at the SRMP endpoint.",
+        load(&b.srmp_receipts_received),
+    );
+    put(
+        "srmp_stream_receipts_queued_total",
+        "SRMP stream receipts queued for the senders of received stream messages.",
+        load(&b.srmp_stream_receipts_queued),
+    );
+    put(
         "tx_acks_refused_total",
         "OrderAcks/FinalAcks ignored: not from the queue manager the sequence was sent to, or for numbers not sent.",
         load(&b.tx_acks_refused),

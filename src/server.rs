@@ -38,6 +38,9 @@ pub mod close_code {
     pub const PAUSED: u32 = 3;
 }
 
+/// Outgoing HTTP (SRMP) connections: the glue to `qm::srmp_out`.
+mod srmp_conn;
+
 /// Server-wide counters, shared by all shards (for metrics).
 #[derive(Debug, Default)]
 pub struct ServerCounters {
@@ -128,6 +131,9 @@ pub struct MsmqConn {
     counted: bool,
     /// For sessions we opened: the outgoing queue (store queue id) they carry.
     outgoing: Option<u32>,
+    /// For an outgoing queue sent over HTTP: the SRMP connection (the MS-MQQB `session` is
+    /// then unused; see `srmp_conn`).
+    http: Option<Box<crate::qm::srmp_out::HttpOut>>,
     /// The app's turn in which this connection was put on its `waiting` list (so the check is
     /// O(1) per message, not a search of every waiting session).
     waiting_turn: Option<u64>,
@@ -248,6 +254,10 @@ pub struct MsmqApp<S> {
     /// The requests of the HTTP API and SRMP for the queues this shard owns (`lior serve`;
     /// apps driven by tests have none).
     desk: Option<crate::qm::requests::Desk<S>>,
+    /// The `sendReceiptsTo` of the stream messages this queue manager sends over SRMP.
+    srmp_receipts_to: Option<String>,
+    /// The client TLS configuration of SRMP over HTTPS, or why there is none.
+    srmp_tls: Result<Arc<rustls::ClientConfig>, String>,
 }
 
 /// How often a shard looks whether the dead-letter copies of expired messages are durable
@@ -296,6 +306,8 @@ impl<S: QueueStore> MsmqApp<S> {
             .map(|s| u64::from(s) * 1000);
         let shards = shared.shards;
         let owned = (0..partitions).filter(|p| p % shards == shard).collect();
+        let srmp_receipts_to = crate::qm::srmp_out::receipts_uri(&shared.broker.config);
+        let srmp_tls = crate::qm::srmp_out::client_tls(&shared.broker.config);
         MsmqApp {
             resend_ms,
             shared,
@@ -330,6 +342,8 @@ impl<S: QueueStore> MsmqApp<S> {
             ordinals: 0..0,
             expiry_waits: vec![false; partitions],
             desk: None,
+            srmp_receipts_to,
+            srmp_tls,
         }
     }
 
@@ -1178,6 +1192,7 @@ impl<S: QueueStore> MsmqApp<S> {
         let base = OutPolicy {
             hardened: broker.config.parameters.Hardened_MSMQ,
             port: broker.config.remote_port,
+            mqqb_default_port: broker.config.remote_port,
             retry_ms: u64::from(broker.config.parameters.TryConnectInterval),
         };
         for out in self.out.values_mut() {
@@ -1398,11 +1413,15 @@ impl<S: QueueStore> App for MsmqApp<S> {
             counted: false,
             established: false,
             outgoing: None,
+            http: None,
             waiting_turn: None,
         })
     }
 
     fn on_recv(&mut self, now_ms: u64, conn: &mut MsmqConn, bytes: &[u8]) -> Result<(), AppError> {
+        if conn.http.is_some() {
+            return self.http_recv(conn, bytes);
+        }
         if self.evicted.contains(&conn.id) {
             // Dropped for the reassembly budget; its close is under way.
             return Err(AppError(close_code::PROTOCOL));
@@ -1433,6 +1452,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn poll_transmit(&mut self, now_ms: u64, conn: &mut MsmqConn, buf: &mut Vec<u8>) {
+        if conn.http.is_some() {
+            return self.http_transmit(now_ms, conn, buf);
+        }
         self.apply_durability(now_ms, conn);
         if !self.commit_ok && !conn.pending_durable.is_empty() && !conn.session.is_closed() {
             // Nothing more becomes durable here: the sender keeps its messages only if the
@@ -1466,6 +1488,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn deadline(&self, conn: &MsmqConn) -> Option<u64> {
+        if let Some(h) = &conn.http {
+            return h.deadline();
+        }
         let order = conn.order_acks.deadline();
         match (conn.session.poll_timeout(), order) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1474,6 +1499,9 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn on_timeout(&mut self, now_ms: u64, conn: &mut MsmqConn) {
+        if let Some(h) = conn.http.as_deref_mut() {
+            return h.on_timeout(now_ms);
+        }
         conn.session.handle_timeout(now_ms);
         self.send_order_acks(now_ms, conn);
         conn.order_acks.prune();
@@ -1481,10 +1509,18 @@ impl<S: QueueStore> App for MsmqApp<S> {
     }
 
     fn wants_close(&self, conn: &MsmqConn) -> bool {
+        if let Some(h) = &conn.http {
+            return h.wants_close();
+        }
         conn.session.is_closed()
     }
 
-    fn on_closed(&mut self, now_ms: u64, conn: MsmqConn, reason: NetClose) {
+    fn on_closed(&mut self, now_ms: u64, mut conn: MsmqConn, reason: NetClose) {
+        let http_error = if conn.http.is_some() {
+            Some(self.http_closed(&mut conn))
+        } else {
+            None
+        };
         if let Some((_, held)) = self.partials.remove(&conn.id) {
             self.reassembly_bytes = self.reassembly_bytes.saturating_sub(held);
         }
@@ -1503,7 +1539,11 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
             let retry = u64::from(self.shared.broker.config.parameters.TryConnectInterval);
-            if !q.def.paused {
+            if let Some(why) = http_error {
+                if let Some(why) = why.filter(|_| !q.def.paused) {
+                    q.note_error(format!("{why} ({reason:?})"));
+                }
+            } else if !q.def.paused {
                 q.note_error(if conn.established {
                     format!("session to {} closed: {reason:?}", conn.peer)
                 } else {
@@ -1633,6 +1673,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
     fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, MsmqConn)> {
         let (addr, q) = self.connects.pop_front()?;
         tracing::info!(%addr, queue = q, "opening an outgoing session");
+        let http = srmp_conn::http_state(self.out.get(&q).map(|o| &o.def), &self.srmp_tls);
         let mut cfg = self.shared.session_config.clone();
         // Direct-format sessions wait twice as long for acks (QosCleanupIntervalMultiplier).
         cfg.ack_wait_multiplier = self
@@ -1658,6 +1699,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
                 counted: false,
                 established: false,
                 outgoing: Some(q),
+                http,
                 waiting_turn: None,
             },
         ))
@@ -1665,6 +1707,13 @@ impl<S: QueueStore> App for MsmqApp<S> {
 
     fn on_connected(&mut self, _now_ms: u64, id: ConnId, conn: &mut MsmqConn) {
         conn.id = id;
+        if conn.http.is_some() {
+            // No handshake over HTTP: the connection is the session.
+            conn.established = true;
+            if let Some(q) = conn.outgoing.and_then(|q| self.out.get_mut(&q)) {
+                q.handle_established(id);
+            }
+        }
     }
 }
 

@@ -66,7 +66,35 @@ pub struct SrmpMessage {
     pub correlation: Option<[u8; 20]>,
     /// (TxSequenceID, current, previous) of an exactly-once stream.
     pub stream: Option<(u64, u32, u32)>,
+    /// The queue manager GUID of the stream's `streamId` (`uid:<GUID>\<number>`).
+    pub stream_qm: Guid,
+    /// Where stream receipts for the stream go (`<start><sendReceiptsTo>`, MC-MQSRM 2.2.5.3).
+    pub stream_receipts_to: Option<String>,
+    /// Where a delivery receipt goes (`<deliveryReceiptRequest><sendTo>`, 2.2.5.2.2).
+    pub delivery_receipt_to: Option<String>,
+    /// Where a commitment receipt goes (`<commitmentReceiptRequest><sendTo>`, 2.2.5.2.3), and
+    /// whether only positive or only negative ones are asked for.
+    pub commitment_receipt_to: Option<String>,
+    pub commitment_positive_only: bool,
+    pub commitment_negative_only: bool,
+    /// A receipt (the whole content of a single-part `text/xml` request, MC-MQSRM 2.2.2).
+    pub receipt: Option<ReceivedReceipt>,
     pub body: Vec<u8>,
+}
+
+/// A receipt another queue manager sent (MC-MQSRM 2.2.5.4 to 2.2.5.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceivedReceipt {
+    /// The message `id` (`uuid:<index>@<GUID>`) reached its queue.
+    Delivery { id: String },
+    /// The message `id` was received by an application (positive) or removed otherwise.
+    Commitment { id: String, positive: bool },
+    /// Every message of stream (`qm`, `sequence`) up to `last_ordinal` was accepted.
+    Stream {
+        qm: Guid,
+        sequence: u64,
+        last_ordinal: u64,
+    },
 }
 
 /// `YYYYMMDDThhmmss` (UTC) to unix seconds.
@@ -198,6 +226,11 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
     let mut stack: Vec<String> = Vec::new();
     let mut buf = Vec::new();
     let mut stream_id: Option<u64> = None;
+    let mut receipt_stream: Option<(Guid, u64)> = None;
+    let mut last_ordinal: Option<u64> = None;
+    let mut receipt_id: Option<String> = None;
+    let mut decision: Option<bool> = None;
+    let (mut delivery_receipt, mut commitment_receipt) = (false, false);
     let (mut current, mut previous) = (None::<u32>, None::<u32>);
     let mut source_from_id = Guid::NULL;
     loop {
@@ -209,7 +242,13 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
                 if stack.len() > 32 {
                     return Err("SOAP envelope nested too deeply".into());
                 }
-                stack.push(String::from_utf8_lossy(e.local_name().as_ref()).into_owned());
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                match name.as_str() {
+                    "deliveryReceipt" => delivery_receipt = true,
+                    "commitmentReceipt" => commitment_receipt = true,
+                    _ => {}
+                }
+                stack.push(name);
             }
             XmlEvent::Empty(e) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -217,6 +256,8 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
                     "durable" => m.durable = true,
                     "Journal" => m.journal = true,
                     "DeadLetter" => m.dead_letter = true,
+                    "positiveOnly" => m.commitment_positive_only = true,
+                    "negativeOnly" => m.commitment_negative_only = true,
                     _ => {}
                 }
             }
@@ -256,6 +297,28 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
                     (Some("stream"), "streamId") => {
                         // uid:<sender QM GUID>\<u64>
                         stream_id = text.rsplit('\\').next().and_then(|n| n.parse().ok());
+                        m.stream_qm = stream_id_qm(&text);
+                    }
+                    (Some("start"), "sendReceiptsTo") => m.stream_receipts_to = Some(text),
+                    (Some("deliveryReceiptRequest"), "sendTo") => {
+                        m.delivery_receipt_to = Some(text)
+                    }
+                    (Some("commitmentReceiptRequest"), "sendTo") => {
+                        m.commitment_receipt_to = Some(text)
+                    }
+                    (Some("streamReceipt"), "streamId") => {
+                        receipt_stream = text
+                            .rsplit('\\')
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .map(|n| (stream_id_qm(&text), n));
+                    }
+                    (Some("streamReceipt"), "lastOrdinal") => last_ordinal = text.parse().ok(),
+                    (Some("deliveryReceipt" | "commitmentReceipt"), "id") => {
+                        receipt_id = Some(text)
+                    }
+                    (Some("commitmentReceipt"), "decision") => {
+                        decision = Some(text.eq_ignore_ascii_case("positive"))
                     }
                     (Some("stream"), "current") => current = text.parse().ok(),
                     (Some("stream"), "previous") => previous = text.parse().ok(),
@@ -293,6 +356,19 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
     if m.to.is_empty() {
         return Err("the envelope has no <to>".into());
     }
+    m.receipt = match (receipt_stream, last_ordinal, receipt_id) {
+        (Some((qm, sequence)), Some(last_ordinal), _) => Some(ReceivedReceipt::Stream {
+            qm,
+            sequence,
+            last_ordinal,
+        }),
+        (_, _, Some(id)) if delivery_receipt => Some(ReceivedReceipt::Delivery { id }),
+        (_, _, Some(id)) if commitment_receipt => Some(ReceivedReceipt::Commitment {
+            id,
+            positive: decision.unwrap_or(false),
+        }),
+        _ => None,
+    };
     if let (Some(id), Some(cur)) = (stream_id, current) {
         m.stream = Some((id, cur, previous.unwrap_or(cur.saturating_sub(1))));
         m.durable = true;
@@ -301,14 +377,37 @@ fn read_envelope(xml: &[u8], m: &mut SrmpMessage) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a whole SRMP request body.
+/// The GUID of a `streamId` (`uid:<GUID>\<number>`), or GUID_NULL.
+fn stream_id_qm(text: &str) -> Guid {
+    let t = text.trim();
+    let t = t.strip_prefix("uid:").unwrap_or(t);
+    t.rsplit_once('\\')
+        .and_then(|(g, _)| Guid::parse_text(g))
+        .unwrap_or(Guid::NULL)
+}
+
+/// Parses a whole SRMP request body: a multipart/related message, or a single-part
+/// `text/xml` envelope (a receipt, MC-MQSRM 2.2.2 and the section 4 traces).
 pub fn parse_srmp(content_type: &str, body: &[u8]) -> Result<SrmpMessage, String> {
-    if !content_type
-        .to_ascii_lowercase()
-        .contains("multipart/related")
-    {
+    let lower = content_type.to_ascii_lowercase();
+    if lower.trim_start().starts_with("text/xml") {
+        let mut m = SrmpMessage {
+            priority: 3,
+            ..SrmpMessage::default()
+        };
+        read_envelope(body, &mut m)?;
+        if m.receipt.is_none() {
+            return Err(
+                "a single-part text/xml request carries no receipt (deliveryReceipt, \
+                 commitmentReceipt or streamReceipt); a message needs multipart/related"
+                    .into(),
+            );
+        }
+        return Ok(m);
+    }
+    if !lower.contains("multipart/related") {
         return Err(format!(
-            "Content-Type {content_type:?} is not multipart/related"
+            "Content-Type {content_type:?} is neither multipart/related nor text/xml"
         ));
     }
     let boundary = boundary_of(content_type).ok_or("Content-Type names no boundary")?;
@@ -446,6 +545,11 @@ fn prepare<S: QueueStore>(
         utf16z(&m.label)
     };
     let sent = m.sent_at.unwrap_or(now);
+    // Receipts asked for (MC-MQSRM 2.2.5.2.2-3) become the admin queue and acknowledgement
+    // flags of the stored message, so the existing admin-ack paths send them: ACK_REACH_QUEUE
+    // once stored, ACK_RECEIVE when an application receives it; the sender side writes those
+    // as a deliveryReceipt and a commitmentReceipt (`qm::srmp_out`).
+    let (admin_wire, acks) = receipt_admin(m);
     let mut u = UserMessage::new(
         m.source_qm,
         m.index as u32,
@@ -458,6 +562,9 @@ fn prepare<S: QueueStore>(
     .with_sent_time(sent);
     if let Some(exp) = m.expires_at {
         u = u.with_time_to_reach_queue(exp.saturating_sub(sent).max(1));
+    }
+    if let Some(w) = &admin_wire {
+        u = u.with_admin_queue(QueueRef::Direct(Utf16(w)), acks);
     }
     if let Some((seq_id, cur, prev)) = m.stream {
         u = u.with_transaction(TransactionHeader::new(
@@ -500,6 +607,44 @@ fn prepare<S: QueueStore>(
     // stream) messages are on disk before the 200 (MC-MQSRM 3.1.5.1.3), duplicates and
     // stream messages already received once the first copy is (3.1.5.1).
     Ok((queue, frame, now))
+}
+
+/// The admin queue (an HTTP format name, UTF-16 for the UserHeader) and acknowledgement
+/// flags standing for the receipts an SRMP message asks for; None when it asks for none or
+/// names no HTTP address.
+fn receipt_admin(m: &SrmpMessage) -> (Option<Vec<u8>>, crate::wire::headers::AckFlags) {
+    use crate::wire::headers::AckFlags;
+    let Some(to) = m
+        .delivery_receipt_to
+        .as_deref()
+        .or(m.commitment_receipt_to.as_deref())
+    else {
+        return (None, AckFlags(0));
+    };
+    let Some(direct) =
+        crate::wire::format_name::FormatName::parse(&format!("DIRECT={}", to.trim()))
+            .ok()
+            .and_then(|f| f.as_direct().cloned())
+            .filter(|d| super::srmp_client::PostTarget::of(d).is_some())
+    else {
+        if crate::ratelog::SRMP.allow() {
+            tracing::warn!(send_to = %to, "an SRMP receipt asked for an address that is not HTTP(S); no receipt will be sent");
+        }
+        return (None, AckFlags(0));
+    };
+    let mut flags = 0u8;
+    if m.delivery_receipt_to.is_some() {
+        flags |= AckFlags::PA;
+    }
+    if m.commitment_receipt_to.is_some() {
+        if !m.commitment_negative_only {
+            flags |= AckFlags::PR;
+        }
+        if !m.commitment_positive_only {
+            flags |= AckFlags::NR;
+        }
+    }
+    (Some(direct.wire_bytes()), AckFlags(flags))
 }
 
 /// The bounds of the SRMP endpoint (from `[limits]` and the descriptor budget).
@@ -815,11 +960,148 @@ async fn post<S: QueueStore + Send + 'static>(
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
+    if let Some(r) = &m.receipt {
+        if let Some(ack) = take_receipt(&ctx.broker, r, &m) {
+            // The admin acknowledgement the original message asked for, into the queue the
+            // receipt was posted to (its admin queue).
+            let (status, why) = accept(&ctx.broker, &ctx.shards, &path, &ack).await;
+            if status != StatusCode::OK && crate::ratelog::SRMP.allow() {
+                tracing::warn!(%path, %status, %why, "SRMP receipt not stored as an admin acknowledgement (counted in lior_srmp_receipts_received_total)");
+            }
+        }
+        // A receipt is never sent again: it is answered 200 whatever became of it.
+        return (StatusCode::OK, String::new()).into_response();
+    }
     let (status, why) = accept(&ctx.broker, &ctx.shards, &path, &m).await;
     if status != StatusCode::OK && crate::ratelog::SRMP.allow() {
         tracing::warn!(%path, %status, %why, "SRMP message refused");
     }
+    if status == StatusCode::OK {
+        queue_stream_receipt(&ctx.broker, &path, &m);
+    }
     (status, why).into_response()
+}
+
+/// A receipt arrived (MC-MQSRM 3.1.5.2): a stream receipt settles the stream messages it
+/// covers; a delivery or commitment receipt becomes the admin acknowledgement MSMQ stores for
+/// it (ACK_REACH_QUEUE, ACK_RECEIVE or NACK_RECEIVE_REJECTED, correlated with the original
+/// message's id), returned as a message to store in the queue it was posted to.
+fn take_receipt<S: QueueStore>(
+    broker: &Broker<S>,
+    r: &ReceivedReceipt,
+    m: &SrmpMessage,
+) -> Option<SrmpMessage> {
+    use std::sync::atomic::Ordering::Relaxed;
+    broker.counters.srmp_receipts_received.fetch_add(1, Relaxed);
+    match r {
+        ReceivedReceipt::Stream {
+            qm,
+            sequence,
+            last_ordinal,
+        } => {
+            let ip = std::net::IpAddr::from([0u8, 0, 0, 0]);
+            if broker.handle_stream_receipt(*qm, *sequence, *last_ordinal, ip) {
+                tracing::debug!(sequence, last_ordinal, "stream receipt taken");
+            }
+            None
+        }
+        ReceivedReceipt::Delivery { id } | ReceivedReceipt::Commitment { id, .. } => {
+            let class = match r {
+                ReceivedReceipt::Delivery { .. } => MessageClass::ACK_REACH_QUEUE,
+                ReceivedReceipt::Commitment { positive: true, .. } => MessageClass::ACK_RECEIVE,
+                _ => MessageClass::NACK_RECEIVE_REJECTED,
+            };
+            let Some(correlation) = original_id(id) else {
+                if crate::ratelog::SRMP.allow() {
+                    tracing::warn!(message = %id, "SRMP receipt for a message id that does not parse (uuid:<index>@<GUID>); counted in lior_srmp_receipts_received_total, not stored");
+                }
+                return None;
+            };
+            tracing::info!(message = %id, class = class.name(), "SRMP receipt received");
+            Some(SrmpMessage {
+                class: class.0,
+                correlation: Some(correlation),
+                durable: false,
+                stream: None,
+                receipt: None,
+                delivery_receipt_to: None,
+                commitment_receipt_to: None,
+                body: Vec::new(),
+                ..m.clone()
+            })
+        }
+    }
+}
+
+/// The 20-byte message identifier (GUID, then the index little-endian) of an SRMP message id
+/// `uuid:<index>@<GUID>`.
+fn original_id(id: &str) -> Option<[u8; 20]> {
+    let t = id.trim();
+    let t = t.strip_prefix("uuid:").unwrap_or(t);
+    let (index, guid) = t.split_once('@')?;
+    let guid = Guid::parse_text(guid)?;
+    let index: u32 = index.parse().ok()?;
+    let mut c = [0u8; 20];
+    c[..16].copy_from_slice(&guid.0);
+    c[16..].copy_from_slice(&index.to_le_bytes());
+    Some(c)
+}
+
+/// A stream message was stored (or was a copy of one stored before): the sender is owed a
+/// stream receipt (MC-MQSRM 3.1.5.1.2) up to the last number its stream has in order here,
+/// queued in an outgoing HTTP queue to its `sendReceiptsTo`. Everything up to that number is
+/// durable: the 200 waited for this message (or the last one accepted) to be, and the
+/// partition's log is durable in order.
+fn queue_stream_receipt<S: QueueStore>(broker: &Broker<S>, queue_path: &str, m: &SrmpMessage) {
+    let (Some((seq_id, current, _)), Some(to)) = (m.stream, m.stream_receipts_to.as_deref()) else {
+        return;
+    };
+    let name = queue_path
+        .strip_prefix("private$\\")
+        .or_else(|| queue_path.strip_prefix("PRIVATE$\\"))
+        .unwrap_or(queue_path);
+    let (Ok(queue), Ok(owner)) = (broker.lookup(name), broker.owner_of(name)) else {
+        return;
+    };
+    let state = broker.incoming_sequence(owner, (m.source_qm, queue.id));
+    if state.seq_id != seq_id || state.seq_no == 0 {
+        return;
+    }
+    let last = state.seq_no.min(current);
+    let stream_qm = if m.stream_qm.is_null() {
+        m.source_qm
+    } else {
+        m.stream_qm
+    };
+    let built = crate::qm::srmp_out::stream_receipt_frame(
+        broker.guid(),
+        broker.next_ordinal(),
+        to,
+        stream_qm,
+        seq_id,
+        last,
+    );
+    let queued = built.and_then(|(dest, frame)| {
+        let meta = crate::qm::broker::message_meta(
+            &UserMessage::parse(&frame).map_err(|e| e.to_string())?,
+        );
+        broker
+            .enqueue_outgoing_nowait(&dest, &frame, &meta)
+            .map_err(|e| e.to_string())
+    });
+    match queued {
+        Ok(_) => {
+            broker
+                .counters
+                .srmp_stream_receipts_queued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(e) => {
+            if crate::ratelog::SRMP.allow() {
+                tracing::warn!(to, error = %e, "cannot queue a stream receipt; the sender will resend and ask again");
+            }
+        }
+    }
 }
 
 /// Starts the SRMP endpoint on `addr` on its own thread.

@@ -14,4 +14,5 @@ pub mod outgoing_queue;
 pub mod requests;
 pub mod rights;
 pub mod routing;
+pub mod srmp_out;
 pub mod txn;

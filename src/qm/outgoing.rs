@@ -28,7 +28,7 @@ pub const OUTGOING_QUEUES_MAX: usize = 4_096;
 pub enum Transport {
     /// MS-MQQB over TCP to an address or a host name, port 1801 (`remote_port`).
     Mqqb,
-    /// SRMP over HTTP(S): not sent by this version; kept until it is.
+    /// SRMP over HTTP or HTTPS (`qm::srmp_out`): one POST per message.
     Http,
     /// IPX/SPX: not supported on Linux; kept, never sent.
     Ipx,
@@ -55,6 +55,16 @@ pub struct OutgoingDef {
     /// closed, messages keep waiting; kept across restarts.
     #[serde(default)]
     pub paused: bool,
+    /// HTTP and HTTPS: the port the format name gives (part of the key), if any.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+impl OutgoingDef {
+    /// Whether SRMP to this destination goes over HTTPS.
+    pub fn https(&self) -> bool {
+        self.key.starts_with("HTTPS:")
+    }
 }
 
 /// Why a destination cannot get an outgoing queue.
@@ -76,6 +86,13 @@ impl std::fmt::Display for OutgoingError {
 /// The key and transport of a direct name's machine.
 pub fn destination_of(d: &DirectName) -> (String, String, Transport) {
     let host = d.host().to_string();
+    // HTTP(S) names carry their own port: one outgoing queue per host and port.
+    let port = match &d.address {
+        DirectAddress::Http { port: Some(p), .. } | DirectAddress::Https { port: Some(p), .. } => {
+            format!(":{p}")
+        }
+        _ => String::new(),
+    };
     let (proto, transport) = match &d.address {
         DirectAddress::Tcp(_) => ("TCP", Transport::Mqqb),
         DirectAddress::Os(_) => ("OS", Transport::Mqqb),
@@ -84,7 +101,7 @@ pub fn destination_of(d: &DirectName) -> (String, String, Transport) {
         DirectAddress::Ipx(_) | DirectAddress::Spx(_) => ("IPX", Transport::Ipx),
     };
     (
-        format!("{proto}:{}", host.to_ascii_lowercase()),
+        format!("{proto}:{}{port}", host.to_ascii_lowercase()),
         host,
         transport,
     )
@@ -132,6 +149,10 @@ impl OutgoingTable {
     /// The outgoing queue of a destination, created (and saved) on first use.
     pub fn get_or_create(&mut self, d: &DirectName) -> Result<OutgoingDef, OutgoingError> {
         let (key, host, transport) = destination_of(d);
+        let port = match &d.address {
+            DirectAddress::Http { port, .. } | DirectAddress::Https { port, .. } => *port,
+            _ => None,
+        };
         if let Some(q) = self.by_key.get(&key) {
             return Ok(q.clone());
         }
@@ -147,6 +168,7 @@ impl OutgoingTable {
             shard: (n as usize) % self.shards,
             tx_sequence_id: 0,
             paused: false,
+            port,
         };
         self.by_key.insert(key, q.clone());
         self.save()?;

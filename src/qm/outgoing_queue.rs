@@ -59,8 +59,10 @@ pub enum OutAction {
 pub struct OutPolicy {
     /// Hardened mode: nothing leaves over MS-MQQB.
     pub hardened: bool,
-    /// The remote MS-MQQB port.
+    /// The remote MS-MQQB port (`[remotes."host"] port` where the configuration names one).
     pub port: u16,
+    /// `remote_port`, the port of machines the configuration does not name.
+    pub mqqb_default_port: u16,
     /// TryConnectInterval, ms.
     pub retry_ms: u64,
 }
@@ -188,22 +190,45 @@ impl<C: Copy> OutQueue<C> {
             self.phase = OutPhase::Idle;
             return None;
         }
-        if policy.hardened || self.def.transport != Transport::Mqqb {
-            self.phase = OutPhase::Locked;
-            return None;
-        }
-        match self.def.host.parse::<IpAddr>() {
+        // Hardened mode sends over HTTP(S) only (SRMP); IPX is never sent.
+        let port = match self.def.transport {
+            Transport::Http => self.http_port(policy),
+            Transport::Mqqb if !policy.hardened => policy.port,
+            _ => {
+                self.phase = OutPhase::Locked;
+                return None;
+            }
+        };
+        let host = self.def.host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
             Ok(ip) => {
                 self.phase = OutPhase::Connecting;
-                Some(OutAction::Connect(SocketAddr::new(ip, policy.port)))
+                Some(OutAction::Connect(SocketAddr::new(ip, port)))
             }
             Err(_) => {
                 self.phase = OutPhase::Resolving;
                 Some(OutAction::Resolve {
                     host: self.def.host.clone(),
-                    port: policy.port,
+                    port,
                 })
             }
+        }
+    }
+
+    /// The port an HTTP(S) queue connects to: the format name's, else the `[remotes."host"]`
+    /// port when the configuration names one (`policy.port` differs from MS-MQQB's 1801),
+    /// else 80 or 443.
+    fn http_port(&self, policy: &OutPolicy) -> u16 {
+        if let Some(p) = self.def.port {
+            return p;
+        }
+        if policy.port != policy.mqqb_default_port {
+            return policy.port;
+        }
+        if self.def.https() {
+            443
+        } else {
+            80
         }
     }
 
@@ -347,12 +372,14 @@ mod tests {
             shard: 0,
             tx_sequence_id: 0,
             paused: false,
+            port: None,
         }
     }
 
     const POLICY: OutPolicy = OutPolicy {
         hardened: false,
         port: 1801,
+        mqqb_default_port: 1801,
         retry_ms: 60_000,
     };
 
@@ -414,9 +441,37 @@ mod tests {
         assert_eq!(q.poll_action(0, 1, &hardened), None);
         assert_eq!(q.phase(), OutPhase::Locked);
         assert!(!q.wants_pending(u64::MAX), "a locked queue stays locked");
+        let mut i = OutQueue::<u32>::new(def("10.0.0.7", Transport::Ipx));
+        assert_eq!(i.poll_action(0, 1, &POLICY), None);
+        assert_eq!(i.phase(), OutPhase::Locked);
+    }
+
+    #[test]
+    fn http_queues_send_in_hardened_mode_on_their_own_port() {
+        let hardened = OutPolicy {
+            hardened: true,
+            ..POLICY
+        };
         let mut h = OutQueue::<u32>::new(def("10.0.0.7", Transport::Http));
-        assert_eq!(h.poll_action(0, 1, &POLICY), None);
-        assert_eq!(h.phase(), OutPhase::Locked);
+        assert_eq!(
+            h.poll_action(0, 1, &hardened),
+            Some(OutAction::Connect("10.0.0.7:80".parse().unwrap()))
+        );
+        let mut d = def("10.0.0.7", Transport::Http);
+        d.key = "HTTPS:10.0.0.7:8443".into();
+        d.port = Some(8443);
+        let mut s = OutQueue::<u32>::new(d);
+        assert_eq!(
+            s.poll_action(0, 1, &hardened),
+            Some(OutAction::Connect("10.0.0.7:8443".parse().unwrap()))
+        );
+        let mut d = def("10.0.0.7", Transport::Http);
+        d.key = "HTTPS:10.0.0.7".into();
+        let mut s = OutQueue::<u32>::new(d);
+        assert_eq!(
+            s.poll_action(0, 1, &hardened),
+            Some(OutAction::Connect("10.0.0.7:443".parse().unwrap()))
+        );
     }
 
     #[test]

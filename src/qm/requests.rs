@@ -661,6 +661,10 @@ fn deliver<S: QueueStore>(
         .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
     // The engine's clock: the duplicate table's times are all on it.
     let d = broker.deliver_to_over_srmp(frame, &msg, queue, now_unix, now_ms);
+    if let Some(class) = d.admin_ack {
+        // The receipts the SRMP message asked for (its admin queue, `http::srmp`).
+        broker.send_admin_ack(&msg, class);
+    }
     let (value, waits) = match d.verdict {
         Verdict::Stored { ticket, .. } => (None, vec![(d.partition, ticket)]),
         Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => (None, vec![origin]),

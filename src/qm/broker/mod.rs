@@ -140,6 +140,13 @@ pub struct BrokerCounters {
     pub acks_unroutable: AtomicU64,
     pub nacks_suppressed: AtomicU64,
     pub outgoing_sent_acked: AtomicU64,
+    /// SRMP posts lior sent that did not get a 2xx: refused, a malformed answer or none in
+    /// time (the message stays queued and is sent again).
+    pub srmp_out_failures: AtomicU64,
+    /// Receipts (delivery, commitment, stream) that arrived at the SRMP endpoint.
+    pub srmp_receipts_received: AtomicU64,
+    /// Stream receipts lior queued for the senders of stream messages it received.
+    pub srmp_stream_receipts_queued: AtomicU64,
     pub expired_in_queue: AtomicU64,
     pub order_acks_received: AtomicU64,
     pub final_acks_received: AtomicU64,

@@ -166,7 +166,8 @@ impl<S: QueueStore> Broker<S> {
             let wait_for = (wait && a.ticket != Ticket::IMMEDIATE).then_some(a.ticket);
             p.commit(wait_for)?;
         }
-        if def.transport != Transport::Mqqb || self.config.parameters.Hardened_MSMQ {
+        let hardened = self.config.parameters.Hardened_MSMQ;
+        if def.transport == Transport::Ipx || (hardened && def.transport == Transport::Mqqb) {
             tracing::warn!(
                 destination = %def.key,
                 "message kept in a locked outgoing queue: {}",
@@ -364,6 +365,66 @@ impl<S: QueueStore> Broker<S> {
             self.wake(shard);
         }
         true
+    }
+
+    /// The state of incoming transactional sequence `key` (sender, queue) in partition `p`.
+    pub fn incoming_sequence(
+        &self,
+        p: usize,
+        key: crate::qm::txn::TxKey,
+    ) -> crate::qm::txn::IncomingSequence {
+        self.partition(p).txn.get(&key)
+    }
+
+    /// A stream receipt (MC-MQSRM 2.2.5.6) for our stream (`qm`, `sequence`) up to
+    /// `last_ordinal` arrived at the SRMP endpoint from `ip`: taken as the OrderAck it is, for
+    /// the HTTP outgoing queue that sends that sequence (only for numbers it sent; anything else
+    /// is counted in `lior_tx_acks_refused_total` and logged). Returns whether it was taken.
+    pub fn handle_stream_receipt(
+        &self,
+        qm: Guid,
+        sequence: u64,
+        last_ordinal: u64,
+        ip: std::net::IpAddr,
+    ) -> bool {
+        let queue = {
+            let out = lock(&self.outgoing);
+            lock(&self.tx_out)
+                .iter()
+                .filter(|(_, t)| t.seq_id == sequence)
+                .map(|(id, _)| *id)
+                .find(|id| {
+                    out.by_id(*id)
+                        .is_some_and(|d| d.transport == Transport::Http)
+                })
+        };
+        let from = AckSource {
+            remote_qm: Guid::NULL,
+            ip,
+            outgoing: queue,
+        };
+        let (Some(_), true, Ok(last)) = (queue, qm == self.guid(), u32::try_from(last_ordinal))
+        else {
+            self.refuse_tx_ack(
+                &from,
+                "stream receipt",
+                "not for a stream this queue manager sends over HTTP",
+            );
+            return false;
+        };
+        let body = crate::wire::user::OrderAckBody {
+            tx_sequence_id: sequence,
+            tx_sequence_number: last,
+            tx_previous_sequence_number: last.saturating_sub(1),
+        }
+        .to_bytes();
+        let ack = UserMessage::order_ack(
+            self.guid(),
+            0,
+            crate::wire::user::QueueRef::DestinationPrivate(crate::wire::user::ORDER_QUEUE_ID),
+            &body,
+        );
+        self.handle_tx_ack(&ack, &from)
     }
 
     /// Outgoing queues of shard `shard` whose transactional sequence progressed since the last

@@ -733,12 +733,14 @@ impl<S: QueueStore> Broker<S> {
         }
         let held = if def.paused {
             Some("the outgoing queue is paused (lior outgoing resume)".to_string())
-        } else if def.transport != crate::qm::outgoing::Transport::Mqqb {
+        } else if def.transport == crate::qm::outgoing::Transport::Ipx {
             Some(format!(
-                "locked: lior does not send over {:?} yet; kept until it does",
+                "locked: lior does not send over {:?}; kept",
                 def.transport
             ))
-        } else if self.config.parameters.Hardened_MSMQ {
+        } else if self.config.parameters.Hardened_MSMQ
+            && def.transport == crate::qm::outgoing::Transport::Mqqb
+        {
             Some(
                 "locked: hardened mode sends nothing over MS-MQQB; kept until Hardened_MSMQ is \
                  off and lior restarts"
