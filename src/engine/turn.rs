@@ -666,3 +666,201 @@ impl<A: App, S> Turn<A, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::app::AppError;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// An app that records what it is asked and sends what it is told to.
+    #[derive(Default)]
+    struct Probe {
+        calls: Vec<String>,
+        /// Per connection (by its number): transmits still to hand out.
+        outbox: Vec<Vec<Vec<u8>>>,
+        deadline: Option<u64>,
+        ready: Vec<ConnId>,
+        close: Vec<(ConnId, AppError)>,
+    }
+
+    impl App for Probe {
+        type Conn = usize;
+
+        fn accept(&mut self, _: u64, _: ConnId, _: SocketAddr, _: Listener) -> Option<usize> {
+            self.outbox.push(Vec::new());
+            Some(self.outbox.len() - 1)
+        }
+
+        fn on_recv(&mut self, _: u64, conn: &mut usize, bytes: &[u8]) -> Result<(), AppError> {
+            self.calls.push(format!("recv {conn} {}", bytes.len()));
+            if bytes == b"bad" {
+                return Err(AppError(7));
+            }
+            Ok(())
+        }
+
+        fn poll_transmit(&mut self, _: u64, conn: &mut usize, buf: &mut Vec<u8>) {
+            if let Some(next) = self.outbox[*conn].pop() {
+                buf.extend_from_slice(&next);
+            }
+        }
+
+        fn deadline(&self, _: &usize) -> Option<u64> {
+            self.deadline
+        }
+
+        fn on_timeout(&mut self, now_ms: u64, conn: &mut usize) {
+            self.calls.push(format!("timeout {conn} at {now_ms}"));
+            self.deadline = None;
+        }
+
+        fn wants_close(&self, _: &usize) -> bool {
+            false
+        }
+
+        fn on_closed(&mut self, _: u64, conn: usize, reason: CloseReason) {
+            self.calls.push(format!("closed {conn} {reason:?}"));
+        }
+
+        fn end_of_turn(&mut self, _: u64) {}
+
+        fn poll_ready(&mut self) -> Option<ConnId> {
+            self.ready.pop()
+        }
+
+        fn poll_close(&mut self) -> Option<(ConnId, AppError)> {
+            self.close.pop()
+        }
+    }
+
+    /// A driver that records sends and closes; `hold` keeps closing connections until
+    /// [`Turn::release`].
+    #[derive(Default)]
+    struct Recorder {
+        sends: Vec<(ConnId, Vec<u8>)>,
+        closes: Vec<(ConnId, CloseReason)>,
+        released: usize,
+        hold: bool,
+    }
+
+    impl TurnIo for Recorder {
+        type Slot = ();
+        type Error = ();
+
+        fn buffer(&mut self) -> Vec<u8> {
+            Vec::new()
+        }
+
+        fn recycle(&mut self, _: Vec<u8>) {}
+
+        fn send(&mut self, id: ConnId, _: &mut (), buf: Vec<u8>) -> Result<(), ()> {
+            self.sends.push((id, buf));
+            Ok(())
+        }
+
+        fn close(&mut self, id: ConnId, _: &mut (), reason: CloseReason, _: bool) -> Result<bool, ()> {
+            self.closes.push((id, reason));
+            Ok(!self.hold)
+        }
+
+        fn released(&mut self, _: (), _: CloseReason) {
+            self.released += 1;
+        }
+
+        fn connect(&mut self, _: ConnId, _: SocketAddr) -> Result<Result<(), CloseReason>, ()> {
+            Ok(Err(CloseReason::LimitReached))
+        }
+
+        fn not_opened(&mut self, _: CloseReason) {}
+    }
+
+    fn turn() -> Turn<Probe, ()> {
+        Turn::new(
+            Probe::default(),
+            TurnLimits {
+                connections_max: 8,
+                transmit_bytes_max: 16,
+                connects_per_turn_max: 1,
+            },
+        )
+    }
+
+    fn peer() -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1801)
+    }
+
+    #[test]
+    fn one_send_in_flight_per_connection() {
+        let mut t = turn();
+        let mut io = Recorder::default();
+        let id = t.accept(0, peer(), Listener::FIRST, ()).unwrap();
+        t.app_mut().outbox[0] = vec![b"second".to_vec(), b"first".to_vec()];
+        t.finish(1, true, &mut io).unwrap();
+        assert_eq!(io.sends, vec![(id, b"first".to_vec())]);
+        // Named by poll_ready while the send is in flight: not asked for another.
+        t.app_mut().ready.push(id);
+        t.finish(2, true, &mut io).unwrap();
+        assert_eq!(io.sends.len(), 1);
+        t.on_sent(3, id, None, &mut io).unwrap();
+        t.finish(3, true, &mut io).unwrap();
+        assert_eq!(io.sends[1], (id, b"second".to_vec()));
+    }
+
+    #[test]
+    fn a_held_close_reaches_the_app_on_release_and_stale_ids_are_ignored() {
+        let mut t = turn();
+        let mut io = Recorder {
+            hold: true,
+            ..Recorder::default()
+        };
+        let id = t.accept(0, peer(), Listener::FIRST, ()).unwrap();
+        t.on_recv(1, id, Received::Bytes(b"bad"), &mut io).unwrap();
+        assert_eq!(io.closes, vec![(id, CloseReason::App(AppError(7)))]);
+        assert_eq!(t.state(id), Some(ConnState::Closing));
+        assert!(!t.app().calls.iter().any(|c| c.starts_with("closed")));
+        // Bytes for a closing connection never reach the app.
+        t.on_recv(2, id, Received::Bytes(b"late"), &mut io).unwrap();
+        t.release(3, id, &mut io);
+        assert_eq!(t.state(id), None);
+        assert_eq!(io.released, 1);
+        assert_eq!(
+            t.app().calls,
+            vec!["recv 0 3".to_string(), "closed 0 App(AppError(7))".to_string()]
+        );
+        // The slot is reused under a new generation; the old id names nothing.
+        let again = t.accept(4, peer(), Listener::FIRST, ()).unwrap();
+        assert_eq!(again.slot, id.slot);
+        assert_ne!(again.generation, id.generation);
+        t.app_mut().close.push((id, AppError(1)));
+        t.on_recv(5, again, Received::Nothing, &mut io).unwrap();
+        assert_eq!(t.state(again), Some(ConnState::Open));
+    }
+
+    #[test]
+    fn a_deadline_fires_once_and_bounds_the_wait() {
+        let mut t = turn();
+        let mut io = Recorder::default();
+        t.accept(0, peer(), Listener::FIRST, ()).unwrap();
+        t.app_mut().deadline = Some(10);
+        t.finish(1, true, &mut io).unwrap();
+        assert_eq!(t.next_wake_ms(), Some(10));
+        t.finish(9, true, &mut io).unwrap();
+        t.finish(10, true, &mut io).unwrap();
+        t.finish(11, true, &mut io).unwrap();
+        assert_eq!(t.app().calls, vec!["timeout 0 at 10".to_string()]);
+        assert_eq!(t.next_wake_ms(), None);
+    }
+
+    #[test]
+    fn an_oversized_transmit_closes_the_connection() {
+        let mut t = turn();
+        let mut io = Recorder::default();
+        let id = t.accept(0, peer(), Listener::FIRST, ()).unwrap();
+        t.app_mut().outbox[0] = vec![vec![0; 17]];
+        t.finish(1, true, &mut io).unwrap();
+        assert!(io.sends.is_empty());
+        assert_eq!(io.closes, vec![(id, CloseReason::TransmitTooLarge)]);
+        assert_eq!(t.state(id), None);
+    }
+}
