@@ -759,7 +759,13 @@ mod tests {
             Ok(())
         }
 
-        fn close(&mut self, id: ConnId, _: &mut (), reason: CloseReason, _: bool) -> Result<bool, ()> {
+        fn close(
+            &mut self,
+            id: ConnId,
+            _: &mut (),
+            reason: CloseReason,
+            _: bool,
+        ) -> Result<bool, ()> {
             self.closes.push((id, reason));
             Ok(!self.hold)
         }
@@ -826,7 +832,10 @@ mod tests {
         assert_eq!(io.released, 1);
         assert_eq!(
             t.app().calls,
-            vec!["recv 0 3".to_string(), "closed 0 App(AppError(7))".to_string()]
+            vec![
+                "recv 0 3".to_string(),
+                "closed 0 App(AppError(7))".to_string()
+            ]
         );
         // The slot is reused under a new generation; the old id names nothing.
         let again = t.accept(4, peer(), Listener::FIRST, ()).unwrap();
