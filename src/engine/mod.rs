@@ -14,4 +14,5 @@ mod shard;
 pub mod signal;
 mod sockets;
 mod timers;
+pub mod turn;
 pub mod uring;

@@ -90,8 +90,11 @@ pub struct Link {
     pub client: usize,
     pub c2s: Pipe,
     pub s2c: Pipe,
-    /// The server's connection slot, while the server side is open.
-    pub server_slot: Option<usize>,
+    /// The server's connection (its shard and id in that shard's turn), while open there.
+    pub server_slot: Option<(usize, lior::engine::net::ConnId)>,
+    /// The client reset the connection: the server's shard learns it at its next turn (a
+    /// receive failing with ECONNRESET).
+    pub peer_reset: bool,
     /// The server side is closed: the client sees end of stream once `s2c` is drained.
     pub server_gone: bool,
     /// The client side is closed.
@@ -111,6 +114,7 @@ impl Link {
             c2s: Pipe::default(),
             s2c: Pipe::default(),
             server_slot: None,
+            peer_reset: false,
             server_gone: false,
             client_gone: false,
             rec_map: Vec::new(),

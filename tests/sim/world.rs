@@ -1,9 +1,12 @@
 //! The driver: clients, links and the real server, stepped on one simulated clock.
 //!
 //! The server side is `lior::server::MsmqApp` (the same glue `lior serve` runs) over the real
-//! broker and store on a [`SimDisk`], driven the way `engine/shard.rs` drives it each loop turn:
-//! receives (`on_recv`), due timers (`on_timeout`), `end_of_turn` (the group commit),
-//! `poll_ready`, then `poll_transmit` for every touched connection without a send in flight.
+//! broker and store on a [`SimDisk`], inside the engine's own turn logic
+//! (`lior::engine::turn::Turn`, the code `engine/shard.rs` drives with io_uring completions): the
+//! simulation reports receives, finished sends and resets as the shard reports completions, then
+//! runs `Turn::finish` (timers, `end_of_turn`, the group commit, `poll_ready`, `poll_close`,
+//! `poll_transmit`, closes and deadlines); what the turn sends or closes goes to the simulated
+//! links through [`SimIo`].
 //! A crash drops the process state and keeps only the disk, which loses or tears what was not
 //! synced; the restart rebuilds the broker from it.
 //!
@@ -24,9 +27,10 @@ use std::sync::Arc;
 
 use lior::config::Config;
 use lior::engine::mesh::{Mesh, Parker, LANE_BYTES_MIN};
-use lior::engine::net::{App, CloseReason as NetClose, ConnId};
+use lior::engine::net::{App, CloseReason as NetClose, ConnId, EngineConfig, Errno};
+use lior::engine::turn::{ConnState, Received, Turn, TurnIo, TurnLimits};
 use lior::qm::broker::Broker;
-use lior::server::{MsmqApp, MsmqConn, Shared};
+use lior::server::{MsmqApp, Shared};
 use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
 use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig, Ticket};
 use lior::wire::headers::{TransactionHeader, TxFlags};
@@ -228,15 +232,117 @@ struct Client {
     order_progress_ms: u64,
 }
 
-/// The engine's per-connection slot.
-struct Slot {
-    /// The shard the connection was accepted on (it stays there).
-    shard: usize,
-    generation: u32,
-    conn: MsmqConn,
+/// The simulation's part of one server connection, kept in the shard's [`Turn`] (where the
+/// io_uring driver keeps its socket): the link it runs on.
+struct SimConn {
     link: u32,
-    deadline_ms: Option<u64>,
-    send_in_flight: bool,
+}
+
+/// One shard: the engine's turn logic around the shard's app.
+type SimTurn = Turn<MsmqApp<SimStore>, SimConn>;
+
+/// What the engine submits to io_uring for a [`Turn`], done on the simulated links: a send
+/// writes to the link (after the auditor checked it), a close ends the server side of it.
+struct SimIo<'a> {
+    now: u64,
+    links: &'a mut [Link],
+    rng: &'a mut Rng,
+    pipe: &'a PipeShape,
+    aud: &'a mut Auditor,
+    broker: &'a Broker<SimStore>,
+    qids: &'a [QueueAt],
+    /// The lost-wake check is on for this turn (see [`World::shard_turn`]).
+    check_wake: bool,
+    strict_wakes: bool,
+    lost_wakes: &'a mut u64,
+    server_closes: &'a mut u64,
+    /// Sends written this turn: the shard hears of their completion at its next turn.
+    sent: &'a mut Vec<ConnId>,
+    /// Trace lines (with a trace), added to the world's after the turn.
+    log: Option<Vec<String>>,
+    shard: usize,
+}
+
+impl SimIo<'_> {
+    fn log(&mut self, what: impl FnOnce() -> String) {
+        if let Some(log) = &mut self.log {
+            log.push(what());
+        }
+    }
+}
+
+impl TurnIo for SimIo<'_> {
+    type Slot = SimConn;
+    type Error = String;
+
+    fn buffer(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn recycle(&mut self, _buf: Vec<u8>) {}
+
+    fn send(&mut self, id: ConnId, slot: &mut SimConn, buf: Vec<u8>) -> Result<(), String> {
+        let now = self.now;
+        let shard = self.shard;
+        let link = &mut self.links[slot.link as usize];
+        let advanced = self
+            .aud
+            .check_server_output(self.broker, self.qids, link, &buf, now)?;
+        if advanced && self.check_wake && !self.strict_wakes {
+            *self.lost_wakes += 1;
+        } else if advanced && self.check_wake {
+            return Err(format!(
+                "lost wake: at {now} ms shard {shard} acknowledged recoverable messages on link \
+                 {} (up to recoverable number {}) in a turn run only for its own app_deadline, \
+                 with no commit in flight: they were durable before and nothing woke the shard",
+                link.serial, link.rec_acked
+            ));
+        }
+        // Bytes sent after the peer's reset are lost (the send would fail with EPIPE).
+        if !link.peer_reset {
+            link.s2c.write(self.rng, now, self.pipe, &buf);
+        }
+        self.sent.push(id);
+        Ok(())
+    }
+
+    fn close(
+        &mut self,
+        id: ConnId,
+        slot: &mut SimConn,
+        reason: NetClose,
+        flush: bool,
+    ) -> Result<bool, String> {
+        if let NetClose::App(e) = reason {
+            *self.server_closes += 1;
+            self.log(|| format!("server closes {id:?}: app error {}", e.0));
+        } else {
+            self.log(|| format!("server closes {id:?}: {reason:?}"));
+        }
+        let link = &mut self.links[slot.link as usize];
+        link.server_slot = None;
+        link.server_gone = true;
+        // What was sent still arrives after a close the app asked for (the send had finished,
+        // the bytes are in the socket's buffer); any other close resets.
+        if !(flush || reason == NetClose::AppRequested) {
+            link.c2s.clear();
+            link.s2c.clear();
+        }
+        Ok(true)
+    }
+
+    fn released(&mut self, _slot: SimConn, _reason: NetClose) {}
+
+    fn connect(
+        &mut self,
+        _id: ConnId,
+        _addr: SocketAddr,
+    ) -> Result<Result<SimConn, NetClose>, String> {
+        // The simulated network has clients only: no outgoing connection gets through.
+        Ok(Err(NetClose::ConnectFailed(Errno(111))))
+    }
+
+    fn not_opened(&mut self, _reason: NetClose) {}
 }
 
 /// The shards' wake flags, set by the broker's waker (an eventfd write in `lior serve`).
@@ -289,7 +395,7 @@ fn boot(
     shards: usize,
     stores: Vec<SimStore>,
     wake: &Arc<Wake>,
-) -> Result<(Arc<Shared<SimStore>>, Vec<MsmqApp<SimStore>>, Vec<Parker>), String> {
+) -> Result<(Arc<Shared<SimStore>>, Vec<SimTurn>, Vec<Parker>), String> {
     let broker = Broker::with_stores(config.clone(), stores).map_err(|e| format!("broker: {e}"))?;
     let w = wake.clone();
     broker.set_waker(Box::new(move |s| w.wake(s)));
@@ -308,7 +414,10 @@ fn boot(
             app.join_mesh(mesh.port(s).map_err(|e| format!("mesh port: {e}"))?);
         }
     }
-    Ok((shared, apps, parkers))
+    // The engine's limits, as `lior serve` runs with its defaults.
+    let limits = TurnLimits::from(&EngineConfig::default());
+    let turns = apps.into_iter().map(|app| Turn::new(app, limits)).collect();
+    Ok((shared, turns, parkers))
 }
 
 struct Server {
@@ -316,16 +425,16 @@ struct Server {
     store_cfg: StoreConfig,
     shards: usize,
     shared: Option<Arc<Shared<SimStore>>>,
-    /// One app per shard while up; empty while down.
-    apps: Vec<MsmqApp<SimStore>>,
+    /// One app per shard while up, each in the engine's [`Turn`]; empty while down.
+    apps: Vec<SimTurn>,
+    /// Per shard: sends written since its last turn, whose completion it hears next turn.
+    sent: Vec<Vec<ConnId>>,
     wake: Arc<Wake>,
     /// Per shard, with two: the eventfd the mesh wakes it through (see [`boot`]).
     parkers: Vec<Parker>,
     /// Per partition: the durable watermark when the sim last looked (for the completion
     /// signal, see [`World::signal_completions`]).
     seen_durable: Vec<Ticket>,
-    slots: Vec<Option<Slot>>,
-    generation: u32,
     /// While crashed: when it restarts, and its disks (one per partition).
     down: Option<(u64, Vec<SimStore>)>,
     /// Server incarnation, from 0.
@@ -495,8 +604,7 @@ impl World {
                 wake,
                 parkers,
                 seen_durable: vec![Ticket(0); shards],
-                slots: Vec::new(),
-                generation: 0,
+                sent: vec![Vec::new(); shards],
                 down: None,
                 epoch: 0,
                 crash_at_ms: None,
@@ -597,7 +705,14 @@ impl World {
         )
     }
 
-    fn next_event_ms(&self) -> Option<u64> {
+    fn next_event_ms(&mut self) -> Option<u64> {
+        // Each shard's next connection deadline or app deadline, as the engine bounds its wait.
+        let turn_wakes: Vec<Option<u64>> = self
+            .server
+            .apps
+            .iter_mut()
+            .map(|t| t.next_wake_ms())
+            .collect();
         let mut t: Option<u64> = None;
         let mut at = |x: Option<u64>| {
             if let Some(x) = x {
@@ -618,17 +733,19 @@ impl World {
                 at(Some(c.order_progress_ms + TX_RESEND_MS));
             }
         }
-        for s in self.server.slots.iter().flatten() {
-            at(s.deadline_ms);
-            if s.send_in_flight {
-                at(Some(self.now));
-            }
+        for w in turn_wakes {
+            at(w);
+        }
+        // Finished sends and resets are completions the shard's next turn reports.
+        let resets = self
+            .links
+            .iter()
+            .any(|l| l.peer_reset && l.server_slot.is_some());
+        if resets || self.server.sent.iter().any(|s| !s.is_empty()) {
+            at(Some(self.now));
         }
         at(self.server.down.as_ref().map(|d| d.0));
         at(self.server.crash_at_ms);
-        for app in &self.server.apps {
-            at(app.app_deadline());
-        }
         if self.server.wake.any() || self.any_in_flight() {
             at(Some(self.now));
         }
@@ -774,17 +891,22 @@ impl World {
 
     // ---- the server, as the engine drives it ----
 
-    /// Whether shard `s` has IO: a readable connection, a finished send or a due timer.
-    fn has_io(&self, s: usize) -> bool {
+    /// Whether shard `s` has IO: a readable or reset connection, a finished send or a due
+    /// connection timer.
+    fn has_io(&mut self, s: usize) -> bool {
         let now = self.now;
-        self.server.slots.iter().flatten().any(|x| {
-            x.shard == s
-                && (x.send_in_flight
-                    || x.deadline_ms.is_some_and(|d| d <= now)
-                    || self.links[x.link as usize]
-                        .c2s
-                        .next_at()
-                        .is_some_and(|t| t <= now))
+        if !self.server.sent[s].is_empty() {
+            return true;
+        }
+        let turn = &mut self.server.apps[s];
+        if turn.next_deadline_ms().is_some_and(|d| d <= now) {
+            return true;
+        }
+        let links = &self.links;
+        turn.conns().any(|(_, state, c)| {
+            let link = &links[c.link as usize];
+            state == ConnState::Open
+                && (link.peer_reset || link.c2s.next_at().is_some_and(|t| t <= now))
         })
     }
 
@@ -815,6 +937,7 @@ impl World {
             let woken = woken || mailed;
             let io = self.has_io(s);
             let due = self.server.apps[s]
+                .app()
                 .app_deadline()
                 .is_some_and(|d| d <= self.now);
             if !(woken || io || due) {
@@ -823,7 +946,7 @@ impl World {
             }
             self.log(|| format!("shard {s} turn (woken {woken}, io {io}, deadline {due})"));
             let p = std::mem::replace(&mut plan, CrashPlan::None);
-            self.shard_turn(s, p, due, !woken && !io)?;
+            self.shard_turn(s, p, !woken && !io)?;
             self.signal_completions();
         }
         if plan != CrashPlan::None {
@@ -833,9 +956,10 @@ impl World {
         Ok(())
     }
 
-    /// One loop turn of shard `s`, as `engine/shard.rs` runs it. `due`: its `app_deadline()` has
-    /// come (`on_app_deadline` runs before `end_of_turn`). `deadline_only`: nothing but that
-    /// deadline woke it.
+    /// One loop turn of shard `s`, as `engine/shard.rs` runs it: the completions it would reap
+    /// (the sends written in its last turn, then, connection by connection from a random one,
+    /// resets and one to three reads of what has arrived), then `Turn::finish`. `deadline_only`:
+    /// nothing but its own `app_deadline()` woke it.
     ///
     /// The lost-wake check: the shards' own timers (`app_deadline`: the expiry scan every
     /// 5 s, shard 0's log summary every second) would eventually run a shard that missed a wake,
@@ -849,7 +973,6 @@ impl World {
         &mut self,
         shard: usize,
         plan: CrashPlan,
-        due: bool,
         deadline_only: bool,
     ) -> Result<(), String> {
         let now = self.now;
@@ -862,162 +985,58 @@ impl World {
             c.commit_failures.load(Ordering::Relaxed) == 0
                 && c.store_poisoned.load(Ordering::Relaxed) == 0
         };
-        let mut touched: Vec<usize> = Vec::new();
-        let mut mine: Vec<usize> = Vec::new();
-        for (i, s) in self.server.slots.iter_mut().enumerate() {
-            if let Some(s) = s {
-                if s.shard != shard {
-                    continue;
-                }
-                mine.push(i);
-                if s.send_in_flight {
-                    s.send_in_flight = false;
-                    touched.push(i);
-                }
-            }
+        let shared = self.server.shared.clone().expect("the server is up");
+        let completed = std::mem::take(&mut self.server.sent[shard]);
+        let mut io = SimIo {
+            now,
+            links: &mut self.links,
+            rng: &mut self.rng,
+            pipe: &self.f.pipe,
+            aud: &mut self.aud,
+            broker: &shared.broker,
+            qids: &self.server.qids,
+            check_wake,
+            strict_wakes: self.strict_wakes,
+            lost_wakes: &mut self.stats.lost_wakes,
+            server_closes: &mut self.stats.server_closes,
+            sent: &mut self.server.sent[shard],
+            log: self.trace.is_some().then(Vec::new),
+            shard,
+        };
+        let turn = &mut self.server.apps[shard];
+        let result = run_turn(turn, &mut io, now, plan, completed);
+        let lines = io.log.take().unwrap_or_default();
+        // A crash below needs the only reference to the server's state.
+        drop(io);
+        drop(shared);
+        for line in lines {
+            self.log(|| line);
         }
-        let n = mine.len();
-        let start = self.rng.below(n as u64) as usize;
-        let mut recvs = 0;
-        for k in 0..n {
-            let i = mine[(start + k) % n];
-            let reads = self.rng.range(1, 3);
-            for _ in 0..reads {
-                let result = {
-                    let Some(slot) = self.server.slots[i].as_mut() else {
-                        break;
-                    };
-                    let link = &mut self.links[slot.link as usize];
-                    let Some(bytes) = link.c2s.read(&mut self.rng, now, &self.f.pipe) else {
-                        break;
-                    };
-                    let app = &mut self.server.apps[shard];
-                    app.on_recv(now, &mut slot.conn, &bytes)
-                };
-                touched.push(i);
-                recvs += 1;
-                if let Err(e) = result {
-                    self.stats.server_closes += 1;
-                    self.log(|| format!("server closes slot {i}: app error {}", e.0));
-                    self.close_slot(i, NetClose::App(e), false);
-                    break;
-                }
-                if matches!(plan, CrashPlan::MidTurn(k) if recvs >= k) {
-                    break;
-                }
-            }
-            if matches!(plan, CrashPlan::MidTurn(k) if recvs >= k) {
-                break;
-            }
-        }
+        let recvs = result?;
         match plan {
             CrashPlan::MidTurn(_) => {
                 self.stats.crashes_mid_turn += 1;
                 self.log(|| format!("crash mid-turn after {recvs} receives"));
-                return self.crash(false);
+                self.crash(false)
             }
             CrashPlan::AfterSubmit => {
                 self.stats.crashes_after_submit += 1;
                 self.log(|| format!("crash after submitting {recvs} receives' records"));
-                return self.crash(true);
+                self.crash(true)
             }
-            CrashPlan::None => {}
-        }
-        let app = &mut self.server.apps[shard];
-        for &i in &mine {
-            let Some(s) = self.server.slots[i].as_mut() else {
-                continue;
-            };
-            if s.deadline_ms.is_some_and(|d| d <= now) {
-                s.deadline_ms = None;
-                if app.deadline(&s.conn).is_some_and(|d| d <= now) {
-                    app.on_timeout(now, &mut s.conn);
-                }
-                touched.push(i);
-            }
-        }
-        if due {
-            app.on_app_deadline(now);
-        }
-        app.end_of_turn(now);
-        while let Some(id) = app.poll_ready() {
-            let i = id.slot as usize;
-            if matches!(self.server.slots.get(i), Some(Some(s)) if s.generation == id.generation && s.shard == shard)
-            {
-                touched.push(i);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        let shared = self.server.shared.clone().expect("the server is up");
-        for i in touched {
-            let app = &mut self.server.apps[shard];
-            let Some(slot) = self.server.slots[i].as_mut() else {
-                continue;
-            };
-            if !slot.send_in_flight {
-                let mut buf = Vec::new();
-                app.poll_transmit(now, &mut slot.conn, &mut buf);
-                if !buf.is_empty() {
-                    let link = &mut self.links[slot.link as usize];
-                    let advanced = self.aud.check_server_output(
-                        &shared.broker,
-                        &self.server.qids,
-                        link,
-                        &buf,
-                        now,
-                    )?;
-                    if advanced && check_wake && !self.strict_wakes {
-                        self.stats.lost_wakes += 1;
-                    } else if advanced && check_wake {
-                        return Err(format!(
-                            "lost wake: at {now} ms shard {shard} acknowledged recoverable \
-                             messages on link {} (up to recoverable number {}) in a turn run \
-                             only for its own app_deadline, with no commit in flight: they were \
-                             durable before and nothing woke the shard",
-                            link.serial, link.rec_acked
-                        ));
-                    }
-                    link.s2c.write(&mut self.rng, now, &self.f.pipe, &buf);
-                    slot.send_in_flight = true;
-                }
-            }
-            if !slot.send_in_flight && app.wants_close(&slot.conn) {
-                self.log(|| format!("server closes slot {i} (session closed)"));
-                self.close_slot(i, NetClose::AppRequested, true);
-                continue;
-            }
-            slot.deadline_ms = app.deadline(&slot.conn);
-        }
-        Ok(())
-    }
-
-    /// The server side of slot `i` closes; `graceful` lets what was sent still arrive.
-    fn close_slot(&mut self, i: usize, reason: NetClose, graceful: bool) {
-        let Some(slot) = self.server.slots[i].take() else {
-            return;
-        };
-        if let Some(app) = self.server.apps.get_mut(slot.shard) {
-            app.on_closed(self.now, slot.conn, reason);
-        }
-        let link = &mut self.links[slot.link as usize];
-        link.server_slot = None;
-        link.server_gone = true;
-        if !graceful {
-            link.c2s.clear();
-            link.s2c.clear();
+            CrashPlan::None => Ok(()),
         }
     }
 
-    /// A TCP reset: both ends close and whatever was in flight is lost.
+    /// A TCP reset: both ends close and whatever was in flight is lost. The server's shard
+    /// learns it at its next turn.
     fn reset_link(&mut self, serial: u32) {
         let link = &mut self.links[serial as usize];
         link.c2s.clear();
         link.s2c.clear();
-        if let Some(i) = link.server_slot {
-            self.close_slot(i, NetClose::PeerReset, false);
+        if link.server_slot.is_some() {
+            link.peer_reset = true;
         }
-        let link = &mut self.links[serial as usize];
         link.server_gone = true;
         link.client_gone = true;
         let c = link.client;
@@ -1037,7 +1056,9 @@ impl World {
                 link.s2c.clear();
             }
         }
-        self.server.slots.clear();
+        for sent in &mut self.server.sent {
+            sent.clear();
+        }
         // Both shards stop: the process is gone.
         self.server.apps.clear();
         let shared = self.server.shared.take().expect("the server is up");
@@ -1159,19 +1180,6 @@ impl World {
         let now = self.now;
         let serial = self.links.len() as u32;
         let mut link = Link::new(serial, c);
-        let i = match self.server.slots.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.server.slots.push(None);
-                self.server.slots.len() - 1
-            }
-        };
-        self.server.generation += 1;
-        let generation = self.server.generation;
-        let id = ConnId {
-            slot: i as u32,
-            generation,
-        };
         let peer = SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + c as u8)),
             40_000 + (serial % 20_000) as u16,
@@ -1185,21 +1193,24 @@ impl World {
         if shard == 1 {
             self.stats.links_on_shard_1 += 1;
         }
-        let app = &mut self.server.apps[shard];
-        match app.accept(now, id, peer, lior::server::MSMQ_LISTENER) {
-            Some(conn) => {
-                self.server.slots[i] = Some(Slot {
-                    shard,
-                    generation,
-                    conn,
-                    link: serial,
-                    deadline_ms: None,
-                    send_in_flight: false,
-                });
-                link.server_slot = Some(i);
+        // The shard's next turn polls the new connection (the accept touches it).
+        let turn = &mut self.server.apps[shard];
+        let accepted = turn.accept(
+            now,
+            peer,
+            lior::server::MSMQ_LISTENER,
+            SimConn { link: serial },
+        );
+        let slot = match accepted {
+            Ok(id) => {
+                link.server_slot = Some((shard, id));
+                format!("{id:?}")
             }
-            None => link.server_gone = true,
-        }
+            Err(_) => {
+                link.server_gone = true;
+                "refused".to_string()
+            }
+        };
         self.aud.on_link(serial, self.server.epoch);
         self.links.push(link);
         self.stats.links += 1;
@@ -1212,7 +1223,7 @@ impl World {
         cl.session = Some(Session::initiator(cfg, Guid::NULL, now));
         cl.framer = Framer::new();
         cl.link = Some(serial);
-        self.log(|| format!("client {c} connects: link {serial}, shard {shard}, server slot {i}"));
+        self.log(|| format!("client {c} connects: link {serial}, shard {shard}, server {slot}"));
     }
 
     /// The client's connection is gone: everything not deleted is sent again on the next.
@@ -1456,4 +1467,52 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// The completions and the end of one shard turn (see [`World::shard_turn`]): returns the
+/// receives it ran. A crash planned mid-turn stops it after that many receives, one planned
+/// after the submit stops it after every receive, before `Turn::finish`.
+fn run_turn(
+    turn: &mut SimTurn,
+    io: &mut SimIo<'_>,
+    now: u64,
+    plan: CrashPlan,
+    completed: Vec<ConnId>,
+) -> Result<u32, String> {
+    for id in completed {
+        turn.on_sent(now, id, None, io)?;
+    }
+    let mine: Vec<(ConnId, u32)> = turn
+        .conns()
+        .filter(|(_, state, _)| *state == ConnState::Open)
+        .map(|(id, _, c)| (id, c.link))
+        .collect();
+    let n = mine.len();
+    let start = io.rng.below(n as u64) as usize;
+    let mut recvs = 0;
+    'conns: for k in 0..n {
+        let (id, link) = mine[(start + k) % n];
+        if io.links[link as usize].peer_reset {
+            turn.on_recv(now, id, Received::Closed(NetClose::PeerReset), io)?;
+            continue;
+        }
+        let reads = io.rng.range(1, 3);
+        for _ in 0..reads {
+            if turn.state(id) != Some(ConnState::Open) {
+                break;
+            }
+            let Some(bytes) = io.links[link as usize].c2s.read(io.rng, now, io.pipe) else {
+                break;
+            };
+            turn.on_recv(now, id, Received::Bytes(&bytes), io)?;
+            recvs += 1;
+            if matches!(plan, CrashPlan::MidTurn(k) if recvs >= k) {
+                break 'conns;
+            }
+        }
+    }
+    if plan == CrashPlan::None {
+        turn.finish(now, true, io)?;
+    }
+    Ok(recvs)
 }
