@@ -172,6 +172,9 @@ struct Handoff {
     handed: HashMap<u64, ConnId>,
     /// Answers a session has not taken yet (it takes them in `poll_transmit`).
     placed: HashMap<u64, Placed>,
+    /// Copies of expired messages sent to another shard's dead-letter queue, by hand-off
+    /// number, with the partition whose expiry wave waits for their placement.
+    expiry_copies: HashMap<u64, usize>,
 }
 
 /// An owner's answer, waiting for its session.
@@ -381,6 +384,7 @@ impl<S: QueueStore> MsmqApp<S> {
             next_seq: 0,
             handed: HashMap::new(),
             placed: HashMap::new(),
+            expiry_copies: HashMap::new(),
         });
     }
 
@@ -843,10 +847,12 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut records: Vec<(SystemRecord, Option<ReplyTo>)> = Vec::new();
         let mut order_acked: Vec<OrderAcked> = Vec::new();
         let mut forwards = Vec::new();
+        let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
         let Handoff {
             port,
             handed,
             placed,
+            expiry_copies,
             ..
         } = &mut h;
         port.recv_all(|from, rec| match Mail::decode(rec.head(), rec.body()) {
@@ -876,6 +882,14 @@ impl<S: QueueStore> MsmqApp<S> {
                 placement,
                 order_ack,
             }) => {
+                if let Some(p) = expiry_copies.remove(&reply.seq) {
+                    let at = match placement {
+                        Placement::At { partition, ticket } => Some((partition as usize, ticket)),
+                        Placement::Refused => None,
+                    };
+                    copies_placed.push((p, at));
+                    return;
+                }
                 let Some(conn) = handed.remove(&reply.seq) else {
                     // Its session closed meanwhile.
                     return;
@@ -929,6 +943,53 @@ impl<S: QueueStore> MsmqApp<S> {
         for a in order_acked {
             self.shared.broker.apply_order_ack(a);
         }
+        for (p, at) in copies_placed {
+            self.shared.broker.expiry_copy_placed(p, at);
+        }
+    }
+
+    /// Expires partition `p`'s messages; copies for another shard's dead-letter queue go
+    /// there as mail, and the wave waits for their placements. Returns whether a wave waits.
+    fn expire(&mut self, p: usize) -> bool {
+        let here = self.here();
+        let mut forwards = Vec::new();
+        let (_, waits) =
+            self.shared
+                .broker
+                .expire_partition_here(p, unix_now(), &here, &mut forwards);
+        for rec in forwards {
+            let Some(h) = self.handoff.as_mut() else {
+                break;
+            };
+            let seq = h.next_seq;
+            h.next_seq += 1;
+            h.expiry_copies.insert(seq, p);
+            let reply = ReplyTo {
+                shard: self.shard as u32,
+                // No session: the answer goes to the expiry wave (`expiry_copies`).
+                conn: ConnId {
+                    slot: u32::MAX,
+                    generation: 0,
+                },
+                seq,
+            };
+            self.mail(
+                rec.partition % self.shared.shards,
+                Mail::Store {
+                    reply: Some(reply),
+                    kind: rec.kind,
+                    queue: rec.queue,
+                    partition: rec.partition as u32,
+                    now_unix: unix_now(),
+                    frame: &rec.frame,
+                },
+            );
+            self.shared
+                .counters
+                .records_mailed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        waits
     }
 
     /// Gives `conn` the owners' answers for its hand-offs.
@@ -1774,12 +1835,16 @@ impl<S: QueueStore> App for MsmqApp<S> {
         self.manage_outgoing(now_ms);
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
-            for &p in &self.owned {
-                let (_, waits) = self.shared.broker.expire_partition(p, unix_now());
-                self.expiry_waits[p] = waits;
+            for p in self.owned.clone() {
+                self.expiry_waits[p] = self.expire(p);
                 self.shared.broker.clean_duplicates(p, now_ms);
                 self.shared.broker.sweep_txn(p, unix_now());
             }
+        }
+        if let Some(h) = self.handoff.as_mut() {
+            // Copies of expired messages mailed just now.
+            h.drain_outbox();
+            h.port.flush();
         }
         if self.shard == 0 && now_ms >= self.next_log_flush_ms {
             self.next_log_flush_ms = now_ms + LOG_FLUSH_INTERVAL_MS;

@@ -124,3 +124,59 @@ fn dead_letters_and_nacks_for_the_other_shards_queues_land_once_by_mail() {
     let dead = s.receive_all("deadletter");
     assert_eq!(dead.len() as u64, dead_expected);
 }
+
+/// An expired message with JN, in a queue owned by one shard, is copied into the dead-letter
+/// queue owned by the other: the copy crosses as mail, the original goes only once the copy's
+/// owner said where it stored it and that is durable; the dead-letter queue holds it once.
+#[test]
+fn an_expired_message_is_copied_into_the_other_shards_dead_letter_queue_by_mail() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let s = Server::start_with(&data, &["--cores", "0,1"]);
+    s.cli(&["queue", "create", "q"]);
+    assert_ne!(
+        partition_of(&data, "q"),
+        partition_of(&data, "system$;deadletter"),
+        "the test needs q and the dead-letter queue on different shards"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let dest = utf16z("TCP:127.0.0.1\\private$\\q");
+    let label = utf16z("expiring");
+    let guid = Guid([0x72; 16]);
+    let mut m = UserMessage::new(
+        guid,
+        1,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        b"late",
+    )
+    .with_recoverable(true)
+    .with_sent_time(now - 100)
+    .with_time_to_be_received(10);
+    m.user.flags = m.user.flags.with(UserFlags::JN, true);
+    m.sync();
+    let mut f = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut f).unwrap();
+    let mut c = Client::connect(s.listen, guid);
+    c.send(&f[..n], true, 1);
+    c.wait_acked();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counts = || (messages_in(&s, "system$;deadletter"), messages_in(&s, "q"));
+    let mut seen = counts();
+    while seen != (1, 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = counts();
+    }
+    assert_eq!(seen, (1, 0), "(dead-letter queue, q) after the expiry scan");
+    assert!(
+        // Nothing else is mailed in this test (no acknowledgement was asked for).
+        metric(&s, "lior_records_mailed_total") > 0,
+        "the copy crossed to the dead-letter queue's shard as Mail::Store"
+    );
+    let dead = s.receive_all("deadletter");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["label"], "expiring");
+}

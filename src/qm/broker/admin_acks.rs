@@ -237,10 +237,8 @@ impl<S: QueueStore> Broker<S> {
                     self.store(&mut part, rec.queue, &rec.frame, &msg)
                 };
                 match stored {
-                    Ok(t) => {
-                        bump(&self.counters.dead_lettered);
-                        RecordStored::At(rec.partition, t)
-                    }
+                    // Counted where it was decided (`dead_letter`; expiry counts its own).
+                    Ok(t) => RecordStored::At(rec.partition, t),
                     Err(e) => {
                         bump(&self.counters.refused_store_errors);
                         tracing::error!(error = %e, queue = rec.queue, "cannot store a dead letter");

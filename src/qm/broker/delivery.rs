@@ -660,7 +660,9 @@ impl<S: QueueStore> Broker<S> {
         let pi = self.dead_letter_partition(dlq);
         let frame = crate::security::clear_claimed_authentication(frame, msg);
         if !here(pi) {
-            // The dead-letter queue's owner stores it (and counts it) when the mail arrives.
+            // The dead-letter queue's owner stores it when the mail arrives (counted here, as
+            // a dead letter stored here is).
+            bump(&self.counters.dead_lettered);
             if admin_ack.is_some() && has_admin_queue {
                 bump(&self.counters.nacks_owed);
             }

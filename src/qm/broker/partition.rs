@@ -76,6 +76,11 @@ pub(super) struct ExpiryWave {
     /// The partitions holding copies, with the highest copy ticket in each.
     pub(super) copies: Vec<(usize, Ticket)>,
     pub(super) items: Vec<ExpiredItem>,
+    /// Copies sent to another shard's dead-letter queue whose placement has not come back.
+    pub(super) unanswered: usize,
+    /// A copy was refused by its dead-letter queue: the originals stay (found again by the next
+    /// scan; a copy too many, never none).
+    pub(super) refused: bool,
 }
 
 /// One store partition with the work it owes at its next commit.
