@@ -948,6 +948,20 @@ impl<S: QueueStore> MsmqApp<S> {
         }
     }
 
+    /// The NACK_RECEIVE_TIMEOUTs partition `p`'s expiry owes, sent as this shard's admin
+    /// acknowledgements (`store_record`: by mail to an admin queue another shard runs).
+    fn owe_expiry_nacks(&mut self, p: usize) {
+        for frame in self.shared.broker.take_expiry_nacks(p) {
+            self.owe_admin_ack(
+                &frame,
+                crate::wire::headers::MessageClass::NACK_RECEIVE_TIMEOUT,
+            );
+        }
+        if !self.admin_acks.is_empty() {
+            self.send_owed_acks(self.now_ms);
+        }
+    }
+
     /// Expires partition `p`'s messages; copies for another shard's dead-letter queue go
     /// there as mail, and the wave waits for their placements. Returns whether a wave waits.
     fn expire(&mut self, p: usize) -> bool {
@@ -1826,7 +1840,8 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         for p in 0..self.expiry_waits.len() {
             if self.expiry_waits[p] {
-                self.expiry_waits[p] = self.shared.broker.settle_expiry(p).1;
+                self.expiry_waits[p] = self.shared.broker.settle_expiry_here(p).1;
+                self.owe_expiry_nacks(p);
             }
         }
         self.ready.append(&mut self.waiting);
@@ -1837,6 +1852,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
             for p in self.owned.clone() {
                 self.expiry_waits[p] = self.expire(p);
+                self.owe_expiry_nacks(p);
                 self.shared.broker.clean_duplicates(p, now_ms);
                 self.shared.broker.sweep_txn(p, unix_now());
             }

@@ -36,7 +36,24 @@ impl<S: QueueStore> Broker<S> {
         let mut forwards = Vec::new();
         let r = self.expire_partition_here(i, now_unix, &super::everywhere, &mut forwards);
         debug_assert!(forwards.is_empty());
+        self.send_expiry_nacks(i);
         r
+    }
+
+    /// Sends the NACK_RECEIVE_TIMEOUTs partition `i`'s expiry owes, under the admin queues'
+    /// partition locks (callers without shards; a shard takes them with
+    /// [`Broker::take_expiry_nacks`] and sends them as its own admin acknowledgements).
+    fn send_expiry_nacks(&self, i: usize) {
+        for frame in self.take_expiry_nacks(i) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+            }
+        }
+    }
+
+    /// The frames of partition `i`'s expired messages owed a NACK_RECEIVE_TIMEOUT, taken.
+    pub fn take_expiry_nacks(&self, i: usize) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.partition(i % self.partitions.len()).expiry_nacks)
     }
 
     /// [`Broker::expire_partition`] for a shard running the partitions `here` says: a copy for
@@ -51,7 +68,7 @@ impl<S: QueueStore> Broker<S> {
         forwards: &mut Vec<super::SystemRecord>,
     ) -> (usize, bool) {
         let i = i % self.partitions.len();
-        let (mut removed, pending) = self.settle_expiry(i);
+        let (mut removed, pending) = self.settle_expiry_here(i);
         // (queue, lookup, frame, meta, dead-letter queue if JN, NR).
         type Expired = (QueueId, LookupId, Vec<u8>, MessageMeta, Option<u32>, bool);
         let mut found_msgs: Vec<Expired> = Vec::new();
@@ -146,6 +163,14 @@ impl<S: QueueStore> Broker<S> {
     /// every copy is durable (read from the copies' partitions' published marks, without their
     /// locks). Returns how many were removed and whether a wave still waits.
     pub fn settle_expiry(&self, i: usize) -> (usize, bool) {
+        let r = self.settle_expiry_here(i);
+        self.send_expiry_nacks(i);
+        r
+    }
+
+    /// [`Broker::settle_expiry`] for a shard: the NACK_RECEIVE_TIMEOUTs owed are left for
+    /// [`Broker::take_expiry_nacks`].
+    pub fn settle_expiry_here(&self, i: usize) -> (usize, bool) {
         let wave = {
             let mut part = self.partition(i);
             let Some(w) = part.expiry_wave.as_ref() else {
@@ -192,7 +217,6 @@ impl<S: QueueStore> Broker<S> {
         if items.is_empty() {
             return 0;
         }
-        let mut nacks = Vec::new();
         let mut n = 0;
         {
             let mut part = self.partition(i);
@@ -202,7 +226,7 @@ impl<S: QueueStore> Broker<S> {
                     continue;
                 }
                 n += 1;
-                nacks.extend(nack);
+                part.expiry_nacks.extend(nack);
                 bump(&self.counters.expired_in_queue);
                 tracing::info!(
                     queue = q.0,
@@ -212,11 +236,6 @@ impl<S: QueueStore> Broker<S> {
             }
             if let Err(e) = part.commit(None) {
                 tracing::error!(error = %e, "commit after expiry failed");
-            }
-        }
-        for frame in nacks {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
             }
         }
         n
