@@ -37,6 +37,19 @@ enum Origin {
     Srmp,
 }
 
+/// Where a message comes from and which partitions the caller runs.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    origin: Origin,
+    here: Here<'a>,
+}
+
+impl<'a> Source<'a> {
+    fn new(origin: Origin, here: Here<'a>) -> Self {
+        Source { origin, here }
+    }
+}
+
 /// What happened to one incoming message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -243,8 +256,7 @@ impl<S: QueueStore> Broker<S> {
             msg,
             now_unix,
             now_ms,
-            Origin::Local,
-            &everywhere,
+            Source::new(Origin::Local, &everywhere),
         )
     }
 
@@ -278,7 +290,14 @@ impl<S: QueueStore> Broker<S> {
         now_ms: u64,
         here: Here<'_>,
     ) -> Delivered {
-        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Mqqb, here)
+        self.deliver_routed_from(
+            routed,
+            frame,
+            msg,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Mqqb, here),
+        )
     }
 
     fn deliver_routed_from(
@@ -288,9 +307,9 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
         now_unix: u32,
         now_ms: u64,
-        origin: Origin,
-        here: Here<'_>,
+        src: Source<'_>,
     ) -> Delivered {
+        let Source { origin, here } = src;
         match routed {
             Routed::TxAck => Delivered {
                 verdict: Verdict::TxAck,
@@ -300,7 +319,7 @@ impl<S: QueueStore> Broker<S> {
                 forward: None,
             },
             Routed::Queue(q) => {
-                self.deliver_to_with(frame, msg, &q, now_unix, now_ms, origin, here)
+                self.deliver_to_with(frame, msg, &q, now_unix, now_ms, Source::new(origin, here))
             }
             Routed::Nowhere(why) => {
                 self.dead_letter(here, frame, msg, MessageClass::NACK_BAD_DST_Q, &why)
@@ -320,7 +339,14 @@ impl<S: QueueStore> Broker<S> {
         now_ms: u64,
         here: Here<'_>,
     ) -> Delivered {
-        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Local, here)
+        self.deliver_routed_from(
+            routed,
+            frame,
+            msg,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Local, here),
+        )
     }
 
     /// Delivers a message of this machine (the local API, AMQP) whose queue is already known;
@@ -340,8 +366,7 @@ impl<S: QueueStore> Broker<S> {
             queue,
             now_unix,
             now_ms,
-            Origin::Local,
-            &everywhere,
+            Source::new(Origin::Local, &everywhere),
         )
     }
 
@@ -365,8 +390,7 @@ impl<S: QueueStore> Broker<S> {
             queue,
             now_unix,
             now_ms,
-            Origin::Srmp,
-            &everywhere,
+            Source::new(Origin::Srmp, &everywhere),
         )
     }
 
@@ -377,9 +401,9 @@ impl<S: QueueStore> Broker<S> {
         queue: &QueueDef,
         now_unix: u32,
         now_ms: u64,
-        origin: Origin,
-        here: Here<'_>,
+        src: Source<'_>,
     ) -> Delivered {
+        let Source { origin, here } = src;
         let check_reach_time = origin != Origin::Srmp;
         let u = &msg.user;
         let transactional = u.flags.transactional();
