@@ -438,6 +438,12 @@ pub fn render_metrics(
          (limits.handoff_backlog_bytes_per_shard_max).",
         load(&c.handoff_backlog_full),
     );
+    put(
+        "records_mailed_total",
+        "Dead letters and admin acknowledgements a shard sent to the shard running their \
+         queue's partition (Mail::Store) instead of writing that partition itself.",
+        load(&c.records_mailed),
+    );
     let b = &shared.broker.counters;
     put(
         "messages_stored_total",

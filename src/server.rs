@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
-use crate::qm::broker::{AckSource, Broker, Routed, Verdict};
-use crate::qm::handoff::{Mail, Placement, ReplyTo, HEAD_MAX};
+use crate::qm::broker::{
+    AckSource, Broker, OrderAcked, RecordStored, Routed, SystemRecord, Verdict,
+};
+use crate::qm::handoff::{Mail, Placement, ReplyTo, StoreKind, HEAD_MAX};
 use crate::qm::order_acks::{
     order_ack_frame, OrderAckTo, OrderAcks, ORDER_ACKS_PER_SESSION_MAX, ORDER_ACK_WINDOW_RETRY_MS,
 };
@@ -59,6 +61,9 @@ pub struct ServerCounters {
     pub handoffs: AtomicU64,
     /// Sessions closed because this shard's backlog of hand-offs was full.
     pub handoff_backlog_full: AtomicU64,
+    /// Records (dead letters, admin acknowledgements) a shard sent to the shard running
+    /// their queue's partition (`Mail::Store`) instead of storing them there itself.
+    pub records_mailed: AtomicU64,
 }
 
 /// What every shard shares.
@@ -173,6 +178,9 @@ struct Handoff {
     handed: HashMap<u64, ConnId>,
     /// Answers a session has not taken yet (it takes them in `poll_transmit`).
     placed: HashMap<u64, Placed>,
+    /// Copies of expired messages sent to another shard's dead-letter queue, by hand-off
+    /// number, with the partition whose expiry wave waits for their placement.
+    expiry_copies: HashMap<u64, usize>,
 }
 
 /// An owner's answer, waiting for its session.
@@ -243,6 +251,8 @@ pub struct MsmqApp<S> {
     /// queues another shard owns go there over the mesh. Without it (tests driving one app),
     /// every message is stored from this shard under the owner partition's lock.
     handoff: Option<Handoff>,
+    /// Set by `join_mesh`: this shard stores only into the partitions it runs.
+    meshed: bool,
     /// Partitions this shard appended to this turn (it commits them at the end of it).
     appended: Vec<bool>,
     /// This shard's destinations already resolved (its own: no lock on the message path).
@@ -337,6 +347,7 @@ impl<S: QueueStore> MsmqApp<S> {
             evicted: std::collections::HashSet::new(),
             closes: Vec::new(),
             handoff: None,
+            meshed: false,
             appended: vec![false; partitions],
             routes: crate::qm::broker::RouteCache::default(),
             ordinals: 0..0,
@@ -379,6 +390,7 @@ impl<S: QueueStore> MsmqApp<S> {
     /// another shard owns is handed to that shard, and this shard takes theirs.
     pub fn join_mesh(&mut self, port: crate::engine::mesh::Port) {
         let n = port.mesh().shards();
+        self.meshed = true;
         self.handoff = Some(Handoff {
             port,
             outbox: (0..n).map(|_| VecDeque::new()).collect(),
@@ -386,6 +398,7 @@ impl<S: QueueStore> MsmqApp<S> {
             next_seq: 0,
             handed: HashMap::new(),
             placed: HashMap::new(),
+            expiry_copies: HashMap::new(),
         });
     }
 
@@ -457,15 +470,45 @@ impl<S: QueueStore> MsmqApp<S> {
         // Routed once: to find the shard that stores it, and to store it here if that is us.
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
         if let Some(to) = self.handoff_target(&routed, &msg) {
-            return self.hand_off(conn, to, frame, rec_seq);
+            let now_unix = unix_now();
+            return self.hand_off(conn, to, rec_seq, |reply| Mail::Deliver {
+                reply,
+                now_unix,
+                frame,
+            });
         }
         // Stored in the partition owning the queue (locked by the broker for this message only).
-        let d = self
-            .shared
-            .broker
-            .deliver_routed(routed, frame, &msg, unix_now(), now_ms);
+        let here = self.here();
+        let d =
+            self.shared
+                .broker
+                .deliver_routed_here(routed, frame, &msg, unix_now(), now_ms, &here);
         let own = d.partition;
         let wait_for = match d.verdict {
+            Verdict::Forwarded { queue, .. } => {
+                // A dead letter for another shard's dead-letter queue: that shard stores it and
+                // answers this session, which acknowledges it once it is durable there.
+                if let Some(class) = d.admin_ack {
+                    self.owe_admin_ack(frame, class);
+                }
+                let Some(record) = d.forward else {
+                    return Err(close_code::STORE);
+                };
+                let to = own % self.shared.shards;
+                self.hand_off(conn, to, rec_seq, |reply| Mail::Store {
+                    reply: Some(reply),
+                    kind: StoreKind::DeadLetter,
+                    queue,
+                    partition: own as u32,
+                    now_unix: unix_now(),
+                    frame: &record,
+                })?;
+                self.shared
+                    .counters
+                    .records_mailed
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
                 if let Some(a) = self.appended.get_mut(own) {
                     *a = true;
@@ -492,12 +535,7 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         };
         if let Some(class) = d.admin_ack {
-            // Built after the frames of this receive: it stores into another queue.
-            if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                self.admin_acks.push((frame.to_vec(), class));
-            } else {
-                tracing::warn!("too many admin acknowledgements in one turn; dropping one");
-            }
+            self.owe_admin_ack(frame, class);
         }
         if let Some((key, state)) = d.order_ack {
             self.accept_order_ack(now_ms, conn, key, state);
@@ -598,12 +636,12 @@ impl<S: QueueStore> MsmqApp<S> {
     /// session for the owner's answer and then for the owner's durability. Err closes the
     /// session (without acknowledging the message) when the lane is full and this shard's
     /// backlog of hand-offs is at its limit.
-    fn hand_off(
+    fn hand_off<'f>(
         &mut self,
         conn: &mut MsmqConn,
         to: usize,
-        frame: &[u8],
         rec_seq: Option<u16>,
+        mail: impl FnOnce(ReplyTo) -> Mail<'f>,
     ) -> Result<(), u32> {
         let limit = self
             .shared
@@ -615,15 +653,11 @@ impl<S: QueueStore> MsmqApp<S> {
             return Err(close_code::STORE);
         };
         let seq = h.next_seq;
-        let mail = Mail::Deliver {
-            reply: ReplyTo {
-                shard: self.shard as u32,
-                conn: conn.id,
-                seq,
-            },
-            now_unix: unix_now(),
-            frame,
-        };
+        let mail = mail(ReplyTo {
+            shard: self.shard as u32,
+            conn: conn.id,
+            seq,
+        });
         let mut head = [0u8; HEAD_MAX];
         let (n, body) = mail.encode_head(&mut head);
         if !h.send(to, &head[..n], body, Some(limit)) {
@@ -650,21 +684,45 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// The owner's side of a hand-off: stores the message as if it had arrived here, and says
     /// where it went.
-    fn place(&mut self, now_ms: u64, now_unix: u32, frame: &[u8]) -> Placed {
+    /// None when the owner dead-lettered it into another shard's dead-letter queue: pushed on
+    /// `forwards` for that shard, which answers the session.
+    fn place(
+        &mut self,
+        now_ms: u64,
+        now_unix: u32,
+        frame: &[u8],
+        forwards: &mut Vec<SystemRecord>,
+    ) -> Option<Placed> {
         let msg = match UserMessage::parse(frame) {
             Ok(m) => m,
             Err(e) => {
                 // It parsed on the shard that received it: a bug, not a peer's fault.
                 tracing::error!(error = %e, "a message handed over by another shard does not parse; refusing it");
-                return (Placement::Refused, None);
+                return Some((Placement::Refused, None));
             }
         };
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
+        let here = self.here();
         let d = self
             .shared
             .broker
-            .deliver_routed(routed, frame, &msg, now_unix, now_ms);
+            .deliver_routed_here(routed, frame, &msg, now_unix, now_ms, &here);
         let placement = match d.verdict {
+            Verdict::Forwarded { queue, .. } => {
+                if let Some(class) = d.admin_ack {
+                    self.owe_admin_ack(frame, class);
+                }
+                if let Some(frame) = d.forward {
+                    forwards.push(SystemRecord {
+                        kind: StoreKind::DeadLetter,
+                        queue,
+                        partition: d.partition,
+                        frame,
+                    });
+                    return None;
+                }
+                Placement::Refused
+            }
             Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
                 if let Some(a) = self.appended.get_mut(d.partition) {
                     *a = true;
@@ -688,13 +746,107 @@ impl<S: QueueStore> MsmqApp<S> {
             },
         };
         if let Some(class) = d.admin_ack {
-            if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                self.admin_acks.push((frame.to_vec(), class));
-            } else {
-                tracing::warn!("too many admin acknowledgements in one turn; dropping one");
+            self.owe_admin_ack(frame, class);
+        }
+        Some((placement, d.order_ack))
+    }
+
+    /// The partitions this shard stores into itself: those it runs, or every one for an app
+    /// driven alone (tests), which stores anywhere under the partitions' locks.
+    fn here(&self) -> impl Fn(usize) -> bool {
+        // Not `handoff.is_some()`: `take_mail` holds the handoff while it places mail.
+        let (shard, shards, meshed) = (self.shard, self.shared.shards, self.meshed);
+        move |p| !meshed || p % shards == shard
+    }
+
+    /// An admin acknowledgement owed for `frame`: built after the frames of this receive
+    /// (`send_owed_acks`), since it goes to another queue.
+    fn owe_admin_ack(&mut self, frame: &[u8], class: crate::wire::headers::MessageClass) {
+        if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+            self.admin_acks.push((frame.to_vec(), class));
+        } else {
+            tracing::warn!("too many admin acknowledgements in one turn; dropping one");
+        }
+    }
+
+    /// THE way a shard writes a record into a queue it may not run (a dead letter, an admin
+    /// acknowledgement, a FinalAck, a journal copy, any system copy): stored here when this
+    /// shard runs `rec.partition`, else sent to the shard that does as `Mail::Store`. With
+    /// `reply`, that session is answered (`Mail::Placed`) once the record is stored.
+    pub fn store_record(&mut self, now_ms: u64, rec: SystemRecord, reply: Option<ReplyTo>) {
+        let here = self.here();
+        let mut rec = rec;
+        loop {
+            if !here(rec.partition) {
+                let to = rec.partition % self.shared.shards;
+                let mail = Mail::Store {
+                    reply,
+                    kind: rec.kind,
+                    queue: rec.queue,
+                    partition: rec.partition as u32,
+                    now_unix: unix_now(),
+                    frame: &rec.frame,
+                };
+                self.mail(to, mail);
+                self.shared
+                    .counters
+                    .records_mailed
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let stored = self
+                .shared
+                .broker
+                .store_record(&rec, unix_now(), now_ms, &here);
+            match stored {
+                RecordStored::At(p, ticket) => {
+                    if let Some(a) = self.appended.get_mut(p) {
+                        *a = true;
+                    }
+                    if let Some(r) = reply {
+                        let partition = p as u32;
+                        self.answer(r, Placement::At { partition, ticket }, None);
+                    }
+                    return;
+                }
+                RecordStored::Forward(next) => rec = next,
+                RecordStored::Failed => {
+                    if let Some(r) = reply {
+                        self.answer(r, Placement::Refused, None);
+                    }
+                    return;
+                }
             }
         }
-        (placement, d.order_ack)
+    }
+
+    /// Sends `mail` to shard `to` (never refused: what this shard mails on its own is bounded
+    /// by the frames and mail it takes per turn).
+    fn mail(&mut self, to: usize, mail: Mail<'_>) {
+        let Some(h) = self.handoff.as_mut() else {
+            tracing::error!(to, "mail for another shard without a mesh; dropped");
+            return;
+        };
+        let mut head = [0u8; HEAD_MAX];
+        let (n, body) = mail.encode_head(&mut head);
+        h.send(to, &head[..n], body, None);
+    }
+
+    /// Answers the session `reply` names (on this shard or another) with where its message went.
+    fn answer(
+        &mut self,
+        reply: ReplyTo,
+        placement: Placement,
+        order_ack: Option<(crate::qm::txn::TxKey, crate::qm::txn::IncomingSequence)>,
+    ) {
+        self.mail(
+            reply.shard as usize,
+            Mail::Placed {
+                reply,
+                placement,
+                order_ack,
+            },
+        );
     }
 
     /// Takes the mail other shards sent: messages for this shard's queues (stored, answered)
@@ -705,10 +857,16 @@ impl<S: QueueStore> MsmqApp<S> {
         };
         h.drain_outbox();
         let mut answers: Vec<(usize, [u8; HEAD_MAX], usize)> = Vec::new();
+        // Records to store (or send on), with the session to answer; OrderAcks to apply.
+        let mut records: Vec<(SystemRecord, Option<ReplyTo>)> = Vec::new();
+        let mut order_acked: Vec<OrderAcked> = Vec::new();
+        let mut forwards = Vec::new();
+        let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
         let Handoff {
             port,
             handed,
             placed,
+            expiry_copies,
             ..
         } = &mut h;
         port.recv_all(|from, rec| match Mail::decode(rec.head(), rec.body()) {
@@ -717,7 +875,13 @@ impl<S: QueueStore> MsmqApp<S> {
                 now_unix,
                 frame,
             }) => {
-                let (placement, order_ack) = self.place(now_ms, now_unix, frame);
+                let Some((placement, order_ack)) =
+                    self.place(now_ms, now_unix, frame, &mut forwards)
+                else {
+                    // Dead-lettered into another shard's queue: that shard answers.
+                    records.extend(forwards.drain(..).map(|r| (r, Some(reply))));
+                    return;
+                };
                 let mut head = [0u8; HEAD_MAX];
                 let (n, _) = Mail::Placed {
                     reply,
@@ -732,6 +896,14 @@ impl<S: QueueStore> MsmqApp<S> {
                 placement,
                 order_ack,
             }) => {
+                if let Some(p) = expiry_copies.remove(&reply.seq) {
+                    let at = match placement {
+                        Placement::At { partition, ticket } => Some((partition as usize, ticket)),
+                        Placement::Refused => None,
+                    };
+                    copies_placed.push((p, at));
+                    return;
+                }
                 let Some(conn) = handed.remove(&reply.seq) else {
                     // Its session closed meanwhile.
                     return;
@@ -743,6 +915,33 @@ impl<S: QueueStore> MsmqApp<S> {
                 placed.insert(reply.seq, (placement, order_ack));
                 self.ready.push(conn);
             }
+            Ok(Mail::Store {
+                reply,
+                kind,
+                queue,
+                partition,
+                now_unix: _,
+                frame,
+            }) => {
+                let record = SystemRecord {
+                    kind,
+                    queue,
+                    partition: partition as usize,
+                    frame: frame.to_vec(),
+                };
+                records.push((record, reply));
+            }
+            Ok(Mail::OrderAcked {
+                queue,
+                seq_id,
+                upto,
+            }) => {
+                order_acked.push(OrderAcked {
+                    queue,
+                    seq_id,
+                    upto,
+                });
+            }
             Err(_) => {
                 tracing::error!(from, "unreadable mail from another shard; dropped");
             }
@@ -752,6 +951,73 @@ impl<S: QueueStore> MsmqApp<S> {
             h.send(to, &head[..n], &[], None);
         }
         self.handoff = Some(h);
+        for (record, reply) in records {
+            self.store_record(now_ms, record, reply);
+        }
+        for a in order_acked {
+            self.shared.broker.apply_order_ack(a);
+        }
+        for (p, at) in copies_placed {
+            self.shared.broker.expiry_copy_placed(p, at);
+        }
+    }
+
+    /// The NACK_RECEIVE_TIMEOUTs partition `p`'s expiry owes, sent as this shard's admin
+    /// acknowledgements (`store_record`: by mail to an admin queue another shard runs).
+    fn owe_expiry_nacks(&mut self, p: usize) {
+        for frame in self.shared.broker.take_expiry_nacks(p) {
+            self.owe_admin_ack(
+                &frame,
+                crate::wire::headers::MessageClass::NACK_RECEIVE_TIMEOUT,
+            );
+        }
+        if !self.admin_acks.is_empty() {
+            self.send_owed_acks(self.now_ms);
+        }
+    }
+
+    /// Expires partition `p`'s messages; copies for another shard's dead-letter queue go
+    /// there as mail, and the wave waits for their placements. Returns whether a wave waits.
+    fn expire(&mut self, p: usize) -> bool {
+        let here = self.here();
+        let mut forwards = Vec::new();
+        let (_, waits) =
+            self.shared
+                .broker
+                .expire_partition_here(p, unix_now(), &here, &mut forwards);
+        for rec in forwards {
+            let Some(h) = self.handoff.as_mut() else {
+                break;
+            };
+            let seq = h.next_seq;
+            h.next_seq += 1;
+            h.expiry_copies.insert(seq, p);
+            let reply = ReplyTo {
+                shard: self.shard as u32,
+                // No session: the answer goes to the expiry wave (`expiry_copies`).
+                conn: ConnId {
+                    slot: u32::MAX,
+                    generation: 0,
+                },
+                seq,
+            };
+            self.mail(
+                rec.partition % self.shared.shards,
+                Mail::Store {
+                    reply: Some(reply),
+                    kind: rec.kind,
+                    queue: rec.queue,
+                    partition: rec.partition as u32,
+                    now_unix: unix_now(),
+                    frame: &rec.frame,
+                },
+            );
+            self.shared
+                .counters
+                .records_mailed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        waits
     }
 
     /// Gives `conn` the owners' answers for its hand-offs.
@@ -821,16 +1087,35 @@ impl<S: QueueStore> MsmqApp<S> {
     /// Builds the admin acknowledgements and takes the OrderAcks/FinalAcks owed for frames
     /// received (or placed for another shard) since the last call; they store into other
     /// queues, so they wait until no frame is being handled.
-    fn send_owed_acks(&mut self) {
+    fn send_owed_acks(&mut self, now_ms: u64) {
         for (frame, class) in std::mem::take(&mut self.admin_acks) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.send_admin_ack(&msg, class);
+            let Ok(msg) = UserMessage::parse(&frame) else {
+                continue;
+            };
+            let ordinal = self.next_ordinal();
+            if let Some(rec) = self.shared.broker.admin_ack_record(&msg, class, ordinal) {
+                self.store_record(now_ms, rec, None);
             }
         }
+        let here = self.here();
+        let mut elsewhere = Vec::new();
         for (frame, from) in std::mem::take(&mut self.tx_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.handle_tx_ack(&msg, &from);
+                self.shared
+                    .broker
+                    .handle_tx_ack_here(&msg, &from, &here, &mut elsewhere);
             }
+        }
+        for (p, a) in elsewhere {
+            // The shard running the outgoing queue removes what the OrderAck acknowledged.
+            self.mail(
+                p % self.shared.shards,
+                Mail::OrderAcked {
+                    queue: a.queue,
+                    seq_id: a.seq_id,
+                    upto: a.upto,
+                },
+            );
         }
     }
 
@@ -1433,7 +1718,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
         if let Err(code) = self.account_reassembly(now_ms, conn, after) {
             return Err(AppError(code));
         }
-        self.send_owed_acks();
+        self.send_owed_acks(now_ms);
         self.drain_events(conn);
         match r {
             Ok(()) => Ok(()),
@@ -1564,7 +1849,7 @@ impl<S: QueueStore> App for MsmqApp<S> {
 
     fn end_of_turn(&mut self, now_ms: u64) {
         self.take_mail(now_ms);
-        self.send_owed_acks();
+        self.send_owed_acks(now_ms);
         self.serve_requests(now_ms);
         for p in 0..self.awaiting.len() {
             // The shard's own partitions are committed every turn (completions, releases,
@@ -1595,7 +1880,8 @@ impl<S: QueueStore> App for MsmqApp<S> {
         }
         for p in 0..self.expiry_waits.len() {
             if self.expiry_waits[p] {
-                self.expiry_waits[p] = self.shared.broker.settle_expiry(p).1;
+                self.expiry_waits[p] = self.shared.broker.settle_expiry_here(p).1;
+                self.owe_expiry_nacks(p);
             }
         }
         self.ready.append(&mut self.waiting);
@@ -1604,12 +1890,17 @@ impl<S: QueueStore> App for MsmqApp<S> {
         self.manage_outgoing(now_ms);
         if now_ms >= self.next_expiry_ms {
             self.next_expiry_ms = now_ms + EXPIRY_SCAN_INTERVAL_MS;
-            for &p in &self.owned {
-                let (_, waits) = self.shared.broker.expire_partition(p, unix_now());
-                self.expiry_waits[p] = waits;
+            for p in self.owned.clone() {
+                self.expiry_waits[p] = self.expire(p);
+                self.owe_expiry_nacks(p);
                 self.shared.broker.clean_duplicates(p, now_ms);
                 self.shared.broker.sweep_txn(p, unix_now());
             }
+        }
+        if let Some(h) = self.handoff.as_mut() {
+            // Copies of expired messages mailed just now.
+            h.drain_outbox();
+            h.port.flush();
         }
         if self.shard == 0 && now_ms >= self.next_log_flush_ms {
             self.next_log_flush_ms = now_ms + LOG_FLUSH_INTERVAL_MS;

@@ -126,6 +126,7 @@ impl Totals {
         t.maintain_calls += s.maintain_calls;
         t.two_shard_runs += s.two_shard_runs;
         t.handoffs += s.handoffs;
+        t.records_mailed += s.records_mailed;
         t.turns += s.turns;
         t.turns_slept += s.turns_slept;
         t.deadline_turns += s.deadline_turns;
@@ -185,6 +186,11 @@ fn campaign(seeds: impl Iterator<Item = u64>) {
         assert!(
             t.handoffs > 0,
             "two-shard runs never handed a message to the shard owning its queue: {t:?}"
+        );
+        assert!(
+            t.records_mailed > 0,
+            "two-shard runs never sent a record (an admin acknowledgement) to the shard owning \
+             its queue: {t:?}"
         );
     }
 }

@@ -919,6 +919,11 @@ impl<S: QueueStore> AmqpApp<S> {
                             },
                         )
                     }
+                    Verdict::Forwarded { .. } => {
+                        // `deliver_to` stores in any partition: never forwarded.
+                        debug_assert!(false, "deliver_to forwarded a dead letter");
+                        return reject(c, condition::INTERNAL_ERROR, "not stored".to_string());
+                    }
                     Verdict::Refuse(e) => {
                         let cond = if matches!(e, crate::store::StoreError::Quota { .. }) {
                             condition::RESOURCE_LIMIT_EXCEEDED

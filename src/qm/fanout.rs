@@ -660,6 +660,13 @@ pub fn store_copy_nowait<S: crate::store::QueueStore>(
                     class.name()
                 )),
                 Verdict::Refuse(e) => Err(format!("cannot store the message in {}: {e}", def.name)),
+                // `deliver_to` stores under the locks in every partition (`everywhere`), so it
+                // never hands a dead letter back for another shard; said rather than assumed.
+                Verdict::Forwarded { class, .. } => Err(format!(
+                    "not deliverable to {} ({}); its dead letter was not stored",
+                    def.name,
+                    class.name()
+                )),
             }
         }
     }

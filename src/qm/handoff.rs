@@ -14,6 +14,40 @@ use crate::wire::Guid;
 
 const TAG_DELIVER: u8 = 1;
 const TAG_PLACED: u8 = 2;
+const TAG_STORE: u8 = 3;
+const TAG_ORDER_ACKED: u8 = 4;
+
+/// What a [`Mail::Store`] record is, and so how its owner stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A copy for a dead-letter queue (DEADLETTER or DEADXACT) the receiver owns: appended
+    /// as it is (the decision was taken by the sender), counted as a dead letter.
+    DeadLetter,
+    /// A message for an outgoing queue the receiver sends (an admin acknowledgement for a
+    /// remote admin queue): appended under `limits.outgoing_queue_messages_max`.
+    Outgoing,
+    /// A message this machine built for one of its own queues (an admin acknowledgement for
+    /// a local admin queue): delivered as a local message (routing, quota, dead letter).
+    Local,
+}
+
+impl StoreKind {
+    fn code(self) -> u8 {
+        match self {
+            StoreKind::DeadLetter => 1,
+            StoreKind::Outgoing => 2,
+            StoreKind::Local => 3,
+        }
+    }
+    fn from_code(c: u8) -> Result<StoreKind, BadMail> {
+        match c {
+            1 => Ok(StoreKind::DeadLetter),
+            2 => Ok(StoreKind::Outgoing),
+            3 => Ok(StoreKind::Local),
+            _ => Err(BadMail),
+        }
+    }
+}
 
 /// Which session of which shard waits for the answer, and which of its hand-offs this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +86,22 @@ pub enum Mail<'a> {
         placement: Placement,
         order_ack: Option<(TxKey, IncomingSequence)>,
     },
+    /// "Store this record in this queue you own": a write another shard decided (a dead
+    /// letter decided under its queue's state, an admin acknowledgement, any system copy).
+    /// `partition` is the receiver's partition holding `queue`; with `reply`, the receiver
+    /// answers that session with a [`Mail::Placed`] (a dead letter its sender waits for).
+    Store {
+        reply: Option<ReplyTo>,
+        kind: StoreKind,
+        queue: u32,
+        partition: u32,
+        now_unix: u32,
+        frame: &'a [u8],
+    },
+    /// An OrderAck for our transactional sends, already verified by the shard it arrived on
+    /// (MS-MQQB 3.1.5.6): the receiver, which runs outgoing queue `queue`, removes the
+    /// messages of sequence `seq_id` numbered up to `upto`.
+    OrderAcked { queue: u32, seq_id: u64, upto: u32 },
 }
 
 /// A head too short, or with an unknown tag.
@@ -165,6 +215,39 @@ impl<'a> Mail<'a> {
                 }
                 (w.at, &[])
             }
+            Mail::Store {
+                reply,
+                kind,
+                queue,
+                partition,
+                now_unix,
+                frame,
+            } => {
+                w.put(&[TAG_STORE]);
+                match reply {
+                    None => w.put(&[0]),
+                    Some(r) => {
+                        w.put(&[1]);
+                        put_reply(&mut w, &r);
+                    }
+                }
+                w.put(&[kind.code()]);
+                w.put(&queue.to_le_bytes());
+                w.put(&partition.to_le_bytes());
+                w.put(&now_unix.to_le_bytes());
+                (w.at, frame)
+            }
+            Mail::OrderAcked {
+                queue,
+                seq_id,
+                upto,
+            } => {
+                w.put(&[TAG_ORDER_ACKED]);
+                w.put(&queue.to_le_bytes());
+                w.put(&seq_id.to_le_bytes());
+                w.put(&upto.to_le_bytes());
+                (w.at, &[])
+            }
         }
     }
 
@@ -220,6 +303,26 @@ impl<'a> Mail<'a> {
                     order_ack,
                 })
             }
+            TAG_STORE => {
+                let reply = match r.u8()? {
+                    0 => None,
+                    1 => Some(get_reply(&mut r)?),
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::Store {
+                    reply,
+                    kind: StoreKind::from_code(r.u8()?)?,
+                    queue: r.u32()?,
+                    partition: r.u32()?,
+                    now_unix: r.u32()?,
+                    frame: body,
+                })
+            }
+            TAG_ORDER_ACKED => Ok(Mail::OrderAcked {
+                queue: r.u32()?,
+                seq_id: r.u64()?,
+                upto: r.u32()?,
+            }),
             _ => Err(BadMail),
         }
     }
@@ -265,6 +368,25 @@ mod tests {
             reply: reply(),
             placement: Placement::Refused,
             order_ack: None,
+        });
+        for (reply, kind) in [
+            (None, StoreKind::DeadLetter),
+            (Some(reply()), StoreKind::Outgoing),
+            (Some(reply()), StoreKind::Local),
+        ] {
+            round_trip(Mail::Store {
+                reply,
+                kind,
+                queue: 0xFFFF_FF01,
+                partition: 1,
+                now_unix: 1_700_000_000,
+                frame: b"dead letter",
+            });
+        }
+        round_trip(Mail::OrderAcked {
+            queue: 17,
+            seq_id: u64::MAX - 1,
+            upto: 9,
         });
         for prior in [None, Some((u64::MAX, 3))] {
             round_trip(Mail::Placed {

@@ -673,6 +673,11 @@ fn deliver<S: QueueStore>(
         }
         Verdict::TxAck => (None, Vec::new()),
         Verdict::Refuse(e) => return Err(ApiError::Store(e)),
+        Verdict::Forwarded { .. } => {
+            // `deliver_to_over_srmp` stores in any partition: never forwarded.
+            debug_assert!(false, "deliver_to_over_srmp forwarded a dead letter");
+            return Err(ApiError::Send("not stored".to_string()));
+        }
     };
     Ok(Staged { value, waits })
 }

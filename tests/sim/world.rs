@@ -33,7 +33,7 @@ use lior::qm::broker::Broker;
 use lior::server::{MsmqApp, Shared};
 use lior::session::{Event, Framer, Inbound, Session, SessionConfig};
 use lior::store::{QueueId, QueueStore, SimDisk, SimStore, Store, StoreConfig, Ticket};
-use lior::wire::headers::{TransactionHeader, TxFlags};
+use lior::wire::headers::{AckFlags, TransactionHeader, TxFlags};
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
 
@@ -50,6 +50,8 @@ pub const QUIET_MS_MAX: u64 = 600_000;
 const TX_RESEND_MS: u64 = 30_000;
 /// EIO, for a failed fsync.
 const EIO: i32 = 5;
+/// The local admin queue every third recoverable message asks an ACK_REACH_QUEUE for.
+const ADMIN_QUEUE: &str = "sim_admin";
 
 /// Whether a lost wake (see [`World::shard_turn`]) fails a run (it does since the bug pinned
 /// by `sim_sessions::lost_wake_bug_*` was fixed), rather than only being counted
@@ -181,6 +183,9 @@ pub struct Stats {
     pub two_shard_runs: u64,
     /// Messages a shard handed to the other over the mesh (two-shard runs).
     pub handoffs: u64,
+    /// Records (admin acknowledgements, dead letters) a shard sent to the shard owning their
+    /// queue as `Mail::Store` (two-shard runs).
+    pub records_mailed: u64,
     /// Shard turns run, and shard-steps a shard slept through (nothing woke it).
     pub turns: u64,
     pub turns_slept: u64,
@@ -521,6 +526,13 @@ impl World {
                 partition: shared.broker.owner(&q),
             });
         }
+        // The admin queue some senders ask arrival acknowledgements for: with two shards, the
+        // acknowledgement of a message whose queue the other shard owns crosses as
+        // `Mail::Store` (not audited: nobody waits for an acknowledgement's durability).
+        shared
+            .broker
+            .create_queue(ADMIN_QUEUE, false)
+            .map_err(|e| format!("create queue {ADMIN_QUEUE}: {e}"))?;
         // The catalog gives each new queue the least-loaded partition: with two, both own some.
         for p in 0..shards {
             if !qids.iter().any(|q| q.partition == p) {
@@ -673,6 +685,7 @@ impl World {
         self.stats.wakes += self.server.wake.calls.load(Ordering::Relaxed);
         if let Some(shared) = &self.server.shared {
             self.stats.handoffs += shared.counters.handoffs.load(Ordering::Relaxed);
+            self.stats.records_mailed += shared.counters.records_mailed.load(Ordering::Relaxed);
         }
         self.stats.audit = self.aud.counts;
         Ok(self.stats)
@@ -1063,6 +1076,7 @@ impl World {
         self.server.apps.clear();
         let shared = self.server.shared.take().expect("the server is up");
         self.stats.handoffs += shared.counters.handoffs.load(Ordering::Relaxed);
+        self.stats.records_mailed += shared.counters.records_mailed.load(Ordering::Relaxed);
         let Ok(Shared { broker, .. }) = Arc::try_unwrap(shared) else {
             return Err("harness: the server state is still shared at the crash".into());
         };
@@ -1257,6 +1271,10 @@ impl World {
             &body,
         )
         .with_recoverable(p.kind != Kind::Express);
+        let admin = utf16z(&format!("OS:localhost\\private$\\{ADMIN_QUEUE}"));
+        if p.kind == Kind::Recoverable && idx % 3 == 0 {
+            m = m.with_admin_queue(QueueRef::Direct(Utf16(&admin)), AckFlags(AckFlags::PA));
+        }
         if let Kind::Tx { seq_no } = p.kind {
             m = m.with_transaction(TransactionHeader::new(
                 TxFlags::default(),

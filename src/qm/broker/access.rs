@@ -124,6 +124,7 @@ impl<S: QueueStore> Broker<S> {
     /// Transactional messages get no negative FinalAck: lior sends no FinalAcks yet.
     pub(super) fn refuse_at_target(
         &self,
+        here: super::delivery::Here<'_>,
         frame: &[u8],
         msg: &UserMessage<'_>,
         queue: &QueueDef,
@@ -161,7 +162,7 @@ impl<S: QueueStore> Broker<S> {
             );
         }
         if msg.user.flags.journal_negative() {
-            return Some(self.dead_letter(frame, msg, class, &why));
+            return Some(self.dead_letter(here, frame, msg, class, &why));
         }
         let acks = msg.properties.flags;
         Some(Delivered {
@@ -174,6 +175,7 @@ impl<S: QueueStore> Broker<S> {
             order_ack: None,
             admin_ack: acks.negative_arrival().then_some(class),
             partition,
+            forward: None,
         })
     }
 

@@ -6,7 +6,34 @@ use crate::store::{Cursor, QueueId, QueueStore};
 use crate::wire::headers::MessageClass;
 use crate::wire::user::UserMessage;
 
+use crate::qm::handoff::StoreKind;
+
 use super::{bump, encode_message, message_meta, unix_now, Broker, Verdict, RECEIVE_BATCH_MAX};
+
+/// A write for a queue whose partition the writer may not run (a dead letter, an admin
+/// acknowledgement, any system copy): stored by [`Broker::store_record`] under the
+/// partition's owner, or sent there as `qm::handoff::Mail::Store` by a shard that does not
+/// run it (`MsmqApp::store_record`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemRecord {
+    pub kind: StoreKind,
+    pub queue: u32,
+    /// The partition holding `queue` (its shard stores the record).
+    pub partition: usize,
+    pub frame: Vec<u8>,
+}
+
+/// What [`Broker::store_record`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordStored {
+    /// Stored at that ticket of that partition (durable with the partition's next commit).
+    At(usize, crate::store::Ticket),
+    /// A local delivery turned into a dead letter for a partition the caller does not run:
+    /// store this record there instead.
+    Forward(SystemRecord),
+    /// Not stored (logged and counted).
+    Failed,
+}
 
 impl<S: QueueStore> Broker<S> {
     /// Copies of the messages of queue `id` whose senders asked for negative receive acks (NR):
@@ -42,13 +69,49 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Builds the admin acknowledgement (or NACK) of `msg` (MS-MQQB 3.1.7.15) and queues it
-    /// for the sender's admin queue. Only direct admin queues can be reached without a
-    /// directory service; others are logged and counted.
+    /// for the sender's admin queue, storing it under that queue's partition lock (the API's
+    /// threads, AMQP and the request desk; a shard of `lior serve` uses
+    /// [`Broker::admin_ack_record`] and sends the record to the partition's shard instead).
     pub fn send_admin_ack(&self, msg: &UserMessage<'_>, class: MessageClass) {
+        let Some(rec) = self.admin_ack_record(msg, class, self.next_ordinal()) else {
+            return;
+        };
+        let now_unix = unix_now();
+        let now_ms = crate::engine::net::now_ms();
+        let mut rec = rec;
+        // A local admin queue may send it on to a dead-letter queue: one partition at a time.
+        loop {
+            match self.store_record(&rec, now_unix, now_ms, &super::delivery::everywhere) {
+                RecordStored::At(p, _) => {
+                    if let Err(e) = self.partition(p).commit(None) {
+                        tracing::error!(error = %e, "commit after an admin acknowledgement failed");
+                    }
+                    // The partition's shard (maybe another) looks at what waits for it.
+                    self.wake(p % self.partitions.len());
+                    return;
+                }
+                RecordStored::Forward(next) => rec = next,
+                RecordStored::Failed => return,
+            }
+        }
+    }
+
+    /// The admin acknowledgement (or NACK) of `msg` (MS-MQQB 3.1.7.15), built with
+    /// MessageIdOrdinal `ordinal`, as a record for the queue it goes to: the outgoing queue of
+    /// the sender's direct admin queue, or that admin queue itself when it is on this machine.
+    /// None when none is owed or it cannot be routed (logged and counted). Store it with
+    /// `MsmqApp::store_record` on a shard (mail to the queue's owner when another shard runs
+    /// it), or [`Broker::store_record`].
+    pub fn admin_ack_record(
+        &self,
+        msg: &UserMessage<'_>,
+        class: MessageClass,
+        ordinal: u32,
+    ) -> Option<SystemRecord> {
         let u = &msg.user;
         // Windows 7+ does not acknowledge acknowledgements (MS-MQQB <62>).
         if msg.properties.message_class != MessageClass::NORMAL {
-            return;
+            return None;
         }
         let insecure = matches!(
             class,
@@ -61,7 +124,7 @@ impl<S: QueueStore> Broker<S> {
         if insecure && !self.config.parameters.security.PermitInsecureNacks {
             tracing::info!(nack = ?class, "NACK not sent: PermitInsecureNacks is off (SendInsecureNacks)");
             bump(&self.counters.nacks_suppressed);
-            return;
+            return None;
         }
         let admin = match crate::wire::format_name::FormatName::from_queue_ref(
             &u.admin,
@@ -72,16 +135,15 @@ impl<S: QueueStore> Broker<S> {
             Ok(f) => f,
             Err(_) => {
                 bump(&self.counters.acks_unroutable);
-                return;
+                return None;
             }
         };
         let Some(dest) = admin.as_direct() else {
             tracing::info!(admin = %admin, "admin queue needs a directory service; ack not sent");
             bump(&self.counters.acks_unroutable);
-            return;
+            return None;
         };
         let wire = dest.wire_bytes();
-        let ordinal = self.next_ordinal();
         let body: &[u8] =
             if class.is_nack() && !msg.security.is_some_and(|s| s.flags.body_encrypted()) {
                 msg.body()
@@ -111,55 +173,121 @@ impl<S: QueueStore> Broker<S> {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build an admin acknowledgement");
-                return;
+                return None;
             }
         };
         if self.identity.is_local(&dest.address) {
-            self.deliver_local_ack(&frame, class, &admin.to_string());
-            return;
+            // Stored in the admin queue's owning partition, like every message of that queue
+            // (or in the dead-letter queue's, should it route nowhere).
+            let routed = self.route_incoming(&mut super::RouteCache::default(), &m);
+            let partition = self.route_partition(&routed, &m)?;
+            let queue = match &routed {
+                super::Routed::Queue(q) => q.id,
+                _ => crate::qm::catalog::DEADLETTER_ID,
+            };
+            tracing::info!(class = class.name(), to = %admin, "admin acknowledgement for a local queue");
+            return Some(SystemRecord {
+                kind: StoreKind::Local,
+                queue,
+                partition,
+                frame,
+            });
         }
-        let meta = message_meta(&m);
-        // Nobody waits for an acknowledgement's durability (and a shard must not wait for the
-        // disk): the commit is started, the partition's owner reaps it.
-        match self.enqueue_outgoing_nowait(dest, &frame, &meta) {
-            Ok((def, _, _)) => {
-                bump(&self.counters.admin_acks_queued);
+        match self.outgoing_queue_for(dest) {
+            Ok(def) => {
                 tracing::info!(class = class.name(), to = %admin, via = %def.key, "admin acknowledgement queued");
+                Some(SystemRecord {
+                    kind: StoreKind::Outgoing,
+                    queue: def.id,
+                    partition: def.shard % self.partitions.len(),
+                    frame,
+                })
             }
             Err(e) => {
                 if crate::ratelog::QUOTA.allow() {
                     tracing::error!(error = %e, "cannot queue an admin acknowledgement");
                 }
+                None
             }
         }
     }
 
-    /// Stores an admin acknowledgement whose admin queue is on this machine straight into it
-    /// (never over the network to ourselves). Call with no partition lock held.
-    fn deliver_local_ack(&self, frame: &[u8], class: MessageClass, to: &str) {
-        let Ok(msg) = UserMessage::parse(frame) else {
-            tracing::error!("an admin acknowledgement we built does not parse");
-            return;
+    /// Stores `rec` in its queue, in partition `rec.partition` (under its lock: on a shard,
+    /// only a partition the shard runs; `MsmqApp::store_record` mails the others to their
+    /// shard). Does not commit: the caller's turn does (or [`Broker::send_admin_ack`]).
+    /// `here` says which partitions the caller runs, for a local delivery that dead-letters.
+    pub fn store_record(
+        &self,
+        rec: &SystemRecord,
+        now_unix: u32,
+        now_ms: u64,
+        here: super::delivery::Here<'_>,
+    ) -> RecordStored {
+        let Ok(msg) = UserMessage::parse(&rec.frame) else {
+            tracing::error!(
+                queue = rec.queue,
+                "a record for another queue does not parse; dropped"
+            );
+            return RecordStored::Failed;
         };
-        // Stored in the admin queue's owning partition, like every message of that queue.
-        let d = self.deliver(frame, &msg, unix_now(), crate::engine::net::now_ms());
-        match d.verdict {
-            Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
-                // Durable with this commit or the shard's next one; nobody waits for it.
-                let _ = ticket;
-                if let Err(e) = self.partition(d.partition).commit(None) {
-                    tracing::error!(error = %e, "commit after a local admin acknowledgement failed");
+        match rec.kind {
+            StoreKind::DeadLetter => {
+                let stored = {
+                    let mut part = self.partition(rec.partition);
+                    self.store(&mut part, rec.queue, &rec.frame, &msg)
+                };
+                match stored {
+                    // Counted where it was decided (`dead_letter`; expiry counts its own).
+                    Ok(t) => RecordStored::At(rec.partition, t),
+                    Err(e) => {
+                        bump(&self.counters.refused_store_errors);
+                        tracing::error!(error = %e, queue = rec.queue, "cannot store a dead letter");
+                        RecordStored::Failed
+                    }
                 }
-                // The partition's shard (maybe another) looks at the receives it keeps waiting.
-                self.wake(d.partition);
-                bump(&self.counters.admin_acks_queued);
-                tracing::info!(
-                    class = class.name(),
-                    to,
-                    "admin acknowledgement stored locally"
-                );
             }
-            v => tracing::error!(verdict = ?v, to, "cannot store a local admin acknowledgement"),
+            StoreKind::Outgoing => {
+                match self.append_outgoing(
+                    rec.queue,
+                    rec.partition,
+                    &rec.frame,
+                    &message_meta(&msg),
+                ) {
+                    Ok(t) => {
+                        bump(&self.counters.admin_acks_queued);
+                        RecordStored::At(rec.partition, t)
+                    }
+                    Err(e) => {
+                        if crate::ratelog::QUOTA.allow() {
+                            tracing::error!(error = %e, "cannot queue an admin acknowledgement");
+                        }
+                        RecordStored::Failed
+                    }
+                }
+            }
+            StoreKind::Local => {
+                let routed = self.route_incoming(&mut super::RouteCache::default(), &msg);
+                let d = self.deliver_local_here(routed, &rec.frame, &msg, now_unix, now_ms, here);
+                match d.verdict {
+                    Verdict::Stored { ticket, .. } | Verdict::DeadLettered { ticket, .. } => {
+                        bump(&self.counters.admin_acks_queued);
+                        RecordStored::At(d.partition, ticket)
+                    }
+                    Verdict::Forwarded { queue, .. } => match d.forward {
+                        Some(frame) => RecordStored::Forward(SystemRecord {
+                            kind: StoreKind::DeadLetter,
+                            queue,
+                            partition: d.partition,
+                            frame,
+                        }),
+                        None => RecordStored::Failed,
+                    },
+                    v => {
+                        tracing::error!(verdict = ?v, "cannot store a local admin acknowledgement");
+                        RecordStored::Failed
+                    }
+                }
+            }
         }
     }
 }

@@ -37,6 +37,19 @@ enum Origin {
     Srmp,
 }
 
+/// Where a message comes from and which partitions the caller runs.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    origin: Origin,
+    here: Here<'a>,
+}
+
+impl<'a> Source<'a> {
+    fn new(origin: Origin, here: Here<'a>) -> Self {
+        Source { origin, here }
+    }
+}
+
 /// What happened to one incoming message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -61,10 +74,25 @@ pub enum Verdict {
     /// It cannot be stored now (store poisoned, disk or machine quota full): the session must be
     /// closed so the sender keeps the message and tries again later.
     Refuse(StoreError),
+    /// To be stored in dead-letter queue `queue`, whose owning partition
+    /// (`Delivered::partition`) the caller does not run: the caller sends
+    /// `Delivered::forward` to that partition's shard as mail (`qm::handoff::Mail::Store`),
+    /// and the sender is acknowledged once the owner stored it and made it durable.
+    Forwarded { queue: u32, class: MessageClass },
+}
+
+/// Which partitions the caller runs: a write for any other goes to its shard as mail
+/// instead of under the partition's lock. `everywhere` for callers without shards (tests,
+/// the API's threads while they still store under locks).
+pub type Here<'a> = &'a dyn Fn(usize) -> bool;
+
+/// [`Here`] for a caller that may store in any partition.
+pub fn everywhere(_: usize) -> bool {
+    true
 }
 
 /// The result of [`Broker::deliver`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
     pub verdict: Verdict,
     /// Set for transactional messages: the sequence state to acknowledge with an OrderAck.
@@ -75,6 +103,9 @@ pub struct Delivered {
     /// queue): a `Stored`/`DeadLettered` ticket is a ticket of this partition, and the caller
     /// commits it.
     pub partition: usize,
+    /// For [`Verdict::Forwarded`]: the record to store (the frame as the dead-letter queue
+    /// keeps it).
+    pub forward: Option<Vec<u8>>,
 }
 
 /// Destinations already resolved to a local queue, valid for one catalog generation. Each
@@ -219,7 +250,14 @@ impl<S: QueueStore> Broker<S> {
         now_ms: u64,
     ) -> Delivered {
         let routed = self.route_incoming(&mut RouteCache::default(), msg);
-        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Local)
+        self.deliver_routed_from(
+            routed,
+            frame,
+            msg,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Local, &everywhere),
+        )
     }
 
     /// Takes one incoming UserMessage (MS-MQQB 3.1.5.8): expiry, routing, the rights at the
@@ -236,7 +274,30 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_routed_from(routed, frame, msg, now_unix, now_ms, Origin::Mqqb)
+        self.deliver_routed_here(routed, frame, msg, now_unix, now_ms, &everywhere)
+    }
+
+    /// [`Broker::deliver_routed`] for a shard that runs the partitions `here` says: a dead
+    /// letter for a partition it does not run is not stored but returned
+    /// ([`Verdict::Forwarded`], the record in `Delivered::forward`) for the caller to send to
+    /// that partition's shard (`qm::handoff::Mail::Store`).
+    pub fn deliver_routed_here(
+        &self,
+        routed: Routed,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        now_unix: u32,
+        now_ms: u64,
+        here: Here<'_>,
+    ) -> Delivered {
+        self.deliver_routed_from(
+            routed,
+            frame,
+            msg,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Mqqb, here),
+        )
     }
 
     fn deliver_routed_from(
@@ -246,20 +307,46 @@ impl<S: QueueStore> Broker<S> {
         msg: &UserMessage<'_>,
         now_unix: u32,
         now_ms: u64,
-        origin: Origin,
+        src: Source<'_>,
     ) -> Delivered {
+        let Source { origin, here } = src;
         match routed {
             Routed::TxAck => Delivered {
                 verdict: Verdict::TxAck,
                 order_ack: None,
                 admin_ack: None,
                 partition: 0,
+                forward: None,
             },
-            Routed::Queue(q) => self.deliver_to_with(frame, msg, &q, now_unix, now_ms, origin),
+            Routed::Queue(q) => {
+                self.deliver_to_with(frame, msg, &q, now_unix, now_ms, Source::new(origin, here))
+            }
             Routed::Nowhere(why) => {
-                self.dead_letter(frame, msg, MessageClass::NACK_BAD_DST_Q, &why)
+                self.dead_letter(here, frame, msg, MessageClass::NACK_BAD_DST_Q, &why)
             }
         }
+    }
+
+    /// [`Broker::deliver`] for a shard that runs the partitions `here` says (a message this
+    /// machine built, `routed` by [`Broker::route_incoming`]): a dead letter for another
+    /// shard's partition comes back as [`Verdict::Forwarded`].
+    pub fn deliver_local_here(
+        &self,
+        routed: Routed,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        now_unix: u32,
+        now_ms: u64,
+        here: Here<'_>,
+    ) -> Delivered {
+        self.deliver_routed_from(
+            routed,
+            frame,
+            msg,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Local, here),
+        )
     }
 
     /// Delivers a message of this machine (the local API, AMQP) whose queue is already known;
@@ -273,7 +360,14 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, Origin::Local)
+        self.deliver_to_with(
+            frame,
+            msg,
+            queue,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Local, &everywhere),
+        )
     }
 
     /// [`Broker::deliver_to`] for a message that arrived over SRMP: its TimeToReachQueue
@@ -290,7 +384,14 @@ impl<S: QueueStore> Broker<S> {
         now_unix: u32,
         now_ms: u64,
     ) -> Delivered {
-        self.deliver_to_with(frame, msg, queue, now_unix, now_ms, Origin::Srmp)
+        self.deliver_to_with(
+            frame,
+            msg,
+            queue,
+            now_unix,
+            now_ms,
+            Source::new(Origin::Srmp, &everywhere),
+        )
     }
 
     fn deliver_to_with(
@@ -300,8 +401,9 @@ impl<S: QueueStore> Broker<S> {
         queue: &QueueDef,
         now_unix: u32,
         now_ms: u64,
-        origin: Origin,
+        src: Source<'_>,
     ) -> Delivered {
+        let Source { origin, here } = src;
         let check_reach_time = origin != Origin::Srmp;
         let u = &msg.user;
         let transactional = u.flags.transactional();
@@ -315,15 +417,26 @@ impl<S: QueueStore> Broker<S> {
             match crate::security::judge_arrival(frame, msg, &self.config.parameters.security) {
                 Ok(j) => j,
                 Err(why) => {
-                    return self.dead_letter(frame, msg, MessageClass::NACK_BAD_SIGNATURE, &why)
+                    return self.dead_letter(
+                        here,
+                        frame,
+                        msg,
+                        MessageClass::NACK_BAD_SIGNATURE,
+                        &why,
+                    )
                 }
             };
         // Rights at the target (MS-MQQB 3.1.5.8.3): encrypted bodies, Authenticate, send right,
         // with the identity the signature proved.
         if origin != Origin::Local {
-            if let Some(refused) =
-                self.refuse_at_target(frame, msg, queue, partition, judged.authenticated.as_ref())
-            {
+            if let Some(refused) = self.refuse_at_target(
+                here,
+                frame,
+                msg,
+                queue,
+                partition,
+                judged.authenticated.as_ref(),
+            ) {
                 return refused;
             }
         }
@@ -335,6 +448,7 @@ impl<S: QueueStore> Broker<S> {
             order_ack: None,
             admin_ack: None,
             partition,
+            forward: None,
         };
         // TimeToReachQueue, checked after routing as MS-MQQB 3.1.5.8 orders the steps. The spec
         // has the receiver ignore an expired message; lior keeps it in the dead-letter queue
@@ -347,6 +461,7 @@ impl<S: QueueStore> Broker<S> {
         {
             bump(&self.counters.expired_on_arrival);
             return self.dead_letter(
+                here,
                 frame,
                 msg,
                 MessageClass::NACK_REACH_QUEUE_TIMEOUT,
@@ -360,6 +475,7 @@ impl<S: QueueStore> Broker<S> {
         }
         if transactional && !queue.transactional {
             return self.dead_letter(
+                here,
                 frame,
                 msg,
                 MessageClass::NACK_NOT_TRANSACTIONAL_Q,
@@ -371,6 +487,7 @@ impl<S: QueueStore> Broker<S> {
         }
         if !transactional && queue.transactional {
             return self.dead_letter(
+                here,
                 frame,
                 msg,
                 MessageClass::NACK_NOT_TRANSACTIONAL_MSG,
@@ -480,7 +597,7 @@ impl<S: QueueStore> Broker<S> {
                 if u.flags.journal_negative() && !transactional {
                     // The dead-letter queue has its own owner: one partition lock at a time.
                     drop(part);
-                    self.dead_letter(frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
+                    self.dead_letter(here, frame, msg, MessageClass::NACK_Q_EXCEED_QUOTA, "quota")
                 } else {
                     bump(&self.counters.nacks_owed);
                     Delivered {
@@ -493,6 +610,7 @@ impl<S: QueueStore> Broker<S> {
                         admin_ack: Some(MessageClass::NACK_Q_EXCEED_QUOTA)
                             .filter(|_| acks.negative_arrival()),
                         partition: out.partition,
+                        forward: None,
                     }
                 }
             }
@@ -503,12 +621,13 @@ impl<S: QueueStore> Broker<S> {
                     order_ack: None,
                     admin_ack: None,
                     partition: out.partition,
+                    forward: None,
                 }
             }
         }
     }
 
-    fn store(
+    pub(super) fn store(
         &self,
         part: &mut Partition<S>,
         queue: u32,
@@ -536,6 +655,7 @@ impl<S: QueueStore> Broker<S> {
     /// locks that partition itself.
     pub(super) fn dead_letter(
         &self,
+        here: Here<'_>,
         frame: &[u8],
         msg: &UserMessage<'_>,
         class: MessageClass,
@@ -563,6 +683,21 @@ impl<S: QueueStore> Broker<S> {
         }
         let pi = self.dead_letter_partition(dlq);
         let frame = crate::security::clear_claimed_authentication(frame, msg);
+        if !here(pi) {
+            // The dead-letter queue's owner stores it when the mail arrives (counted here, as
+            // a dead letter stored here is).
+            bump(&self.counters.dead_lettered);
+            if admin_ack.is_some() && has_admin_queue {
+                bump(&self.counters.nacks_owed);
+            }
+            return Delivered {
+                verdict: Verdict::Forwarded { queue: dlq, class },
+                order_ack: None,
+                admin_ack,
+                partition: pi,
+                forward: Some(frame.into_owned()),
+            };
+        }
         let stored = self.store(&mut self.partition(pi), dlq, &frame, msg);
         match stored {
             Ok(ticket) => {
@@ -579,6 +714,7 @@ impl<S: QueueStore> Broker<S> {
                     order_ack: None,
                     admin_ack,
                     partition: pi,
+                    forward: None,
                 }
             }
             Err(e) => {
@@ -588,6 +724,7 @@ impl<S: QueueStore> Broker<S> {
                     order_ack: None,
                     admin_ack: None,
                     partition: pi,
+                    forward: None,
                 }
             }
         }

@@ -33,8 +33,42 @@ impl<S: QueueStore> Broker<S> {
     /// none). One wave of copies waits at a time; messages with JN found meanwhile wait for the
     /// next scan.
     pub fn expire_partition(&self, i: usize, now_unix: u32) -> (usize, bool) {
+        let mut forwards = Vec::new();
+        let r = self.expire_partition_here(i, now_unix, &super::everywhere, &mut forwards);
+        debug_assert!(forwards.is_empty());
+        self.send_expiry_nacks(i);
+        r
+    }
+
+    /// Sends the NACK_RECEIVE_TIMEOUTs partition `i`'s expiry owes, under the admin queues'
+    /// partition locks (callers without shards; a shard takes them with
+    /// [`Broker::take_expiry_nacks`] and sends them as its own admin acknowledgements).
+    fn send_expiry_nacks(&self, i: usize) {
+        for frame in self.take_expiry_nacks(i) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+            }
+        }
+    }
+
+    /// The frames of partition `i`'s expired messages owed a NACK_RECEIVE_TIMEOUT, taken.
+    pub fn take_expiry_nacks(&self, i: usize) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.partition(i % self.partitions.len()).expiry_nacks)
+    }
+
+    /// [`Broker::expire_partition`] for a shard running the partitions `here` says: a copy for
+    /// a dead-letter queue of another shard's partition is pushed on `forwards` (for the
+    /// caller to send as `Mail::Store`, asking for the placement), and the wave waits for
+    /// [`Broker::expiry_copy_placed`] for each before the originals go.
+    pub fn expire_partition_here(
+        &self,
+        i: usize,
+        now_unix: u32,
+        here: super::Here<'_>,
+        forwards: &mut Vec<super::SystemRecord>,
+    ) -> (usize, bool) {
         let i = i % self.partitions.len();
-        let (mut removed, pending) = self.settle_expiry(i);
+        let (mut removed, pending) = self.settle_expiry_here(i);
         // (queue, lookup, frame, meta, dead-letter queue if JN, NR).
         type Expired = (QueueId, LookupId, Vec<u8>, MessageMeta, Option<u32>, bool);
         let mut found_msgs: Vec<Expired> = Vec::new();
@@ -87,6 +121,17 @@ impl<S: QueueStore> Broker<S> {
                 continue;
             };
             let pi = self.dead_letter_partition(dlq);
+            if !here(pi) {
+                forwards.push(super::SystemRecord {
+                    kind: crate::qm::handoff::StoreKind::DeadLetter,
+                    queue: dlq,
+                    partition: pi,
+                    frame: frame.clone(),
+                });
+                wave.unanswered += 1;
+                wave.items.push((q, lookup, nr.then_some(frame)));
+                continue;
+            }
             let mut p = self.partition(pi);
             match p.store.append(QueueId(dlq), &meta, &frame) {
                 Ok(a) => {
@@ -118,18 +163,52 @@ impl<S: QueueStore> Broker<S> {
     /// every copy is durable (read from the copies' partitions' published marks, without their
     /// locks). Returns how many were removed and whether a wave still waits.
     pub fn settle_expiry(&self, i: usize) -> (usize, bool) {
+        let r = self.settle_expiry_here(i);
+        self.send_expiry_nacks(i);
+        r
+    }
+
+    /// [`Broker::settle_expiry`] for a shard: the NACK_RECEIVE_TIMEOUTs owed are left for
+    /// [`Broker::take_expiry_nacks`].
+    pub fn settle_expiry_here(&self, i: usize) -> (usize, bool) {
         let wave = {
             let mut part = self.partition(i);
             let Some(w) = part.expiry_wave.as_ref() else {
                 return (0, false);
             };
-            if !w.copies.iter().all(|&(pi, t)| self.is_durable(pi, t)) {
+            if w.unanswered > 0 || !w.copies.iter().all(|&(pi, t)| self.is_durable(pi, t)) {
                 return (0, true);
+            }
+            if w.refused {
+                tracing::error!(
+                    partition = i,
+                    "a dead-letter queue refused copies of expired messages; the originals stay \
+                     until the next scan copies them again"
+                );
+                part.expiry_wave = None;
+                return (0, false);
             }
             part.expiry_wave.take()
         };
         let items = wave.map(|w| w.items).unwrap_or_default();
         (self.remove_expired(i, items), false)
+    }
+
+    /// The placement of a copy partition `i`'s expiry wave sent to another shard's dead-letter
+    /// queue came back: `Some((partition, ticket))` where it was stored, None if refused.
+    pub fn expiry_copy_placed(&self, i: usize, placed: Option<(usize, crate::store::Ticket)>) {
+        let mut part = self.partition(i % self.partitions.len());
+        let Some(w) = part.expiry_wave.as_mut() else {
+            return;
+        };
+        w.unanswered = w.unanswered.saturating_sub(1);
+        match placed {
+            Some((pi, t)) => match w.copies.iter_mut().find(|(x, _)| *x == pi) {
+                Some((_, m)) => *m = (*m).max(t),
+                None => w.copies.push((pi, t)),
+            },
+            None => w.refused = true,
+        }
     }
 
     /// Removes expired messages from partition `i` (their removal committed with its next
@@ -138,7 +217,6 @@ impl<S: QueueStore> Broker<S> {
         if items.is_empty() {
             return 0;
         }
-        let mut nacks = Vec::new();
         let mut n = 0;
         {
             let mut part = self.partition(i);
@@ -148,7 +226,7 @@ impl<S: QueueStore> Broker<S> {
                     continue;
                 }
                 n += 1;
-                nacks.extend(nack);
+                part.expiry_nacks.extend(nack);
                 bump(&self.counters.expired_in_queue);
                 tracing::info!(
                     queue = q.0,
@@ -158,11 +236,6 @@ impl<S: QueueStore> Broker<S> {
             }
             if let Err(e) = part.commit(None) {
                 tracing::error!(error = %e, "commit after expiry failed");
-            }
-        }
-        for frame in nacks {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
             }
         }
         n

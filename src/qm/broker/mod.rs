@@ -45,8 +45,9 @@ mod requests;
 mod wakeups;
 
 pub use access::{sender_id, QueueDetail, RightsChange, RightsEntry};
-pub use delivery::{message_meta, Delivered, RouteCache, Routed, Verdict};
-pub use outgoing::{AckSource, OutgoingInfo, TxOut};
+pub use admin_acks::{RecordStored, SystemRecord};
+pub use delivery::{everywhere, message_meta, Delivered, Here, RouteCache, Routed, Verdict};
+pub use outgoing::{AckSource, OrderAcked, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
 pub use requests::{

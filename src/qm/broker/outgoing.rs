@@ -142,30 +142,23 @@ impl<S: QueueStore> Broker<S> {
         meta: &MessageMeta,
         wait: bool,
     ) -> Result<(OutgoingDef, usize, Ticket), ApiError> {
+        let def = self.outgoing_queue_for(dest)?;
+        let shard = def.shard % self.partitions.len();
+        let ticket = self.append_outgoing(def.id, shard, frame, meta)?;
+        let wait_for = (wait && ticket != Ticket::IMMEDIATE).then_some(ticket);
+        self.partition(shard).commit(wait_for)?;
+        Ok((def, shard, ticket))
+    }
+
+    /// The outgoing queue of direct destination `dest` (made, and kept in outgoing.json, the
+    /// first time).
+    pub fn outgoing_queue_for(
+        &self,
+        dest: &crate::wire::format_name::DirectName,
+    ) -> Result<OutgoingDef, ApiError> {
         let def = lock(&self.outgoing)
             .get_or_create(dest)
             .map_err(|e| ApiError::Send(e.to_string()))?;
-        let shard = def.shard % self.partitions.len();
-        let ticket;
-        {
-            let mut p = self.partition(shard);
-            let (waiting, _) = p.store.queue_len(QueueId(def.id));
-            let limit = self.config.limits.outgoing_queue_messages_max as u64;
-            if waiting >= limit {
-                if crate::ratelog::QUOTA.allow() {
-                    tracing::warn!(destination = %def.key, waiting, limit, "outgoing queue full (limits.outgoing_queue_messages_max); message refused");
-                }
-                return Err(ApiError::Send(format!(
-                    "the outgoing queue to {} is full: {waiting} messages wait, \
-                     limits.outgoing_queue_messages_max is {limit}; nothing was sent",
-                    def.key
-                )));
-            }
-            let a = p.store.append(QueueId(def.id), meta, frame)?;
-            ticket = a.ticket;
-            let wait_for = (wait && a.ticket != Ticket::IMMEDIATE).then_some(a.ticket);
-            p.commit(wait_for)?;
-        }
         let hardened = self.config.parameters.Hardened_MSMQ;
         if def.transport == Transport::Ipx || (hardened && def.transport == Transport::Mqqb) {
             tracing::warn!(
@@ -178,11 +171,42 @@ impl<S: QueueStore> Broker<S> {
                 }
             );
         }
-        if let Some(f) = self.outgoing_dirty.get(shard) {
+        Ok(def)
+    }
+
+    /// Appends `frame` to outgoing queue `queue` stored in partition `p` (under
+    /// `limits.outgoing_queue_messages_max`), without committing, and tells `p`'s shard it has
+    /// something to send.
+    pub(super) fn append_outgoing(
+        &self,
+        queue: u32,
+        p: usize,
+        frame: &[u8],
+        meta: &MessageMeta,
+    ) -> Result<Ticket, ApiError> {
+        let ticket = {
+            let mut part = self.partition(p);
+            let (waiting, _) = part.store.queue_len(QueueId(queue));
+            let limit = self.config.limits.outgoing_queue_messages_max as u64;
+            if waiting >= limit {
+                let key = lock(&self.outgoing)
+                    .by_id(queue)
+                    .map_or_else(|| format!("#{queue}"), |d| d.key.clone());
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::warn!(destination = %key, waiting, limit, "outgoing queue full (limits.outgoing_queue_messages_max); message refused");
+                }
+                return Err(ApiError::Send(format!(
+                    "the outgoing queue to {key} is full: {waiting} messages wait, \
+                     limits.outgoing_queue_messages_max is {limit}; nothing was sent"
+                )));
+            }
+            part.store.append(QueueId(queue), meta, frame)?.ticket
+        };
+        if let Some(f) = self.outgoing_dirty.get(p) {
             f.store(true, Ordering::Release);
         }
-        self.wake(shard);
-        Ok((def, shard, ticket))
+        self.wake(p % self.partitions.len());
+        Ok(ticket)
     }
 
     /// The outgoing transactional sequence of `def`, read back from the stored messages the
@@ -272,6 +296,23 @@ impl<S: QueueStore> Broker<S> {
     /// OrderAck deletes every message of its sequence up to its number from the outgoing queue;
     /// a FinalAck is logged and counted. Returns whether it was taken.
     pub fn handle_tx_ack(&self, msg: &UserMessage<'_>, from: &AckSource) -> bool {
+        let mut elsewhere = Vec::new();
+        let taken = self.handle_tx_ack_here(msg, from, &super::everywhere, &mut elsewhere);
+        debug_assert!(elsewhere.is_empty());
+        taken
+    }
+
+    /// [`Broker::handle_tx_ack`] for a shard that runs the partitions `here` says: an OrderAck
+    /// for an outgoing queue of another shard's partition is verified here and pushed on
+    /// `elsewhere` as (partition, [`OrderAcked`]) for the caller to send to that shard
+    /// (`qm::handoff::Mail::OrderAcked`), whose [`Broker::apply_order_ack`] removes the messages.
+    pub fn handle_tx_ack_here(
+        &self,
+        msg: &UserMessage<'_>,
+        from: &AckSource,
+        here: super::Here<'_>,
+        elsewhere: &mut Vec<(usize, OrderAcked)>,
+    ) -> bool {
         let from_peer = |id: u32, t: &TxOut| {
             from.outgoing == Some(id)
                 || t.peer
@@ -340,29 +381,16 @@ impl<S: QueueStore> Broker<S> {
         };
         for (def, n) in defs {
             let shard = def.shard % self.partitions.len();
-            let mut part = self.partition(shard);
-            let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
-                .into_iter()
-                .filter(|&(_, id, no)| id == oa.tx_sequence_id && no <= n)
-                .map(|(l, _, _)| l)
-                .collect();
-            for l in &done {
-                if let Err(e) = part.remove_delivered(QueueId(def.id), *l) {
-                    tracing::error!(error = %e, "cannot remove an ordered-acknowledged message");
-                }
+            let acked = OrderAcked {
+                queue: def.id,
+                seq_id: oa.tx_sequence_id,
+                upto: n,
+            };
+            if here(shard) {
+                self.apply_order_ack(acked);
+            } else {
+                elsewhere.push((shard, acked));
             }
-            if let Err(e) = part.commit(None) {
-                tracing::error!(error = %e, "commit after an OrderAck failed");
-            }
-            drop(part);
-            self.counters
-                .outgoing_sent_acked
-                .fetch_add(done.len() as u64, Ordering::Relaxed);
-            lock(&self.tx_progress).push(def.id);
-            if let Some(f) = self.outgoing_dirty.get(shard) {
-                f.store(true, Ordering::Release);
-            }
-            self.wake(shard);
         }
         true
     }
@@ -427,6 +455,38 @@ impl<S: QueueStore> Broker<S> {
         self.handle_tx_ack(&ack, &from)
     }
 
+    /// Removes the messages an OrderAck acknowledged from outgoing queue `a.queue` (run by the
+    /// caller: the shard of its partition, or any thread under today's locks).
+    pub fn apply_order_ack(&self, a: OrderAcked) {
+        let Some(def) = lock(&self.outgoing).by_id(a.queue).cloned() else {
+            return;
+        };
+        let shard = def.shard % self.partitions.len();
+        let mut part = self.partition(shard);
+        let done: Vec<LookupId> = stored_tx_positions(&part.store, def.id)
+            .into_iter()
+            .filter(|&(_, id, no)| id == a.seq_id && no <= a.upto)
+            .map(|(l, _, _)| l)
+            .collect();
+        for l in &done {
+            if let Err(e) = part.remove_delivered(QueueId(def.id), *l) {
+                tracing::error!(error = %e, "cannot remove an ordered-acknowledged message");
+            }
+        }
+        if let Err(e) = part.commit(None) {
+            tracing::error!(error = %e, "commit after an OrderAck failed");
+        }
+        drop(part);
+        self.counters
+            .outgoing_sent_acked
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
+        lock(&self.tx_progress).push(def.id);
+        if let Some(f) = self.outgoing_dirty.get(shard) {
+            f.store(true, Ordering::Release);
+        }
+        self.wake(shard);
+    }
+
     /// Outgoing queues of shard `shard` whose transactional sequence progressed since the last
     /// call (their resend interval starts over).
     pub fn take_tx_progress(&self, ids: &[u32]) -> Vec<u32> {
@@ -451,6 +511,15 @@ fn stored_tx_positions<S: QueueStore>(store: &S, queue: u32) -> Vec<(LookupId, u
         }
     }
     out
+}
+
+/// An OrderAck verified by the shard it arrived on, for the shard running its outgoing queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderAcked {
+    pub queue: u32,
+    pub seq_id: u64,
+    /// Messages of `seq_id` numbered up to this one are acknowledged.
+    pub upto: u32,
 }
 
 /// An outgoing queue as the API lists it.

@@ -76,6 +76,11 @@ pub(super) struct ExpiryWave {
     /// The partitions holding copies, with the highest copy ticket in each.
     pub(super) copies: Vec<(usize, Ticket)>,
     pub(super) items: Vec<ExpiredItem>,
+    /// Copies sent to another shard's dead-letter queue whose placement has not come back.
+    pub(super) unanswered: usize,
+    /// A copy was refused by its dead-letter queue: the originals stay (found again by the next
+    /// scan; a copy too many, never none).
+    pub(super) refused: bool,
 }
 
 /// One store partition with the work it owes at its next commit.
@@ -115,6 +120,9 @@ pub struct Partition<S> {
     arrivals_seen: (u64, Ticket),
     /// Expired messages of this partition whose dead-letter copies wait for the disk.
     pub(super) expiry_wave: Option<ExpiryWave>,
+    /// Frames of expired messages whose senders asked for a NACK_RECEIVE_TIMEOUT, for the
+    /// caller of the expiry to send (`Broker::take_expiry_nacks`).
+    pub(super) expiry_nacks: Vec<Vec<u8>>,
 }
 
 /// Messages an AMQP consumer holds unsettled (so no other consumer gets them) and how many
@@ -194,6 +202,7 @@ impl<S: QueueStore> Partition<S> {
             txn: TxnTable::new(super::txn_limits(config)),
             durable_mark: Arc::new(AtomicU64::new(0)),
             expiry_wave: None,
+            expiry_nacks: Vec::new(),
             dedup: DuplicateTable::new(
                 p.RemoveDuplicateSize as usize,
                 u64::from(p.RemoveDuplicateCleanup),

@@ -706,6 +706,11 @@ impl<S: QueueStore> Broker<S> {
                     )))
                 }
                 Verdict::Refuse(e) => return Err(ApiError::Store(e)),
+                Verdict::Forwarded { .. } => {
+                    // `deliver_to` stores in any partition: never forwarded.
+                    debug_assert!(false, "deliver_to forwarded a dead letter");
+                    return Err(ApiError::Send(format!("{to}: not stored")));
+                }
                 Verdict::Duplicate { .. } | Verdict::TxRejected { .. } | Verdict::TxAck => {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
