@@ -32,11 +32,13 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         let resend_ms = self.resend_ms[out.resend_interval()];
         let part = broker.partition(out.def.shard);
-        let mut c = Cursor::new(QueueId(q));
-        let mut stored = false;
+        // From the queue's cursor (messages before it are sent or settled), or from the front
+        // when new messages came (one of a higher priority sorts before the cursor).
+        if out.take_rescan() {
+            out.cursor = Cursor::new(QueueId(q));
+        }
         let mut tx_sent = None;
-        while let Some(m) = part.store.cursor_next(&mut c) {
-            stored = true;
+        while let Some(m) = part.store.cursor_next(&mut out.cursor) {
             let lookup = m.lookup_id.0;
             if out.was_sent(lookup) {
                 continue;
@@ -89,11 +91,12 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
             }
         }
+        let empty = part.store.queue_len(QueueId(q)).0 == 0;
         drop(part);
         if let Some((seq_id, no)) = tx_sent {
             broker.note_tx_sent(q, seq_id, no);
         }
-        if !stored {
+        if empty {
             h.close_idle();
         }
     }
