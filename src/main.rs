@@ -131,6 +131,14 @@ enum Command {
         /// Transactional: exactly once, in order, to a transactional queue.
         #[arg(long)]
         transactional: bool,
+        /// Positive source journaling (JP): a copy goes to this machine's journal
+        /// (`SYSTEM$;JOURNAL`) once the message is delivered (transactional: received).
+        #[arg(long)]
+        journal: bool,
+        /// Negative source journaling (JN): kept in a dead-letter queue if it cannot be
+        /// delivered (transactional: if the destination refuses or drops it).
+        #[arg(long)]
+        dead_letter: bool,
         /// Send this many copies (at least 1).
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -431,6 +439,8 @@ fn main() -> ExitCode {
             priority,
             recoverable,
             transactional,
+            journal,
+            dead_letter,
             count,
             json,
             api,
@@ -444,6 +454,7 @@ fn main() -> ExitCode {
                 priority,
                 recoverable || transactional,
                 transactional,
+                (journal, dead_letter),
                 count,
                 json,
             )
@@ -1204,6 +1215,7 @@ fn send(
     priority: u8,
     recoverable: bool,
     transactional: bool,
+    (journal, dead_letter): (bool, bool),
     count: u32,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -1231,6 +1243,8 @@ fn send(
         "priority": priority,
         "recoverable": recoverable,
         "transactional": transactional,
+        "journal": journal,
+        "dead_letter": dead_letter,
     });
     for i in 0..count {
         let mut req = req.clone();

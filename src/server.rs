@@ -214,6 +214,13 @@ pub struct MsmqApp<S> {
     /// OrderAcks and FinalAcks for our own sends received this turn, with the session each
     /// came on.
     tx_acks: Vec<(Vec<u8>, AckSource)>,
+    /// Negative FinalAcks owed for transactional messages refused at arrival this turn, with
+    /// the sender's address when the session is ours.
+    final_acks: Vec<(
+        Vec<u8>,
+        crate::wire::headers::MessageClass,
+        Option<std::net::IpAddr>,
+    )>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
@@ -316,6 +323,7 @@ impl<S: QueueStore> MsmqApp<S> {
             now_ms: 0,
             admin_acks: Vec::new(),
             tx_acks: Vec::new(),
+            final_acks: Vec::new(),
             next_expiry_ms: 0,
             commit_retry_at: None,
             next_log_flush_ms: 0,
@@ -440,6 +448,10 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
+        if msg.transaction.is_some() {
+            // Where its FinalAck goes, for a message that asks for one.
+            self.shared.broker.note_final_ack_peer(&msg, conn.peer.ip());
+        }
         // Routed once: to find the shard that stores it, and to store it here if that is us.
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
         if let Some(to) = self.handoff_target(&routed, &msg) {
@@ -483,6 +495,12 @@ impl<S: QueueStore> MsmqApp<S> {
                 self.admin_acks.push((frame.to_vec(), class));
             } else {
                 tracing::warn!("too many admin acknowledgements in one turn; dropping one");
+            }
+        }
+        if let Some(class) = d.final_nack(&msg) {
+            if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                self.final_acks
+                    .push((frame.to_vec(), class, Some(conn.peer.ip())));
             }
         }
         if let Some((key, state)) = d.order_ack {
@@ -680,6 +698,11 @@ impl<S: QueueStore> MsmqApp<S> {
                 tracing::warn!("too many admin acknowledgements in one turn; dropping one");
             }
         }
+        if let Some(class) = d.final_nack(&msg) {
+            if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                self.final_acks.push((frame.to_vec(), class, None));
+            }
+        }
         (placement, d.order_ack)
     }
 
@@ -811,6 +834,11 @@ impl<S: QueueStore> MsmqApp<S> {
         for (frame, class) in std::mem::take(&mut self.admin_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
                 self.shared.broker.send_admin_ack(&msg, class);
+            }
+        }
+        for (frame, class, peer) in std::mem::take(&mut self.final_acks) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.shared.broker.send_final_ack(&msg, class, peer);
             }
         }
         for (frame, from) in std::mem::take(&mut self.tx_acks) {

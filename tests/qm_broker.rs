@@ -660,6 +660,8 @@ fn send_req(label: &str) -> lior::qm::broker::SendRequest<'_> {
         time_to_be_received: None,
         app_specific: 0,
         transactional: false,
+        journal: false,
+        dead_letter: false,
     }
 }
 

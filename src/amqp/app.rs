@@ -1058,7 +1058,7 @@ impl<S: QueueStore> AmqpApp<S> {
                     .ok()
                     .filter(|m| {
                         UserMessage::parse(m.bytes)
-                            .is_ok_and(|u| u.properties.flags.positive_receive())
+                            .is_ok_and(|u| Broker::<S>::owes_received_acks(&u))
                     })
                     .map(|m| m.bytes.to_vec());
                 if let Err(e) = part.store.release(reservation) {
@@ -1071,7 +1071,7 @@ impl<S: QueueStore> AmqpApp<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 if let Some(b) = pr {
                     if let Ok(m) = UserMessage::parse(&b) {
-                        broker.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
+                        broker.send_received_acks(&m);
                     }
                 }
             }

@@ -138,6 +138,12 @@ struct SendBody {
     app_specific: u32,
     #[serde(default)]
     transactional: bool,
+    /// Positive source journaling (UserHeader JP).
+    #[serde(default)]
+    journal: bool,
+    /// Negative source journaling (UserHeader JN).
+    #[serde(default)]
+    dead_letter: bool,
 }
 
 fn default_priority() -> u8 {
@@ -599,6 +605,8 @@ async fn send<S: QueueStore + Send + 'static>(
         time_to_be_received: req.time_to_be_received,
         app_specific: req.app_specific,
         transactional: req.transactional,
+        journal: req.journal,
+        dead_letter: req.dead_letter,
     };
     // The shard owning the local queue, or the outgoing queue of the remote machine.
     let shard = c.shards.shard_of(c.broker.owner_for_send(&req.to));

@@ -54,6 +54,8 @@ pub struct SendOwned {
     pub time_to_be_received: Option<u32>,
     pub app_specific: u32,
     pub transactional: bool,
+    pub journal: bool,
+    pub dead_letter: bool,
 }
 
 impl SendOwned {
@@ -67,6 +69,8 @@ impl SendOwned {
             time_to_be_received: self.time_to_be_received,
             app_specific: self.app_specific,
             transactional: self.transactional,
+            journal: self.journal,
+            dead_letter: self.dead_letter,
         }
     }
 }

@@ -121,7 +121,7 @@ impl<S: QueueStore> Broker<S> {
     /// class when its sender asked for negative journaling (JN); the admin NACK the sender
     /// asked for (NA) is the caller's, and `send_admin_ack` sends it only where
     /// PermitInsecureNacks allows. Either way the session acknowledges the message as handled.
-    /// Transactional messages get no negative FinalAck: lior sends no FinalAcks yet.
+    /// A transactional message's negative FinalAck is the caller's too ([`Delivered::final_nack`]).
     pub(super) fn refuse_at_target(
         &self,
         frame: &[u8],

@@ -65,7 +65,7 @@ impl<S: QueueStore> Broker<S> {
                             DEADLETTER_ID
                         });
                     }
-                    nr = msg.properties.flags.negative_receive();
+                    nr = msg.properties.flags.negative_receive() || super::wants_final_ack(&msg);
                 }
                 if dlq.is_some() && pending {
                     // The next wave.
@@ -162,7 +162,7 @@ impl<S: QueueStore> Broker<S> {
         }
         for frame in nacks {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+                self.send_receive_nack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
             }
         }
         n

@@ -79,6 +79,12 @@ pub struct SendRequest<'a> {
     /// Send inside a (single-message) transaction: exactly once, in order. The destination
     /// must be a transactional queue.
     pub transactional: bool,
+    /// Positive source journaling (UserHeader JP): a transactional message's copy goes to the
+    /// machine journal on its positive FinalAck.
+    pub journal: bool,
+    /// Negative source journaling (UserHeader JN): a transactional message goes to the
+    /// transactional dead-letter queue on a negative FinalAck.
+    pub dead_letter: bool,
 }
 
 /// Default TimeToReachQueue: 4 days (MS-MQDMPR 3.1.1.12).
@@ -510,14 +516,12 @@ impl<S: QueueStore> Broker<S> {
         })
     }
 
-    /// Sends the positive receive acknowledgements (PR) of messages handed out, once their
-    /// removals are durable.
+    /// Sends the positive receive acknowledgements (PR) and FinalAcks of messages handed out,
+    /// once their removals are durable.
     pub fn ack_received(&self, out: &[Received]) {
         for r in out {
             if let Ok(m) = UserMessage::parse(&r.bytes) {
-                if m.properties.flags.positive_receive() {
-                    self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
-                }
+                self.send_received_acks(&m);
             }
         }
     }
@@ -602,6 +606,11 @@ impl<S: QueueStore> Broker<S> {
         )
         .with_time_to_be_received(req.time_to_be_received.unwrap_or(INFINITE));
         m.properties.application_tag = req.app_specific;
+        m.user.flags = m
+            .user
+            .flags
+            .with(crate::wire::user::UserFlags::JP, req.journal)
+            .with(crate::wire::user::UserFlags::JN, req.dead_letter);
         let local = self.identity.is_local(&direct.address);
         // Transactional numbering is assigned under the sequence lock and the message is
         // appended before the lock is released (no commit under it), so numbers follow the
