@@ -358,6 +358,15 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the queue keeps a copy of every received message in `NAME;journal` (MSMQ's
+    /// Journal; read it with `lior receive 'NAME;journal'`): on or off.
+    Journal {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -897,6 +906,18 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 json,
             )?;
         }
+        QueueCommand::Journal {
+            name,
+            setting,
+            json,
+        } => {
+            change_rights(
+                api,
+                &name,
+                serde_json::json!({ "journal": setting == "on" }),
+                json,
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -930,8 +951,16 @@ fn print_queue_detail(v: &serde_json::Value, json: bool) {
         None => outln!("  quota: none (limits.queue_messages_max applies)"),
     }
     outln!(
-        "  journal: {} (lior keeps no queue journals yet)",
-        yes_no(v["journal"].as_bool())
+        "  journal: {}{}",
+        yes_no(v["journal"].as_bool()),
+        if v["journal"].as_bool() == Some(true) {
+            format!(
+                " (received messages are copied to {};journal)",
+                terminal_safe(v["name"].as_str().unwrap_or("?"))
+            )
+        } else {
+            String::new()
+        }
     );
     outln!("  partition: {}", v["partition"].as_u64().unwrap_or(0));
     outln!(

@@ -711,7 +711,7 @@ async fn show_queue<S: QueueStore + Send + 'static>(
 }
 
 /// `POST /v1/queues/{name}/rights`: one of `{"principal": P, "grant": [RIGHTS]}`,
-/// `{"principal": P, "revoke": [RIGHTS]}`, `{"authenticate": BOOL}`.
+/// `{"principal": P, "revoke": [RIGHTS]}`, `{"authenticate": BOOL}`, `{"journal": BOOL}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RightsBody {
@@ -719,6 +719,7 @@ struct RightsBody {
     grant: Option<Vec<String>>,
     revoke: Option<Vec<String>>,
     authenticate: Option<bool>,
+    journal: Option<bool>,
 }
 
 async fn change_rights<S: QueueStore + Send + 'static>(
@@ -736,6 +737,10 @@ async fn change_rights<S: QueueStore + Send + 'static>(
         Principal::parse(b.principal.as_deref().ok_or("\"principal\" is missing")?)
     };
     let change = match (&b.grant, &b.revoke, b.authenticate) {
+        (None, None, None) if b.principal.is_none() && b.journal.is_some() => {
+            Ok(RightsChange::Journal(b.journal.unwrap_or(false)))
+        }
+        _ if b.journal.is_some() => Err("give {\"journal\": true|false} alone".to_string()),
         (Some(r), None, None) => {
             principal().and_then(|p| Ok(RightsChange::Grant(p, Rights::parse_list(r)?)))
         }

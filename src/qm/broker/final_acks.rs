@@ -352,7 +352,16 @@ impl<S: QueueStore> Broker<S> {
                 return false;
             }
         }
-        match p.store.append(QueueId(q), meta, frame) {
+        // A journal copy never expires (it would owe its sender a NACK).
+        let meta = if q == JOURNAL_ID {
+            MessageMeta {
+                expiry_unix_s: crate::store::EXPIRY_NEVER,
+                ..*meta
+            }
+        } else {
+            *meta
+        };
+        match p.store.append(QueueId(q), &meta, frame) {
             Ok(_) => {
                 if let Err(e) = p.commit(None) {
                     tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");

@@ -39,6 +39,7 @@ mod admin_acks;
 mod delivery;
 mod expiry;
 mod final_acks;
+mod journal;
 mod outgoing;
 mod partition;
 mod recovery;
@@ -51,6 +52,7 @@ pub use final_acks::{
     wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX, AWAITING_FINAL_ACK_QUEUE,
     FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
 };
+pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
 pub use outgoing::{AckSource, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};

@@ -188,7 +188,12 @@ impl<S: QueueStore> Broker<S> {
         delete: bool,
     ) -> Result<Staged<Vec<Vec<u8>>>, ApiError> {
         let parts = self.read_partitions(q);
-        let nacks = self.negative_receive_frames(q.id, &parts);
+        // A journal's copies were received already: emptying it owes nobody anything.
+        let nacks = if q.name.ends_with(super::JOURNAL_SUFFIX) {
+            Vec::new()
+        } else {
+            self.negative_receive_frames(q.id, &parts)
+        };
         let mut waits = Vec::new();
         for i in parts {
             let mut p = self.partition(i);
@@ -311,6 +316,9 @@ impl<S: QueueStore> Broker<S> {
     }
 
     pub fn lookup(&self, name: &str) -> Result<QueueDef, ApiError> {
+        if let Some(base) = super::journal_base(name) {
+            return self.journal_def(base);
+        }
         self.catalog()
             .lookup(name)
             .cloned()
@@ -494,6 +502,12 @@ impl<S: QueueStore> Broker<S> {
                 }
                 let copy = Received::copy(&q.name, i, &m);
                 let lookup = m.lookup_id;
+                let meta = crate::store::MessageMeta {
+                    expiry_unix_s: crate::store::EXPIRY_NEVER,
+                    ..m.meta
+                };
+                // A journaled queue keeps a copy, durable with the removal (`journal`).
+                self.journal_received(&mut p, &q, &meta, &copy.bytes);
                 let Some(r) = p.store.receive(QueueId(q.id), Select::Lookup(lookup))? else {
                     break;
                 };
@@ -520,6 +534,10 @@ impl<S: QueueStore> Broker<S> {
     /// once their removals are durable.
     pub fn ack_received(&self, out: &[Received]) {
         for r in out {
+            // A copy read from a journal was acknowledged when it was received.
+            if r.queue.ends_with(super::JOURNAL_SUFFIX) {
+                continue;
+            }
             if let Ok(m) = UserMessage::parse(&r.bytes) {
                 self.send_received_acks(&m);
             }
