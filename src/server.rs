@@ -952,8 +952,14 @@ impl<S: QueueStore> MsmqApp<S> {
                             .store
                             .peek(QueueId(q), crate::store::Select::Lookup(LookupId(token)))
                             .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
+                        let mut journal = None;
                         // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
                         if !transactional {
+                            journal = self.shared.broker.source_journal_copy(
+                                &part.store,
+                                QueueId(q),
+                                LookupId(token),
+                            );
                             if let Some(o) = self.out.get_mut(&q) {
                                 o.handle_acked(token);
                             }
@@ -965,6 +971,10 @@ impl<S: QueueStore> MsmqApp<S> {
                                 .counters
                                 .outgoing_sent_acked
                                 .fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop(part);
+                        if let Some((frame, meta)) = journal {
+                            self.shared.broker.keep_source_journal(&frame, &meta);
                         }
                     }
                 }

@@ -213,3 +213,19 @@ fn a_message_awaiting_its_final_ack_survives_a_sender_restart() {
         "the restarted sender still knew the message and journaled it"
     );
 }
+
+#[test]
+fn a_non_transactional_message_with_jp_is_journaled_once_the_next_hop_has_it() {
+    let p = pair("127.0.0.28");
+    p.b.cli(&["queue", "create", "plain"]);
+    let to = format!("DIRECT=TCP:{}\\private$\\plain", p.ips.1);
+    p.a.cli(&["send", &to, "--recoverable", "--journal", "--body", "s1"]);
+    p.a.cli(&["send", &to, "--recoverable", "--body", "s2"]);
+    assert_eq!(bodies(&p.b.receive_until("plain", 2)), ["s1", "s2"]);
+    assert_eq!(metric_reaches(&p.a, "lior_journal_copies_total", 1), 1);
+    assert_eq!(
+        bodies(&p.a.receive_all("journal")),
+        ["s1"],
+        "only the message sent with JP is in the sender's machine journal"
+    );
+}

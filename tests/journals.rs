@@ -106,3 +106,20 @@ fn the_journal_quota_is_honoured_and_counted_and_the_receive_still_succeeds() {
     assert_eq!(metric(&s, "lior_journal_copies_total"), kept);
     assert_eq!(metric(&s, "lior_journal_dropped_total"), 5 - kept);
 }
+
+#[test]
+fn a_message_sent_with_jp_to_a_local_queue_is_in_the_machine_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let s = start(d.path(), "");
+    s.cli(&["queue", "create", "here"]);
+    s.cli(&[
+        "send",
+        "DIRECT=OS:.\\private$\\here",
+        "--journal",
+        "--body",
+        "src",
+    ]);
+    s.cli(&["send", "DIRECT=OS:.\\private$\\here", "--body", "plain"]);
+    assert_eq!(bodies(&peek(&s, "journal")), ["src"]);
+    assert_eq!(bodies(&receive(&s, "here", 2)), ["src", "plain"]);
+}

@@ -33,6 +33,33 @@ pub fn journal_base(name: &str) -> Option<&str> {
 }
 
 impl<S: QueueStore> Broker<S> {
+    /// Source journaling (MS-MQQB 3.1.5.5.4; DIGEST §14.3): a copy of non-transactional
+    /// message `l` of outgoing queue `q` when it asked for positive journaling (JP), taken as
+    /// the next hop acknowledges it; the caller stores it with [`Broker::keep_source_journal`]
+    /// once it holds no partition lock. Transactional messages are journaled on their
+    /// FinalAck instead (`final_acks`).
+    pub fn source_journal_copy(
+        &self,
+        store: &S,
+        q: QueueId,
+        l: crate::store::LookupId,
+    ) -> Option<(Vec<u8>, MessageMeta)> {
+        let m = store.peek(q, crate::store::Select::Lookup(l))?;
+        if m.meta.class == crate::store::Class::Transactional {
+            return None;
+        }
+        let u = crate::wire::user::UserMessage::parse(m.bytes).ok()?;
+        (u.user.flags.journal_positive()
+            && u.properties.message_class == crate::wire::headers::MessageClass::NORMAL)
+            .then(|| (m.bytes.to_vec(), m.meta))
+    }
+
+    /// Stores a source-journal copy in the machine journal (`SYSTEM$;JOURNAL`, under
+    /// `MachineJournalQuota`). Call with no partition lock held.
+    pub fn keep_source_journal(&self, frame: &[u8], meta: &MessageMeta) {
+        self.copy_to_system_queue(crate::qm::catalog::JOURNAL_ID, frame, meta);
+    }
+
     /// The journal of application queue `base` as a queue of its own: its store id, its name
     /// `BASE;journal`, the base queue's owning partition. System queues have no journal.
     pub(super) fn journal_def(&self, base: &str) -> Result<QueueDef, ApiError> {

@@ -198,6 +198,11 @@ impl<S: QueueStore> Broker<S> {
         for i in parts {
             let mut p = self.partition(i);
             let t = if delete {
+                // Its journal goes with it (a later queue never inherits its copies).
+                if q.id < super::JOURNAL_QUEUE_BIT {
+                    let j = p.store.delete_queue(QueueId(super::journal_id(q.id)))?;
+                    waits.push((i, j));
+                }
                 p.store.delete_queue(QueueId(q.id))?
             } else {
                 p.store.purge(QueueId(q.id))?
@@ -730,6 +735,10 @@ impl<S: QueueStore> Broker<S> {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
             };
+            if req.journal && !req.transactional {
+                // Source journaling: delivered (stored) here, so journaled now.
+                self.keep_source_journal(&frame, &message_meta(&msg));
+            }
             let name = self
                 .catalog()
                 .by_id(queue)
