@@ -86,7 +86,7 @@ impl<S: QueueStore> Broker<S> {
 
     /// A receive of `queue` takes a message (`meta`, `bytes`) in `part`: when the queue keeps a
     /// journal, a copy goes there first, in the same partition (durable with the removal).
-    pub(super) fn journal_received(
+    pub fn journal_received(
         &self,
         part: &mut Partition<S>,
         queue: &QueueDef,
