@@ -26,8 +26,12 @@ impl<S: QueueStore> Broker<S> {
                     );
                     return out;
                 }
+                let user_queue = (crate::qm::catalog::FIRST_USER_QUEUE_ID
+                    ..super::JOURNAL_QUEUE_BIT)
+                    .contains(&id);
                 if UserMessage::parse(m.bytes).is_ok_and(|u| {
-                    u.properties.flags.negative_receive() || super::wants_final_ack(&u)
+                    u.properties.flags.negative_receive()
+                        || (user_queue && super::wants_final_ack(&u))
                 }) {
                     out.push(m.bytes.to_vec());
                 }
@@ -52,6 +56,17 @@ impl<S: QueueStore> Broker<S> {
             self.send_admin_ack(m, class);
         }
         self.send_final_ack_if_asked(m, class);
+    }
+
+    /// [`Broker::send_receive_nack`] for a message that left store queue `queue`: one that
+    /// left a dead-letter queue, a journal, an outgoing or the awaiting queue owes no FinalAck
+    /// (its sender had one already, or it is ours).
+    pub fn send_receive_nack_at(&self, queue: u32, m: &UserMessage<'_>, class: MessageClass) {
+        if (crate::qm::catalog::FIRST_USER_QUEUE_ID..super::JOURNAL_QUEUE_BIT).contains(&queue) {
+            self.send_receive_nack(m, class);
+        } else if m.properties.flags.negative_receive() {
+            self.send_admin_ack(m, class);
+        }
     }
 
     /// An application received `m`: the positive receive acknowledgement when asked for

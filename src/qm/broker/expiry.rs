@@ -148,7 +148,7 @@ impl<S: QueueStore> Broker<S> {
                     continue;
                 }
                 n += 1;
-                nacks.extend(nack);
+                nacks.extend(nack.map(|f| (q, f)));
                 bump(&self.counters.expired_in_queue);
                 tracing::info!(
                     queue = q.0,
@@ -160,9 +160,9 @@ impl<S: QueueStore> Broker<S> {
                 tracing::error!(error = %e, "commit after expiry failed");
             }
         }
-        for frame in nacks {
+        for (q, frame) in nacks {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.send_receive_nack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+                self.send_receive_nack_at(q.0, &msg, MessageClass::NACK_RECEIVE_TIMEOUT);
             }
         }
         n

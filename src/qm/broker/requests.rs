@@ -544,7 +544,14 @@ impl<S: QueueStore> Broker<S> {
                 continue;
             }
             if let Ok(m) = UserMessage::parse(&r.bytes) {
-                self.send_received_acks(&m);
+                if r.queue.starts_with("system$;") {
+                    // A dead letter read back owes no FinalAck: its sender had its negative one.
+                    if m.properties.flags.positive_receive() {
+                        self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
+                    }
+                } else {
+                    self.send_received_acks(&m);
+                }
             }
         }
     }
