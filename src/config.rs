@@ -245,6 +245,14 @@ pub struct Parameters {
     pub MsmqIpPingPort: u16,
     /// Machine-wide storage quota, KB (Windows Server default 8 GB).
     pub MachineQuota: u64,
+    /// Size of the machine journal (`SYSTEM$;JOURNAL`), KB (Windows: INFINITE). Past it a
+    /// journal copy is dropped and counted (`lior_journal_dropped_total`); the receive or
+    /// FinalAck that made it still succeeds.
+    pub MachineJournalQuota: u64,
+    /// Size of each queue's journal (`NAME;journal`), KB (MSMQ's per-queue JournalQuota;
+    /// Windows: INFINITE). Past it the copy of a received message is dropped and counted
+    /// (`lior_journal_dropped_total`); the receive still succeeds.
+    pub JournalQuota: u64,
     /// Hardened MSMQ mode: no raw listener, only SRMP (HTTP) in; non-HTTP outgoing queues lock.
     pub Hardened_MSMQ: bool,
     #[serde(rename = "Security")]
@@ -270,6 +278,8 @@ impl Default for Parameters {
             SeqMaxAckDelay: 10_000,
             MsmqIpPingPort: 3527,
             MachineQuota: 8 * 1024 * 1024,
+            MachineJournalQuota: 0xFFFF_FFFF,
+            JournalQuota: 0xFFFF_FFFF,
             Hardened_MSMQ: false,
             security: Security::default(),
         }

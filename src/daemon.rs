@@ -522,6 +522,41 @@ pub fn render_metrics(
         load(&b.order_acks_received),
     );
     put(
+        "final_acks_in_total",
+        "FinalAcks taken for our own transactional sends (matched to a message).",
+        load(&b.final_acks_received),
+    );
+    put(
+        "final_acks_unmatched_total",
+        "FinalAcks that named no message of ours awaiting one.",
+        load(&b.final_acks_unmatched),
+    );
+    put(
+        "final_acks_sent_total",
+        "FinalAcks queued for the senders of transactional messages (received, purged, expired, refused).",
+        load(&b.final_acks_sent),
+    );
+    put(
+        "final_acks_unroutable_total",
+        "FinalAcks owed but not sent: the sender's address was not known.",
+        load(&b.final_acks_unroutable),
+    );
+    put(
+        "final_acks_not_awaited_total",
+        "OrderAcked messages dropped without awaiting their FinalAck (AWAITING_FINAL_ACK_MAX).",
+        load(&b.final_acks_not_awaited),
+    );
+    put(
+        "journal_copies_total",
+        "Copies stored in a journal (a queue's journal or the machine journal).",
+        load(&b.journal_copies),
+    );
+    put(
+        "journal_dropped_total",
+        "Journal copies dropped because the journal was over its quota (JournalQuota, MachineJournalQuota).",
+        load(&b.journal_dropped),
+    );
+    put(
         "expired_on_arrival_total",
         "Messages expired before reaching their queue.",
         load(&b.expired_on_arrival),

@@ -131,6 +131,14 @@ enum Command {
         /// Transactional: exactly once, in order, to a transactional queue.
         #[arg(long)]
         transactional: bool,
+        /// Positive source journaling (JP): a copy goes to this machine's journal
+        /// (`SYSTEM$;JOURNAL`) once the message is delivered (transactional: received).
+        #[arg(long)]
+        journal: bool,
+        /// Negative source journaling (JN): kept in a dead-letter queue if it cannot be
+        /// delivered (transactional: if the destination refuses or drops it).
+        #[arg(long)]
+        dead_letter: bool,
         /// Send this many copies (at least 1).
         #[arg(long, default_value_t = 1)]
         count: u32,
@@ -350,6 +358,15 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the queue keeps a copy of every received message in `NAME;journal` (MSMQ's
+    /// Journal; read it with `lior receive 'NAME;journal'`): on or off.
+    Journal {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -431,6 +448,8 @@ fn main() -> ExitCode {
             priority,
             recoverable,
             transactional,
+            journal,
+            dead_letter,
             count,
             json,
             api,
@@ -444,6 +463,7 @@ fn main() -> ExitCode {
                 priority,
                 recoverable || transactional,
                 transactional,
+                (journal, dead_letter),
                 count,
                 json,
             )
@@ -886,6 +906,18 @@ fn queue(cmd: QueueCommand, api: &str) -> anyhow::Result<ExitCode> {
                 json,
             )?;
         }
+        QueueCommand::Journal {
+            name,
+            setting,
+            json,
+        } => {
+            change_rights(
+                api,
+                &name,
+                serde_json::json!({ "journal": setting == "on" }),
+                json,
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -919,8 +951,16 @@ fn print_queue_detail(v: &serde_json::Value, json: bool) {
         None => outln!("  quota: none (limits.queue_messages_max applies)"),
     }
     outln!(
-        "  journal: {} (lior keeps no queue journals yet)",
-        yes_no(v["journal"].as_bool())
+        "  journal: {}{}",
+        yes_no(v["journal"].as_bool()),
+        if v["journal"].as_bool() == Some(true) {
+            format!(
+                " (received messages are copied to {};journal)",
+                terminal_safe(v["name"].as_str().unwrap_or("?"))
+            )
+        } else {
+            String::new()
+        }
     );
     outln!("  partition: {}", v["partition"].as_u64().unwrap_or(0));
     outln!(
@@ -1204,6 +1244,7 @@ fn send(
     priority: u8,
     recoverable: bool,
     transactional: bool,
+    (journal, dead_letter): (bool, bool),
     count: u32,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -1231,6 +1272,8 @@ fn send(
         "priority": priority,
         "recoverable": recoverable,
         "transactional": transactional,
+        "journal": journal,
+        "dead_letter": dead_letter,
     });
     let mut some_refused = false;
     for i in 0..count {

@@ -228,6 +228,13 @@ pub struct MsmqApp<S> {
     /// OrderAcks and FinalAcks for our own sends received this turn, with the session each
     /// came on.
     tx_acks: Vec<(Vec<u8>, AckSource)>,
+    /// Negative FinalAcks owed for transactional messages refused at arrival this turn, with
+    /// the sender's address when the session is ours.
+    final_acks: Vec<(
+        Vec<u8>,
+        crate::wire::headers::MessageClass,
+        Option<std::net::IpAddr>,
+    )>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
@@ -338,6 +345,7 @@ impl<S: QueueStore> MsmqApp<S> {
             now_ms: 0,
             admin_acks: Vec::new(),
             tx_acks: Vec::new(),
+            final_acks: Vec::new(),
             next_expiry_ms: 0,
             commit_retry_at: None,
             next_log_flush_ms: 0,
@@ -467,6 +475,10 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
+        if msg.transaction.is_some() {
+            // Where its FinalAck goes, for a message that asks for one.
+            self.shared.broker.note_final_ack_peer(&msg, conn.peer.ip());
+        }
         // Routed once: to find the shard that stores it, and to store it here if that is us.
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
         if let Some(to) = self.handoff_target(&routed, &msg) {
@@ -490,6 +502,12 @@ impl<S: QueueStore> MsmqApp<S> {
                 // answers this session, which acknowledges it once it is durable there.
                 if let Some(class) = d.admin_ack {
                     self.owe_admin_ack(frame, class);
+                }
+                if let Some(class) = d.final_nack(&msg) {
+                    if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                        self.final_acks
+                            .push((frame.to_vec(), class, Some(conn.peer.ip())));
+                    }
                 }
                 let Some(record) = d.forward else {
                     return Err(close_code::STORE);
@@ -536,6 +554,12 @@ impl<S: QueueStore> MsmqApp<S> {
         };
         if let Some(class) = d.admin_ack {
             self.owe_admin_ack(frame, class);
+        }
+        if let Some(class) = d.final_nack(&msg) {
+            if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                self.final_acks
+                    .push((frame.to_vec(), class, Some(conn.peer.ip())));
+            }
         }
         if let Some((key, state)) = d.order_ack {
             self.accept_order_ack(now_ms, conn, key, state);
@@ -707,6 +731,13 @@ impl<S: QueueStore> MsmqApp<S> {
             .shared
             .broker
             .deliver_routed_here(routed, frame, &msg, now_unix, now_ms, &here);
+        // A transactional message refused here owes its sender a negative FinalAck (the
+        // session it came on is another shard's: the sender's address comes from the table).
+        if let Some(class) = d.final_nack(&msg) {
+            if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
+                self.final_acks.push((frame.to_vec(), class, None));
+            }
+        }
         let placement = match d.verdict {
             Verdict::Forwarded { queue, .. } => {
                 if let Some(class) = d.admin_ack {
@@ -965,11 +996,23 @@ impl<S: QueueStore> MsmqApp<S> {
     /// The NACK_RECEIVE_TIMEOUTs partition `p`'s expiry owes, sent as this shard's admin
     /// acknowledgements (`store_record`: by mail to an admin queue another shard runs).
     fn owe_expiry_nacks(&mut self, p: usize) {
-        for frame in self.shared.broker.take_expiry_nacks(p) {
-            self.owe_admin_ack(
-                &frame,
-                crate::wire::headers::MessageClass::NACK_RECEIVE_TIMEOUT,
-            );
+        use crate::wire::headers::MessageClass;
+        for (q, frame) in self.shared.broker.take_expiry_nacks(p) {
+            let Ok(msg) = crate::wire::user::UserMessage::parse(&frame) else {
+                continue;
+            };
+            if msg.properties.flags.negative_receive() {
+                self.owe_admin_ack(&frame, MessageClass::NACK_RECEIVE_TIMEOUT);
+            }
+            // The negative FinalAck an expired transactional message owes its sender (none
+            // for a message leaving a dead-letter queue, a journal or an outgoing queue).
+            if (crate::qm::catalog::FIRST_USER_QUEUE_ID..crate::qm::broker::JOURNAL_QUEUE_BIT)
+                .contains(&q)
+            {
+                self.shared
+                    .broker
+                    .send_final_ack_if_asked(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+            }
         }
         if !self.admin_acks.is_empty() {
             self.send_owed_acks(self.now_ms);
@@ -1095,6 +1138,11 @@ impl<S: QueueStore> MsmqApp<S> {
             let ordinal = self.next_ordinal();
             if let Some(rec) = self.shared.broker.admin_ack_record(&msg, class, ordinal) {
                 self.store_record(now_ms, rec, None);
+            }
+        }
+        for (frame, class, peer) in std::mem::take(&mut self.final_acks) {
+            if let Ok(msg) = UserMessage::parse(&frame) {
+                self.shared.broker.send_final_ack(&msg, class, peer);
             }
         }
         let here = self.here();
@@ -1223,8 +1271,14 @@ impl<S: QueueStore> MsmqApp<S> {
                             .store
                             .peek(QueueId(q), crate::store::Select::Lookup(LookupId(token)))
                             .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
+                        let mut journal = None;
                         // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
                         if !transactional {
+                            journal = self.shared.broker.source_journal_copy(
+                                &part.store,
+                                QueueId(q),
+                                LookupId(token),
+                            );
                             if let Some(o) = self.out.get_mut(&q) {
                                 o.handle_acked(token);
                             }
@@ -1236,6 +1290,10 @@ impl<S: QueueStore> MsmqApp<S> {
                                 .counters
                                 .outgoing_sent_acked
                                 .fetch_add(1, Ordering::Relaxed);
+                        }
+                        drop(part);
+                        if let Some((frame, meta)) = journal {
+                            self.shared.broker.keep_source_journal(&frame, &meta);
                         }
                     }
                 }

@@ -661,6 +661,8 @@ fn send_req(label: &str) -> lior::qm::broker::SendRequest<'_> {
         app_specific: 0,
         transactional: false,
         mqf: None,
+        journal: false,
+        dead_letter: false,
     }
 }
 

@@ -178,10 +178,12 @@ enum Work {
         outcome: Outcome,
     },
     /// A removal (accepted, or a rejected message whose copy is in the dead-letter queue):
-    /// release once durable, then the PR acknowledgement.
+    /// release once durable, then the receive acknowledgements (PR and FinalAck for an
+    /// accepted one; NR and a NACK_RECEIVE_REJECTED FinalAck for a rejected one).
     Remove {
         partition: usize,
         reservation: Reservation,
+        rejected: bool,
     },
     /// A rejected message copied to the dead-letter queue: remove the original once the copy
     /// is durable.
@@ -220,6 +222,7 @@ impl Work {
             Work::Remove {
                 partition,
                 reservation,
+                ..
             }
             | Work::Presend {
                 partition,
@@ -1037,6 +1040,8 @@ impl<S: QueueStore> AmqpApp<S> {
             return;
         }
         let (p, q, l) = (k.queue.partition, QueueId(k.queue.def.id), LookupId(tag));
+        // A journaled queue (as it was when the link attached) keeps a copy of what is accepted.
+        let journaled = k.queue.def.journal.then(|| k.queue.def.clone());
         let counters = &self.amqp.counters;
         let broker = &self.shared.broker;
         match state {
@@ -1044,6 +1049,18 @@ impl<S: QueueStore> AmqpApp<S> {
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
                 let mut part = broker.partition(p);
                 part.inflight.forget(q, l);
+                if let Some(def) = &journaled {
+                    let copy = part.store.peek(q, Select::Lookup(l)).map(|m| {
+                        let meta = crate::store::MessageMeta {
+                            expiry_unix_s: crate::store::EXPIRY_NEVER,
+                            ..m.meta
+                        };
+                        (m.bytes.to_vec(), meta)
+                    });
+                    if let Some((bytes, meta)) = copy {
+                        broker.journal_received(&mut part, def, &meta, &bytes);
+                    }
+                }
                 match part.store.receive(q, Select::Lookup(l)) {
                     Ok(Some(r)) => {
                         drop(part);
@@ -1051,6 +1068,7 @@ impl<S: QueueStore> AmqpApp<S> {
                         c.work.push(Work::Remove {
                             partition: p,
                             reservation: r,
+                            rejected: false,
                         });
                         self.busy.insert(c.id);
                     }
@@ -1228,6 +1246,7 @@ impl<S: QueueStore> AmqpApp<S> {
             Work::Remove {
                 partition,
                 reservation,
+                rejected,
             } => {
                 let mut part = broker.partition(partition);
                 let pr = part
@@ -1235,8 +1254,10 @@ impl<S: QueueStore> AmqpApp<S> {
                     .reserved(&reservation)
                     .ok()
                     .filter(|m| {
-                        UserMessage::parse(m.bytes)
-                            .is_ok_and(|u| u.properties.flags.positive_receive())
+                        UserMessage::parse(m.bytes).is_ok_and(|u| {
+                            Broker::<S>::owes_received_acks(&u)
+                                || (rejected && u.properties.flags.negative_receive())
+                        })
                     })
                     .map(|m| m.bytes.to_vec());
                 if let Err(e) = part.store.release(reservation) {
@@ -1249,7 +1270,11 @@ impl<S: QueueStore> AmqpApp<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 if let Some(b) = pr {
                     if let Ok(m) = UserMessage::parse(&b) {
-                        broker.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
+                        if rejected {
+                            broker.send_receive_nack(&m, MessageClass::NACK_RECEIVE_REJECTED);
+                        } else {
+                            broker.send_received_acks(&m);
+                        }
                     }
                 }
             }
@@ -1267,6 +1292,7 @@ impl<S: QueueStore> AmqpApp<S> {
                         let w = Work::Remove {
                             partition,
                             reservation: r,
+                            rejected: true,
                         };
                         return Some(w);
                     }

@@ -138,6 +138,12 @@ struct SendBody {
     app_specific: u32,
     #[serde(default)]
     transactional: bool,
+    /// Positive source journaling (UserHeader JP).
+    #[serde(default)]
+    journal: bool,
+    /// Negative source journaling (UserHeader JN).
+    #[serde(default)]
+    dead_letter: bool,
 }
 
 fn default_priority() -> u8 {
@@ -600,6 +606,8 @@ async fn send<S: QueueStore + Send + 'static>(
         app_specific: req.app_specific,
         transactional: req.transactional,
         mqf: None,
+        journal: req.journal,
+        dead_letter: req.dead_letter,
     };
     // A multiple-element or DL= name: one copy per destination (qm/fanout.rs).
     if crate::qm::fanout::is_fanout_text(&req.to) {
@@ -713,7 +721,7 @@ async fn show_queue<S: QueueStore + Send + 'static>(
 }
 
 /// `POST /v1/queues/{name}/rights`: one of `{"principal": P, "grant": [RIGHTS]}`,
-/// `{"principal": P, "revoke": [RIGHTS]}`, `{"authenticate": BOOL}`.
+/// `{"principal": P, "revoke": [RIGHTS]}`, `{"authenticate": BOOL}`, `{"journal": BOOL}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RightsBody {
@@ -721,6 +729,7 @@ struct RightsBody {
     grant: Option<Vec<String>>,
     revoke: Option<Vec<String>>,
     authenticate: Option<bool>,
+    journal: Option<bool>,
 }
 
 async fn change_rights<S: QueueStore + Send + 'static>(
@@ -738,6 +747,10 @@ async fn change_rights<S: QueueStore + Send + 'static>(
         Principal::parse(b.principal.as_deref().ok_or("\"principal\" is missing")?)
     };
     let change = match (&b.grant, &b.revoke, b.authenticate) {
+        (None, None, None) if b.principal.is_none() && b.journal.is_some() => {
+            Ok(RightsChange::Journal(b.journal.unwrap_or(false)))
+        }
+        _ if b.journal.is_some() => Err("give {\"journal\": true|false} alone".to_string()),
         (Some(r), None, None) => {
             principal().and_then(|p| Ok(RightsChange::Grant(p, Rights::parse_list(r)?)))
         }

@@ -62,9 +62,8 @@ pub struct QueueDef {
     /// Byte quota (MSMQ `Quota`), `None` for unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_bytes: Option<u64>,
-    /// Keep a copy of every received message in this queue's journal. Nothing sets it and
-    /// nothing acts on it yet (journal queues are not kept: README "Not yet"); `lior queue
-    /// show` says so.
+    /// Keep a copy of every received message in this queue's journal, `NAME;journal`
+    /// (`lior queue journal NAME on|off`; see `qm::broker::journal`).
     #[serde(default)]
     pub journal: bool,
     /// Who could send, in catalogs written before queue rights existed (SIDs or "Everyone";
@@ -402,6 +401,43 @@ impl Catalog {
             other => other,
         };
         self.by_name.get(key)
+    }
+
+    /// Turns queue `name`'s journal on or off and saves the catalog; returns the queue as it
+    /// is now. System queues keep no journal.
+    pub fn set_journal(&mut self, name: &str, on: bool) -> Result<QueueDef, CatalogError> {
+        let key = match self.lookup(name) {
+            Some(q)
+                if q.id >= FIRST_USER_QUEUE_ID && q.id < crate::qm::broker::JOURNAL_QUEUE_BIT =>
+            {
+                self.by_name
+                    .iter()
+                    .find(|(_, d)| d.id == q.id)
+                    .map(|(k, _)| k.clone())
+                    .ok_or_else(|| CatalogError::NotFound(name.to_string()))?
+            }
+            Some(q) => {
+                return Err(CatalogError::Rights(format!(
+                    "{}: a system queue keeps no journal",
+                    q.name
+                )))
+            }
+            None => return Err(CatalogError::NotFound(name.to_string())),
+        };
+        let q = self
+            .by_name
+            .get_mut(&key)
+            .ok_or_else(|| CatalogError::NotFound(name.to_string()))?;
+        let before = q.journal;
+        q.journal = on;
+        let after = q.clone();
+        if let Err(e) = self.save() {
+            if let Some(q) = self.by_name.get_mut(&key) {
+                q.journal = before;
+            }
+            return Err(e);
+        }
+        Ok(after)
     }
 
     /// Changes queue `name`'s security with `change` (which may refuse, e.g. a full access

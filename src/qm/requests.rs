@@ -56,6 +56,8 @@ pub struct SendOwned {
     pub transactional: bool,
     /// A copy of a fanned-out send: the MultiQueueFormatHeader lists (`qm/fanout.rs`).
     pub mqf: Option<Arc<crate::qm::fanout::MqfLists>>,
+    pub journal: bool,
+    pub dead_letter: bool,
 }
 
 impl SendOwned {
@@ -70,6 +72,8 @@ impl SendOwned {
             app_specific: self.app_specific,
             transactional: self.transactional,
             mqf: self.mqf.as_deref(),
+            journal: self.journal,
+            dead_letter: self.dead_letter,
         }
     }
 }

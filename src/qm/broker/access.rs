@@ -111,6 +111,8 @@ pub enum RightsChange {
     Grant(Principal, Rights),
     Revoke(Principal, Rights),
     Authenticate(bool),
+    /// The queue's journal setting (a copy of every received message in `NAME;journal`).
+    Journal(bool),
 }
 
 impl<S: QueueStore> Broker<S> {
@@ -121,7 +123,7 @@ impl<S: QueueStore> Broker<S> {
     /// class when its sender asked for negative journaling (JN); the admin NACK the sender
     /// asked for (NA) is the caller's, and `send_admin_ack` sends it only where
     /// PermitInsecureNacks allows. Either way the session acknowledges the message as handled.
-    /// Transactional messages get no negative FinalAck: lior sends no FinalAcks yet.
+    /// A transactional message's negative FinalAck is the caller's too ([`Delivered::final_nack`]).
     pub(super) fn refuse_at_target(
         &self,
         here: super::delivery::Here<'_>,
@@ -214,17 +216,22 @@ impl<S: QueueStore> Broker<S> {
     pub fn change_rights(&self, name: &str, change: RightsChange) -> Result<QueueDef, ApiError> {
         let q = {
             let mut cat = self.catalog.write().unwrap_or_else(|p| p.into_inner());
-            let q = cat.update_security(name, |s| match &change {
-                RightsChange::Grant(p, r) => s.grant(p.clone(), *r).map_err(|e| e.to_string()),
-                RightsChange::Revoke(p, r) => {
-                    s.revoke(p, *r);
-                    Ok(())
-                }
-                RightsChange::Authenticate(on) => {
-                    s.authenticate = *on;
-                    Ok(())
-                }
-            })?;
+            let q = if let RightsChange::Journal(on) = change {
+                cat.set_journal(name, on)?
+            } else {
+                cat.update_security(name, |s| match &change {
+                    RightsChange::Grant(p, r) => s.grant(p.clone(), *r).map_err(|e| e.to_string()),
+                    RightsChange::Revoke(p, r) => {
+                        s.revoke(p, *r);
+                        Ok(())
+                    }
+                    RightsChange::Authenticate(on) => {
+                        s.authenticate = *on;
+                        Ok(())
+                    }
+                    RightsChange::Journal(_) => Ok(()),
+                })?
+            };
             self.catalog_generation.fetch_add(1, Ordering::AcqRel);
             q
         };

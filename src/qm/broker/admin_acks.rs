@@ -1,6 +1,7 @@
 //! Admin acknowledgements (MS-MQQB 3.1.7.15): the ACK or NACK a sender asked for, built and
 //! queued for its admin queue (stored straight into it when that queue is ours), and the
-//! negative receive acks owed when a queue is purged or deleted.
+//! negative receive acks owed when a queue is purged or deleted (with the FinalAcks owed then:
+//! `final_acks`).
 
 use crate::store::{Cursor, QueueId, QueueStore};
 use crate::wire::headers::MessageClass;
@@ -36,8 +37,9 @@ pub enum RecordStored {
 }
 
 impl<S: QueueStore> Broker<S> {
-    /// Copies of the messages of queue `id` whose senders asked for negative receive acks (NR):
-    /// purging or deleting the queue owes them a NACK (MS-MQDMPR, MS-MQQB 3.1.7.2).
+    /// Copies of the messages of queue `id` whose senders asked for negative receive acks (NR)
+    /// or a FinalAck: purging or deleting the queue owes them a NACK (MS-MQDMPR, MS-MQQB
+    /// 3.1.7.2, 3.1.7.2.2).
     /// Reads the partitions `parts` (those holding the queue).
     pub(super) fn negative_receive_frames(&self, id: u32, parts: &[usize]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -51,8 +53,13 @@ impl<S: QueueStore> Broker<S> {
                     );
                     return out;
                 }
-                if UserMessage::parse(m.bytes).is_ok_and(|u| u.properties.flags.negative_receive())
-                {
+                let user_queue = (crate::qm::catalog::FIRST_USER_QUEUE_ID
+                    ..super::JOURNAL_QUEUE_BIT)
+                    .contains(&id);
+                if UserMessage::parse(m.bytes).is_ok_and(|u| {
+                    u.properties.flags.negative_receive()
+                        || (user_queue && super::wants_final_ack(&u))
+                }) {
                     out.push(m.bytes.to_vec());
                 }
             }
@@ -60,12 +67,47 @@ impl<S: QueueStore> Broker<S> {
         out
     }
 
+    /// The negative receive acknowledgements (class `class`) owed for messages that left
+    /// their queue unread: the admin NACK when asked for (NR), the FinalAck when asked for.
     pub fn send_receive_acks(&self, frames: &[Vec<u8>], class: MessageClass) {
         for f in frames {
             if let Ok(m) = UserMessage::parse(f) {
-                self.send_admin_ack(&m, class);
+                self.send_receive_nack(&m, class);
             }
         }
+    }
+
+    /// [`Broker::send_receive_acks`] for one message.
+    pub fn send_receive_nack(&self, m: &UserMessage<'_>, class: MessageClass) {
+        if m.properties.flags.negative_receive() {
+            self.send_admin_ack(m, class);
+        }
+        self.send_final_ack_if_asked(m, class);
+    }
+
+    /// [`Broker::send_receive_nack`] for a message that left store queue `queue`: one that
+    /// left a dead-letter queue, a journal, an outgoing or the awaiting queue owes no FinalAck
+    /// (its sender had one already, or it is ours).
+    pub fn send_receive_nack_at(&self, queue: u32, m: &UserMessage<'_>, class: MessageClass) {
+        if (crate::qm::catalog::FIRST_USER_QUEUE_ID..super::JOURNAL_QUEUE_BIT).contains(&queue) {
+            self.send_receive_nack(m, class);
+        } else if m.properties.flags.negative_receive() {
+            self.send_admin_ack(m, class);
+        }
+    }
+
+    /// An application received `m`: the positive receive acknowledgement when asked for
+    /// (PR), and the ACK_RECEIVE FinalAck when asked for (MS-MQQB 3.1.7.2.2).
+    pub fn send_received_acks(&self, m: &UserMessage<'_>) {
+        if m.properties.flags.positive_receive() {
+            self.send_admin_ack(m, MessageClass::ACK_RECEIVE);
+        }
+        self.send_final_ack_if_asked(m, MessageClass::ACK_RECEIVE);
+    }
+
+    /// Does an application's receive of `m` owe an acknowledgement?
+    pub fn owes_received_acks(m: &UserMessage<'_>) -> bool {
+        m.properties.flags.positive_receive() || super::wants_final_ack(m)
     }
 
     /// Builds the admin acknowledgement (or NACK) of `msg` (MS-MQQB 3.1.7.15) and queues it

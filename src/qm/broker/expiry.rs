@@ -44,15 +44,16 @@ impl<S: QueueStore> Broker<S> {
     /// partition locks (callers without shards; a shard takes them with
     /// [`Broker::take_expiry_nacks`] and sends them as its own admin acknowledgements).
     fn send_expiry_nacks(&self, i: usize) {
-        for frame in self.take_expiry_nacks(i) {
+        for (q, frame) in self.take_expiry_nacks(i) {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.send_admin_ack(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+                self.send_receive_nack_at(q, &msg, MessageClass::NACK_RECEIVE_TIMEOUT);
             }
         }
     }
 
-    /// The frames of partition `i`'s expired messages owed a NACK_RECEIVE_TIMEOUT, taken.
-    pub fn take_expiry_nacks(&self, i: usize) -> Vec<Vec<u8>> {
+    /// (store queue, frame) of partition `i`'s expired messages owed a NACK_RECEIVE_TIMEOUT
+    /// (NR) or a negative FinalAck, taken.
+    pub fn take_expiry_nacks(&self, i: usize) -> Vec<(u32, Vec<u8>)> {
         std::mem::take(&mut self.partition(i % self.partitions.len()).expiry_nacks)
     }
 
@@ -99,7 +100,7 @@ impl<S: QueueStore> Broker<S> {
                             DEADLETTER_ID
                         });
                     }
-                    nr = msg.properties.flags.negative_receive();
+                    nr = msg.properties.flags.negative_receive() || super::wants_final_ack(&msg);
                 }
                 if dlq.is_some() && pending {
                     // The next wave.
@@ -226,7 +227,7 @@ impl<S: QueueStore> Broker<S> {
                     continue;
                 }
                 n += 1;
-                part.expiry_nacks.extend(nack);
+                part.expiry_nacks.extend(nack.map(|f| (q.0, f)));
                 bump(&self.counters.expired_in_queue);
                 tracing::info!(
                     queue = q.0,

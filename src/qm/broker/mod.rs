@@ -38,6 +38,8 @@ mod access;
 mod admin_acks;
 mod delivery;
 mod expiry;
+mod final_acks;
+mod journal;
 mod outgoing;
 mod partition;
 mod recovery;
@@ -47,6 +49,11 @@ mod wakeups;
 pub use access::{sender_id, QueueDetail, RightsChange, RightsEntry};
 pub use admin_acks::{RecordStored, SystemRecord};
 pub use delivery::{everywhere, message_meta, Delivered, Here, RouteCache, Routed, Verdict};
+pub use final_acks::{
+    wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX, AWAITING_FINAL_ACK_QUEUE,
+    FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
+};
+pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
 pub use outgoing::{AckSource, OrderAcked, OutgoingInfo, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
@@ -114,6 +121,8 @@ pub struct Broker<S> {
     tx_progress: Mutex<Vec<u32>>,
     /// When an ignored OrderAck/FinalAck was last logged, per peer address.
     refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
+    /// Where each sending queue manager's FinalAcks go (see `final_acks`).
+    final_ack_peers: Mutex<FinalAckPeers>,
     /// Bumped by every catalog change; the route cache is valid for one generation.
     catalog_generation: AtomicU64,
     /// Queues found at start-up with messages outside their owning partition (stored by a lior
@@ -151,6 +160,18 @@ pub struct BrokerCounters {
     pub expired_in_queue: AtomicU64,
     pub order_acks_received: AtomicU64,
     pub final_acks_received: AtomicU64,
+    /// FinalAcks queued for the senders of transactional messages (MS-MQQB 3.1.7.2.2).
+    pub final_acks_sent: AtomicU64,
+    /// FinalAcks owed but not sent: the sender's address is not known.
+    pub final_acks_unroutable: AtomicU64,
+    /// FinalAcks that named no message of ours awaiting one.
+    pub final_acks_unmatched: AtomicU64,
+    /// OrderAcked messages dropped without awaiting their FinalAck (AWAITING_FINAL_ACK_MAX).
+    pub final_acks_not_awaited: AtomicU64,
+    /// Copies stored in a journal (a queue's or the machine's).
+    pub journal_copies: AtomicU64,
+    /// Journal copies dropped: the journal was over its quota.
+    pub journal_dropped: AtomicU64,
     /// OrderAcks and FinalAcks not taken: from a queue manager the sequence was not sent to,
     /// for an unknown sequence, or for numbers not sent.
     pub tx_acks_refused: AtomicU64,
@@ -333,6 +354,7 @@ impl<S: QueueStore> Broker<S> {
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ordinals = OrdinalAllocator::open(&config.data_dir)?;
+        let final_ack_peers = FinalAckPeers::open(&config.data_dir);
         let signer = crate::security::Signer::from_config(&config.parameters.security)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Broker {
@@ -348,6 +370,7 @@ impl<S: QueueStore> Broker<S> {
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
             refused_log: Mutex::new(HashMap::new()),
+            final_ack_peers: Mutex::new(final_ack_peers),
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,

@@ -273,7 +273,7 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Counts and logs (once per peer per interval) an OrderAck or FinalAck we do not take.
-    fn refuse_tx_ack(&self, from: &AckSource, what: &str, why: &str) {
+    pub(super) fn refuse_tx_ack(&self, from: &AckSource, what: &str, why: &str) {
         bump(&self.counters.tx_acks_refused);
         let now = unix_now();
         let mut g = lock(&self.refused_log);
@@ -293,8 +293,9 @@ impl<S: QueueStore> Broker<S> {
     /// on a session with `from`. It is taken only from the queue manager the sequence was sent
     /// to (on our outgoing session to it, or a session from that queue manager's GUID and
     /// address), and only for numbers actually sent; anything else is counted and logged. An
-    /// OrderAck deletes every message of its sequence up to its number from the outgoing queue;
-    /// a FinalAck is logged and counted. Returns whether it was taken.
+    /// OrderAck deletes every message of its sequence up to its number from the outgoing queue
+    /// (those asking for a FinalAck move to the awaiting queue); a FinalAck is matched by the
+    /// message it names (`final_acks`). Returns whether it was taken.
     pub fn handle_tx_ack(&self, msg: &UserMessage<'_>, from: &AckSource) -> bool {
         let mut elsewhere = Vec::new();
         let taken = self.handle_tx_ack_here(msg, from, &super::everywhere, &mut elsewhere);
@@ -319,24 +320,8 @@ impl<S: QueueStore> Broker<S> {
                     .is_some_and(|(g, ip)| g == from.remote_qm && !g.is_null() && ip == from.ip)
         };
         if let Some(fa) = msg.final_ack_body() {
-            let known = lock(&self.tx_out)
-                .iter()
-                .any(|(id, t)| from_peer(*id, t) && t.seq_id == fa.tx_sequence_id);
-            if !known {
-                self.refuse_tx_ack(
-                    from,
-                    "FinalAck",
-                    "not from a queue manager we sent that sequence to",
-                );
-                return false;
-            }
-            bump(&self.counters.final_acks_received);
-            tracing::info!(
-                class = msg.properties.message_class.name(),
-                message = %format!("{}\\{}", fa.source_guid, fa.message_id),
-                "FinalAck received"
-            );
-            return true;
+            // Matched by the message it names (MS-MQQB 3.1.5.7), in `final_acks`.
+            return self.take_final_ack(msg.properties.message_class, &fa, from);
         }
         let Some(oa) = msg.order_ack_body() else {
             self.refuse_tx_ack(from, "OrderAck", "malformed body");
@@ -469,6 +454,8 @@ impl<S: QueueStore> Broker<S> {
             .map(|(l, _, _)| l)
             .collect();
         for l in &done {
+            // A message asking for a FinalAck waits for it (MS-MQQB AwaitingFinalACKTable).
+            self.keep_awaiting_final_ack(&mut part, def.id, *l);
             if let Err(e) = part.remove_delivered(QueueId(def.id), *l) {
                 tracing::error!(error = %e, "cannot remove an ordered-acknowledged message");
             }

@@ -122,7 +122,7 @@ pub struct Partition<S> {
     pub(super) expiry_wave: Option<ExpiryWave>,
     /// Frames of expired messages whose senders asked for a NACK_RECEIVE_TIMEOUT, for the
     /// caller of the expiry to send (`Broker::take_expiry_nacks`).
-    pub(super) expiry_nacks: Vec<Vec<u8>>,
+    pub(super) expiry_nacks: Vec<(u32, Vec<u8>)>,
 }
 
 /// Messages an AMQP consumer holds unsettled (so no other consumer gets them) and how many

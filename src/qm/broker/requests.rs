@@ -82,6 +82,12 @@ pub struct SendRequest<'a> {
     /// One copy of a send to a multiple-element or `DL=` name: the MultiQueueFormatHeader
     /// lists it carries (`qm/fanout.rs`).
     pub mqf: Option<&'a crate::qm::fanout::MqfLists>,
+    /// Positive source journaling (UserHeader JP): a transactional message's copy goes to the
+    /// machine journal on its positive FinalAck.
+    pub journal: bool,
+    /// Negative source journaling (UserHeader JN): a transactional message goes to the
+    /// transactional dead-letter queue on a negative FinalAck.
+    pub dead_letter: bool,
 }
 
 /// Default TimeToReachQueue: 4 days (MS-MQDMPR 3.1.1.12).
@@ -185,11 +191,21 @@ impl<S: QueueStore> Broker<S> {
         delete: bool,
     ) -> Result<Staged<Vec<Vec<u8>>>, ApiError> {
         let parts = self.read_partitions(q);
-        let nacks = self.negative_receive_frames(q.id, &parts);
+        // A journal's copies were received already: emptying it owes nobody anything.
+        let nacks = if q.name.ends_with(super::JOURNAL_SUFFIX) {
+            Vec::new()
+        } else {
+            self.negative_receive_frames(q.id, &parts)
+        };
         let mut waits = Vec::new();
         for i in parts {
             let mut p = self.partition(i);
             let t = if delete {
+                // Its journal goes with it (a later queue never inherits its copies).
+                if q.id < super::JOURNAL_QUEUE_BIT {
+                    let j = p.store.delete_queue(QueueId(super::journal_id(q.id)))?;
+                    waits.push((i, j));
+                }
                 p.store.delete_queue(QueueId(q.id))?
             } else {
                 p.store.purge(QueueId(q.id))?
@@ -308,6 +324,9 @@ impl<S: QueueStore> Broker<S> {
     }
 
     pub fn lookup(&self, name: &str) -> Result<QueueDef, ApiError> {
+        if let Some(base) = super::journal_base(name) {
+            return self.journal_def(base);
+        }
         self.catalog()
             .lookup(name)
             .cloned()
@@ -491,6 +510,12 @@ impl<S: QueueStore> Broker<S> {
                 }
                 let copy = Received::copy(&q.name, i, &m);
                 let lookup = m.lookup_id;
+                let meta = crate::store::MessageMeta {
+                    expiry_unix_s: crate::store::EXPIRY_NEVER,
+                    ..m.meta
+                };
+                // A journaled queue keeps a copy, durable with the removal (`journal`).
+                self.journal_received(&mut p, &q, &meta, &copy.bytes);
                 let Some(r) = p.store.receive(QueueId(q.id), Select::Lookup(lookup))? else {
                     break;
                 };
@@ -513,13 +538,22 @@ impl<S: QueueStore> Broker<S> {
         })
     }
 
-    /// Sends the positive receive acknowledgements (PR) of messages handed out, once their
-    /// removals are durable.
+    /// Sends the positive receive acknowledgements (PR) and FinalAcks of messages handed out,
+    /// once their removals are durable.
     pub fn ack_received(&self, out: &[Received]) {
         for r in out {
+            // A copy read from a journal was acknowledged when it was received.
+            if r.queue.ends_with(super::JOURNAL_SUFFIX) {
+                continue;
+            }
             if let Ok(m) = UserMessage::parse(&r.bytes) {
-                if m.properties.flags.positive_receive() {
-                    self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
+                if r.queue.starts_with("system$;") {
+                    // A dead letter read back owes no FinalAck: its sender had its negative one.
+                    if m.properties.flags.positive_receive() {
+                        self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
+                    }
+                } else {
+                    self.send_received_acks(&m);
                 }
             }
         }
@@ -605,6 +639,11 @@ impl<S: QueueStore> Broker<S> {
         )
         .with_time_to_be_received(req.time_to_be_received.unwrap_or(INFINITE));
         m.properties.application_tag = req.app_specific;
+        m.user.flags = m
+            .user
+            .flags
+            .with(crate::wire::user::UserFlags::JP, req.journal)
+            .with(crate::wire::user::UserFlags::JN, req.dead_letter);
         if let Some(l) = req.mqf {
             m.multi_queue = Some(l.header());
             m.sync();
@@ -715,6 +754,10 @@ impl<S: QueueStore> Broker<S> {
                     return Err(ApiError::Send(format!("{to}: refused as a duplicate")))
                 }
             };
+            if req.journal && !req.transactional {
+                // Source journaling: delivered (stored) here, so journaled now.
+                self.keep_source_journal(&frame, &message_meta(&msg));
+            }
             let name = self
                 .catalog()
                 .by_id(queue)

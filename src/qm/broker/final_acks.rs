@@ -1,0 +1,471 @@
+//! FinalAcks (MS-MQQB 2.2.5, 3.1.5.7, 3.1.7.2.2; DIGEST §6.2, §6.3, §10.2), both sides.
+//!
+//! As the receiver: a transactional message from another queue manager that asked for a
+//! FinalAck (UserHeader JP or JN, or TransactionHeader FA) gets one when it leaves its queue:
+//! ACK_RECEIVE when an application receives it, a NACK class when it is purged, deleted or
+//! expires; every transactional message refused at arrival gets a negative one whatever its
+//! flags. The FinalAck is addressed as OrderAcks are, to
+//! `DIRECT=TCP:<sender>\PRIVATE$\order_queue$` (DIGEST §6.3), and queued in the outgoing queue
+//! to that machine as admin acknowledgements are. Where a sender's FinalAcks go is remembered
+//! per sender GUID in [`FinalAckPeers`] (bounded by [`FINAL_ACK_PEERS_MAX`], kept in
+//! [`FINAL_ACK_PEERS_FILE`]), so a FinalAck owed after a restart still finds its way.
+//!
+//! As the sender: a transactional message of ours that asked for a FinalAck is not dropped by
+//! its OrderAck but moved, in the same partition and the same commit, to the internal queue
+//! [`AWAITING_FINAL_ACK_QUEUE`] (MS-MQQB AwaitingFinalACKTable: on disk, so a restart keeps
+//! it; bounded by [`AWAITING_FINAL_ACK_MAX`] per partition). A FinalAck is matched by MessageID,
+//! TxSequenceID and TxSequenceNumber there or in the outgoing queues (it may overtake the
+//! OrderAck); the message is then removed, after a copy to the machine journal (positive, JP) or
+//! the transactional dead-letter queue (negative, JN). Unmatched FinalAcks are counted and
+//! logged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use crate::qm::catalog::{DEADXACT_ID, JOURNAL_ID};
+use crate::store::{Class, Cursor, LookupId, MessageMeta, QueueId, QueueStore};
+use crate::wire::format_name::DirectName;
+use crate::wire::headers::MessageClass;
+use crate::wire::user::{FinalAckBody, QueueRef, UserMessage};
+use crate::wire::{utf16z, Guid, Utf16};
+
+use super::partition::Partition;
+use super::{
+    bump, encode_message, lock, message_meta, unix_now, AckSource, Broker, Delivered, Verdict,
+};
+
+/// Senders whose FinalAck address is remembered at most (one entry per sending queue manager;
+/// past it the oldest-looking entry is forgotten, with a log line).
+pub const FINAL_ACK_PEERS_MAX: usize = 4_096;
+/// The file in the data directory that keeps [`FinalAckPeers`] across restarts.
+pub const FINAL_ACK_PEERS_FILE: &str = "final_ack_peers.json";
+/// The internal queue holding our transactional messages that got their OrderAck and wait for
+/// their FinalAck (MS-MQQB AwaitingFinalACKTable), in the partition of their outgoing queue.
+pub const AWAITING_FINAL_ACK_QUEUE: QueueId = QueueId(0xFFFF_FF11);
+/// Messages [`AWAITING_FINAL_ACK_QUEUE`] holds at most per partition; past it an OrderAck
+/// removes the message as if it had asked for no FinalAck (logged, counted in
+/// `lior_final_acks_not_awaited_total`).
+pub const AWAITING_FINAL_ACK_MAX: u64 = 100_000;
+
+/// Does `m` ask for a FinalAck once it leaves its destination queue (MS-MQQB 3.1.7.2.2)?
+pub fn wants_final_ack(m: &UserMessage<'_>) -> bool {
+    m.transaction.is_some_and(|t| {
+        t.flags.final_ack_requested()
+            || m.user.flags.journal_positive()
+            || m.user.flags.journal_negative()
+    })
+}
+
+/// Where each sending queue manager's FinalAcks go: its address as last seen on a session that
+/// brought a transactional message asking for one. Written to [`FINAL_ACK_PEERS_FILE`] when an
+/// entry changes (rare: a new sender or a sender that moved).
+#[derive(Debug)]
+pub struct FinalAckPeers {
+    path: PathBuf,
+    map: HashMap<Guid, IpAddr>,
+}
+
+impl FinalAckPeers {
+    /// Reads the table from `dir` (an unreadable file is logged and the table starts empty).
+    pub fn open(dir: &Path) -> Self {
+        let path = dir.join(FINAL_ACK_PEERS_FILE);
+        let mut map = HashMap::new();
+        match std::fs::read(&path) {
+            Ok(b) => match serde_json::from_slice::<BTreeMap<String, String>>(&b) {
+                Ok(m) => {
+                    for (g, ip) in m {
+                        if let (Some(g), Ok(ip)) = (Guid::parse_text(&g), ip.parse()) {
+                            if map.len() < FINAL_ACK_PEERS_MAX {
+                                map.insert(g, ip);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot read the FinalAck addresses; FinalAcks owed to senders not heard from since are counted in lior_final_acks_unroutable_total (delete the file to start over)")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read the FinalAck addresses")
+            }
+        }
+        FinalAckPeers { path, map }
+    }
+
+    pub fn get(&self, g: &Guid) -> Option<IpAddr> {
+        self.map.get(g).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// `sender`'s FinalAcks go to `ip` from now on; written to disk when that is new.
+    pub fn note(&mut self, sender: Guid, ip: IpAddr) {
+        if sender.is_null() || self.map.get(&sender) == Some(&ip) {
+            return;
+        }
+        if self.map.len() >= FINAL_ACK_PEERS_MAX && !self.map.contains_key(&sender) {
+            if let Some(k) = self.map.keys().next().copied() {
+                self.map.remove(&k);
+                tracing::warn!(forgotten = %k, "FINAL_ACK_PEERS_MAX ({FINAL_ACK_PEERS_MAX}) senders remembered; one is forgotten, FinalAcks owed to it are not sent");
+            }
+        }
+        self.map.insert(sender, ip);
+        let file: BTreeMap<String, String> = self
+            .map
+            .iter()
+            .map(|(g, ip)| (g.to_string(), ip.to_string()))
+            .collect();
+        let written = serde_json::to_vec_pretty(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::qm::identity::write_atomic(&self.path, &b));
+        if let Err(e) = written {
+            tracing::error!(file = %self.path.display(), error = %e, "cannot save the FinalAck addresses; after a restart FinalAcks owed to {sender} wait for its next message");
+        }
+    }
+}
+
+impl Delivered {
+    /// The negative FinalAck owed for transactional message `msg` (this delivery's message)
+    /// when it was refused at arrival (bad or non-transactional queue, access denied, bad
+    /// signature, encrypted, quota): sent whatever its flags (MS-MQQB 3.1.7.2.2).
+    pub fn final_nack(&self, msg: &UserMessage<'_>) -> Option<MessageClass> {
+        match self.verdict {
+            Verdict::DeadLettered { class, .. } | Verdict::Forwarded { class, .. }
+                if msg.transaction.is_some() =>
+            {
+                Some(class)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<S: QueueStore> Broker<S> {
+    /// A transactional message asking for a FinalAck arrived from `ip`: remember where its
+    /// sender's FinalAcks go. Takes the table's lock only for such messages.
+    pub fn note_final_ack_peer(&self, msg: &UserMessage<'_>, ip: IpAddr) {
+        if wants_final_ack(msg) {
+            lock(&self.final_ack_peers).note(msg.user.source_queue_manager, ip);
+        }
+    }
+
+    /// Sends `msg`'s FinalAck of class `class` when it asked for one (it leaves its queue).
+    pub fn send_final_ack_if_asked(&self, msg: &UserMessage<'_>, class: MessageClass) {
+        if wants_final_ack(msg) {
+            self.send_final_ack(msg, class, None);
+        }
+    }
+
+    /// Builds the FinalAck of transactional message `msg` (MS-MQQB 2.2.5) and queues it for
+    /// its sender, at `peer` or where [`FinalAckPeers`] says. Messages of this queue manager
+    /// and acknowledgements get none.
+    pub fn send_final_ack(&self, msg: &UserMessage<'_>, class: MessageClass, peer: Option<IpAddr>) {
+        let Some(th) = msg.transaction else {
+            return;
+        };
+        let sender = msg.user.source_queue_manager;
+        if msg.properties.message_class != MessageClass::NORMAL
+            || sender == self.guid()
+            || sender.is_null()
+        {
+            return;
+        }
+        let Some(ip) = peer.or_else(|| lock(&self.final_ack_peers).get(&sender)) else {
+            bump(&self.counters.final_acks_unroutable);
+            if crate::ratelog::QUOTA.allow() {
+                tracing::warn!(%sender, message = msg.user.message_id, "FinalAck not sent: the sender's address is not known (lior_final_acks_unroutable_total)");
+            }
+            return;
+        };
+        let text = format!("TCP:{ip}\\PRIVATE$\\order_queue$");
+        let dest = match DirectName::parse_wire(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, to = %text, "cannot address a FinalAck");
+                bump(&self.counters.final_acks_unroutable);
+                return;
+            }
+        };
+        // A sender at one of our own addresses is another queue manager on this host (its GUID
+        // is not ours): it is reached over the network like any other, on `remote_port` or its
+        // `[remotes]` port, never stored here.
+        let body = FinalAckBody {
+            tx_sequence_id: th.tx_sequence_id,
+            tx_sequence_number: th.tx_sequence_number,
+            tx_previous_sequence_number: th.previous_tx_sequence_number,
+            source_guid: sender,
+            message_id: msg.user.message_id,
+        }
+        .to_bytes();
+        let wire = utf16z(&text);
+        let m = UserMessage::final_ack(
+            self.guid(),
+            self.next_ordinal(),
+            QueueRef::Direct(Utf16(&wire)),
+            class,
+            &body,
+        )
+        .with_sent_time(unix_now());
+        let frame = match encode_message(&m) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a FinalAck");
+                return;
+            }
+        };
+        match self.enqueue_outgoing_nowait(&dest, &frame, &message_meta(&m)) {
+            Ok((def, _, _)) => {
+                bump(&self.counters.final_acks_sent);
+                tracing::info!(class = class.name(), message = %format!("{sender}\\{}", msg.user.message_id), via = %def.key, "FinalAck queued");
+            }
+            Err(e) => {
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::error!(error = %e, "cannot queue a FinalAck");
+                }
+            }
+        }
+    }
+
+    /// An OrderAck covers message `l` of outgoing queue `queue` (in `part`): when it asked for
+    /// a FinalAck it is appended to [`AWAITING_FINAL_ACK_QUEUE`] of the same partition (its
+    /// removal from the outgoing queue, by the caller, commits with it).
+    pub(super) fn keep_awaiting_final_ack(&self, part: &mut Partition<S>, queue: u32, l: LookupId) {
+        let Some((frame, meta)) = part
+            .store
+            .peek(QueueId(queue), crate::store::Select::Lookup(l))
+            .map(|m| (m.bytes.to_vec(), m.meta))
+        else {
+            return;
+        };
+        if !UserMessage::parse(&frame).is_ok_and(|m| wants_final_ack(&m)) {
+            return;
+        }
+        let (waiting, _) = part.store.queue_len(AWAITING_FINAL_ACK_QUEUE);
+        if waiting >= AWAITING_FINAL_ACK_MAX {
+            bump(&self.counters.final_acks_not_awaited);
+            if crate::ratelog::QUOTA.allow() {
+                tracing::warn!(waiting, "AWAITING_FINAL_ACK_MAX ({AWAITING_FINAL_ACK_MAX}) messages await their FinalAck in this partition; an acknowledged message is dropped without waiting for its FinalAck (lior_final_acks_not_awaited_total)");
+            }
+            return;
+        }
+        if let Err(e) = part.store.append(AWAITING_FINAL_ACK_QUEUE, &meta, &frame) {
+            bump(&self.counters.final_acks_not_awaited);
+            tracing::error!(error = %e, "cannot keep a message awaiting its FinalAck");
+        }
+    }
+
+    /// Messages of ours awaiting their FinalAck, over every partition (for metrics).
+    pub fn awaiting_final_ack_len(&self) -> u64 {
+        (0..self.partitions.len())
+            .map(|i| {
+                self.partition(i)
+                    .store
+                    .queue_len(AWAITING_FINAL_ACK_QUEUE)
+                    .0
+            })
+            .sum()
+    }
+
+    /// A FinalAck `fa` (class `class`) arrived from `from` (MS-MQQB 3.1.5.7): the message it
+    /// names leaves the awaiting queue (or its outgoing queue), copied first to the machine
+    /// journal (positive, JP) or the transactional dead-letter queue (negative, JN). Returns
+    /// whether it matched a message.
+    pub(super) fn take_final_ack(
+        &self,
+        class: MessageClass,
+        fa: &FinalAckBody,
+        from: &AckSource,
+    ) -> bool {
+        let found = if fa.source_guid == self.guid() {
+            self.find_final_ack_target(fa)
+        } else {
+            None
+        };
+        let Some((pi, queue, lookup, frame, meta, outgoing)) = found else {
+            bump(&self.counters.final_acks_unmatched);
+            self.refuse_tx_ack(
+                from,
+                "FinalAck",
+                "no message of ours awaits it (already taken, never sent, or not ours)",
+            );
+            return false;
+        };
+        bump(&self.counters.final_acks_received);
+        let Ok(orig) = UserMessage::parse(&frame) else {
+            return false;
+        };
+        let positive = class == MessageClass::ACK_RECEIVE;
+        let copy_to = if positive && orig.user.flags.journal_positive() {
+            Some(JOURNAL_ID)
+        } else if !positive && orig.user.flags.journal_negative() {
+            Some(DEADXACT_ID)
+        } else {
+            None
+        };
+        if let Some(q) = copy_to {
+            self.copy_to_system_queue(q, &frame, &meta);
+        }
+        {
+            let mut part = self.partition(pi);
+            if let Err(e) = part.remove_delivered(queue, lookup) {
+                tracing::error!(error = %e, "cannot remove a message whose FinalAck came");
+            }
+            if let Err(e) = part.commit(None) {
+                tracing::error!(error = %e, "commit after a FinalAck failed");
+            }
+        }
+        if outgoing {
+            lock(&self.tx_progress).push(queue.0);
+            if let Some(f) = self.outgoing_dirty.get(pi) {
+                f.store(true, Ordering::Release);
+            }
+            self.wake(pi);
+        }
+        tracing::info!(
+            class = class.name(),
+            message = %format!("{}\\{}", fa.source_guid, fa.message_id),
+            copied_to = copy_to.map_or("nowhere", |q| if q == JOURNAL_ID { "system$;journal" } else { "system$;deadxact" }),
+            "FinalAck received"
+        );
+        true
+    }
+
+    /// Stores a copy of `frame` in system queue `q` (the machine journal, under
+    /// `MachineJournalQuota`, or the transactional dead-letter queue), at that queue's owner;
+    /// its commit is started, not waited for. Says whether it was stored.
+    pub(super) fn copy_to_system_queue(&self, q: u32, frame: &[u8], meta: &MessageMeta) -> bool {
+        let pi = self.dead_letter_partition(q);
+        let mut p = self.partition(pi);
+        if q == JOURNAL_ID {
+            let quota_kb = self.config.parameters.MachineJournalQuota;
+            let (_, bytes) = p.store.queue_len(QueueId(q));
+            if bytes.saturating_add(frame.len() as u64) > quota_kb.saturating_mul(1024) {
+                bump(&self.counters.journal_dropped);
+                if crate::ratelog::QUOTA.allow() {
+                    tracing::warn!(quota_kb, bytes, "machine journal full (Parameters.MachineJournalQuota, KB): a journal copy is dropped (lior_journal_dropped_total)");
+                }
+                return false;
+            }
+        }
+        // A journal copy never expires (it would owe its sender a NACK).
+        let meta = if q == JOURNAL_ID {
+            MessageMeta {
+                expiry_unix_s: crate::store::EXPIRY_NEVER,
+                ..*meta
+            }
+        } else {
+            *meta
+        };
+        match p.store.append(QueueId(q), &meta, frame) {
+            Ok(_) => {
+                if let Err(e) = p.commit(None) {
+                    tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");
+                }
+                if q == JOURNAL_ID {
+                    bump(&self.counters.journal_copies);
+                } else {
+                    bump(&self.counters.dead_lettered);
+                }
+                drop(p);
+                self.wake(pi);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, queue = q, "cannot store a journal or dead-letter copy");
+                false
+            }
+        }
+    }
+
+    /// The stored message a FinalAck names: (partition, queue, lookup id, frame, meta, whether
+    /// the queue is an outgoing queue), looked for in the awaiting queues, then the outgoing
+    /// queues (one partition lock at a time).
+    #[allow(clippy::type_complexity)]
+    fn find_final_ack_target(
+        &self,
+        fa: &FinalAckBody,
+    ) -> Option<(usize, QueueId, LookupId, Vec<u8>, MessageMeta, bool)> {
+        for i in 0..self.partitions.len() {
+            let p = self.partition(i);
+            if let Some((l, f, m)) = scan_for(&p.store, AWAITING_FINAL_ACK_QUEUE, fa) {
+                return Some((i, AWAITING_FINAL_ACK_QUEUE, l, f, m, false));
+            }
+        }
+        let defs: Vec<(u32, usize)> = lock(&self.outgoing)
+            .iter()
+            .map(|d| (d.id, d.shard % self.partitions.len()))
+            .collect();
+        for (id, pi) in defs {
+            let p = self.partition(pi);
+            if let Some((l, f, m)) = scan_for(&p.store, QueueId(id), fa) {
+                return Some((pi, QueueId(id), l, f, m, true));
+            }
+        }
+        None
+    }
+}
+
+/// The transactional message of queue `q` that FinalAck `fa` names (by MessageID, then its
+/// TxSequenceID and TxSequenceNumber).
+fn scan_for<S: QueueStore>(
+    store: &S,
+    q: QueueId,
+    fa: &FinalAckBody,
+) -> Option<(LookupId, Vec<u8>, MessageMeta)> {
+    let id = fa.message_id.to_le_bytes();
+    let mut c = Cursor::new(q);
+    while let Some(m) = store.cursor_next(&mut c) {
+        if m.meta.class != Class::Transactional || m.meta.message_id.0[16..] != id {
+            continue;
+        }
+        let Ok(u) = UserMessage::parse(m.bytes) else {
+            continue;
+        };
+        if u.user.message_id == fa.message_id
+            && u.transaction.is_some_and(|t| {
+                t.tx_sequence_id == fa.tx_sequence_id
+                    && t.tx_sequence_number == fa.tx_sequence_number
+            })
+        {
+            return Some((m.lookup_id, m.bytes.to_vec(), m.meta));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_table_survives_a_reopen_and_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let mut t = FinalAckPeers::open(d.path());
+        t.note(Guid([1; 16]), "10.0.0.1".parse().unwrap());
+        t.note(Guid([0; 16]), "10.0.0.2".parse().unwrap());
+        let t = FinalAckPeers::open(d.path());
+        assert_eq!(t.get(&Guid([1; 16])), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(t.len(), 1, "the null GUID is never kept");
+        let mut t = FinalAckPeers::open(d.path());
+        for i in 0..=FINAL_ACK_PEERS_MAX as u32 {
+            let mut g = [7u8; 16];
+            g[..4].copy_from_slice(&i.to_le_bytes());
+            t.map.insert(Guid(g), "10.0.0.3".parse().unwrap());
+            if t.map.len() > FINAL_ACK_PEERS_MAX {
+                t.map.remove(&Guid(g));
+            }
+        }
+        t.note(Guid([2; 16]), "10.0.0.4".parse().unwrap());
+        assert_eq!(t.len(), FINAL_ACK_PEERS_MAX);
+        assert!(t.get(&Guid([2; 16])).is_some());
+    }
+}
