@@ -304,6 +304,31 @@ fn the_duplicate_table_is_rebuilt_after_a_crash() {
     assert_eq!(body_ids(&b, "q", 10), [5]);
 }
 
+/// The rebuilt table was stamped at time 0 of the engine's clock (CLOCK_MONOTONIC, since boot),
+/// so the first cleanup after a restart on a machine up for more than RemoveDuplicateCleanup
+/// (30 min) dropped every rebuilt entry and a resend after a crash was stored twice.
+#[test]
+fn the_rebuilt_duplicate_table_survives_the_first_cleanup_after_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let b = broker(d.path());
+    b.create_queue("q", false).unwrap();
+    let f = frame("OS:localhost\\q", 5, true, |m| m);
+    assert!(matches!(deliver(&b, &f).verdict, Verdict::Stored { .. }));
+    let store = b.into_stores().into_iter().next().unwrap();
+    let (store, _) = store.crash_and_recover(StoreConfig::default()).unwrap();
+    let b = broker_over(d.path(), vec![store]);
+    // The cleanup the shard runs soon after start: at least one period past clock zero, so the
+    // test means the same on a machine booted a minute ago.
+    let period = Config::default().parameters.RemoveDuplicateCleanup as u64;
+    let now = lior::engine::net::now_ms().max(period + 1);
+    b.clean_duplicates(0, now);
+    assert!(
+        matches!(deliver(&b, &f).verdict, Verdict::Duplicate { .. }),
+        "a resend after the restart is still a duplicate"
+    );
+    assert_eq!(body_ids(&b, "q", 10), [5]);
+}
+
 #[test]
 fn routes_follow_the_catalog_when_queues_are_deleted_and_created() {
     let d = tempfile::tempdir().unwrap();

@@ -83,6 +83,11 @@ pub(super) fn rebuild_tables<S: QueueStore>(
     // (owner partition, key, position) of the transactional messages still stored, raised
     // into their owner's table once every partition was read.
     let mut stored_tx: Vec<(usize, TxKey, IncomingSequence)> = Vec::new();
+    // Rebuilt entries count as seen now, on the clock deliveries and the cleanup use
+    // (CLOCK_MONOTONIC, since boot): stamped 0, the first cleanup after a restart on a machine
+    // up longer than RemoveDuplicateCleanup dropped them all, and a sender's resend after our
+    // crash was stored twice (tests/srmp_exchange.rs saw it as a doubled recoverable message).
+    let seen_ms = crate::engine::net::now_ms();
     for part in partitions.iter_mut() {
         for q in catalog.iter() {
             if q.partition as usize % n != part.index
@@ -120,7 +125,7 @@ pub(super) fn rebuild_tables<S: QueueStore>(
                 g.copy_from_slice(&id[..16]);
                 let n = u32::from_le_bytes([id[16], id[17], id[18], id[19]]);
                 let origin = (part.index, 0);
-                part.dedup.check_and_insert((Guid(g), n), 0, origin);
+                part.dedup.check_and_insert((Guid(g), n), seen_ms, origin);
             }
         }
     }
