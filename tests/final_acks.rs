@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::bodies;
+
 use std::time::Duration;
 
 use common::api::{metric, outgoing_len};
@@ -71,20 +73,6 @@ fn send(p: &Pair, body: &str, flags: &[&str]) {
     let mut args = vec!["send", &to, "--transactional", "--body", body];
     args.extend_from_slice(flags);
     p.a.cli(&args);
-}
-
-fn bodies(got: &[serde_json::Value]) -> Vec<String> {
-    use base64::Engine as _;
-    got.iter()
-        .map(|m| {
-            String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(m["body_base64"].as_str().unwrap())
-                    .unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
 }
 
 /// Waits (about 15 s at most) until `metric` on `s` reaches `n`; returns its last value.

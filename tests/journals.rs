@@ -5,22 +5,10 @@
 
 mod common;
 
+use common::bodies;
+
 use common::api::metric;
 use common::Server;
-
-fn bodies(got: &[serde_json::Value]) -> Vec<String> {
-    use base64::Engine as _;
-    got.iter()
-        .map(|m| {
-            String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(m["body_base64"].as_str().unwrap())
-                    .unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
-}
 
 fn start(dir: &std::path::Path, config: &str) -> Server {
     let path = dir.join("lior.toml");

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::bodies;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,20 +79,6 @@ fn body_u32(m: &serde_json::Value) -> u32 {
         .decode(m["body_base64"].as_str().unwrap())
         .unwrap();
     u32::from_le_bytes(b.try_into().unwrap())
-}
-
-fn bodies(got: &[serde_json::Value]) -> Vec<String> {
-    use base64::Engine as _;
-    got.iter()
-        .map(|m| {
-            String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(m["body_base64"].as_str().unwrap())
-                    .unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
 }
 
 /// Copies the data directory as a replicated volume would present it on the other node: every

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::bodies;
+
 use std::time::Duration;
 
 use common::api::{get_json, metric, outgoing_len};
@@ -245,20 +247,6 @@ fn outgoing_left(s: &Server) -> u64 {
         std::thread::sleep(Duration::from_millis(100));
     }
     left
-}
-
-fn bodies(got: &[serde_json::Value]) -> Vec<String> {
-    use base64::Engine as _;
-    got.iter()
-        .map(|m| {
-            String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(m["body_base64"].as_str().unwrap())
-                    .unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
 }
 
 /// Issue 8.2: transactional messages queued before the sender restarted used to stay in its

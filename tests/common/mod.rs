@@ -334,3 +334,18 @@ pub fn stderr_of(child: &mut Child) -> String {
     }
     err
 }
+
+/// The bodies of messages as `lior receive --json` / `lior peek --json` print them, as text.
+pub fn bodies(got: &[serde_json::Value]) -> Vec<String> {
+    use base64::Engine as _;
+    got.iter()
+        .map(|m| {
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(m["body_base64"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
