@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::have_proton;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -21,25 +23,6 @@ use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/amqp/client.py");
-
-/// Whether python3 with proton is here; panics under CI, skips loudly elsewhere.
-fn have_proton() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import proton, proton.utils"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "python3 with python-qpid-proton is not installed: `pip install \
-                   python-qpid-proton` (bash .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED (loudly): {msg}");
-    }
-    ok
-}
 
 fn start(dir: &Path) -> (Server, String) {
     let server = Server::start_with(dir, &["--amqp-listen", "127.0.0.1:0"]);

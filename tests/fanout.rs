@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::have_proton;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -231,26 +233,6 @@ fn a_nested_dl_loop_is_refused_at_start_naming_the_lists() {
     assert!(!text.contains("lior ready"), "{text}");
     assert!(text.contains("loop"), "{text}");
     assert!(text.contains(DL_A) && text.contains(DL_B), "{text}");
-}
-
-/// Whether python3 with proton is here; panics under CI, skips loudly elsewhere (as
-/// tests/amqp_clients.rs).
-fn have_proton() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import proton, proton.utils"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "python3 with python-qpid-proton is not installed: `pip install \
-                   python-qpid-proton` (bash .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED (loudly): {msg}");
-    }
-    ok
 }
 
 #[test]

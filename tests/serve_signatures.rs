@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::have_proton;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -241,26 +243,6 @@ fn lior_signs_what_it_sends_and_the_receiving_lior_verifies_it() {
     let here = a.receive_all("local");
     assert_eq!(here.len(), 1);
     assert_eq!(here[0]["authenticated"], true);
-}
-
-/// Whether python3 with proton is here; panics under CI, skips loudly elsewhere (as
-/// tests/amqp_clients.rs).
-fn have_proton() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import proton, proton.utils"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let msg = "python3 with python-qpid-proton is not installed: `pip install \
-                   python-qpid-proton` (bash .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED (loudly): {msg}");
-    }
-    ok
 }
 
 #[test]

@@ -349,3 +349,23 @@ pub fn bodies(got: &[serde_json::Value]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Whether python3 with python-qpid-proton is here (the AMQP client tests use it); panics
+/// under CI, skips loudly elsewhere.
+pub fn have_proton() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import proton, proton.utils"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let msg = "python3 with python-qpid-proton is not installed: `pip install \
+                   python-qpid-proton` (bash .ci/run installs it)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED (loudly): {msg}");
+    }
+    ok
+}
