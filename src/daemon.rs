@@ -135,6 +135,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     // Each shard registers its eventfd on the store rings of the partitions it runs before its
     // loop starts, so no commit completion of theirs goes unsignalled.
     let engine = Engine::start_with_ctx(engine_cfg, move |ctx: crate::engine::net::ShardCtx| {
+        crate::qm::broker::set_thread_shard(ctx.index, ctx.shards);
         let mut shard_app =
             crate::shard_app::ShardApp::new(s2.clone(), amqp_factory.clone(), ctx.index);
         let app = &mut shard_app.msmq;
@@ -194,6 +195,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     });
     let w3 = wake.clone();
     broker.set_waker(Box::new(move |i| w3(i)));
+    crate::qm::broker::set_shards_running(true);
     let shards = crate::qm::requests::ShardClient::new(request_senders, requests_max, wake);
     let engine_counters: Vec<Arc<EngineCounters>> = (0..engine.shard_count())
         .filter_map(|i| engine.shard_counters(i))
@@ -285,6 +287,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
     crate::sdnotify::notify_logged("STOPPING=1", "lior is stopping");
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     api.stop();
+    crate::qm::broker::set_shards_running(false);
     if let Some(s) = srmp {
         s.stop();
     }
@@ -445,6 +448,12 @@ pub fn render_metrics(
         load(&c.records_mailed),
     );
     let b = &shared.broker.counters;
+    put(
+        "partition_locks_foreign_total",
+        "Store partitions locked by a thread that does not run them (another shard, the API, \
+         SRMP): the locks issue 10 removes.",
+        load(&b.foreign_partition_locks),
+    );
     put(
         "messages_stored_total",
         "Messages stored in a queue.",

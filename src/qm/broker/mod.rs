@@ -55,7 +55,10 @@ pub use final_acks::{
 };
 pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
 pub use outgoing::{AckSource, OrderAcked, OutgoingInfo, TxOut};
-pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
+pub use partition::{
+    set_shards_running, set_thread_shard, thread_runs_partition, InFlight, Partition,
+    PartitionGuard, TXN_STATE_QUEUE,
+};
 pub use recovery::{migrate_spread, MigrationReport};
 pub use requests::{
     check_move, QueueInfo, QueueLens, Received, SendOutcome, SendRequest, Staged,
@@ -137,6 +140,9 @@ pub struct Broker<S> {
 /// Counters of the queue manager, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct BrokerCounters {
+    /// Partition locks taken, while the shards run, by a thread that does not run the
+    /// partition (issue 10 removes them; see `partition::thread_runs_partition`).
+    pub foreign_partition_locks: AtomicU64,
     pub messages_stored: AtomicU64,
     pub bytes_stored: AtomicU64,
     pub duplicates_dropped: AtomicU64,
@@ -415,8 +421,16 @@ impl<S: QueueStore> Broker<S> {
 
     /// Locks partition `i`. A thread holds at most one partition lock at a time (a debug
     /// assertion checks it): take what is needed, drop the guard, then lock the next.
+    #[track_caller]
     pub fn partition(&self, i: usize) -> PartitionGuard<'_, S> {
-        PartitionGuard::lock(&self.partitions[i % self.partitions.len()])
+        let i = i % self.partitions.len();
+        if !partition::thread_runs_partition(i) {
+            self.counters
+                .foreign_partition_locks
+                .fetch_add(1, Ordering::Relaxed);
+            partition::note_foreign_lock(i, std::panic::Location::caller());
+        }
+        PartitionGuard::lock(&self.partitions[i])
     }
 
     /// The partition that owns queue `q` (stores every message of it).

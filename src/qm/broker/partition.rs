@@ -27,6 +27,52 @@ std::thread_local! {
     static PARTITION_GUARDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+std::thread_local! {
+    /// The shard this thread runs and the number of shards, set by the daemon's shard factory
+    /// (see [`set_thread_shard`]); None on every other thread.
+    static THREAD_SHARD: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Set while the engine's shards run (`lior serve`): from then on a partition locked by a
+/// thread that does not run it (another shard, the API, SRMP) is counted as foreign.
+static SHARDS_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Call sites already logged as taking a foreign partition lock, at most this many.
+const FOREIGN_LOCK_SITES_LOGGED_MAX: usize = 64;
+static FOREIGN_LOCK_SITES: Mutex<Vec<&'static std::panic::Location<'static>>> =
+    Mutex::new(Vec::new());
+
+/// Marks the calling thread as the thread of `shard` (of `shards`): partition `p` is run by
+/// shard `p % shards`, and a lock of another partition from here is foreign (issue 10: every
+/// partition is to be touched by its owner only; this counts what is left).
+pub fn set_thread_shard(shard: usize, shards: usize) {
+    THREAD_SHARD.with(|c| c.set(Some((shard, shards.max(1)))));
+}
+
+/// Tells the probe whether the engine's shards run (see [`SHARDS_RUNNING`]).
+pub fn set_shards_running(running: bool) {
+    SHARDS_RUNNING.store(running, Ordering::SeqCst);
+}
+
+/// Whether the calling thread may touch partition `p` without reaching into another shard:
+/// it runs `p`, or no shard runs (start-up, shutdown, tests, the simulation).
+pub fn thread_runs_partition(p: usize) -> bool {
+    match THREAD_SHARD.with(std::cell::Cell::get) {
+        Some((s, n)) => p % n == s,
+        None => !SHARDS_RUNNING.load(Ordering::Relaxed),
+    }
+}
+
+/// Notes a foreign partition lock taken at `site` (logged once per call site).
+pub(super) fn note_foreign_lock(p: usize, site: &'static std::panic::Location<'static>) {
+    let mut sites = lock(&FOREIGN_LOCK_SITES);
+    if sites.len() < FOREIGN_LOCK_SITES_LOGGED_MAX && !sites.contains(&site) {
+        sites.push(site);
+        let shard = THREAD_SHARD.with(std::cell::Cell::get).map(|(s, _)| s);
+        tracing::debug!(partition = p, ?shard, %site, "partition locked by a thread that does not run it");
+    }
+}
+
 /// A locked partition. A thread holds at most one (checked in debug builds).
 pub struct PartitionGuard<'a, S> {
     guard: MutexGuard<'a, Partition<S>>,
