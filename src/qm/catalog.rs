@@ -215,13 +215,17 @@ impl Deref for CatalogWrite<'_> {
 
     fn deref(&self) -> &Catalog {
         // Some until `drop`.
-        self.draft.as_ref().expect("a catalog draft until the guard drops")
+        self.draft
+            .as_ref()
+            .expect("a catalog draft until the guard drops")
     }
 }
 
 impl DerefMut for CatalogWrite<'_> {
     fn deref_mut(&mut self) -> &mut Catalog {
-        self.draft.as_mut().expect("a catalog draft until the guard drops")
+        self.draft
+            .as_mut()
+            .expect("a catalog draft until the guard drops")
     }
 }
 
@@ -641,11 +645,17 @@ mod tests {
             h.join().unwrap();
         }
         let now = cell.load();
-        assert_eq!(now.iter().filter(|q| q.kind == QueueKind::Private).count(), 41);
+        assert_eq!(
+            now.iter().filter(|q| q.kind == QueueKind::Private).count(),
+            41
+        );
         // And saved: a reopen finds them all.
         let reopened = Catalog::open(d.path(), 100).unwrap();
         assert_eq!(
-            reopened.iter().filter(|q| q.kind == QueueKind::Private).count(),
+            reopened
+                .iter()
+                .filter(|q| q.kind == QueueKind::Private)
+                .count(),
             41
         );
     }
