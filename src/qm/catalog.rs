@@ -598,7 +598,8 @@ mod tests {
     /// A reader never waits for a writer: while a change is being made (the writer's guard
     /// held), another thread loads the catalog at once and sees it as it was; once the guard
     /// drops, the change is there and the generation has moved. (Under the former
-    /// `RwLock<Catalog>` the reader blocked until the writer finished, and this test timed out.)
+    /// `RwLock<Catalog>` the reader waits for the writer's guard, which this test holds until
+    /// after its 30 s wait: it would fail.)
     #[test]
     fn a_reader_does_not_wait_for_a_writer_and_sees_the_change_once_published() {
         let d = tempfile::tempdir().unwrap();
