@@ -7,6 +7,8 @@
 //! - `LIOR_SIM_SEEDS=<count>` (and optionally `LIOR_SIM_FIRST=<n>`) runs a longer campaign.
 //! - `LIOR_SIM_FSYNC_FAILURES=1` also injects failed fsyncs (see [`fsync_failures`]).
 //! - Each seed runs one or two shards ([`shards_of`]); `LIOR_SIM_SHARDS=1|2` forces one.
+//! - `LIOR_SIM_LOSE_WAKES=1` injects a lost wake (see `World::lose_broker_wakes`): a campaign
+//!   then shows which seeds the lost-wake check catches it on.
 
 mod sim;
 
@@ -52,19 +54,28 @@ fn shards_of(seed: u64) -> usize {
 
 /// One seed; on failure, a message naming the seed and how to replay it.
 fn run_seed(seed: u64) -> Result<Stats, String> {
-    run_seed_with(seed, fsync_failures(), shards_of(seed))
+    run_seed_opts(
+        seed,
+        fsync_failures(),
+        shards_of(seed),
+        false,
+        std::env::var_os("LIOR_SIM_LOSE_WAKES").is_some(),
+    )
 }
 
 fn run_seed_with(seed: u64, fsync: bool, shards: usize) -> Result<Stats, String> {
-    run_seed_opts(seed, fsync, shards, false)
+    run_seed_opts(seed, fsync, shards, false, false)
 }
 
 /// `strict_wakes`: a lost wake fails the run even while `world::LOST_WAKES_FAIL` is off.
+/// `lose_wakes`: the injected bug of [`World::lose_broker_wakes`] (`LIOR_SIM_LOSE_WAKES=1` in
+/// a campaign).
 fn run_seed_opts(
     seed: u64,
     fsync: bool,
     shards: usize,
     strict_wakes: bool,
+    lose_wakes: bool,
 ) -> Result<Stats, String> {
     let trace = std::env::var_os("LIOR_SIM_TRACE").is_some();
     let mut world = match World::new(seed, fsync, trace, shards) {
@@ -72,6 +83,9 @@ fn run_seed_opts(
         Err(e) => return Err(format!("seed {seed}: setup failed: {e}")),
     };
     world.strict_wakes |= strict_wakes;
+    if lose_wakes {
+        world.lose_broker_wakes();
+    }
     let outcome = catch_unwind(AssertUnwindSafe(|| world.run()));
     let why = match outcome {
         Ok(Ok(stats)) => return Ok(stats),
@@ -243,27 +257,34 @@ fn torn_commit_bug_transactional_duplicate() {
     }
 }
 
-/// Regression (found by this simulation, fixed in `Broker::wake_durable_interest`): seed
-/// 7774064181399508077 with two shards. At 338 ms shard 1 receives recoverable message #1
-/// for a queue stored in partition 0 (owned by shard 0), appends it and commits partition 0
-/// without waiting (`MsmqApp::commit_partition`): the batch is in flight, so it calls
-/// `note_durable_interest(0, 1)`; but this is shard 1's first commit of partition 0, so the
-/// watermark "advanced" (from its `durable[0] = 0`) and it then calls
-/// `wake_durable_interest(0, 1)`, whose `swap(0)` clears every interest bit, its own included,
-/// and wakes only the others. At 349 ms shard 0 (woken by the completion) reaps the batch, the
-/// mark moves, and it finds no interest: shard 1 is never woken. It sleeps until its own
-/// `app_deadline` (the expiry scan) at 5007 ms and only then sends the SessionAck; the
-/// sender (window 1) stalls 4.7 s. Any commit by a non-owner that reaps an earlier batch while
-/// its own ticket is still in flight loses the wake the same way. 14 of the 120 default seeds
-/// (51 of them run two shards; no one-shard seed) hit it; `Stats.lost_wakes` counts them.
-/// Fixed: `wake_durable_interest(p, me)` clears only the bits it wakes (`let own = 1 << me;
-/// i.fetch_and(own) & !own` instead of `swap(0)`).
-/// Replay: `LIOR_SIM_SEED=7774064181399508077 LIOR_SIM_SHARDS=2 LIOR_SIM_STRICT_WAKES=1
+/// The lost-wake check catches a lost durable-interest wake of today's code. History: the
+/// simulation found (seed 7774064181399508077, two shards) that `wake_durable_interest`'s
+/// `swap(0)` cleared the interest bit of the shard calling it, which then waited on a partition
+/// it had just committed and was never woken; fixed by clearing only the bits it wakes. That
+/// seed no longer reaches the bug: since S5 a shard commits only the partitions it runs, so the
+/// caller's own bit is never set and the old `swap(0)` behaves like the fix (checked: with
+/// `swap(0)` put back, that seed and 120 two-shard seeds pass). What the check
+/// must still catch is the wake itself going missing: a shard that took the owner's answer to a
+/// hand-off watches the owner's partition (`note_durable_interest`) and sleeps; the owner's
+/// commit moves the mark and wakes it (`wake_durable_interest`). Here that wake is lost
+/// ([`sim::world::World::lose_broker_wakes`], an injected bug: the waker drops every wake the
+/// broker sends): the seed must fail with "lost wake" (the waiting shard acknowledges in a turn
+/// run only for its own timer, at 1029 ms), and pass without it. 7 of 30 two-shard seeds fail
+/// so; with the lost-wake check turned off this test fails.
+/// Replay the failing run: `LIOR_SIM_SEED=285548580 LIOR_SIM_SHARDS=2 LIOR_SIM_LOSE_WAKES=1
 /// LIOR_SIM_TRACE=1 cargo test --test sim_sessions -- --nocapture`.
 #[test]
-fn lost_wake_bug_non_owner_commit_clears_its_own_durable_interest() {
-    if let Err(e) = run_seed_opts(7_774_064_181_399_508_077, false, 2, true) {
+fn lost_wake_of_a_shard_waiting_for_another_shards_durability_is_caught() {
+    const SEED: u64 = 285_548_580;
+    if let Err(e) = run_seed_opts(SEED, false, 2, true, false) {
         panic!("{e}");
+    }
+    match run_seed_opts(SEED, false, 2, true, true) {
+        Ok(s) => panic!(
+            "seed {SEED} passed with every durable-interest wake lost: the lost-wake check no \
+             longer sees a shard that slept through another shard's commit ({s:?})"
+        ),
+        Err(e) => assert!(e.contains("lost wake"), "seed {SEED} failed otherwise: {e}"),
     }
 }
 
@@ -281,7 +302,7 @@ fn lost_wake_bug_non_owner_commit_clears_its_own_durable_interest() {
 /// LIOR_SIM_STRICT_WAKES=1 LIOR_SIM_TRACE=1 cargo test --test sim_sessions -- --nocapture`.
 #[test]
 fn lost_wake_bug_handoff_answer_taken_after_end_of_turn() {
-    if let Err(e) = run_seed_opts(2_784_038_555_440_156_458, false, 2, true) {
+    if let Err(e) = run_seed_opts(2_784_038_555_440_156_458, false, 2, true, false) {
         panic!("{e}");
     }
 }

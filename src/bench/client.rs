@@ -69,6 +69,9 @@ pub struct Shared {
     pub sessions_closed: AtomicUsize,
     /// Sessions that sent their whole `--count` quota and saw it acknowledged.
     pub sessions_done: AtomicUsize,
+    /// Shards that have seen `stop` at the start of their turn's end (branch `stall`): from
+    /// then on they send nothing new, so `sent` stops moving.
+    pub shards_stopped: AtomicUsize,
     /// Latency since the last progress line (the controller resets it).
     pub interval: Mutex<Histogram<u64>>,
     /// Latency over the measured part of the run (the controller resets it at the start).
@@ -89,6 +92,7 @@ impl Shared {
             sessions_open: AtomicUsize::new(0),
             sessions_closed: AtomicUsize::new(0),
             sessions_done: AtomicUsize::new(0),
+            shards_stopped: AtomicUsize::new(0),
             interval: Mutex::new(new_histogram()),
             total: Mutex::new(new_histogram()),
             errors: Mutex::new(Vec::new()),
@@ -287,6 +291,8 @@ pub struct BenchApp {
     conns: Vec<ConnId>,
     ready: Vec<ConnId>,
     go_seen: bool,
+    /// This shard has counted itself in `Shared::shards_stopped`.
+    stop_seen: bool,
     hist: Histogram<u64>,
     last_publish_ms: u64,
     acked_unpublished: u64,
@@ -324,6 +330,7 @@ impl BenchApp {
             conns: Vec::new(),
             ready: Vec::new(),
             go_seen: false,
+            stop_seen: false,
             hist: new_histogram(),
             last_publish_ms: crate::engine::net::now_ms(),
             acked_unpublished: 0,
@@ -475,6 +482,13 @@ impl App for BenchApp {
     }
 
     fn end_of_turn(&mut self, now_ms: u64) {
+        if !self.stop_seen && self.shared.stop.load(Ordering::Acquire) {
+            // Every `poll_transmit` of this shard from now on reads `stop` as set, and every
+            // message it queued before is in `sent` already: the controller's drain may trust
+            // `sent` once every shard said so (Release: with those counts).
+            self.stop_seen = true;
+            self.shared.shards_stopped.fetch_add(1, Ordering::Release);
+        }
         if !self.go_seen && self.shared.go.load(Ordering::Relaxed) {
             // The controller woke us: every open session starts sending now.
             self.go_seen = true;

@@ -631,14 +631,10 @@ fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summ
     let acked_at_end = shared.acked.load(Ordering::Relaxed);
     shared.stop.store(true, Ordering::Release);
 
-    // Let what is in flight be acknowledged, so the counts add up.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while shared.acked.load(Ordering::Relaxed) < shared.sent.load(Ordering::Relaxed)
-        && shared.sessions_closed.load(Ordering::Relaxed) == 0
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // Every shard runs a turn and sees `stop` (an idle one too), then what is in flight is
+    // acknowledged, so the counts add up.
+    wake_all(&engine);
+    drain(shared, engine.shard_count(), Instant::now() + DRAIN_TIMEOUT);
     engine.shutdown().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     let elapsed = (end - start).as_secs_f64();
@@ -663,6 +659,26 @@ fn send(args: &BenchArgs, to: &str, shared: &Arc<Shared>) -> anyhow::Result<Summ
         ));
     }
     Ok(summary)
+}
+
+/// After `stop`: waits until each of the `shards` has seen it (`Shared::shards_stopped`, counted
+/// at a shard's end of turn, after which its `poll_transmit` queues nothing more), then until
+/// every message sent is acknowledged; or until a session closed, or `deadline`. Returns
+/// whether everything sent was acknowledged. Without the first wait, a shard that read `stop`
+/// as false just before it was set could count a whole window after the drain had found
+/// `acked == sent`, and the shutdown that follows left that window unacknowledged.
+fn drain(shared: &Shared, shards: usize, deadline: Instant) -> bool {
+    loop {
+        // Acquire: pairs with each shard's Release, so its last `sent` is visible below.
+        let stopped = shared.shards_stopped.load(Ordering::Acquire) >= shards;
+        if stopped && shared.acked.load(Ordering::Relaxed) >= shared.sent.load(Ordering::Relaxed) {
+            return true;
+        }
+        if shared.sessions_closed.load(Ordering::Relaxed) > 0 || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn wake_all(engine: &crate::engine::net::EngineHandle) {
@@ -770,4 +786,42 @@ fn consume(
         },
         end_to_end_us: Latency::from_histogram(&hist),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bench's "N messages were not acknowledged" with nothing lost (seen twice by the A/B
+    /// of 2026-11-27, one window of express x1): the controller sets `stop` while a shard, in
+    /// `poll_transmit`, has already read it as false and is queueing a window it has not yet
+    /// added to `sent`. Everything counted so far is acknowledged (the shard published its
+    /// acks in `end_of_turn` just before), so the drain ended at once, the engine was shut
+    /// down, and the window the shard then counted and sent was never acknowledged. The drain
+    /// must wait until every shard has seen `stop` (`shards_stopped`) before it trusts
+    /// `acked >= sent`.
+    #[test]
+    fn the_drain_waits_for_every_shard_to_see_stop_before_trusting_the_counts() {
+        let shared = Shared::new();
+        shared.sent.store(640, Ordering::Relaxed);
+        shared.acked.store(640, Ordering::Relaxed);
+        // The shard read `stop` (false) and is filling its window; the controller stops now.
+        shared.stop.store(true, Ordering::Release);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(
+            !drain_shards(&shared, 1, soon),
+            "the drain trusted acked == sent before the shard had seen stop"
+        );
+        // The shard counts the window it queued, then sees stop at its next end of turn.
+        shared.sent.fetch_add(64, Ordering::Relaxed);
+        shared.shards_stopped.fetch_add(1, Ordering::Relaxed);
+        assert!(!drain_shards(&shared, 1, Instant::now()));
+        // Its acknowledgement comes: now the drain is done.
+        shared.acked.fetch_add(64, Ordering::Relaxed);
+        assert!(drain_shards(&shared, 1, Instant::now()));
+    }
+
+    fn drain_shards(shared: &Shared, shards: usize, deadline: Instant) -> bool {
+        drain(shared, shards, deadline)
+    }
 }

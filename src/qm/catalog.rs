@@ -8,8 +8,12 @@
 //! the spelling they were created with for display.
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LockResult, Mutex, MutexGuard, PoisonError};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use super::identity::write_atomic;
@@ -122,7 +126,7 @@ impl std::fmt::Display for CatalogError {
 impl std::error::Error for CatalogError {}
 
 /// The set of queues.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Catalog {
     path: PathBuf,
     queues_max: usize,
@@ -131,6 +135,109 @@ pub struct Catalog {
     next_id: u32,
     /// Store partitions a new queue may be given (see [`Catalog::assign_partitions`]).
     partitions: u32,
+}
+
+/// The catalog as every thread shares it (branch `stall`): readers take an immutable snapshot
+/// ([`CatalogCell::load`]: one atomic load and a reference count, no lock, so a route-cache miss
+/// on a shard never waits for the API); a change is made on a copy under a writer lock that
+/// readers never take ([`CatalogCell::write`]), and published whole when its guard drops.
+/// Writers are serialised by that lock, so no change is lost; readers see either the snapshot
+/// before a change or the one after, never a half-made one.
+pub struct CatalogCell {
+    current: ArcSwap<Catalog>,
+    /// Serialises writers (create, delete, rights, journal flag); readers never take it.
+    writer: Mutex<()>,
+    /// Moved after each publication (see [`CatalogWrite`]); shared with the broker's
+    /// `catalog_generation`, the key of the shards' route caches.
+    generation: Arc<AtomicU64>,
+}
+
+impl CatalogCell {
+    /// A cell holding `catalog`; `generation` moves after each published change.
+    pub fn new(catalog: Catalog, generation: Arc<AtomicU64>) -> CatalogCell {
+        CatalogCell {
+            current: ArcSwap::from_pointee(catalog),
+            writer: Mutex::new(()),
+            generation,
+        }
+    }
+
+    /// The current snapshot, without a lock. It does not change under the caller: a change
+    /// published meanwhile is seen by the next `load`.
+    pub fn load(&self) -> Arc<Catalog> {
+        self.current.load_full()
+    }
+
+    /// Starts a change: waits for any other writer (never for a reader), then hands out a copy
+    /// of the current catalog to change; the guard publishes it when dropped. Err (poisoned:
+    /// a writer panicked) still carries the guard, as `RwLock::write` does.
+    pub fn write(&self) -> LockResult<CatalogWrite<'_>> {
+        let (lock, poisoned) = match self.writer.lock() {
+            Ok(g) => (g, false),
+            Err(p) => (p.into_inner(), true),
+        };
+        let draft = Catalog::clone(&self.current.load());
+        let w = CatalogWrite {
+            cell: self,
+            _writer: lock,
+            draft: Some(draft),
+        };
+        if poisoned {
+            Err(PoisonError::new(w))
+        } else {
+            Ok(w)
+        }
+    }
+}
+
+impl std::fmt::Debug for CatalogCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CatalogCell")
+            .field("queues", &self.current.load().by_name.len())
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A change of the catalog in progress ([`CatalogCell::write`]): a private copy, published when
+/// the guard drops. The generation moves after the publication, so a route cache keyed by a
+/// generation it read before the new snapshot was visible is dropped (a writer that also moves
+/// the generation itself while holding the guard only adds a step).
+pub struct CatalogWrite<'a> {
+    cell: &'a CatalogCell,
+    _writer: MutexGuard<'a, ()>,
+    /// Taken only by `drop`.
+    draft: Option<Catalog>,
+}
+
+impl Deref for CatalogWrite<'_> {
+    type Target = Catalog;
+
+    fn deref(&self) -> &Catalog {
+        // Some until `drop`.
+        self.draft
+            .as_ref()
+            .expect("a catalog draft until the guard drops")
+    }
+}
+
+impl DerefMut for CatalogWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Catalog {
+        self.draft
+            .as_mut()
+            .expect("a catalog draft until the guard drops")
+    }
+}
+
+impl Drop for CatalogWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(draft) = self.draft.take() {
+            // What the writer left is what readers see, as it was with the lock (a change that
+            // failed to save stays in memory, as before).
+            self.cell.current.store(Arc::new(draft));
+            self.cell.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -487,6 +594,72 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader never waits for a writer: while a change is being made (the writer's guard
+    /// held), another thread loads the catalog at once and sees it as it was; once the guard
+    /// drops, the change is there and the generation has moved. (Under the former
+    /// `RwLock<Catalog>` the reader waits for the writer's guard, which this test holds until
+    /// after its 30 s wait: it would fail.)
+    #[test]
+    fn a_reader_does_not_wait_for_a_writer_and_sees_the_change_once_published() {
+        let d = tempfile::tempdir().unwrap();
+        let generation = Arc::new(AtomicU64::new(1));
+        let cell = Arc::new(CatalogCell::new(
+            Catalog::open(d.path(), 100).unwrap(),
+            generation.clone(),
+        ));
+        let before = cell.load();
+        let mut w = cell.write().unwrap();
+        w.create("orders", false).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let cell = cell.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(cell.load().lookup("orders").is_some());
+            })
+        };
+        // Generous: a reader that is not blocked answers in microseconds; one blocked by the
+        // writer (which holds its guard until after this) never answers.
+        let seen = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(seen, Ok(false), "the reader waited for the writer");
+        reader.join().unwrap();
+        assert_eq!(generation.load(Ordering::SeqCst), 1);
+        drop(w);
+        assert!(cell.load().lookup("orders").is_some());
+        assert!(generation.load(Ordering::SeqCst) > 1);
+        // A snapshot taken before stays as it was.
+        assert!(before.lookup("orders").is_none());
+        // Writers are serialised: two threads creating queues both land.
+        let handles: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|n| {
+                let cell = cell.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let mut w = cell.write().unwrap();
+                        w.create(&format!("{n}{i}"), false).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let now = cell.load();
+        assert_eq!(
+            now.iter().filter(|q| q.kind == QueueKind::Private).count(),
+            41
+        );
+        // And saved: a reopen finds them all.
+        let reopened = Catalog::open(d.path(), 100).unwrap();
+        assert_eq!(
+            reopened
+                .iter()
+                .filter(|q| q.kind == QueueKind::Private)
+                .count(),
+            41
+        );
+    }
 
     #[test]
     fn queues_persist_with_stable_numbers_and_system_queues_exist() {

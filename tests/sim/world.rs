@@ -54,7 +54,7 @@ const EIO: i32 = 5;
 const ADMIN_QUEUE: &str = "sim_admin";
 
 /// Whether a lost wake (see [`World::shard_turn`]) fails a run (it does since the bug pinned
-/// by `sim_sessions::lost_wake_bug_*` was fixed), rather than only being counted
+/// by `sim_sessions::lost_wake_*` was fixed), rather than only being counted
 /// (`Stats.lost_wakes`).
 pub const LOST_WAKES_FAIL: bool = true;
 
@@ -355,6 +355,8 @@ impl TurnIo for SimIo<'_> {
 struct Wake {
     flags: Vec<AtomicBool>,
     calls: AtomicU64,
+    /// Injected bug ([`World::lose_broker_wakes`]): every wake is counted and dropped.
+    lose: AtomicBool,
 }
 
 impl Wake {
@@ -362,11 +364,15 @@ impl Wake {
         Wake {
             flags: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             calls: AtomicU64::new(0),
+            lose: AtomicBool::new(false),
         }
     }
 
     fn wake(&self, shard: usize) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.lose.load(Ordering::Relaxed) {
+            return;
+        }
         // `wake_durable_interest` maps interest bits to shard indexes below the partition
         // count; the simulation has as many partitions as shards.
         self.flags[shard % self.flags.len()].store(true, Ordering::Release);
@@ -630,6 +636,15 @@ impl World {
             trace: trace.then(VecDeque::new),
             _dir: dir,
         })
+    }
+
+    /// Injects a lost wake into this run (for the test that shows the lost-wake check catches
+    /// one): every wake the broker sends (`Broker::set_waker`; with the shards joined by the
+    /// mesh these are the partition owner's `wake_durable_interest` wakes of a shard waiting for
+    /// its durability) is dropped, as if the owner forgot to wake the waiters. Kept across
+    /// restarts.
+    pub fn lose_broker_wakes(&mut self) {
+        self.server.wake.lose.store(true, Ordering::Relaxed);
     }
 
     fn log(&mut self, what: impl FnOnce() -> String) {

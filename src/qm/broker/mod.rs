@@ -8,9 +8,10 @@
 //! API call or SRMP post brings it, so the queue has one delivery order: priority, then FIFO.
 //! Under today's locks a shard locks the owner's partition for each message it stores there
 //! (never two partition locks at once: see [`PartitionGuard`]). Queues whose messages an older
-//! lior spread over several partitions are read from every partition (see `spread`). Tables
-//! shared by all shards (catalog, duplicate table, transactional sequences) sit behind locks
-//! taken once per message for a few hundred nanoseconds.
+//! lior spread over several partitions are read from every partition (see `spread`). The
+//! catalog is a snapshot read without a lock and replaced whole by each change (see
+//! [`CatalogCell`]); other tables shared by all shards sit behind locks taken once per message
+//! for a few hundred nanoseconds.
 //!
 //! This file holds the [`Broker`] itself (its state, its construction, the partition accessors),
 //! its counters and API error, the broker's limits, and the small helpers its files share. Each
@@ -22,10 +23,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::config::Config;
-use crate::qm::catalog::{Catalog, CatalogError, QueueDef};
+use crate::qm::catalog::{Catalog, CatalogCell, CatalogError, QueueDef};
 use crate::qm::identity::{load_or_create_guid, OrdinalAllocator};
 use crate::qm::outgoing::OutgoingTable;
 use crate::qm::routing::LocalIdentity;
@@ -93,7 +94,9 @@ const COMMIT_WAIT_ROUNDS_MAX: u32 = 64;
 pub struct Broker<S> {
     pub identity: LocalIdentity,
     pub config: Config,
-    catalog: RwLock<Catalog>,
+    /// Read without a lock (a snapshot); changed under a writer lock readers never take
+    /// (`catalog.write()`, see [`CatalogCell`]; branch `stall`).
+    catalog: CatalogCell,
     partitions: Vec<Mutex<Partition<S>>>,
     /// Per partition: its durable watermark, published by each commit (read without a lock by
     /// shards waiting for another shard's partition).
@@ -126,8 +129,9 @@ pub struct Broker<S> {
     refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
     /// Where each sending queue manager's FinalAcks go (see `final_acks`).
     final_ack_peers: Mutex<FinalAckPeers>,
-    /// Bumped by every catalog change; the route cache is valid for one generation.
-    catalog_generation: AtomicU64,
+    /// Bumped by every catalog change; the route cache is valid for one generation. Shared
+    /// with `catalog`, which moves it after publishing each change.
+    catalog_generation: Arc<AtomicU64>,
     /// Queues found at start-up with messages outside their owning partition (stored by a lior
     /// that spread a queue over the partitions): peek and receive look at every partition for
     /// them, in the older (not FIFO) order. New messages go to the owner only; S2 of issue 10
@@ -363,6 +367,7 @@ impl<S: QueueStore> Broker<S> {
         let final_ack_peers = FinalAckPeers::open(&config.data_dir);
         let signer = crate::security::Signer::from_config(&config.parameters.security)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let catalog_generation = Arc::new(AtomicU64::new(1));
         Ok(Broker {
             signer,
             identity,
@@ -377,8 +382,8 @@ impl<S: QueueStore> Broker<S> {
             tx_progress: Mutex::new(Vec::new()),
             refused_log: Mutex::new(HashMap::new()),
             final_ack_peers: Mutex::new(final_ack_peers),
-            catalog_generation: AtomicU64::new(1),
-            catalog: RwLock::new(catalog),
+            catalog: CatalogCell::new(catalog, catalog_generation.clone()),
+            catalog_generation,
             partitions,
             durable_marks,
             txn_full_logged: std::sync::atomic::AtomicU32::new(0),
@@ -448,8 +453,10 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
-    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
-        self.catalog.read().unwrap_or_else(|p| p.into_inner())
+    /// The catalog as it is now: a snapshot taken without a lock, which no change alters
+    /// (the next call sees the change).
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load()
     }
 
     /// A block of `n` fresh MessageIdOrdinals for a shard to hand out itself (one lock per
