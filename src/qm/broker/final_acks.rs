@@ -324,7 +324,7 @@ impl<S: QueueStore> Broker<S> {
             }
         }
         if outgoing {
-            lock(&self.tx_progress).push(queue.0);
+            self.partition(pi).tx_progress.push(queue.0);
             if let Some(f) = self.outgoing_dirty.get(pi) {
                 f.store(true, Ordering::Release);
             }

@@ -54,7 +54,7 @@ pub use final_acks::{
     FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
 };
 pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
-pub use outgoing::{AckSource, OrderAcked, OutgoingInfo, TxOut};
+pub use outgoing::{AckSource, OrderAckIn, OutgoingInfo, TxAckStep, TxOut};
 pub use partition::{InFlight, Partition, PartitionGuard, TXN_STATE_QUEUE};
 pub use recovery::{migrate_spread, MigrationReport};
 pub use requests::{
@@ -115,10 +115,6 @@ pub struct Broker<S> {
     arrival_interest: Vec<AtomicU64>,
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
-    /// Outgoing transactional sequences, by outgoing queue id (MS-MQQB TxOutgoingSequence).
-    tx_out: Mutex<HashMap<u32, TxOut>>,
-    /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
-    tx_progress: Mutex<Vec<u32>>,
     /// When an ignored OrderAck/FinalAck was last logged, per peer address.
     refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
     /// Where each sending queue manager's FinalAcks go (see `final_acks`).
@@ -367,8 +363,6 @@ impl<S: QueueStore> Broker<S> {
             durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             arrival_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             waker: OnceLock::new(),
-            tx_out: Mutex::new(HashMap::new()),
-            tx_progress: Mutex::new(Vec::new()),
             refused_log: Mutex::new(HashMap::new()),
             final_ack_peers: Mutex::new(final_ack_peers),
             catalog_generation: AtomicU64::new(1),

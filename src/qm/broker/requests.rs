@@ -669,13 +669,13 @@ impl<S: QueueStore> Broker<S> {
                 };
                 (seq_id, s.seq_no.wrapping_add(1))
             } else {
-                let def = lock(&self.outgoing)
-                    .get_or_create(direct)
-                    .map_err(|e| ApiError::Send(e.to_string()))?;
-                let mut g = lock(&self.tx_out);
-                let t = self.tx_out_state(&mut g, &def);
+                // The sequence lives with the outgoing queue's partition, which this shard
+                // runs (`owner_for_send`); its guard is kept until the message is appended.
+                let def = self.outgoing_queue_for(direct)?;
+                let mut part = self.partition(def.shard);
+                let t = self.tx_out_state(&mut part, &def);
                 let r = (t.seq_id, t.next_no);
-                tx_guard = Some((g, def.id));
+                tx_guard = Some((part, def));
                 r
             };
             m = m.with_transaction(TransactionHeader::new(
@@ -773,12 +773,21 @@ impl<S: QueueStore> Broker<S> {
             });
         }
         let meta = message_meta(&m);
-        let (def, partition, ticket) = self.enqueue_outgoing_nowait(direct, &frame, &meta)?;
-        if let Some((mut g, id)) = tx_guard {
-            if let Some(t) = g.get_mut(&id) {
-                t.next_no = t.next_no.wrapping_add(1);
+        let (def, partition, ticket) = match tx_guard {
+            // Numbered and appended in one step of the outgoing queue's partition.
+            Some((mut part, def)) => {
+                let ticket = self.append_outgoing_in(&mut part, def.id, &frame, &meta)?;
+                if let Some(t) = part.tx_out.get_mut(&def.id) {
+                    t.next_no = t.next_no.wrapping_add(1);
+                }
+                part.commit(None)?;
+                let p = part.index;
+                drop(part);
+                self.outgoing_queued(p);
+                (def, p, ticket)
             }
-        }
+            None => self.enqueue_outgoing_nowait(direct, &frame, &meta)?,
+        };
         let held = if def.paused {
             Some("the outgoing queue is paused (lior outgoing resume)".to_string())
         } else if def.transport == crate::qm::outgoing::Transport::Ipx {
