@@ -1298,6 +1298,7 @@ impl<S: QueueStore> MsmqApp<S> {
                         let Some(p) = self.out.get(&q).map(|o| o.def.shard) else {
                             continue;
                         };
+                        debug_assert!(self.here()(p), "{}", not_run_here(self.shard, p));
                         let mut part = self.shared.broker.partition(p);
                         let transactional = part
                             .store
@@ -1344,6 +1345,13 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
     }
+}
+
+/// (outown) The message of a debug assertion: every outgoing queue a shard sends is stored in a
+/// partition that shard runs (`MsmqApp::out` is filled from `Broker::outgoing_for(owned)`), so
+/// its partition is touched by its owner's thread only.
+fn not_run_here(shard: usize, p: usize) -> String {
+    format!("shard {shard} touches partition {p} of an outgoing queue it does not run")
 }
 
 /// Sends one stored message of an outgoing queue on `conn`; false when the session cannot take
@@ -1460,12 +1468,18 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// Sends messages of outgoing queue `q` while the peer's window has room.
     fn fill_window(&mut self, now_ms: u64, conn: &mut MsmqConn, q: u32) {
+        let here = self.here();
         let Some(out) = self.out.get_mut(&q) else {
             return;
         };
         if out.session().is_none() {
             return;
         }
+        debug_assert!(
+            here(out.def.shard),
+            "{}",
+            not_run_here(self.shard, out.def.shard)
+        );
         let part = self.shared.broker.partition(out.def.shard);
         // The highest transactional position sent now (noted once the partition is unlocked).
         let mut tx_sent: Option<(u64, u32)> = None;
@@ -1544,9 +1558,15 @@ impl<S: QueueStore> MsmqApp<S> {
             .iter()
             .flat_map(|&p| broker.take_tx_progress(p))
             .collect();
+        let here = self.here();
         for id in progressed {
             if let Some(o) = self.out.get_mut(&id) {
                 // Forget what the OrderAck removed.
+                debug_assert!(
+                    here(o.def.shard),
+                    "{}",
+                    not_run_here(self.shard, o.def.shard)
+                );
                 let part = broker.partition(o.def.shard);
                 o.handle_tx_progress(|l| {
                     part.store
@@ -1557,6 +1577,11 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         let schedule = self.resend_ms.len();
         for o in self.out.values_mut() {
+            debug_assert!(
+                here(o.def.shard),
+                "{}",
+                not_run_here(self.shard, o.def.shard)
+            );
             let part = broker.partition(o.def.shard);
             let q = QueueId(o.def.id);
             // Transactional messages are sent again; others still in flight are not.
@@ -1608,6 +1633,11 @@ impl<S: QueueStore> MsmqApp<S> {
             if !out.wants_pending(now_ms) {
                 continue;
             }
+            debug_assert!(
+                here(out.def.shard),
+                "{}",
+                not_run_here(self.shard, out.def.shard)
+            );
             let pending = broker
                 .partition(out.def.shard)
                 .store
