@@ -400,10 +400,11 @@ impl<S: QueueStore> Broker<S> {
                 return Some((i, AWAITING_FINAL_ACK_QUEUE, l, f, m, false));
             }
         }
-        let defs: Vec<(u32, usize)> = lock(&self.outgoing)
-            .iter()
-            .map(|d| (d.id, d.shard % self.partitions.len()))
-            .collect();
+        let defs: Vec<(u32, usize)> = self.outgoing.read(|t| {
+            t.iter()
+                .map(|d| (d.id, d.shard % self.partitions.len()))
+                .collect()
+        });
         for (id, pi) in defs {
             let p = self.partition(pi);
             if let Some((l, f, m)) = scan_for(&p.store, QueueId(id), fa) {

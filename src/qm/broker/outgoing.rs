@@ -11,9 +11,16 @@ use crate::wire::user::UserMessage;
 use crate::wire::Guid;
 
 use super::{
-    bump, lock, unix_now, ApiError, Broker, Partition, TX_ACK_REFUSED_LOG_INTERVAL_S,
+    bump, unix_now, ApiError, Broker, Partition, TX_ACK_REFUSED_LOG_INTERVAL_S,
     TX_ACK_REFUSED_LOG_PEERS_MAX,
 };
+
+std::thread_local! {
+    /// When an ignored OrderAck/FinalAck was last logged, per peer address, by this thread
+    /// (a shard: `refuse_tx_ack`'s rate limit is per shard).
+    static REFUSED_LOGGED: std::cell::RefCell<std::collections::HashMap<std::net::IpAddr, u32>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
 
 /// The sender's side of one outgoing transactional sequence. Derived from the stored messages at
 /// start-up (the sequence id also from `outgoing.json`), so it needs no file of its own.
@@ -55,11 +62,12 @@ impl<S: QueueStore> Broker<S> {
     /// The outgoing queues stored in `partitions` (a shard sends those of the partitions it
     /// runs).
     pub fn outgoing_for(&self, partitions: &[usize]) -> Vec<OutgoingDef> {
-        lock(&self.outgoing)
-            .iter()
-            .filter(|q| partitions.contains(&q.shard))
-            .cloned()
-            .collect()
+        self.outgoing.read(|t| {
+            t.iter()
+                .filter(|q| partitions.contains(&q.shard))
+                .cloned()
+                .collect()
+        })
     }
 
     /// Every outgoing queue with its message count (for the API).
@@ -71,11 +79,12 @@ impl<S: QueueStore> Broker<S> {
     /// Every outgoing queue with its counts from `lens` (gathered from the shards; no
     /// partition is read here).
     pub fn list_outgoing_from(&self, lens: &super::QueueLens) -> Vec<OutgoingInfo> {
-        let defs: Vec<OutgoingDef> = lock(&self.outgoing).iter().cloned().collect();
-        defs.into_iter()
+        self.outgoing
+            .all()
+            .into_iter()
             .map(|d| {
                 let (messages, bytes) = lens.outgoing.get(&d.id).copied().unwrap_or((0, 0));
-                let status = lock(&self.outgoing_status).get(&d.id).cloned();
+                let status = lens.outgoing_status.get(&d.id).cloned();
                 OutgoingInfo {
                     def: d,
                     messages,
@@ -86,16 +95,22 @@ impl<S: QueueStore> Broker<S> {
             .collect()
     }
 
-    /// A shard publishes the state of outgoing queue `id` (when it changes).
+    /// The shard sending outgoing queue `id` publishes its state (when it changes): kept with
+    /// the queue's partition, read there when the shard answers the API's `Lens` request.
     pub fn note_outgoing_status(&self, id: u32, status: crate::qm::outgoing_queue::OutStatus) {
-        lock(&self.outgoing_status).insert(id, status);
+        let Some(p) = self.outgoing.read(|t| t.by_id(id).map(|d| d.shard)) else {
+            return;
+        };
+        self.partition(p).out_status.insert(id, status);
     }
 
     /// Pauses or resumes the outgoing queue of destination `key` (`TCP:10.0.0.7`, `OS:winbox`;
     /// as `GET /v1/outgoing` names it). Kept across restarts; the shard that sends it closes its
     /// session (pause) or tries again (resume) at once.
     pub fn set_outgoing_paused(&self, key: &str, paused: bool) -> Result<OutgoingDef, ApiError> {
-        let def = lock(&self.outgoing)
+        // Rare: under the outgoing table's writers' lock (lookups do not take it).
+        let def = self
+            .outgoing
             .set_paused(key, paused)
             .ok_or_else(|| ApiError::NoSuchQueue(format!("outgoing queue {key}")))?
             .map_err(|e| ApiError::Send(e.to_string()))?;
@@ -154,7 +169,10 @@ impl<S: QueueStore> Broker<S> {
         &self,
         dest: &crate::wire::format_name::DirectName,
     ) -> Result<OutgoingDef, ApiError> {
-        let def = lock(&self.outgoing)
+        // A lookup without a lock; a new destination (rare) is made under the outgoing
+        // table's writers' lock, which lookups do not take.
+        let def = self
+            .outgoing
             .get_or_create(dest)
             .map_err(|e| ApiError::Send(e.to_string()))?;
         let hardened = self.config.parameters.Hardened_MSMQ;
@@ -199,9 +217,10 @@ impl<S: QueueStore> Broker<S> {
         let (waiting, _) = part.store.queue_len(QueueId(queue));
         let limit = self.config.limits.outgoing_queue_messages_max as u64;
         if waiting >= limit {
-            let key = lock(&self.outgoing)
-                .by_id(queue)
-                .map_or_else(|| format!("#{queue}"), |d| d.key.clone());
+            let key = self
+                .outgoing
+                .read(|t| t.by_id(queue).map(|d| d.key.clone()))
+                .unwrap_or_else(|| format!("#{queue}"));
             if crate::ratelog::QUOTA.allow() {
                 tracing::warn!(destination = %key, waiting, limit, "outgoing queue full (limits.outgoing_queue_messages_max); message refused");
             }
@@ -243,9 +262,10 @@ impl<S: QueueStore> Broker<S> {
                     ..TxOut::default()
                 },
                 None => {
-                    let last = lock(&self.outgoing)
-                        .by_id(def.id)
-                        .map_or(def.tx_sequence_id, |d| d.tx_sequence_id);
+                    let last = self
+                        .outgoing
+                        .read(|t| t.by_id(def.id).map(|d| d.tx_sequence_id))
+                        .unwrap_or(def.tx_sequence_id);
                     TxOut {
                         seq_id: ((u64::from(unix_now()) << 32) | 1).max(last.saturating_add(1)),
                         next_no: 1,
@@ -254,7 +274,7 @@ impl<S: QueueStore> Broker<S> {
                 }
             };
             // Rare (once per outgoing queue and run, or per new sequence): writes outgoing.json.
-            if let Err(e) = lock(&self.outgoing).set_tx_sequence_id(def.id, t.seq_id) {
+            if let Err(e) = self.outgoing.set_tx_sequence_id(def.id, t.seq_id) {
                 tracing::error!(destination = %def.key, error = %e, "cannot record the outgoing transactional sequence id; a restart within this second could reuse it");
             }
             part.tx_out.insert(def.id, t);
@@ -266,7 +286,7 @@ impl<S: QueueStore> Broker<S> {
     /// `ip`: OrderAcks for its sequence are taken from that queue manager only. Called by the
     /// shard running the queue's partition (the state lives there).
     pub fn note_outgoing_peer(&self, queue: u32, guid: Guid, ip: std::net::IpAddr) {
-        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+        let Some(def) = self.outgoing.by_id(queue) else {
             return;
         };
         let mut part = self.partition(def.shard);
@@ -276,11 +296,19 @@ impl<S: QueueStore> Broker<S> {
     /// Transactional messages of outgoing queue `queue` were sent on a session: (TxSequenceID,
     /// highest TxSequenceNumber). Called by the shard running the queue's partition.
     pub fn note_tx_sent(&self, queue: u32, seq_id: u64, no: u32) {
-        let Some(def) = lock(&self.outgoing).by_id(queue).cloned() else {
+        let Some(p) = self.outgoing.read(|t| t.by_id(queue).map(|d| d.shard)) else {
             return;
         };
-        let mut part = self.partition(def.shard);
-        let t = self.tx_out_state(&mut part, &def);
+        let mut part = self.partition(p);
+        let t = match part.tx_out.get_mut(&queue) {
+            Some(t) => t,
+            None => {
+                let Some(def) = self.outgoing.by_id(queue) else {
+                    return;
+                };
+                self.tx_out_state(&mut part, &def)
+            }
+        };
         if t.seq_id == seq_id {
             t.sent_no = t.sent_no.max(no);
         }
@@ -290,15 +318,21 @@ impl<S: QueueStore> Broker<S> {
     pub(super) fn refuse_tx_ack(&self, from: &AckSource, what: &str, why: &str) {
         bump(&self.counters.tx_acks_refused);
         let now = unix_now();
-        let mut g = lock(&self.refused_log);
-        let due = g
-            .get(&from.ip)
-            .is_none_or(|&t| now.saturating_sub(t) >= TX_ACK_REFUSED_LOG_INTERVAL_S);
-        if due {
-            if g.len() >= TX_ACK_REFUSED_LOG_PEERS_MAX {
-                g.clear();
+        // Rate-limited per thread (each shard its own): no lock shared with other shards.
+        let due = REFUSED_LOGGED.with(|g| {
+            let mut g = g.borrow_mut();
+            let due = g
+                .get(&from.ip)
+                .is_none_or(|&t| now.saturating_sub(t) >= TX_ACK_REFUSED_LOG_INTERVAL_S);
+            if due {
+                if g.len() >= TX_ACK_REFUSED_LOG_PEERS_MAX {
+                    g.clear();
+                }
+                g.insert(from.ip, now);
             }
-            g.insert(from.ip, now);
+            due
+        });
+        if due {
             tracing::warn!(peer = %from.ip, remote_qm = %from.remote_qm, "{what} ignored: {why} (counted in lior_tx_acks_refused_total; logged once per peer every {TX_ACK_REFUSED_LOG_INTERVAL_S} s)");
         }
     }
@@ -475,10 +509,11 @@ impl<S: QueueStore> Broker<S> {
                 .filter(|(_, t)| t.seq_id == sequence)
                 .map(|(id, _)| *id)
                 .collect();
-            let out = lock(&self.outgoing);
-            ids.into_iter().find(|id| {
-                out.by_id(*id)
-                    .is_some_and(|d| d.transport == Transport::Http)
+            self.outgoing.read(|out| {
+                ids.into_iter().find(|id| {
+                    out.by_id(*id)
+                        .is_some_and(|d| d.transport == Transport::Http)
+                })
             })
         });
         let from = AckSource {
