@@ -2,6 +2,17 @@
 //! storing a message for a remote queue manager and waking the shard that sends it, listing
 //! them, and the sender's side of outgoing transactional sequences ([`TxOut`]), which
 //! OrderAcks and FinalAcks (MS-MQQB 3.1.5.6, 3.1.5.7) advance.
+//!
+//! Ownership (issue 10): an outgoing queue's messages, its [`TxOut`], its progress and its
+//! published state live with the partition storing it (`Partition::tx_out`, `tx_progress`,
+//! `out_status`), touched by that partition's shard only: it numbers, sends, marks sent and
+//! takes OrderAcks. An OrderAck arriving on another shard is not verified there: it crosses as
+//! `Mail::OrderAcked` from shard to shard, each verifying it against its own partitions
+//! ([`Broker::take_order_ack_in`]), the last counting it ([`Broker::finish_order_ack`]). The
+//! table of outgoing queues is read from a published snapshot without a lock
+//! (`qm::outgoing::SharedOutgoing`). Left under today's partition locks, from an SRMP endpoint
+//! thread: the stream receipts taken ([`Broker::handle_stream_receipt`]) and the stream
+//! receipts queued (`http/srmp.rs`, [`Broker::enqueue_outgoing_nowait`]).
 
 use std::sync::atomic::Ordering;
 
