@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{
-    AckSource, Broker, OrderAcked, RecordStored, Routed, SystemRecord, Verdict,
+    AckSource, Broker, OrderAckIn, RecordStored, Routed, SystemRecord, TxAckStep, Verdict,
 };
 use crate::qm::handoff::{Mail, Placement, ReplyTo, StoreKind, HEAD_MAX};
 use crate::qm::order_acks::{
@@ -890,7 +890,9 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut answers: Vec<(usize, [u8; HEAD_MAX], usize)> = Vec::new();
         // Records to store (or send on), with the session to answer; OrderAcks to apply.
         let mut records: Vec<(SystemRecord, Option<ReplyTo>)> = Vec::new();
-        let mut order_acked: Vec<OrderAcked> = Vec::new();
+        // OrderAcks from other shards, each with whether a shard before took it and how many
+        // shards (this one included) have still to look at it.
+        let mut order_acked: Vec<(OrderAckIn, bool, u32)> = Vec::new();
         let mut forwards = Vec::new();
         let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
         let Handoff {
@@ -963,15 +965,18 @@ impl<S: QueueStore> MsmqApp<S> {
                 records.push((record, reply));
             }
             Ok(Mail::OrderAcked {
-                queue,
+                from,
                 seq_id,
-                upto,
+                number,
+                taken,
+                hops_left,
             }) => {
-                order_acked.push(OrderAcked {
-                    queue,
+                let a = OrderAckIn {
+                    from,
                     seq_id,
-                    upto,
-                });
+                    number,
+                };
+                order_acked.push((a, taken, hops_left));
             }
             Err(_) => {
                 tracing::error!(from, "unreadable mail from another shard; dropped");
@@ -985,8 +990,8 @@ impl<S: QueueStore> MsmqApp<S> {
         for (record, reply) in records {
             self.store_record(now_ms, record, reply);
         }
-        for a in order_acked {
-            self.shared.broker.apply_order_ack(a);
+        for (a, taken, hops_left) in order_acked {
+            self.order_ack_here(a, taken, hops_left);
         }
         for (p, at) in copies_placed {
             self.shared.broker.expiry_copy_placed(p, at);
@@ -1146,24 +1151,51 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
         let here = self.here();
-        let mut elsewhere = Vec::new();
+        let mut forward = Vec::new();
         for (frame, from) in std::mem::take(&mut self.tx_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared
-                    .broker
-                    .handle_tx_ack_here(&msg, &from, &here, &mut elsewhere);
+                if let TxAckStep::Forward(a, taken) =
+                    self.shared.broker.handle_tx_ack_here(&msg, &from, &here)
+                {
+                    forward.push((a, taken));
+                }
             }
         }
-        for (p, a) in elsewhere {
-            // The shard running the outgoing queue removes what the OrderAck acknowledged.
-            self.mail(
-                p % self.shared.shards,
-                Mail::OrderAcked {
-                    queue: a.queue,
-                    seq_id: a.seq_id,
-                    upto: a.upto,
-                },
-            );
+        for (a, taken) in forward {
+            // Verified and applied by the shards running the other partitions, one after the
+            // other (only an outgoing queue's owner knows what it sent, and to whom).
+            self.forward_order_ack(a, taken, self.shared.shards as u32 - 1);
+        }
+    }
+
+    /// Sends OrderAck `a` on to the next shard, which `hops_left` shards (itself included)
+    /// are still to look at.
+    fn forward_order_ack(&mut self, a: OrderAckIn, taken: bool, hops_left: u32) {
+        let next = (self.shard + 1) % self.shared.shards;
+        self.mail(
+            next,
+            Mail::OrderAcked {
+                from: a.from,
+                seq_id: a.seq_id,
+                number: a.number,
+                taken,
+                hops_left,
+            },
+        );
+    }
+
+    /// OrderAck `a` from another shard: verified against the outgoing sequences of the
+    /// partitions this shard runs and applied there, then sent on to the next shard, or, by
+    /// the last, counted as received or refused.
+    fn order_ack_here(&mut self, a: OrderAckIn, mut taken: bool, hops_left: u32) {
+        let broker = self.shared.broker.clone();
+        for &p in &self.owned {
+            taken |= broker.take_order_ack_in(p, &a);
+        }
+        if hops_left > 1 {
+            self.forward_order_ack(a, taken, hops_left - 1);
+        } else {
+            broker.finish_order_ack(&a, taken);
         }
     }
 
@@ -1266,6 +1298,7 @@ impl<S: QueueStore> MsmqApp<S> {
                         let Some(p) = self.out.get(&q).map(|o| o.def.shard) else {
                             continue;
                         };
+                        debug_assert!(self.here()(p), "{}", not_run_here(self.shard, p));
                         let mut part = self.shared.broker.partition(p);
                         let transactional = part
                             .store
@@ -1312,6 +1345,13 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
     }
+}
+
+/// (outown) The message of a debug assertion: every outgoing queue a shard sends is stored in a
+/// partition that shard runs (`MsmqApp::out` is filled from `Broker::outgoing_for(owned)`), so
+/// its partition is touched by its owner's thread only.
+fn not_run_here(shard: usize, p: usize) -> String {
+    format!("shard {shard} touches partition {p} of an outgoing queue it does not run")
 }
 
 /// Sends one stored message of an outgoing queue on `conn`; false when the session cannot take
@@ -1428,12 +1468,18 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// Sends messages of outgoing queue `q` while the peer's window has room.
     fn fill_window(&mut self, now_ms: u64, conn: &mut MsmqConn, q: u32) {
+        let here = self.here();
         let Some(out) = self.out.get_mut(&q) else {
             return;
         };
         if out.session().is_none() {
             return;
         }
+        debug_assert!(
+            here(out.def.shard),
+            "{}",
+            not_run_here(self.shard, out.def.shard)
+        );
         let part = self.shared.broker.partition(out.def.shard);
         // The highest transactional position sent now (noted once the partition is unlocked).
         let mut tx_sent: Option<(u64, u32)> = None;
@@ -1507,10 +1553,20 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         // OrderAck progress restarts the resend schedule; a time-out without progress sends
         // every waiting message again, with the next (longer) interval.
-        let ids: Vec<u32> = self.out.keys().copied().collect();
-        for id in broker.take_tx_progress(&ids) {
+        let progressed: Vec<u32> = self
+            .owned
+            .iter()
+            .flat_map(|&p| broker.take_tx_progress(p))
+            .collect();
+        let here = self.here();
+        for id in progressed {
             if let Some(o) = self.out.get_mut(&id) {
                 // Forget what the OrderAck removed.
+                debug_assert!(
+                    here(o.def.shard),
+                    "{}",
+                    not_run_here(self.shard, o.def.shard)
+                );
                 let part = broker.partition(o.def.shard);
                 o.handle_tx_progress(|l| {
                     part.store
@@ -1521,6 +1577,11 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         let schedule = self.resend_ms.len();
         for o in self.out.values_mut() {
+            debug_assert!(
+                here(o.def.shard),
+                "{}",
+                not_run_here(self.shard, o.def.shard)
+            );
             let part = broker.partition(o.def.shard);
             let q = QueueId(o.def.id);
             // Transactional messages are sent again; others still in flight are not.
@@ -1572,6 +1633,11 @@ impl<S: QueueStore> MsmqApp<S> {
             if !out.wants_pending(now_ms) {
                 continue;
             }
+            debug_assert!(
+                here(out.def.shard),
+                "{}",
+                not_run_here(self.shard, out.def.shard)
+            );
             let pending = broker
                 .partition(out.def.shard)
                 .store

@@ -8,6 +8,7 @@
 //! error, never a panic), though only lior's own shards write them.
 
 use crate::engine::net::ConnId;
+use crate::qm::broker::AckSource;
 use crate::qm::txn::{IncomingSequence, TxKey};
 use crate::store::Ticket;
 use crate::wire::Guid;
@@ -98,10 +99,19 @@ pub enum Mail<'a> {
         now_unix: u32,
         frame: &'a [u8],
     },
-    /// An OrderAck for our transactional sends, already verified by the shard it arrived on
-    /// (MS-MQQB 3.1.5.6): the receiver, which runs outgoing queue `queue`, removes the
-    /// messages of sequence `seq_id` numbered up to `upto`.
-    OrderAcked { queue: u32, seq_id: u64, upto: u32 },
+    /// An OrderAck for our transactional sends as it arrived on another shard (MS-MQQB
+    /// 3.1.5.6), not verified: the receiver verifies it against the outgoing sequences of the
+    /// partitions it runs (sent to `from`? numbers sent?) and removes what it acknowledges
+    /// there. It passes from shard to shard: `taken` says whether a shard before took it,
+    /// `hops_left` how many shards (this one included) have still to look; the last counts it
+    /// as received or refused.
+    OrderAcked {
+        from: AckSource,
+        seq_id: u64,
+        number: u32,
+        taken: bool,
+        hops_left: u32,
+    },
 }
 
 /// A head too short, or with an unknown tag.
@@ -238,14 +248,35 @@ impl<'a> Mail<'a> {
                 (w.at, frame)
             }
             Mail::OrderAcked {
-                queue,
+                from,
                 seq_id,
-                upto,
+                number,
+                taken,
+                hops_left,
             } => {
                 w.put(&[TAG_ORDER_ACKED]);
-                w.put(&queue.to_le_bytes());
+                w.put(&from.remote_qm.0);
+                match from.ip {
+                    std::net::IpAddr::V4(a) => {
+                        w.put(&[4]);
+                        w.put(&a.to_ipv6_mapped().octets());
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        w.put(&[6]);
+                        w.put(&a.octets());
+                    }
+                }
+                match from.outgoing {
+                    None => w.put(&[0]),
+                    Some(q) => {
+                        w.put(&[1]);
+                        w.put(&q.to_le_bytes());
+                    }
+                }
                 w.put(&seq_id.to_le_bytes());
-                w.put(&upto.to_le_bytes());
+                w.put(&number.to_le_bytes());
+                w.put(&[u8::from(taken)]);
+                w.put(&hops_left.to_le_bytes());
                 (w.at, &[])
             }
         }
@@ -318,11 +349,36 @@ impl<'a> Mail<'a> {
                     frame: body,
                 })
             }
-            TAG_ORDER_ACKED => Ok(Mail::OrderAcked {
-                queue: r.u32()?,
-                seq_id: r.u64()?,
-                upto: r.u32()?,
-            }),
+            TAG_ORDER_ACKED => {
+                let remote_qm = Guid(r.take::<16>()?);
+                let family = r.u8()?;
+                let octets = std::net::Ipv6Addr::from(r.take::<16>()?);
+                let ip = match family {
+                    4 => std::net::IpAddr::V4(octets.to_ipv4_mapped().ok_or(BadMail)?),
+                    6 => std::net::IpAddr::V6(octets),
+                    _ => return Err(BadMail),
+                };
+                let outgoing = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u32()?),
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::OrderAcked {
+                    from: AckSource {
+                        remote_qm,
+                        ip,
+                        outgoing,
+                    },
+                    seq_id: r.u64()?,
+                    number: r.u32()?,
+                    taken: match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(BadMail),
+                    },
+                    hops_left: r.u32()?,
+                })
+            }
             _ => Err(BadMail),
         }
     }
@@ -383,11 +439,22 @@ mod tests {
                 frame: b"dead letter",
             });
         }
-        round_trip(Mail::OrderAcked {
-            queue: 17,
-            seq_id: u64::MAX - 1,
-            upto: 9,
-        });
+        for (ip, outgoing, taken) in [
+            ("192.0.2.7", Some(0xFFFE_0001), true),
+            ("2001:db8::7", None, false),
+        ] {
+            round_trip(Mail::OrderAcked {
+                from: AckSource {
+                    remote_qm: Guid([6; 16]),
+                    ip: ip.parse().unwrap(),
+                    outgoing,
+                },
+                seq_id: u64::MAX - 1,
+                number: 9,
+                taken,
+                hops_left: 3,
+            });
+        }
         for prior in [None, Some((u64::MAX, 3))] {
             round_trip(Mail::Placed {
                 reply: reply(),

@@ -7,8 +7,11 @@
 //! store queue id from this table, so recoverable outgoing messages survive a crash and are
 //! sent again after a restart. The table is persisted (`outgoing.json`).
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +24,9 @@ pub const OUTGOING_FILE: &str = "outgoing.json";
 pub const OUTGOING_ID_BASE: u32 = 0xFFFE_0000;
 /// Outgoing queues at most (a named bound: one per remote machine).
 pub const OUTGOING_QUEUES_MAX: usize = 4_096;
+/// Outgoing tables whose snapshot one thread keeps a copy of (more than one only where a
+/// process runs several queue managers: tests).
+pub const OUTGOING_SNAPSHOTS_PER_THREAD_MAX: usize = 8;
 
 /// How an outgoing queue can be reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +230,159 @@ impl OutgoingTable {
     pub fn by_id(&self, id: u32) -> Option<&OutgoingDef> {
         self.by_key.values().find(|q| q.id == id)
     }
+
+    /// The table as it is now, for lookups.
+    pub fn snapshot(&self) -> OutgoingSnapshot {
+        let defs: Vec<OutgoingDef> = self.by_key.values().cloned().collect();
+        OutgoingSnapshot {
+            by_id: defs.iter().enumerate().map(|(i, d)| (d.id, i)).collect(),
+            by_key: defs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.key.clone(), i))
+                .collect(),
+            defs,
+        }
+    }
+}
+
+/// The outgoing table as last published: what lookups read (by id, by destination key, all).
+#[derive(Debug, Default)]
+pub struct OutgoingSnapshot {
+    /// In key order.
+    defs: Vec<OutgoingDef>,
+    by_id: HashMap<u32, usize>,
+    by_key: HashMap<String, usize>,
+}
+
+impl OutgoingSnapshot {
+    pub fn iter(&self) -> impl Iterator<Item = &OutgoingDef> {
+        self.defs.iter()
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<&OutgoingDef> {
+        self.by_id.get(&id).map(|&i| &self.defs[i])
+    }
+
+    /// The outgoing queue of destination key `key` (`TCP:192.0.2.10`: [`destination_of`]).
+    pub fn by_key(&self, key: &str) -> Option<&OutgoingDef> {
+        self.by_key.get(key).map(|&i| &self.defs[i])
+    }
+}
+
+std::thread_local! {
+    /// This thread's copies of published snapshots: (table instance, generation, snapshot).
+    static SNAPSHOTS: RefCell<Vec<(u64, u64, Arc<OutgoingSnapshot>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Numbers [`SharedOutgoing`] instances (the key of a thread's copies).
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// The outgoing table shared by the shards and the API's threads. Lookups ([`Self::read`],
+/// on the path of every outgoing message and OrderAck) take no lock: each thread keeps a copy
+/// of the last published snapshot and checks it against a generation counter (one atomic
+/// load); after a change, its next lookup takes `published` once, just long enough to clone an
+/// `Arc`. Changes (a new destination's first message, pause and resume, a new transactional
+/// sequence id: all rare) serialise on `table`, which no lookup takes, held across the write of
+/// outgoing.json, then publish a new snapshot.
+#[derive(Debug)]
+pub struct SharedOutgoing {
+    instance: u64,
+    generation: AtomicU64,
+    published: Mutex<Arc<OutgoingSnapshot>>,
+    table: Mutex<OutgoingTable>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SharedOutgoing {
+    pub fn new(table: OutgoingTable) -> SharedOutgoing {
+        SharedOutgoing {
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(1),
+            published: Mutex::new(Arc::new(table.snapshot())),
+            table: Mutex::new(table),
+        }
+    }
+
+    /// Runs `f` on the current snapshot, without a lock unless the table changed since this
+    /// thread last looked.
+    pub fn read<R>(&self, f: impl FnOnce(&OutgoingSnapshot) -> R) -> R {
+        let generation = self.generation.load(Ordering::Acquire);
+        SNAPSHOTS.with(|cell| {
+            if let Ok(copies) = cell.try_borrow() {
+                if let Some((_, _, snap)) = copies
+                    .iter()
+                    .find(|(i, g, _)| *i == self.instance && *g == generation)
+                {
+                    return f(snap);
+                }
+            }
+            // Changed since (or first look): the generation is read under the lock the
+            // writer bumps it under, so the copy and its generation agree.
+            let (generation, snap) = {
+                let p = lock(&self.published);
+                (self.generation.load(Ordering::Acquire), p.clone())
+            };
+            // (Not kept when a lookup runs inside another one's `f`.)
+            if let Ok(mut copies) = cell.try_borrow_mut() {
+                copies.retain(|(i, _, _)| *i != self.instance);
+                if copies.len() >= OUTGOING_SNAPSHOTS_PER_THREAD_MAX {
+                    copies.remove(0);
+                }
+                copies.push((self.instance, generation, snap.clone()));
+            }
+            f(&snap)
+        })
+    }
+
+    /// Outgoing queue `id`, as last published.
+    pub fn by_id(&self, id: u32) -> Option<OutgoingDef> {
+        self.read(|s| s.by_id(id).cloned())
+    }
+
+    /// Every outgoing queue, as last published.
+    pub fn all(&self) -> Vec<OutgoingDef> {
+        self.read(|s| s.iter().cloned().collect())
+    }
+
+    /// The outgoing queue of a destination: looked up without a lock; created (saved,
+    /// published) on first use, under the writers' lock.
+    pub fn get_or_create(&self, d: &DirectName) -> Result<OutgoingDef, OutgoingError> {
+        let (key, _, _) = destination_of(d);
+        if let Some(def) = self.read(|s| s.by_key(&key).cloned()) {
+            return Ok(def);
+        }
+        self.change(|t| t.get_or_create(d))
+    }
+
+    /// [`OutgoingTable::set_paused`], published.
+    pub fn set_paused(
+        &self,
+        key: &str,
+        paused: bool,
+    ) -> Option<Result<OutgoingDef, OutgoingError>> {
+        self.change(|t| t.set_paused(key, paused))
+    }
+
+    /// [`OutgoingTable::set_tx_sequence_id`], published.
+    pub fn set_tx_sequence_id(&self, id: u32, seq_id: u64) -> Result<(), OutgoingError> {
+        self.change(|t| t.set_tx_sequence_id(id, seq_id))
+    }
+
+    /// A change under the writers' lock, then the new snapshot published.
+    fn change<R>(&self, f: impl FnOnce(&mut OutgoingTable) -> R) -> R {
+        let mut t = lock(&self.table);
+        let r = f(&mut t);
+        let snap = Arc::new(t.snapshot());
+        let mut p = lock(&self.published);
+        *p = snap;
+        self.generation.fetch_add(1, Ordering::Release);
+        r
+    }
 }
 
 #[cfg(test)]
@@ -253,5 +412,43 @@ mod tests {
             t.get_or_create(h.as_direct().unwrap()).unwrap().transport,
             Transport::Http
         );
+    }
+
+    /// A lookup sees every change published, on its own thread and on another, and a
+    /// snapshot taken before a change stays as it was.
+    #[test]
+    fn lookups_see_each_published_change() {
+        let d = tempfile::tempdir().unwrap();
+        let shared = Arc::new(SharedOutgoing::new(
+            OutgoingTable::open(d.path(), 2).unwrap(),
+        ));
+        assert!(shared.all().is_empty());
+        let a = FormatName::parse("DIRECT=TCP:192.0.2.10\\private$\\a").unwrap();
+        let qa = shared.get_or_create(a.as_direct().unwrap()).unwrap();
+        assert_eq!(shared.by_id(qa.id), Some(qa.clone()));
+        let other = shared.clone();
+        let id = qa.id;
+        assert_eq!(
+            std::thread::spawn(move || other.by_id(id)).join().unwrap(),
+            Some(qa.clone())
+        );
+        assert!(!shared.by_id(qa.id).unwrap().paused);
+        shared.set_paused("tcp:192.0.2.10", true).unwrap().unwrap();
+        assert!(
+            shared.by_id(qa.id).unwrap().paused,
+            "seen at once by the writer's thread"
+        );
+        let other = shared.clone();
+        assert!(std::thread::spawn(move || other.by_id(id).unwrap().paused)
+            .join()
+            .unwrap());
+        // A lookup inside another lookup (no copy kept) still sees the table.
+        assert_eq!(
+            shared.read(|s| shared.by_id(s.iter().next().unwrap().id)),
+            Some(shared.by_id(id).unwrap())
+        );
+        // Kept in outgoing.json.
+        let t = OutgoingTable::open(d.path(), 2).unwrap();
+        assert!(t.by_id(id).unwrap().paused);
     }
 }

@@ -23,6 +23,7 @@ impl<S: QueueStore> MsmqApp<S> {
             return;
         }
         let broker = self.shared.broker.clone();
+        let here = self.here();
         let Some(out) = self.out.get_mut(&q) else {
             h.close_idle();
             return;
@@ -31,6 +32,12 @@ impl<S: QueueStore> MsmqApp<S> {
             return;
         }
         let resend_ms = self.resend_ms[out.resend_interval()];
+        // Only the shard running the queue's partition sends it.
+        debug_assert!(
+            here(out.def.shard),
+            "{}",
+            super::not_run_here(self.shard, out.def.shard)
+        );
         let part = broker.partition(out.def.shard);
         // From the queue's cursor (messages before it are sent or settled), or from the front
         // when new messages came (one of a higher priority sorts before the cursor).
@@ -131,6 +138,7 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// What an answer means for the message it answers.
     fn http_settle(&mut self, q: u32, conn: &MsmqConn, outcome: Outcome) {
+        let here = self.here();
         let broker = &self.shared.broker;
         let Some(out) = self.out.get_mut(&q) else {
             return;
@@ -138,6 +146,11 @@ impl<S: QueueStore> MsmqApp<S> {
         match outcome {
             Outcome::Accepted(f) if !f.transactional => {
                 out.handle_acked(f.lookup);
+                debug_assert!(
+                    here(out.def.shard),
+                    "{}",
+                    super::not_run_here(self.shard, out.def.shard)
+                );
                 let mut part = broker.partition(out.def.shard);
                 if let Err(e) = part.remove_delivered(QueueId(q), LookupId(f.lookup)) {
                     tracing::error!(error = %e, "cannot remove a delivered message");

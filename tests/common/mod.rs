@@ -177,7 +177,25 @@ impl Client {
     }
 
     pub fn connect(addr: SocketAddr, own: Guid) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Self::over(TcpStream::connect(addr).expect("connect"), own)
+    }
+
+    /// [`Client::connect`] from local address `from` (a loopback alias standing for another
+    /// machine).
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr, own: Guid) -> Client {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        sock.bind(&SocketAddr::new(from, 0).into()).expect("bind");
+        sock.connect(&addr.into()).expect("connect");
+        Self::over(sock.into(), own)
+    }
+
+    /// The handshake of an initiator session over `stream`, as `own`.
+    pub fn over(stream: TcpStream, own: Guid) -> Client {
         stream.set_nodelay(true).ok();
         stream
             .set_read_timeout(Some(Duration::from_millis(50)))

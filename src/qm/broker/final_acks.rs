@@ -324,7 +324,7 @@ impl<S: QueueStore> Broker<S> {
             }
         }
         if outgoing {
-            lock(&self.tx_progress).push(queue.0);
+            self.partition(pi).tx_progress.push(queue.0);
             if let Some(f) = self.outgoing_dirty.get(pi) {
                 f.store(true, Ordering::Release);
             }
@@ -400,10 +400,11 @@ impl<S: QueueStore> Broker<S> {
                 return Some((i, AWAITING_FINAL_ACK_QUEUE, l, f, m, false));
             }
         }
-        let defs: Vec<(u32, usize)> = lock(&self.outgoing)
-            .iter()
-            .map(|d| (d.id, d.shard % self.partitions.len()))
-            .collect();
+        let defs: Vec<(u32, usize)> = self.outgoing.read(|t| {
+            t.iter()
+                .map(|d| (d.id, d.shard % self.partitions.len()))
+                .collect()
+        });
         for (id, pi) in defs {
             let p = self.partition(pi);
             if let Some((l, f, m)) = scan_for(&p.store, QueueId(id), fa) {

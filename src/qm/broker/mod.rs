@@ -20,7 +20,6 @@
 //! API), `outgoing` (outgoing queues and OrderAcks), `admin_acks`, `expiry`, and `wakeups`
 //! (waking shards from other threads).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -28,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use crate::config::Config;
 use crate::qm::catalog::{Catalog, CatalogCell, CatalogError, QueueDef};
 use crate::qm::identity::{load_or_create_guid, OrdinalAllocator};
-use crate::qm::outgoing::OutgoingTable;
+use crate::qm::outgoing::{OutgoingTable, SharedOutgoing};
 use crate::qm::routing::LocalIdentity;
 use crate::qm::txn::TxnLimits;
 use crate::store::{FileStore, QueueStore, StoreConfig, StoreError, Ticket, UringDisk};
@@ -55,7 +54,7 @@ pub use final_acks::{
     FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
 };
 pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
-pub use outgoing::{AckSource, OrderAcked, OutgoingInfo, TxOut};
+pub use outgoing::{AckSource, OrderAckIn, OutgoingInfo, TxAckStep, TxOut};
 pub use partition::{
     set_shards_running, set_thread_shard, thread_runs_partition, InFlight, Partition,
     PartitionGuard, TXN_STATE_QUEUE,
@@ -106,10 +105,9 @@ pub struct Broker<S> {
     pub counters: BrokerCounters,
     /// Rotates the partition receive starts at.
     receive_cursor: AtomicU64,
-    outgoing: Mutex<OutgoingTable>,
-    /// Each outgoing queue's state as its shard last published it (on a change only; read by
-    /// the API).
-    outgoing_status: Mutex<HashMap<u32, crate::qm::outgoing_queue::OutStatus>>,
+    /// The outgoing table: lookups read a published snapshot without a lock; a new
+    /// destination, pause/resume and a new sequence id serialise on its writers' lock.
+    outgoing: SharedOutgoing,
     ordinals: Mutex<OrdinalAllocator>,
     /// Per shard: new outgoing messages were queued for it by another thread.
     outgoing_dirty: Vec<AtomicBool>,
@@ -121,12 +119,6 @@ pub struct Broker<S> {
     arrival_interest: Vec<AtomicU64>,
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
-    /// Outgoing transactional sequences, by outgoing queue id (MS-MQQB TxOutgoingSequence).
-    tx_out: Mutex<HashMap<u32, TxOut>>,
-    /// Outgoing queues whose transactional sequence made progress (an OrderAck arrived).
-    tx_progress: Mutex<Vec<u32>>,
-    /// When an ignored OrderAck/FinalAck was last logged, per peer address.
-    refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
     /// Where each sending queue manager's FinalAcks go (see `final_acks`).
     final_ack_peers: Mutex<FinalAckPeers>,
     /// Bumped by every catalog change; the route cache is valid for one generation. Shared
@@ -371,16 +363,12 @@ impl<S: QueueStore> Broker<S> {
         Ok(Broker {
             signer,
             identity,
-            outgoing: Mutex::new(outgoing),
-            outgoing_status: Mutex::new(HashMap::new()),
+            outgoing: SharedOutgoing::new(outgoing),
             ordinals: Mutex::new(ordinals),
             outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
             durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             arrival_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             waker: OnceLock::new(),
-            tx_out: Mutex::new(HashMap::new()),
-            tx_progress: Mutex::new(Vec::new()),
-            refused_log: Mutex::new(HashMap::new()),
             final_ack_peers: Mutex::new(final_ack_peers),
             catalog: CatalogCell::new(catalog, catalog_generation.clone()),
             catalog_generation,

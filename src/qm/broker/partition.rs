@@ -169,6 +169,16 @@ pub struct Partition<S> {
     /// Frames of expired messages whose senders asked for a NACK_RECEIVE_TIMEOUT, for the
     /// caller of the expiry to send (`Broker::take_expiry_nacks`).
     pub(super) expiry_nacks: Vec<(u32, Vec<u8>)>,
+    /// (outown) The sender's side of the transactional sequences of the outgoing queues stored
+    /// here, by outgoing queue id (MS-MQQB TxOutgoingSequence): numbered, marked sent and
+    /// acknowledged only by this partition's owner, in the same step as the append or removal.
+    pub(super) tx_out: HashMap<u32, super::TxOut>,
+    /// (outown) Outgoing queues of this partition whose transactional sequence progressed (an
+    /// OrderAck or a FinalAck removed messages): their owner restarts their resend schedule.
+    pub(super) tx_progress: Vec<u32>,
+    /// (outown) Each outgoing queue's state as its owner last published it (on a change), read
+    /// by the owner when it answers the API's `Lens` request.
+    pub(super) out_status: HashMap<u32, crate::qm::outgoing_queue::OutStatus>,
 }
 
 /// Messages an AMQP consumer holds unsettled (so no other consumer gets them) and how many
@@ -256,6 +266,9 @@ impl<S: QueueStore> Partition<S> {
             inflight: InFlight::default(),
             arrivals: 0,
             arrivals_seen: (0, Ticket(0)),
+            tx_out: HashMap::new(),
+            tx_progress: Vec::new(),
+            out_status: HashMap::new(),
         }
     }
 

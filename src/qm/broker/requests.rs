@@ -12,9 +12,7 @@ use crate::wire::base::INFINITE;
 use crate::wire::headers::{MessageClass, TransactionHeader, TxFlags};
 use crate::wire::user::UserMessage;
 
-use super::{
-    encode_message, lock, message_meta, unix_now, ApiError, Broker, Verdict, RECEIVE_BATCH_MAX,
-};
+use super::{encode_message, message_meta, unix_now, ApiError, Broker, Verdict, RECEIVE_BATCH_MAX};
 
 /// A message handed out by receive or peek, copied out of the store.
 #[derive(Clone, Debug)]
@@ -109,6 +107,8 @@ pub struct QueueLens {
     pub outgoing: std::collections::HashMap<u32, (u64, u64)>,
     /// Incoming transactional sequence states kept.
     pub tx_sequences: u64,
+    /// (outown) Each outgoing queue's state as the shard sending it last published it.
+    pub outgoing_status: std::collections::HashMap<u32, crate::qm::outgoing_queue::OutStatus>,
 }
 
 impl QueueLens {
@@ -125,6 +125,7 @@ impl QueueLens {
             }
         }
         self.tx_sequences += other.tx_sequences;
+        self.outgoing_status.extend(other.outgoing_status);
     }
 }
 
@@ -353,11 +354,13 @@ impl<S: QueueStore> Broker<S> {
     /// answers for the partitions it runs; the API adds the shards' answers up).
     pub fn queue_lens(&self, parts: &[usize]) -> QueueLens {
         let queues: Vec<u32> = self.catalog().iter().map(|q| q.id).collect();
-        let outgoing: Vec<u32> = lock(&self.outgoing).iter().map(|d| d.id).collect();
+        let outgoing: Vec<u32> = self.outgoing.read(|t| t.iter().map(|d| d.id).collect());
         let mut lens = QueueLens::default();
         for &i in parts {
             let p = self.partition(i);
             lens.tx_sequences += p.txn.len() as u64;
+            lens.outgoing_status
+                .extend(p.out_status.iter().map(|(id, st)| (*id, st.clone())));
             for (ids, into) in [(&queues, &mut lens.queues), (&outgoing, &mut lens.outgoing)] {
                 for &id in ids {
                     let (m, b) = p.store.queue_len(QueueId(id));
@@ -590,7 +593,7 @@ impl<S: QueueStore> Broker<S> {
             self.resolve(&route(&m.user, &self.identity))
                 .map_or(0, |q| self.owner(&q))
         } else {
-            lock(&self.outgoing)
+            self.outgoing
                 .get_or_create(direct)
                 .map_or(0, |d| d.shard % self.partitions.len())
         }
@@ -669,13 +672,13 @@ impl<S: QueueStore> Broker<S> {
                 };
                 (seq_id, s.seq_no.wrapping_add(1))
             } else {
-                let def = lock(&self.outgoing)
-                    .get_or_create(direct)
-                    .map_err(|e| ApiError::Send(e.to_string()))?;
-                let mut g = lock(&self.tx_out);
-                let t = self.tx_out_state(&mut g, &def);
+                // The sequence lives with the outgoing queue's partition, which this shard
+                // runs (`owner_for_send`); its guard is kept until the message is appended.
+                let def = self.outgoing_queue_for(direct)?;
+                let mut part = self.partition(def.shard);
+                let t = self.tx_out_state(&mut part, &def);
                 let r = (t.seq_id, t.next_no);
-                tx_guard = Some((g, def.id));
+                tx_guard = Some((part, def));
                 r
             };
             m = m.with_transaction(TransactionHeader::new(
@@ -773,12 +776,21 @@ impl<S: QueueStore> Broker<S> {
             });
         }
         let meta = message_meta(&m);
-        let (def, partition, ticket) = self.enqueue_outgoing_nowait(direct, &frame, &meta)?;
-        if let Some((mut g, id)) = tx_guard {
-            if let Some(t) = g.get_mut(&id) {
-                t.next_no = t.next_no.wrapping_add(1);
+        let (def, partition, ticket) = match tx_guard {
+            // Numbered and appended in one step of the outgoing queue's partition.
+            Some((mut part, def)) => {
+                let ticket = self.append_outgoing_in(&mut part, def.id, &frame, &meta)?;
+                if let Some(t) = part.tx_out.get_mut(&def.id) {
+                    t.next_no = t.next_no.wrapping_add(1);
+                }
+                part.commit(None)?;
+                let p = part.index;
+                drop(part);
+                self.outgoing_queued(p);
+                (def, p, ticket)
             }
-        }
+            None => self.enqueue_outgoing_nowait(direct, &frame, &meta)?,
+        };
         let held = if def.paused {
             Some("the outgoing queue is paused (lior outgoing resume)".to_string())
         } else if def.transport == crate::qm::outgoing::Transport::Ipx {
