@@ -181,6 +181,9 @@ struct Handoff {
     /// Copies of expired messages sent to another shard's dead-letter queue, by hand-off
     /// number, with the partition whose expiry wave waits for their placement.
     expiry_copies: HashMap<u64, usize>,
+    /// Records the request desk owes (receive acks, FinalAcks, copies) sent to another shard,
+    /// by hand-off number, with the desk's number for them (branch deskown).
+    desk_records: HashMap<u64, u64>,
 }
 
 /// An owner's answer, waiting for its session.
@@ -380,17 +383,116 @@ impl<S: QueueStore> MsmqApp<S> {
     /// Takes this turn's requests: each stages its work on a partition this shard runs; the
     /// answers waiting for the disk make this turn commit those partitions and are given once
     /// the shard sees them durable (`Desk::settle`, after the commits).
+    ///
+    /// What answers owe other queues once their removals are durable (receive acks,
+    /// FinalAcks, journal copies, stream receipts: `qm::broker::Owed`) is stored first, here
+    /// or by mail to the shard running the queue it goes to (`store_record`'s rule), and the
+    /// desk answers once those records are durable too.
     fn serve_requests(&mut self, now_ms: u64) {
-        let Some(desk) = self.desk.as_mut() else {
+        let Some(mut desk) = self.desk.take() else {
             return;
         };
+        for (id, owed) in desk.take_records() {
+            for o in owed {
+                let at = match self.owed_record(&o) {
+                    Some(rec) => self.store_desk_record(now_ms, rec, id),
+                    None => Some(None),
+                };
+                if let Some(at) = at {
+                    desk.record_placed(id, at);
+                }
+            }
+        }
         let mut touched = Vec::new();
         desk.serve(now_ms, &mut touched);
+        self.desk = Some(desk);
+        let here = self.here();
         for (p, t) in touched {
-            if let Some(a) = self.appended.get_mut(p) {
-                *a = true;
+            if here(p) {
+                if let Some(a) = self.appended.get_mut(p) {
+                    *a = true;
+                }
             }
+            // Another shard's partition (a record stored there) is watched, never committed.
             self.await_ticket(p, t);
+        }
+    }
+
+    /// Builds what `o` owes as a record (with one of this shard's leased ordinals).
+    fn owed_record(&mut self, o: &crate::qm::broker::Owed) -> Option<SystemRecord> {
+        let ordinal = if o.needs_ordinal() {
+            self.next_ordinal()
+        } else {
+            0
+        };
+        self.shared.broker.owed_record(o, ordinal)
+    }
+
+    /// Builds and stores what `o` owes (`store_record`: by mail when another shard runs the
+    /// queue it goes to); nobody waits for it.
+    fn store_owed(&mut self, now_ms: u64, o: crate::qm::broker::Owed) {
+        if let Some(rec) = self.owed_record(&o) {
+            self.store_record(now_ms, rec, None);
+        }
+    }
+
+    /// [`MsmqApp::store_record`] for the request desk's record `id`: Some(where it was stored,
+    /// None if not) when decided here, None when mailed to the shard running its partition
+    /// (that shard's `Mail::Placed` answer comes back to the desk in `take_mail`).
+    fn store_desk_record(
+        &mut self,
+        now_ms: u64,
+        rec: SystemRecord,
+        id: u64,
+    ) -> Option<Option<(usize, Ticket)>> {
+        let here = self.here();
+        let mut rec = rec;
+        loop {
+            if !here(rec.partition) {
+                let to = rec.partition % self.shared.shards;
+                let h = self.handoff.as_mut()?;
+                let seq = h.next_seq;
+                h.next_seq += 1;
+                h.desk_records.insert(seq, id);
+                let reply = ReplyTo {
+                    shard: self.shard as u32,
+                    // No session: the answer goes to the desk (`desk_records`).
+                    conn: ConnId {
+                        slot: u32::MAX,
+                        generation: 1,
+                    },
+                    seq,
+                };
+                let mail = Mail::Store {
+                    reply: Some(reply),
+                    kind: rec.kind,
+                    queue: rec.queue,
+                    partition: rec.partition as u32,
+                    now_unix: unix_now(),
+                    frame: &rec.frame,
+                };
+                self.mail(to, mail);
+                self.shared
+                    .counters
+                    .records_mailed
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            // This shard runs `rec.partition` (checked just above).
+            match self
+                .shared
+                .broker
+                .store_record(&rec, unix_now(), now_ms, &here)
+            {
+                RecordStored::At(p, ticket) => {
+                    if let Some(a) = self.appended.get_mut(p) {
+                        *a = true;
+                    }
+                    return Some(Some((p, ticket)));
+                }
+                RecordStored::Forward(next) => rec = next,
+                RecordStored::Failed => return Some(None),
+            }
         }
     }
 
@@ -407,6 +509,7 @@ impl<S: QueueStore> MsmqApp<S> {
             handed: HashMap::new(),
             placed: HashMap::new(),
             expiry_copies: HashMap::new(),
+            desk_records: HashMap::new(),
         });
     }
 
@@ -893,11 +996,13 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut order_acked: Vec<OrderAcked> = Vec::new();
         let mut forwards = Vec::new();
         let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
+        let mut desk_placed: Vec<(u64, Option<(usize, Ticket)>)> = Vec::new();
         let Handoff {
             port,
             handed,
             placed,
             expiry_copies,
+            desk_records,
             ..
         } = &mut h;
         port.recv_all(|from, rec| match Mail::decode(rec.head(), rec.body()) {
@@ -933,6 +1038,14 @@ impl<S: QueueStore> MsmqApp<S> {
                         Placement::Refused => None,
                     };
                     copies_placed.push((p, at));
+                    return;
+                }
+                if let Some(id) = desk_records.remove(&reply.seq) {
+                    let at = match placement {
+                        Placement::At { partition, ticket } => Some((partition as usize, ticket)),
+                        Placement::Refused => None,
+                    };
+                    desk_placed.push((id, at));
                     return;
                 }
                 let Some(conn) = handed.remove(&reply.seq) else {
@@ -991,6 +1104,11 @@ impl<S: QueueStore> MsmqApp<S> {
         for (p, at) in copies_placed {
             self.shared.broker.expiry_copy_placed(p, at);
         }
+        if let Some(desk) = self.desk.as_mut() {
+            for (id, at) in desk_placed {
+                desk.record_placed(id, at);
+            }
+        }
     }
 
     /// The NACK_RECEIVE_TIMEOUTs partition `p`'s expiry owes, sent as this shard's admin
@@ -1008,10 +1126,15 @@ impl<S: QueueStore> MsmqApp<S> {
             // for a message leaving a dead-letter queue, a journal or an outgoing queue).
             if (crate::qm::catalog::FIRST_USER_QUEUE_ID..crate::qm::broker::JOURNAL_QUEUE_BIT)
                 .contains(&q)
+                && crate::qm::broker::wants_final_ack(&msg)
             {
-                self.shared
-                    .broker
-                    .send_final_ack_if_asked(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+                let o = crate::qm::broker::Owed::FinalAck {
+                    frame: frame.clone(),
+                    class: MessageClass::NACK_RECEIVE_TIMEOUT,
+                    partition: p,
+                    peer: None,
+                };
+                self.store_owed(self.now_ms, o);
             }
         }
         if !self.admin_acks.is_empty() {
@@ -1141,9 +1264,13 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         }
         for (frame, class, peer) in std::mem::take(&mut self.final_acks) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.send_final_ack(&msg, class, peer);
-            }
+            let o = crate::qm::broker::Owed::FinalAck {
+                frame,
+                class,
+                partition: usize::MAX,
+                peer,
+            };
+            self.store_owed(now_ms, o);
         }
         let here = self.here();
         let mut elsewhere = Vec::new();
@@ -1292,8 +1419,9 @@ impl<S: QueueStore> MsmqApp<S> {
                                 .fetch_add(1, Ordering::Relaxed);
                         }
                         drop(part);
-                        if let Some((frame, meta)) = journal {
-                            self.shared.broker.keep_source_journal(&frame, &meta);
+                        if let Some((frame, _)) = journal {
+                            let o = crate::qm::broker::Owed::MachineJournal { frame };
+                            self.store_owed(self.now_ms, o);
                         }
                     }
                 }

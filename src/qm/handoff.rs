@@ -29,6 +29,15 @@ pub enum StoreKind {
     /// A message this machine built for one of its own queues (an admin acknowledgement for
     /// a local admin queue): delivered as a local message (routing, quota, dead letter).
     Local,
+    /// A FinalAck for the outgoing queue to its sender (branch deskown): appended like
+    /// [`StoreKind::Outgoing`], counted in `lior_final_acks_sent_total`.
+    FinalAck,
+    /// A copy for the machine journal (`SYSTEM$;JOURNAL`, branch deskown): under
+    /// `MachineJournalQuota`, never expiring, counted in `lior_journal_copies_total`.
+    MachineJournal,
+    /// An SRMP stream receipt for the outgoing HTTP queue to its sender (branch deskown):
+    /// appended like [`StoreKind::Outgoing`], counted in `lior_srmp_stream_receipts_queued_total`.
+    StreamReceipt,
 }
 
 impl StoreKind {
@@ -37,6 +46,9 @@ impl StoreKind {
             StoreKind::DeadLetter => 1,
             StoreKind::Outgoing => 2,
             StoreKind::Local => 3,
+            StoreKind::FinalAck => 4,
+            StoreKind::MachineJournal => 5,
+            StoreKind::StreamReceipt => 6,
         }
     }
     fn from_code(c: u8) -> Result<StoreKind, BadMail> {
@@ -44,6 +56,9 @@ impl StoreKind {
             1 => Ok(StoreKind::DeadLetter),
             2 => Ok(StoreKind::Outgoing),
             3 => Ok(StoreKind::Local),
+            4 => Ok(StoreKind::FinalAck),
+            5 => Ok(StoreKind::MachineJournal),
+            6 => Ok(StoreKind::StreamReceipt),
             _ => Err(BadMail),
         }
     }

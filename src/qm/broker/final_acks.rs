@@ -32,9 +32,7 @@ use crate::wire::user::{FinalAckBody, QueueRef, UserMessage};
 use crate::wire::{utf16z, Guid, Utf16};
 
 use super::partition::Partition;
-use super::{
-    bump, encode_message, lock, message_meta, unix_now, AckSource, Broker, Delivered, Verdict,
-};
+use super::{bump, encode_message, lock, unix_now, AckSource, Broker, Delivered, Verdict};
 
 /// Senders whose FinalAck address is remembered at most (one entry per sending queue manager;
 /// past it the oldest-looking entry is forgotten, with a log line).
@@ -158,33 +156,59 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
-    /// Sends `msg`'s FinalAck of class `class` when it asked for one (it leaves its queue).
+    /// Sends `msg`'s FinalAck of class `class` at once when it asked for one (it leaves its
+    /// queue; [`Broker::send_owed`]: threads that run no shard).
     pub fn send_final_ack_if_asked(&self, msg: &UserMessage<'_>, class: MessageClass) {
         if wants_final_ack(msg) {
             self.send_final_ack(msg, class, None);
         }
     }
 
-    /// Builds the FinalAck of transactional message `msg` (MS-MQQB 2.2.5) and queues it for
-    /// its sender, at `peer` or where [`FinalAckPeers`] says. Messages of this queue manager
-    /// and acknowledgements get none.
+    /// Builds the FinalAck of `msg` and stores it at once ([`Broker::send_owed`]).
     pub fn send_final_ack(&self, msg: &UserMessage<'_>, class: MessageClass, peer: Option<IpAddr>) {
-        let Some(th) = msg.transaction else {
+        let Ok(frame) = encode_message(msg) else {
             return;
         };
+        self.send_owed(vec![super::Owed::FinalAck {
+            frame,
+            class,
+            partition: usize::MAX,
+            peer,
+        }]);
+    }
+
+    /// Where `sender`'s FinalAcks go, as partition `partition` knows it (`usize::MAX`: any).
+    fn final_ack_peer(&self, _partition: usize, sender: &Guid) -> Option<IpAddr> {
+        lock(&self.final_ack_peers).get(sender)
+    }
+
+    /// The FinalAck of transactional message `msg` (MS-MQQB 2.2.5), which left a queue of
+    /// partition `partition`, built with MessageIdOrdinal `ordinal`, as a record for the
+    /// outgoing queue to its sender, at `peer` or where [`FinalAckPeers`] says. None for a
+    /// message of this queue manager or an acknowledgement, or when the sender's address is
+    /// not known (counted in `lior_final_acks_unroutable_total`).
+    pub fn final_ack_record(
+        &self,
+        msg: &UserMessage<'_>,
+        class: MessageClass,
+        partition: usize,
+        peer: Option<IpAddr>,
+        ordinal: u32,
+    ) -> Option<super::SystemRecord> {
+        let th = msg.transaction?;
         let sender = msg.user.source_queue_manager;
         if msg.properties.message_class != MessageClass::NORMAL
             || sender == self.guid()
             || sender.is_null()
         {
-            return;
+            return None;
         }
-        let Some(ip) = peer.or_else(|| lock(&self.final_ack_peers).get(&sender)) else {
+        let Some(ip) = peer.or_else(|| self.final_ack_peer(partition, &sender)) else {
             bump(&self.counters.final_acks_unroutable);
             if crate::ratelog::QUOTA.allow() {
                 tracing::warn!(%sender, message = msg.user.message_id, "FinalAck not sent: the sender's address is not known (lior_final_acks_unroutable_total)");
             }
-            return;
+            return None;
         };
         let text = format!("TCP:{ip}\\PRIVATE$\\order_queue$");
         let dest = match DirectName::parse_wire(&text) {
@@ -192,7 +216,7 @@ impl<S: QueueStore> Broker<S> {
             Err(e) => {
                 tracing::error!(error = %e, to = %text, "cannot address a FinalAck");
                 bump(&self.counters.final_acks_unroutable);
-                return;
+                return None;
             }
         };
         // A sender at one of our own addresses is another queue manager on this host (its GUID
@@ -209,7 +233,7 @@ impl<S: QueueStore> Broker<S> {
         let wire = utf16z(&text);
         let m = UserMessage::final_ack(
             self.guid(),
-            self.next_ordinal(),
+            ordinal,
             QueueRef::Direct(Utf16(&wire)),
             class,
             &body,
@@ -219,18 +243,24 @@ impl<S: QueueStore> Broker<S> {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build a FinalAck");
-                return;
+                return None;
             }
         };
-        match self.enqueue_outgoing_nowait(&dest, &frame, &message_meta(&m)) {
-            Ok((def, _, _)) => {
-                bump(&self.counters.final_acks_sent);
+        match self.outgoing_queue_for(&dest) {
+            Ok(def) => {
                 tracing::info!(class = class.name(), message = %format!("{sender}\\{}", msg.user.message_id), via = %def.key, "FinalAck queued");
+                Some(super::SystemRecord {
+                    kind: crate::qm::handoff::StoreKind::FinalAck,
+                    queue: def.id,
+                    partition: def.shard % self.partitions.len(),
+                    frame,
+                })
             }
             Err(e) => {
                 if crate::ratelog::QUOTA.allow() {
                     tracing::error!(error = %e, "cannot queue a FinalAck");
                 }
+                None
             }
         }
     }
@@ -345,45 +375,28 @@ impl<S: QueueStore> Broker<S> {
     pub(super) fn copy_to_system_queue(&self, q: u32, frame: &[u8], meta: &MessageMeta) -> bool {
         let pi = self.dead_letter_partition(q);
         let mut p = self.partition(pi);
-        if q == JOURNAL_ID {
-            let quota_kb = self.config.parameters.MachineJournalQuota;
-            let (_, bytes) = p.store.queue_len(QueueId(q));
-            if bytes.saturating_add(frame.len() as u64) > quota_kb.saturating_mul(1024) {
-                bump(&self.counters.journal_dropped);
-                if crate::ratelog::QUOTA.allow() {
-                    tracing::warn!(quota_kb, bytes, "machine journal full (Parameters.MachineJournalQuota, KB): a journal copy is dropped (lior_journal_dropped_total)");
-                }
-                return false;
-            }
-        }
-        // A journal copy never expires (it would owe its sender a NACK).
-        let meta = if q == JOURNAL_ID {
-            MessageMeta {
-                expiry_unix_s: crate::store::EXPIRY_NEVER,
-                ..*meta
-            }
+        let stored = if q == JOURNAL_ID {
+            self.append_machine_journal(&mut p, frame, meta).is_some()
         } else {
-            *meta
-        };
-        match p.store.append(QueueId(q), &meta, frame) {
-            Ok(_) => {
-                if let Err(e) = p.commit(None) {
-                    tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");
-                }
-                if q == JOURNAL_ID {
-                    bump(&self.counters.journal_copies);
-                } else {
+            match p.store.append(QueueId(q), meta, frame) {
+                Ok(_) => {
                     bump(&self.counters.dead_lettered);
+                    true
                 }
-                drop(p);
-                self.wake(pi);
-                true
+                Err(e) => {
+                    tracing::error!(error = %e, queue = q, "cannot store a dead-letter copy");
+                    false
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, queue = q, "cannot store a journal or dead-letter copy");
-                false
+        };
+        if stored {
+            if let Err(e) = p.commit(None) {
+                tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");
             }
+            drop(p);
+            self.wake(pi);
         }
+        stored
     }
 
     /// The stored message a FinalAck names: (partition, queue, lookup id, frame, meta, whether

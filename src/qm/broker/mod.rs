@@ -47,7 +47,7 @@ mod requests;
 mod wakeups;
 
 pub use access::{sender_id, QueueDetail, RightsChange, RightsEntry};
-pub use admin_acks::{RecordStored, SystemRecord};
+pub use admin_acks::{Owed, RecordStored, SystemRecord};
 pub use delivery::{everywhere, message_meta, Delivered, Here, RouteCache, Routed, Verdict};
 pub use final_acks::{
     wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX, AWAITING_FINAL_ACK_QUEUE,
