@@ -233,11 +233,7 @@ pub struct MsmqApp<S> {
     tx_acks: Vec<(Vec<u8>, AckSource)>,
     /// Negative FinalAcks owed for transactional messages refused at arrival this turn, with
     /// the sender's address when the session is ours.
-    final_acks: Vec<(
-        Vec<u8>,
-        crate::wire::headers::MessageClass,
-        Option<std::net::IpAddr>,
-    )>,
+    final_acks: Vec<crate::qm::broker::Owed>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
@@ -578,12 +574,14 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
-        if msg.transaction.is_some() {
-            // Where its FinalAck goes, for a message that asks for one.
-            self.shared.broker.note_final_ack_peer(&msg, conn.peer.ip());
-        }
         // Routed once: to find the shard that stores it, and to store it here if that is us.
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
+        if crate::qm::broker::wants_final_ack(&msg) {
+            // Where its FinalAck goes: noted by the partition that stores it.
+            if let Some(p) = self.shared.broker.route_partition(&routed, &msg) {
+                self.note_final_ack_peer(p, msg.user.source_queue_manager, conn.peer.ip());
+            }
+        }
         if let Some(to) = self.handoff_target(&routed, &msg) {
             let now_unix = unix_now();
             return self.hand_off(conn, to, rec_seq, |reply| Mail::Deliver {
@@ -608,8 +606,12 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
                 if let Some(class) = d.final_nack(&msg) {
                     if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                        self.final_acks
-                            .push((frame.to_vec(), class, Some(conn.peer.ip())));
+                        self.final_acks.push(crate::qm::broker::Owed::FinalAck {
+                            frame: frame.to_vec(),
+                            class,
+                            partition: own,
+                            peer: Some(conn.peer.ip()),
+                        });
                     }
                 }
                 let Some(record) = d.forward else {
@@ -660,8 +662,12 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         if let Some(class) = d.final_nack(&msg) {
             if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                self.final_acks
-                    .push((frame.to_vec(), class, Some(conn.peer.ip())));
+                self.final_acks.push(crate::qm::broker::Owed::FinalAck {
+                    frame: frame.to_vec(),
+                    class,
+                    partition: own,
+                    peer: Some(conn.peer.ip()),
+                });
             }
         }
         if let Some((key, state)) = d.order_ack {
@@ -829,6 +835,12 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         };
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
+        // The partition whose FinalAck address table the sending shard told (`FinalAckPeer`).
+        let noted = self
+            .shared
+            .broker
+            .route_partition(&routed, &msg)
+            .unwrap_or(usize::MAX);
         let here = self.here();
         let d = self
             .shared
@@ -838,7 +850,12 @@ impl<S: QueueStore> MsmqApp<S> {
         // session it came on is another shard's: the sender's address comes from the table).
         if let Some(class) = d.final_nack(&msg) {
             if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                self.final_acks.push((frame.to_vec(), class, None));
+                self.final_acks.push(crate::qm::broker::Owed::FinalAck {
+                    frame: frame.to_vec(),
+                    class,
+                    partition: noted,
+                    peer: None,
+                });
             }
         }
         let placement = match d.verdict {
@@ -891,6 +908,24 @@ impl<S: QueueStore> MsmqApp<S> {
         // Not `handoff.is_some()`: `take_mail` holds the handoff while it places mail.
         let (shard, shards, meshed) = (self.shard, self.shared.shards, self.meshed);
         move |p| !meshed || p % shards == shard
+    }
+
+    /// `sender`'s FinalAcks go to `ip`: noted in partition `p`'s table by the shard running
+    /// it (here, or by mail ahead of the message's hand-off on the same lane).
+    fn note_final_ack_peer(&mut self, p: usize, sender: crate::wire::Guid, ip: std::net::IpAddr) {
+        if (self.here())(p) {
+            self.shared.broker.note_final_ack_peer(p, sender, ip);
+        } else {
+            let to = p % self.shared.shards;
+            self.mail(
+                to,
+                Mail::FinalAckPeer {
+                    partition: p as u32,
+                    sender,
+                    ip,
+                },
+            );
+        }
     }
 
     /// An admin acknowledgement owed for `frame`: built after the frames of this receive
@@ -1086,6 +1121,17 @@ impl<S: QueueStore> MsmqApp<S> {
                     upto,
                 });
             }
+            Ok(Mail::FinalAckPeer {
+                partition,
+                sender,
+                ip,
+            }) => {
+                // Sent to this shard because it runs `partition` (see `note_final_ack_peer`).
+                debug_assert_eq!(partition as usize % self.shared.shards, self.shard);
+                self.shared
+                    .broker
+                    .note_final_ack_peer(partition as usize, sender, ip);
+            }
             Err(_) => {
                 tracing::error!(from, "unreadable mail from another shard; dropped");
             }
@@ -1263,13 +1309,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 self.store_record(now_ms, rec, None);
             }
         }
-        for (frame, class, peer) in std::mem::take(&mut self.final_acks) {
-            let o = crate::qm::broker::Owed::FinalAck {
-                frame,
-                class,
-                partition: usize::MAX,
-                peer,
-            };
+        for o in std::mem::take(&mut self.final_acks) {
             self.store_owed(now_ms, o);
         }
         let here = self.here();

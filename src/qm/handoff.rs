@@ -16,6 +16,7 @@ const TAG_DELIVER: u8 = 1;
 const TAG_PLACED: u8 = 2;
 const TAG_STORE: u8 = 3;
 const TAG_ORDER_ACKED: u8 = 4;
+const TAG_FINAL_ACK_PEER: u8 = 5;
 
 /// What a [`Mail::Store`] record is, and so how its owner stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +118,15 @@ pub enum Mail<'a> {
     /// (MS-MQQB 3.1.5.6): the receiver, which runs outgoing queue `queue`, removes the
     /// messages of sequence `seq_id` numbered up to `upto`.
     OrderAcked { queue: u32, seq_id: u64, upto: u32 },
+    /// A transactional message of `sender` asking for a FinalAck came from `ip` on a session
+    /// of the sending shard, for a queue of the receiver's partition `partition`: that
+    /// partition's FinalAck address table notes it (`qm::broker::final_acks`). Sent ahead of
+    /// the message's [`Mail::Deliver`] on the same lane (branch deskown).
+    FinalAckPeer {
+        partition: u32,
+        sender: Guid,
+        ip: std::net::IpAddr,
+    },
 }
 
 /// A head too short, or with an unknown tag.
@@ -263,6 +273,26 @@ impl<'a> Mail<'a> {
                 w.put(&upto.to_le_bytes());
                 (w.at, &[])
             }
+            Mail::FinalAckPeer {
+                partition,
+                sender,
+                ip,
+            } => {
+                w.put(&[TAG_FINAL_ACK_PEER]);
+                w.put(&partition.to_le_bytes());
+                w.put(&sender.0);
+                match ip {
+                    std::net::IpAddr::V4(a) => {
+                        w.put(&[4]);
+                        w.put(&a.octets());
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        w.put(&[6]);
+                        w.put(&a.octets());
+                    }
+                }
+                (w.at, &[])
+            }
         }
     }
 
@@ -338,6 +368,20 @@ impl<'a> Mail<'a> {
                 seq_id: r.u64()?,
                 upto: r.u32()?,
             }),
+            TAG_FINAL_ACK_PEER => {
+                let partition = r.u32()?;
+                let sender = Guid(r.take::<16>()?);
+                let ip = match r.u8()? {
+                    4 => std::net::IpAddr::from(r.take::<4>()?),
+                    6 => std::net::IpAddr::from(r.take::<16>()?),
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::FinalAckPeer {
+                    partition,
+                    sender,
+                    ip,
+                })
+            }
             _ => Err(BadMail),
         }
     }
@@ -429,5 +473,31 @@ mod tests {
         assert_eq!(Mail::decode(&[0], &[]), Err(BadMail));
         assert_eq!(Mail::decode(&[9; 40], &[]), Err(BadMail));
         assert_eq!(Mail::decode(&[], &[]), Err(BadMail));
+    }
+
+    /// Branch deskown: the FinalAck address note and the new record kinds.
+    #[test]
+    fn final_ack_peer_notes_and_the_desks_record_kinds_round_trip() {
+        for ip in ["10.1.2.3", "fe80::1"] {
+            round_trip(Mail::FinalAckPeer {
+                partition: 3,
+                sender: Guid([9; 16]),
+                ip: ip.parse().unwrap(),
+            });
+        }
+        for kind in [
+            StoreKind::FinalAck,
+            StoreKind::MachineJournal,
+            StoreKind::StreamReceipt,
+        ] {
+            round_trip(Mail::Store {
+                reply: Some(reply()),
+                kind,
+                queue: 0xFFFE_0001,
+                partition: 1,
+                now_unix: 1_700_000_000,
+                frame: b"ack",
+            });
+        }
     }
 }

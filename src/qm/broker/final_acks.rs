@@ -7,8 +7,14 @@
 //! flags. The FinalAck is addressed as OrderAcks are, to
 //! `DIRECT=TCP:<sender>\PRIVATE$\order_queue$` (DIGEST §6.3), and queued in the outgoing queue
 //! to that machine as admin acknowledgements are. Where a sender's FinalAcks go is remembered
-//! per sender GUID in [`FinalAckPeers`] (bounded by [`FINAL_ACK_PEERS_MAX`], kept in
-//! [`FINAL_ACK_PEERS_FILE`]), so a FinalAck owed after a restart still finds its way.
+//! per sender GUID in [`FinalAckPeers`], one table per store partition: the partition that
+//! stores a message notes its sender's address (told by mail, `Mail::FinalAckPeer`, when the
+//! session is another shard's) and is the one that owes its FinalAck (received, purged,
+//! expired), so the table is read and written only by the shard running that partition, with
+//! no machine-wide lock. Each is bounded by [`FINAL_ACK_PEERS_MAX`] and kept in
+//! `final_ack_peers.p<N>.json` ([`final_ack_peers_file`]; the older machine-wide
+//! [`FINAL_ACK_PEERS_FILE`] is merged into every partition's table at start), so a FinalAck
+//! owed after a restart still finds its way.
 //!
 //! As the sender: a transactional message of ours that asked for a FinalAck is not dropped by
 //! its OrderAck but moved, in the same partition and the same commit, to the internal queue
@@ -37,8 +43,15 @@ use super::{bump, encode_message, lock, unix_now, AckSource, Broker, Delivered, 
 /// Senders whose FinalAck address is remembered at most (one entry per sending queue manager;
 /// past it the oldest-looking entry is forgotten, with a log line).
 pub const FINAL_ACK_PEERS_MAX: usize = 4_096;
-/// The file in the data directory that keeps [`FinalAckPeers`] across restarts.
+/// The machine-wide file an older lior kept [`FinalAckPeers`] in: read (merged into every
+/// partition's table) at start, never written.
 pub const FINAL_ACK_PEERS_FILE: &str = "final_ack_peers.json";
+
+/// The file in the data directory that keeps partition `p`'s [`FinalAckPeers`] across
+/// restarts.
+pub fn final_ack_peers_file(p: usize) -> String {
+    format!("final_ack_peers.p{p}.json")
+}
 /// The internal queue holding our transactional messages that got their OrderAck and wait for
 /// their FinalAck (MS-MQQB AwaitingFinalACKTable), in the partition of their outgoing queue.
 pub const AWAITING_FINAL_ACK_QUEUE: QueueId = QueueId(0xFFFF_FF11);
@@ -57,8 +70,8 @@ pub fn wants_final_ack(m: &UserMessage<'_>) -> bool {
 }
 
 /// Where each sending queue manager's FinalAcks go: its address as last seen on a session that
-/// brought a transactional message asking for one. Written to [`FINAL_ACK_PEERS_FILE`] when an
-/// entry changes (rare: a new sender or a sender that moved).
+/// brought a transactional message asking for one into this table's partition. Written to
+/// [`final_ack_peers_file`] when an entry changes (rare: a new sender or a sender that moved).
 #[derive(Debug)]
 pub struct FinalAckPeers {
     path: PathBuf,
@@ -66,16 +79,23 @@ pub struct FinalAckPeers {
 }
 
 impl FinalAckPeers {
-    /// Reads the table from `dir` (an unreadable file is logged and the table starts empty).
-    pub fn open(dir: &Path) -> Self {
-        let path = dir.join(FINAL_ACK_PEERS_FILE);
+    /// Reads partition `partition`'s table from `dir`: the older machine-wide file first, then
+    /// the partition's own (newer) entries over it. An unreadable file is logged and skipped.
+    pub fn open(dir: &Path, partition: usize) -> Self {
         let mut map = HashMap::new();
-        match std::fs::read(&path) {
+        Self::read_into(&dir.join(FINAL_ACK_PEERS_FILE), &mut map);
+        let path = dir.join(final_ack_peers_file(partition));
+        Self::read_into(&path, &mut map);
+        FinalAckPeers { path, map }
+    }
+
+    fn read_into(path: &Path, map: &mut HashMap<Guid, IpAddr>) {
+        match std::fs::read(path) {
             Ok(b) => match serde_json::from_slice::<BTreeMap<String, String>>(&b) {
                 Ok(m) => {
                     for (g, ip) in m {
                         if let (Some(g), Ok(ip)) = (Guid::parse_text(&g), ip.parse()) {
-                            if map.len() < FINAL_ACK_PEERS_MAX {
+                            if map.len() < FINAL_ACK_PEERS_MAX || map.contains_key(&g) {
                                 map.insert(g, ip);
                             }
                         }
@@ -90,7 +110,6 @@ impl FinalAckPeers {
                 tracing::error!(file = %path.display(), error = %e, "cannot read the FinalAck addresses")
             }
         }
-        FinalAckPeers { path, map }
     }
 
     pub fn get(&self, g: &Guid) -> Option<IpAddr> {
@@ -148,11 +167,13 @@ impl Delivered {
 }
 
 impl<S: QueueStore> Broker<S> {
-    /// A transactional message asking for a FinalAck arrived from `ip`: remember where its
-    /// sender's FinalAcks go. Takes the table's lock only for such messages.
-    pub fn note_final_ack_peer(&self, msg: &UserMessage<'_>, ip: IpAddr) {
-        if wants_final_ack(msg) {
-            lock(&self.final_ack_peers).note(msg.user.source_queue_manager, ip);
+    /// A transactional message of `sender` asking for a FinalAck arrived from `ip`, for a
+    /// queue of partition `partition`: that partition remembers where its sender's FinalAcks
+    /// go. Called by the shard running `partition` only (the session's shard mails the note,
+    /// `Mail::FinalAckPeer`, to the owner when it is another): the table is that shard's.
+    pub fn note_final_ack_peer(&self, partition: usize, sender: Guid, ip: IpAddr) {
+        if let Some(t) = self.final_ack_peers.get(partition) {
+            lock(t).note(sender, ip);
         }
     }
 
@@ -177,9 +198,17 @@ impl<S: QueueStore> Broker<S> {
         }]);
     }
 
-    /// Where `sender`'s FinalAcks go, as partition `partition` knows it (`usize::MAX`: any).
-    fn final_ack_peer(&self, _partition: usize, sender: &Guid) -> Option<IpAddr> {
-        lock(&self.final_ack_peers).get(sender)
+    /// Where `sender`'s FinalAcks go, as partition `partition` knows it (on the shard running
+    /// it). `usize::MAX` (a caller that does not know the message's partition: the paths that
+    /// run on no shard yet, AMQP) looks in every partition's table.
+    fn final_ack_peer(&self, partition: usize, sender: &Guid) -> Option<IpAddr> {
+        match self.final_ack_peers.get(partition) {
+            Some(t) => lock(t).get(sender),
+            None => self
+                .final_ack_peers
+                .iter()
+                .find_map(|t| lock(t).get(sender)),
+        }
     }
 
     /// The FinalAck of transactional message `msg` (MS-MQQB 2.2.5), which left a queue of
@@ -462,13 +491,17 @@ mod tests {
     #[test]
     fn the_peer_table_survives_a_reopen_and_is_bounded() {
         let d = tempfile::tempdir().unwrap();
-        let mut t = FinalAckPeers::open(d.path());
+        let mut t = FinalAckPeers::open(d.path(), 0);
         t.note(Guid([1; 16]), "10.0.0.1".parse().unwrap());
         t.note(Guid([0; 16]), "10.0.0.2".parse().unwrap());
-        let t = FinalAckPeers::open(d.path());
+        let t = FinalAckPeers::open(d.path(), 0);
         assert_eq!(t.get(&Guid([1; 16])), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(t.len(), 1, "the null GUID is never kept");
-        let mut t = FinalAckPeers::open(d.path());
+        assert!(
+            FinalAckPeers::open(d.path(), 1).is_empty(),
+            "each partition keeps its own table"
+        );
+        let mut t = FinalAckPeers::open(d.path(), 0);
         for i in 0..=FINAL_ACK_PEERS_MAX as u32 {
             let mut g = [7u8; 16];
             g[..4].copy_from_slice(&i.to_le_bytes());
@@ -480,5 +513,33 @@ mod tests {
         t.note(Guid([2; 16]), "10.0.0.4".parse().unwrap());
         assert_eq!(t.len(), FINAL_ACK_PEERS_MAX);
         assert!(t.get(&Guid([2; 16])).is_some());
+    }
+
+    #[test]
+    fn the_older_machine_wide_file_is_merged_under_each_partitions_own_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let old: BTreeMap<String, String> = [
+            (Guid([3; 16]).to_string(), "10.0.0.3".to_string()),
+            (Guid([4; 16]).to_string(), "10.0.0.4".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        std::fs::write(
+            d.path().join(FINAL_ACK_PEERS_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let mut t = FinalAckPeers::open(d.path(), 1);
+        t.note(Guid([4; 16]), "10.0.0.40".parse().unwrap());
+        for p in [0, 1] {
+            let t = FinalAckPeers::open(d.path(), p);
+            assert_eq!(t.get(&Guid([3; 16])), Some("10.0.0.3".parse().unwrap()));
+        }
+        let moved = FinalAckPeers::open(d.path(), 1);
+        assert_eq!(
+            moved.get(&Guid([4; 16])),
+            Some("10.0.0.40".parse().unwrap()),
+            "the partition's own, newer, entry wins"
+        );
     }
 }

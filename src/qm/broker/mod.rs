@@ -50,8 +50,8 @@ pub use access::{sender_id, QueueDetail, RightsChange, RightsEntry};
 pub use admin_acks::{Owed, RecordStored, SystemRecord};
 pub use delivery::{everywhere, message_meta, Delivered, Here, RouteCache, Routed, Verdict};
 pub use final_acks::{
-    wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX, AWAITING_FINAL_ACK_QUEUE,
-    FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
+    final_ack_peers_file, wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX,
+    AWAITING_FINAL_ACK_QUEUE, FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
 };
 pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
 pub use outgoing::{AckSource, OrderAcked, OutgoingInfo, TxOut};
@@ -121,8 +121,11 @@ pub struct Broker<S> {
     tx_progress: Mutex<Vec<u32>>,
     /// When an ignored OrderAck/FinalAck was last logged, per peer address.
     refused_log: Mutex<HashMap<std::net::IpAddr, u32>>,
-    /// Where each sending queue manager's FinalAcks go (see `final_acks`).
-    final_ack_peers: Mutex<FinalAckPeers>,
+    /// Per partition: where each sending queue manager's FinalAcks go (see `final_acks`).
+    /// Entry p is read and written only by the shard running partition p, like the partition
+    /// (its Mutex is never contended; it moves into the shard with the partition, branch
+    /// deskown).
+    final_ack_peers: Vec<Mutex<FinalAckPeers>>,
     /// Bumped by every catalog change; the route cache is valid for one generation.
     catalog_generation: AtomicU64,
     /// Queues found at start-up with messages outside their owning partition (stored by a lior
@@ -354,7 +357,9 @@ impl<S: QueueStore> Broker<S> {
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ordinals = OrdinalAllocator::open(&config.data_dir)?;
-        let final_ack_peers = FinalAckPeers::open(&config.data_dir);
+        let final_ack_peers = (0..shards)
+            .map(|p| Mutex::new(FinalAckPeers::open(&config.data_dir, p)))
+            .collect();
         let signer = crate::security::Signer::from_config(&config.parameters.security)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Broker {
@@ -370,7 +375,7 @@ impl<S: QueueStore> Broker<S> {
             tx_out: Mutex::new(HashMap::new()),
             tx_progress: Mutex::new(Vec::new()),
             refused_log: Mutex::new(HashMap::new()),
-            final_ack_peers: Mutex::new(final_ack_peers),
+            final_ack_peers,
             catalog_generation: AtomicU64::new(1),
             catalog: RwLock::new(catalog),
             partitions,
