@@ -401,7 +401,13 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         let mut touched = Vec::new();
         desk.serve(now_ms, &mut touched);
+        let tx_acks = desk.take_tx_acks();
         self.desk = Some(desk);
+        if !tx_acks.is_empty() {
+            // SRMP stream receipts: taken as OrderAcks arriving on this shard are.
+            self.tx_acks.extend(tx_acks);
+            self.send_owed_acks(now_ms);
+        }
         let here = self.here();
         for (p, t) in touched {
             if here(p) {

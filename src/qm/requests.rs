@@ -131,15 +131,29 @@ pub enum Request {
         reply: Reply<SendOutcome>,
     },
     /// A message that arrived over SRMP, already encoded, for `queue`; answered once durable.
-    /// `Some(reason)` says it was refused (HTTP 400).
+    /// `Some(reason)` says it was refused (HTTP 400). A stream message whose sender asked for
+    /// stream receipts (`stream_receipts`: its `sendReceiptsTo` and the stream's queue
+    /// manager) gets one, stored before the answer (MC-MQSRM 3.1.5.1.2).
     Deliver {
         queue: QueueDef,
         frame: Vec<u8>,
         now_unix: u32,
         reply: Reply<Option<String>>,
+        stream_receipts: Option<(String, crate::wire::Guid)>,
     },
     /// The messages and bytes of every queue in the shard's partitions.
     Lens { reply: Reply<QueueLens> },
+    /// An SRMP stream receipt (MC-MQSRM 2.2.5.6) for our stream (`qm`, `sequence`) up to
+    /// `last_ordinal`, from `ip`: taken by the shard's turn as an MS-MQQB OrderAck arriving on
+    /// it is (the outgoing queue's shard removes what it covers, by mail). Answered at once
+    /// (a receipt is never answered with an error). Branch deskown.
+    StreamReceipt {
+        qm: crate::wire::Guid,
+        sequence: u64,
+        last_ordinal: u64,
+        ip: std::net::IpAddr,
+        reply: Reply<()>,
+    },
 }
 
 /// Makes a bounded request channel per shard: the senders for a [`ShardClient`], the receivers
@@ -327,6 +341,8 @@ pub struct Desk<S> {
     next_storing: u64,
     /// Record tickets placed since the last `serve` (the shard watches them).
     placed: Vec<(usize, Ticket)>,
+    /// OrderAcks (SRMP stream receipts) for the shard's turn to take (`take_tx_acks`).
+    tx_acks: Vec<(Vec<u8>, crate::qm::broker::AckSource)>,
     parked: VecDeque<Parked>,
     parked_max: usize,
     /// Requests may be left in the channel (the per-turn bound stopped the drain).
@@ -372,6 +388,7 @@ impl<S: QueueStore> Desk<S> {
             storing: HashMap::new(),
             next_storing: 0,
             placed: Vec::new(),
+            tx_acks: Vec::new(),
             parked: VecDeque::new(),
             parked_max,
             backlog: false,
@@ -478,6 +495,12 @@ impl<S: QueueStore> Desk<S> {
             answer: s.answer,
             records: Vec::new(),
         });
+    }
+
+    /// The OrderAcks requests brought (SRMP stream receipts), with where each came from, for
+    /// the shard's turn to take as it takes those arriving on its sessions.
+    pub fn take_tx_acks(&mut self) -> Vec<(Vec<u8>, crate::qm::broker::AckSource)> {
+        std::mem::take(&mut self.tx_acks)
     }
 
     /// Answers staged and not given yet.
@@ -728,7 +751,8 @@ impl<S: QueueStore> Desk<S> {
                 frame,
                 now_unix,
                 reply,
-            } => match deliver(&broker, &queue, &frame, now_unix, now_ms) {
+                stream_receipts,
+            } => match deliver(&broker, &queue, &frame, now_unix, now_ms, stream_receipts) {
                 Ok((Staged { value, waits }, records)) => {
                     self.owe(waits, Answer::Delivered(reply, value), records, touched)
                 }
@@ -738,6 +762,20 @@ impl<S: QueueStore> Desk<S> {
             },
             Request::Lens { reply } => {
                 let _ = reply.send(Ok(broker.queue_lens(&self.owned)));
+            }
+            Request::StreamReceipt {
+                qm,
+                sequence,
+                last_ordinal,
+                ip,
+                reply,
+            } => {
+                if let Some(ack) = broker.stream_receipt_order_ack(qm, sequence, last_ordinal, ip) {
+                    if self.tx_acks.len() < API_REQUESTS_PER_TURN_MAX {
+                        self.tx_acks.push(ack);
+                    }
+                }
+                let _ = reply.send(Ok(()));
             }
         }
     }
@@ -755,6 +793,7 @@ fn deliver<S: QueueStore>(
     frame: &[u8],
     now_unix: u32,
     now_ms: u64,
+    stream_receipts: Option<(String, crate::wire::Guid)>,
 ) -> Result<(Staged<Option<String>>, Vec<Owed>), ApiError> {
     let msg = UserMessage::parse(frame)
         .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
@@ -781,6 +820,23 @@ fn deliver<S: QueueStore>(
             return Err(ApiError::Send("not stored".to_string()));
         }
     };
+    // Only for a message accepted (answered 200).
+    if let (None, Some((to, stream_qm)), Some(th)) = (&value, stream_receipts, msg.transaction) {
+        // Up to the last number the stream has in order here (this shard runs the queue's
+        // partition, which holds the sequence state), at most this message's: everything up
+        // to it is durable before the receipt is stored.
+        let (seq_id, current) = (th.tx_sequence_id, th.tx_sequence_number);
+        let owner = broker.owner_of(&queue.name).unwrap_or(d.partition);
+        let state = broker.incoming_sequence(owner, (msg.user.source_queue_manager, queue.id));
+        if state.seq_id == seq_id && state.seq_no != 0 {
+            records.push(Owed::StreamReceipt {
+                to,
+                stream_qm,
+                seq_id,
+                last: state.seq_no.min(current),
+            });
+        }
+    }
     Ok((Staged { value, waits }, records))
 }
 

@@ -400,6 +400,22 @@ impl<S: QueueStore> Broker<S> {
         last_ordinal: u64,
         ip: std::net::IpAddr,
     ) -> bool {
+        self.stream_receipt_order_ack(qm, sequence, last_ordinal, ip)
+            .is_some_and(|(ack, from)| {
+                UserMessage::parse(&ack).is_ok_and(|m| self.handle_tx_ack(&m, &from))
+            })
+    }
+
+    /// [`Broker::handle_stream_receipt`] up to the OrderAck it stands for and where it came
+    /// from, for a shard to take as it takes an MS-MQQB OrderAck (`handle_tx_ack_here`; branch
+    /// deskown: the SRMP endpoint asks a shard by request). None when refused (counted, logged).
+    pub fn stream_receipt_order_ack(
+        &self,
+        qm: Guid,
+        sequence: u64,
+        last_ordinal: u64,
+        ip: std::net::IpAddr,
+    ) -> Option<(Vec<u8>, AckSource)> {
         let queue = {
             let out = lock(&self.outgoing);
             lock(&self.tx_out)
@@ -423,7 +439,7 @@ impl<S: QueueStore> Broker<S> {
                 "stream receipt",
                 "not for a stream this queue manager sends over HTTP",
             );
-            return false;
+            return None;
         };
         let body = crate::wire::user::OrderAckBody {
             tx_sequence_id: sequence,
@@ -437,7 +453,7 @@ impl<S: QueueStore> Broker<S> {
             crate::wire::user::QueueRef::DestinationPrivate(crate::wire::user::ORDER_QUEUE_ID),
             &body,
         );
-        self.handle_tx_ack(&ack, &from)
+        Some((super::encode_message(&ack).ok()?, from))
     }
 
     /// Removes the messages an OrderAck acknowledged from outgoing queue `a.queue` (run by the
