@@ -452,7 +452,11 @@ impl<S: QueueStore> MsmqApp<S> {
         loop {
             if !here(rec.partition) {
                 let to = rec.partition % self.shared.shards;
-                let h = self.handoff.as_mut()?;
+                let Some(h) = self.handoff.as_mut() else {
+                    // No mesh means this shard runs every partition: never here.
+                    tracing::error!(to, "a record for another shard without a mesh; dropped");
+                    return Some(None);
+                };
                 let seq = h.next_seq;
                 h.next_seq += 1;
                 h.desk_records.insert(seq, id);
