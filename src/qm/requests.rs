@@ -512,11 +512,11 @@ impl<S: QueueStore> Desk<S> {
     /// become durable before a restart).
     pub fn fail_owed(&mut self) {
         // Records owed by answers whose removals are durable are still stored and answered.
-        for o in self
-            .owed
-            .extract_if(.., |o| !o.waits.is_empty())
-            .collect::<Vec<_>>()
-        {
+        let (failed, kept): (Vec<Owing>, Vec<Owing>) = std::mem::take(&mut self.owed)
+            .into_iter()
+            .partition(|o| !o.waits.is_empty());
+        self.owed = kept;
+        for o in failed {
             o.answer.refuse(ApiError::NotDurable(format!(
                 "the store of partition(s) {:?} failed for good (see the log); nothing more \
                  becomes durable there until lior restarts: restart lior once the disk is fixed",
