@@ -358,7 +358,6 @@ impl<S: QueueStore> Broker<S> {
             );
             return false;
         };
-        bump(&self.counters.final_acks_received);
         let Ok(orig) = UserMessage::parse(&frame) else {
             return false;
         };
@@ -389,6 +388,8 @@ impl<S: QueueStore> Broker<S> {
             }
             self.wake(pi);
         }
+        // Counted once its copy and removal are staged: whoever sees the count sees them.
+        bump(&self.counters.final_acks_received);
         tracing::info!(
             class = class.name(),
             message = %format!("{}\\{}", fa.source_guid, fa.message_id),
