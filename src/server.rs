@@ -181,6 +181,9 @@ struct Handoff {
     /// Copies of expired messages sent to another shard's dead-letter queue, by hand-off
     /// number, with the partition whose expiry wave waits for their placement.
     expiry_copies: HashMap<u64, usize>,
+    /// Records the request desk owes (receive acks, FinalAcks, copies) sent to another shard,
+    /// by hand-off number, with the desk's number for them (branch deskown).
+    desk_records: HashMap<u64, u64>,
 }
 
 /// An owner's answer, waiting for its session.
@@ -230,11 +233,7 @@ pub struct MsmqApp<S> {
     tx_acks: Vec<(Vec<u8>, AckSource)>,
     /// Negative FinalAcks owed for transactional messages refused at arrival this turn, with
     /// the sender's address when the session is ours.
-    final_acks: Vec<(
-        Vec<u8>,
-        crate::wire::headers::MessageClass,
-        Option<std::net::IpAddr>,
-    )>,
+    final_acks: Vec<crate::qm::broker::Owed>,
     /// The transactional resend intervals, ms (SeqResend13Time ... SeqResend10Time).
     resend_ms: [u64; 10],
     /// Bytes held in the framers of this shard's sessions.
@@ -380,17 +379,126 @@ impl<S: QueueStore> MsmqApp<S> {
     /// Takes this turn's requests: each stages its work on a partition this shard runs; the
     /// answers waiting for the disk make this turn commit those partitions and are given once
     /// the shard sees them durable (`Desk::settle`, after the commits).
+    ///
+    /// What answers owe other queues once their removals are durable (receive acks,
+    /// FinalAcks, journal copies, stream receipts: `qm::broker::Owed`) is stored first, here
+    /// or by mail to the shard running the queue it goes to (`store_record`'s rule), and the
+    /// desk answers once those records are durable too.
     fn serve_requests(&mut self, now_ms: u64) {
-        let Some(desk) = self.desk.as_mut() else {
+        let Some(mut desk) = self.desk.take() else {
             return;
         };
+        for (id, owed) in desk.take_records() {
+            for o in owed {
+                let at = match self.owed_record(&o) {
+                    Some(rec) => self.store_desk_record(now_ms, rec, id),
+                    None => Some(None),
+                };
+                if let Some(at) = at {
+                    desk.record_placed(id, at);
+                }
+            }
+        }
         let mut touched = Vec::new();
         desk.serve(now_ms, &mut touched);
+        let tx_acks = desk.take_tx_acks();
+        self.desk = Some(desk);
+        if !tx_acks.is_empty() {
+            // SRMP stream receipts: taken as OrderAcks arriving on this shard are.
+            self.tx_acks.extend(tx_acks);
+            self.send_owed_acks(now_ms);
+        }
+        let here = self.here();
         for (p, t) in touched {
-            if let Some(a) = self.appended.get_mut(p) {
-                *a = true;
+            if here(p) {
+                if let Some(a) = self.appended.get_mut(p) {
+                    *a = true;
+                }
             }
+            // Another shard's partition (a record stored there) is watched, never committed.
             self.await_ticket(p, t);
+        }
+    }
+
+    /// Builds what `o` owes as a record (with one of this shard's leased ordinals).
+    fn owed_record(&mut self, o: &crate::qm::broker::Owed) -> Option<SystemRecord> {
+        let ordinal = if o.needs_ordinal() {
+            self.next_ordinal()
+        } else {
+            0
+        };
+        self.shared.broker.owed_record(o, ordinal)
+    }
+
+    /// Builds and stores what `o` owes (`store_record`: by mail when another shard runs the
+    /// queue it goes to); nobody waits for it.
+    fn store_owed(&mut self, now_ms: u64, o: crate::qm::broker::Owed) {
+        if let Some(rec) = self.owed_record(&o) {
+            self.store_record(now_ms, rec, None);
+        }
+    }
+
+    /// [`MsmqApp::store_record`] for the request desk's record `id`: Some(where it was stored,
+    /// None if not) when decided here, None when mailed to the shard running its partition
+    /// (that shard's `Mail::Placed` answer comes back to the desk in `take_mail`).
+    fn store_desk_record(
+        &mut self,
+        now_ms: u64,
+        rec: SystemRecord,
+        id: u64,
+    ) -> Option<Option<(usize, Ticket)>> {
+        let here = self.here();
+        let mut rec = rec;
+        loop {
+            if !here(rec.partition) {
+                let to = rec.partition % self.shared.shards;
+                let Some(h) = self.handoff.as_mut() else {
+                    // No mesh means this shard runs every partition: never here.
+                    tracing::error!(to, "a record for another shard without a mesh; dropped");
+                    return Some(None);
+                };
+                let seq = h.next_seq;
+                h.next_seq += 1;
+                h.desk_records.insert(seq, id);
+                let reply = ReplyTo {
+                    shard: self.shard as u32,
+                    // No session: the answer goes to the desk (`desk_records`).
+                    conn: ConnId {
+                        slot: u32::MAX,
+                        generation: 1,
+                    },
+                    seq,
+                };
+                let mail = Mail::Store {
+                    reply: Some(reply),
+                    kind: rec.kind,
+                    queue: rec.queue,
+                    partition: rec.partition as u32,
+                    now_unix: unix_now(),
+                    frame: &rec.frame,
+                };
+                self.mail(to, mail);
+                self.shared
+                    .counters
+                    .records_mailed
+                    .fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            // This shard runs `rec.partition` (checked just above).
+            match self
+                .shared
+                .broker
+                .store_record(&rec, unix_now(), now_ms, &here)
+            {
+                RecordStored::At(p, ticket) => {
+                    if let Some(a) = self.appended.get_mut(p) {
+                        *a = true;
+                    }
+                    return Some(Some((p, ticket)));
+                }
+                RecordStored::Forward(next) => rec = next,
+                RecordStored::Failed => return Some(None),
+            }
         }
     }
 
@@ -407,6 +515,7 @@ impl<S: QueueStore> MsmqApp<S> {
             handed: HashMap::new(),
             placed: HashMap::new(),
             expiry_copies: HashMap::new(),
+            desk_records: HashMap::new(),
         });
     }
 
@@ -475,12 +584,14 @@ impl<S: QueueStore> MsmqApp<S> {
         if msg.user.destination.code() == 7 {
             conn.direct_format = true;
         }
-        if msg.transaction.is_some() {
-            // Where its FinalAck goes, for a message that asks for one.
-            self.shared.broker.note_final_ack_peer(&msg, conn.peer.ip());
-        }
         // Routed once: to find the shard that stores it, and to store it here if that is us.
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
+        if crate::qm::broker::wants_final_ack(&msg) {
+            // Where its FinalAck goes: noted by the partition that stores it.
+            if let Some(p) = self.shared.broker.route_partition(&routed, &msg) {
+                self.note_final_ack_peer(p, msg.user.source_queue_manager, conn.peer.ip());
+            }
+        }
         if let Some(to) = self.handoff_target(&routed, &msg) {
             let now_unix = unix_now();
             return self.hand_off(conn, to, rec_seq, |reply| Mail::Deliver {
@@ -505,8 +616,12 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
                 if let Some(class) = d.final_nack(&msg) {
                     if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                        self.final_acks
-                            .push((frame.to_vec(), class, Some(conn.peer.ip())));
+                        self.final_acks.push(crate::qm::broker::Owed::FinalAck {
+                            frame: frame.to_vec(),
+                            class,
+                            partition: own,
+                            peer: Some(conn.peer.ip()),
+                        });
                     }
                 }
                 let Some(record) = d.forward else {
@@ -557,8 +672,12 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         if let Some(class) = d.final_nack(&msg) {
             if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                self.final_acks
-                    .push((frame.to_vec(), class, Some(conn.peer.ip())));
+                self.final_acks.push(crate::qm::broker::Owed::FinalAck {
+                    frame: frame.to_vec(),
+                    class,
+                    partition: own,
+                    peer: Some(conn.peer.ip()),
+                });
             }
         }
         if let Some((key, state)) = d.order_ack {
@@ -726,6 +845,12 @@ impl<S: QueueStore> MsmqApp<S> {
             }
         };
         let routed = self.shared.broker.route_incoming(&mut self.routes, &msg);
+        // The partition whose FinalAck address table the sending shard told (`FinalAckPeer`).
+        let noted = self
+            .shared
+            .broker
+            .route_partition(&routed, &msg)
+            .unwrap_or(usize::MAX);
         let here = self.here();
         let d = self
             .shared
@@ -735,7 +860,12 @@ impl<S: QueueStore> MsmqApp<S> {
         // session it came on is another shard's: the sender's address comes from the table).
         if let Some(class) = d.final_nack(&msg) {
             if self.final_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-                self.final_acks.push((frame.to_vec(), class, None));
+                self.final_acks.push(crate::qm::broker::Owed::FinalAck {
+                    frame: frame.to_vec(),
+                    class,
+                    partition: noted,
+                    peer: None,
+                });
             }
         }
         let placement = match d.verdict {
@@ -788,6 +918,24 @@ impl<S: QueueStore> MsmqApp<S> {
         // Not `handoff.is_some()`: `take_mail` holds the handoff while it places mail.
         let (shard, shards, meshed) = (self.shard, self.shared.shards, self.meshed);
         move |p| !meshed || p % shards == shard
+    }
+
+    /// `sender`'s FinalAcks go to `ip`: noted in partition `p`'s table by the shard running
+    /// it (here, or by mail ahead of the message's hand-off on the same lane).
+    fn note_final_ack_peer(&mut self, p: usize, sender: crate::wire::Guid, ip: std::net::IpAddr) {
+        if (self.here())(p) {
+            self.shared.broker.note_final_ack_peer(p, sender, ip);
+        } else {
+            let to = p % self.shared.shards;
+            self.mail(
+                to,
+                Mail::FinalAckPeer {
+                    partition: p as u32,
+                    sender,
+                    ip,
+                },
+            );
+        }
     }
 
     /// An admin acknowledgement owed for `frame`: built after the frames of this receive
@@ -895,11 +1043,13 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut order_acked: Vec<(OrderAckIn, bool, u32)> = Vec::new();
         let mut forwards = Vec::new();
         let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
+        let mut desk_placed: Vec<(u64, Option<(usize, Ticket)>)> = Vec::new();
         let Handoff {
             port,
             handed,
             placed,
             expiry_copies,
+            desk_records,
             ..
         } = &mut h;
         port.recv_all(|from, rec| match Mail::decode(rec.head(), rec.body()) {
@@ -935,6 +1085,14 @@ impl<S: QueueStore> MsmqApp<S> {
                         Placement::Refused => None,
                     };
                     copies_placed.push((p, at));
+                    return;
+                }
+                if let Some(id) = desk_records.remove(&reply.seq) {
+                    let at = match placement {
+                        Placement::At { partition, ticket } => Some((partition as usize, ticket)),
+                        Placement::Refused => None,
+                    };
+                    desk_placed.push((id, at));
                     return;
                 }
                 let Some(conn) = handed.remove(&reply.seq) else {
@@ -978,6 +1136,17 @@ impl<S: QueueStore> MsmqApp<S> {
                 };
                 order_acked.push((a, taken, hops_left));
             }
+            Ok(Mail::FinalAckPeer {
+                partition,
+                sender,
+                ip,
+            }) => {
+                // Sent to this shard because it runs `partition` (see `note_final_ack_peer`).
+                debug_assert_eq!(partition as usize % self.shared.shards, self.shard);
+                self.shared
+                    .broker
+                    .note_final_ack_peer(partition as usize, sender, ip);
+            }
             Err(_) => {
                 tracing::error!(from, "unreadable mail from another shard; dropped");
             }
@@ -996,6 +1165,11 @@ impl<S: QueueStore> MsmqApp<S> {
         for (p, at) in copies_placed {
             self.shared.broker.expiry_copy_placed(p, at);
         }
+        if let Some(desk) = self.desk.as_mut() {
+            for (id, at) in desk_placed {
+                desk.record_placed(id, at);
+            }
+        }
     }
 
     /// The NACK_RECEIVE_TIMEOUTs partition `p`'s expiry owes, sent as this shard's admin
@@ -1013,10 +1187,15 @@ impl<S: QueueStore> MsmqApp<S> {
             // for a message leaving a dead-letter queue, a journal or an outgoing queue).
             if (crate::qm::catalog::FIRST_USER_QUEUE_ID..crate::qm::broker::JOURNAL_QUEUE_BIT)
                 .contains(&q)
+                && crate::qm::broker::wants_final_ack(&msg)
             {
-                self.shared
-                    .broker
-                    .send_final_ack_if_asked(&msg, MessageClass::NACK_RECEIVE_TIMEOUT);
+                let o = crate::qm::broker::Owed::FinalAck {
+                    frame: frame.clone(),
+                    class: MessageClass::NACK_RECEIVE_TIMEOUT,
+                    partition: p,
+                    peer: None,
+                };
+                self.store_owed(self.now_ms, o);
             }
         }
         if !self.admin_acks.is_empty() {
@@ -1145,10 +1324,8 @@ impl<S: QueueStore> MsmqApp<S> {
                 self.store_record(now_ms, rec, None);
             }
         }
-        for (frame, class, peer) in std::mem::take(&mut self.final_acks) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.shared.broker.send_final_ack(&msg, class, peer);
-            }
+        for o in std::mem::take(&mut self.final_acks) {
+            self.store_owed(now_ms, o);
         }
         let here = self.here();
         let mut forward = Vec::new();
@@ -1325,8 +1502,9 @@ impl<S: QueueStore> MsmqApp<S> {
                                 .fetch_add(1, Ordering::Relaxed);
                         }
                         drop(part);
-                        if let Some((frame, meta)) = journal {
-                            self.shared.broker.keep_source_journal(&frame, &meta);
+                        if let Some((frame, _)) = journal {
+                            let o = crate::qm::broker::Owed::MachineJournal { frame };
+                            self.store_owed(self.now_ms, o);
                         }
                     }
                 }

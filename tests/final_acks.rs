@@ -217,3 +217,54 @@ fn a_non_transactional_message_with_jp_is_journaled_once_the_next_hop_has_it() {
         "only the message sent with JP is in the sender's machine journal"
     );
 }
+
+/// Issue 10 (branch deskown): where a sender's FinalAcks go is kept by the partition that
+/// stores its message (the one that owes the FinalAck), not in a machine-wide table: on
+/// `--cores 0,1`, B's table for `txq`'s partition holds A's address, the other partition's
+/// holds nothing, and the FinalAck still reaches A whichever shard the session landed on.
+#[test]
+fn the_final_ack_address_is_kept_by_the_partition_storing_the_message() {
+    let ip_a = "127.0.0.1";
+    let ip_b = "127.0.0.26";
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (free_port(ip_a), free_port(ip_b));
+    let cb = db.path().join("lior.toml");
+    std::fs::write(
+        &cb,
+        format!("aliases = [\"{ip_b}\"]\nremote_port = {port_a}\ncores = [0, 1]\n"),
+    )
+    .unwrap();
+    let data_b = db.path().join("data");
+    let listen_b = format!("{ip_b}:{port_b}");
+    let b = Server::start_with(
+        &data_b,
+        &["--config", cb.to_str().unwrap(), "--listen", &listen_b],
+    );
+    let a = start_at(da.path(), ip_a, port_a, port_b);
+    b.cli(&["queue", "create", "txq", "--transactional"]);
+    let to = format!("DIRECT=TCP:{ip_b}\\private$\\txq");
+    a.cli(&["send", &to, "--transactional", "--body", "t1", "--journal"]);
+    let got = b.receive_until("txq", 1);
+    assert_eq!(bodies(&got), ["t1"]);
+    assert_eq!(metric_reaches(&a, "lior_final_acks_in_total", 1), 1);
+    let cat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_b.join("queues.json")).unwrap()).unwrap();
+    let p = cat["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "txq")
+        .and_then(|q| q["partition"].as_u64())
+        .expect("txq's partition");
+    let table = |p: u64| std::fs::read_to_string(data_b.join(format!("final_ack_peers.p{p}.json")));
+    let own = table(p).expect("the storing partition's table is written");
+    assert!(own.contains(ip_a), "{own}");
+    assert!(
+        table(1 - p).map_or(true, |t| !t.contains(ip_a)),
+        "the other partition keeps no entry for a message it did not store"
+    );
+    assert!(
+        !data_b.join("final_ack_peers.json").exists(),
+        "no machine-wide table"
+    );
+}

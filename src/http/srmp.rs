@@ -493,12 +493,26 @@ pub async fn accept<S: QueueStore>(
             .owner_of(&queue.name)
             .unwrap_or(queue.partition as usize),
     );
+    // A stream message asking for stream receipts gets one from the owner, stored before
+    // the 200 (MC-MQSRM 3.1.5.1.2).
+    let stream_receipts = match (m.stream, m.stream_receipts_to.as_deref()) {
+        (Some(_), Some(to)) => Some((
+            to.to_string(),
+            if m.stream_qm.is_null() {
+                m.source_qm
+            } else {
+                m.stream_qm
+            },
+        )),
+        _ => None,
+    };
     let r = shards
         .ask(shard, |reply| Request::Deliver {
             queue,
             frame,
             now_unix: now,
             reply,
+            stream_receipts,
         })
         .await;
     match r {
@@ -961,7 +975,7 @@ async fn post<S: QueueStore + Send + 'static>(
         }
     };
     if let Some(r) = &m.receipt {
-        if let Some(ack) = take_receipt(&ctx.broker, r, &m) {
+        if let Some(ack) = take_receipt(&ctx.broker, &ctx.shards, r, &m).await {
             // The admin acknowledgement the original message asked for, into the queue the
             // receipt was posted to (its admin queue).
             let (status, why) = accept(&ctx.broker, &ctx.shards, &path, &ack).await;
@@ -976,9 +990,6 @@ async fn post<S: QueueStore + Send + 'static>(
     if status != StatusCode::OK && crate::ratelog::SRMP.allow() {
         tracing::warn!(%path, %status, %why, "SRMP message refused");
     }
-    if status == StatusCode::OK {
-        queue_stream_receipt(&ctx.broker, &path, &m);
-    }
     (status, why).into_response()
 }
 
@@ -986,8 +997,9 @@ async fn post<S: QueueStore + Send + 'static>(
 /// covers; a delivery or commitment receipt becomes the admin acknowledgement MSMQ stores for
 /// it (ACK_REACH_QUEUE, ACK_RECEIVE or NACK_RECEIVE_REJECTED, correlated with the original
 /// message's id), returned as a message to store in the queue it was posted to.
-fn take_receipt<S: QueueStore>(
+async fn take_receipt<S: QueueStore>(
     broker: &Broker<S>,
+    shards: &ShardClient,
     r: &ReceivedReceipt,
     m: &SrmpMessage,
 ) -> Option<SrmpMessage> {
@@ -1000,8 +1012,21 @@ fn take_receipt<S: QueueStore>(
             last_ordinal,
         } => {
             let ip = std::net::IpAddr::from([0u8, 0, 0, 0]);
-            if broker.handle_stream_receipt(*qm, *sequence, *last_ordinal, ip) {
-                tracing::debug!(sequence, last_ordinal, "stream receipt taken");
+            // Taken by a shard as an MS-MQQB OrderAck arriving on it is (shard 0: any would
+            // do; the outgoing queue's shard removes what it covers, by mail).
+            let asked = shards
+                .ask(0, |reply| Request::StreamReceipt {
+                    qm: *qm,
+                    sequence: *sequence,
+                    last_ordinal: *last_ordinal,
+                    ip,
+                    reply,
+                })
+                .await;
+            if let Err(e) = asked {
+                if crate::ratelog::SRMP.allow() {
+                    tracing::warn!(sequence, last_ordinal, error = %e, "stream receipt not taken; the sender's next receipt covers it");
+                }
             }
             None
         }
@@ -1045,63 +1070,6 @@ fn original_id(id: &str) -> Option<[u8; 20]> {
     c[..16].copy_from_slice(&guid.0);
     c[16..].copy_from_slice(&index.to_le_bytes());
     Some(c)
-}
-
-/// A stream message was stored (or was a copy of one stored before): the sender is owed a
-/// stream receipt (MC-MQSRM 3.1.5.1.2) up to the last number its stream has in order here,
-/// queued in an outgoing HTTP queue to its `sendReceiptsTo`. Everything up to that number is
-/// durable: the 200 waited for this message (or the last one accepted) to be, and the
-/// partition's log is durable in order.
-fn queue_stream_receipt<S: QueueStore>(broker: &Broker<S>, queue_path: &str, m: &SrmpMessage) {
-    let (Some((seq_id, current, _)), Some(to)) = (m.stream, m.stream_receipts_to.as_deref()) else {
-        return;
-    };
-    let name = queue_path
-        .strip_prefix("private$\\")
-        .or_else(|| queue_path.strip_prefix("PRIVATE$\\"))
-        .unwrap_or(queue_path);
-    let (Ok(queue), Ok(owner)) = (broker.lookup(name), broker.owner_of(name)) else {
-        return;
-    };
-    let state = broker.incoming_sequence(owner, (m.source_qm, queue.id));
-    if state.seq_id != seq_id || state.seq_no == 0 {
-        return;
-    }
-    let last = state.seq_no.min(current);
-    let stream_qm = if m.stream_qm.is_null() {
-        m.source_qm
-    } else {
-        m.stream_qm
-    };
-    let built = crate::qm::srmp_out::stream_receipt_frame(
-        broker.guid(),
-        broker.next_ordinal(),
-        to,
-        stream_qm,
-        seq_id,
-        last,
-    );
-    let queued = built.and_then(|(dest, frame)| {
-        let meta = crate::qm::broker::message_meta(
-            &UserMessage::parse(&frame).map_err(|e| e.to_string())?,
-        );
-        broker
-            .enqueue_outgoing_nowait(&dest, &frame, &meta)
-            .map_err(|e| e.to_string())
-    });
-    match queued {
-        Ok(_) => {
-            broker
-                .counters
-                .srmp_stream_receipts_queued
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Err(e) => {
-            if crate::ratelog::SRMP.allow() {
-                tracing::warn!(to, error = %e, "cannot queue a stream receipt; the sender will resend and ask again");
-            }
-        }
-    }
 }
 
 /// Starts the SRMP endpoint on `addr` on its own thread.

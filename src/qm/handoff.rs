@@ -17,6 +17,7 @@ const TAG_DELIVER: u8 = 1;
 const TAG_PLACED: u8 = 2;
 const TAG_STORE: u8 = 3;
 const TAG_ORDER_ACKED: u8 = 4;
+const TAG_FINAL_ACK_PEER: u8 = 5;
 
 /// What a [`Mail::Store`] record is, and so how its owner stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,15 @@ pub enum StoreKind {
     /// A message this machine built for one of its own queues (an admin acknowledgement for
     /// a local admin queue): delivered as a local message (routing, quota, dead letter).
     Local,
+    /// A FinalAck for the outgoing queue to its sender (branch deskown): appended like
+    /// [`StoreKind::Outgoing`], counted in `lior_final_acks_sent_total`.
+    FinalAck,
+    /// A copy for the machine journal (`SYSTEM$;JOURNAL`, branch deskown): under
+    /// `MachineJournalQuota`, never expiring, counted in `lior_journal_copies_total`.
+    MachineJournal,
+    /// An SRMP stream receipt for the outgoing HTTP queue to its sender (branch deskown):
+    /// appended like [`StoreKind::Outgoing`], counted in `lior_srmp_stream_receipts_queued_total`.
+    StreamReceipt,
 }
 
 impl StoreKind {
@@ -38,6 +48,9 @@ impl StoreKind {
             StoreKind::DeadLetter => 1,
             StoreKind::Outgoing => 2,
             StoreKind::Local => 3,
+            StoreKind::FinalAck => 4,
+            StoreKind::MachineJournal => 5,
+            StoreKind::StreamReceipt => 6,
         }
     }
     fn from_code(c: u8) -> Result<StoreKind, BadMail> {
@@ -45,6 +58,9 @@ impl StoreKind {
             1 => Ok(StoreKind::DeadLetter),
             2 => Ok(StoreKind::Outgoing),
             3 => Ok(StoreKind::Local),
+            4 => Ok(StoreKind::FinalAck),
+            5 => Ok(StoreKind::MachineJournal),
+            6 => Ok(StoreKind::StreamReceipt),
             _ => Err(BadMail),
         }
     }
@@ -111,6 +127,15 @@ pub enum Mail<'a> {
         number: u32,
         taken: bool,
         hops_left: u32,
+    },
+    /// A transactional message of `sender` asking for a FinalAck came from `ip` on a session
+    /// of the sending shard, for a queue of the receiver's partition `partition`: that
+    /// partition's FinalAck address table notes it (`qm::broker::final_acks`). Sent ahead of
+    /// the message's [`Mail::Deliver`] on the same lane (branch deskown).
+    FinalAckPeer {
+        partition: u32,
+        sender: Guid,
+        ip: std::net::IpAddr,
     },
 }
 
@@ -279,6 +304,26 @@ impl<'a> Mail<'a> {
                 w.put(&hops_left.to_le_bytes());
                 (w.at, &[])
             }
+            Mail::FinalAckPeer {
+                partition,
+                sender,
+                ip,
+            } => {
+                w.put(&[TAG_FINAL_ACK_PEER]);
+                w.put(&partition.to_le_bytes());
+                w.put(&sender.0);
+                match ip {
+                    std::net::IpAddr::V4(a) => {
+                        w.put(&[4]);
+                        w.put(&a.octets());
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        w.put(&[6]);
+                        w.put(&a.octets());
+                    }
+                }
+                (w.at, &[])
+            }
         }
     }
 
@@ -377,6 +422,20 @@ impl<'a> Mail<'a> {
                         _ => return Err(BadMail),
                     },
                     hops_left: r.u32()?,
+                })
+            }
+            TAG_FINAL_ACK_PEER => {
+                let partition = r.u32()?;
+                let sender = Guid(r.take::<16>()?);
+                let ip = match r.u8()? {
+                    4 => std::net::IpAddr::from(r.take::<4>()?),
+                    6 => std::net::IpAddr::from(r.take::<16>()?),
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::FinalAckPeer {
+                    partition,
+                    sender,
+                    ip,
                 })
             }
             _ => Err(BadMail),
@@ -481,5 +540,31 @@ mod tests {
         assert_eq!(Mail::decode(&[0], &[]), Err(BadMail));
         assert_eq!(Mail::decode(&[9; 40], &[]), Err(BadMail));
         assert_eq!(Mail::decode(&[], &[]), Err(BadMail));
+    }
+
+    /// Branch deskown: the FinalAck address note and the new record kinds.
+    #[test]
+    fn final_ack_peer_notes_and_the_desks_record_kinds_round_trip() {
+        for ip in ["10.1.2.3", "fe80::1"] {
+            round_trip(Mail::FinalAckPeer {
+                partition: 3,
+                sender: Guid([9; 16]),
+                ip: ip.parse().unwrap(),
+            });
+        }
+        for kind in [
+            StoreKind::FinalAck,
+            StoreKind::MachineJournal,
+            StoreKind::StreamReceipt,
+        ] {
+            round_trip(Mail::Store {
+                reply: Some(reply()),
+                kind,
+                queue: 0xFFFE_0001,
+                partition: 1,
+                now_unix: 1_700_000_000,
+                frame: b"ack",
+            });
+        }
     }
 }

@@ -17,16 +17,15 @@
 //!
 //! No clock, socket or lock of its own: times come from the shard's turn.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 
 use crate::qm::broker::{
-    ApiError, Broker, QueueLens, Received, SendOutcome, SendRequest, Staged, Verdict,
+    ApiError, Broker, Owed, QueueLens, Received, SendOutcome, SendRequest, Staged, Verdict,
 };
 use crate::qm::catalog::QueueDef;
 use crate::store::{MessageMeta, QueueStore, Ticket};
-use crate::wire::headers::MessageClass;
 use crate::wire::user::UserMessage;
 
 /// Requests one shard takes from its channel in one loop turn at most (the rest wait for the
@@ -132,15 +131,29 @@ pub enum Request {
         reply: Reply<SendOutcome>,
     },
     /// A message that arrived over SRMP, already encoded, for `queue`; answered once durable.
-    /// `Some(reason)` says it was refused (HTTP 400).
+    /// `Some(reason)` says it was refused (HTTP 400). A stream message whose sender asked for
+    /// stream receipts (`stream_receipts`: its `sendReceiptsTo` and the stream's queue
+    /// manager) gets one, stored before the answer (MC-MQSRM 3.1.5.1.2).
     Deliver {
         queue: QueueDef,
         frame: Vec<u8>,
         now_unix: u32,
         reply: Reply<Option<String>>,
+        stream_receipts: Option<(String, crate::wire::Guid)>,
     },
     /// The messages and bytes of every queue in the shard's partitions.
     Lens { reply: Reply<QueueLens> },
+    /// An SRMP stream receipt (MC-MQSRM 2.2.5.6) for our stream (`qm`, `sequence`) up to
+    /// `last_ordinal`, from `ip`: taken by the shard's turn as an MS-MQQB OrderAck arriving on
+    /// it is (the outgoing queue's shard removes what it covers, by mail). Answered at once
+    /// (a receipt is never answered with an error). Branch deskown.
+    StreamReceipt {
+        qm: crate::wire::Guid,
+        sequence: u64,
+        last_ordinal: u64,
+        ip: std::net::IpAddr,
+        reply: Reply<()>,
+    },
 }
 
 /// Makes a bounded request channel per shard: the senders for a [`ShardClient`], the receivers
@@ -236,12 +249,9 @@ impl ShardClient {
     }
 }
 
-/// An answer to give once its tickets are durable.
+/// An answer to give once its tickets are durable (and then the records it owes).
 enum Answer {
-    /// Received messages: the positive receive acks go out with the answer.
     Messages(Reply<Messages>, Messages),
-    /// A purged or deleted queue: the negative receive acks go out with the answer.
-    Emptied(Reply<()>, Vec<Vec<u8>>, MessageClass),
     Unit(Reply<()>),
     Sent(Reply<SendOutcome>, SendOutcome),
     Delivered(Reply<Option<String>>, Option<String>),
@@ -252,17 +262,15 @@ impl Answer {
     fn refuse(self, e: ApiError) {
         match self {
             Answer::Messages(reply, _) => drop(reply.send(Err(e))),
-            Answer::Emptied(reply, _, _) | Answer::Unit(reply) => drop(reply.send(Err(e))),
+            Answer::Unit(reply) => drop(reply.send(Err(e))),
             Answer::Sent(reply, _) => drop(reply.send(Err(e))),
             Answer::Delivered(reply, _) => drop(reply.send(Err(e))),
         }
     }
 
-    fn give<S: QueueStore>(self, broker: &Broker<S>) {
+    fn give(self) {
         match self {
             Answer::Messages(reply, value) => {
-                // Positive receive acks once the removals are durable, as the answer.
-                broker.ack_received(&value.0);
                 if let Err(Ok((msgs, _))) = reply.send(Ok(value)) {
                     // Removed durably and the caller is gone: say so.
                     tracing::warn!(
@@ -272,10 +280,6 @@ impl Answer {
                          are removed"
                     );
                 }
-            }
-            Answer::Emptied(reply, nacks, class) => {
-                broker.send_receive_acks(&nacks, class);
-                let _ = reply.send(Ok(()));
             }
             Answer::Unit(reply) => {
                 let _ = reply.send(Ok(()));
@@ -290,10 +294,24 @@ impl Answer {
     }
 }
 
-/// An answer waiting for the disk.
-struct Owed {
+/// An answer waiting for the disk: first for `waits` (what the operation staged), then for
+/// the records it owes (`records`: receive acks, FinalAcks, copies for other queues), stored
+/// once `waits` are durable (so a crash never sends an acknowledgement for a removal that did
+/// not happen) and durable before the answer (so an answered receive never loses its
+/// acknowledgement to a crash).
+struct Owing {
     waits: Vec<(usize, Ticket)>,
     answer: Answer,
+    records: Vec<Owed>,
+}
+
+/// An answer whose records are being stored by the shard's turn (`take_records`), some
+/// perhaps by another shard: `left` placements to hear of (`record_placed`), with the tickets
+/// of those placed.
+struct Storing {
+    answer: Answer,
+    left: usize,
+    waits: Vec<(usize, Ticket)>,
 }
 
 /// A receive waiting for a message.
@@ -314,7 +332,17 @@ pub struct Desk<S> {
     shard: usize,
     /// The partitions this shard runs (for `Lens`).
     owned: Vec<usize>,
-    owed: Vec<Owed>,
+    owed: Vec<Owing>,
+    /// Records owed by answers whose tickets are durable, for the shard's turn to store
+    /// (`take_records`), by answer number.
+    to_store: Vec<(u64, Vec<Owed>)>,
+    /// Answers waiting for their records' placements, by answer number.
+    storing: HashMap<u64, Storing>,
+    next_storing: u64,
+    /// Record tickets placed since the last `serve` (the shard watches them).
+    placed: Vec<(usize, Ticket)>,
+    /// OrderAcks (SRMP stream receipts) for the shard's turn to take (`take_tx_acks`).
+    tx_acks: Vec<(Vec<u8>, crate::qm::broker::AckSource)>,
     parked: VecDeque<Parked>,
     parked_max: usize,
     /// Requests may be left in the channel (the per-turn bound stopped the drain).
@@ -323,14 +351,18 @@ pub struct Desk<S> {
     parked_published: usize,
     /// Waits for the answers' tickets, blocking, and gives them (for `Drop`, which knows no
     /// `QueueStore`).
-    finish: fn(&Broker<S>, Vec<Owed>),
+    finish: fn(&Broker<S>, Vec<Owing>),
 }
 
-/// Gives each answer once its tickets are durable, waiting for them (a stopping shard).
-fn finish<S: QueueStore>(broker: &Broker<S>, owed: Vec<Owed>) {
+/// Gives each answer once its tickets are durable, waiting for them, after storing the
+/// records it owes at once (a stopping shard: its turn no longer runs).
+fn finish<S: QueueStore>(broker: &Broker<S>, owed: Vec<Owing>) {
     for o in owed {
         match broker.wait_durable(&o.waits) {
-            Ok(()) => o.answer.give(broker),
+            Ok(()) => {
+                broker.send_owed(o.records);
+                o.answer.give();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "an API answer's removal or message did not become durable at shutdown; not answered")
             }
@@ -352,6 +384,11 @@ impl<S: QueueStore> Desk<S> {
             shard,
             owned,
             owed: Vec::new(),
+            to_store: Vec::new(),
+            storing: HashMap::new(),
+            next_storing: 0,
+            placed: Vec::new(),
+            tx_acks: Vec::new(),
             parked: VecDeque::new(),
             parked_max,
             backlog: false,
@@ -365,10 +402,11 @@ impl<S: QueueStore> Desk<S> {
     /// requests. Pushes into `touched` every `(partition, ticket)` an answer now waits for:
     /// the shard commits those partitions this turn and watches them.
     pub fn serve(&mut self, now_ms: u64, touched: &mut Vec<(usize, Ticket)>) {
+        touched.append(&mut self.placed);
         self.serve_parked(now_ms, touched);
         self.backlog = false;
         let mut taken = 0;
-        while self.owed.len() < API_REPLIES_OWED_PER_SHARD_MAX {
+        while self.answers_owed() < API_REPLIES_OWED_PER_SHARD_MAX {
             if taken == API_REQUESTS_PER_TURN_MAX {
                 self.backlog = true;
                 break;
@@ -383,7 +421,8 @@ impl<S: QueueStore> Desk<S> {
     }
 
     /// Answers those whose tickets are all durable now (after the shard's commits, where it
-    /// learns its partitions' durability).
+    /// learns its partitions' durability); those owing records first have them stored
+    /// ([`Desk::take_records`]).
     pub fn settle(&mut self) {
         if self.owed.is_empty() {
             return;
@@ -397,17 +436,87 @@ impl<S: QueueStore> Desk<S> {
                 .all(|&(p, t)| broker.is_durable(p, t))
             {
                 let o = self.owed.swap_remove(i);
-                o.answer.give(&*broker);
+                if o.records.is_empty() {
+                    o.answer.give();
+                } else {
+                    let id = self.next_storing;
+                    self.next_storing += 1;
+                    self.storing.insert(
+                        id,
+                        Storing {
+                            answer: o.answer,
+                            left: o.records.len(),
+                            waits: Vec::new(),
+                        },
+                    );
+                    self.to_store.push((id, o.records));
+                }
             } else {
                 i += 1;
             }
         }
     }
 
+    /// The records answers owe, to store now, each with its answer's number: the shard builds
+    /// each (`Broker::owed_record`), stores it (`MsmqApp::store_record`'s rule: here, or by
+    /// mail to the shard running its queue) and tells [`Desk::record_placed`] where it went.
+    pub fn take_records(&mut self) -> Vec<(u64, Vec<Owed>)> {
+        std::mem::take(&mut self.to_store)
+    }
+
+    /// One record of answer `id` was stored at `at` (None: not stored, logged and counted
+    /// where that was decided). Once all are, the answer waits for them to be durable.
+    pub fn record_placed(&mut self, id: u64, at: Option<(usize, Ticket)>) {
+        let Some(s) = self.storing.get_mut(&id) else {
+            return;
+        };
+        s.left = s.left.saturating_sub(1);
+        if let Some(w) = at.filter(|&(_, t)| t != Ticket::IMMEDIATE) {
+            s.waits.push(w);
+        }
+        if s.left > 0 {
+            return;
+        }
+        let Some(s) = self.storing.remove(&id) else {
+            return;
+        };
+        let waits: Vec<(usize, Ticket)> = s
+            .waits
+            .into_iter()
+            .filter(|&(p, t)| !self.broker.is_durable(p, t))
+            .collect();
+        if waits.is_empty() {
+            s.answer.give();
+            return;
+        }
+        self.placed.extend(waits.iter().copied());
+        self.owed.push(Owing {
+            waits,
+            answer: s.answer,
+            records: Vec::new(),
+        });
+    }
+
+    /// The OrderAcks requests brought (SRMP stream receipts), with where each came from, for
+    /// the shard's turn to take as it takes those arriving on its sessions.
+    pub fn take_tx_acks(&mut self) -> Vec<(Vec<u8>, crate::qm::broker::AckSource)> {
+        std::mem::take(&mut self.tx_acks)
+    }
+
+    /// Answers staged and not given yet.
+    fn answers_owed(&self) -> usize {
+        self.owed.len() + self.storing.len()
+    }
+
     /// The store failed for good: the answers waiting for it say so (nothing they staged will
     /// become durable before a restart).
     pub fn fail_owed(&mut self) {
-        for o in self.owed.drain(..) {
+        // Records owed by answers whose removals are durable are still stored and answered.
+        let (failed, kept): (Vec<Owing>, Vec<Owing>) = std::mem::take(&mut self.owed)
+            .into_iter()
+            .partition(|o| !o.waits.is_empty());
+        self.owed = kept;
+        for o in failed {
             o.answer.refuse(ApiError::NotDurable(format!(
                 "the store of partition(s) {:?} failed for good (see the log); nothing more \
                  becomes durable there until lior restarts: restart lior once the disk is fixed",
@@ -420,7 +529,7 @@ impl<S: QueueStore> Desk<S> {
     /// while requests are left in the channel.
     pub fn deadline(&self, now_ms: u64) -> Option<u64> {
         let parked = self.parked.iter().map(|p| p.until_ms).min();
-        if self.backlog {
+        if self.backlog || !self.to_store.is_empty() || !self.placed.is_empty() {
             Some(now_ms)
         } else {
             parked
@@ -441,18 +550,24 @@ impl<S: QueueStore> Desk<S> {
         &mut self,
         staged_waits: Vec<(usize, Ticket)>,
         answer: Answer,
+        records: Vec<Owed>,
         touched: &mut Vec<(usize, Ticket)>,
     ) {
         let waits: Vec<(usize, Ticket)> = staged_waits
             .into_iter()
             .filter(|&(p, t)| !self.broker.is_durable(p, t))
             .collect();
-        if waits.is_empty() {
-            answer.give(&*self.broker);
+        if waits.is_empty() && records.is_empty() {
+            answer.give();
             return;
         }
         touched.extend(waits.iter().copied());
-        self.owed.push(Owed { waits, answer });
+        // With nothing to wait for, `settle` (later this turn) sends its records on.
+        self.owed.push(Owing {
+            waits,
+            answer,
+            records,
+        });
     }
 
     fn serve_parked(&mut self, now_ms: u64, touched: &mut Vec<(usize, Ticket)>) {
@@ -471,7 +586,7 @@ impl<S: QueueStore> Desk<S> {
                 let _ = p.reply.send(Ok((Vec::new(), false)));
                 continue;
             }
-            if empty.contains(&p.queue) || self.owed.len() >= API_REPLIES_OWED_PER_SHARD_MAX {
+            if empty.contains(&p.queue) || self.answers_owed() >= API_REPLIES_OWED_PER_SHARD_MAX {
                 keep.push_back(p);
                 continue;
             }
@@ -507,7 +622,10 @@ impl<S: QueueStore> Desk<S> {
         touched: &mut Vec<(usize, Ticket)>,
     ) {
         let Staged { value, waits } = staged;
-        self.owe(waits, Answer::Messages(reply, value), touched);
+        // The receive acks and FinalAcks go out once the removals are durable, before the
+        // answer.
+        let records = self.broker.received_owed(&value.0);
+        self.owe(waits, Answer::Messages(reply, value), records, touched);
     }
 
     fn handle(&mut self, now_ms: u64, req: Request, touched: &mut Vec<(usize, Ticket)>) {
@@ -582,12 +700,8 @@ impl<S: QueueStore> Desk<S> {
             .and_then(|q| broker.empty_queue_staged(&q, delete))
             {
                 Ok(Staged { value, waits }) => {
-                    let class = if delete {
-                        MessageClass::NACK_Q_DELETED
-                    } else {
-                        MessageClass::NACK_Q_PURGED
-                    };
-                    self.owe(waits, Answer::Emptied(reply, value, class), touched);
+                    // The negative receive acks go out once the removal is durable.
+                    self.owe(waits, Answer::Unit(reply), value, touched);
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -606,7 +720,7 @@ impl<S: QueueStore> Desk<S> {
                 meta,
                 reply,
             } => match broker.store_copy(&queue, &bytes, &meta) {
-                Ok(waits) => self.owe(waits, Answer::Unit(reply), touched),
+                Ok(waits) => self.owe(waits, Answer::Unit(reply), Vec::new(), touched),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
@@ -616,15 +730,16 @@ impl<S: QueueStore> Desk<S> {
                 lookup,
                 reply,
             } => match broker.remove_message(&queue, lookup) {
-                Ok(waits) => self.owe(waits, Answer::Unit(reply), touched),
+                Ok(waits) => self.owe(waits, Answer::Unit(reply), Vec::new(), touched),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Request::Send { to, message, reply } => {
-                match broker.send_staged(&to, &message.as_request()) {
+                let mut records = Vec::new();
+                match broker.send_staged(&to, &message.as_request(), &mut records) {
                     Ok(Staged { value, waits }) => {
-                        self.owe(waits, Answer::Sent(reply, value), touched)
+                        self.owe(waits, Answer::Sent(reply, value), records, touched)
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -636,9 +751,10 @@ impl<S: QueueStore> Desk<S> {
                 frame,
                 now_unix,
                 reply,
-            } => match deliver(&broker, &queue, &frame, now_unix, now_ms) {
-                Ok(Staged { value, waits }) => {
-                    self.owe(waits, Answer::Delivered(reply, value), touched)
+                stream_receipts,
+            } => match deliver(&broker, &queue, &frame, now_unix, now_ms, stream_receipts) {
+                Ok((Staged { value, waits }, records)) => {
+                    self.owe(waits, Answer::Delivered(reply, value), records, touched)
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -647,27 +763,48 @@ impl<S: QueueStore> Desk<S> {
             Request::Lens { reply } => {
                 let _ = reply.send(Ok(broker.queue_lens(&self.owned)));
             }
+            Request::StreamReceipt {
+                qm,
+                sequence,
+                last_ordinal,
+                ip,
+                reply,
+            } => {
+                if let Some(ack) = broker.stream_receipt_order_ack(qm, sequence, last_ordinal, ip) {
+                    if self.tx_acks.len() < API_REQUESTS_PER_TURN_MAX {
+                        self.tx_acks.push(ack);
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 }
 
 /// Stores an SRMP message in `queue`: `Some(reason)` when refused (HTTP 400), and what must be
 /// durable before the 200 (MC-MQSRM 3.1.5.1.3: a durable or stream message is on disk first;
-/// a duplicate or a stream message already received waits for its first copy).
+/// a duplicate or a stream message already received waits for its first copy), with the
+/// records it owes (the receipts it asked for, as admin acknowledgements to its admin queue,
+/// `http::srmp`).
+#[allow(clippy::type_complexity)]
 fn deliver<S: QueueStore>(
     broker: &Broker<S>,
     queue: &QueueDef,
     frame: &[u8],
     now_unix: u32,
     now_ms: u64,
-) -> Result<Staged<Option<String>>, ApiError> {
+    stream_receipts: Option<(String, crate::wire::Guid)>,
+) -> Result<(Staged<Option<String>>, Vec<Owed>), ApiError> {
     let msg = UserMessage::parse(frame)
         .map_err(|e| ApiError::Send(format!("encoded message does not parse: {e}")))?;
     // The engine's clock: the duplicate table's times are all on it.
     let d = broker.deliver_to_over_srmp(frame, &msg, queue, now_unix, now_ms);
+    let mut records = Vec::new();
     if let Some(class) = d.admin_ack {
-        // The receipts the SRMP message asked for (its admin queue, `http::srmp`).
-        broker.send_admin_ack(&msg, class);
+        records.push(Owed::AdminAck {
+            frame: frame.to_vec(),
+            class,
+        });
     }
     let (value, waits) = match d.verdict {
         Verdict::Stored { ticket, .. } => (None, vec![(d.partition, ticket)]),
@@ -683,7 +820,24 @@ fn deliver<S: QueueStore>(
             return Err(ApiError::Send("not stored".to_string()));
         }
     };
-    Ok(Staged { value, waits })
+    // Only for a message accepted (answered 200).
+    if let (None, Some((to, stream_qm)), Some(th)) = (&value, stream_receipts, msg.transaction) {
+        // Up to the last number the stream has in order here (this shard runs the queue's
+        // partition, which holds the sequence state), at most this message's: everything up
+        // to it is durable before the receipt is stored.
+        let (seq_id, current) = (th.tx_sequence_id, th.tx_sequence_number);
+        let owner = broker.owner_of(&queue.name).unwrap_or(d.partition);
+        let state = broker.incoming_sequence(owner, (msg.user.source_queue_manager, queue.id));
+        if state.seq_id == seq_id && state.seq_no != 0 {
+            records.push(Owed::StreamReceipt {
+                to,
+                stream_qm,
+                seq_id,
+                last: state.seq_no.min(current),
+            });
+        }
+    }
+    Ok((Staged { value, waits }, records))
 }
 
 impl<S> Desk<S> {
@@ -710,7 +864,18 @@ impl<S> Drop for Desk<S> {
             let _ = p.reply.send(Ok((Vec::new(), false)));
         }
         self.publish_parked();
-        let owed = std::mem::take(&mut self.owed);
+        let mut owed = std::mem::take(&mut self.owed);
+        // Records not stored yet are stored at once by `finish`; those mailed to another
+        // shard may be lost with it if it stops first (the answers are given: their removals
+        // are durable).
+        let mut to_store: HashMap<u64, Vec<Owed>> = self.to_store.drain(..).collect();
+        for (id, s) in self.storing.drain() {
+            owed.push(Owing {
+                waits: Vec::new(),
+                answer: s.answer,
+                records: to_store.remove(&id).unwrap_or_default(),
+            });
+        }
         if !owed.is_empty() {
             (self.finish)(&self.broker, owed);
         }

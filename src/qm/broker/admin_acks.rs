@@ -36,12 +36,56 @@ pub enum RecordStored {
     Failed,
 }
 
+/// An acknowledgement or copy an operation on a queue owes once what it did is durable: an
+/// admin acknowledgement, a FinalAck, a machine-journal copy, an SRMP stream receipt. Decided
+/// by the queue's owner ([`Broker::received_acks_owed`], [`Broker::receive_nacks_owed`]),
+/// built by [`Broker::owed_record`] (ONE builder per kind: [`Broker::admin_ack_record`],
+/// [`Broker::final_ack_record`], [`Broker::machine_journal_record`],
+/// [`Broker::stream_receipt_record`]) and stored by the shard's turn through
+/// `MsmqApp::store_record` (mail to the shard running the queue it goes to), or at once by
+/// [`Broker::send_owed`] on a thread that runs no shard (tests, tools, a stopping shard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owed {
+    /// The admin acknowledgement (or NACK) of class `class` for message `frame`.
+    AdminAck { frame: Vec<u8>, class: MessageClass },
+    /// The FinalAck of class `class` for transactional message `frame`, which left a queue of
+    /// partition `partition` (whose owner knows where its sender's FinalAcks go), or to
+    /// `peer` when known.
+    FinalAck {
+        frame: Vec<u8>,
+        class: MessageClass,
+        partition: usize,
+        peer: Option<std::net::IpAddr>,
+    },
+    /// A copy of `frame` for the machine journal (source journaling).
+    MachineJournal { frame: Vec<u8> },
+    /// An SRMP stream receipt (MC-MQSRM 3.1.5.1.2) for stream `seq_id` of `stream_qm` up to
+    /// `last`, to the sender's `sendReceiptsTo` address `to`.
+    StreamReceipt {
+        to: String,
+        stream_qm: crate::wire::Guid,
+        seq_id: u64,
+        last: u32,
+    },
+}
+
+impl Owed {
+    /// Whether building it takes a MessageIdOrdinal.
+    pub fn needs_ordinal(&self) -> bool {
+        !matches!(self, Owed::MachineJournal { .. })
+    }
+}
+
 impl<S: QueueStore> Broker<S> {
     /// Copies of the messages of queue `id` whose senders asked for negative receive acks (NR)
     /// or a FinalAck: purging or deleting the queue owes them a NACK (MS-MQDMPR, MS-MQQB
     /// 3.1.7.2, 3.1.7.2.2).
     /// Reads the partitions `parts` (those holding the queue).
-    pub(super) fn negative_receive_frames(&self, id: u32, parts: &[usize]) -> Vec<Vec<u8>> {
+    pub(super) fn negative_receive_frames(
+        &self,
+        id: u32,
+        parts: &[usize],
+    ) -> Vec<(usize, Vec<u8>)> {
         let mut out = Vec::new();
         for &i in parts {
             let p = self.partition(i);
@@ -60,7 +104,7 @@ impl<S: QueueStore> Broker<S> {
                     u.properties.flags.negative_receive()
                         || (user_queue && super::wants_final_ack(&u))
                 }) {
-                    out.push(m.bytes.to_vec());
+                    out.push((i, m.bytes.to_vec()));
                 }
             }
         }
@@ -68,56 +112,121 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// The negative receive acknowledgements (class `class`) owed for messages that left
-    /// their queue unread: the admin NACK when asked for (NR), the FinalAck when asked for.
-    pub fn send_receive_acks(&self, frames: &[Vec<u8>], class: MessageClass) {
-        for f in frames {
-            if let Ok(m) = UserMessage::parse(f) {
-                self.send_receive_nack(&m, class);
+    /// store queue `queue` of their partition unread (`frames`: partition, frame): the admin
+    /// NACK when asked for (NR), the FinalAck when asked for. One that left a dead-letter
+    /// queue, a journal, an outgoing or the awaiting queue owes no FinalAck (its sender had
+    /// one already, or it is ours).
+    pub fn receive_nacks_owed(
+        &self,
+        queue: u32,
+        frames: &[(usize, Vec<u8>)],
+        class: MessageClass,
+        out: &mut Vec<Owed>,
+    ) {
+        let user_queue =
+            (crate::qm::catalog::FIRST_USER_QUEUE_ID..super::JOURNAL_QUEUE_BIT).contains(&queue);
+        for (p, f) in frames {
+            let Ok(m) = UserMessage::parse(f) else {
+                continue;
+            };
+            if m.properties.flags.negative_receive() {
+                out.push(Owed::AdminAck {
+                    frame: f.clone(),
+                    class,
+                });
+            }
+            if user_queue && super::wants_final_ack(&m) {
+                out.push(Owed::FinalAck {
+                    frame: f.clone(),
+                    class,
+                    partition: *p,
+                    peer: None,
+                });
             }
         }
     }
 
-    /// [`Broker::send_receive_acks`] for one message.
-    pub fn send_receive_nack(&self, m: &UserMessage<'_>, class: MessageClass) {
-        if m.properties.flags.negative_receive() {
-            self.send_admin_ack(m, class);
+    /// What an application's receive of `frame` from queue `queue_name` (partition
+    /// `partition`) owes: the positive receive acknowledgement when asked for (PR), and the
+    /// ACK_RECEIVE FinalAck when asked for (MS-MQQB 3.1.7.2.2). A copy read from a journal
+    /// owes nothing (acknowledged when it was received); a dead letter read back owes no
+    /// FinalAck (its sender had its negative one).
+    pub fn received_acks_owed(
+        &self,
+        queue_name: &str,
+        partition: usize,
+        frame: &[u8],
+        out: &mut Vec<Owed>,
+    ) {
+        if queue_name.ends_with(super::JOURNAL_SUFFIX) {
+            return;
         }
-        self.send_final_ack_if_asked(m, class);
-    }
-
-    /// [`Broker::send_receive_nack`] for a message that left store queue `queue`: one that
-    /// left a dead-letter queue, a journal, an outgoing or the awaiting queue owes no FinalAck
-    /// (its sender had one already, or it is ours).
-    pub fn send_receive_nack_at(&self, queue: u32, m: &UserMessage<'_>, class: MessageClass) {
-        if (crate::qm::catalog::FIRST_USER_QUEUE_ID..super::JOURNAL_QUEUE_BIT).contains(&queue) {
-            self.send_receive_nack(m, class);
-        } else if m.properties.flags.negative_receive() {
-            self.send_admin_ack(m, class);
-        }
-    }
-
-    /// An application received `m`: the positive receive acknowledgement when asked for
-    /// (PR), and the ACK_RECEIVE FinalAck when asked for (MS-MQQB 3.1.7.2.2).
-    pub fn send_received_acks(&self, m: &UserMessage<'_>) {
-        if m.properties.flags.positive_receive() {
-            self.send_admin_ack(m, MessageClass::ACK_RECEIVE);
-        }
-        self.send_final_ack_if_asked(m, MessageClass::ACK_RECEIVE);
-    }
-
-    /// Does an application's receive of `m` owe an acknowledgement?
-    pub fn owes_received_acks(m: &UserMessage<'_>) -> bool {
-        m.properties.flags.positive_receive() || super::wants_final_ack(m)
-    }
-
-    /// Builds the admin acknowledgement (or NACK) of `msg` (MS-MQQB 3.1.7.15) and queues it
-    /// for the sender's admin queue, storing it under that queue's partition lock (the API's
-    /// threads, AMQP and the request desk; a shard of `lior serve` uses
-    /// [`Broker::admin_ack_record`] and sends the record to the partition's shard instead).
-    pub fn send_admin_ack(&self, msg: &UserMessage<'_>, class: MessageClass) {
-        let Some(rec) = self.admin_ack_record(msg, class, self.next_ordinal()) else {
+        let Ok(m) = UserMessage::parse(frame) else {
             return;
         };
+        if m.properties.flags.positive_receive() {
+            out.push(Owed::AdminAck {
+                frame: frame.to_vec(),
+                class: MessageClass::ACK_RECEIVE,
+            });
+        }
+        if !queue_name.starts_with("system$;") && super::wants_final_ack(&m) {
+            out.push(Owed::FinalAck {
+                frame: frame.to_vec(),
+                class: MessageClass::ACK_RECEIVE,
+                partition,
+                peer: None,
+            });
+        }
+    }
+
+    /// Builds what `o` owes as a record for the queue it goes to (`ordinal` for those that
+    /// are messages of this queue manager: [`Owed::needs_ordinal`]). None when nothing can
+    /// be sent (logged and counted by the builder).
+    pub fn owed_record(&self, o: &Owed, ordinal: u32) -> Option<SystemRecord> {
+        match o {
+            Owed::AdminAck { frame, class } => {
+                let m = UserMessage::parse(frame).ok()?;
+                self.admin_ack_record(&m, *class, ordinal)
+            }
+            Owed::FinalAck {
+                frame,
+                class,
+                partition,
+                peer,
+            } => {
+                let m = UserMessage::parse(frame).ok()?;
+                self.final_ack_record(&m, *class, *partition, *peer, ordinal)
+            }
+            Owed::MachineJournal { frame } => Some(self.machine_journal_record(frame)),
+            Owed::StreamReceipt {
+                to,
+                stream_qm,
+                seq_id,
+                last,
+            } => self.stream_receipt_record(to, *stream_qm, *seq_id, *last, ordinal),
+        }
+    }
+
+    /// Builds and stores `owed` at once, committing each partition it wrote to, from a thread
+    /// that runs no shard (tests and tools driving the broker from one thread, a stopping
+    /// shard's last answers, and the paths not converted yet: AMQP, fan-out). A shard of `lior
+    /// serve` stores them with `MsmqApp::store_record` instead (by mail to the owner).
+    pub fn send_owed(&self, owed: Vec<Owed>) {
+        for o in owed {
+            let ordinal = if o.needs_ordinal() {
+                self.next_ordinal()
+            } else {
+                0
+            };
+            if let Some(rec) = self.owed_record(&o, ordinal) {
+                self.store_record_now(rec);
+            }
+        }
+    }
+
+    /// Stores `rec` and commits, under the partitions' locks (see [`Broker::send_owed`]).
+    fn store_record_now(&self, rec: SystemRecord) {
         let now_unix = unix_now();
         let now_ms = crate::engine::net::now_ms();
         let mut rec = rec;
@@ -126,7 +235,7 @@ impl<S: QueueStore> Broker<S> {
             match self.store_record(&rec, now_unix, now_ms, &super::delivery::everywhere) {
                 RecordStored::At(p, _) => {
                     if let Err(e) = self.partition(p).commit(None) {
-                        tracing::error!(error = %e, "commit after an admin acknowledgement failed");
+                        tracing::error!(error = %e, "commit after an acknowledgement or copy failed");
                     }
                     // The partition's shard (maybe another) looks at what waits for it.
                     self.wake(p % self.partitions.len());
@@ -134,6 +243,98 @@ impl<S: QueueStore> Broker<S> {
                 }
                 RecordStored::Forward(next) => rec = next,
                 RecordStored::Failed => return,
+            }
+        }
+    }
+
+    /// The negative receive acknowledgements (class `class`) owed for messages that left
+    /// their queue unread, sent at once ([`Broker::send_owed`]; the frames left a user queue).
+    pub fn send_receive_acks(&self, frames: &[(usize, Vec<u8>)], class: MessageClass) {
+        let mut owed = Vec::new();
+        self.receive_nacks_owed(
+            crate::qm::catalog::FIRST_USER_QUEUE_ID,
+            frames,
+            class,
+            &mut owed,
+        );
+        self.send_owed(owed);
+    }
+
+    /// [`Broker::send_receive_acks`] for one message (partition unknown: its sender's
+    /// FinalAck address is looked for in every partition).
+    pub fn send_receive_nack(&self, m: &UserMessage<'_>, class: MessageClass) {
+        self.send_receive_nack_at(crate::qm::catalog::FIRST_USER_QUEUE_ID, m, class);
+    }
+
+    /// [`Broker::send_receive_nack`] for a message that left store queue `queue`.
+    pub fn send_receive_nack_at(&self, queue: u32, m: &UserMessage<'_>, class: MessageClass) {
+        let Ok(frame) = encode_message(m) else {
+            return;
+        };
+        let mut owed = Vec::new();
+        self.receive_nacks_owed(queue, &[(usize::MAX, frame)], class, &mut owed);
+        self.send_owed(owed);
+    }
+
+    /// An application received `m` (outside a shard's desk: AMQP), sent at once.
+    pub fn send_received_acks(&self, m: &UserMessage<'_>) {
+        let Ok(frame) = encode_message(m) else {
+            return;
+        };
+        let mut owed = Vec::new();
+        self.received_acks_owed("", usize::MAX, &frame, &mut owed);
+        self.send_owed(owed);
+    }
+
+    /// Does an application's receive of `m` owe an acknowledgement?
+    pub fn owes_received_acks(m: &UserMessage<'_>) -> bool {
+        m.properties.flags.positive_receive() || super::wants_final_ack(m)
+    }
+
+    /// Builds the admin acknowledgement (or NACK) of `msg` and stores it at once
+    /// ([`Broker::send_owed`]: threads that run no shard).
+    pub fn send_admin_ack(&self, msg: &UserMessage<'_>, class: MessageClass) {
+        let Ok(frame) = encode_message(msg) else {
+            return;
+        };
+        self.send_owed(vec![Owed::AdminAck { frame, class }]);
+    }
+
+    /// The SRMP stream receipt (MC-MQSRM 3.1.5.1.2) for stream `seq_id` of `stream_qm` up to
+    /// `last`, built with MessageIdOrdinal `ordinal`, as a record for the outgoing HTTP queue
+    /// to `to` (the sender's `sendReceiptsTo`). None when it cannot be built or routed (logged).
+    pub fn stream_receipt_record(
+        &self,
+        to: &str,
+        stream_qm: crate::wire::Guid,
+        seq_id: u64,
+        last: u32,
+        ordinal: u32,
+    ) -> Option<SystemRecord> {
+        let built = crate::qm::srmp_out::stream_receipt_frame(
+            self.guid(),
+            ordinal,
+            to,
+            stream_qm,
+            seq_id,
+            last,
+        )
+        .and_then(|(dest, frame)| {
+            let def = self.outgoing_queue_for(&dest).map_err(|e| e.to_string())?;
+            Ok(SystemRecord {
+                kind: StoreKind::StreamReceipt,
+                queue: def.id,
+                partition: def.shard % self.partitions.len(),
+                frame,
+            })
+        });
+        match built {
+            Ok(r) => Some(r),
+            Err(e) => {
+                if crate::ratelog::SRMP.allow() {
+                    tracing::warn!(to, error = %e, "cannot queue a stream receipt; the sender will resend and ask again");
+                }
+                None
             }
         }
     }
@@ -288,7 +489,12 @@ impl<S: QueueStore> Broker<S> {
                     }
                 }
             }
-            StoreKind::Outgoing => {
+            StoreKind::Outgoing | StoreKind::FinalAck | StoreKind::StreamReceipt => {
+                let counter = match rec.kind {
+                    StoreKind::FinalAck => &self.counters.final_acks_sent,
+                    StoreKind::StreamReceipt => &self.counters.srmp_stream_receipts_queued,
+                    _ => &self.counters.admin_acks_queued,
+                };
                 match self.append_outgoing(
                     rec.queue,
                     rec.partition,
@@ -296,15 +502,22 @@ impl<S: QueueStore> Broker<S> {
                     &message_meta(&msg),
                 ) {
                     Ok(t) => {
-                        bump(&self.counters.admin_acks_queued);
+                        bump(counter);
                         RecordStored::At(rec.partition, t)
                     }
                     Err(e) => {
                         if crate::ratelog::QUOTA.allow() {
-                            tracing::error!(error = %e, "cannot queue an admin acknowledgement");
+                            tracing::error!(error = %e, kind = ?rec.kind, "cannot queue an acknowledgement in its outgoing queue");
                         }
                         RecordStored::Failed
                     }
+                }
+            }
+            StoreKind::MachineJournal => {
+                let mut part = self.partition(rec.partition);
+                match self.append_machine_journal(&mut part, &rec.frame, &message_meta(&msg)) {
+                    Some(t) => RecordStored::At(rec.partition, t),
+                    None => RecordStored::Failed,
                 }
             }
             StoreKind::Local => {

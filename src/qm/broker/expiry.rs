@@ -45,9 +45,15 @@ impl<S: QueueStore> Broker<S> {
     /// [`Broker::take_expiry_nacks`] and sends them as its own admin acknowledgements).
     fn send_expiry_nacks(&self, i: usize) {
         for (q, frame) in self.take_expiry_nacks(i) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                self.send_receive_nack_at(q, &msg, MessageClass::NACK_RECEIVE_TIMEOUT);
-            }
+            let mut owed = Vec::new();
+            // Partition `i` held the message: its table knows where the FinalAck goes.
+            self.receive_nacks_owed(
+                q,
+                &[(i, frame)],
+                MessageClass::NACK_RECEIVE_TIMEOUT,
+                &mut owed,
+            );
+            self.send_owed(owed);
         }
     }
 

@@ -7,8 +7,14 @@
 //! flags. The FinalAck is addressed as OrderAcks are, to
 //! `DIRECT=TCP:<sender>\PRIVATE$\order_queue$` (DIGEST §6.3), and queued in the outgoing queue
 //! to that machine as admin acknowledgements are. Where a sender's FinalAcks go is remembered
-//! per sender GUID in [`FinalAckPeers`] (bounded by [`FINAL_ACK_PEERS_MAX`], kept in
-//! [`FINAL_ACK_PEERS_FILE`]), so a FinalAck owed after a restart still finds its way.
+//! per sender GUID in [`FinalAckPeers`], one table per store partition: the partition that
+//! stores a message notes its sender's address (told by mail, `Mail::FinalAckPeer`, when the
+//! session is another shard's) and is the one that owes its FinalAck (received, purged,
+//! expired), so the table is read and written only by the shard running that partition, with
+//! no machine-wide lock. Each is bounded by [`FINAL_ACK_PEERS_MAX`] and kept in
+//! `final_ack_peers.p<N>.json` ([`final_ack_peers_file`]; the older machine-wide
+//! [`FINAL_ACK_PEERS_FILE`] is merged into every partition's table at start), so a FinalAck
+//! owed after a restart still finds its way.
 //!
 //! As the sender: a transactional message of ours that asked for a FinalAck is not dropped by
 //! its OrderAck but moved, in the same partition and the same commit, to the internal queue
@@ -32,15 +38,20 @@ use crate::wire::user::{FinalAckBody, QueueRef, UserMessage};
 use crate::wire::{utf16z, Guid, Utf16};
 
 use super::partition::Partition;
-use super::{
-    bump, encode_message, lock, message_meta, unix_now, AckSource, Broker, Delivered, Verdict,
-};
+use super::{bump, encode_message, lock, unix_now, AckSource, Broker, Delivered, Verdict};
 
 /// Senders whose FinalAck address is remembered at most (one entry per sending queue manager;
 /// past it the oldest-looking entry is forgotten, with a log line).
 pub const FINAL_ACK_PEERS_MAX: usize = 4_096;
-/// The file in the data directory that keeps [`FinalAckPeers`] across restarts.
+/// The machine-wide file an older lior kept [`FinalAckPeers`] in: read (merged into every
+/// partition's table) at start, never written.
 pub const FINAL_ACK_PEERS_FILE: &str = "final_ack_peers.json";
+
+/// The file in the data directory that keeps partition `p`'s [`FinalAckPeers`] across
+/// restarts.
+pub fn final_ack_peers_file(p: usize) -> String {
+    format!("final_ack_peers.p{p}.json")
+}
 /// The internal queue holding our transactional messages that got their OrderAck and wait for
 /// their FinalAck (MS-MQQB AwaitingFinalACKTable), in the partition of their outgoing queue.
 pub const AWAITING_FINAL_ACK_QUEUE: QueueId = QueueId(0xFFFF_FF11);
@@ -59,8 +70,8 @@ pub fn wants_final_ack(m: &UserMessage<'_>) -> bool {
 }
 
 /// Where each sending queue manager's FinalAcks go: its address as last seen on a session that
-/// brought a transactional message asking for one. Written to [`FINAL_ACK_PEERS_FILE`] when an
-/// entry changes (rare: a new sender or a sender that moved).
+/// brought a transactional message asking for one into this table's partition. Written to
+/// [`final_ack_peers_file`] when an entry changes (rare: a new sender or a sender that moved).
 #[derive(Debug)]
 pub struct FinalAckPeers {
     path: PathBuf,
@@ -68,16 +79,23 @@ pub struct FinalAckPeers {
 }
 
 impl FinalAckPeers {
-    /// Reads the table from `dir` (an unreadable file is logged and the table starts empty).
-    pub fn open(dir: &Path) -> Self {
-        let path = dir.join(FINAL_ACK_PEERS_FILE);
+    /// Reads partition `partition`'s table from `dir`: the older machine-wide file first, then
+    /// the partition's own (newer) entries over it. An unreadable file is logged and skipped.
+    pub fn open(dir: &Path, partition: usize) -> Self {
         let mut map = HashMap::new();
-        match std::fs::read(&path) {
+        Self::read_into(&dir.join(FINAL_ACK_PEERS_FILE), &mut map);
+        let path = dir.join(final_ack_peers_file(partition));
+        Self::read_into(&path, &mut map);
+        FinalAckPeers { path, map }
+    }
+
+    fn read_into(path: &Path, map: &mut HashMap<Guid, IpAddr>) {
+        match std::fs::read(path) {
             Ok(b) => match serde_json::from_slice::<BTreeMap<String, String>>(&b) {
                 Ok(m) => {
                     for (g, ip) in m {
                         if let (Some(g), Ok(ip)) = (Guid::parse_text(&g), ip.parse()) {
-                            if map.len() < FINAL_ACK_PEERS_MAX {
+                            if map.len() < FINAL_ACK_PEERS_MAX || map.contains_key(&g) {
                                 map.insert(g, ip);
                             }
                         }
@@ -92,7 +110,6 @@ impl FinalAckPeers {
                 tracing::error!(file = %path.display(), error = %e, "cannot read the FinalAck addresses")
             }
         }
-        FinalAckPeers { path, map }
     }
 
     pub fn get(&self, g: &Guid) -> Option<IpAddr> {
@@ -150,41 +167,77 @@ impl Delivered {
 }
 
 impl<S: QueueStore> Broker<S> {
-    /// A transactional message asking for a FinalAck arrived from `ip`: remember where its
-    /// sender's FinalAcks go. Takes the table's lock only for such messages.
-    pub fn note_final_ack_peer(&self, msg: &UserMessage<'_>, ip: IpAddr) {
-        if wants_final_ack(msg) {
-            lock(&self.final_ack_peers).note(msg.user.source_queue_manager, ip);
+    /// A transactional message of `sender` asking for a FinalAck arrived from `ip`, for a
+    /// queue of partition `partition`: that partition remembers where its sender's FinalAcks
+    /// go. Called by the shard running `partition` only (the session's shard mails the note,
+    /// `Mail::FinalAckPeer`, to the owner when it is another): the table is that shard's.
+    pub fn note_final_ack_peer(&self, partition: usize, sender: Guid, ip: IpAddr) {
+        if let Some(t) = self.final_ack_peers.get(partition) {
+            lock(t).note(sender, ip);
         }
     }
 
-    /// Sends `msg`'s FinalAck of class `class` when it asked for one (it leaves its queue).
+    /// Sends `msg`'s FinalAck of class `class` at once when it asked for one (it leaves its
+    /// queue; [`Broker::send_owed`]: threads that run no shard).
     pub fn send_final_ack_if_asked(&self, msg: &UserMessage<'_>, class: MessageClass) {
         if wants_final_ack(msg) {
             self.send_final_ack(msg, class, None);
         }
     }
 
-    /// Builds the FinalAck of transactional message `msg` (MS-MQQB 2.2.5) and queues it for
-    /// its sender, at `peer` or where [`FinalAckPeers`] says. Messages of this queue manager
-    /// and acknowledgements get none.
+    /// Builds the FinalAck of `msg` and stores it at once ([`Broker::send_owed`]).
     pub fn send_final_ack(&self, msg: &UserMessage<'_>, class: MessageClass, peer: Option<IpAddr>) {
-        let Some(th) = msg.transaction else {
+        let Ok(frame) = encode_message(msg) else {
             return;
         };
+        self.send_owed(vec![super::Owed::FinalAck {
+            frame,
+            class,
+            partition: usize::MAX,
+            peer,
+        }]);
+    }
+
+    /// Where `sender`'s FinalAcks go, as partition `partition` knows it (on the shard running
+    /// it). `usize::MAX` (a caller that does not know the message's partition: the paths that
+    /// run on no shard yet, AMQP) looks in every partition's table.
+    fn final_ack_peer(&self, partition: usize, sender: &Guid) -> Option<IpAddr> {
+        match self.final_ack_peers.get(partition) {
+            Some(t) => lock(t).get(sender),
+            None => self
+                .final_ack_peers
+                .iter()
+                .find_map(|t| lock(t).get(sender)),
+        }
+    }
+
+    /// The FinalAck of transactional message `msg` (MS-MQQB 2.2.5), which left a queue of
+    /// partition `partition`, built with MessageIdOrdinal `ordinal`, as a record for the
+    /// outgoing queue to its sender, at `peer` or where [`FinalAckPeers`] says. None for a
+    /// message of this queue manager or an acknowledgement, or when the sender's address is
+    /// not known (counted in `lior_final_acks_unroutable_total`).
+    pub fn final_ack_record(
+        &self,
+        msg: &UserMessage<'_>,
+        class: MessageClass,
+        partition: usize,
+        peer: Option<IpAddr>,
+        ordinal: u32,
+    ) -> Option<super::SystemRecord> {
+        let th = msg.transaction?;
         let sender = msg.user.source_queue_manager;
         if msg.properties.message_class != MessageClass::NORMAL
             || sender == self.guid()
             || sender.is_null()
         {
-            return;
+            return None;
         }
-        let Some(ip) = peer.or_else(|| lock(&self.final_ack_peers).get(&sender)) else {
+        let Some(ip) = peer.or_else(|| self.final_ack_peer(partition, &sender)) else {
             bump(&self.counters.final_acks_unroutable);
             if crate::ratelog::QUOTA.allow() {
                 tracing::warn!(%sender, message = msg.user.message_id, "FinalAck not sent: the sender's address is not known (lior_final_acks_unroutable_total)");
             }
-            return;
+            return None;
         };
         let text = format!("TCP:{ip}\\PRIVATE$\\order_queue$");
         let dest = match DirectName::parse_wire(&text) {
@@ -192,7 +245,7 @@ impl<S: QueueStore> Broker<S> {
             Err(e) => {
                 tracing::error!(error = %e, to = %text, "cannot address a FinalAck");
                 bump(&self.counters.final_acks_unroutable);
-                return;
+                return None;
             }
         };
         // A sender at one of our own addresses is another queue manager on this host (its GUID
@@ -209,7 +262,7 @@ impl<S: QueueStore> Broker<S> {
         let wire = utf16z(&text);
         let m = UserMessage::final_ack(
             self.guid(),
-            self.next_ordinal(),
+            ordinal,
             QueueRef::Direct(Utf16(&wire)),
             class,
             &body,
@@ -219,18 +272,24 @@ impl<S: QueueStore> Broker<S> {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build a FinalAck");
-                return;
+                return None;
             }
         };
-        match self.enqueue_outgoing_nowait(&dest, &frame, &message_meta(&m)) {
-            Ok((def, _, _)) => {
-                bump(&self.counters.final_acks_sent);
+        match self.outgoing_queue_for(&dest) {
+            Ok(def) => {
                 tracing::info!(class = class.name(), message = %format!("{sender}\\{}", msg.user.message_id), via = %def.key, "FinalAck queued");
+                Some(super::SystemRecord {
+                    kind: crate::qm::handoff::StoreKind::FinalAck,
+                    queue: def.id,
+                    partition: def.shard % self.partitions.len(),
+                    frame,
+                })
             }
             Err(e) => {
                 if crate::ratelog::QUOTA.allow() {
                     tracing::error!(error = %e, "cannot queue a FinalAck");
                 }
+                None
             }
         }
     }
@@ -299,7 +358,6 @@ impl<S: QueueStore> Broker<S> {
             );
             return false;
         };
-        bump(&self.counters.final_acks_received);
         let Ok(orig) = UserMessage::parse(&frame) else {
             return false;
         };
@@ -330,6 +388,8 @@ impl<S: QueueStore> Broker<S> {
             }
             self.wake(pi);
         }
+        // Counted once its copy and removal are staged: whoever sees the count sees them.
+        bump(&self.counters.final_acks_received);
         tracing::info!(
             class = class.name(),
             message = %format!("{}\\{}", fa.source_guid, fa.message_id),
@@ -345,45 +405,28 @@ impl<S: QueueStore> Broker<S> {
     pub(super) fn copy_to_system_queue(&self, q: u32, frame: &[u8], meta: &MessageMeta) -> bool {
         let pi = self.dead_letter_partition(q);
         let mut p = self.partition(pi);
-        if q == JOURNAL_ID {
-            let quota_kb = self.config.parameters.MachineJournalQuota;
-            let (_, bytes) = p.store.queue_len(QueueId(q));
-            if bytes.saturating_add(frame.len() as u64) > quota_kb.saturating_mul(1024) {
-                bump(&self.counters.journal_dropped);
-                if crate::ratelog::QUOTA.allow() {
-                    tracing::warn!(quota_kb, bytes, "machine journal full (Parameters.MachineJournalQuota, KB): a journal copy is dropped (lior_journal_dropped_total)");
-                }
-                return false;
-            }
-        }
-        // A journal copy never expires (it would owe its sender a NACK).
-        let meta = if q == JOURNAL_ID {
-            MessageMeta {
-                expiry_unix_s: crate::store::EXPIRY_NEVER,
-                ..*meta
-            }
+        let stored = if q == JOURNAL_ID {
+            self.append_machine_journal(&mut p, frame, meta).is_some()
         } else {
-            *meta
-        };
-        match p.store.append(QueueId(q), &meta, frame) {
-            Ok(_) => {
-                if let Err(e) = p.commit(None) {
-                    tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");
-                }
-                if q == JOURNAL_ID {
-                    bump(&self.counters.journal_copies);
-                } else {
+            match p.store.append(QueueId(q), meta, frame) {
+                Ok(_) => {
                     bump(&self.counters.dead_lettered);
+                    true
                 }
-                drop(p);
-                self.wake(pi);
-                true
+                Err(e) => {
+                    tracing::error!(error = %e, queue = q, "cannot store a dead-letter copy");
+                    false
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, queue = q, "cannot store a journal or dead-letter copy");
-                false
+        };
+        if stored {
+            if let Err(e) = p.commit(None) {
+                tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");
             }
+            drop(p);
+            self.wake(pi);
         }
+        stored
     }
 
     /// The stored message a FinalAck names: (partition, queue, lookup id, frame, meta, whether
@@ -450,13 +493,17 @@ mod tests {
     #[test]
     fn the_peer_table_survives_a_reopen_and_is_bounded() {
         let d = tempfile::tempdir().unwrap();
-        let mut t = FinalAckPeers::open(d.path());
+        let mut t = FinalAckPeers::open(d.path(), 0);
         t.note(Guid([1; 16]), "10.0.0.1".parse().unwrap());
         t.note(Guid([0; 16]), "10.0.0.2".parse().unwrap());
-        let t = FinalAckPeers::open(d.path());
+        let t = FinalAckPeers::open(d.path(), 0);
         assert_eq!(t.get(&Guid([1; 16])), Some("10.0.0.1".parse().unwrap()));
         assert_eq!(t.len(), 1, "the null GUID is never kept");
-        let mut t = FinalAckPeers::open(d.path());
+        assert!(
+            FinalAckPeers::open(d.path(), 1).is_empty(),
+            "each partition keeps its own table"
+        );
+        let mut t = FinalAckPeers::open(d.path(), 0);
         for i in 0..=FINAL_ACK_PEERS_MAX as u32 {
             let mut g = [7u8; 16];
             g[..4].copy_from_slice(&i.to_le_bytes());
@@ -468,5 +515,33 @@ mod tests {
         t.note(Guid([2; 16]), "10.0.0.4".parse().unwrap());
         assert_eq!(t.len(), FINAL_ACK_PEERS_MAX);
         assert!(t.get(&Guid([2; 16])).is_some());
+    }
+
+    #[test]
+    fn the_older_machine_wide_file_is_merged_under_each_partitions_own_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let old: BTreeMap<String, String> = [
+            (Guid([3; 16]).to_string(), "10.0.0.3".to_string()),
+            (Guid([4; 16]).to_string(), "10.0.0.4".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        std::fs::write(
+            d.path().join(FINAL_ACK_PEERS_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let mut t = FinalAckPeers::open(d.path(), 1);
+        t.note(Guid([4; 16]), "10.0.0.40".parse().unwrap());
+        for p in [0, 1] {
+            let t = FinalAckPeers::open(d.path(), p);
+            assert_eq!(t.get(&Guid([3; 16])), Some("10.0.0.3".parse().unwrap()));
+        }
+        let moved = FinalAckPeers::open(d.path(), 1);
+        assert_eq!(
+            moved.get(&Guid([4; 16])),
+            Some("10.0.0.40".parse().unwrap()),
+            "the partition's own, newer, entry wins"
+        );
     }
 }

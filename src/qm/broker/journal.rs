@@ -55,9 +55,60 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Stores a source-journal copy in the machine journal (`SYSTEM$;JOURNAL`, under
-    /// `MachineJournalQuota`). Call with no partition lock held.
-    pub fn keep_source_journal(&self, frame: &[u8], meta: &MessageMeta) {
-        self.copy_to_system_queue(crate::qm::catalog::JOURNAL_ID, frame, meta);
+    /// `MachineJournalQuota`) at once, from a thread that runs no shard (a shard stores
+    /// [`Broker::machine_journal_record`] with `MsmqApp::store_record`). Call with no
+    /// partition lock held.
+    pub fn keep_source_journal(&self, frame: &[u8], _meta: &MessageMeta) {
+        self.send_owed(vec![super::Owed::MachineJournal {
+            frame: frame.to_vec(),
+        }]);
+    }
+
+    /// A copy of `frame` for the machine journal, as a record for the partition owning it
+    /// (stored by that partition's shard: [`Broker::store_record`], kind `MachineJournal`).
+    pub fn machine_journal_record(&self, frame: &[u8]) -> super::SystemRecord {
+        let q = crate::qm::catalog::JOURNAL_ID;
+        super::SystemRecord {
+            kind: crate::qm::handoff::StoreKind::MachineJournal,
+            queue: q,
+            partition: self.dead_letter_partition(q),
+            frame: frame.to_vec(),
+        }
+    }
+
+    /// Appends a machine-journal copy of `frame` in `part` (the journal's owning partition,
+    /// run by the caller), under `MachineJournalQuota` and never expiring (it would owe its
+    /// sender a NACK); counted. None when dropped (full, logged and counted) or not stored.
+    pub(super) fn append_machine_journal(
+        &self,
+        part: &mut Partition<S>,
+        frame: &[u8],
+        meta: &MessageMeta,
+    ) -> Option<crate::store::Ticket> {
+        let q = QueueId(crate::qm::catalog::JOURNAL_ID);
+        let quota_kb = self.config.parameters.MachineJournalQuota;
+        let (_, bytes) = part.store.queue_len(q);
+        if bytes.saturating_add(frame.len() as u64) > quota_kb.saturating_mul(1024) {
+            bump(&self.counters.journal_dropped);
+            if crate::ratelog::QUOTA.allow() {
+                tracing::warn!(quota_kb, bytes, "machine journal full (Parameters.MachineJournalQuota, KB): a journal copy is dropped (lior_journal_dropped_total)");
+            }
+            return None;
+        }
+        let meta = MessageMeta {
+            expiry_unix_s: crate::store::EXPIRY_NEVER,
+            ..*meta
+        };
+        match part.store.append(q, &meta, frame) {
+            Ok(a) => {
+                bump(&self.counters.journal_copies);
+                Some(a.ticket)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store a machine journal copy");
+                None
+            }
+        }
     }
 
     /// The journal of application queue `base` as a queue of its own: its store id, its name

@@ -47,11 +47,11 @@ mod requests;
 mod wakeups;
 
 pub use access::{sender_id, QueueDetail, RightsChange, RightsEntry};
-pub use admin_acks::{RecordStored, SystemRecord};
+pub use admin_acks::{Owed, RecordStored, SystemRecord};
 pub use delivery::{everywhere, message_meta, Delivered, Here, RouteCache, Routed, Verdict};
 pub use final_acks::{
-    wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX, AWAITING_FINAL_ACK_QUEUE,
-    FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
+    final_ack_peers_file, wants_final_ack, FinalAckPeers, AWAITING_FINAL_ACK_MAX,
+    AWAITING_FINAL_ACK_QUEUE, FINAL_ACK_PEERS_FILE, FINAL_ACK_PEERS_MAX,
 };
 pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
 pub use outgoing::{AckSource, OrderAckIn, OutgoingInfo, TxAckStep, TxOut};
@@ -119,8 +119,10 @@ pub struct Broker<S> {
     arrival_interest: Vec<AtomicU64>,
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
-    /// Where each sending queue manager's FinalAcks go (see `final_acks`).
-    final_ack_peers: Mutex<FinalAckPeers>,
+    /// Per partition: where each sending queue manager's FinalAcks go (see `final_acks`).
+    /// Entry p is read and written only by the shard running partition p, like the partition
+    /// (its Mutex is never contended; it moves into the shard with the partition).
+    final_ack_peers: Vec<Mutex<FinalAckPeers>>,
     /// Bumped by every catalog change; the route cache is valid for one generation. Shared
     /// with `catalog`, which moves it after publishing each change.
     catalog_generation: Arc<AtomicU64>,
@@ -356,7 +358,9 @@ impl<S: QueueStore> Broker<S> {
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ordinals = OrdinalAllocator::open(&config.data_dir)?;
-        let final_ack_peers = FinalAckPeers::open(&config.data_dir);
+        let final_ack_peers = (0..shards)
+            .map(|p| Mutex::new(FinalAckPeers::open(&config.data_dir, p)))
+            .collect();
         let signer = crate::security::Signer::from_config(&config.parameters.security)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let catalog_generation = Arc::new(AtomicU64::new(1));
@@ -369,7 +373,7 @@ impl<S: QueueStore> Broker<S> {
             durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             arrival_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             waker: OnceLock::new(),
-            final_ack_peers: Mutex::new(final_ack_peers),
+            final_ack_peers,
             catalog: CatalogCell::new(catalog, catalog_generation.clone()),
             catalog_generation,
             partitions,

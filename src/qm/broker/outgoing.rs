@@ -509,23 +509,29 @@ impl<S: QueueStore> Broker<S> {
         last_ordinal: u64,
         ip: std::net::IpAddr,
     ) -> bool {
-        // Runs on an SRMP endpoint thread: each partition's sequences are read under its lock
-        // (today's locks; to be asked of the owning shards by request once partitions move
-        // into their shards).
-        let queue = (0..self.partitions.len()).find_map(|p| {
-            let ids: Vec<u32> = self
-                .partition(p)
-                .tx_out
-                .iter()
-                .filter(|(_, t)| t.seq_id == sequence)
-                .map(|(id, _)| *id)
-                .collect();
-            self.outgoing.read(|out| {
-                ids.into_iter().find(|id| {
-                    out.by_id(*id)
-                        .is_some_and(|d| d.transport == Transport::Http)
-                })
+        self.stream_receipt_order_ack(qm, sequence, last_ordinal, ip)
+            .is_some_and(|(ack, from)| {
+                UserMessage::parse(&ack).is_ok_and(|m| self.handle_tx_ack(&m, &from))
             })
+    }
+
+    /// [`Broker::handle_stream_receipt`] up to the OrderAck it stands for and where it came
+    /// from, for a shard to take as it takes an MS-MQQB OrderAck (`handle_tx_ack_here`; branch
+    /// deskown: the SRMP endpoint asks a shard by request). None when refused (counted, logged).
+    pub fn stream_receipt_order_ack(
+        &self,
+        qm: Guid,
+        sequence: u64,
+        last_ordinal: u64,
+        ip: std::net::IpAddr,
+    ) -> Option<(Vec<u8>, AckSource)> {
+        // The HTTP outgoing queue sending that sequence, from the outgoing table's snapshot
+        // (`tx_sequence_id` is recorded there when the sequence starts): no partition is
+        // looked at, so any thread may ask.
+        let queue = self.outgoing.read(|out| {
+            out.iter()
+                .find(|d| d.tx_sequence_id == sequence && d.transport == Transport::Http)
+                .map(|d| d.id)
         });
         let from = AckSource {
             remote_qm: Guid::NULL,
@@ -539,7 +545,7 @@ impl<S: QueueStore> Broker<S> {
                 "stream receipt",
                 "not for a stream this queue manager sends over HTTP",
             );
-            return false;
+            return None;
         };
         let body = crate::wire::user::OrderAckBody {
             tx_sequence_id: sequence,
@@ -553,7 +559,7 @@ impl<S: QueueStore> Broker<S> {
             crate::wire::user::QueueRef::DestinationPrivate(crate::wire::user::ORDER_QUEUE_ID),
             &body,
         );
-        self.handle_tx_ack(&ack, &from)
+        Some((super::encode_message(&ack).ok()?, from))
     }
 
     /// Outgoing queues of partition `p` whose transactional sequence progressed since the last

@@ -167,7 +167,7 @@ impl<S: QueueStore> Broker<S> {
         let q = self.delete_queue_entry(name)?;
         let staged = self.empty_queue_staged(&q, true)?;
         self.wait_durable(&staged.waits)?;
-        self.send_receive_acks(&staged.value, MessageClass::NACK_Q_DELETED);
+        self.send_owed(staged.value);
         Ok(())
     }
 
@@ -183,21 +183,26 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Stages the removal of every message of queue `q` in the partitions holding it (purge, or
-    /// with `delete` forgets its quota too); returns the frames owed a negative receive
-    /// acknowledgement (NACK_Q_PURGED or NACK_Q_DELETED, sent once the removal is durable) and
-    /// the tickets to wait for. Runs on the queue's owning shard.
+    /// with `delete` forgets its quota too); returns the negative receive acknowledgements
+    /// owed (NACK_Q_PURGED or NACK_Q_DELETED, admin NACKs and FinalAcks, to store once the
+    /// removal is durable) and the tickets to wait for. Runs on the queue's owning shard.
     pub fn empty_queue_staged(
         &self,
         q: &QueueDef,
         delete: bool,
-    ) -> Result<Staged<Vec<Vec<u8>>>, ApiError> {
+    ) -> Result<Staged<Vec<super::Owed>>, ApiError> {
         let parts = self.read_partitions(q);
-        // A journal's copies were received already: emptying it owes nobody anything.
-        let nacks = if q.name.ends_with(super::JOURNAL_SUFFIX) {
-            Vec::new()
+        let class = if delete {
+            MessageClass::NACK_Q_DELETED
         } else {
-            self.negative_receive_frames(q.id, &parts)
+            MessageClass::NACK_Q_PURGED
         };
+        // A journal's copies were received already: emptying it owes nobody anything.
+        let mut nacks = Vec::new();
+        if !q.name.ends_with(super::JOURNAL_SUFFIX) {
+            let frames = self.negative_receive_frames(q.id, &parts);
+            self.receive_nacks_owed(q.id, &frames, class, &mut nacks);
+        }
         let mut waits = Vec::new();
         for i in parts {
             let mut p = self.partition(i);
@@ -320,7 +325,7 @@ impl<S: QueueStore> Broker<S> {
         let q = self.lookup(name)?;
         let staged = self.empty_queue_staged(&q, false)?;
         self.wait_durable(&staged.waits)?;
-        self.send_receive_acks(&staged.value, MessageClass::NACK_Q_PURGED);
+        self.send_owed(staged.value);
         Ok(())
     }
 
@@ -452,7 +457,7 @@ impl<S: QueueStore> Broker<S> {
         let staged = self.receive_staged(name, count, usize::MAX)?;
         self.wait_durable(&staged.waits)?;
         let (out, _) = staged.value;
-        self.ack_received(&out);
+        self.send_owed(self.received_owed(&out));
         Ok(out)
     }
 
@@ -541,33 +546,24 @@ impl<S: QueueStore> Broker<S> {
         })
     }
 
-    /// Sends the positive receive acknowledgements (PR) and FinalAcks of messages handed out,
-    /// once their removals are durable.
-    pub fn ack_received(&self, out: &[Received]) {
+    /// The positive receive acknowledgements (PR) and FinalAcks owed for messages handed out
+    /// (to store once their removals are durable).
+    pub fn received_owed(&self, out: &[Received]) -> Vec<super::Owed> {
+        let mut owed = Vec::new();
         for r in out {
-            // A copy read from a journal was acknowledged when it was received.
-            if r.queue.ends_with(super::JOURNAL_SUFFIX) {
-                continue;
-            }
-            if let Ok(m) = UserMessage::parse(&r.bytes) {
-                if r.queue.starts_with("system$;") {
-                    // A dead letter read back owes no FinalAck: its sender had its negative one.
-                    if m.properties.flags.positive_receive() {
-                        self.send_admin_ack(&m, MessageClass::ACK_RECEIVE);
-                    }
-                } else {
-                    self.send_received_acks(&m);
-                }
-            }
+            self.received_acks_owed(&r.queue, r.partition, &r.bytes, &mut owed);
         }
+        owed
     }
 
     /// Sends a message from a local application to `to`: into our own queue when the format
     /// name names this machine, else into the outgoing queue of the remote machine. No contact
     /// with the remote machine is made here.
     pub fn send(&self, to: &str, req: &SendRequest<'_>) -> Result<SendOutcome, ApiError> {
-        let staged = self.send_staged(to, req)?;
+        let mut owed = Vec::new();
+        let staged = self.send_staged(to, req, &mut owed)?;
         self.wait_durable(&staged.waits)?;
+        self.send_owed(owed);
         Ok(staged.value)
     }
 
@@ -603,11 +599,13 @@ impl<S: QueueStore> Broker<S> {
     /// partition, or its outgoing queue's), and the caller answers once `waits` are durable.
     /// Runs on the shard owning that partition (see [`Broker::owner_for_send`]): the
     /// transactional numbering and the append are one step there, and no lock is held across
-    /// a commit.
+    /// a commit. A source-journal copy it owes is pushed on `owed` (stored once the message
+    /// is durable, by the caller).
     pub fn send_staged(
         &self,
         to: &str,
         req: &SendRequest<'_>,
+        owed: &mut Vec<super::Owed>,
     ) -> Result<Staged<SendOutcome>, ApiError> {
         let fname = crate::wire::format_name::FormatName::parse(to)
             .map_err(|e| ApiError::Send(format!("{to}: {e}")))?;
@@ -758,8 +756,10 @@ impl<S: QueueStore> Broker<S> {
                 }
             };
             if req.journal && !req.transactional {
-                // Source journaling: delivered (stored) here, so journaled now.
-                self.keep_source_journal(&frame, &message_meta(&msg));
+                // Source journaling: delivered (stored) here, so journaled once durable.
+                owed.push(super::Owed::MachineJournal {
+                    frame: frame.clone(),
+                });
             }
             let name = self
                 .catalog()
