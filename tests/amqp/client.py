@@ -115,10 +115,15 @@ def main():
                 r.reject()
     elif scenario == "hold":
         # hold QUEUE N: receive N without settling, print them, then stay (killed by the test)
+        # Exactly n credits: `credit=n` would also let proton's prefetch top the link up while
+        # receive() waits (more than n arrive when the first ones come a turn later, as from a
+        # queue another shard owns), so grant them by hand and take what came.
         q, n = args[0], int(args[1])
-        r = conn.create_receiver(q, credit=n)
+        r = conn.create_receiver(q, credit=0)
+        r.link.flow(n)
+        conn.wait(lambda: r.fetcher.has_message >= n, timeout=20)
         for _ in range(n):
-            m = r.receive(timeout=20)
+            m = r.fetcher.pop()
             out({"body": body(m)})
         out({"holding": n})
         import time
