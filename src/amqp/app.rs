@@ -22,6 +22,19 @@
 //!   nothing to send registers interest in the partition ([`Broker::note_arrival_interest`])
 //!   and is woken by whoever sees something arrive there, with a fallback deadline
 //!   ([`ARRIVAL_FALLBACK_MS`]).
+//! * A link whose queue another shard runs (`lior serve` on several cores, shards joined by the
+//!   mesh) never touches that shard's partition: a producer's message goes to the owner by mail
+//!   (`Mail::AmqpProduce`; the owner stores it as above and answers `AmqpProduced`, and
+//!   `accepted` waits for the owner partition's published durable watermark, with interest
+//!   bits, as MS-MQQB hand-offs do); a remote send, a fan-out copy for another shard's queue,
+//!   an admin acknowledgement and a rejected message's dead-letter copy go as records through
+//!   `MsmqApp::store_record` (this app's [`AmqpOutbox`], drained by `ShardApp`), answered by
+//!   `Mail::Placed` when someone waits. A consumer asks the owner (`AmqpFetch` up to its
+//!   credit); the owner holds what it takes in ITS in-flight set and answers `AmqpFetched`
+//!   (pre-settled: removed, and sent once the removal is durable there), or remembers the
+//!   consumer and mails `AmqpWake` when something arrives; outcomes go back as `AmqpSettle`,
+//!   and a link or connection that goes away releases what it held there. Every
+//!   `partition(p)` in this file is one this shard runs (`here`, asserted in debug builds).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -1643,11 +1656,26 @@ impl<S: QueueStore> AmqpApp<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 if let Some(b) = pr {
                     if let Ok(m) = UserMessage::parse(&b) {
-                        if rejected {
-                            broker.send_receive_nack(&m, MessageClass::NACK_RECEIVE_REJECTED);
+                        // The admin acknowledgement (PR, or NR for a rejected one) goes as a
+                        // record to its queue's shard (`MsmqApp::store_record`), never under
+                        // another shard's lock; the FinalAck as the broker sends it.
+                        let flags = m.properties.flags;
+                        let (class, owed) = if rejected {
+                            (
+                                MessageClass::NACK_RECEIVE_REJECTED,
+                                flags.negative_receive(),
+                            )
                         } else {
-                            broker.send_received_acks(&m);
+                            (MessageClass::ACK_RECEIVE, flags.positive_receive())
+                        };
+                        if owed {
+                            if let Some(rec) =
+                                broker.admin_ack_record(&m, class, broker.next_ordinal())
+                            {
+                                self.outbox.records.push((rec, None));
+                            }
                         }
+                        broker.send_final_ack_if_asked(&m, class);
                     }
                 }
             }
