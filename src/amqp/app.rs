@@ -1374,7 +1374,7 @@ impl<S: QueueStore> AmqpApp<S> {
     /// shard (`Mail::AmqpSettle`, `c` None: the work is this shard's own).
     fn settle_here(
         &mut self,
-        mut c: Option<&mut AmqpConn>,
+        c: Option<&mut AmqpConn>,
         p: usize,
         q: QueueId,
         l: LookupId,
@@ -1495,7 +1495,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 return;
             }
         };
-        match c.as_deref_mut() {
+        match c {
             Some(c) => {
                 c.work.push(work);
                 self.busy.insert(c.id);
