@@ -777,7 +777,13 @@ impl<S: QueueStore> AmqpApp<S> {
         self.live.remove(&c.id);
         for w in c.work.drain(..) {
             match w {
-                Work::Settle { .. } | Work::SettleAll { .. } => {}
+                Work::Settle { .. } => {}
+                Work::SettleAll { handed, .. } => {
+                    for (seq, _) in handed {
+                        self.handed.remove(&seq);
+                        self.resolved.remove(&seq);
+                    }
+                }
                 Work::Handed { seq, .. } => {
                     // Its answer, when it comes, is dropped.
                     self.handed.remove(&seq);
