@@ -20,7 +20,7 @@ use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{
     AckSource, Broker, OrderAckIn, RecordStored, Routed, SystemRecord, TxAckStep, Verdict,
 };
-use crate::qm::handoff::{Mail, Placement, ReplyTo, StoreKind, HEAD_MAX};
+use crate::qm::handoff::{Mail, Placement, ReplyTo, StoreKind, AMQP_REPLY_BIT, HEAD_MAX};
 use crate::qm::order_acks::{
     order_ack_frame, OrderAckTo, OrderAcks, ORDER_ACKS_PER_SESSION_MAX, ORDER_ACK_WINDOW_RETRY_MS,
 };
@@ -274,6 +274,10 @@ pub struct MsmqApp<S> {
     srmp_receipts_to: Option<String>,
     /// The client TLS configuration of SRMP over HTTPS, or why there is none.
     srmp_tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// Branch amqpown: mail for this shard's AMQP app (`Mail::Amqp*`, and `Mail::Placed`
+    /// answering a request of it: `AMQP_REPLY_BIT`), as (from, head, body); `ShardApp` hands
+    /// it over after each end of turn.
+    pub amqp_inbox: Vec<(usize, Vec<u8>, Vec<u8>)>,
 }
 
 /// How often a shard looks whether the dead-letter copies of expired messages are durable
@@ -362,6 +366,7 @@ impl<S: QueueStore> MsmqApp<S> {
             desk: None,
             srmp_receipts_to,
             srmp_tls,
+            amqp_inbox: Vec::new(),
         }
     }
 
@@ -999,6 +1004,32 @@ impl<S: QueueStore> MsmqApp<S> {
         }
     }
 
+    /// Whether this shard is joined to the others by a mesh (it then stores only into the
+    /// partitions it runs; see `join_mesh`).
+    pub fn is_meshed(&self) -> bool {
+        self.meshed
+    }
+
+    /// Sends an encoded record (head, body) to shard `to`, as [`MsmqApp::mail`] does: for
+    /// this shard's AMQP app (branch amqpown), whose mail is bounded by its links' credit and
+    /// limits. False without a mesh (dropped, logged).
+    pub fn send_mail(&mut self, to: usize, head: &[u8], body: &[u8]) -> bool {
+        let Some(h) = self.handoff.as_mut() else {
+            tracing::error!(to, "mail for another shard without a mesh; dropped");
+            return false;
+        };
+        h.send(to, head, body, None)
+    }
+
+    /// Moves waiting mail into the lanes and wakes the shards it went to (after the AMQP
+    /// app's end of turn, which runs after this app's).
+    pub fn flush_mail(&mut self) {
+        if let Some(h) = self.handoff.as_mut() {
+            h.drain_outbox();
+            h.port.flush();
+        }
+    }
+
     /// Sends `mail` to shard `to` (never refused: what this shard mails on its own is bounded
     /// by the frames and mail it takes per turn).
     fn mail(&mut self, to: usize, mail: Mail<'_>) {
@@ -1044,6 +1075,7 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut forwards = Vec::new();
         let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
         let mut desk_placed: Vec<(u64, Option<(usize, Ticket)>)> = Vec::new();
+        let mut amqp_mail = Vec::new();
         let Handoff {
             port,
             handed,
@@ -1073,6 +1105,19 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
                 .encode_head(&mut head);
                 answers.push((from, head, n));
+            }
+            Ok(Mail::Placed { reply, .. }) if reply.seq & AMQP_REPLY_BIT != 0 => {
+                amqp_mail.push((from, rec.head().to_vec(), Vec::new()));
+            }
+            Ok(
+                Mail::AmqpProduce { .. }
+                | Mail::AmqpProduced { .. }
+                | Mail::AmqpFetch { .. }
+                | Mail::AmqpFetched { .. }
+                | Mail::AmqpSettle { .. }
+                | Mail::AmqpWake { .. },
+            ) => {
+                amqp_mail.push((from, rec.head().to_vec(), rec.body().to_vec()));
             }
             Ok(Mail::Placed {
                 reply,
@@ -1156,6 +1201,7 @@ impl<S: QueueStore> MsmqApp<S> {
             h.send(to, &head[..n], &[], None);
         }
         self.handoff = Some(h);
+        self.amqp_inbox.append(&mut amqp_mail);
         for (record, reply) in records {
             self.store_record(now_ms, record, reply);
         }

@@ -2,7 +2,8 @@
 //! slab and partitions. Connections are told apart by the listener they arrived on
 //! ([`MSMQ_LISTENER`], [`AMQP_LISTENER`]) and by their variant afterwards; the per-turn hooks
 //! run both (MS-MQQB first: its end of turn commits the shard's partitions, which the AMQP app
-//! then looks at for durability and arrivals).
+//! then looks at for durability and arrivals). AMQP links whose queue another shard runs reach
+//! it by mail through the MS-MQQB app's port (`pump_amqp`, `MsmqApp::amqp_inbox`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,30 @@ impl<S: QueueStore> ShardApp<S> {
     }
 }
 
+impl<S: QueueStore> ShardApp<S> {
+    /// Hands what the AMQP app has for other shards to the MS-MQQB app, which owns the
+    /// shard's mail port (branch amqpown: the smaller change than moving the port into a
+    /// struct both apps borrow, which would touch every mail path of the MS-MQQB app): mail
+    /// as it is, records through `MsmqApp::store_record` (stored here when this shard runs
+    /// their partition, else `Mail::Store` to the shard that does). Run after every AMQP hook.
+    fn pump_amqp(&mut self, now_ms: u64) {
+        self.amqp.set_meshed(self.msmq.is_meshed());
+        if self.amqp.outbox.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.amqp.outbox);
+        for (to, head, body) in out.mail {
+            self.msmq.send_mail(to, &head, &body);
+        }
+        for (rec, reply) in out.records {
+            self.msmq.store_record(now_ms, rec, reply);
+        }
+        // Hooks run after the end of turn too (`poll_transmit` of the connections it made
+        // ready): the mail goes now, not at the next end of turn, which may be far.
+        self.msmq.flush_mail();
+    }
+}
+
 fn min_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -57,8 +82,10 @@ impl<S: QueueStore> App for ShardApp<S> {
                 .accept(now_ms, id, peer, listener)
                 .map(ShardConn::Msmq)
         } else if listener == AMQP_LISTENER {
+            self.amqp.set_meshed(self.msmq.is_meshed());
             Some(ShardConn::Amqp(self.amqp.accept(now_ms, id, peer)))
         } else if listener == crate::amqp::AMQPS_LISTENER {
+            self.amqp.set_meshed(self.msmq.is_meshed());
             self.amqp.accept_tls(now_ms, id, peer).map(ShardConn::Amqp)
         } else {
             tracing::debug!(%peer, %listener, "no app serves this listener: refused");
@@ -69,14 +96,21 @@ impl<S: QueueStore> App for ShardApp<S> {
     fn on_recv(&mut self, now_ms: u64, conn: &mut ShardConn, bytes: &[u8]) -> Result<(), AppError> {
         match conn {
             ShardConn::Msmq(c) => self.msmq.on_recv(now_ms, c, bytes),
-            ShardConn::Amqp(c) => self.amqp.on_recv(now_ms, c, bytes),
+            ShardConn::Amqp(c) => {
+                let r = self.amqp.on_recv(now_ms, c, bytes);
+                self.pump_amqp(now_ms);
+                r
+            }
         }
     }
 
     fn poll_transmit(&mut self, now_ms: u64, conn: &mut ShardConn, buf: &mut Vec<u8>) {
         match conn {
             ShardConn::Msmq(c) => self.msmq.poll_transmit(now_ms, c, buf),
-            ShardConn::Amqp(c) => self.amqp.poll_transmit(now_ms, c, buf),
+            ShardConn::Amqp(c) => {
+                self.amqp.poll_transmit(now_ms, c, buf);
+                self.pump_amqp(now_ms);
+            }
         }
     }
 
@@ -90,7 +124,10 @@ impl<S: QueueStore> App for ShardApp<S> {
     fn on_timeout(&mut self, now_ms: u64, conn: &mut ShardConn) {
         match conn {
             ShardConn::Msmq(c) => self.msmq.on_timeout(now_ms, c),
-            ShardConn::Amqp(c) => self.amqp.on_timeout(now_ms, c),
+            ShardConn::Amqp(c) => {
+                self.amqp.on_timeout(now_ms, c);
+                self.pump_amqp(now_ms);
+            }
         }
     }
 
@@ -104,13 +141,24 @@ impl<S: QueueStore> App for ShardApp<S> {
     fn on_closed(&mut self, now_ms: u64, conn: ShardConn, reason: CloseReason) {
         match conn {
             ShardConn::Msmq(c) => self.msmq.on_closed(now_ms, c, reason),
-            ShardConn::Amqp(c) => self.amqp.on_closed(now_ms, c, reason),
+            ShardConn::Amqp(c) => {
+                self.amqp.on_closed(now_ms, c, reason);
+                self.pump_amqp(now_ms);
+            }
         }
     }
 
     fn end_of_turn(&mut self, now_ms: u64) {
         self.msmq.end_of_turn(now_ms);
+        // Mail for the AMQP app (other shards' requests, answers to its own), then its end of
+        // turn; what it sends goes out with this turn's flush.
+        self.amqp.set_meshed(self.msmq.is_meshed());
+        let inbox = std::mem::take(&mut self.msmq.amqp_inbox);
+        if !inbox.is_empty() {
+            self.amqp.take_mail(now_ms, inbox);
+        }
         self.amqp.end_of_turn(now_ms);
+        self.pump_amqp(now_ms);
     }
 
     fn poll_connect(&mut self, now_ms: u64) -> Option<(SocketAddr, ShardConn)> {

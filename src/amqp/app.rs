@@ -22,6 +22,19 @@
 //!   nothing to send registers interest in the partition ([`Broker::note_arrival_interest`])
 //!   and is woken by whoever sees something arrive there, with a fallback deadline
 //!   ([`ARRIVAL_FALLBACK_MS`]).
+//! * A link whose queue another shard runs (`lior serve` on several cores, shards joined by the
+//!   mesh) never touches that shard's partition: a producer's message goes to the owner by mail
+//!   (`Mail::AmqpProduce`; the owner stores it as above and answers `AmqpProduced`, and
+//!   `accepted` waits for the owner partition's published durable watermark, with interest
+//!   bits, as MS-MQQB hand-offs do); a remote send, a fan-out copy for another shard's queue,
+//!   an admin acknowledgement and a rejected message's dead-letter copy go as records through
+//!   `MsmqApp::store_record` (this app's [`AmqpOutbox`], drained by `ShardApp`), answered by
+//!   `Mail::Placed` when someone waits. A consumer asks the owner (`AmqpFetch` up to its
+//!   credit); the owner holds what it takes in ITS in-flight set and answers `AmqpFetched`
+//!   (pre-settled: removed, and sent once the removal is durable there), or remembers the
+//!   consumer and mails `AmqpWake` when something arrives; outcomes go back as `AmqpSettle`,
+//!   and a link or connection that goes away releases what it held there. Every
+//!   `partition(p)` in this file is one this shard runs (`here`, asserted in debug builds).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -29,8 +42,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::engine::net::{AppError, CloseReason, ConnId};
-use crate::qm::broker::{message_meta, Broker, InFlight, Verdict};
+use crate::qm::broker::{message_meta, Broker, InFlight, Routed, SystemRecord, Verdict};
 use crate::qm::catalog::{QueueDef, QueueKind};
+use crate::qm::handoff::{
+    AmqpSettlement, AmqpVerdict, Mail, Placement, ReplyTo, StoreKind, AMQP_REPLY_BIT, HEAD_MAX,
+};
 use crate::server::Shared;
 use crate::store::{Cursor, LookupId, QueueId, QueueStore, Reservation, Select, Ticket};
 use crate::wire::format_name::{DirectName, FormatName, QueuePath, SystemQueue};
@@ -60,6 +76,21 @@ pub const AMQP_ORPHAN_REMOVALS_PER_SHARD_MAX: usize = 1 << 20;
 /// Messages one consumer link maps and sends in one go (the rest at the next turn).
 pub const AMQP_SENDS_PER_FILL_MAX: usize = 1024;
 
+/// Consumers of other shards remembered by a queue's owner until something arrives in their
+/// queue (`Mail::AmqpWake`). Beyond it a consumer is not remembered: it asks again after
+/// [`ARRIVAL_FALLBACK_MS`].
+pub const AMQP_PARKED_FETCHES_PER_SHARD_MAX: usize = 65_536;
+
+/// Pre-settled messages a queue's owner removed for consumers of other shards, waiting for the
+/// removal to be durable before they are mailed. Beyond it a fetch takes no more pre-settled
+/// messages this turn.
+pub const AMQP_OWED_PRESENDS_PER_SHARD_MAX: usize = 1 << 16;
+
+/// Requests of one shard's AMQP app waiting for another shard's answer (messages handed to
+/// their queue's owner, dead-letter copies). Beyond it a producer's message is rejected
+/// (`amqp:resource-limit-exceeded`; the client sends it again).
+pub const AMQP_HANDED_PER_SHARD_MAX: usize = 1 << 20;
+
 /// Counters of the AMQP door, shared by the shards (for metrics and tests).
 #[derive(Debug, Default)]
 pub struct AmqpCounters {
@@ -73,6 +104,9 @@ pub struct AmqpCounters {
     pub modified: AtomicU64,
     /// AMQPS connections closed on a TLS error (a failed handshake, garbage, a bad record).
     pub tls_errors: AtomicU64,
+    /// Mail the AMQP apps sent to another shard (a link on a shard that does not own its
+    /// queue: messages to store, fetches, settlements, answers).
+    pub cross_shard_mail: AtomicU64,
 }
 
 /// What every shard's AMQP app shares.
@@ -103,7 +137,7 @@ impl AmqpShared {
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         let c = &self.counters;
-        let rows: [(&str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &AtomicU64); 10] = [
             ("amqp_connections_accepted_total", "AMQP connections accepted.", &c.connections_accepted),
             ("amqp_connections_closed_error_total", "AMQP connections closed on a protocol error, a failed login or a time-out (each logged).", &c.connections_closed_error),
             ("amqp_messages_in_total", "Messages received on AMQP producer links.", &c.messages_in),
@@ -113,6 +147,7 @@ impl AmqpShared {
             ("amqp_rejected_total", "AMQP deliveries rejected (moved to the dead-letter queue).", &c.rejected),
             ("amqp_modified_total", "AMQP deliveries modified (put back, counted when delivery-failed).", &c.modified),
             ("amqp_tls_errors_total", "AMQPS connections closed on a TLS error (each logged).", &c.tls_errors),
+            ("amqp_cross_shard_mail_total", "Mail the AMQP links sent to the shard owning their queue (or answers to such mail).", &c.cross_shard_mail),
         ];
         for (name, help, v) in rows {
             let _ = writeln!(
@@ -127,7 +162,7 @@ impl AmqpShared {
 /// A local queue as a link sees it.
 #[derive(Clone, Debug)]
 struct LocalQueue {
-    def: QueueDef,
+    def: Arc<QueueDef>,
     partition: usize,
 }
 
@@ -158,6 +193,10 @@ struct Consumer {
     presend: usize,
     /// Waiting for an arrival in its partition.
     waiting: bool,
+    /// The queue's partition is another shard's: messages come by mail (`Mail::AmqpFetch`).
+    remote: bool,
+    /// A fetch sent to the owner and not answered to its end yet.
+    asking: bool,
 }
 
 #[derive(Debug)]
@@ -195,11 +234,13 @@ enum Work {
         copy_ticket: Ticket,
     },
     /// A message produced to a multiple-element or `DL=` address: settle `outcome` once every
-    /// copy's `(partition, ticket)` is durable (looked at one after the other).
+    /// copy's `(partition, ticket)` is durable (looked at one after the other), and every copy
+    /// mailed to another shard (`handed`: request, destination) is placed.
     SettleAll {
         link: LinkId,
         delivery_id: u32,
         waits: Vec<(usize, Ticket)>,
+        handed: Vec<(u64, String)>,
         outcome: Outcome,
     },
     /// A pre-settled message removed: send it once the removal is durable.
@@ -208,11 +249,30 @@ enum Work {
         partition: usize,
         reservation: Reservation,
     },
+    /// A producer's message (or a remote send) mailed to the shard owning its queue
+    /// (request `seq`): becomes `Settle` once that shard answers. `what` names the queue.
+    Handed {
+        link: LinkId,
+        delivery_id: u32,
+        seq: u64,
+        what: String,
+    },
+    /// A rejected message whose dead-letter copy was mailed to the dead-letter queue's shard
+    /// (request `seq`): becomes `Reject` once that shard answers.
+    RejectHanded {
+        partition: usize,
+        queue: QueueId,
+        lookup: LookupId,
+        seq: u64,
+    },
 }
 
 impl Work {
-    fn wait_for(&self) -> (usize, Ticket) {
-        match self {
+    /// The ticket this work waits for; None while it waits for another shard's answer.
+    fn wait_for(&self) -> Option<(usize, Ticket)> {
+        Some(match self {
+            Work::Handed { .. } | Work::RejectHanded { .. } => return None,
+            Work::SettleAll { handed, .. } if !handed.is_empty() => return None,
             Work::Settle {
                 partition, ticket, ..
             } => (*partition, *ticket),
@@ -234,7 +294,73 @@ impl Work {
                 copy_ticket,
                 ..
             } => (*copy_partition, *copy_ticket),
-        }
+        })
+    }
+}
+
+/// What another shard answered to a request of this shard's AMQP app.
+#[derive(Debug)]
+enum Resolved {
+    /// To `Mail::AmqpProduce`.
+    Verdict(AmqpVerdict),
+    /// To a record (`Mail::Store` with a reply): a remote send, a fan-out copy, a dead letter.
+    Placed(Placement),
+}
+
+/// Mail for a connection of this shard, taken in its next `poll_transmit`.
+#[derive(Debug)]
+enum Answer {
+    Fetched {
+        queue: u32,
+        link: LinkId,
+        lookup: u64,
+        priority: u8,
+        failed: u32,
+        last: bool,
+        held: bool,
+        frame: Vec<u8>,
+    },
+    Wake {
+        link: LinkId,
+    },
+}
+
+/// A consumer of another shard waiting at this shard (its queue's owner) for an arrival.
+#[derive(Debug)]
+struct Parked {
+    reply: ReplyTo,
+    link: LinkId,
+    partition: usize,
+    /// The partition's `arrivals` when the consumer found nothing.
+    seen: u64,
+}
+
+/// An answer to a pre-settled fetch of another shard's consumer: mailed once the removal is
+/// durable (or at once: `reservation` None, an empty last answer).
+#[derive(Debug)]
+struct Owed {
+    partition: usize,
+    reservation: Option<Reservation>,
+    reply: ReplyTo,
+    queue: u32,
+    link: LinkId,
+    last: bool,
+}
+
+/// What the AMQP app sends through its shard's mail port: `ShardApp` drains it into the
+/// MS-MQQB app (`MsmqApp::send_mail`, `MsmqApp::store_record`) after each AMQP hook.
+#[derive(Debug, Default)]
+pub struct AmqpOutbox {
+    /// Encoded mail: (shard, head, body).
+    pub mail: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    /// Records for queues this shard may not run (admin acknowledgements, remote sends,
+    /// fan-out copies, dead letters), each with the request to answer, if any.
+    pub records: Vec<(SystemRecord, Option<ReplyTo>)>,
+}
+
+impl AmqpOutbox {
+    pub fn is_empty(&self) -> bool {
+        self.mail.is_empty() && self.records.is_empty()
     }
 }
 
@@ -280,8 +406,26 @@ pub struct AmqpApp<S> {
     /// Connections with a consumer waiting for an arrival.
     waiting: HashSet<ConnId>,
     ready: Vec<ConnId>,
-    /// Removals of closed connections.
+    /// Removals of closed connections, and the owner's side of other shards' settlements.
     orphans: Vec<Work>,
+    /// Set once the shard joined the others by a mesh (`ShardApp` keeps it in step): this
+    /// app then touches only the partitions its shard runs, and mails the others' owners.
+    meshed: bool,
+    /// Mail and records for the shard's port.
+    pub outbox: AmqpOutbox,
+    next_seq: u64,
+    /// Requests waiting for another shard's answer, with the connection to make ready then.
+    handed: HashMap<u64, Option<ConnId>>,
+    /// Answers to requests, taken by the work waiting for them.
+    resolved: HashMap<u64, Resolved>,
+    /// Mail for connections, taken in their next `poll_transmit`.
+    answers: HashMap<ConnId, Vec<Answer>>,
+    /// Connections open on this shard.
+    live: HashSet<ConnId>,
+    /// Owner side: consumers of other shards waiting for arrivals, by (shard, connection, link).
+    parked: HashMap<(u32, ConnId, LinkId), Parked>,
+    /// Owner side: answers to pre-settled fetches, in order, waiting for durability.
+    owed: std::collections::VecDeque<Owed>,
 }
 
 fn unix_now() -> u32 {
@@ -311,7 +455,10 @@ fn resolve<S: QueueStore>(
             )
         })?;
         let partition = broker.owner(&def);
-        Ok(Target::Local(LocalQueue { def, partition }))
+        Ok(Target::Local(LocalQueue {
+            def: Arc::new(def),
+            partition,
+        }))
     };
     if !addr.contains('=') {
         return local(addr);
@@ -367,7 +514,7 @@ fn resolve_fanout<S: QueueStore>(
                     q.def.name
                 ))
             }
-            Ok(Target::Local(q)) => dests.push((text, CopyTarget::Local(q.def))),
+            Ok(Target::Local(q)) => dests.push((text, CopyTarget::Local((*q.def).clone()))),
             Ok(Target::Remote(d)) => dests.push((text, CopyTarget::Remote(d))),
             Ok(Target::Fanout(..)) => refused.push(format!("{text}: not a single name")),
             Err((_, why)) => refused.push(why),
@@ -396,7 +543,29 @@ impl<S: QueueStore> AmqpApp<S> {
             waiting: HashSet::new(),
             ready: Vec::new(),
             orphans: Vec::new(),
+            meshed: false,
+            outbox: AmqpOutbox::default(),
+            // 0 is never a request: `AMQP_REPLY_BIT` alone says nobody waits for the answer.
+            next_seq: 1,
+            handed: HashMap::new(),
+            resolved: HashMap::new(),
+            answers: HashMap::new(),
+            live: HashSet::new(),
+            parked: HashMap::new(),
+            owed: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Whether the shard is joined to the others by a mesh (set by `ShardApp` before each
+    /// hook): partitions of other shards are then reached by mail only.
+    pub fn set_meshed(&mut self, meshed: bool) {
+        self.meshed = meshed;
+    }
+
+    /// Whether this app may touch partition `p` itself: its shard runs it, or there is no
+    /// mesh (one shard, or an app driven alone).
+    fn here(&self, p: usize) -> bool {
+        !self.meshed || self.owns(p)
     }
 
     fn broker(&self) -> &Broker<S> {
@@ -429,6 +598,7 @@ impl<S: QueueStore> AmqpApp<S> {
             .counters
             .connections_accepted
             .fetch_add(1, Ordering::Relaxed);
+        self.live.insert(id);
         AmqpConn {
             id,
             peer,
@@ -510,6 +680,7 @@ impl<S: QueueStore> AmqpApp<S> {
     }
 
     pub fn poll_transmit(&mut self, now_ms: u64, c: &mut AmqpConn, buf: &mut Vec<u8>) {
+        self.take_answers(now_ms, c);
         self.do_work(now_ms, c);
         if !c.work.is_empty()
             && !c.conn.is_closed()
@@ -599,9 +770,25 @@ impl<S: QueueStore> AmqpApp<S> {
         for l in links {
             self.drop_link(&mut c, l, &[]);
         }
+        // Messages other shards sent this connection and it did not take go back too.
+        for a in self.answers.remove(&c.id).unwrap_or_default() {
+            self.release_unsent(a);
+        }
+        self.live.remove(&c.id);
         for w in c.work.drain(..) {
             match w {
-                Work::Settle { .. } | Work::SettleAll { .. } => {}
+                Work::Settle { .. } => {}
+                Work::SettleAll { handed, .. } => {
+                    for (seq, _) in handed {
+                        self.handed.remove(&seq);
+                        self.resolved.remove(&seq);
+                    }
+                }
+                Work::Handed { seq, .. } => {
+                    // Its answer, when it comes, is dropped.
+                    self.handed.remove(&seq);
+                    self.resolved.remove(&seq);
+                }
                 other => {
                     if self.orphans.len() < AMQP_ORPHAN_REMOVALS_PER_SHARD_MAX {
                         self.orphans.push(other);
@@ -624,6 +811,12 @@ impl<S: QueueStore> AmqpApp<S> {
         for p in 0..n {
             let appended = std::mem::take(&mut self.appended[p]);
             if appended {
+                // Only what this app may touch is ever marked (`here`): with a mesh, the
+                // partitions this shard runs.
+                debug_assert!(
+                    self.here(p),
+                    "amqp appended to partition {p} of another shard"
+                );
                 let mut part = self.shared.broker.partition(p);
                 if let Err(e) = part.commit(None) {
                     if crate::ratelog::QUOTA.allow() {
@@ -633,6 +826,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 }
             }
             if (appended || self.owns(p)) && self.broker().has_arrival_interest(p) {
+                debug_assert!(self.here(p));
                 let arrivals = self.broker().partition(p).arrivals;
                 if arrivals != self.arrivals_woken[p] {
                     self.arrivals_woken[p] = arrivals;
@@ -643,7 +837,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 }
             }
         }
-        // Orphaned removals (their connection closed).
+        // Orphaned removals (their connection closed) and other shards' settlements.
         if !self.orphans.is_empty() {
             let orphans = std::mem::take(&mut self.orphans);
             for w in orphans {
@@ -652,11 +846,15 @@ impl<S: QueueStore> AmqpApp<S> {
                 }
             }
             for w in &self.orphans {
-                let (p, _) = w.wait_for();
-                self.awaiting[p] = true;
+                if let Some((p, _)) = w.wait_for() {
+                    self.awaiting[p] = true;
+                }
             }
         }
-        // Another shard's partition we wait for: its owner wakes us once it is durable.
+        self.wake_parked();
+        self.send_owed();
+        // Another shard's partition we wait for: its owner wakes us once it is durable (its
+        // published watermark and interest bits; never its lock).
         for p in 0..n {
             if std::mem::take(&mut self.awaiting[p]) && !self.owns(p) {
                 self.shared.broker.note_durable_interest(p, self.shard);
@@ -762,6 +960,8 @@ impl<S: QueueStore> AmqpApp<S> {
             (LinkKind::Producer, Ok(t)) => Role::Producer(t),
             (LinkKind::Consumer, Ok(Target::Local(q))) => Role::Consumer(Consumer {
                 cursor: Cursor::new(QueueId(q.def.id)),
+                remote: !self.here(q.partition),
+                asking: false,
                 queue: q,
                 browse,
                 presettled,
@@ -830,7 +1030,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 &lists,
             );
         }
-        let broker = &self.shared.broker;
+        let broker = self.shared.broker.clone();
         let mut m = match amqp_to_msmq(payload, broker.guid(), broker.next_ordinal(), unix_now()) {
             Ok(m) => m,
             Err(e) => {
@@ -868,11 +1068,39 @@ impl<S: QueueStore> AmqpApp<S> {
                 )
             }
         };
+        let shards = self.shared.shards;
         match target {
             Target::Fanout(..) => {}
             Target::Remote(d) => {
                 // Through the outgoing queue: stored there and its commit started, never waited
                 // for on the shard; `accepted` once that ticket is durable, as for a local queue.
+                let def = match broker.outgoing_queue_for(d) {
+                    Ok(def) => def,
+                    Err(e) => return reject(c, condition::RESOURCE_LIMIT_EXCEEDED, e.to_string()),
+                };
+                let p = def.shard % broker.partition_count();
+                if !self.here(p) {
+                    // The outgoing queue's shard stores it and answers (`Mail::Store`).
+                    let reply = (!settled).then(|| self.request(Some(c.id)));
+                    self.outbox.records.push((
+                        SystemRecord {
+                            kind: StoreKind::Outgoing,
+                            queue: def.id,
+                            partition: p,
+                            frame,
+                        },
+                        reply,
+                    ));
+                    if let Some(r) = reply {
+                        c.work.push(Work::Handed {
+                            link,
+                            delivery_id,
+                            seq: r.seq,
+                            what: format!("the outgoing queue to {}", def.key),
+                        });
+                    }
+                    return;
+                }
                 match broker.enqueue_outgoing_nowait(d, &frame, &message_meta(&msg)) {
                     Ok((_, partition, ticket)) => {
                         if settled {
@@ -891,65 +1119,64 @@ impl<S: QueueStore> AmqpApp<S> {
                 }
             }
             Target::Local(q) => {
-                let d = broker.deliver_to(&frame, &msg, &q.def, unix_now(), now_ms);
-                if let Some(class) = d.admin_ack {
-                    broker.send_admin_ack(&msg, class);
-                }
-                let (p, ticket, outcome) = match d.verdict {
-                    Verdict::Stored { ticket, .. } => (d.partition, ticket, Outcome::Accepted),
-                    Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => {
-                        (origin.0, origin.1, Outcome::Accepted)
+                let def = q.def.clone();
+                if !self.here(q.partition) {
+                    // Stored by the shard owning the queue, which answers with the verdict.
+                    let to = q.partition % shards;
+                    if self.handed.len() >= AMQP_HANDED_PER_SHARD_MAX {
+                        return reject(
+                            c,
+                            condition::RESOURCE_LIMIT_EXCEEDED,
+                            "AMQP_HANDED_PER_SHARD_MAX messages wait for their queues' shards; \
+                             send it again"
+                                .into(),
+                        );
                     }
-                    Verdict::TxAck => (d.partition, Ticket::IMMEDIATE, Outcome::Accepted),
-                    Verdict::DeadLettered { class, ticket, .. } => {
-                        let (cond, what) = if class == MessageClass::NACK_Q_EXCEED_QUOTA {
-                            (
-                                condition::RESOURCE_LIMIT_EXCEEDED,
-                                format!("queue {} is over its quota", q.def.name),
-                            )
-                        } else {
-                            (
-                                condition::PRECONDITION_FAILED,
-                                format!("not deliverable to {} ({})", q.def.name, class.name()),
-                            )
-                        };
-                        (
-                            d.partition,
-                            ticket,
-                            Outcome::Rejected {
-                                condition: cond.to_string(),
-                                description: Some(what),
-                            },
-                        )
+                    let reply = if settled {
+                        ReplyTo {
+                            shard: self.shard as u32,
+                            conn: c.id,
+                            seq: AMQP_REPLY_BIT,
+                        }
+                    } else {
+                        self.request(Some(c.id))
+                    };
+                    self.send_mail(
+                        to,
+                        Mail::AmqpProduce {
+                            reply,
+                            queue: def.id,
+                            now_unix: unix_now(),
+                            frame: &frame,
+                        },
+                    );
+                    if !settled {
+                        c.work.push(Work::Handed {
+                            link,
+                            delivery_id,
+                            seq: reply.seq,
+                            what: def.name.clone(),
+                        });
                     }
-                    Verdict::Forwarded { .. } => {
-                        // `deliver_to` stores in any partition: never forwarded.
-                        debug_assert!(false, "deliver_to forwarded a dead letter");
-                        return reject(c, condition::INTERNAL_ERROR, "not stored".to_string());
-                    }
-                    Verdict::Refuse(e) => {
-                        let cond = if matches!(e, crate::store::StoreError::Quota { .. }) {
-                            condition::RESOURCE_LIMIT_EXCEEDED
-                        } else {
-                            condition::INTERNAL_ERROR
-                        };
-                        return reject(c, cond, format!("cannot store the message: {e}"));
-                    }
-                };
-                if ticket != Ticket::IMMEDIATE {
-                    self.appended[p] = true;
-                }
-                if settled {
                     return;
                 }
-                c.work.push(Work::Settle {
-                    link,
-                    delivery_id,
-                    partition: p,
-                    ticket,
-                    outcome,
-                });
-                self.busy.insert(c.id);
+                let (verdict, why) = self.store_here(now_ms, unix_now(), &frame, &msg, &def);
+                match settlement_of(verdict, &def.name, why) {
+                    Ok((p, ticket, outcome)) => {
+                        if settled {
+                            return;
+                        }
+                        c.work.push(Work::Settle {
+                            link,
+                            delivery_id,
+                            partition: p,
+                            ticket,
+                            outcome,
+                        });
+                        self.busy.insert(c.id);
+                    }
+                    Err((cond, why)) => reject(c, cond, why),
+                }
             }
         }
     }
@@ -973,7 +1200,9 @@ impl<S: QueueStore> AmqpApp<S> {
         use crate::qm::fanout::{store_copy_nowait, CopyTarget};
         let broker = self.shared.broker.clone();
         let now = unix_now();
+        let shards = self.shared.shards;
         let mut waits = Vec::with_capacity(dests.len());
+        let mut handed = Vec::new();
         let mut report = Vec::new();
         let mut failed = false;
         for (text, target) in dests {
@@ -992,14 +1221,69 @@ impl<S: QueueStore> AmqpApp<S> {
                             "the copy does not encode as an MSMQ packet (too large?)".into()
                         );
                     }
-                    store_copy_nowait(&broker, target, frame, now, now_ms)
+                    Ok(frame)
                 });
-            match copy {
-                Ok((p, t)) => {
-                    if t != Ticket::IMMEDIATE && matches!(target, CopyTarget::Local(_)) {
-                        self.appended[p] = true;
+            // Where the copy goes: stored here (a partition this shard runs), or mailed to the
+            // shard running its queue (placed later: `handed`).
+            let stored = copy.and_then(|frame| match target {
+                CopyTarget::Local(def) => {
+                    let p = broker.owner(def);
+                    if !self.here(p) {
+                        let reply = self.reply_for(settled, c.id);
+                        self.send_mail(
+                            p % shards,
+                            Mail::AmqpProduce {
+                                reply,
+                                queue: def.id,
+                                now_unix: now,
+                                frame: &frame,
+                            },
+                        );
+                        return Ok(Err(reply.seq));
                     }
+                    let msg = UserMessage::parse(&frame)
+                        .map_err(|e| format!("the copy does not encode as an MSMQ packet: {e}"))?;
+                    let def = Arc::new(def.clone());
+                    let (verdict, why) = self.store_here(now_ms, now, &frame, &msg, &def);
+                    match settlement_of(verdict, &def.name, why) {
+                        Ok((p, t, Outcome::Accepted)) => Ok(Ok((p, t))),
+                        Ok((_, _, Outcome::Rejected { description, .. })) => {
+                            Err(description.unwrap_or_default())
+                        }
+                        Ok(_) => Err("not stored".into()),
+                        Err((_, why)) => Err(why),
+                    }
+                }
+                CopyTarget::Remote(d) => {
+                    let def = broker.outgoing_queue_for(d).map_err(|e| e.to_string())?;
+                    let p = def.shard % broker.partition_count();
+                    if self.here(p) {
+                        return store_copy_nowait(&broker, target, frame, now, now_ms).map(Ok);
+                    }
+                    let frame = match &broker.signer {
+                        Some(s) => s.sign_frame(&frame)?,
+                        None => frame,
+                    };
+                    let reply = self.reply_for(settled, c.id);
+                    self.outbox.records.push((
+                        SystemRecord {
+                            kind: StoreKind::Outgoing,
+                            queue: def.id,
+                            partition: p,
+                            frame,
+                        },
+                        Some(reply),
+                    ));
+                    Ok(Err(reply.seq))
+                }
+            });
+            match stored {
+                Ok(Ok((p, t))) => {
                     waits.push((p, t));
+                    report.push(format!("{text}: stored"));
+                }
+                Ok(Err(seq)) => {
+                    handed.push((seq, text.clone()));
                     report.push(format!("{text}: stored"));
                 }
                 Err(why) => {
@@ -1026,6 +1310,7 @@ impl<S: QueueStore> AmqpApp<S> {
             link,
             delivery_id,
             waits,
+            handed,
             outcome,
         });
         self.busy.insert(c.id);
@@ -1042,11 +1327,73 @@ impl<S: QueueStore> AmqpApp<S> {
         let (p, q, l) = (k.queue.partition, QueueId(k.queue.def.id), LookupId(tag));
         // A journaled queue (as it was when the link attached) keeps a copy of what is accepted.
         let journaled = k.queue.def.journal.then(|| k.queue.def.clone());
+        let name = k.queue.def.name.clone();
+        let remote = k.remote;
         let counters = &self.amqp.counters;
-        let broker = &self.shared.broker;
-        match state {
+        let settlement = match state {
             Some(Outcome::Accepted) => {
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
+                AmqpSettlement::Accepted
+            }
+            Some(Outcome::Rejected {
+                condition,
+                description,
+            }) => {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                if crate::ratelog::DEAD_LETTER.allow() {
+                    tracing::warn!(peer = %c.peer, queue = %name, lookup = tag, condition, ?description, "amqp: message rejected by its consumer; moved to the dead-letter queue");
+                }
+                AmqpSettlement::Rejected
+            }
+            Some(Outcome::Modified {
+                delivery_failed, ..
+            }) => {
+                counters.modified.fetch_add(1, Ordering::Relaxed);
+                k.waiting = false;
+                AmqpSettlement::Released {
+                    failed: delivery_failed,
+                }
+            }
+            Some(Outcome::Released) | None => {
+                counters.released.fetch_add(1, Ordering::Relaxed);
+                k.waiting = false;
+                AmqpSettlement::Released { failed: false }
+            }
+        };
+        if remote {
+            // The owner holds it: it removes, returns or dead-letters it.
+            self.send_mail(
+                p % self.shared.shards,
+                Mail::AmqpSettle {
+                    queue: q.0,
+                    lookup: tag,
+                    settlement,
+                },
+            );
+            return;
+        }
+        self.settle_here(Some(c), p, q, l, journaled, settlement);
+    }
+
+    /// Settles message `l` of queue `q` in partition `p`, which this app may touch (its
+    /// shard's, or any without a mesh): for a consumer of this shard (`c`), or of another
+    /// shard (`Mail::AmqpSettle`, `c` None: the work is this shard's own).
+    fn settle_here(
+        &mut self,
+        c: Option<&mut AmqpConn>,
+        p: usize,
+        q: QueueId,
+        l: LookupId,
+        journaled: Option<Arc<QueueDef>>,
+        settlement: AmqpSettlement,
+    ) {
+        debug_assert!(
+            self.here(p),
+            "amqp settles in partition {p} of another shard"
+        );
+        let broker = self.shared.broker.clone();
+        let work = match settlement {
+            AmqpSettlement::Accepted => {
                 let mut part = broker.partition(p);
                 part.inflight.forget(q, l);
                 if let Some(def) = &journaled {
@@ -1063,26 +1410,21 @@ impl<S: QueueStore> AmqpApp<S> {
                 }
                 match part.store.receive(q, Select::Lookup(l)) {
                     Ok(Some(r)) => {
-                        drop(part);
                         self.appended[p] = true;
-                        c.work.push(Work::Remove {
+                        Work::Remove {
                             partition: p,
                             reservation: r,
                             rejected: false,
-                        });
-                        self.busy.insert(c.id);
+                        }
                     }
-                    Ok(None) => {}
+                    Ok(None) => return,
                     Err(e) => {
-                        tracing::error!(partition = p, error = %e, "amqp: cannot remove an accepted message; it stays in its queue")
+                        tracing::error!(partition = p, error = %e, "amqp: cannot remove an accepted message; it stays in its queue");
+                        return;
                     }
                 }
             }
-            Some(Outcome::Rejected {
-                condition,
-                description,
-            }) => {
-                counters.rejected.fetch_add(1, Ordering::Relaxed);
+            AmqpSettlement::Rejected => {
                 // The copy goes to the dead-letter queue first (held meanwhile); the original
                 // is removed once the copy is durable.
                 let copy = {
@@ -1108,47 +1450,72 @@ impl<S: QueueStore> AmqpApp<S> {
                     return;
                 };
                 let dp = broker.owner(&dl);
-                let appended = broker
-                    .partition(dp)
-                    .store
-                    .append(QueueId(dl.id), &meta, &bytes);
-                match appended {
-                    Ok(a) => {
-                        if crate::ratelog::DEAD_LETTER.allow() {
-                            tracing::warn!(peer = %c.peer, queue = %k.queue.def.name, lookup = tag, condition, ?description, "amqp: message rejected by its consumer; moved to the dead-letter queue");
-                        }
-                        self.appended[dp] = true;
-                        c.work.push(Work::Reject {
-                            partition: p,
-                            queue: q,
-                            lookup: l,
-                            copy_partition: dp,
-                            copy_ticket: a.ticket,
-                        });
-                        self.busy.insert(c.id);
+                if !self.here(dp) {
+                    // The dead-letter queue's shard stores the copy and answers.
+                    let reply = self.request(c.as_ref().map(|c| c.id));
+                    self.outbox.records.push((
+                        SystemRecord {
+                            kind: StoreKind::DeadLetter,
+                            queue: dl.id,
+                            partition: dp,
+                            frame: bytes,
+                        },
+                        Some(reply),
+                    ));
+                    Work::RejectHanded {
+                        partition: p,
+                        queue: q,
+                        lookup: l,
+                        seq: reply.seq,
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "amqp: cannot copy a rejected message to the dead-letter queue; it stays in its queue");
-                        broker.partition(p).inflight.drop_held(q, l);
+                } else {
+                    let appended = broker
+                        .partition(dp)
+                        .store
+                        .append(QueueId(dl.id), &meta, &bytes);
+                    match appended {
+                        Ok(a) => {
+                            self.appended[dp] = true;
+                            Work::Reject {
+                                partition: p,
+                                queue: q,
+                                lookup: l,
+                                copy_partition: dp,
+                                copy_ticket: a.ticket,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "amqp: cannot copy a rejected message to the dead-letter queue; it stays in its queue");
+                            broker.partition(p).inflight.drop_held(q, l);
+                            return;
+                        }
                     }
                 }
             }
-            Some(Outcome::Modified {
-                delivery_failed, ..
-            }) => {
-                counters.modified.fetch_add(1, Ordering::Relaxed);
+            AmqpSettlement::Released { failed } => {
                 let mut part = broker.partition(p);
-                if delivery_failed {
+                if failed {
                     part.inflight.note_failed(q, l);
                 }
                 part.inflight.drop_held(q, l);
-                k.waiting = false;
+                return;
             }
-            Some(Outcome::Released) | None => {
-                counters.released.fetch_add(1, Ordering::Relaxed);
-                broker.partition(p).inflight.drop_held(q, l);
-                k.waiting = false;
+        };
+        match c {
+            Some(c) => {
+                c.work.push(work);
+                self.busy.insert(c.id);
             }
+            None => self.orphan(work),
+        }
+    }
+
+    /// Keeps `w` (its connection closed, or another shard's settlement) until it is done.
+    fn orphan(&mut self, w: Work) {
+        if self.orphans.len() < AMQP_ORPHAN_REMOVALS_PER_SHARD_MAX {
+            self.orphans.push(w);
+        } else {
+            tracing::warn!("AMQP_ORPHAN_REMOVALS_PER_SHARD_MAX reached: a removal's space is reclaimed at the next restart");
         }
     }
 
@@ -1162,6 +1529,22 @@ impl<S: QueueStore> AmqpApp<S> {
                 return;
             }
             let q = QueueId(k.queue.def.id);
+            if k.remote {
+                // The owner holds them: each goes back there by mail.
+                let to = k.queue.partition % self.shared.shards;
+                for l in k.held {
+                    self.send_mail(
+                        to,
+                        Mail::AmqpSettle {
+                            queue: q.0,
+                            lookup: l,
+                            settlement: AmqpSettlement::Released { failed: false },
+                        },
+                    );
+                }
+                return;
+            }
+            debug_assert!(self.here(k.queue.partition));
             let mut part = self.shared.broker.partition(k.queue.partition);
             for l in k.held {
                 part.inflight.drop_held(q, LookupId(l));
@@ -1174,6 +1557,7 @@ impl<S: QueueStore> AmqpApp<S> {
         if c.work.is_empty() {
             return;
         }
+
         // At most twice: once, then again if a partition became durable while the interest
         // in it was being registered (so no wake-up is lost between the look and the bit).
         for _ in 0..2 {
@@ -1185,7 +1569,9 @@ impl<S: QueueStore> AmqpApp<S> {
             }
             let mut again = false;
             for w in &c.work {
-                let (p, t) = w.wait_for();
+                let Some((p, t)) = w.wait_for() else {
+                    continue;
+                };
                 self.awaiting[p] = true;
                 if !self.owns(p) {
                     // Another shard's partition: its owner wakes this shard once the mark
@@ -1201,11 +1587,13 @@ impl<S: QueueStore> AmqpApp<S> {
     }
 
     /// Does `w` if its ticket is durable (None), else gives it back.
-    fn try_work(&mut self, _now_ms: u64, c: Option<&mut AmqpConn>, w: Work) -> Option<Work> {
-        let (p, t) = w.wait_for();
+    fn try_work(&mut self, now_ms: u64, c: Option<&mut AmqpConn>, w: Work) -> Option<Work> {
         let broker = self.shared.broker.clone();
-        if !broker.is_durable(p, t) {
-            return Some(w);
+        match w.wait_for() {
+            Some((p, t)) if !broker.is_durable(p, t) => return Some(w),
+            Some(_) => {}
+            // Waits for another shard's answer.
+            None => return self.try_handed(now_ms, c, w),
         }
         match w {
             Work::Settle {
@@ -1218,10 +1606,12 @@ impl<S: QueueStore> AmqpApp<S> {
                     let _ = c.conn.settle(link, delivery_id, &outcome);
                 }
             }
+            Work::Handed { .. } | Work::RejectHanded { .. } => return Some(w),
             Work::SettleAll {
                 link,
                 delivery_id,
                 mut waits,
+                handed,
                 outcome,
             } => {
                 // Every copy durable so far is done with; the first that is not is waited for.
@@ -1236,6 +1626,7 @@ impl<S: QueueStore> AmqpApp<S> {
                         link,
                         delivery_id,
                         waits,
+                        handed,
                         outcome,
                     });
                 }
@@ -1248,6 +1639,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 reservation,
                 rejected,
             } => {
+                debug_assert!(self.here(partition));
                 let mut part = broker.partition(partition);
                 let pr = part
                     .store
@@ -1270,11 +1662,26 @@ impl<S: QueueStore> AmqpApp<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 if let Some(b) = pr {
                     if let Ok(m) = UserMessage::parse(&b) {
-                        if rejected {
-                            broker.send_receive_nack(&m, MessageClass::NACK_RECEIVE_REJECTED);
+                        // The admin acknowledgement (PR, or NR for a rejected one) goes as a
+                        // record to its queue's shard (`MsmqApp::store_record`), never under
+                        // another shard's lock; the FinalAck as the broker sends it.
+                        let flags = m.properties.flags;
+                        let (class, owed) = if rejected {
+                            (
+                                MessageClass::NACK_RECEIVE_REJECTED,
+                                flags.negative_receive(),
+                            )
                         } else {
-                            broker.send_received_acks(&m);
+                            (MessageClass::ACK_RECEIVE, flags.positive_receive())
+                        };
+                        if owed {
+                            if let Some(rec) =
+                                broker.admin_ack_record(&m, class, broker.next_ordinal())
+                            {
+                                self.outbox.records.push((rec, None));
+                            }
                         }
+                        broker.send_final_ack_if_asked(&m, class);
                     }
                 }
             }
@@ -1284,6 +1691,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 lookup,
                 ..
             } => {
+                debug_assert!(self.here(partition));
                 let mut part = broker.partition(partition);
                 part.inflight.forget(queue, lookup);
                 match part.store.receive(queue, Select::Lookup(lookup)) {
@@ -1307,6 +1715,7 @@ impl<S: QueueStore> AmqpApp<S> {
                 partition,
                 reservation,
             } => {
+                debug_assert!(self.here(partition));
                 let mut part = broker.partition(partition);
                 let mut payload = Vec::new();
                 if let Ok(m) = part.store.reserved(&reservation) {
@@ -1369,12 +1778,19 @@ impl<S: QueueStore> AmqpApp<S> {
 
     /// Sends what the consumer link's credit allows, in MSMQ order.
     fn fill(&mut self, now_ms: u64, c: &mut AmqpConn, link: LinkId) {
+        if matches!(c.links.get(&link), Some(Role::Consumer(k)) if k.remote) {
+            return self.fetch(c, link);
+        }
         let Some(Role::Consumer(k)) = c.links.get_mut(&link) else {
             return;
         };
         k.credit = c.conn.credit(link);
         let q = QueueId(k.queue.def.id);
         let p = k.queue.partition;
+        debug_assert!(
+            self.here(p),
+            "amqp consumer reads partition {p} of another shard"
+        );
         let mut room = (k.credit as usize).saturating_sub(k.presend);
         let broker = self.shared.broker.clone();
         let mut part = broker.partition(p);
@@ -1501,9 +1917,846 @@ impl<S: QueueStore> AmqpApp<S> {
 
     /// Whether partition `p`'s in-flight set is empty (for tests and metrics).
     pub fn inflight_len(&self, p: usize) -> usize {
+        debug_assert!(self.here(p));
         let part = self.shared.broker.partition(p);
         let i: &InFlight = &part.inflight;
         i.len()
+    }
+}
+
+/// The AMQP outcome of a verdict on a producer's message for queue `name` (`why`: the store's
+/// refusal, when known): the ticket to wait for and the outcome then, or the rejection now.
+fn settlement_of(
+    verdict: AmqpVerdict,
+    name: &str,
+    why: Option<String>,
+) -> Result<(usize, Ticket, Outcome), (&'static str, String)> {
+    match verdict {
+        AmqpVerdict::Stored { partition, ticket } => {
+            Ok((partition as usize, ticket, Outcome::Accepted))
+        }
+        AmqpVerdict::DeadLettered {
+            class,
+            partition,
+            ticket,
+        } => {
+            let class = MessageClass(class);
+            let (cond, what) = if class == MessageClass::NACK_Q_EXCEED_QUOTA {
+                (
+                    condition::RESOURCE_LIMIT_EXCEEDED,
+                    format!("queue {name} is over its quota"),
+                )
+            } else {
+                (
+                    condition::PRECONDITION_FAILED,
+                    format!("not deliverable to {name} ({})", class.name()),
+                )
+            };
+            Ok((
+                partition as usize,
+                ticket,
+                Outcome::Rejected {
+                    condition: cond.to_string(),
+                    description: Some(what),
+                },
+            ))
+        }
+        AmqpVerdict::RefusedQuota => Err((
+            condition::RESOURCE_LIMIT_EXCEEDED,
+            why.unwrap_or_else(|| format!("cannot store the message in {name}: over a quota")),
+        )),
+        AmqpVerdict::Refused => Err((
+            condition::INTERNAL_ERROR,
+            why.unwrap_or_else(|| {
+                format!("cannot store the message in {name} (see lior's log); send it again")
+            }),
+        )),
+    }
+}
+
+/// Links on a shard that does not own their queue (issue 10): producers' messages, fetches and
+/// settlements cross to the owner by mail (`qm::handoff::Mail::Amqp*`), the owner answers by
+/// mail, and durability comes back as the owner partition's published watermark.
+impl<S: QueueStore> AmqpApp<S> {
+    /// A new request whose answer wakes connection `conn` (None: this shard's own work).
+    fn request(&mut self, conn: Option<ConnId>) -> ReplyTo {
+        let seq = AMQP_REPLY_BIT | self.next_seq;
+        self.next_seq += 1;
+        self.handed.insert(seq, conn);
+        ReplyTo {
+            shard: self.shard as u32,
+            conn: conn.unwrap_or(ConnId {
+                slot: u32::MAX,
+                generation: u32::MAX,
+            }),
+            seq,
+        }
+    }
+
+    /// A request of connection `conn`, whose answer nobody waits for when `settled`.
+    fn reply_for(&mut self, settled: bool, conn: ConnId) -> ReplyTo {
+        if settled {
+            ReplyTo {
+                shard: self.shard as u32,
+                conn,
+                seq: AMQP_REPLY_BIT,
+            }
+        } else {
+            self.request(Some(conn))
+        }
+    }
+
+    fn send_mail(&mut self, to: usize, mail: Mail<'_>) {
+        let mut head = [0u8; HEAD_MAX];
+        let (n, body) = mail.encode_head(&mut head);
+        self.outbox
+            .mail
+            .push((to, head[..n].to_vec(), body.to_vec()));
+        self.amqp
+            .counters
+            .cross_shard_mail
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stores a producer's message in queue `def`, whose partition this app may touch: its
+    /// admin acknowledgement and a dead letter for another shard's queue go out as records.
+    fn store_here(
+        &mut self,
+        now_ms: u64,
+        now_unix: u32,
+        frame: &[u8],
+        msg: &UserMessage<'_>,
+        def: &Arc<QueueDef>,
+    ) -> (AmqpVerdict, Option<String>) {
+        let broker = self.shared.broker.clone();
+        let (shard, shards, meshed) = (self.shard, self.shared.shards, self.meshed);
+        let here = move |p: usize| !meshed || p % shards == shard;
+        debug_assert!(here(broker.owner(def)));
+        let d = broker.deliver_local_here(
+            Routed::Queue(def.clone()),
+            frame,
+            msg,
+            now_unix,
+            now_ms,
+            &here,
+        );
+        if let Some(class) = d.admin_ack {
+            if let Some(rec) = broker.admin_ack_record(msg, class, broker.next_ordinal()) {
+                self.outbox.records.push((rec, None));
+            }
+        }
+        let p = d.partition;
+        let verdict = match d.verdict {
+            Verdict::Stored { ticket, .. } => {
+                if ticket != Ticket::IMMEDIATE {
+                    self.appended[p] = true;
+                }
+                AmqpVerdict::Stored {
+                    partition: p as u32,
+                    ticket,
+                }
+            }
+            Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => AmqpVerdict::Stored {
+                partition: origin.0 as u32,
+                ticket: origin.1,
+            },
+            Verdict::TxAck => AmqpVerdict::Stored {
+                partition: p as u32,
+                ticket: Ticket::IMMEDIATE,
+            },
+            Verdict::DeadLettered { class, ticket, .. } => {
+                if ticket != Ticket::IMMEDIATE {
+                    self.appended[p] = true;
+                }
+                AmqpVerdict::DeadLettered {
+                    class: class.0,
+                    partition: p as u32,
+                    ticket,
+                }
+            }
+            Verdict::Forwarded { queue, class } => {
+                // Its dead letter goes to the dead-letter queue's shard; the producer is told
+                // at once (a rejected message is not kept for it).
+                if let Some(frame) = d.forward {
+                    self.outbox.records.push((
+                        SystemRecord {
+                            kind: StoreKind::DeadLetter,
+                            queue,
+                            partition: p,
+                            frame,
+                        },
+                        None,
+                    ));
+                }
+                AmqpVerdict::DeadLettered {
+                    class: class.0,
+                    partition: 0,
+                    ticket: Ticket::IMMEDIATE,
+                }
+            }
+            Verdict::Refuse(e) => {
+                let why = format!("cannot store the message: {e}");
+                return if matches!(e, crate::store::StoreError::Quota { .. }) {
+                    (AmqpVerdict::RefusedQuota, Some(why))
+                } else {
+                    (AmqpVerdict::Refused, Some(why))
+                };
+            }
+        };
+        (verdict, None)
+    }
+
+    /// Work waiting for another shard's answer: done (or turned into work waiting for a
+    /// ticket) once it came.
+    fn try_handed(&mut self, now_ms: u64, c: Option<&mut AmqpConn>, w: Work) -> Option<Work> {
+        match w {
+            Work::Handed {
+                link,
+                delivery_id,
+                seq,
+                what,
+            } => {
+                let Some(r) = self.resolved.remove(&seq) else {
+                    return Some(Work::Handed {
+                        link,
+                        delivery_id,
+                        seq,
+                        what,
+                    });
+                };
+                let settle = match r {
+                    Resolved::Verdict(v) => settlement_of(v, &what, None),
+                    Resolved::Placed(Placement::At { partition, ticket }) => {
+                        Ok((partition as usize, ticket, Outcome::Accepted))
+                    }
+                    Resolved::Placed(Placement::Refused) => Err((
+                        condition::RESOURCE_LIMIT_EXCEEDED,
+                        format!("{what} did not take the message (see lior's log); send it again"),
+                    )),
+                };
+                match settle {
+                    Ok((partition, ticket, outcome)) => self.try_work(
+                        now_ms,
+                        c,
+                        Work::Settle {
+                            link,
+                            delivery_id,
+                            partition,
+                            ticket,
+                            outcome,
+                        },
+                    ),
+                    Err((cond, why)) => {
+                        if let Some(c) = c {
+                            let outcome = Outcome::Rejected {
+                                condition: cond.to_string(),
+                                description: Some(why),
+                            };
+                            let _ = c.conn.settle(link, delivery_id, &outcome);
+                        }
+                        None
+                    }
+                }
+            }
+            Work::SettleAll {
+                link,
+                delivery_id,
+                mut waits,
+                handed,
+                mut outcome,
+            } => {
+                let mut left = Vec::new();
+                for (seq, text) in handed {
+                    let at = match self.resolved.remove(&seq) {
+                        None => {
+                            left.push((seq, text));
+                            continue;
+                        }
+                        Some(Resolved::Verdict(AmqpVerdict::Stored { partition, ticket }))
+                        | Some(Resolved::Placed(Placement::At { partition, ticket })) => {
+                            Some((partition as usize, ticket))
+                        }
+                        Some(_) => None,
+                    };
+                    match at {
+                        Some(at) => waits.push(at),
+                        None => {
+                            let refused = format!("{text}: refused by its queue's shard");
+                            outcome = match outcome {
+                                Outcome::Rejected {
+                                    condition,
+                                    description,
+                                } => Outcome::Rejected {
+                                    condition,
+                                    description: Some(match description {
+                                        Some(d) => format!("{d}; {refused}"),
+                                        None => refused,
+                                    }),
+                                },
+                                _ => Outcome::Rejected {
+                                    condition: condition::PRECONDITION_FAILED.to_string(),
+                                    description: Some(refused),
+                                },
+                            };
+                        }
+                    }
+                }
+                let w = Work::SettleAll {
+                    link,
+                    delivery_id,
+                    waits,
+                    handed: left,
+                    outcome,
+                };
+                if w.wait_for().is_none() {
+                    return Some(w);
+                }
+                self.try_work(now_ms, c, w)
+            }
+            Work::RejectHanded {
+                partition,
+                queue,
+                lookup,
+                seq,
+            } => match self.resolved.remove(&seq) {
+                None => Some(Work::RejectHanded {
+                    partition,
+                    queue,
+                    lookup,
+                    seq,
+                }),
+                Some(Resolved::Placed(Placement::At {
+                    partition: cp,
+                    ticket,
+                })) => self.try_work(
+                    now_ms,
+                    c,
+                    Work::Reject {
+                        partition,
+                        queue,
+                        lookup,
+                        copy_partition: cp as usize,
+                        copy_ticket: ticket,
+                    },
+                ),
+                Some(_) => {
+                    tracing::error!(
+                        "amqp: the dead-letter queue's shard did not take a rejected message's \
+                         copy; it stays in its queue"
+                    );
+                    debug_assert!(self.here(partition));
+                    self.shared
+                        .broker
+                        .partition(partition)
+                        .inflight
+                        .drop_held(queue, lookup);
+                    None
+                }
+            },
+            other => Some(other),
+        }
+    }
+
+    /// A consumer link whose queue another shard owns: asks it for up to the link's credit.
+    fn fetch(&mut self, c: &mut AmqpConn, link: LinkId) {
+        let Some(Role::Consumer(k)) = c.links.get_mut(&link) else {
+            return;
+        };
+        if k.asking || k.waiting {
+            return;
+        }
+        k.credit = c.conn.credit(link);
+        let want = (k.credit as usize).min(AMQP_SENDS_PER_FILL_MAX) as u32;
+        if want == 0 {
+            return;
+        }
+        k.asking = true;
+        let mail = Mail::AmqpFetch {
+            reply: ReplyTo {
+                shard: self.shard as u32,
+                conn: c.id,
+                seq: AMQP_REPLY_BIT,
+            },
+            queue: k.queue.def.id,
+            link,
+            credit: want,
+            browse: k.browse,
+            presettled: k.presettled && !k.browse,
+            cursor: if k.browse {
+                k.cursor.last.map(|(p, l)| (p, l.0))
+            } else {
+                None
+            },
+        };
+        let to = k.queue.partition % self.shared.shards;
+        self.send_mail(to, mail);
+    }
+
+    /// Takes the mail the MS-MQQB app received for this app (after its end of turn): other
+    /// shards' requests for this shard's queues, and answers to this shard's requests.
+    pub fn take_mail(&mut self, now_ms: u64, inbox: Vec<(usize, Vec<u8>, Vec<u8>)>) {
+        for (from, head, body) in inbox {
+            match Mail::decode(&head, &body) {
+                Ok(Mail::Placed {
+                    reply, placement, ..
+                }) => self.resolve(reply.seq, Resolved::Placed(placement)),
+                Ok(Mail::AmqpProduced { reply, verdict }) => {
+                    self.resolve(reply.seq, Resolved::Verdict(verdict))
+                }
+                Ok(Mail::AmqpProduce {
+                    reply,
+                    queue,
+                    now_unix,
+                    frame,
+                }) => self.owner_produce(now_ms, reply, queue, now_unix, frame),
+                Ok(Mail::AmqpFetch {
+                    reply,
+                    queue,
+                    link,
+                    credit,
+                    browse,
+                    presettled,
+                    cursor,
+                }) => self.owner_fetch(reply, queue, link, credit, browse, presettled, cursor),
+                Ok(Mail::AmqpSettle {
+                    queue,
+                    lookup,
+                    settlement,
+                }) => self.owner_settle(queue, lookup, settlement),
+                Ok(Mail::AmqpFetched {
+                    reply,
+                    queue,
+                    link,
+                    lookup,
+                    priority,
+                    failed,
+                    last,
+                    held,
+                    frame,
+                }) => {
+                    let a = Answer::Fetched {
+                        queue,
+                        link,
+                        lookup,
+                        priority,
+                        failed,
+                        last,
+                        held,
+                        frame: frame.to_vec(),
+                    };
+                    self.answer(reply.conn, a);
+                }
+                Ok(Mail::AmqpWake { reply, link }) => {
+                    self.answer(reply.conn, Answer::Wake { link })
+                }
+                Ok(_) | Err(_) => {
+                    tracing::error!(
+                        from,
+                        "amqp: unreadable or misrouted mail from another shard; dropped"
+                    );
+                }
+            }
+        }
+    }
+
+    fn resolve(&mut self, seq: u64, r: Resolved) {
+        // Gone: its connection closed meanwhile (or nobody waits: a pre-settled message).
+        let Some(conn) = self.handed.remove(&seq) else {
+            return;
+        };
+        self.resolved.insert(seq, r);
+        if let Some(c) = conn {
+            self.ready.push(c);
+        }
+    }
+
+    fn answer(&mut self, conn: ConnId, a: Answer) {
+        if self.live.contains(&conn) {
+            self.answers.entry(conn).or_default().push(a);
+            self.ready.push(conn);
+        } else {
+            self.release_unsent(a);
+        }
+    }
+
+    /// A message another shard holds for a connection that cannot take it: back to its owner.
+    fn release_unsent(&mut self, a: Answer) {
+        if let Answer::Fetched {
+            queue,
+            lookup,
+            held: true,
+            ref frame,
+            ..
+        } = a
+        {
+            if frame.is_empty() {
+                return;
+            }
+            let Some(def) = self.shared.broker.queue_by_id(queue) else {
+                return;
+            };
+            let to = self.shared.broker.owner(&def) % self.shared.shards;
+            self.send_mail(
+                to,
+                Mail::AmqpSettle {
+                    queue,
+                    lookup,
+                    settlement: AmqpSettlement::Released { failed: false },
+                },
+            );
+        }
+    }
+
+    /// The answers other shards sent `c`: messages for its consumers, wake-ups.
+    fn take_answers(&mut self, now_ms: u64, c: &mut AmqpConn) {
+        let Some(list) = self.answers.remove(&c.id) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        for a in list {
+            let Answer::Fetched {
+                queue,
+                link,
+                lookup,
+                priority,
+                failed,
+                last,
+                held,
+                ref frame,
+            } = a
+            else {
+                if let Answer::Wake { link } = a {
+                    if let Some(Role::Consumer(k)) = c.links.get_mut(&link) {
+                        k.waiting = false;
+                    }
+                }
+                continue;
+            };
+            let Some(Role::Consumer(k)) = c
+                .links
+                .get_mut(&link)
+                .filter(|r| matches!(r, Role::Consumer(k) if k.remote && k.queue.def.id == queue))
+            else {
+                self.release_unsent(a);
+                continue;
+            };
+            let mut taken = frame.is_empty();
+            if !frame.is_empty() {
+                buf.clear();
+                let mapped = UserMessage::parse(frame)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| {
+                        msmq_to_amqp_counted(
+                            &u,
+                            lookup,
+                            u64::from(u.user.sent_time) * 1000,
+                            failed,
+                            &mut buf,
+                        )
+                        .map_err(|e| e.to_string())
+                    });
+                match mapped {
+                    Ok(_) => {
+                        if c.conn.send_message(link, lookup, &buf, !held).is_ok() {
+                            taken = true;
+                            k.credit = k.credit.saturating_sub(1);
+                            if held {
+                                k.held.insert(lookup);
+                            }
+                            if k.browse {
+                                k.cursor.last = Some((priority, LookupId(lookup)));
+                            }
+                            self.amqp
+                                .counters
+                                .messages_out
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        if crate::ratelog::MALFORMED.allow() {
+                            tracing::error!(queue = %k.queue.def.name, lookup, error = %e, "amqp: a stored message cannot be mapped; skipped");
+                        }
+                        // Skipped: a browse walks past it; a held one stays held by this link
+                        // (given back when the link goes), or it would come back at once.
+                        taken = true;
+                        if held {
+                            k.held.insert(lookup);
+                        }
+                        if k.browse {
+                            k.cursor.last = Some((priority, LookupId(lookup)));
+                        }
+                    }
+                }
+            }
+            if last {
+                k.asking = false;
+                if frame.is_empty() {
+                    if k.drain {
+                        k.drain = false;
+                        let _ = c.conn.drained(link);
+                    } else {
+                        // Nothing now: the owner wakes us when something arrives, and a
+                        // fallback look comes should that wake-up be lost.
+                        k.waiting = true;
+                        self.waiting.insert(c.id);
+                        c.arrival_deadline = Some(now_ms + ARRIVAL_FALLBACK_MS);
+                    }
+                }
+            }
+            if !taken {
+                self.release_unsent(a);
+            }
+        }
+    }
+
+    /// The owner's side of `Mail::AmqpProduce`: stores the message, answers with the verdict.
+    fn owner_produce(
+        &mut self,
+        now_ms: u64,
+        reply: ReplyTo,
+        queue: u32,
+        now_unix: u32,
+        frame: &[u8],
+    ) {
+        let broker = self.shared.broker.clone();
+        let verdict = match (broker.queue_by_id(queue), UserMessage::parse(frame)) {
+            (Some(def), Ok(msg)) if self.here(broker.owner(&def)) => {
+                self.store_here(now_ms, now_unix, frame, &msg, &Arc::new(def))
+                    .0
+            }
+            (def, msg) => {
+                tracing::error!(queue, known = def.is_some(), parses = msg.is_ok(), "amqp: a message handed over by another shard is for no queue of this shard (deleted?), or does not parse; refused");
+                AmqpVerdict::Refused
+            }
+        };
+        if reply.seq != AMQP_REPLY_BIT {
+            self.send_mail(reply.shard as usize, Mail::AmqpProduced { reply, verdict });
+        }
+    }
+
+    /// The owner's side of `Mail::AmqpFetch`: takes up to `credit` messages of `queue` (held
+    /// in the in-flight set, or removed for a pre-settled link) and mails them; with nothing
+    /// to take, remembers the consumer and wakes it when something arrives.
+    #[allow(clippy::too_many_arguments)]
+    fn owner_fetch(
+        &mut self,
+        reply: ReplyTo,
+        queue: u32,
+        link: LinkId,
+        credit: u32,
+        browse: bool,
+        presettled: bool,
+        cursor: Option<(u8, u64)>,
+    ) {
+        let broker = self.shared.broker.clone();
+        let to = reply.shard as usize;
+        let empty_last = |me: &mut Self| {
+            me.send_mail(
+                to,
+                Mail::AmqpFetched {
+                    reply,
+                    queue,
+                    link,
+                    lookup: 0,
+                    priority: 0,
+                    failed: 0,
+                    last: true,
+                    held: false,
+                    frame: &[],
+                },
+            )
+        };
+        let Some(def) = broker.queue_by_id(queue) else {
+            return empty_last(self);
+        };
+        let p = broker.owner(&def);
+        if !self.here(p) {
+            tracing::error!(queue = %def.name, partition = p, "amqp: a fetch for a queue this shard does not run; answered empty");
+            return empty_last(self);
+        }
+        let q = QueueId(queue);
+        let max = (credit as usize).min(AMQP_SENDS_PER_FILL_MAX);
+        let mut found: Vec<(u64, u8, u32, Vec<u8>)> = Vec::new();
+        let mut removed: Vec<Reservation> = Vec::new();
+        let mut walk = Cursor {
+            queue: q,
+            last: cursor.map(|(pr, l)| (pr, LookupId(l))),
+        };
+        let mut part = broker.partition(p);
+        while found.len() + removed.len() < max {
+            let Some(m) = part.store.cursor_next(&mut walk) else {
+                break;
+            };
+            let l = m.lookup_id;
+            let priority = walk.last.map_or(0, |(pr, _)| pr);
+            if browse {
+                found.push((l.0, priority, 0, m.bytes.to_vec()));
+                continue;
+            }
+            if part.inflight.contains(q, l) {
+                continue;
+            }
+            if presettled {
+                if self.owed.len() + removed.len() >= AMQP_OWED_PRESENDS_PER_SHARD_MAX {
+                    break;
+                }
+                match part.store.receive(q, Select::Lookup(l)) {
+                    Ok(Some(r)) => removed.push(r),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "amqp: cannot remove a message for a pre-settled consumer");
+                        break;
+                    }
+                }
+                continue;
+            }
+            let bytes = m.bytes.to_vec();
+            let failed = part.inflight.failed(q, l);
+            if !part.inflight.hold(q, l) {
+                break;
+            }
+            found.push((l.0, priority, failed, bytes));
+        }
+        if found.is_empty() && removed.is_empty() {
+            if self.parked.len() < AMQP_PARKED_FETCHES_PER_SHARD_MAX {
+                // Under the partition's lock: an arrival after this look moves `arrivals`.
+                let seen = part.arrivals;
+                self.parked.insert(
+                    (reply.shard, reply.conn, link),
+                    Parked {
+                        reply,
+                        link,
+                        partition: p,
+                        seen,
+                    },
+                );
+            }
+            drop(part);
+            return empty_last(self);
+        }
+        drop(part);
+        if !removed.is_empty() {
+            self.appended[p] = true;
+            let n = removed.len();
+            for (i, r) in removed.into_iter().enumerate() {
+                self.owed.push_back(Owed {
+                    partition: p,
+                    reservation: Some(r),
+                    reply,
+                    queue,
+                    link,
+                    last: i + 1 == n,
+                });
+            }
+            return;
+        }
+        let n = found.len();
+        for (i, (lookup, priority, failed, bytes)) in found.into_iter().enumerate() {
+            self.send_mail(
+                to,
+                Mail::AmqpFetched {
+                    reply,
+                    queue,
+                    link,
+                    lookup,
+                    priority,
+                    failed,
+                    last: i + 1 == n,
+                    held: !browse,
+                    frame: &bytes,
+                },
+            );
+        }
+    }
+
+    /// The owner's side of `Mail::AmqpSettle`: a message this shard holds for another shard's
+    /// consumer is removed, given back or dead-lettered.
+    fn owner_settle(&mut self, queue: u32, lookup: u64, settlement: AmqpSettlement) {
+        let broker = self.shared.broker.clone();
+        let Some(def) = broker.queue_by_id(queue) else {
+            return;
+        };
+        let p = broker.owner(&def);
+        let (q, l) = (QueueId(queue), LookupId(lookup));
+        if !self.here(p) || !broker.partition(p).inflight.contains(q, l) {
+            // Not held (a late release of a message already settled): nothing to do.
+            return;
+        }
+        let journaled = def.journal.then(|| Arc::new(def.clone()));
+        self.settle_here(None, p, q, l, journaled, settlement);
+    }
+
+    /// Wakes the other shards' consumers waiting for arrivals in this shard's partitions.
+    fn wake_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let broker = self.shared.broker.clone();
+        let mut now: HashMap<usize, u64> = HashMap::new();
+        let mut woken = Vec::new();
+        for (key, w) in &self.parked {
+            debug_assert!(self.here(w.partition));
+            let a = *now
+                .entry(w.partition)
+                .or_insert_with(|| broker.partition(w.partition).arrivals);
+            if a != w.seen {
+                woken.push(*key);
+            }
+        }
+        for key in woken {
+            if let Some(w) = self.parked.remove(&key) {
+                self.send_mail(
+                    w.reply.shard as usize,
+                    Mail::AmqpWake {
+                        reply: w.reply,
+                        link: w.link,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Mails the pre-settled messages whose removal is durable, in order.
+    fn send_owed(&mut self) {
+        let broker = self.shared.broker.clone();
+        while let Some(o) = self.owed.front() {
+            if let Some(r) = &o.reservation {
+                if !broker.is_durable(o.partition, r.ticket) {
+                    self.awaiting[o.partition] = true;
+                    break;
+                }
+            }
+            let Some(o) = self.owed.pop_front() else {
+                break;
+            };
+            let mut bytes = Vec::new();
+            let mut lookup = 0;
+            if let Some(r) = o.reservation {
+                debug_assert!(self.here(o.partition));
+                let mut part = broker.partition(o.partition);
+                if let Ok(m) = part.store.reserved(&r) {
+                    bytes = m.bytes.to_vec();
+                    lookup = m.lookup_id.0;
+                }
+                if let Err(e) = part.store.release(r) {
+                    tracing::error!(error = %e, "amqp: cannot release a removed message");
+                }
+            }
+            self.send_mail(
+                o.reply.shard as usize,
+                Mail::AmqpFetched {
+                    reply: o.reply,
+                    queue: o.queue,
+                    link: o.link,
+                    lookup,
+                    priority: 0,
+                    failed: 0,
+                    last: o.last,
+                    held: false,
+                    frame: &bytes,
+                },
+            );
+        }
     }
 }
 

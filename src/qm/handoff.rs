@@ -18,6 +18,17 @@ const TAG_PLACED: u8 = 2;
 const TAG_STORE: u8 = 3;
 const TAG_ORDER_ACKED: u8 = 4;
 const TAG_FINAL_ACK_PEER: u8 = 5;
+// Branch amqpown: AMQP links on a shard that does not own their queue.
+const TAG_AMQP_PRODUCE: u8 = 6;
+const TAG_AMQP_PRODUCED: u8 = 7;
+const TAG_AMQP_FETCH: u8 = 8;
+const TAG_AMQP_FETCHED: u8 = 9;
+const TAG_AMQP_SETTLE: u8 = 10;
+const TAG_AMQP_WAKE: u8 = 11;
+
+/// The bit set in [`ReplyTo::seq`] of the requests of a shard's AMQP app (so an answer that
+/// comes back as [`Mail::Placed`] goes to the AMQP app, not to an MS-MQQB session).
+pub const AMQP_REPLY_BIT: u64 = 1 << 63;
 
 /// What a [`Mail::Store`] record is, and so how its owner stores it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +98,55 @@ pub enum Placement {
     Refused,
 }
 
+/// What the owner of a queue did with an AMQP producer's message ([`Mail::AmqpProduced`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmqpVerdict {
+    /// Stored (or its first copy stored) at `ticket` of `partition`: `accepted` once durable.
+    Stored { partition: u32, ticket: Ticket },
+    /// Moved to a dead-letter queue (`class`, a MessageClass): `rejected` once `ticket` of
+    /// `partition` is durable (`Ticket::IMMEDIATE` when the copy went to yet another shard).
+    DeadLettered {
+        class: u16,
+        partition: u32,
+        ticket: Ticket,
+    },
+    /// Not stored: the queue or the machine is over its quota.
+    RefusedQuota,
+    /// Not stored: the store refused it (poisoned, disk full) or the queue is gone.
+    Refused,
+}
+
+/// A consumer's outcome for a message, carried to the queue's owner ([`Mail::AmqpSettle`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmqpSettlement {
+    /// Removed (a copy to the journal first when the queue keeps one).
+    Accepted,
+    /// Moved to the dead-letter queue (the copy durable before the original goes).
+    Rejected,
+    /// Put back (`failed`: counted as a failed delivery).
+    Released { failed: bool },
+}
+
+impl AmqpSettlement {
+    fn code(self) -> u8 {
+        match self {
+            AmqpSettlement::Accepted => 1,
+            AmqpSettlement::Rejected => 2,
+            AmqpSettlement::Released { failed: false } => 3,
+            AmqpSettlement::Released { failed: true } => 4,
+        }
+    }
+    fn from_code(c: u8) -> Result<Self, BadMail> {
+        Ok(match c {
+            1 => AmqpSettlement::Accepted,
+            2 => AmqpSettlement::Rejected,
+            3 => AmqpSettlement::Released { failed: false },
+            4 => AmqpSettlement::Released { failed: true },
+            _ => return Err(BadMail),
+        })
+    }
+}
+
 /// One piece of mail between shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mail<'a> {
@@ -137,6 +197,59 @@ pub enum Mail<'a> {
         sender: Guid,
         ip: std::net::IpAddr,
     },
+    // Branch amqpown: AMQP links on a shard that does not own their queue.
+    /// An AMQP producer's message (`frame`, mapped to MSMQ) for queue `queue`, which the
+    /// receiver owns: stored as a local message, answered with [`Mail::AmqpProduced`].
+    AmqpProduce {
+        reply: ReplyTo,
+        queue: u32,
+        now_unix: u32,
+        frame: &'a [u8],
+    },
+    /// The owner's answer to [`Mail::AmqpProduce`].
+    AmqpProduced {
+        reply: ReplyTo,
+        verdict: AmqpVerdict,
+    },
+    /// A consumer link `link` of `reply`'s connection has `credit`: the owner of `queue` takes
+    /// up to that many messages (into its in-flight set, unless `browse`; removed first when
+    /// `presettled`) and answers with one [`Mail::AmqpFetched`] each, the last marked. A
+    /// browse link walks on from `cursor` (priority, lookup id of the last message it saw).
+    AmqpFetch {
+        reply: ReplyTo,
+        queue: u32,
+        link: u32,
+        credit: u32,
+        browse: bool,
+        presettled: bool,
+        cursor: Option<(u8, u64)>,
+    },
+    /// One answer to [`Mail::AmqpFetch`]: a message (`frame` as stored, its lookup id, the
+    /// priority its browse cursor stands at after it, and its failed deliveries), or none
+    /// (`frame` empty). `held`: the owner holds it in its in-flight set for this consumer (to
+    /// be settled with [`Mail::AmqpSettle`], or released should the link be gone). `last`
+    /// ends the answer; an empty last one means "nothing more now": the owner mails
+    /// [`Mail::AmqpWake`] when something arrives.
+    AmqpFetched {
+        reply: ReplyTo,
+        queue: u32,
+        link: u32,
+        lookup: u64,
+        priority: u8,
+        failed: u32,
+        last: bool,
+        held: bool,
+        frame: &'a [u8],
+    },
+    /// A consumer's outcome for message `lookup` of `queue`, which the receiver owns and holds
+    /// in its in-flight set (one way: the owner removes, returns or dead-letters it).
+    AmqpSettle {
+        queue: u32,
+        lookup: u64,
+        settlement: AmqpSettlement,
+    },
+    /// Something arrived in the queue consumer link `link` asked for: ask again.
+    AmqpWake { reply: ReplyTo, link: u32 },
 }
 
 /// A head too short, or with an unknown tag.
@@ -324,6 +437,99 @@ impl<'a> Mail<'a> {
                 }
                 (w.at, &[])
             }
+            Mail::AmqpProduce {
+                reply,
+                queue,
+                now_unix,
+                frame,
+            } => {
+                w.put(&[TAG_AMQP_PRODUCE]);
+                put_reply(&mut w, &reply);
+                w.put(&queue.to_le_bytes());
+                w.put(&now_unix.to_le_bytes());
+                (w.at, frame)
+            }
+            Mail::AmqpProduced { reply, verdict } => {
+                w.put(&[TAG_AMQP_PRODUCED]);
+                put_reply(&mut w, &reply);
+                let (code, class, partition, ticket) = match verdict {
+                    AmqpVerdict::Stored { partition, ticket } => (1u8, 0u16, partition, ticket),
+                    AmqpVerdict::DeadLettered {
+                        class,
+                        partition,
+                        ticket,
+                    } => (2, class, partition, ticket),
+                    AmqpVerdict::RefusedQuota => (3, 0, 0, Ticket(0)),
+                    AmqpVerdict::Refused => (4, 0, 0, Ticket(0)),
+                };
+                w.put(&[code]);
+                w.put(&class.to_le_bytes());
+                w.put(&partition.to_le_bytes());
+                w.put(&ticket.0.to_le_bytes());
+                (w.at, &[])
+            }
+            Mail::AmqpFetch {
+                reply,
+                queue,
+                link,
+                credit,
+                browse,
+                presettled,
+                cursor,
+            } => {
+                w.put(&[TAG_AMQP_FETCH]);
+                put_reply(&mut w, &reply);
+                w.put(&queue.to_le_bytes());
+                w.put(&link.to_le_bytes());
+                w.put(&credit.to_le_bytes());
+                w.put(&[u8::from(browse) | (u8::from(presettled) << 1)]);
+                match cursor {
+                    None => w.put(&[0]),
+                    Some((prio, lookup)) => {
+                        w.put(&[1, prio]);
+                        w.put(&lookup.to_le_bytes());
+                    }
+                }
+                (w.at, &[])
+            }
+            Mail::AmqpFetched {
+                reply,
+                queue,
+                link,
+                lookup,
+                priority,
+                failed,
+                last,
+                held,
+                frame,
+            } => {
+                w.put(&[TAG_AMQP_FETCHED]);
+                put_reply(&mut w, &reply);
+                w.put(&queue.to_le_bytes());
+                w.put(&link.to_le_bytes());
+                w.put(&lookup.to_le_bytes());
+                w.put(&[priority]);
+                w.put(&failed.to_le_bytes());
+                w.put(&[u8::from(last) | (u8::from(held) << 1)]);
+                (w.at, frame)
+            }
+            Mail::AmqpSettle {
+                queue,
+                lookup,
+                settlement,
+            } => {
+                w.put(&[TAG_AMQP_SETTLE]);
+                w.put(&queue.to_le_bytes());
+                w.put(&lookup.to_le_bytes());
+                w.put(&[settlement.code()]);
+                (w.at, &[])
+            }
+            Mail::AmqpWake { reply, link } => {
+                w.put(&[TAG_AMQP_WAKE]);
+                put_reply(&mut w, &reply);
+                w.put(&link.to_le_bytes());
+                (w.at, &[])
+            }
         }
     }
 
@@ -438,6 +644,87 @@ impl<'a> Mail<'a> {
                     ip,
                 })
             }
+            TAG_AMQP_PRODUCE => Ok(Mail::AmqpProduce {
+                reply: get_reply(&mut r)?,
+                queue: r.u32()?,
+                now_unix: r.u32()?,
+                frame: body,
+            }),
+            TAG_AMQP_PRODUCED => {
+                let reply = get_reply(&mut r)?;
+                let code = r.u8()?;
+                let class = u16::from_le_bytes(r.take()?);
+                let partition = r.u32()?;
+                let ticket = Ticket(r.u64()?);
+                let verdict = match code {
+                    1 => AmqpVerdict::Stored { partition, ticket },
+                    2 => AmqpVerdict::DeadLettered {
+                        class,
+                        partition,
+                        ticket,
+                    },
+                    3 => AmqpVerdict::RefusedQuota,
+                    4 => AmqpVerdict::Refused,
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::AmqpProduced { reply, verdict })
+            }
+            TAG_AMQP_FETCH => {
+                let reply = get_reply(&mut r)?;
+                let queue = r.u32()?;
+                let link = r.u32()?;
+                let credit = r.u32()?;
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(BadMail);
+                }
+                let cursor = match r.u8()? {
+                    0 => None,
+                    1 => Some((r.u8()?, r.u64()?)),
+                    _ => return Err(BadMail),
+                };
+                Ok(Mail::AmqpFetch {
+                    reply,
+                    queue,
+                    link,
+                    credit,
+                    browse: flags & 1 != 0,
+                    presettled: flags & 2 != 0,
+                    cursor,
+                })
+            }
+            TAG_AMQP_FETCHED => {
+                let reply = get_reply(&mut r)?;
+                let queue = r.u32()?;
+                let link = r.u32()?;
+                let lookup = r.u64()?;
+                let priority = r.u8()?;
+                let failed = r.u32()?;
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(BadMail);
+                }
+                Ok(Mail::AmqpFetched {
+                    reply,
+                    queue,
+                    link,
+                    lookup,
+                    priority,
+                    failed,
+                    last: flags & 1 != 0,
+                    held: flags & 2 != 0,
+                    frame: body,
+                })
+            }
+            TAG_AMQP_SETTLE => Ok(Mail::AmqpSettle {
+                queue: r.u32()?,
+                lookup: r.u64()?,
+                settlement: AmqpSettlement::from_code(r.u8()?)?,
+            }),
+            TAG_AMQP_WAKE => Ok(Mail::AmqpWake {
+                reply: get_reply(&mut r)?,
+                link: r.u32()?,
+            }),
             _ => Err(BadMail),
         }
     }
@@ -566,5 +853,147 @@ mod tests {
                 frame: b"ack",
             });
         }
+    }
+
+    #[test]
+    fn amqp_mail_round_trips_and_hostile_heads_are_refused() {
+        round_trip(Mail::AmqpProduce {
+            reply: ReplyTo {
+                seq: AMQP_REPLY_BIT | 5,
+                ..reply()
+            },
+            queue: 12,
+            now_unix: 1_700_000_000,
+            frame: b"an msmq packet",
+        });
+        for verdict in [
+            AmqpVerdict::Stored {
+                partition: 1,
+                ticket: Ticket(77),
+            },
+            AmqpVerdict::DeadLettered {
+                class: 0xC001,
+                partition: 0,
+                ticket: Ticket::IMMEDIATE,
+            },
+            AmqpVerdict::RefusedQuota,
+            AmqpVerdict::Refused,
+        ] {
+            round_trip(Mail::AmqpProduced {
+                reply: reply(),
+                verdict,
+            });
+        }
+        for (browse, presettled, cursor) in [
+            (false, false, None),
+            (true, false, Some((7, u64::MAX))),
+            (false, true, None),
+        ] {
+            round_trip(Mail::AmqpFetch {
+                reply: reply(),
+                queue: 3,
+                link: 9,
+                credit: 100,
+                browse,
+                presettled,
+                cursor,
+            });
+        }
+        for (last, held, frame) in [
+            (false, true, &b"stored bytes"[..]),
+            (true, false, &b""[..]),
+            (true, true, &b"x"[..]),
+        ] {
+            round_trip(Mail::AmqpFetched {
+                reply: reply(),
+                queue: 3,
+                link: 9,
+                lookup: 1 << 40,
+                priority: 3,
+                failed: 2,
+                last,
+                held,
+                frame,
+            });
+        }
+        for settlement in [
+            AmqpSettlement::Accepted,
+            AmqpSettlement::Rejected,
+            AmqpSettlement::Released { failed: false },
+            AmqpSettlement::Released { failed: true },
+        ] {
+            round_trip(Mail::AmqpSettle {
+                queue: 4,
+                lookup: 8,
+                settlement,
+            });
+        }
+        round_trip(Mail::AmqpWake {
+            reply: reply(),
+            link: 2,
+        });
+
+        // Codes and flags out of range are refused, never guessed at.
+        let mut buf = [0u8; HEAD_MAX];
+        let (n, _) = Mail::AmqpSettle {
+            queue: 4,
+            lookup: 8,
+            settlement: AmqpSettlement::Accepted,
+        }
+        .encode_head(&mut buf);
+        for bad in [0u8, 5, 0xFF] {
+            let mut h = buf;
+            h[n - 1] = bad;
+            assert_eq!(Mail::decode(&h[..n], &[]), Err(BadMail), "settlement {bad}");
+        }
+        let (n, _) = Mail::AmqpProduced {
+            reply: reply(),
+            verdict: AmqpVerdict::Refused,
+        }
+        .encode_head(&mut buf);
+        let code_at = n - 8 - 4 - 2 - 1;
+        for bad in [0u8, 5, 0xFF] {
+            let mut h = buf;
+            h[code_at] = bad;
+            assert_eq!(Mail::decode(&h[..n], &[]), Err(BadMail), "verdict {bad}");
+        }
+        let (n, _) = Mail::AmqpFetch {
+            reply: reply(),
+            queue: 3,
+            link: 9,
+            credit: 1,
+            browse: false,
+            presettled: false,
+            cursor: None,
+        }
+        .encode_head(&mut buf);
+        for (at, bad) in [(n - 2, 4u8), (n - 2, 0xFF), (n - 1, 2), (n - 1, 0xFF)] {
+            let mut h = buf;
+            h[at] = bad;
+            assert_eq!(
+                Mail::decode(&h[..n], &[]),
+                Err(BadMail),
+                "fetch byte {at} = {bad}"
+            );
+        }
+        let (n, _) = Mail::AmqpFetched {
+            reply: reply(),
+            queue: 3,
+            link: 9,
+            lookup: 1,
+            priority: 3,
+            failed: 0,
+            last: true,
+            held: false,
+            frame: &[],
+        }
+        .encode_head(&mut buf);
+        let mut h = buf;
+        h[n - 1] = 4;
+        assert_eq!(
+            Mail::decode(&h[..n], &[]),
+            Err(BadMail),
+            "fetched flags = 4"
+        );
     }
 }

@@ -37,6 +37,33 @@ def props(m):
     }
 
 
+def accepted_on(api, shard):
+    """lior_shard_connections_accepted_total of `shard`, from lior's /metrics at `api`."""
+    import urllib.request
+    text = urllib.request.urlopen("http://%s/metrics" % api, timeout=10).read().decode()
+    key = 'lior_shard_connections_accepted_total{shard="%s"} ' % shard
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line[len(key):])
+    return 0
+
+
+def connect(url):
+    """A connection; with LIOR_SHARD and LIOR_API set, one the kernel gave to that shard of
+    lior (connects until one lands there; nothing else connects meanwhile in the tests)."""
+    import os
+    shard, api = os.environ.get("LIOR_SHARD"), os.environ.get("LIOR_API")
+    if shard is None or api is None:
+        return BlockingConnection(url, timeout=20)
+    for _ in range(64):
+        before = accepted_on(api, shard)
+        conn = BlockingConnection(url, timeout=20)
+        if accepted_on(api, shard) > before:
+            return conn
+        conn.close()
+    raise SystemExit("no connection reached shard %s" % shard)
+
+
 def main():
     url, scenario, args = sys.argv[1], sys.argv[2], sys.argv[3:]
     if scenario == "sasl":
@@ -51,7 +78,7 @@ def main():
         except Exception as e:  # noqa: BLE001
             out({"error": "%s: %s" % (type(e).__name__, e)})
         return
-    conn = BlockingConnection(url, timeout=20)
+    conn = connect(url)
 
     if scenario == "send":
         # send QUEUE N [durable] [subject] [priority] [app_specific]
@@ -115,10 +142,15 @@ def main():
                 r.reject()
     elif scenario == "hold":
         # hold QUEUE N: receive N without settling, print them, then stay (killed by the test)
+        # Exactly n credits: `credit=n` would also let proton's prefetch top the link up while
+        # receive() waits (more than n arrive when the first ones come a turn later, as from a
+        # queue another shard owns), so grant them by hand and take what came.
         q, n = args[0], int(args[1])
-        r = conn.create_receiver(q, credit=n)
+        r = conn.create_receiver(q, credit=0)
+        r.link.flow(n)
+        conn.wait(lambda: r.fetcher.has_message >= n, timeout=20)
         for _ in range(n):
-            m = r.receive(timeout=20)
+            m = r.fetcher.pop()
             out({"body": body(m)})
         out({"holding": n})
         import time
