@@ -1072,6 +1072,8 @@ impl<S: QueueStore> MsmqApp<S> {
         // OrderAcks from other shards, each with whether a shard before took it and how many
         // shards (this one included) have still to look at it.
         let mut order_acked: Vec<(OrderAckIn, bool, u32)> = Vec::new();
+        // FinalAcks other shards did not hold, with how many shards have still to look.
+        let mut final_acked: Vec<(Vec<u8>, AckSource, u32)> = Vec::new();
         let mut forwards = Vec::new();
         let mut copies_placed: Vec<(usize, Option<(usize, Ticket)>)> = Vec::new();
         let mut desk_placed: Vec<(u64, Option<(usize, Ticket)>)> = Vec::new();
@@ -1181,6 +1183,13 @@ impl<S: QueueStore> MsmqApp<S> {
                 };
                 order_acked.push((a, taken, hops_left));
             }
+            Ok(Mail::FinalAcked {
+                from,
+                hops_left,
+                frame,
+            }) => {
+                final_acked.push((frame.to_vec(), from, hops_left));
+            }
             Ok(Mail::FinalAckPeer {
                 partition,
                 sender,
@@ -1207,6 +1216,9 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         for (a, taken, hops_left) in order_acked {
             self.order_ack_here(a, taken, hops_left);
+        }
+        for (frame, from, hops_left) in final_acked {
+            self.final_ack_here(now_ms, &frame, from, hops_left);
         }
         for (p, at) in copies_placed {
             self.shared.broker.expiry_copy_placed(p, at);
@@ -1375,12 +1387,15 @@ impl<S: QueueStore> MsmqApp<S> {
         }
         let here = self.here();
         let mut forward = Vec::new();
+        let mut finals_on = Vec::new();
+        let mut copies = Vec::new();
         for (frame, from) in std::mem::take(&mut self.tx_acks) {
             if let Ok(msg) = UserMessage::parse(&frame) {
-                if let TxAckStep::Forward(a, taken) =
-                    self.shared.broker.handle_tx_ack_here(&msg, &from, &here)
-                {
-                    forward.push((a, taken));
+                match self.shared.broker.handle_tx_ack_here(&msg, &from, &here) {
+                    TxAckStep::Done(_) => {}
+                    TxAckStep::Forward(a, taken) => forward.push((a, taken)),
+                    TxAckStep::FinalTaken(copy) => copies.extend(copy),
+                    TxAckStep::FinalOn => finals_on.push((frame, from)),
                 }
             }
         }
@@ -1388,6 +1403,56 @@ impl<S: QueueStore> MsmqApp<S> {
             // Verified and applied by the shards running the other partitions, one after the
             // other (only an outgoing queue's owner knows what it sent, and to whom).
             self.forward_order_ack(a, taken, self.shared.shards as u32 - 1);
+        }
+        for (frame, from) in finals_on {
+            // Looked for by the shards running the other partitions, one after the other.
+            self.forward_final_ack(&frame, from, self.shared.shards as u32 - 1);
+        }
+        for rec in copies {
+            self.store_record(now_ms, rec, None);
+        }
+    }
+
+    /// Sends FinalAck `frame` (arrived on `from`) on to the next shard, which `hops_left`
+    /// shards (itself included) are still to look at.
+    fn forward_final_ack(&mut self, frame: &[u8], from: AckSource, hops_left: u32) {
+        let next = (self.shard + 1) % self.shared.shards;
+        self.mail(
+            next,
+            Mail::FinalAcked {
+                from,
+                hops_left,
+                frame,
+            },
+        );
+    }
+
+    /// FinalAck `frame` from another shard: looked for in the partitions this shard runs and
+    /// taken there (its copy stored where it goes), else sent on to the next shard, or, by the
+    /// last, counted unmatched.
+    fn final_ack_here(&mut self, now_ms: u64, frame: &[u8], from: AckSource, hops_left: u32) {
+        let broker = self.shared.broker.clone();
+        let Ok(msg) = UserMessage::parse(frame) else {
+            tracing::error!("a FinalAck passed on by another shard does not parse; dropped");
+            return;
+        };
+        let Some(fa) = msg.final_ack_body() else {
+            tracing::error!("a FinalAck passed on by another shard has no FinalAck body; dropped");
+            return;
+        };
+        let class = msg.properties.message_class;
+        for &p in &self.owned {
+            if let Some(copy) = broker.take_final_ack_in(p, class, &fa) {
+                if let Some(rec) = copy {
+                    self.store_record(now_ms, rec, None);
+                }
+                return;
+            }
+        }
+        if hops_left > 1 {
+            self.forward_final_ack(frame, from, hops_left - 1);
+        } else {
+            broker.finish_final_ack(&from, false);
         }
     }
 

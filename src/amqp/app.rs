@@ -1664,7 +1664,7 @@ impl<S: QueueStore> AmqpApp<S> {
                     if let Ok(m) = UserMessage::parse(&b) {
                         // The admin acknowledgement (PR, or NR for a rejected one) goes as a
                         // record to its queue's shard (`MsmqApp::store_record`), never under
-                        // another shard's lock; the FinalAck as the broker sends it.
+                        // another shard's lock.
                         let flags = m.properties.flags;
                         let (class, owed) = if rejected {
                             (
@@ -1681,7 +1681,18 @@ impl<S: QueueStore> AmqpApp<S> {
                                 self.outbox.records.push((rec, None));
                             }
                         }
-                        broker.send_final_ack_if_asked(&m, class);
+                        // The FinalAck too, from this partition's address table (its owner).
+                        if crate::qm::broker::wants_final_ack(&m) {
+                            if let Some(rec) = broker.final_ack_record(
+                                &m,
+                                class,
+                                partition,
+                                None,
+                                broker.next_ordinal(),
+                            ) {
+                                self.outbox.records.push((rec, None));
+                            }
+                        }
                     }
                 }
             }

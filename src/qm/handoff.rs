@@ -25,6 +25,7 @@ const TAG_AMQP_FETCH: u8 = 8;
 const TAG_AMQP_FETCHED: u8 = 9;
 const TAG_AMQP_SETTLE: u8 = 10;
 const TAG_AMQP_WAKE: u8 = 11;
+const TAG_FINAL_ACKED: u8 = 12;
 
 /// The bit set in [`ReplyTo::seq`] of the requests of a shard's AMQP app (so an answer that
 /// comes back as [`Mail::Placed`] goes to the AMQP app, not to an MS-MQQB session).
@@ -250,6 +251,16 @@ pub enum Mail<'a> {
     },
     /// Something arrived in the queue consumer link `link` asked for: ask again.
     AmqpWake { reply: ReplyTo, link: u32 },
+    /// A FinalAck for one of our transactional messages (MS-MQQB 3.1.5.7; `frame` the ack
+    /// packet as it arrived on `from`), which no partition of the shards before held: the
+    /// receiver looks for the message it names in the partitions it runs (awaiting queue,
+    /// outgoing queues) and takes it there, or sends it on; `hops_left` shards (this one
+    /// included) have still to look, and the last counts it unmatched.
+    FinalAcked {
+        from: AckSource,
+        hops_left: u32,
+        frame: &'a [u8],
+    },
 }
 
 /// A head too short, or with an unknown tag.
@@ -290,6 +301,50 @@ impl<'b> R<'b> {
     fn u64(&mut self) -> Result<u64, BadMail> {
         Ok(u64::from_le_bytes(self.take()?))
     }
+}
+
+/// An ack's session (`AckSource`): the peer's GUID, its address (v4 mapped into 16 bytes,
+/// with the family), and the outgoing queue the session carries, if ours.
+fn put_source(w: &mut W<'_>, from: &AckSource) {
+    w.put(&from.remote_qm.0);
+    match from.ip {
+        std::net::IpAddr::V4(a) => {
+            w.put(&[4]);
+            w.put(&a.to_ipv6_mapped().octets());
+        }
+        std::net::IpAddr::V6(a) => {
+            w.put(&[6]);
+            w.put(&a.octets());
+        }
+    }
+    match from.outgoing {
+        None => w.put(&[0]),
+        Some(q) => {
+            w.put(&[1]);
+            w.put(&q.to_le_bytes());
+        }
+    }
+}
+
+fn get_source(r: &mut R<'_>) -> Result<AckSource, BadMail> {
+    let remote_qm = Guid(r.take::<16>()?);
+    let family = r.u8()?;
+    let octets = std::net::Ipv6Addr::from(r.take::<16>()?);
+    let ip = match family {
+        4 => std::net::IpAddr::V4(octets.to_ipv4_mapped().ok_or(BadMail)?),
+        6 => std::net::IpAddr::V6(octets),
+        _ => return Err(BadMail),
+    };
+    let outgoing = match r.u8()? {
+        0 => None,
+        1 => Some(r.u32()?),
+        _ => return Err(BadMail),
+    };
+    Ok(AckSource {
+        remote_qm,
+        ip,
+        outgoing,
+    })
 }
 
 fn put_reply(w: &mut W<'_>, r: &ReplyTo) {
@@ -393,24 +448,7 @@ impl<'a> Mail<'a> {
                 hops_left,
             } => {
                 w.put(&[TAG_ORDER_ACKED]);
-                w.put(&from.remote_qm.0);
-                match from.ip {
-                    std::net::IpAddr::V4(a) => {
-                        w.put(&[4]);
-                        w.put(&a.to_ipv6_mapped().octets());
-                    }
-                    std::net::IpAddr::V6(a) => {
-                        w.put(&[6]);
-                        w.put(&a.octets());
-                    }
-                }
-                match from.outgoing {
-                    None => w.put(&[0]),
-                    Some(q) => {
-                        w.put(&[1]);
-                        w.put(&q.to_le_bytes());
-                    }
-                }
+                put_source(&mut w, &from);
                 w.put(&seq_id.to_le_bytes());
                 w.put(&number.to_le_bytes());
                 w.put(&[u8::from(taken)]);
@@ -530,6 +568,16 @@ impl<'a> Mail<'a> {
                 w.put(&link.to_le_bytes());
                 (w.at, &[])
             }
+            Mail::FinalAcked {
+                from,
+                hops_left,
+                frame,
+            } => {
+                w.put(&[TAG_FINAL_ACKED]);
+                put_source(&mut w, &from);
+                w.put(&hops_left.to_le_bytes());
+                (w.at, frame)
+            }
         }
     }
 
@@ -601,25 +649,9 @@ impl<'a> Mail<'a> {
                 })
             }
             TAG_ORDER_ACKED => {
-                let remote_qm = Guid(r.take::<16>()?);
-                let family = r.u8()?;
-                let octets = std::net::Ipv6Addr::from(r.take::<16>()?);
-                let ip = match family {
-                    4 => std::net::IpAddr::V4(octets.to_ipv4_mapped().ok_or(BadMail)?),
-                    6 => std::net::IpAddr::V6(octets),
-                    _ => return Err(BadMail),
-                };
-                let outgoing = match r.u8()? {
-                    0 => None,
-                    1 => Some(r.u32()?),
-                    _ => return Err(BadMail),
-                };
+                let from = get_source(&mut r)?;
                 Ok(Mail::OrderAcked {
-                    from: AckSource {
-                        remote_qm,
-                        ip,
-                        outgoing,
-                    },
+                    from,
                     seq_id: r.u64()?,
                     number: r.u32()?,
                     taken: match r.u8()? {
@@ -720,6 +752,11 @@ impl<'a> Mail<'a> {
                 queue: r.u32()?,
                 lookup: r.u64()?,
                 settlement: AmqpSettlement::from_code(r.u8()?)?,
+            }),
+            TAG_FINAL_ACKED => Ok(Mail::FinalAcked {
+                from: get_source(&mut r)?,
+                hops_left: r.u32()?,
+                frame: body,
             }),
             TAG_AMQP_WAKE => Ok(Mail::AmqpWake {
                 reply: get_reply(&mut r)?,
@@ -851,6 +888,21 @@ mod tests {
                 partition: 1,
                 now_unix: 1_700_000_000,
                 frame: b"ack",
+            });
+        }
+    }
+
+    #[test]
+    fn final_acks_passed_between_shards_round_trip() {
+        for (ip, outgoing) in [("10.1.2.3", None), ("fe80::1", Some(7))] {
+            round_trip(Mail::FinalAcked {
+                from: AckSource {
+                    remote_qm: Guid([3; 16]),
+                    ip: ip.parse().unwrap(),
+                    outgoing,
+                },
+                hops_left: 2,
+                frame: b"a final ack packet",
             });
         }
     }

@@ -226,7 +226,7 @@ impl<S: QueueStore> Broker<S> {
     }
 
     /// Stores `rec` and commits, under the partitions' locks (see [`Broker::send_owed`]).
-    fn store_record_now(&self, rec: SystemRecord) {
+    pub(super) fn store_record_now(&self, rec: SystemRecord) {
         let now_unix = unix_now();
         let now_ms = crate::engine::net::now_ms();
         let mut rec = rec;

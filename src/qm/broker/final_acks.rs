@@ -334,127 +334,103 @@ impl<S: QueueStore> Broker<S> {
             .sum()
     }
 
-    /// A FinalAck `fa` (class `class`) arrived from `from` (MS-MQQB 3.1.5.7): the message it
-    /// names leaves the awaiting queue (or its outgoing queue), copied first to the machine
-    /// journal (positive, JP) or the transactional dead-letter queue (negative, JN). Returns
-    /// whether it matched a message.
-    pub(super) fn take_final_ack(
+    /// FinalAck `fa` as partition `p`'s owner sees it: when the message it names is in `p`
+    /// (its awaiting queue, or an outgoing queue `p` stores), the message leaves it (staged
+    /// and committed, not waited for) and the answer is `Some(copy)`: the copy owed to the
+    /// machine journal (positive, JP) or the transactional dead-letter queue (negative, JN),
+    /// for the caller to store where that queue lives (`MsmqApp::store_record`). None: not
+    /// in `p`. For `p`'s owner (or a thread that runs no shard).
+    pub fn take_final_ack_in(
         &self,
+        p: usize,
         class: MessageClass,
         fa: &FinalAckBody,
-        from: &AckSource,
-    ) -> bool {
-        let found = if fa.source_guid == self.guid() {
-            self.find_final_ack_target(fa)
-        } else {
-            None
-        };
-        let Some((pi, queue, lookup, frame, meta, outgoing)) = found else {
-            bump(&self.counters.final_acks_unmatched);
-            self.refuse_tx_ack(
-                from,
-                "FinalAck",
-                "no message of ours awaits it (already taken, never sent, or not ours)",
-            );
-            return false;
-        };
-        let Ok(orig) = UserMessage::parse(&frame) else {
-            return false;
-        };
-        let positive = class == MessageClass::ACK_RECEIVE;
-        let copy_to = if positive && orig.user.flags.journal_positive() {
-            Some(JOURNAL_ID)
-        } else if !positive && orig.user.flags.journal_negative() {
-            Some(DEADXACT_ID)
-        } else {
-            None
-        };
-        if let Some(q) = copy_to {
-            self.copy_to_system_queue(q, &frame, &meta);
+    ) -> Option<Option<super::SystemRecord>> {
+        if fa.source_guid != self.guid() {
+            return None;
         }
+        let (queue, lookup, frame, outgoing) = self.find_final_ack_target_in(p, fa)?;
+        let orig = UserMessage::parse(&frame).ok()?;
+        let positive = class == MessageClass::ACK_RECEIVE;
+        let copy = if positive && orig.user.flags.journal_positive() {
+            Some(self.machine_journal_record(&frame))
+        } else if !positive && orig.user.flags.journal_negative() {
+            // Counted here, where it is decided (a `DeadLetter` record is not counted where
+            // it lands).
+            bump(&self.counters.dead_lettered);
+            Some(super::SystemRecord {
+                kind: crate::qm::handoff::StoreKind::DeadLetter,
+                queue: DEADXACT_ID,
+                partition: self.dead_letter_partition(DEADXACT_ID),
+                frame: frame.clone(),
+            })
+        } else {
+            None
+        };
         {
-            let mut part = self.partition(pi);
+            let mut part = self.partition(p);
             if let Err(e) = part.remove_delivered(queue, lookup) {
                 tracing::error!(error = %e, "cannot remove a message whose FinalAck came");
             }
             if let Err(e) = part.commit(None) {
                 tracing::error!(error = %e, "commit after a FinalAck failed");
             }
+            if outgoing {
+                part.tx_progress.push(queue.0);
+            }
         }
         if outgoing {
-            self.partition(pi).tx_progress.push(queue.0);
-            if let Some(f) = self.outgoing_dirty.get(pi) {
+            if let Some(f) = self.outgoing_dirty.get(p) {
                 f.store(true, Ordering::Release);
             }
-            self.wake(pi);
+            self.wake(p);
         }
-        // Counted once its copy and removal are staged: whoever sees the count sees them.
         bump(&self.counters.final_acks_received);
         tracing::info!(
             class = class.name(),
             message = %format!("{}\\{}", fa.source_guid, fa.message_id),
-            copied_to = copy_to.map_or("nowhere", |q| if q == JOURNAL_ID { "system$;journal" } else { "system$;deadxact" }),
+            copied_to = copy.as_ref().map_or("nowhere", |r| if r.queue == JOURNAL_ID { "system$;journal" } else { "system$;deadxact" }),
             "FinalAck received"
         );
-        true
+        Some(copy)
     }
 
-    /// Stores a copy of `frame` in system queue `q` (the machine journal, under
-    /// `MachineJournalQuota`, or the transactional dead-letter queue), at that queue's owner;
-    /// its commit is started, not waited for. Says whether it was stored.
-    pub(super) fn copy_to_system_queue(&self, q: u32, frame: &[u8], meta: &MessageMeta) -> bool {
-        let pi = self.dead_letter_partition(q);
-        let mut p = self.partition(pi);
-        let stored = if q == JOURNAL_ID {
-            self.append_machine_journal(&mut p, frame, meta).is_some()
-        } else {
-            match p.store.append(QueueId(q), meta, frame) {
-                Ok(_) => {
-                    bump(&self.counters.dead_lettered);
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, queue = q, "cannot store a dead-letter copy");
-                    false
-                }
-            }
-        };
-        if stored {
-            if let Err(e) = p.commit(None) {
-                tracing::error!(error = %e, "commit of a journal or dead-letter copy failed");
-            }
-            drop(p);
-            self.wake(pi);
+    /// A FinalAck no partition held (or not for our messages): counted and logged as refused.
+    /// Returns `taken`.
+    pub fn finish_final_ack(&self, from: &AckSource, taken: bool) -> bool {
+        if !taken {
+            bump(&self.counters.final_acks_unmatched);
+            self.refuse_tx_ack(
+                from,
+                "FinalAck",
+                "no message of ours awaits it (already taken, never sent, or not ours)",
+            );
         }
-        stored
+        taken
     }
 
-    /// The stored message a FinalAck names: (partition, queue, lookup id, frame, meta, whether
-    /// the queue is an outgoing queue), looked for in the awaiting queues, then the outgoing
-    /// queues (one partition lock at a time).
-    #[allow(clippy::type_complexity)]
-    fn find_final_ack_target(
+    /// The stored message of partition `p` a FinalAck names: (queue, lookup id, frame, whether
+    /// the queue is an outgoing queue), looked for in `p`'s awaiting queue, then in the
+    /// outgoing queues `p` stores.
+    fn find_final_ack_target_in(
         &self,
+        p: usize,
         fa: &FinalAckBody,
-    ) -> Option<(usize, QueueId, LookupId, Vec<u8>, MessageMeta, bool)> {
-        for i in 0..self.partitions.len() {
-            let p = self.partition(i);
-            if let Some((l, f, m)) = scan_for(&p.store, AWAITING_FINAL_ACK_QUEUE, fa) {
-                return Some((i, AWAITING_FINAL_ACK_QUEUE, l, f, m, false));
-            }
-        }
-        let defs: Vec<(u32, usize)> = self.outgoing.read(|t| {
+    ) -> Option<(QueueId, LookupId, Vec<u8>, bool)> {
+        let n = self.partitions.len();
+        let ids: Vec<u32> = self.outgoing.read(|t| {
             t.iter()
-                .map(|d| (d.id, d.shard % self.partitions.len()))
+                .filter(|d| d.shard % n == p)
+                .map(|d| d.id)
                 .collect()
         });
-        for (id, pi) in defs {
-            let p = self.partition(pi);
-            if let Some((l, f, m)) = scan_for(&p.store, QueueId(id), fa) {
-                return Some((pi, QueueId(id), l, f, m, true));
-            }
+        let part = self.partition(p);
+        if let Some((l, f, _)) = scan_for(&part.store, AWAITING_FINAL_ACK_QUEUE, fa) {
+            return Some((AWAITING_FINAL_ACK_QUEUE, l, f, false));
         }
-        None
+        ids.into_iter().find_map(|id| {
+            scan_for(&part.store, QueueId(id), fa).map(|(l, f, _)| (QueueId(id), l, f, true))
+        })
     }
 }
 

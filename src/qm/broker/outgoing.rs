@@ -363,6 +363,16 @@ impl<S: QueueStore> Broker<S> {
                 debug_assert!(false, "every partition is here");
                 self.finish_order_ack(&a, taken)
             }
+            TxAckStep::FinalTaken(copy) => {
+                if let Some(rec) = copy {
+                    self.store_record_now(rec);
+                }
+                true
+            }
+            TxAckStep::FinalOn => {
+                debug_assert!(false, "every partition is here");
+                self.finish_final_ack(from, false)
+            }
         }
     }
 
@@ -379,8 +389,22 @@ impl<S: QueueStore> Broker<S> {
         here: super::Here<'_>,
     ) -> TxAckStep {
         if let Some(fa) = msg.final_ack_body() {
-            // Matched by the message it names (MS-MQQB 3.1.5.7), in `final_acks`.
-            return TxAckStep::Done(self.take_final_ack(msg.properties.message_class, &fa, from));
+            // Matched by the message it names (MS-MQQB 3.1.5.7), in `final_acks`: looked for
+            // in this shard's partitions, then (`FinalAckOn`) in the others' by their owners.
+            let class = msg.properties.message_class;
+            let mut all_here = true;
+            for p in 0..self.partitions.len() {
+                if !here(p) {
+                    all_here = false;
+                } else if let Some(copy) = self.take_final_ack_in(p, class, &fa) {
+                    return TxAckStep::FinalTaken(copy);
+                }
+            }
+            return if all_here || fa.source_guid != self.guid() {
+                TxAckStep::Done(self.finish_final_ack(from, false))
+            } else {
+                TxAckStep::FinalOn
+            };
         }
         let Some(oa) = msg.order_ack_body() else {
             self.refuse_tx_ack(from, "OrderAck", "malformed body");
@@ -597,13 +621,19 @@ pub struct OrderAckIn {
 }
 
 /// What a shard made of an OrderAck or a FinalAck that arrived on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum TxAckStep {
     /// Handled, and counted as taken (true) or refused.
     Done(bool),
     /// An OrderAck the owners of other partitions must still look at; `bool`: whether one of
     /// this shard's partitions took it.
     Forward(OrderAckIn, bool),
+    /// A FinalAck taken here, with the copy it owes (machine journal or `deadxact`) for the
+    /// caller to store where that queue lives.
+    FinalTaken(Option<super::SystemRecord>),
+    /// A FinalAck none of this shard's partitions held: the owners of the others must look
+    /// (`Mail::FinalAcked`, passed from shard to shard like an OrderAck).
+    FinalOn,
 }
 
 /// An outgoing queue as the API lists it.

@@ -63,8 +63,25 @@ pub fn thread_runs_partition(p: usize) -> bool {
     }
 }
 
-/// Notes a foreign partition lock taken at `site` (logged once per call site).
+/// Whether a foreign partition lock stops the process (`LIOR_PARTITION_OWNERSHIP=strict`, set
+/// by the test suite for every server it starts, so any path that still reaches into another
+/// shard's partition fails the test that takes it).
+fn ownership_strict() -> bool {
+    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STRICT.get_or_init(|| {
+        std::env::var("LIOR_PARTITION_OWNERSHIP").is_ok_and(|v| v.eq_ignore_ascii_case("strict"))
+    })
+}
+
+/// Notes a foreign partition lock taken at `site` (logged once per call site; with
+/// [`ownership_strict`] the process aborts instead).
 pub(super) fn note_foreign_lock(p: usize, site: &'static std::panic::Location<'static>) {
+    if ownership_strict() {
+        let shard = THREAD_SHARD.with(std::cell::Cell::get).map(|(s, _)| s);
+        tracing::error!(partition = p, ?shard, %site, "partition locked by a thread that does not run it (LIOR_PARTITION_OWNERSHIP=strict): aborting");
+        eprintln!("lior: partition {p} locked at {site} by a thread that does not run it (shard {shard:?}); LIOR_PARTITION_OWNERSHIP=strict aborts");
+        std::process::abort();
+    }
     let mut sites = lock(&FOREIGN_LOCK_SITES);
     if sites.len() < FOREIGN_LOCK_SITES_LOGGED_MAX && !sites.contains(&site) {
         sites.push(site);
