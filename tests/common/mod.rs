@@ -56,6 +56,9 @@ impl Server {
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            // Issue 10: a store partition touched by a thread that does not run it aborts the
+            // server (and fails the test) instead of being counted.
+            .env("LIOR_PARTITION_OWNERSHIP", "strict")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
