@@ -10,35 +10,8 @@ mod common;
 use std::process::Command;
 
 use common::api::metric;
-use common::{Client, Server, BIN};
-use lior::wire::headers::{TransactionHeader, TxFlags};
-use lior::wire::user::{QueueRef, UserMessage};
-use lior::wire::{utf16z, Guid, Utf16};
-
-/// Message `no` of transactional sequence `seq_id` from `source` to the queue `tq`.
-fn tx_msg(source: Guid, id: u32, seq_id: u64, no: u32) -> Vec<u8> {
-    let dest = utf16z("TCP:127.0.0.1\\private$\\tq");
-    let label = utf16z("tx");
-    let body = no.to_le_bytes();
-    let m = UserMessage::new(
-        source,
-        id,
-        QueueRef::Direct(Utf16(&dest)),
-        Utf16(&label),
-        &body,
-    )
-    .with_recoverable(true)
-    .with_transaction(TransactionHeader::new(
-        TxFlags::default(),
-        seq_id,
-        no,
-        no - 1,
-    ));
-    let mut f = vec![0u8; m.frame_len()];
-    let n = m.encode(&mut f).unwrap();
-    f.truncate(n);
-    f
-}
+use common::{tx_message, Client, Server, BIN};
+use lior::wire::Guid;
 
 /// Runs `lior bench` with `args`; panics with its output when it fails.
 fn bench(args: &[&str]) {
@@ -115,7 +88,11 @@ fn traffic_on_every_door_takes_no_partition_lock_of_another_shard() {
         let mut c = Client::connect(s.listen, guid);
         let seq = ((1_800_000_000u64 + u64::from(k)) << 32) | 1;
         for no in 1..=50u32 {
-            c.send(&tx_msg(guid, no, seq, no), true, u64::from(no));
+            c.send(
+                &tx_message(guid, no, "TCP:127.0.0.1\\private$\\tq", seq, no, no == 1),
+                true,
+                u64::from(no),
+            );
         }
         c.wait_acked();
     }

@@ -74,27 +74,14 @@ fn a_burst_of_spoofed_transactional_senders_does_not_stop_acks_for_a_legitimate_
 }
 
 fn tx_msg(source: Guid, id: u32, seq_id: u64, no: u32) -> Vec<u8> {
-    let dest = utf16z("TCP:127.0.0.1\\private$\\txq");
-    let label = utf16z("legit");
-    let body = no.to_le_bytes();
-    let m = UserMessage::new(
+    common::tx_message(
         source,
         id,
-        QueueRef::Direct(Utf16(&dest)),
-        Utf16(&label),
-        &body,
-    )
-    .with_recoverable(true)
-    .with_transaction(TransactionHeader::new(
-        TxFlags::default(),
+        "TCP:127.0.0.1\\private$\\txq",
         seq_id,
         no,
-        no - 1,
-    ));
-    let mut f = vec![0u8; m.frame_len()];
-    let n = m.encode(&mut f).unwrap();
-    f.truncate(n);
-    f
+        false,
+    )
 }
 
 /// Issue 9.5: the incoming sequence table (65,536 sender/queue pairs) never evicted; once
@@ -145,7 +132,7 @@ fn the_sequence_table_stays_under_its_bound_and_evicts() {
     let got: Vec<u32> = s
         .receive_all("txq")
         .iter()
-        .filter(|m| m["label"] == "legit")
+        .filter(|m| m["label"] == "tx")
         .map(|m| {
             use base64::Engine as _;
             let b = base64::engine::general_purpose::STANDARD

@@ -346,6 +346,40 @@ pub fn message(source: Guid, id: u32, queue_path: &str, body: &[u8], recoverable
     out
 }
 
+/// Transactional message `no` of sequence `seq_id` from `source` to `queue_path` (labelled
+/// "tx", its number as the body, recoverable; FM, the sequence's first message, when `first`).
+pub fn tx_message(
+    source: Guid,
+    id: u32,
+    queue_path: &str,
+    seq_id: u64,
+    no: u32,
+    first: bool,
+) -> Vec<u8> {
+    use lior::wire::headers::{TransactionHeader, TxFlags};
+    let dest = utf16z(queue_path);
+    let label = utf16z("tx");
+    let body = no.to_le_bytes();
+    let m = UserMessage::new(
+        source,
+        id,
+        QueueRef::Direct(Utf16(&dest)),
+        Utf16(&label),
+        &body,
+    )
+    .with_recoverable(true)
+    .with_transaction(TransactionHeader::new(
+        TxFlags::default().with(TxFlags::FM, first),
+        seq_id,
+        no,
+        no - 1,
+    ));
+    let mut f = vec![0u8; m.frame_len()];
+    let n = m.encode(&mut f).expect("encode");
+    f.truncate(n);
+    f
+}
+
 /// Everything a child process wrote to its piped stderr (call once it has exited or been
 /// killed).
 pub fn stderr_of(child: &mut Child) -> String {
