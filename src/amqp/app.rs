@@ -1197,7 +1197,7 @@ impl<S: QueueStore> AmqpApp<S> {
         dests: &[(String, crate::qm::fanout::CopyTarget)],
         lists: &crate::qm::fanout::MqfLists,
     ) {
-        use crate::qm::fanout::{store_copy_nowait, CopyTarget};
+        use crate::qm::fanout::{store_remote_copy_nowait, CopyTarget};
         let broker = self.shared.broker.clone();
         let now = unix_now();
         let shards = self.shared.shards;
@@ -1258,7 +1258,7 @@ impl<S: QueueStore> AmqpApp<S> {
                     let def = broker.outgoing_queue_for(d).map_err(|e| e.to_string())?;
                     let p = def.shard % broker.partition_count();
                     if self.here(p) {
-                        return store_copy_nowait(&broker, target, frame, now, now_ms).map(Ok);
+                        return store_remote_copy_nowait(&broker, d, frame).map(Ok);
                     }
                     let frame = match &broker.signer {
                         Some(s) => s.sign_frame(&frame)?,

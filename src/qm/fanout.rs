@@ -616,60 +616,27 @@ pub enum CopyTarget {
     Remote(crate::wire::format_name::DirectName),
 }
 
-/// Stores one copy (`frame`: a whole UserMessage addressed to `target`, with its
-/// MultiQueueFormatHeader) without waiting for the disk, as a single AMQP produce does: into the
-/// local queue (duplicate and transactional checks, admin acknowledgement), or signed when a
-/// signing key is configured and into the outgoing queue. Returns the `(partition, ticket)` to
-/// wait for, or why this destination has no copy.
-pub fn store_copy_nowait<S: crate::store::QueueStore>(
+/// Stores one copy (`frame`: a whole UserMessage addressed to remote destination `d`, with
+/// its MultiQueueFormatHeader) in the outgoing queue for `d`, signed when a signing key is
+/// configured, without waiting for the disk. For the shard that runs that outgoing queue's
+/// partition (a copy for another shard's queue, local or remote, goes there by mail). Returns
+/// the `(partition, ticket)` to wait for, or why this destination has no copy.
+pub fn store_remote_copy_nowait<S: crate::store::QueueStore>(
     broker: &crate::qm::broker::Broker<S>,
-    target: &CopyTarget,
+    d: &crate::wire::format_name::DirectName,
     frame: Vec<u8>,
-    now_unix: u32,
-    now_ms: u64,
 ) -> Result<(usize, crate::store::Ticket), String> {
-    use crate::qm::broker::Verdict;
     use crate::wire::user::UserMessage;
-    match target {
-        CopyTarget::Remote(d) => {
-            let frame = match &broker.signer {
-                Some(s) => s.sign_frame(&frame)?,
-                None => frame,
-            };
-            let msg = UserMessage::parse(&frame)
-                .map_err(|e| format!("the copy does not encode as an MSMQ packet: {e}"))?;
-            broker
-                .enqueue_outgoing_nowait(d, &frame, &crate::qm::broker::message_meta(&msg))
-                .map(|(_, p, t)| (p, t))
-                .map_err(|e| e.to_string())
-        }
-        CopyTarget::Local(def) => {
-            let msg = UserMessage::parse(&frame)
-                .map_err(|e| format!("the copy does not encode as an MSMQ packet: {e}"))?;
-            let d = broker.deliver_to(&frame, &msg, def, now_unix, now_ms);
-            if let Some(class) = d.admin_ack {
-                broker.send_admin_ack(&msg, class);
-            }
-            match d.verdict {
-                Verdict::Stored { ticket, .. } => Ok((d.partition, ticket)),
-                Verdict::Duplicate { origin } | Verdict::TxRejected { origin } => Ok(origin),
-                Verdict::TxAck => Ok((d.partition, crate::store::Ticket::IMMEDIATE)),
-                Verdict::DeadLettered { class, .. } => Err(format!(
-                    "not deliverable to {} ({}); moved to the dead-letter queue",
-                    def.name,
-                    class.name()
-                )),
-                Verdict::Refuse(e) => Err(format!("cannot store the message in {}: {e}", def.name)),
-                // `deliver_to` stores under the locks in every partition (`everywhere`), so it
-                // never hands a dead letter back for another shard; said rather than assumed.
-                Verdict::Forwarded { class, .. } => Err(format!(
-                    "not deliverable to {} ({}); its dead letter was not stored",
-                    def.name,
-                    class.name()
-                )),
-            }
-        }
-    }
+    let frame = match &broker.signer {
+        Some(s) => s.sign_frame(&frame)?,
+        None => frame,
+    };
+    let msg = UserMessage::parse(&frame)
+        .map_err(|e| format!("the copy does not encode as an MSMQ packet: {e}"))?;
+    broker
+        .enqueue_outgoing_nowait(d, &frame, &crate::qm::broker::message_meta(&msg))
+        .map(|(_, p, t)| (p, t))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -121,7 +121,7 @@ impl<S: QueueStore> Broker<S> {
     /// `queue`: it is counted (`access_denied` or `encrypted_refused`), logged once per
     /// sending queue manager per minute, and stored in the dead-letter queue with its NACK
     /// class when its sender asked for negative journaling (JN); the admin NACK the sender
-    /// asked for (NA) is the caller's, and `send_admin_ack` sends it only where
+    /// asked for (NA) is the caller's, and `admin_ack_record` builds it only where
     /// PermitInsecureNacks allows. Either way the session acknowledges the message as handled.
     /// A transactional message's negative FinalAck is the caller's too ([`Delivered::final_nack`]).
     pub(super) fn refuse_at_target(

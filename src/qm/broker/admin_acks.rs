@@ -247,57 +247,9 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
-    /// The negative receive acknowledgements (class `class`) owed for messages that left
-    /// their queue unread, sent at once ([`Broker::send_owed`]; the frames left a user queue).
-    pub fn send_receive_acks(&self, frames: &[(usize, Vec<u8>)], class: MessageClass) {
-        let mut owed = Vec::new();
-        self.receive_nacks_owed(
-            crate::qm::catalog::FIRST_USER_QUEUE_ID,
-            frames,
-            class,
-            &mut owed,
-        );
-        self.send_owed(owed);
-    }
-
-    /// [`Broker::send_receive_acks`] for one message (partition unknown: its sender's
-    /// FinalAck address is looked for in every partition).
-    pub fn send_receive_nack(&self, m: &UserMessage<'_>, class: MessageClass) {
-        self.send_receive_nack_at(crate::qm::catalog::FIRST_USER_QUEUE_ID, m, class);
-    }
-
-    /// [`Broker::send_receive_nack`] for a message that left store queue `queue`.
-    pub fn send_receive_nack_at(&self, queue: u32, m: &UserMessage<'_>, class: MessageClass) {
-        let Ok(frame) = encode_message(m) else {
-            return;
-        };
-        let mut owed = Vec::new();
-        self.receive_nacks_owed(queue, &[(usize::MAX, frame)], class, &mut owed);
-        self.send_owed(owed);
-    }
-
-    /// An application received `m` (outside a shard's desk: AMQP), sent at once.
-    pub fn send_received_acks(&self, m: &UserMessage<'_>) {
-        let Ok(frame) = encode_message(m) else {
-            return;
-        };
-        let mut owed = Vec::new();
-        self.received_acks_owed("", usize::MAX, &frame, &mut owed);
-        self.send_owed(owed);
-    }
-
     /// Does an application's receive of `m` owe an acknowledgement?
     pub fn owes_received_acks(m: &UserMessage<'_>) -> bool {
         m.properties.flags.positive_receive() || super::wants_final_ack(m)
-    }
-
-    /// Builds the admin acknowledgement (or NACK) of `msg` and stores it at once
-    /// ([`Broker::send_owed`]: threads that run no shard).
-    pub fn send_admin_ack(&self, msg: &UserMessage<'_>, class: MessageClass) {
-        let Ok(frame) = encode_message(msg) else {
-            return;
-        };
-        self.send_owed(vec![Owed::AdminAck { frame, class }]);
     }
 
     /// The SRMP stream receipt (MC-MQSRM 3.1.5.1.2) for stream `seq_id` of `stream_qm` up to
@@ -457,7 +409,7 @@ impl<S: QueueStore> Broker<S> {
 
     /// Stores `rec` in its queue, in partition `rec.partition` (under its lock: on a shard,
     /// only a partition the shard runs; `MsmqApp::store_record` mails the others to their
-    /// shard). Does not commit: the caller's turn does (or [`Broker::send_admin_ack`]).
+    /// shard). Does not commit: the caller's turn does (or [`Broker::send_owed`]).
     /// `here` says which partitions the caller runs, for a local delivery that dead-letters.
     pub fn store_record(
         &self,

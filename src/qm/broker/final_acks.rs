@@ -177,27 +177,6 @@ impl<S: QueueStore> Broker<S> {
         }
     }
 
-    /// Sends `msg`'s FinalAck of class `class` at once when it asked for one (it leaves its
-    /// queue; [`Broker::send_owed`]: threads that run no shard).
-    pub fn send_final_ack_if_asked(&self, msg: &UserMessage<'_>, class: MessageClass) {
-        if wants_final_ack(msg) {
-            self.send_final_ack(msg, class, None);
-        }
-    }
-
-    /// Builds the FinalAck of `msg` and stores it at once ([`Broker::send_owed`]).
-    pub fn send_final_ack(&self, msg: &UserMessage<'_>, class: MessageClass, peer: Option<IpAddr>) {
-        let Ok(frame) = encode_message(msg) else {
-            return;
-        };
-        self.send_owed(vec![super::Owed::FinalAck {
-            frame,
-            class,
-            partition: usize::MAX,
-            peer,
-        }]);
-    }
-
     /// Where `sender`'s FinalAcks go, as partition `partition` knows it (on the shard running
     /// it). `usize::MAX` (a caller that does not know the message's partition: the paths that
     /// run on no shard yet, AMQP) looks in every partition's table.
