@@ -462,18 +462,9 @@ impl<S: QueueStore> MsmqApp<S> {
                     tracing::error!(to, "a record for another shard without a mesh; dropped");
                     return Some(None);
                 };
-                let seq = h.next_seq;
-                h.next_seq += 1;
-                h.desk_records.insert(seq, id);
-                let reply = ReplyTo {
-                    shard: self.shard as u32,
-                    // No session: the answer goes to the desk (`desk_records`).
-                    conn: ConnId {
-                        slot: u32::MAX,
-                        generation: 1,
-                    },
-                    seq,
-                };
+                // No session: the answer goes to the desk (`desk_records`).
+                let reply = h.sessionless_reply(self.shard);
+                h.desk_records.insert(reply.seq, id);
                 let mail = Mail::Store {
                     reply: Some(reply),
                     kind: rec.kind,
@@ -1274,18 +1265,9 @@ impl<S: QueueStore> MsmqApp<S> {
             let Some(h) = self.handoff.as_mut() else {
                 break;
             };
-            let seq = h.next_seq;
-            h.next_seq += 1;
-            h.expiry_copies.insert(seq, p);
-            let reply = ReplyTo {
-                shard: self.shard as u32,
-                // No session: the answer goes to the expiry wave (`expiry_copies`).
-                conn: ConnId {
-                    slot: u32::MAX,
-                    generation: 0,
-                },
-                seq,
-            };
+            // No session: the answer goes to the expiry wave (`expiry_copies`).
+            let reply = h.sessionless_reply(self.shard);
+            h.expiry_copies.insert(reply.seq, p);
             self.mail(
                 rec.partition % self.shared.shards,
                 Mail::Store {
@@ -1976,6 +1958,22 @@ impl<S: QueueStore> MsmqApp<S> {
 }
 
 impl Handoff {
+    /// A reply address for mail no session waits for (a desk record, an expiry copy): a fresh
+    /// hand-off number on shard `shard`, which the caller files where the answer goes; the
+    /// connection part names no slot.
+    fn sessionless_reply(&mut self, shard: usize) -> ReplyTo {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        ReplyTo {
+            shard: shard as u32,
+            conn: ConnId {
+                slot: u32::MAX,
+                generation: 0,
+            },
+            seq,
+        }
+    }
+
     /// Sends one record to shard `to`, in order after any waiting for room; a full lane keeps
     /// it in the outbox unless that would pass `limit` bytes (then false, nothing kept).
     fn send(&mut self, to: usize, head: &[u8], body: &[u8], limit: Option<usize>) -> bool {

@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::api::{get_json, outgoing_len};
 use common::{message, Client, Server};
-use lior::wire::headers::{TransactionHeader, TxFlags};
-use lior::wire::user::{QueueRef, UserMessage};
-use lior::wire::{utf16z, Guid, Utf16};
+use lior::wire::Guid;
 
 const NODE1: &str = "127.0.0.41";
 const NODE2: &str = "127.0.0.42";
@@ -50,27 +48,7 @@ fn write_config(path: &Path, text: &str) -> String {
 
 /// A transactional message `no` of the sender's one sequence, its number as the body.
 fn tx_msg(id: u32, no: u32) -> Vec<u8> {
-    let dest = utf16z(TXQ);
-    let label = utf16z("tx");
-    let body = no.to_le_bytes();
-    let m = UserMessage::new(
-        TX_SENDER,
-        id,
-        QueueRef::Direct(Utf16(&dest)),
-        Utf16(&label),
-        &body,
-    )
-    .with_recoverable(true)
-    .with_transaction(TransactionHeader::new(
-        TxFlags::default().with(TxFlags::FM, no == 1),
-        TX_SEQ,
-        no,
-        no - 1,
-    ));
-    let mut f = vec![0u8; m.frame_len()];
-    let n = m.encode(&mut f).unwrap();
-    f.truncate(n);
-    f
+    common::tx_message(TX_SENDER, id, TXQ, TX_SEQ, no, no == 1)
 }
 
 fn body_u32(m: &serde_json::Value) -> u32 {
