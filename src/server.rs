@@ -263,8 +263,6 @@ pub struct MsmqApp<S> {
     appended: Vec<bool>,
     /// This shard's destinations already resolved (its own: no lock on the message path).
     routes: crate::qm::broker::RouteCache,
-    /// MessageIdOrdinals leased from the broker for the OrderAcks this shard builds.
-    ordinals: std::ops::Range<u32>,
     /// Per partition: expired messages wait for their dead-letter copies to be durable.
     expiry_waits: Vec<bool>,
     /// The requests of the HTTP API and SRMP for the queues this shard owns (`lior serve`;
@@ -284,9 +282,6 @@ pub struct MsmqApp<S> {
 /// (only while some wait; the copies may be another shard's partition, which does not wake
 /// this one).
 pub const EXPIRY_SETTLE_POLL_MS: u64 = 5;
-
-/// MessageIdOrdinals a shard leases at a time (one reservation on disk per lease).
-pub const ORDINAL_LEASE: u32 = 4_096;
 
 /// How often a shard looks for messages whose TimeToBeReceived passed.
 pub const EXPIRY_SCAN_INTERVAL_MS: u64 = 5_000;
@@ -361,7 +356,6 @@ impl<S: QueueStore> MsmqApp<S> {
             meshed: false,
             appended: vec![false; partitions],
             routes: crate::qm::broker::RouteCache::default(),
-            ordinals: 0..0,
             expiry_waits: vec![false; partitions],
             desk: None,
             srmp_receipts_to,
@@ -698,16 +692,9 @@ impl<S: QueueStore> MsmqApp<S> {
         Ok(())
     }
 
-    /// A fresh MessageIdOrdinal from this shard's lease (a new lease every `ORDINAL_LEASE`).
+    /// A fresh MessageIdOrdinal, from this thread's lease (`qm::identity::OrdinalLeases`).
     fn next_ordinal(&mut self) -> u32 {
-        if self.ordinals.is_empty() {
-            match self.shared.broker.lease_ordinals(ORDINAL_LEASE) {
-                Some(r) => self.ordinals = r,
-                // Logged by the broker; as its single allocation does, use an unreserved one.
-                None => return 0,
-            }
-        }
-        self.ordinals.next().unwrap_or(0)
+        self.shared.broker.next_ordinal()
     }
 
     /// An incoming session takes one of the MaxInSessions slots when its first packet (the

@@ -397,16 +397,21 @@ fn a_spoofed_highest_sequence_id_does_not_block_the_real_sender_even_after_a_res
 }
 
 /// Issue 10: a queue is delivered in priority order, FIFO within a priority, whichever shard
-/// (thread) takes each message. Two partitions, two threads standing for two shards, eight
-/// senders whose messages land on both threads (a sender moves between them at each phase, as
-/// a reconnecting session lands on another shard), 10,000 messages with random priorities.
+/// takes each message. Two partitions; eight senders whose messages arrive interleaved as two
+/// shards would hand them to the queue's owner (a sender moves between the shards at each
+/// phase, as a reconnecting session lands on another shard), 10,000 messages with random
+/// priorities. One thread: a partition is only ever touched by its owner, one step at a time
+/// (two threads delivering into one partition at once panic, see
+/// `a_second_thread_inside_a_partition_panics_and_never_waits`); the real shards and their
+/// hand-off are tests/serve_loopback.rs's
+/// `sessions_on_two_shards_deliver_one_queue_in_priority_then_fifo_order_per_sender`.
 #[test]
 fn one_queue_is_fifo_per_priority_whoever_delivers() {
     const SENDERS: usize = 8;
     const PHASES: usize = 10;
     const PER_PHASE: usize = 125; // per sender: 8 * 10 * 125 = 10,000 messages
     let d = tempfile::tempdir().unwrap();
-    let b = std::sync::Arc::new(broker_over(d.path(), sim_stores(2, 21)));
+    let b = broker_over(d.path(), sim_stores(2, 21));
     b.create_queue("fifo", false).unwrap();
     // Priorities from a fixed xorshift sequence, per sender and message number.
     let prio = |s: usize, n: usize| -> u8 {
@@ -416,56 +421,46 @@ fn one_queue_is_fifo_per_priority_whoever_delivers() {
         x ^= x >> 32;
         (x % 8) as u8
     };
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
-    let threads: Vec<_> = (0..2)
-        .map(|t| {
-            let (b, barrier) = (b.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                for phase in 0..PHASES {
-                    // This thread's senders in this phase, interleaved message by message.
-                    let mine: Vec<usize> = (0..SENDERS).filter(|s| (s + phase) % 2 == t).collect();
-                    let mut tickets = Vec::new();
-                    for k in 0..PER_PHASE {
-                        for &s in &mine {
-                            let n = phase * PER_PHASE + k;
-                            let mut body = [0u8; 8];
-                            body[..4].copy_from_slice(&(s as u32).to_le_bytes());
-                            body[4..].copy_from_slice(&(n as u32).to_le_bytes());
-                            let dst = utf16z("OS:localhost\\private$\\fifo");
-                            let label = utf16z("x");
-                            let m = UserMessage::new(
-                                Guid([0x40 + s as u8; 16]),
-                                n as u32 + 1,
-                                QueueRef::Direct(Utf16(&dst)),
-                                Utf16(&label),
-                                &body,
-                            )
-                            .with_recoverable(true)
-                            .with_priority(prio(s, n));
-                            let mut f = vec![0u8; m.frame_len()];
-                            let len = m.encode(&mut f).unwrap();
-                            f.truncate(len);
-                            let msg = UserMessage::parse(&f).unwrap();
-                            let d = b.deliver(&f, &msg, 1_700_000_000, 0);
-                            let Verdict::Stored { ticket, .. } = d.verdict else {
-                                panic!("not stored: {:?}", d.verdict);
-                            };
-                            tickets.push((d.partition, ticket));
-                        }
-                    }
-                    // The end of the shard's turn: commit what it appended.
-                    for p in 0..b.partition_count() {
-                        if let Some(t) = tickets.iter().filter(|x| x.0 == p).map(|x| x.1).max() {
-                            b.partition(p).commit(Some(t)).unwrap();
-                        }
-                    }
-                    barrier.wait();
+    for phase in 0..PHASES {
+        let mut tickets = Vec::new();
+        for k in 0..PER_PHASE {
+            // The two shards' senders of this phase, their hand-offs interleaved.
+            for t in 0..2 {
+                let mine: Vec<usize> = (0..SENDERS).filter(|s| (s + phase) % 2 == t).collect();
+                for &s in &mine {
+                    let n = phase * PER_PHASE + k;
+                    let mut body = [0u8; 8];
+                    body[..4].copy_from_slice(&(s as u32).to_le_bytes());
+                    body[4..].copy_from_slice(&(n as u32).to_le_bytes());
+                    let dst = utf16z("OS:localhost\\private$\\fifo");
+                    let label = utf16z("x");
+                    let m = UserMessage::new(
+                        Guid([0x40 + s as u8; 16]),
+                        n as u32 + 1,
+                        QueueRef::Direct(Utf16(&dst)),
+                        Utf16(&label),
+                        &body,
+                    )
+                    .with_recoverable(true)
+                    .with_priority(prio(s, n));
+                    let mut f = vec![0u8; m.frame_len()];
+                    let len = m.encode(&mut f).unwrap();
+                    f.truncate(len);
+                    let msg = UserMessage::parse(&f).unwrap();
+                    let d = b.deliver(&f, &msg, 1_700_000_000, 0);
+                    let Verdict::Stored { ticket, .. } = d.verdict else {
+                        panic!("not stored: {:?}", d.verdict);
+                    };
+                    tickets.push((d.partition, ticket));
                 }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+            }
+        }
+        // The end of the owner's turn: commit what it appended.
+        for p in 0..b.partition_count() {
+            if let Some(t) = tickets.iter().filter(|x| x.0 == p).map(|x| x.1).max() {
+                b.partition(p).commit(Some(t)).unwrap();
+            }
+        }
     }
     let key = |r: &lior::qm::broker::Received| {
         let m = UserMessage::parse(&r.bytes).unwrap();

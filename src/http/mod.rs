@@ -4,6 +4,7 @@
 //! bearer token of `DATA_DIR/api-token` ([`tls`]).
 
 pub mod api;
+pub mod body_budget;
 pub mod console;
 pub mod message_json;
 pub mod srmp;

@@ -111,9 +111,96 @@ impl OrdinalAllocator {
     }
 }
 
+/// Ordinals a thread takes from the machine-wide allocator at a time (see [`OrdinalLeases`]).
+pub const ORDINAL_THREAD_LEASE: u32 = 4_096;
+
+/// The machine's [`OrdinalAllocator`] shared by its threads without a lock per message: each
+/// thread (a shard, the API's threads) holds a lease of [`ORDINAL_THREAD_LEASE`] ordinals in a
+/// thread-local and takes the allocator's lock once per lease, to reserve the next block on
+/// disk. Leases are kept per allocator, so two queue managers in one process (tests) never
+/// hand out each other's ordinals.
+#[derive(Debug)]
+pub struct OrdinalLeases {
+    /// Tells this allocator's leases from another's in a thread's lease slot.
+    id: u64,
+    /// Taken once per lease (a reservation may write the ordinal file); never per message.
+    allocator: std::sync::Mutex<OrdinalAllocator>,
+}
+
+std::thread_local! {
+    /// This thread's lease: (allocator id, the ordinals left).
+    static LEASE: std::cell::Cell<(u64, u32, u32)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
+impl OrdinalLeases {
+    pub fn new(allocator: OrdinalAllocator) -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        OrdinalLeases {
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            allocator: std::sync::Mutex::new(allocator),
+        }
+    }
+
+    /// `n` consecutive ordinals straight from the allocator (reserved on disk first).
+    pub fn lease(&self, n: u32) -> std::io::Result<std::ops::Range<u32>> {
+        self.allocator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate_block(n)
+    }
+
+    /// The next ordinal from the calling thread's lease (a new lease when it is used up).
+    pub fn next(&self) -> std::io::Result<u32> {
+        let (id, next, end) = LEASE.with(std::cell::Cell::get);
+        let (next, end) = if id == self.id && next != end {
+            (next, end)
+        } else {
+            let r = self.lease(ORDINAL_THREAD_LEASE)?;
+            (r.start, r.end)
+        };
+        LEASE.with(|c| c.set((self.id, next.wrapping_add(1), end)));
+        Ok(next)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leases_of_several_threads_and_allocators_never_repeat() {
+        let d = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let a = std::sync::Arc::new(OrdinalLeases::new(
+                OrdinalAllocator::open(d.path()).unwrap(),
+            ));
+            // Another queue manager in the same process: its leases stay its own.
+            let b = OrdinalLeases::new(OrdinalAllocator::open(other.path()).unwrap());
+            let threads: Vec<_> = (0..3)
+                .map(|_| {
+                    let a = a.clone();
+                    std::thread::spawn(move || {
+                        (0..ORDINAL_THREAD_LEASE + 5)
+                            .map(|_| a.next().unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for _ in 0..10 {
+                a.next().unwrap();
+                b.next().unwrap();
+            }
+            let mut mine = vec![a.next().unwrap()];
+            for t in threads {
+                mine.extend(t.join().unwrap());
+            }
+            for o in mine {
+                assert!(seen.insert(o), "{o} twice");
+            }
+        }
+    }
 
     #[test]
     fn blocks_and_single_ordinals_never_repeat_across_reopens() {

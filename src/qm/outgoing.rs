@@ -282,15 +282,15 @@ static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 /// The outgoing table shared by the shards and the API's threads. Lookups ([`Self::read`],
 /// on the path of every outgoing message and OrderAck) take no lock: each thread keeps a copy
 /// of the last published snapshot and checks it against a generation counter (one atomic
-/// load); after a change, its next lookup takes `published` once, just long enough to clone an
-/// `Arc`. Changes (a new destination's first message, pause and resume, a new transactional
-/// sequence id: all rare) serialise on `table`, which no lookup takes, held across the write of
-/// outgoing.json, then publish a new snapshot.
+/// load); after a change, its next lookup loads the published `Arc` (arc-swap, no lock).
+/// Changes (a new destination's first message, pause and resume, a new transactional sequence
+/// id: all rare) serialise on `table`, the writers' lock no lookup takes, held across the write
+/// of outgoing.json, then publish a new snapshot.
 #[derive(Debug)]
 pub struct SharedOutgoing {
     instance: u64,
     generation: AtomicU64,
-    published: Mutex<Arc<OutgoingSnapshot>>,
+    published: arc_swap::ArcSwap<OutgoingSnapshot>,
     table: Mutex<OutgoingTable>,
 }
 
@@ -303,7 +303,7 @@ impl SharedOutgoing {
         SharedOutgoing {
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(1),
-            published: Mutex::new(Arc::new(table.snapshot())),
+            published: arc_swap::ArcSwap::from_pointee(table.snapshot()),
             table: Mutex::new(table),
         }
     }
@@ -321,12 +321,10 @@ impl SharedOutgoing {
                     return f(snap);
                 }
             }
-            // Changed since (or first look): the generation is read under the lock the
-            // writer bumps it under, so the copy and its generation agree.
-            let (generation, snap) = {
-                let p = lock(&self.published);
-                (self.generation.load(Ordering::Acquire), p.clone())
-            };
+            // Changed since (or first look). A writer publishes the snapshot before it bumps
+            // the generation: a snapshot loaded after reading `generation` is at least that
+            // generation's (a newer one tagged older is only refreshed once more).
+            let snap = self.published.load_full();
             // (Not kept when a lookup runs inside another one's `f`.)
             if let Ok(mut copies) = cell.try_borrow_mut() {
                 copies.retain(|(i, _, _)| *i != self.instance);
@@ -377,9 +375,7 @@ impl SharedOutgoing {
     fn change<R>(&self, f: impl FnOnce(&mut OutgoingTable) -> R) -> R {
         let mut t = lock(&self.table);
         let r = f(&mut t);
-        let snap = Arc::new(t.snapshot());
-        let mut p = lock(&self.published);
-        *p = snap;
+        self.published.store(Arc::new(t.snapshot()));
         self.generation.fetch_add(1, Ordering::Release);
         r
     }

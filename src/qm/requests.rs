@@ -900,9 +900,14 @@ mod tests {
     #[test]
     fn a_full_channel_is_busy_at_once_and_a_stopped_shard_is_busy() {
         let (tx, mut rx) = channels(2, 1);
-        let woken = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let w = woken.clone();
-        let client = ShardClient::new(tx, 1, Arc::new(move |s| w.lock().unwrap().push(s)));
+        let (w, woken) = std::sync::mpsc::channel();
+        let client = ShardClient::new(
+            tx,
+            1,
+            Arc::new(move |s| {
+                let _ = w.send(s);
+            }),
+        );
         let rt = runtime();
         rt.block_on(async {
             // The first request fills shard 1's channel (nobody serves it yet)...
@@ -939,6 +944,6 @@ mod tests {
                 Err(ApiError::Busy(_))
             ));
         });
-        assert_eq!(*woken.lock().unwrap(), vec![1, 0]);
+        assert_eq!(woken.try_iter().collect::<Vec<_>>(), vec![1, 0]);
     }
 }

@@ -26,7 +26,7 @@ pub struct Chunk {
 }
 
 /// What the store needs from storage. One batch is in flight at a time.
-pub trait Disk {
+pub trait Disk: Sync {
     /// Base sequence numbers of the segments present, ascending.
     fn segments(&mut self) -> Result<Vec<u64>, StoreError>;
     /// Create (preallocate) segment `base` of `bytes`; its directory entry is durable on return.

@@ -420,7 +420,7 @@ pub struct StoreStats {
 /// commit of everything staged (at most one is in flight; a flush while one is in flight is
 /// remembered and started when it completes); `poll_durable` reaps completions and returns the
 /// watermark. The event loop calls `flush` then `poll_durable(false)` once per turn.
-pub trait QueueStore {
+pub trait QueueStore: Sync {
     /// Stage a message. Recoverable/transactional messages become visible to peek/receive, and
     /// may be acknowledged, once their ticket is durable; express ones at once.
     fn append(

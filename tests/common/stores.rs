@@ -11,7 +11,7 @@ use lior::wire::{utf16z, Guid, Utf16};
 
 /// What a test does before the wrapped store's `append` or `poll_durable` runs: wait, or fail
 /// the call (the error is returned in its place and the inner store is not called).
-pub trait Hook {
+pub trait Hook: Sync {
     fn before_append(&self) -> Result<(), StoreError> {
         Ok(())
     }

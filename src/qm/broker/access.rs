@@ -5,7 +5,6 @@
 //! rights.
 
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -17,9 +16,11 @@ use crate::wire::user::UserMessage;
 
 use super::{bump, unix_now, ApiError, Broker, Delivered, Verdict};
 
-/// When each peer's last refusal was logged (shared by every broker of the process: one per
-/// `lior serve`).
-static REFUSAL_LOG: Mutex<RefusalLog> = Mutex::new(RefusalLog::new());
+std::thread_local! {
+    /// When each peer's last refusal was logged, per thread (each shard logs a peer's refusals
+    /// at most once per interval; no lock on the path of a refused message).
+    static REFUSAL_LOG: std::cell::RefCell<RefusalLog> = const { std::cell::RefCell::new(RefusalLog::new()) };
+}
 
 /// Who an arriving message is, for the rights check, and whether it is authenticated: its
 /// signature verified (`security::judge_arrival`). The SID it claims is trusted only when the
@@ -148,10 +149,10 @@ impl<S: QueueStore> Broker<S> {
             bump(&self.counters.access_denied);
         }
         let peer = msg.user.source_queue_manager;
-        let log = REFUSAL_LOG
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(peer, u64::from(unix_now()));
+        let log = REFUSAL_LOG.with(|l| {
+            l.try_borrow_mut()
+                .is_ok_and(|mut l| l.allow(peer, u64::from(unix_now())))
+        });
         if log {
             tracing::warn!(
                 source = %peer,

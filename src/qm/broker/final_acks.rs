@@ -38,7 +38,7 @@ use crate::wire::user::{FinalAckBody, QueueRef, UserMessage};
 use crate::wire::{utf16z, Guid, Utf16};
 
 use super::partition::Partition;
-use super::{bump, encode_message, lock, unix_now, AckSource, Broker, Delivered, Verdict};
+use super::{bump, encode_message, unix_now, AckSource, Broker, Delivered, Verdict};
 
 /// Senders whose FinalAck address is remembered at most (one entry per sending queue manager;
 /// past it the oldest-looking entry is forgotten, with a log line).
@@ -173,7 +173,9 @@ impl<S: QueueStore> Broker<S> {
     /// `Mail::FinalAckPeer`, to the owner when it is another): the table is that shard's.
     pub fn note_final_ack_peer(&self, partition: usize, sender: Guid, ip: IpAddr) {
         if let Some(t) = self.final_ack_peers.get(partition) {
-            lock(t).note(sender, ip);
+            self.probe_ownership(partition);
+            t.borrow("FinalAck address table", partition)
+                .note(sender, ip);
         }
     }
 
@@ -182,11 +184,17 @@ impl<S: QueueStore> Broker<S> {
     /// run on no shard yet, AMQP) looks in every partition's table.
     fn final_ack_peer(&self, partition: usize, sender: &Guid) -> Option<IpAddr> {
         match self.final_ack_peers.get(partition) {
-            Some(t) => lock(t).get(sender),
+            Some(t) => {
+                self.probe_ownership(partition);
+                t.borrow("FinalAck address table", partition).get(sender)
+            }
+            // Only the tables of the partitions this thread runs (another shard's is its own).
             None => self
                 .final_ack_peers
                 .iter()
-                .find_map(|t| lock(t).get(sender)),
+                .enumerate()
+                .filter(|(p, _)| super::partition::thread_runs_partition(*p))
+                .find_map(|(p, t)| t.borrow("FinalAck address table", p).get(sender)),
         }
     }
 

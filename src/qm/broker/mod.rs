@@ -6,12 +6,13 @@
 //! many partitions as engine shards. Each queue has one owning partition (`QueueDef.partition`,
 //! persisted in the catalog) and every message of the queue is stored there, whichever shard,
 //! API call or SRMP post brings it, so the queue has one delivery order: priority, then FIFO.
-//! Under today's locks a shard locks the owner's partition for each message it stores there
-//! (never two partition locks at once: see [`PartitionGuard`]). Queues whose messages an older
-//! lior spread over several partitions are read from every partition (see `spread`). The
-//! catalog is a snapshot read without a lock and replaced whole by each change (see
-//! [`CatalogCell`]); other tables shared by all shards sit behind locks taken once per message
-//! for a few hundred nanoseconds.
+//! Only the shard running a partition touches it (a message for another shard's queue is
+//! handed to that shard, `qm::handoff`); the partition is kept in an [`OwnedCell`], borrowed
+//! without a lock (one at a time per thread: see [`PartitionGuard`]). Queues whose messages an
+//! older lior spread over several partitions and which start-up could not move are read from
+//! every partition (see `spread`). The catalog and the outgoing table are snapshots read
+//! without a lock and replaced whole by each change (see [`CatalogCell`]); MessageIdOrdinals
+//! come from a per-thread lease ([`OrdinalLeases`]).
 //!
 //! This file holds the [`Broker`] itself (its state, its construction, the partition accessors),
 //! its counters and API error, the broker's limits, and the small helpers its files share. Each
@@ -22,11 +23,11 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use crate::config::Config;
 use crate::qm::catalog::{Catalog, CatalogCell, CatalogError, QueueDef};
-use crate::qm::identity::{load_or_create_guid, OrdinalAllocator};
+use crate::qm::identity::{load_or_create_guid, OrdinalAllocator, OrdinalLeases};
 use crate::qm::outgoing::{OutgoingTable, SharedOutgoing};
 use crate::qm::routing::LocalIdentity;
 use crate::qm::txn::TxnLimits;
@@ -56,7 +57,7 @@ pub use final_acks::{
 pub use journal::{journal_base, journal_id, JOURNAL_QUEUE_BIT, JOURNAL_SUFFIX};
 pub use outgoing::{AckSource, OrderAckIn, OutgoingInfo, TxAckStep, TxOut};
 pub use partition::{
-    set_shards_running, set_thread_shard, thread_runs_partition, InFlight, Partition,
+    set_shards_running, set_thread_shard, thread_runs_partition, InFlight, OwnedCell, Partition,
     PartitionGuard, TXN_STATE_QUEUE,
 };
 pub use recovery::{migrate_spread, MigrationReport};
@@ -96,7 +97,8 @@ pub struct Broker<S> {
     /// Read without a lock (a snapshot); changed under a writer lock readers never take
     /// (`catalog.write()`, see [`CatalogCell`]; branch `stall`).
     catalog: CatalogCell,
-    partitions: Vec<Mutex<Partition<S>>>,
+    /// Each borrowed only by the shard running it (no lock: see [`OwnedCell`]).
+    partitions: Vec<OwnedCell<Partition<S>>>,
     /// Per partition: its durable watermark, published by each commit (read without a lock by
     /// shards waiting for another shard's partition).
     durable_marks: Vec<Arc<AtomicU64>>,
@@ -108,7 +110,8 @@ pub struct Broker<S> {
     /// The outgoing table: lookups read a published snapshot without a lock; a new
     /// destination, pause/resume and a new sequence id serialise on its writers' lock.
     outgoing: SharedOutgoing,
-    ordinals: Mutex<OrdinalAllocator>,
+    /// MessageIdOrdinals, leased to each thread a block at a time (see [`OrdinalLeases`]).
+    ordinals: OrdinalLeases,
     /// Per shard: new outgoing messages were queued for it by another thread.
     outgoing_dirty: Vec<AtomicBool>,
     /// Per partition: the shards (bit `s % 64`) waiting for its durability to advance, woken
@@ -120,9 +123,8 @@ pub struct Broker<S> {
     /// Wakes a shard (set by the daemon once the engine runs).
     waker: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
     /// Per partition: where each sending queue manager's FinalAcks go (see `final_acks`).
-    /// Entry p is read and written only by the shard running partition p, like the partition
-    /// (its Mutex is never contended; it moves into the shard with the partition).
-    final_ack_peers: Vec<Mutex<FinalAckPeers>>,
+    /// Entry p is read and written only by the shard running partition p, like the partition.
+    final_ack_peers: Vec<OwnedCell<FinalAckPeers>>,
     /// Bumped by every catalog change; the route cache is valid for one generation. Shared
     /// with `catalog`, which moves it after publishing each change.
     catalog_generation: Arc<AtomicU64>,
@@ -341,7 +343,8 @@ impl<S: QueueStore> Broker<S> {
                     .map_err(|e| anyhow::anyhow!("partition {}: {e}", part.index))?;
             }
         }
-        let partitions: Vec<Mutex<Partition<S>>> = partitions.into_iter().map(Mutex::new).collect();
+        let partitions: Vec<OwnedCell<Partition<S>>> =
+            partitions.into_iter().map(OwnedCell::new).collect();
         if not_restored > 0 {
             tracing::error!(
                 not_restored,
@@ -352,14 +355,15 @@ impl<S: QueueStore> Broker<S> {
         }
         let durable_marks = partitions
             .iter()
-            .map(|p| lock(p).durable_mark.clone())
+            .enumerate()
+            .map(|(i, p)| p.borrow("store partition", i).durable_mark.clone())
             .collect();
         let shards = partitions.len();
         let outgoing =
             OutgoingTable::open(&config.data_dir, shards).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ordinals = OrdinalAllocator::open(&config.data_dir)?;
         let final_ack_peers = (0..shards)
-            .map(|p| Mutex::new(FinalAckPeers::open(&config.data_dir, p)))
+            .map(|p| OwnedCell::new(FinalAckPeers::open(&config.data_dir, p)))
             .collect();
         let signer = crate::security::Signer::from_config(&config.parameters.security)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -368,7 +372,7 @@ impl<S: QueueStore> Broker<S> {
             signer,
             identity,
             outgoing: SharedOutgoing::new(outgoing),
-            ordinals: Mutex::new(ordinals),
+            ordinals: OrdinalLeases::new(ordinals),
             outgoing_dirty: (0..shards).map(|_| AtomicBool::new(true)).collect(),
             durable_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             arrival_interest: (0..shards).map(|_| AtomicU64::new(0)).collect(),
@@ -390,7 +394,7 @@ impl<S: QueueStore> Broker<S> {
     pub fn into_stores(self) -> Vec<S> {
         self.partitions
             .into_iter()
-            .map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner()).store)
+            .map(|p| p.into_inner().store)
             .collect()
     }
 
@@ -416,18 +420,27 @@ impl<S: QueueStore> Broker<S> {
             .map_or(Ticket(0), |m| Ticket(m.load(Ordering::SeqCst)))
     }
 
-    /// Locks partition `i`. A thread holds at most one partition lock at a time (a debug
-    /// assertion checks it): take what is needed, drop the guard, then lock the next.
+    /// Borrows partition `i`, for the thread that runs it. A thread holds at most one at a
+    /// time (a debug assertion checks it): take what is needed, drop the guard, then borrow the
+    /// next. No lock: another thread's borrow while the shards run is counted (and aborts
+    /// under `LIOR_PARTITION_OWNERSHIP=strict`); a borrow while it is borrowed panics.
     #[track_caller]
     pub fn partition(&self, i: usize) -> PartitionGuard<'_, S> {
         let i = i % self.partitions.len();
+        self.probe_ownership(i);
+        PartitionGuard::borrow(&self.partitions[i], i)
+    }
+
+    /// Counts (or, strict, aborts on) a touch of partition `i`'s state by a thread that does
+    /// not run it while the shards run (see the `partition` module).
+    #[track_caller]
+    fn probe_ownership(&self, i: usize) {
         if !partition::thread_runs_partition(i) {
             self.counters
                 .foreign_partition_locks
                 .fetch_add(1, Ordering::Relaxed);
             partition::note_foreign_lock(i, std::panic::Location::caller());
         }
-        PartitionGuard::lock(&self.partitions[i])
     }
 
     /// The partition that owns queue `q` (stores every message of it).
@@ -435,11 +448,15 @@ impl<S: QueueStore> Broker<S> {
         q.partition as usize % self.partitions.len()
     }
 
-    /// The partitions peek and receive read for queue `q`: its owner, or every partition for a
-    /// queue an older lior spread over them.
+    /// The partitions peek and receive read for queue `q`: its owner, or for a queue an older
+    /// lior spread over them (and start-up could not gather), every partition the calling
+    /// thread runs (all of them before the shards start and in tools; on a shard, the rest
+    /// stay where they are, unread, until a restart moves them into the owner).
     fn read_partitions(&self, q: &QueueDef) -> Vec<usize> {
         if self.spread.contains(&q.id) {
-            (0..self.partitions.len()).collect()
+            (0..self.partitions.len())
+                .filter(|&p| partition::thread_runs_partition(p))
+                .collect()
         } else {
             vec![self.owner(q)]
         }
@@ -451,20 +468,10 @@ impl<S: QueueStore> Broker<S> {
         self.catalog.load()
     }
 
-    /// A block of `n` fresh MessageIdOrdinals for a shard to hand out itself (one lock per
-    /// block instead of one per message); None when the reservation cannot be written.
-    pub fn lease_ordinals(&self, n: u32) -> Option<std::ops::Range<u32>> {
-        lock(&self.ordinals)
-            .allocate_block(n)
-            .map_err(
-                |e| tracing::error!(error = %e, "cannot persist the message ordinal reservation"),
-            )
-            .ok()
-    }
-
-    /// A fresh MessageIdOrdinal (unique across restarts).
+    /// A fresh MessageIdOrdinal (unique across restarts), from the calling thread's lease
+    /// (see [`OrdinalLeases`]: no lock per message).
     pub fn next_ordinal(&self) -> u32 {
-        lock(&self.ordinals).allocate().unwrap_or_else(|e| {
+        self.ordinals.next().unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot persist the message ordinal; using an unreserved one");
             0
         })
@@ -491,12 +498,6 @@ pub(super) fn txn_limits(config: &Config) -> TxnLimits {
 
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks is a programmer error that already stopped a
-    // shard; the data behind it is still consistent at message granularity.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_now() -> u32 {

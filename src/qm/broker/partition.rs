@@ -1,13 +1,22 @@
 //! One store partition and what it owes at its next group commit: the removals to release once
 //! durable and the transactional sequence state records (written, replaced and dropped in the
-//! internal queue [`TXN_STATE_QUEUE`]); and [`PartitionGuard`], the lock on one partition that
-//! a thread holds at most one of.
+//! internal queue [`TXN_STATE_QUEUE`]); and [`PartitionGuard`], the borrow of one partition by
+//! the thread that runs it (a thread holds at most one).
+//!
+//! Ownership (issue 10): a partition is touched only by the shard that runs it (partition `p`
+//! by shard `p % shards`). It is kept in an [`OwnedCell`], not behind a lock: a borrow never
+//! waits. Another thread's borrow while the shards run is counted
+//! (`lior_partition_locks_foreign_total`) and logged, and aborts with
+//! `LIOR_PARTITION_OWNERSHIP=strict` (the test suite's setting); two borrows at once are a broken
+//! ownership rule and panic rather than wait.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::qm::dedup::DuplicateTable;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use atomic_refcell::{AtomicRefCell, AtomicRefMut};
 
 use crate::qm::txn::{IncomingSequence, TxKey, TxnTable};
 use crate::store::{
@@ -15,15 +24,15 @@ use crate::store::{
     Ticket, EXPIRY_NEVER,
 };
 
-use super::{lock, COMMIT_WAIT_ROUNDS_MAX, TXN_STALE_RECORDS_MAX, TXN_STALE_TRIES_MAX};
+use super::{COMMIT_WAIT_ROUNDS_MAX, TXN_STALE_RECORDS_MAX, TXN_STALE_TRIES_MAX};
 
 /// Internal store queue holding the persistent transactional sequence states (one record per
 /// sender and queue; the message id field is the sender GUID and the queue id).
 pub const TXN_STATE_QUEUE: QueueId = QueueId(0xFFFF_FF10);
 
 std::thread_local! {
-    /// Partition guards this thread holds (at most one: two partition locks taken in different
-    /// orders by two threads would deadlock, and no code needs two).
+    /// Partition guards this thread holds (at most one: no code needs two, and a thread
+    /// holding two partitions would be running two shards' state in one step).
     static PARTITION_GUARDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
@@ -33,18 +42,16 @@ std::thread_local! {
     static THREAD_SHARD: std::cell::Cell<Option<(usize, usize)>> = const { std::cell::Cell::new(None) };
 }
 
-/// Set while the engine's shards run (`lior serve`): from then on a partition locked by a
+/// Set while the engine's shards run (`lior serve`): from then on a partition borrowed by a
 /// thread that does not run it (another shard, the API, SRMP) is counted as foreign.
 static SHARDS_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Call sites already logged as taking a foreign partition lock, at most this many.
+/// Foreign borrows logged at most (each names its call site; the metric counts them all).
 const FOREIGN_LOCK_SITES_LOGGED_MAX: usize = 64;
-static FOREIGN_LOCK_SITES: Mutex<Vec<&'static std::panic::Location<'static>>> =
-    Mutex::new(Vec::new());
+static FOREIGN_LOCKS_LOGGED: AtomicUsize = AtomicUsize::new(0);
 
 /// Marks the calling thread as the thread of `shard` (of `shards`): partition `p` is run by
-/// shard `p % shards`, and a lock of another partition from here is foreign (issue 10: every
-/// partition is to be touched by its owner only; this counts what is left).
+/// shard `p % shards`, and a borrow of another partition from here is foreign.
 pub fn set_thread_shard(shard: usize, shards: usize) {
     THREAD_SHARD.with(|c| c.set(Some((shard, shards.max(1)))));
 }
@@ -63,9 +70,9 @@ pub fn thread_runs_partition(p: usize) -> bool {
     }
 }
 
-/// Whether a foreign partition lock stops the process (`LIOR_PARTITION_OWNERSHIP=strict`, set
-/// by the test suite for every server it starts, so any path that still reaches into another
-/// shard's partition fails the test that takes it).
+/// Whether a foreign borrow stops the process (`LIOR_PARTITION_OWNERSHIP=strict`, set by the
+/// test suite for every server it starts, so any path that still reaches into another shard's
+/// partition fails the test that takes it).
 fn ownership_strict() -> bool {
     static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *STRICT.get_or_init(|| {
@@ -73,39 +80,73 @@ fn ownership_strict() -> bool {
     })
 }
 
-/// Notes a foreign partition lock taken at `site` (logged once per call site; with
-/// [`ownership_strict`] the process aborts instead).
+/// Notes a foreign borrow taken at `site` (the first [`FOREIGN_LOCK_SITES_LOGGED_MAX`] are
+/// logged; with [`ownership_strict`] the process aborts instead).
 pub(super) fn note_foreign_lock(p: usize, site: &'static std::panic::Location<'static>) {
+    let shard = THREAD_SHARD.with(std::cell::Cell::get).map(|(s, _)| s);
     if ownership_strict() {
-        let shard = THREAD_SHARD.with(std::cell::Cell::get).map(|(s, _)| s);
-        tracing::error!(partition = p, ?shard, %site, "partition locked by a thread that does not run it (LIOR_PARTITION_OWNERSHIP=strict): aborting");
-        eprintln!("lior: partition {p} locked at {site} by a thread that does not run it (shard {shard:?}); LIOR_PARTITION_OWNERSHIP=strict aborts");
+        tracing::error!(partition = p, ?shard, %site, "partition borrowed by a thread that does not run it (LIOR_PARTITION_OWNERSHIP=strict): aborting");
+        eprintln!("lior: partition {p} borrowed at {site} by a thread that does not run it (shard {shard:?}); LIOR_PARTITION_OWNERSHIP=strict aborts");
         std::process::abort();
     }
-    let mut sites = lock(&FOREIGN_LOCK_SITES);
-    if sites.len() < FOREIGN_LOCK_SITES_LOGGED_MAX && !sites.contains(&site) {
-        sites.push(site);
-        let shard = THREAD_SHARD.with(std::cell::Cell::get).map(|(s, _)| s);
-        tracing::debug!(partition = p, ?shard, %site, "partition locked by a thread that does not run it");
+    if FOREIGN_LOCKS_LOGGED.fetch_add(1, Ordering::Relaxed) < FOREIGN_LOCK_SITES_LOGGED_MAX {
+        tracing::warn!(partition = p, ?shard, %site, "partition borrowed by a thread that does not run it");
     }
 }
 
-/// A locked partition. A thread holds at most one (checked in debug builds).
+/// Something only the thread running it touches (a store partition, its FinalAck address
+/// table), kept without a lock: [`OwnedCell::borrow`] never waits. The owner rule (checked by
+/// `Broker::partition`'s probe) makes two borrows at once impossible; should it ever be broken,
+/// the second borrow panics with the cell's name instead of waiting or racing.
+#[derive(Debug)]
+pub struct OwnedCell<T> {
+    cell: AtomicRefCell<T>,
+}
+
+impl<T> OwnedCell<T> {
+    pub fn new(value: T) -> Self {
+        OwnedCell {
+            cell: AtomicRefCell::new(value),
+        }
+    }
+
+    /// The value, for the thread that runs it. Panics if it is borrowed already (by another
+    /// thread: an ownership bug; by this one: a nested borrow, also a bug).
+    #[track_caller]
+    pub fn borrow(&self, what: &'static str, index: usize) -> AtomicRefMut<'_, T> {
+        match self.cell.try_borrow_mut() {
+            Ok(b) => b,
+            Err(_) => panic!(
+                "{what} {index} is borrowed already: two threads (or two nested steps) in one \
+                 shard's state; its owner alone may touch it (issue 10)"
+            ),
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.cell.into_inner()
+    }
+}
+
+/// A borrowed partition. A thread holds at most one (checked in debug builds).
 pub struct PartitionGuard<'a, S> {
-    guard: MutexGuard<'a, Partition<S>>,
+    guard: AtomicRefMut<'a, Partition<S>>,
 }
 
 impl<'a, S> PartitionGuard<'a, S> {
-    pub(super) fn lock(m: &'a Mutex<Partition<S>>) -> Self {
+    #[track_caller]
+    pub(super) fn borrow(m: &'a OwnedCell<Partition<S>>, index: usize) -> Self {
         PARTITION_GUARDS.with(|c| {
             debug_assert_eq!(
                 c.get(),
                 0,
-                "a thread locks a second store partition while holding one (lock order)"
+                "a thread borrows a second store partition while holding one"
             );
             c.set(c.get() + 1);
         });
-        PartitionGuard { guard: lock(m) }
+        PartitionGuard {
+            guard: m.borrow("store partition", index),
+        }
     }
 }
 
@@ -174,7 +215,7 @@ pub struct Partition<S> {
     /// per owner: `RemoveDuplicateSize` entries each), read and written only under this
     /// partition, in the same step as the append it records.
     pub(super) dedup: DuplicateTable,
-    /// Messages handed to AMQP consumers and not settled yet (any shard's, under this lock).
+    /// Messages handed to AMQP consumers and not settled yet (for the consumers of every shard).
     pub inflight: InFlight,
     /// Moves whenever a commit of this partition saw new messages or a higher durable mark
     /// (something may have become visible): AMQP consumers waiting here are woken for it.
@@ -200,8 +241,8 @@ pub struct Partition<S> {
 
 /// Messages an AMQP consumer holds unsettled (so no other consumer gets them) and how many
 /// times each was given back as failed (`modified` with delivery-failed), by (queue, lookup id).
-/// Lives with the partition, so every shard's consumers of a queue share it under the
-/// partition's lock.
+/// Lives with the partition: its owner keeps it for the consumers of every shard (a consumer
+/// on another shard fetches and settles by mail).
 #[derive(Debug, Default)]
 pub struct InFlight {
     held: std::collections::HashSet<(QueueId, LookupId)>,
