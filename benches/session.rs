@@ -99,6 +99,27 @@ fn bench_dedup(c: &mut Criterion) {
             table.check_and_insert((sender, n), u64::from(n), (0, u64::from(n)))
         })
     });
+    // As the store's path uses it: the check, then the first copy's place once appended.
+    // (check, then the place once appended: one new identifier)
+    fn check_then_place(t: &mut DuplicateTable, sender: Guid, n: &mut u32) -> bool {
+        *n = n.wrapping_add(1);
+        let key = (sender, *n);
+        let hit = t.check_and_insert(key, u64::from(*n), lior::qm::dedup::PENDING);
+        t.set_origin(&key, (0, u64::from(*n)));
+        hit.is_some()
+    }
+    g.bench_function("check_insert_set_origin/full_10000/new_id", |b| {
+        b.iter(|| check_then_place(&mut table, sender, &mut n))
+    });
+    // A larger RemoveDuplicateSize (100,000), whose table does not fit in the caches.
+    let mut big = DuplicateTable::new(100_000, 30 * 60 * 1000);
+    for _ in 0..100_000 {
+        n = n.wrapping_add(1);
+        big.check_and_insert((sender, n), u64::from(n), (0, 0));
+    }
+    g.bench_function("check_insert_set_origin/full_100000/new_id", |b| {
+        b.iter(|| check_then_place(&mut big, sender, &mut n))
+    });
     g.finish();
 }
 

@@ -5,8 +5,6 @@
 //! The full 20-byte identifier (source QM GUID + MessageID) is compared: MS-MQQB 3.1.5.8.1 names
 //! only the ordinal, but 3.1.5.8.2 stores both, and ordinals of different senders collide.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 
 use crate::wire::Guid;
@@ -101,37 +99,166 @@ pub type Origin = (usize, u64);
 /// yet): a duplicate must wait for [`DuplicateTable::set_origin`], never be acknowledged at once.
 pub const PENDING: Origin = (usize::MAX, u64::MAX);
 
+/// One remembered identifier, in the ring of [`DuplicateTable`].
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    key: MessageKey,
+    /// Last time the identifier was seen.
+    seen_ms: u64,
+    /// The time it took its place in the ring with (the ring is in that order, oldest at
+    /// `head`); older than `seen_ms` when it was seen again since.
+    placed_ms: u64,
+    origin: Origin,
+    /// False once forgotten (`remove`, `cleanup`): the slot waits to be reused.
+    live: bool,
+}
+
+/// Index entries: `(hash high 32 bits) << 32 | (slot + 1)`; 0 is an empty place.
+const EMPTY: u64 = 0;
+
 /// The bounded history of recently seen message identifiers.
+///
+/// Laid out for the per-message path, where the whole table is usually out of the cache:
+/// the entries sit in a ring of `capacity` slots in the order they were placed (the oldest is
+/// the next to go, or to move up if it was seen again since), and an open-addressing index
+/// of 8-byte entries (linear probing, at most half full) maps an identifier's hash to its
+/// slot, with 32 bits of the hash kept in the entry so a probe rarely touches a slot that is
+/// not the one sought. A new identifier costs one index probe, one slot write at the ring's
+/// head and the removal of the evicted identifier's index entry.
 #[derive(Debug)]
 pub struct DuplicateTable {
     capacity: usize,
     max_age_ms: u64,
-    /// Last time each identifier was seen, and where its first copy went.
-    seen: HashMap<MessageKey, (u64, Origin), KeyedHash>,
-    /// One entry per key, in the order of the time recorded with it (older first). An entry
-    /// whose key was seen again since carries a stale time and is refreshed when it surfaces.
-    order: VecDeque<(MessageKey, u64)>,
+    hasher: KeyedHash,
+    /// At most `capacity`; grows until full, then each new identifier reuses `head`'s slot.
+    slots: Vec<Slot>,
+    /// The oldest slot once the ring is full (0 while it grows).
+    head: usize,
+    /// Live entries.
+    live: usize,
+    index: Vec<u64>,
+    mask: usize,
     last_cleanup_ms: u64,
 }
 
 impl DuplicateTable {
     pub fn new(capacity: usize, max_age_ms: u64) -> Self {
-        let capacity = capacity.max(1);
+        let capacity = capacity.clamp(1, u32::MAX as usize / 4);
+        let places = (capacity * 2).next_power_of_two();
         DuplicateTable {
             capacity,
             max_age_ms,
-            seen: HashMap::with_capacity_and_hasher(capacity + 1, KeyedHash::random()),
-            order: VecDeque::with_capacity(capacity + 1),
+            hasher: KeyedHash::random(),
+            slots: Vec::with_capacity(capacity),
+            head: 0,
+            live: 0,
+            index: vec![EMPTY; places],
+            mask: places - 1,
             last_cleanup_ms: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.live == 0
+    }
+
+    /// The hash's high 32 bits: they choose the home place (`& mask`) and filter probes.
+    fn tag(&self, key: &MessageKey) -> u32 {
+        let mut h = self.hasher.build_hasher();
+        let g = key.0 .0;
+        h.write_u64(u64::from_le_bytes(g[..8].try_into().unwrap_or([0; 8])));
+        h.write_u64(u64::from_le_bytes(g[8..].try_into().unwrap_or([0; 8])));
+        h.write_u32(key.1);
+        (h.finish() >> 32) as u32
+    }
+
+    /// Where `key`'s index entry is (Ok) or the empty place it would take (Err).
+    fn find(&self, key: &MessageKey, tag: u32) -> Result<usize, usize> {
+        let mut i = tag as usize & self.mask;
+        loop {
+            let e = self.index[i];
+            if e == EMPTY {
+                return Err(i);
+            }
+            if (e >> 32) as u32 == tag {
+                let s = &self.slots[(e as u32 - 1) as usize];
+                if s.key == *key {
+                    return Ok(i);
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Empties index place `i`, moving later entries of the same probe run back (linear
+    /// probing's deletion without tombstones, so probes stay short however many go).
+    fn unindex(&mut self, mut i: usize) {
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.index[j];
+            if e == EMPTY {
+                break;
+            }
+            let home = (e >> 32) as usize & self.mask;
+            // Move e back into the hole at i unless its home lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.index[i] = e;
+                i = j;
+            }
+        }
+        self.index[i] = EMPTY;
+    }
+
+    /// Forgets the live entry of slot `s` from the index.
+    fn forget_slot(&mut self, s: usize) {
+        let key = self.slots[s].key;
+        let tag = self.tag(&key);
+        if let Ok(i) = self.find(&key, tag) {
+            self.unindex(i);
+        }
+        self.slots[s].live = false;
+        self.live -= 1;
+    }
+
+    /// A slot for a new entry: a fresh one while the ring grows, else `head`'s, whose entry is
+    /// evicted (an entry seen again since it was placed moves up instead, to the ring's
+    /// newest end, and the next oldest is looked at).
+    fn take_slot(&mut self) -> usize {
+        if self.slots.len() < self.capacity {
+            self.slots.push(Slot {
+                key: (Guid([0; 16]), 0),
+                seen_ms: 0,
+                placed_ms: 0,
+                origin: (0, 0),
+                live: false,
+            });
+            return self.slots.len() - 1;
+        }
+        // Each slot moves up at most once (its placed time becomes its seen time), so this
+        // ends within two turns of the ring.
+        loop {
+            let s = self.head;
+            self.head = (self.head + 1) % self.capacity;
+            let slot = self.slots[s];
+            if slot.live && slot.seen_ms != slot.placed_ms {
+                self.slots[s].placed_ms = slot.seen_ms;
+                continue;
+            }
+            if slot.live {
+                self.forget_slot(s);
+            }
+            return s;
+        }
     }
 
     /// Records `key` at `now_ms` with the place its copy is about to be stored. Returns the
@@ -143,22 +270,24 @@ impl DuplicateTable {
         now_ms: u64,
         origin: Origin,
     ) -> Option<Origin> {
-        // One hash lookup for the common case (a new identifier): the entry either holds the
-        // first copy's origin or takes this one. The table may exceed its capacity by this one
-        // entry until the eviction below (it is allocated for capacity + 1).
-        match self.seen.entry(key) {
-            Entry::Occupied(mut e) => {
-                let (t, o) = e.get_mut();
-                *t = now_ms;
-                return Some(*o);
-            }
-            Entry::Vacant(e) => {
-                e.insert((now_ms, origin));
-            }
+        let tag = self.tag(&key);
+        if let Ok(i) = self.find(&key, tag) {
+            let s = &mut self.slots[(self.index[i] as u32 - 1) as usize];
+            s.seen_ms = now_ms;
+            return Some(s.origin);
         }
-        self.order.push_back((key, now_ms));
-        while self.seen.len() > self.capacity {
-            self.evict_oldest();
+        let s = self.take_slot();
+        self.slots[s] = Slot {
+            key,
+            seen_ms: now_ms,
+            placed_ms: now_ms,
+            origin,
+            live: true,
+        };
+        self.live += 1;
+        // The eviction may have moved entries of the index: look for the place again.
+        if let Err(i) = self.find(&key, tag) {
+            self.index[i] = (u64::from(tag) << 32) | (s as u64 + 1);
         }
         None
     }
@@ -166,51 +295,50 @@ impl DuplicateTable {
     /// Sets where the copy recorded by `check_and_insert` was stored, once the append returned
     /// its ticket.
     pub fn set_origin(&mut self, key: &MessageKey, origin: Origin) {
-        if let Some((_, o)) = self.seen.get_mut(key) {
-            *o = origin;
+        let tag = self.tag(key);
+        if let Ok(i) = self.find(key, tag) {
+            self.slots[(self.index[i] as u32 - 1) as usize].origin = origin;
         }
     }
 
     /// Forgets `key`: its message was not stored after all (the store refused it), so a resend
     /// must be taken, not dropped as a duplicate.
     pub fn remove(&mut self, key: &MessageKey) {
-        self.seen.remove(key);
-    }
-
-    fn evict_oldest(&mut self) {
-        while let Some((key, t)) = self.order.pop_front() {
-            // Removing first costs one lookup in the common case (the oldest entry was not seen
-            // again); an entry seen again since goes back in with its newer time (rare: resends).
-            match self.seen.remove(&key) {
-                Some(v) if v.0 != t => {
-                    self.seen.insert(key, v);
-                    self.order.push_back((key, v.0));
-                }
-                Some(_) => return,
-                None => {}
-            }
+        let tag = self.tag(key);
+        if let Ok(i) = self.find(key, tag) {
+            let s = (self.index[i] as u32 - 1) as usize;
+            self.unindex(i);
+            self.slots[s].live = false;
+            self.live -= 1;
         }
     }
 
-    /// Drops entries older than the cleanup period; runs at most once per period.
+    /// Drops entries older than the cleanup period; runs at most once per period. The ring is
+    /// rebuilt with the entries that stay, oldest first.
     pub fn cleanup(&mut self, now_ms: u64) {
         if now_ms.saturating_sub(self.last_cleanup_ms) < self.max_age_ms {
             return;
         }
         self.last_cleanup_ms = now_ms;
         let cutoff = now_ms.saturating_sub(self.max_age_ms);
-        let mut n = self.order.len();
-        while n > 0 {
-            n -= 1;
-            let Some((key, t)) = self.order.pop_front() else {
-                break;
-            };
-            match self.seen.get(&key).map(|v| v.0) {
-                Some(latest) if latest < cutoff => {
-                    self.seen.remove(&key);
-                }
-                Some(latest) => self.order.push_back((key, latest.max(t))),
-                None => {}
+        let n = self.slots.len();
+        let mut kept: Vec<Slot> = (0..n)
+            .map(|k| self.slots[(self.head + k) % n.max(1)])
+            .filter(|s| s.live && s.seen_ms >= cutoff)
+            .collect();
+        for s in &mut kept {
+            s.placed_ms = s.seen_ms.max(s.placed_ms);
+        }
+        self.index.fill(EMPTY);
+        self.slots.clear();
+        self.head = 0;
+        self.live = 0;
+        for s in kept {
+            let tag = self.tag(&s.key);
+            if let Err(i) = self.find(&s.key, tag) {
+                self.slots.push(s);
+                self.index[i] = (u64::from(tag) << 32) | self.slots.len() as u64;
+                self.live += 1;
             }
         }
     }
@@ -222,6 +350,152 @@ mod tests {
 
     fn k(n: u32) -> MessageKey {
         (Guid([7; 16]), n)
+    }
+
+    /// The table as it was before the ring (a HashMap and a VecDeque of the order), kept here
+    /// as the reference the ring must agree with.
+    struct Model {
+        capacity: usize,
+        max_age_ms: u64,
+        seen: std::collections::HashMap<MessageKey, (u64, Origin)>,
+        order: std::collections::VecDeque<(MessageKey, u64)>,
+        last_cleanup_ms: u64,
+    }
+
+    impl Model {
+        fn new(capacity: usize, max_age_ms: u64) -> Self {
+            Model {
+                capacity,
+                max_age_ms,
+                seen: Default::default(),
+                order: Default::default(),
+                last_cleanup_ms: 0,
+            }
+        }
+        fn check_and_insert(
+            &mut self,
+            key: MessageKey,
+            now_ms: u64,
+            origin: Origin,
+        ) -> Option<Origin> {
+            if let Some((t, o)) = self.seen.get_mut(&key) {
+                *t = now_ms;
+                return Some(*o);
+            }
+            // Room first, then the new identifier at the newest end. (The old table inserted
+            // first and then evicted, so an identifier seen again since it was placed moved up
+            // behind the new one, and when every older one had been seen again the new one
+            // itself was evicted, so its duplicate was taken. The ring evicts first.)
+            if self.seen.len() >= self.capacity {
+                while let Some((k, t)) = self.order.pop_front() {
+                    match self.seen.remove(&k) {
+                        Some(v) if v.0 != t => {
+                            self.seen.insert(k, v);
+                            self.order.push_back((k, v.0));
+                        }
+                        Some(_) => break,
+                        None => {}
+                    }
+                }
+            }
+            self.seen.insert(key, (now_ms, origin));
+            self.order.push_back((key, now_ms));
+            None
+        }
+        fn set_origin(&mut self, key: &MessageKey, origin: Origin) {
+            if let Some((_, o)) = self.seen.get_mut(key) {
+                *o = origin;
+            }
+        }
+        fn cleanup(&mut self, now_ms: u64) {
+            if now_ms.saturating_sub(self.last_cleanup_ms) < self.max_age_ms {
+                return;
+            }
+            self.last_cleanup_ms = now_ms;
+            let cutoff = now_ms.saturating_sub(self.max_age_ms);
+            for _ in 0..self.order.len() {
+                let Some((key, t)) = self.order.pop_front() else {
+                    break;
+                };
+                match self.seen.get(&key).map(|v| v.0) {
+                    Some(latest) if latest < cutoff => {
+                        self.seen.remove(&key);
+                    }
+                    Some(latest) => self.order.push_back((key, latest.max(t))),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// The ring answers every check as the reference table does, over long random runs with
+    /// repeats (hits and refreshes), evictions, set_origin and cleanups, at several capacities.
+    #[test]
+    fn the_ring_agrees_with_the_reference_table() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (capacity, keys) in [
+            (1usize, 4u64),
+            (3, 8),
+            (64, 100),
+            (1_000, 3_000),
+            (10_000, 12_000),
+        ] {
+            let max_age = 5_000;
+            let mut ring = DuplicateTable::new(capacity, max_age);
+            let mut model = Model::new(capacity, max_age);
+            let mut now = 0u64;
+            for step in 0..60_000u64 {
+                now += rnd() % 3;
+                let r = rnd();
+                let key = (Guid([(r % 3) as u8; 16]), ((r >> 8) % keys) as u32);
+                match r % 100 {
+                    0 => {
+                        ring.cleanup(now);
+                        model.cleanup(now);
+                    }
+                    1..=10 => {
+                        ring.set_origin(&key, (1, step));
+                        model.set_origin(&key, (1, step));
+                    }
+                    _ => {
+                        let a = ring.check_and_insert(key, now, (0, step));
+                        let b = model.check_and_insert(key, now, (0, step));
+                        assert_eq!(a, b, "capacity {capacity}, step {step}, key {key:?}");
+                    }
+                }
+                assert_eq!(
+                    ring.len(),
+                    model.seen.len(),
+                    "capacity {capacity}, step {step}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn removed_identifiers_are_taken_again_and_the_rest_stay() {
+        let mut t = DuplicateTable::new(100, 1_000_000);
+        for n in 0..100 {
+            t.check_and_insert(k(n), u64::from(n), (0, u64::from(n)));
+        }
+        for n in (0..100).step_by(3) {
+            t.remove(&k(n));
+        }
+        for n in 0..100 {
+            let again = t.check_and_insert(k(n), 200, (9, 9));
+            if n % 3 == 0 {
+                assert_eq!(again, None, "{n} was removed");
+            } else {
+                assert_eq!(again, Some((0, u64::from(n))), "{n} stays");
+            }
+        }
+        assert_eq!(t.len(), 100);
     }
 
     #[test]
@@ -263,7 +537,7 @@ mod tests {
             t.check_and_insert(k(100 + n), 100 + u64::from(n), (0, 0));
         }
         assert_eq!(t.len(), 3);
-        assert!(t.order.len() <= 3, "the order queue is bounded too");
+        assert!(t.slots.len() <= 3, "the ring is bounded too");
     }
 
     #[test]
