@@ -478,6 +478,24 @@ mod tests {
         }
     }
 
+    /// The old table, when every identifier it held had been seen again since it was placed,
+    /// evicted the one it had just inserted: that message's duplicate was then taken.
+    #[test]
+    fn a_new_identifier_is_kept_when_every_older_one_was_seen_again() {
+        let mut t = DuplicateTable::new(2, 1_000_000);
+        t.check_and_insert(k(1), 1, (0, 1));
+        t.check_and_insert(k(2), 2, (0, 2));
+        assert!(t.check_and_insert(k(1), 3, (0, 0)).is_some());
+        assert!(t.check_and_insert(k(2), 4, (0, 0)).is_some());
+        assert_eq!(t.check_and_insert(k(3), 5, (0, 3)), None);
+        assert_eq!(
+            t.check_and_insert(k(3), 6, (0, 0)),
+            Some((0, 3)),
+            "the newest identifier was forgotten: its duplicate would be stored"
+        );
+        assert_eq!(t.len(), 2);
+    }
+
     #[test]
     fn removed_identifiers_are_taken_again_and_the_rest_stay() {
         let mut t = DuplicateTable::new(100, 1_000_000);
