@@ -11,7 +11,12 @@ impl<S> MsmqApp<S> {
     /// shard's reassembly budgets. Past the shard's, the sessions whose partial packets are the
     /// oldest are dropped first (a flood of half-sent packets cannot lock out a newcomer); Err
     /// closes `conn` itself (over the per-session budget, or nothing older to drop).
-    pub(super) fn account_reassembly(&mut self, now_ms: u64, conn: &MsmqConn, held: usize) -> Result<(), u32> {
+    pub(super) fn account_reassembly(
+        &mut self,
+        now_ms: u64,
+        conn: &MsmqConn,
+        held: usize,
+    ) -> Result<(), u32> {
         let old = match held {
             0 => self.partials.remove(&conn.id).map_or(0, |(_, b)| b),
             n => {
