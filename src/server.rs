@@ -18,12 +18,10 @@ use std::sync::Arc;
 
 use crate::engine::net::{App, AppError, CloseReason as NetClose, ConnId};
 use crate::qm::broker::{
-    AckSource, Broker, OrderAckIn, RecordStored, Routed, SystemRecord, TxAckStep, Verdict,
+    AckSource, Broker, OrderAckIn, RecordStored, Routed, SystemRecord, Verdict,
 };
 use crate::qm::handoff::{Mail, Placement, ReplyTo, StoreKind, AMQP_REPLY_BIT, HEAD_MAX};
-use crate::qm::order_acks::{
-    order_ack_frame, OrderAckTo, OrderAcks, ORDER_ACKS_PER_SESSION_MAX, ORDER_ACK_WINDOW_RETRY_MS,
-};
+use crate::qm::order_acks::OrderAcks;
 use crate::qm::outgoing_queue::OutQueue;
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
 use crate::store::{LookupId, QueueId, QueueStore, Ticket};
@@ -40,6 +38,8 @@ pub mod close_code {
     pub const PAUSED: u32 = 3;
 }
 
+/// Acknowledgements: durability, OrderAcks, the admin acks and FinalAcks a receive owes.
+mod acks;
 /// Group commits, the watch on other shards' partitions, expiry.
 mod commits;
 /// The outgoing queues a shard sends: connections, resolutions, resends, the session window.
@@ -703,22 +703,6 @@ impl<S: QueueStore> MsmqApp<S> {
         }
     }
 
-    fn accept_order_ack(
-        &mut self,
-        now_ms: u64,
-        conn: &mut MsmqConn,
-        key: crate::qm::txn::TxKey,
-        state: crate::qm::txn::IncomingSequence,
-    ) {
-        let max_delay = u64::from(self.shared.broker.config.parameters.SeqMaxAckDelay);
-        if !conn.order_acks.on_accepted(now_ms, key, state, max_delay)
-            && now_ms >= self.order_ack_cap_logged_ms + COMMIT_ERROR_LOG_INTERVAL_MS
-        {
-            self.order_ack_cap_logged_ms = now_ms;
-            tracing::warn!(peer = %conn.peer, "ORDER_ACKS_PER_SESSION_MAX ({ORDER_ACKS_PER_SESSION_MAX}) sequences on one session; further OrderAcks wait for the senders' resends");
-        }
-    }
-
     /// The shard to hand `msg` to: the one running the partition that stores it, when that is
     /// another shard and the shards are joined by a mesh.
     fn handoff_target(&self, routed: &Routed, msg: &UserMessage<'_>) -> Option<usize> {
@@ -888,16 +872,6 @@ impl<S: QueueStore> MsmqApp<S> {
                     ip,
                 },
             );
-        }
-    }
-
-    /// An admin acknowledgement owed for `frame`: built after the frames of this receive
-    /// (`send_owed_acks`), since it goes to another queue.
-    fn owe_admin_ack(&mut self, frame: &[u8], class: crate::wire::headers::MessageClass) {
-        if self.admin_acks.len() < ADMIN_ACKS_PER_TURN_MAX {
-            self.admin_acks.push((frame.to_vec(), class));
-        } else {
-            tracing::warn!("too many admin acknowledgements in one turn; dropping one");
         }
     }
 
@@ -1178,114 +1152,6 @@ impl<S: QueueStore> MsmqApp<S> {
         }
     }
 
-    /// Gives `conn` the owners' answers for its hand-offs.
-    fn take_placements(&mut self, now_ms: u64, conn: &mut MsmqConn) {
-        let Some(h) = self.handoff.as_mut() else {
-            return;
-        };
-        if h.placed.is_empty() {
-            return;
-        }
-        let mut order_acks = Vec::new();
-        let mut watch = Vec::new();
-        let mut taken = 0;
-        for e in conn.pending_durable.iter_mut() {
-            let Pending::Handed { seq, rec } = *e else {
-                continue;
-            };
-            let Some((placement, order_ack)) = h.placed.remove(&seq) else {
-                continue;
-            };
-            taken += 1;
-            order_acks.extend(order_ack);
-            let Some(rec) = rec else {
-                // Express: nothing to wait for once the owner has it (a refusal closes).
-                *e = Pending::Placed;
-                continue;
-            };
-            *e = match placement {
-                Placement::At { partition, ticket } => {
-                    let p = partition as usize;
-                    if ticket != Ticket::IMMEDIATE {
-                        if let Some(a) = self.awaiting.get_mut(p) {
-                            *a = Some(a.map_or(ticket, |a| a.max(ticket)));
-                        }
-                        watch.push(p);
-                    }
-                    Pending::At {
-                        partition: p,
-                        ticket,
-                        rec,
-                    }
-                }
-                Placement::Refused => Pending::Refused,
-            };
-        }
-        if taken == 0 {
-            return;
-        }
-        for _ in 0..taken {
-            conn.session.release();
-        }
-        conn.pending_durable.retain(|e| *e != Pending::Placed);
-        for (key, state) in order_acks {
-            self.accept_order_ack(now_ms, conn, key, state);
-        }
-        // This runs after the turn's `end_of_turn`: a partition of another shard must be
-        // watched now, or nothing would wake this shard when it becomes durable.
-        watch.sort_unstable();
-        watch.dedup();
-        for p in watch {
-            if p % self.shared.shards != self.shard {
-                self.watch_partition(p);
-            }
-        }
-    }
-
-    /// Builds the admin acknowledgements and takes the OrderAcks/FinalAcks owed for frames
-    /// received (or placed for another shard) since the last call; they store into other
-    /// queues, so they wait until no frame is being handled.
-    fn send_owed_acks(&mut self, now_ms: u64) {
-        for (frame, class) in std::mem::take(&mut self.admin_acks) {
-            let Ok(msg) = UserMessage::parse(&frame) else {
-                continue;
-            };
-            let ordinal = self.next_ordinal();
-            if let Some(rec) = self.shared.broker.admin_ack_record(&msg, class, ordinal) {
-                self.store_record(now_ms, rec, None);
-            }
-        }
-        for o in std::mem::take(&mut self.final_acks) {
-            self.store_owed(now_ms, o);
-        }
-        let here = self.here();
-        let mut forward = Vec::new();
-        let mut finals_on = Vec::new();
-        let mut copies = Vec::new();
-        for (frame, from) in std::mem::take(&mut self.tx_acks) {
-            if let Ok(msg) = UserMessage::parse(&frame) {
-                match self.shared.broker.handle_tx_ack_here(&msg, &from, &here) {
-                    TxAckStep::Done(_) => {}
-                    TxAckStep::Forward(a, taken) => forward.push((a, taken)),
-                    TxAckStep::FinalTaken(copy) => copies.extend(copy),
-                    TxAckStep::FinalOn => finals_on.push((frame, from)),
-                }
-            }
-        }
-        for (a, taken) in forward {
-            // Verified and applied by the shards running the other partitions, one after the
-            // other (only an outgoing queue's owner knows what it sent, and to whom).
-            self.forward_order_ack(a, taken, self.shared.shards as u32 - 1);
-        }
-        for (frame, from) in finals_on {
-            // Looked for by the shards running the other partitions, one after the other.
-            self.forward_final_ack(&frame, from, self.shared.shards as u32 - 1);
-        }
-        for rec in copies {
-            self.store_record(now_ms, rec, None);
-        }
-    }
-
     /// Sends FinalAck `frame` (arrived on `from`) on to the next shard, which `hops_left`
     /// shards (itself included) are still to look at.
     fn forward_final_ack(&mut self, frame: &[u8], from: AckSource, hops_left: u32) {
@@ -1357,80 +1223,6 @@ impl<S: QueueStore> MsmqApp<S> {
             self.forward_order_ack(a, taken, hops_left - 1);
         } else {
             broker.finish_order_ack(&a, taken);
-        }
-    }
-
-    fn send_order_acks(&mut self, now_ms: u64, conn: &mut MsmqConn) {
-        // An OrderAck says every message up to its number is stored: it waits while any
-        // message of this session is not yet durable.
-        if !conn.pending_durable.is_empty() {
-            conn.order_acks.hold(now_ms);
-            return;
-        }
-        let own = self.shared.broker.guid();
-        // DIRECT=TCP to the sender's address when the session carried direct format names,
-        // else PRIVATE=<sender>\4.
-        let to = if conn.direct_format {
-            OrderAckTo::Direct(conn.peer.ip())
-        } else {
-            OrderAckTo::Private(conn.session.remote_qm())
-        };
-        for s in conn.order_acks.take_due(now_ms) {
-            let ordinal = self.next_ordinal();
-            let bytes = match order_ack_frame(own, ordinal, &s, to) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode an OrderAck");
-                    continue;
-                }
-            };
-            match conn.session.send_message(now_ms, &bytes, false, 0) {
-                Ok(_) => {
-                    self.shared
-                        .counters
-                        .order_acks_out
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    // The window is full: try again shortly; the OrderAck is cumulative.
-                    tracing::debug!(?e, "OrderAck deferred");
-                    conn.order_acks
-                        .retry_at(s, now_ms + ORDER_ACK_WINDOW_RETRY_MS);
-                }
-            }
-        }
-    }
-
-    fn apply_durability(&mut self, now_ms: u64, conn: &mut MsmqConn) {
-        self.take_placements(now_ms, conn);
-        let mut last = None;
-        while let Some(&front) = conn.pending_durable.front() {
-            let Pending::At {
-                partition: p,
-                ticket: t,
-                rec,
-            } = front
-            else {
-                break;
-            };
-            let durable = if !self.commit_ok {
-                false
-            } else if self.durable.get(p).is_some_and(|&d| t < d) {
-                true
-            } else {
-                // Committed by another shard or an API call since this shard's last commit
-                // (its published watermark; no lock).
-                self.shared.broker.is_durable(p, t)
-            };
-            if durable {
-                last = Some(rec);
-                conn.pending_durable.pop_front();
-            } else {
-                break;
-            }
-        }
-        if let Some(rec) = last {
-            conn.session.handle_durable(now_ms, rec);
         }
     }
 
