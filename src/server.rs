@@ -22,7 +22,7 @@ use crate::qm::handoff::{Mail, StoreKind};
 use crate::qm::order_acks::OrderAcks;
 use crate::qm::outgoing_queue::OutQueue;
 use crate::session::{Event, FrameError, Framer, Inbound, Session, SessionConfig};
-use crate::store::{LookupId, QueueId, QueueStore, Ticket};
+use crate::store::{QueueStore, Ticket};
 use crate::wire::Guid;
 use mail::Handoff;
 
@@ -552,40 +552,7 @@ impl<S: QueueStore> MsmqApp<S> {
                 }
                 Event::Acked { token } => {
                     if let Some(q) = conn.outgoing {
-                        let Some(p) = self.out.get(&q).map(|o| o.def.shard) else {
-                            continue;
-                        };
-                        debug_assert!(self.here()(p), "{}", not_run_here(self.shard, p));
-                        let mut part = self.shared.broker.partition(p);
-                        let transactional = part
-                            .store
-                            .peek(QueueId(q), crate::store::Select::Lookup(LookupId(token)))
-                            .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
-                        let mut journal = None;
-                        // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
-                        if !transactional {
-                            journal = self.shared.broker.source_journal_copy(
-                                &part.store,
-                                QueueId(q),
-                                LookupId(token),
-                            );
-                            if let Some(o) = self.out.get_mut(&q) {
-                                o.handle_acked(token);
-                            }
-                            if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
-                                tracing::error!(error = %e, "cannot remove a delivered message");
-                            }
-                            self.shared
-                                .broker
-                                .counters
-                                .outgoing_sent_acked
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        drop(part);
-                        if let Some((frame, _)) = journal {
-                            let o = crate::qm::broker::Owed::MachineJournal { frame };
-                            self.store_owed(self.now_ms, o);
-                        }
+                        self.outgoing_acked(q, token);
                     }
                 }
                 Event::Closed(reason) => {

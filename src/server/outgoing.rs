@@ -3,6 +3,8 @@
 //! messages moved from the store into an MS-MQQB session's window (`fill_window`). The
 //! decisions are `qm::outgoing_queue`'s; SRMP over HTTP is `srmp_conn`.
 
+use std::sync::atomic::Ordering;
+
 use super::{close_code, not_run_here, MsmqApp, MsmqConn};
 use crate::engine::net::ConnId;
 use crate::qm::outgoing_queue::{OutAction, OutPhase, OutPolicy, OutQueue};
@@ -226,6 +228,45 @@ impl<S: QueueStore> MsmqApp<S> {
                 broker.note_outgoing_status(*id, st.clone());
                 self.published.insert(*id, st);
             }
+        }
+    }
+
+    /// The peer acknowledged the message of outgoing queue `q` sent with `token` (session
+    /// event `Acked`): one not transactional is delivered, so removed (its source journal copy
+    /// stored); a transactional one stays until its OrderAck.
+    pub(super) fn outgoing_acked(&mut self, q: u32, token: u64) {
+        let Some(p) = self.out.get(&q).map(|o| o.def.shard) else {
+            return;
+        };
+        debug_assert!(self.here()(p), "{}", not_run_here(self.shard, p));
+        let mut part = self.shared.broker.partition(p);
+        let transactional = part
+            .store
+            .peek(QueueId(q), crate::store::Select::Lookup(LookupId(token)))
+            .is_some_and(|m| m.meta.class == crate::store::Class::Transactional);
+        let mut journal = None;
+        // A transactional message stays until its OrderAck (MS-MQQB 3.1.5.5.5).
+        if !transactional {
+            journal =
+                self.shared
+                    .broker
+                    .source_journal_copy(&part.store, QueueId(q), LookupId(token));
+            if let Some(o) = self.out.get_mut(&q) {
+                o.handle_acked(token);
+            }
+            if let Err(e) = part.remove_delivered(QueueId(q), LookupId(token)) {
+                tracing::error!(error = %e, "cannot remove a delivered message");
+            }
+            self.shared
+                .broker
+                .counters
+                .outgoing_sent_acked
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        drop(part);
+        if let Some((frame, _)) = journal {
+            let o = crate::qm::broker::Owed::MachineJournal { frame };
+            self.store_owed(self.now_ms, o);
         }
     }
 }
