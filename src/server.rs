@@ -10,6 +10,12 @@
 //!
 //! This module decides nothing about the protocol (that is `session/` and `qm/`) and knows
 //! nothing of io_uring (that is `engine/`).
+//!
+//! This file is the adapter: the types (`MsmqConn`, `MsmqApp`, `Shared`, the counters),
+//! `handle_frame` and the `App` impl. Each subject of the app has its file in `server/`: the
+//! mail between shards (`mail.rs`), acknowledgements (`acks.rs`), commits and expiry
+//! (`commits.rs`), the request desk (`desk.rs`), the outgoing queues (`outgoing.rs`, and
+//! `srmp_conn.rs` for HTTP) and reassembly accounting (`reassembly.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
