@@ -41,8 +41,11 @@ pub trait Disk: Sync {
     /// Start writing `chunks` in order, each followed by an fdatasync of its segment; a chunk
     /// is written only after the previous chunk's sync completed.
     fn submit(&mut self, chunks: Vec<Chunk>) -> Result<(), StoreError>;
-    /// If the in-flight batch is durable, hand its chunks back. Blocks for it when `wait`.
-    /// An error means the batch's state on disk is unknown: the caller must poison the log.
+    /// If the in-flight batch is durable, hand its chunks back. Blocks for it when `wait`,
+    /// except for a batch on a shard's ring ([`Disk::stage_on_shard`]): then
+    /// `StoreError::NotDurable` (not a failure: its completions come with the shard's turns).
+    /// Any other error means the batch's state on disk is unknown: the caller must poison the
+    /// log.
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError>;
     /// Signal eventfd `fd` when a submitted batch completes, so the thread that polls this disk
     /// learns it without blocking. Disks without completions of their own (in memory,
