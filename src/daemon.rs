@@ -138,6 +138,7 @@ pub fn serve(mut config: Config) -> anyhow::Result<()> {
         crate::qm::broker::set_thread_shard(ctx.index, ctx.shards);
         let mut shard_app =
             crate::shard_app::ShardApp::new(s2.clone(), amqp_factory.clone(), ctx.index);
+        shard_app.commit_on_shard_ring(ctx.index, ctx.shards);
         let app = &mut shard_app.msmq;
         if let Some(w) = ctx.wakers.get(ctx.index) {
             app.notify_commits_to(w.as_raw_fd());
@@ -610,6 +611,16 @@ pub fn render_metrics(
         "recv_buffer_exhausted_total",
         "Times the receive buffer ring ran dry.",
         e.recv_buffer_exhausted,
+    );
+    put(
+        "store_ops_on_shard_ring_total",
+        "Store writes and fdatasyncs issued on the shards' own rings.",
+        e.file_ops_submitted,
+    );
+    put(
+        "store_ops_on_shard_ring_failed_total",
+        "Store writes and fdatasyncs on the shards' rings that completed with an errno.",
+        e.file_ops_failed,
     );
     // Per shard: how the kernel spread the connections over the shards.
     let _ = writeln!(

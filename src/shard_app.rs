@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::amqp::app::{AmqpApp, AmqpConn, AmqpShared};
 use crate::amqp::AMQP_LISTENER;
-use crate::engine::net::{App, AppError, CloseReason, ConnId, Listener};
+use crate::engine::net::{App, AppError, CloseReason, ConnId, FileOp, Listener};
+use crate::qm::broker::Broker;
 use crate::server::{MsmqApp, MsmqConn, Shared, MSMQ_LISTENER};
 use crate::store::QueueStore;
 
@@ -25,13 +26,35 @@ pub enum ShardConn {
 pub struct ShardApp<S> {
     pub msmq: MsmqApp<S>,
     pub amqp: AmqpApp<S>,
+    broker: Arc<Broker<S>>,
+    /// The partitions whose commit writes and fdatasyncs go on this shard's ring
+    /// ([`ShardApp::commit_on_shard_ring`]).
+    on_ring: Vec<usize>,
 }
 
 impl<S: QueueStore> ShardApp<S> {
     pub fn new(shared: Arc<Shared<S>>, amqp: Arc<AmqpShared>, shard: usize) -> Self {
         ShardApp {
+            broker: shared.broker.clone(),
             msmq: MsmqApp::new(shared.clone(), shard),
             amqp: AmqpApp::new(shared, amqp, shard),
+            on_ring: Vec::new(),
+        }
+    }
+
+    /// From the shard's thread before its loop starts: the commit writes and fdatasyncs of
+    /// the partitions it runs go on its own ring from now on ([`App::poll_file_ops`]); until
+    /// the loop is over ([`App::file_ops_stopped`]), when each store drives them itself again.
+    /// A partition that cannot keeps its store's own ring (logged).
+    pub fn commit_on_shard_ring(&mut self, shard: usize, shards: usize) {
+        for p in (shard..self.broker.partition_count()).step_by(shards.max(1)) {
+            match self.broker.stage_on_shard(p, true) {
+                Ok(true) => self.on_ring.push(p),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(shard, partition = p, error = %e, "cannot commit on the shard's ring; the store keeps its own")
+                }
+            }
         }
     }
 }
@@ -187,5 +210,31 @@ impl<S: QueueStore> App for ShardApp<S> {
 
     fn on_app_deadline(&mut self, now_ms: u64) {
         self.msmq.on_app_deadline(now_ms);
+    }
+
+    fn poll_file_ops(&mut self, out: &mut Vec<FileOp>) {
+        for &p in &self.on_ring {
+            self.broker.take_file_ops(p, out);
+        }
+    }
+
+    fn on_file_complete(&mut self, _now_ms: u64, token: u64, result: i32) {
+        // The partition's commit at this turn's end reaps it (a failure poisons its log).
+        self.broker.file_complete(token, result);
+    }
+
+    fn file_ops_stopped(&mut self, all_completed: bool) {
+        if !all_completed {
+            tracing::error!(
+                partitions = ?self.on_ring,
+                "the shard stopped with store writes in flight on its ring; their buffers are \
+                 leaked and the partitions' logs poisoned (restart recovers what was synced)"
+            );
+        }
+        for p in std::mem::take(&mut self.on_ring) {
+            if let Err(e) = self.broker.stage_on_shard(p, false) {
+                tracing::error!(partition = p, error = %e, "handing the store its own ring back");
+            }
+        }
     }
 }

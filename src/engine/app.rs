@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use super::sockets;
@@ -175,6 +175,60 @@ pub trait App {
     /// connection timeouts and before [`App::end_of_turn`]. The app must clear or move the
     /// deadline, or it fires again on the next turn.
     fn on_app_deadline(&mut self, _now_ms: u64) {}
+
+    /// File operations to run on the shard's ring (store writes and fdatasyncs), polled once
+    /// per turn after [`App::end_of_turn`]; see [`FileOp`] for the buffer contract. A chain
+    /// of linked ops must be appended in one call. The loop never waits for them: each
+    /// result comes back through [`App::on_file_complete`] in a later turn.
+    fn poll_file_ops(&mut self, _out: &mut Vec<FileOp>) {}
+
+    /// The kernel's result for the op named `token` (`>= 0`, or `-errno`; `-ECANCELED` for
+    /// an op whose linked predecessor failed or was short). Called before the turn's
+    /// [`App::end_of_turn`].
+    fn on_file_complete(&mut self, _now_ms: u64, _token: u64, _result: i32) {}
+
+    /// The shard's loop is over and takes no more file ops: drive what is staged yourself.
+    /// `all_completed` is false only when ops handed out never completed (the shard gave up
+    /// after twice the shutdown grace): their buffers must then be leaked, never freed.
+    fn file_ops_stopped(&mut self, _all_completed: bool) {}
+}
+
+/// Bits of [`FileOp::token`] the engine carries (the rest of `user_data` names the op kind).
+pub const FILE_TOKEN_BITS: u32 = 56;
+
+/// What a [`FileOp`] does.
+#[derive(Clone, Copy, Debug)]
+pub enum FileOpKind {
+    /// A positioned write of `len` bytes at `ptr` to `offset`.
+    Write {
+        /// The bytes; owned by the app, unmoved and unfreed until the op's completion.
+        ptr: *const u8,
+        /// How many.
+        len: u32,
+        /// Where in the file.
+        offset: u64,
+    },
+    /// An fdatasync of the file.
+    Fdatasync,
+}
+
+/// A file operation an app hands its shard to run on the shard's own ring
+/// ([`App::poll_file_ops`]); its result comes back through [`App::on_file_complete`].
+///
+/// Contract: the file stays open and a write's buffer stays valid and unmodified until that
+/// completion, or, if the shard stops without it (its kernel ring held the op for more than
+/// twice the shutdown grace), forever: [`App::file_ops_stopped`] says so and the app must leak.
+#[derive(Clone, Copy, Debug)]
+pub struct FileOp {
+    /// The file.
+    pub fd: RawFd,
+    /// What to do.
+    pub kind: FileOpKind,
+    /// The next op of the same [`App::poll_file_ops`] call runs only after this one succeeded
+    /// in full (io_uring's IO_LINK); a failed or short one cancels it (`-ECANCELED`).
+    pub link: bool,
+    /// The app's name for the op, below `1 << FILE_TOKEN_BITS`.
+    pub token: u64,
 }
 
 /// What the factory of [`super::net::Engine::start_with_ctx`] gets on each shard's thread:

@@ -218,6 +218,10 @@ counters! {
     recv_buffer_exhausted,
     /// Completions for connections that had already gone (dropped after returning buffers).
     stale_completions,
+    /// File operations (store writes and fdatasyncs) the app handed to the shard's ring.
+    file_ops_submitted,
+    /// File operations that completed with an errno (the app decides what it means).
+    file_ops_failed,
 }
 
 impl Counters {

@@ -68,7 +68,10 @@ use super::shard::Shard;
 use super::signal::ShutdownSignal;
 use super::sockets;
 
-pub use super::app::{App, AppError, CloseReason, ConnId, Errno, Listener, ShardCtx, Waker};
+pub use super::app::{
+    App, AppError, CloseReason, ConnId, Errno, FileOp, FileOpKind, Listener, ShardCtx, Waker,
+    FILE_TOKEN_BITS,
+};
 pub(crate) use super::config::ShardSetup;
 pub use super::config::{Counters, CountersSnapshot, EngineConfig, EngineError, LISTENERS_MAX};
 pub use super::sockets::now_ms;

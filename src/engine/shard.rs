@@ -20,7 +20,8 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::admission::PeerLimiter;
-use super::app::{App, CloseReason, ConnId, Errno, Listener, ShardCtx};
+use super::app::FILE_TOKEN_BITS;
+use super::app::{App, CloseReason, ConnId, Errno, FileOp, FileOpKind, Listener, ShardCtx};
 use super::buffers::{RecvBufRing, SparePool};
 use super::config::{Counters, EngineConfig, EngineError, ShardSetup};
 use super::sockets::{self, now_ms, RawSockAddr};
@@ -44,6 +45,8 @@ enum OpKind {
     Wake = 7,
     /// Cancels of the accept or the wake-up read at shutdown; not tied to a slot.
     AuxCancel = 8,
+    /// A file operation of the app ([`FileOp`]); the low 56 bits are its token.
+    File = 9,
 }
 
 impl OpKind {
@@ -57,6 +60,7 @@ impl OpKind {
             6 => OpKind::Cancel,
             7 => OpKind::Wake,
             8 => OpKind::AuxCancel,
+            9 => OpKind::File,
             _ => return None,
         })
     }
@@ -159,6 +163,11 @@ pub(crate) struct Shard<A: App> {
     stopping_since_ms: Option<u64>,
     /// Run the next turn without waiting: work was left for it.
     more_work: bool,
+    /// The app's file operations submitted and not completed yet; the shard does not exit
+    /// (and so its ring does not go) before this is zero.
+    file_ops_in_flight: u64,
+    /// Reused for [`App::poll_file_ops`].
+    file_ops: Vec<FileOp>,
 }
 
 impl<A: App> Shard<A> {
@@ -246,6 +255,8 @@ impl<A: App> Shard<A> {
             now_ms: now_ms(),
             stopping_since_ms: None,
             more_work: false,
+            file_ops_in_flight: 0,
+            file_ops: Vec::new(),
             config,
         })
     }
@@ -266,6 +277,7 @@ impl<A: App> Shard<A> {
                 self.more_work = true;
             }
             self.rearm_recvs()?;
+            self.submit_file_ops()?;
 
             if self.stopping_since_ms.is_none() && self.stop.load(Ordering::SeqCst) {
                 self.begin_shutdown()?;
@@ -281,7 +293,10 @@ impl<A: App> Shard<A> {
                         acceptor.fd = None;
                     }
                 }
-                if self.turn.is_empty() && self.aux_ops_in_flight == 0 {
+                if self.turn.is_empty()
+                    && self.aux_ops_in_flight == 0
+                    && self.file_ops_in_flight == 0
+                {
                     break true;
                 }
                 if waited >= 2 * self.config.shutdown_grace_ms {
@@ -289,6 +304,7 @@ impl<A: App> Shard<A> {
                         shard = self.index,
                         connections = self.turn.len(),
                         aux_ops = self.aux_ops_in_flight,
+                        file_ops = self.file_ops_in_flight,
                         "shutdown: the kernel still holds operations after twice the grace \
                          period; leaking their buffers instead of freeing them"
                     );
@@ -300,8 +316,77 @@ impl<A: App> Shard<A> {
             }
         };
         self.turn.app_mut().end_of_turn(self.now_ms);
+        // What that last end of turn staged, and anything later, the app drives itself.
+        let all_completed = self.file_ops_in_flight == 0;
+        self.turn.app_mut().file_ops_stopped(all_completed);
         self.teardown(clean);
         Ok(())
+    }
+
+    /// Submits the file operations the app staged this turn (store writes and fdatasyncs)
+    /// with the turn's other operations; a linked chain goes in one piece.
+    fn submit_file_ops(&mut self) -> Result<(), EngineError> {
+        let mut ops = std::mem::take(&mut self.file_ops);
+        self.turn.app_mut().poll_file_ops(&mut ops);
+        let mut chain: Vec<squeue::Entry> = Vec::new();
+        let mut result = Ok(());
+        for op in &ops {
+            debug_assert!(op.token < 1 << FILE_TOKEN_BITS);
+            let data = ((OpKind::File as u64) << 56) | (op.token & ((1 << FILE_TOKEN_BITS) - 1));
+            let mut flags = squeue::Flags::empty();
+            if op.link {
+                flags |= squeue::Flags::IO_LINK;
+            }
+            let entry = match op.kind {
+                FileOpKind::Write { ptr, len, offset } => {
+                    // ASYNC: the copy into the page cache runs on an io-wq worker instead of
+                    // inline in io_uring_enter, so the loop goes on meanwhile.
+                    flags |= squeue::Flags::ASYNC;
+                    opcode::Write::new(Fd(op.fd), ptr, len)
+                        .offset(offset)
+                        .build()
+                }
+                FileOpKind::Fdatasync => opcode::Fsync::new(Fd(op.fd))
+                    .flags(io_uring::types::FsyncFlags::DATASYNC)
+                    .build(),
+            };
+            chain.push(entry.flags(flags).user_data(data));
+            if !op.link {
+                // SAFETY: the app owns each write's buffer and keeps it, and the file, until
+                // the op's completion reaches `on_file_complete`, or for ever if the shard
+                // stops without it (`FileOp`'s contract, `file_ops_stopped(false)`); an fsync
+                // carries no buffer.
+                result = unsafe { self.io.push(&chain) };
+                if result.is_err() {
+                    break;
+                }
+                self.file_ops_in_flight += chain.len() as u64;
+                Counters::bump(&self.io.counters.file_ops_submitted, chain.len() as u64);
+                chain.clear();
+            }
+        }
+        if result.is_ok() && !chain.is_empty() {
+            // A chain left open by the app: its last op links to nothing; submit it as is.
+            // SAFETY: as above.
+            result = unsafe { self.io.push(&chain) };
+            if result.is_ok() {
+                self.file_ops_in_flight += chain.len() as u64;
+                Counters::bump(&self.io.counters.file_ops_submitted, chain.len() as u64);
+            }
+        }
+        ops.clear();
+        self.file_ops = ops;
+        result
+    }
+
+    fn on_file_complete(&mut self, token: u64, result: i32) {
+        self.file_ops_in_flight = self.file_ops_in_flight.saturating_sub(1);
+        if result < 0 {
+            Counters::bump(&self.io.counters.file_ops_failed, 1);
+        }
+        self.turn
+            .app_mut()
+            .on_file_complete(self.now_ms, token, result);
     }
 
     fn teardown(mut self, clean: bool) {
@@ -413,6 +498,10 @@ impl<A: App> Shard<A> {
     fn handle_cqe(&mut self, cqe: cqueue::Entry) -> Result<(), EngineError> {
         let result = cqe.result();
         let flags = cqe.flags();
+        if cqe.user_data() >> 56 == OpKind::File as u64 {
+            self.on_file_complete(cqe.user_data() & ((1 << FILE_TOKEN_BITS) - 1), result);
+            return Ok(());
+        }
         let Some((kind, key, generation)) = decode_user_data(cqe.user_data()) else {
             // Not ours (nothing else submits on this ring): drop it, but never lose a buffer.
             self.give_back_buffer(flags);
@@ -455,7 +544,7 @@ impl<A: App> Shard<A> {
                     sock.ops_in_flight -= 1;
                 }
             }
-            OpKind::Accept | OpKind::Wake | OpKind::AuxCancel => {}
+            OpKind::Accept | OpKind::Wake | OpKind::AuxCancel | OpKind::File => {}
         }
         if self.turn.state(id) == Some(ConnState::Closing) {
             self.progress_close(id)?;

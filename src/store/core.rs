@@ -94,6 +94,21 @@ struct Reserved {
     ticket: Ticket,
 }
 
+/// Full batches a store keeps queued behind the one in flight when its disk cannot block
+/// (its writes go to a shard's ring, [`Disk::may_block`]); one more full batch is refused with
+/// [`StoreError::BatchFull`]. With 8 MiB batches that is 32 MiB staged at most, plus the
+/// growing one. Batches still go to the disk one at a time, so recovery's torn tail is at
+/// most one batch as before.
+pub const QUEUED_BATCHES_MAX: usize = 4;
+
+/// A full batch waiting for the one in flight (see [`QUEUED_BATCHES_MAX`]).
+struct Queued {
+    chunks: Vec<Chunk>,
+    marker_at: Option<(usize, usize)>,
+    /// `next_seq` when it was closed: every seq below is in it or before it.
+    end: u64,
+}
+
 /// The durable queue store over a [`Disk`].
 pub struct Store<D: Disk> {
     disk: D,
@@ -108,6 +123,9 @@ pub struct Store<D: Disk> {
     flush_wanted: bool,
     /// Where the staged batch's commit marker sits: (pending chunk, offset in its buffer).
     marker_at: Option<(usize, usize)>,
+    /// Full batches behind the one in flight, oldest first (never more than
+    /// [`QUEUED_BATCHES_MAX`]; only while the disk cannot block).
+    queued: VecDeque<Queued>,
     free_bufs: Vec<Vec<u8>>,
     queues: HashMap<QueueId, QueueIndex, Fast>,
     quotas: HashMap<QueueId, QueueQuota, Fast>,
@@ -162,6 +180,7 @@ impl<D: Disk> Store<D> {
             inflight_end: None,
             flush_wanted: false,
             marker_at: None,
+            queued: VecDeque::new(),
             free_bufs: Vec::new(),
             queues: HashMap::default(),
             quotas: HashMap::default(),
@@ -629,7 +648,25 @@ impl<D: Disk> Store<D> {
             if !may_submit {
                 return Err(StoreError::BatchFull);
             }
-            self.submit_now()?;
+            if self.disk.may_block() {
+                // Queued batches first (left from a time the disk could not block), then
+                // this one.
+                while !self.pending.is_empty() {
+                    self.submit_now()?;
+                }
+            } else if self.inflight_end.is_none() && self.queued.is_empty() {
+                self.submit()?;
+            } else if self.queued.len() < QUEUED_BATCHES_MAX {
+                // The loop must not wait for the disk: close this batch and start the next.
+                self.queued.push_back(Queued {
+                    chunks: std::mem::take(&mut self.pending),
+                    marker_at: self.marker_at.take(),
+                    end: self.next_seq,
+                });
+                self.pending_bytes = 0;
+            } else {
+                return Err(StoreError::BatchFull);
+            }
         }
         let marker = if self.marker_at.is_none() {
             COMMON_HEADER
@@ -647,12 +684,14 @@ impl<D: Disk> Store<D> {
         Ok(())
     }
 
-    /// Submit the staged batch now, waiting first for the one in flight.
+    /// Submit the next batch (queued, else staged) now, waiting first for the one in flight.
     fn submit_now(&mut self) -> Result<(), StoreError> {
         while self.inflight_end.is_some() {
             match self.disk.poll(true) {
                 Ok(Some(chunks)) => self.completed(chunks),
                 Ok(None) => {}
+                // Its completions come through the shard's ring: not a failure of the log.
+                Err(StoreError::NotDurable) => return Err(StoreError::NotDurable),
                 Err(e) => return Err(self.poison(e)),
             }
         }
@@ -685,7 +724,7 @@ impl<D: Disk> Store<D> {
     /// the end of the log, so the last batch is confirmed. The store stays usable.
     pub fn close(&mut self) -> Result<(), StoreError> {
         self.check_writable()?;
-        if !self.pending.is_empty() {
+        while !self.pending.is_empty() || !self.queued.is_empty() {
             self.submit_now()?;
         }
         self.submit_now()?;
@@ -734,18 +773,27 @@ impl<D: Disk> Store<D> {
         Ok((seq, base, off, space as u32))
     }
 
+    /// Submit the oldest queued batch, else the staged one (nothing may be in flight).
     fn submit(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let mut chunks = std::mem::take(&mut self.pending);
-        if let Some((ci, at)) = self.marker_at.take() {
+        let (mut chunks, marker_at, end) = if let Some(q) = self.queued.pop_front() {
+            (q.chunks, q.marker_at, q.end)
+        } else {
+            if self.pending.is_empty() {
+                return Ok(());
+            }
+            self.pending_bytes = 0;
+            self.flush_wanted = false;
+            (
+                std::mem::take(&mut self.pending),
+                self.marker_at.take(),
+                self.next_seq,
+            )
+        };
+        if let Some((ci, at)) = marker_at {
             // Nothing is in flight: every seq below `durable` is on disk.
             record::patch_control(&mut chunks[ci].buf[at..], self.durable);
         }
-        self.pending_bytes = 0;
-        self.inflight_end = Some(self.next_seq);
-        self.flush_wanted = false;
+        self.inflight_end = Some(end);
         if let Err(e) = self.disk.submit(chunks) {
             return Err(self.poison(e));
         }
@@ -995,11 +1043,13 @@ impl<D: Disk> QueueStore for Store<D> {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         self.check_writable()?;
+        if self.inflight_end.is_none() {
+            self.submit()?;
+        }
         if self.inflight_end.is_some() {
             self.flush_wanted = !self.pending.is_empty();
-            return Ok(());
         }
-        self.submit()
+        Ok(())
     }
 
     fn poll_durable(&mut self, wait: bool) -> Result<Ticket, StoreError> {
@@ -1008,7 +1058,7 @@ impl<D: Disk> QueueStore for Store<D> {
             match self.disk.poll(wait) {
                 Ok(Some(chunks)) => {
                     self.completed(chunks);
-                    if self.flush_wanted {
+                    if self.flush_wanted || !self.queued.is_empty() {
                         self.submit()?;
                     } else if self.pending.is_empty() {
                         self.mark_idle();
@@ -1018,6 +1068,8 @@ impl<D: Disk> QueueStore for Store<D> {
                     }
                 }
                 Ok(None) => break,
+                // Its completions come through the shard's ring: not a failure of the log.
+                Err(StoreError::NotDurable) => return Err(StoreError::NotDurable),
                 Err(e) => return Err(self.poison(e)),
             }
             if wait {
@@ -1193,6 +1245,18 @@ impl<D: Disk> QueueStore for Store<D> {
 
     fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
         self.disk.set_notify(fd)
+    }
+
+    fn stage_on_shard(&mut self, on: bool) -> Result<bool, StoreError> {
+        self.disk.stage_on_shard(on)
+    }
+
+    fn take_file_ops(&mut self, out: &mut Vec<crate::engine::app::FileOp>) {
+        self.disk.take_ops(out)
+    }
+
+    fn file_complete(&mut self, token: u64, result: i32) {
+        self.disk.complete(token, result)
     }
 
     fn stats(&self) -> StoreStats {

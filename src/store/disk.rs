@@ -4,6 +4,7 @@
 //! part of `store/` with `unsafe` (the mappings and the ring writes).
 
 use super::{segment_file_name, StoreError};
+use crate::engine::app::{FileOp, FileOpKind};
 use crate::engine::uring::{
     classify_file_errno, Completion, FileErrnoDecision, OpKind, Ring, UserData, RING_ENTRIES,
 };
@@ -40,8 +41,11 @@ pub trait Disk: Sync {
     /// Start writing `chunks` in order, each followed by an fdatasync of its segment; a chunk
     /// is written only after the previous chunk's sync completed.
     fn submit(&mut self, chunks: Vec<Chunk>) -> Result<(), StoreError>;
-    /// If the in-flight batch is durable, hand its chunks back. Blocks for it when `wait`.
-    /// An error means the batch's state on disk is unknown: the caller must poison the log.
+    /// If the in-flight batch is durable, hand its chunks back. Blocks for it when `wait`,
+    /// except for a batch on a shard's ring ([`Disk::stage_on_shard`]): then
+    /// `StoreError::NotDurable` (not a failure: its completions come with the shard's turns).
+    /// Any other error means the batch's state on disk is unknown: the caller must poison the
+    /// log.
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError>;
     /// Signal eventfd `fd` when a submitted batch completes, so the thread that polls this disk
     /// learns it without blocking. Disks without completions of their own (in memory,
@@ -49,6 +53,31 @@ pub trait Disk: Sync {
     fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
         let _ = fd;
         Ok(())
+    }
+    /// Hand the writes and fdatasyncs of batches to the thread's own ring (`on`): from now on
+    /// [`Disk::submit`] stages them for [`Disk::take_ops`] and [`Disk::complete`] reports
+    /// their results; with `!on` the disk issues them itself again (its blocking driver). A
+    /// batch handed out and not complete when `!on` comes can never be waited for: its buffers
+    /// are leaked (the kernel may still read them) and the next poll poisons the log. Returns
+    /// whether the disk now stages; disks without rings of their own ignore it (false).
+    fn stage_on_shard(&mut self, on: bool) -> Result<bool, StoreError> {
+        let _ = on;
+        Ok(false)
+    }
+    /// Whether [`Disk::poll`] with `wait` may block (false while batches go to the shard's
+    /// ring: the store then queues a full batch behind the one in flight instead of waiting).
+    fn may_block(&self) -> bool {
+        true
+    }
+    /// Move the staged operations of the batch in flight into `out` (see
+    /// [`Disk::stage_on_shard`]); their tokens come back through [`Disk::complete`]. Each
+    /// buffer stays owned by the disk, neither moved nor freed, until its completion.
+    fn take_ops(&mut self, out: &mut Vec<FileOp>) {
+        let _ = out;
+    }
+    /// The result of an operation handed out by [`Disk::take_ops`] (`>= 0` or `-errno`).
+    fn complete(&mut self, token: u64, result: i32) {
+        let _ = (token, result);
     }
     /// Durably overwrite a range with zeros (recovery cuts the torn tail with this).
     fn zero(&mut self, base: u64, offset: u64, len: u64) -> Result<(), StoreError>;
@@ -79,8 +108,29 @@ struct Segment {
     map: Mmap,
 }
 
+/// Who issues a batch's operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Staged for the shard's ring, not yet taken ([`Disk::take_ops`]).
+    Unissued,
+    /// On the disk's own ring.
+    Ring,
+    /// Taken for the shard's ring: completions come through [`Disk::complete`].
+    Shard,
+}
+
+/// Bits of a token handed out with a [`FileOp`]: `generation:24 | slot:16`. The caller may
+/// use the bits above for its own routing (the broker puts the partition there).
+pub const DISK_TOKEN_BITS: u32 = 40;
+
+fn disk_token(slot: u32, generation: u32) -> u64 {
+    ((generation as u64 & crate::engine::uring::GENERATION_MASK as u64) << 16)
+        | (slot as u64 & 0xFFFF)
+}
+
 struct InFlight {
     chunks: Vec<Chunk>,
+    via: Via,
     generation: u32,
     ops: u32,
     done: u32,
@@ -99,6 +149,12 @@ pub struct UringDisk {
     inflight: Option<InFlight>,
     generation: u32,
     completions: Vec<Completion>,
+    /// Batches are staged for the shard's ring ([`Disk::stage_on_shard`]).
+    on_shard: bool,
+    /// Completions reported through [`Disk::complete`], for the next `poll`.
+    shard_done: Vec<Completion>,
+    /// A batch handed to a ring that went away before completing it (its buffers leaked).
+    lost: bool,
 }
 
 fn io_err(e: std::io::Error) -> StoreError {
@@ -139,6 +195,9 @@ impl UringDisk {
             inflight: None,
             generation: 0,
             completions: Vec::with_capacity(RING_ENTRIES as usize),
+            on_shard: false,
+            shard_done: Vec::new(),
+            lost: false,
         };
         for entry in std::fs::read_dir(dir).map_err(io_err)? {
             let entry = entry.map_err(io_err)?;
@@ -217,6 +276,7 @@ impl UringDisk {
         inf.ops = 2 * n as u32;
         inf.done = 0;
         inf.resubmit = false;
+        inf.via = Via::Ring;
         self.ring.submit(0).map_err(StoreError::Ring)
     }
 }
@@ -290,15 +350,102 @@ impl Disk for UringDisk {
         assert!(self.inflight.is_none(), "one batch in flight at a time");
         assert!(chunks.len() * 2 <= RING_ENTRIES as usize);
         self.generation = self.generation.wrapping_add(1);
+        let n = chunks.len() as u32;
         self.inflight = Some(InFlight {
             chunks,
+            via: Via::Unissued,
             generation: self.generation & crate::engine::uring::GENERATION_MASK,
-            ops: 0,
+            ops: 2 * n,
             done: 0,
             resubmit: false,
             failure: None,
         });
+        if self.on_shard {
+            // Taken by the shard after its turn (`take_ops`).
+            return Ok(());
+        }
         self.push_batch()
+    }
+
+    fn stage_on_shard(&mut self, on: bool) -> Result<bool, StoreError> {
+        if !on {
+            if let Some(inf) = self.inflight.as_mut() {
+                if inf.via == Via::Shard && inf.done < inf.ops {
+                    // The ring that holds these operations is going without their
+                    // completions: the kernel may still read the buffers, so they are never
+                    // freed, and the batch's fate on disk is unknown.
+                    let inf = self.inflight.take().expect("checked above");
+                    std::mem::forget(inf.chunks);
+                    self.lost = true;
+                }
+            }
+            self.shard_done.clear();
+        }
+        self.on_shard = on;
+        Ok(on)
+    }
+
+    fn may_block(&self) -> bool {
+        !self.on_shard
+    }
+
+    fn take_ops(&mut self, out: &mut Vec<FileOp>) {
+        let Some(inf) = self.inflight.as_mut() else {
+            return;
+        };
+        if inf.via != Via::Unissued || !self.on_shard {
+            return;
+        }
+        let n = inf.chunks.len();
+        let mut ops = Vec::with_capacity(2 * n);
+        for (i, c) in inf.chunks.iter().enumerate() {
+            let Some(seg) = self.segs.get(&c.segment) else {
+                // Cannot happen (segments in flight are not removed); fail the batch.
+                inf.failure.get_or_insert(StoreError::Poisoned {
+                    errno: libc::ENOENT,
+                });
+                inf.done = inf.ops;
+                inf.via = Via::Shard;
+                return;
+            };
+            let fd = seg.file.as_raw_fd();
+            let slot = (i * 2) as u32;
+            ops.push(FileOp {
+                fd,
+                kind: FileOpKind::Write {
+                    ptr: c.buf.as_ptr(),
+                    len: c.buf.len() as u32,
+                    offset: c.offset as u64,
+                },
+                link: true,
+                token: disk_token(slot, inf.generation),
+            });
+            ops.push(FileOp {
+                fd,
+                kind: FileOpKind::Fdatasync,
+                link: i + 1 < n,
+                token: disk_token(slot + 1, inf.generation),
+            });
+        }
+        inf.ops = 2 * n as u32;
+        inf.done = 0;
+        inf.resubmit = false;
+        inf.via = Via::Shard;
+        out.append(&mut ops);
+    }
+
+    fn complete(&mut self, token: u64, result: i32) {
+        let slot = (token & 0xFFFF) as u32;
+        let generation = ((token >> 16) as u32) & crate::engine::uring::GENERATION_MASK;
+        let kind = if slot % 2 == 0 {
+            OpKind::StoreWrite
+        } else {
+            OpKind::StoreSync
+        };
+        self.shard_done.push(Completion {
+            user_data: UserData::new(kind, slot, generation),
+            result,
+        });
     }
 
     fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
@@ -306,21 +453,49 @@ impl Disk for UringDisk {
     }
 
     fn poll(&mut self, wait: bool) -> Result<Option<Vec<Chunk>>, StoreError> {
+        if self.lost {
+            self.lost = false;
+            return Err(StoreError::Poisoned { errno: libc::EIO });
+        }
         loop {
             let Some(inf) = self.inflight.as_ref() else {
                 return Ok(None);
             };
-            let remaining = (inf.ops - inf.done) as usize;
             self.completions.clear();
-            self.ring.drain(&mut self.completions);
-            if self.completions.is_empty() {
-                if !wait {
-                    return Ok(None);
+            match inf.via {
+                Via::Unissued if wait || !self.on_shard => {
+                    // Nobody takes it for the shard's ring (a caller that must wait, or the
+                    // disk is back on its own driver): issue it here.
+                    self.push_batch()?;
+                    continue;
                 }
-                self.ring
-                    .submit(remaining.max(1))
-                    .map_err(StoreError::Ring)?;
-                self.ring.drain(&mut self.completions);
+                Via::Unissued => return Ok(None),
+                Via::Shard => {
+                    // Completions of an earlier batch's generation are dropped below.
+                    self.completions.append(&mut self.shard_done);
+                    if self.completions.is_empty() {
+                        if wait && inf.done < inf.ops {
+                            // They arrive on the shard's ring, which only its loop reaps.
+                            return Err(StoreError::NotDurable);
+                        }
+                        if inf.done < inf.ops {
+                            return Ok(None);
+                        }
+                    }
+                }
+                Via::Ring => {
+                    let remaining = (inf.ops - inf.done) as usize;
+                    self.ring.drain(&mut self.completions);
+                    if self.completions.is_empty() {
+                        if !wait {
+                            return Ok(None);
+                        }
+                        self.ring
+                            .submit(remaining.max(1))
+                            .map_err(StoreError::Ring)?;
+                        self.ring.drain(&mut self.completions);
+                    }
+                }
             }
             let inf = self.inflight.as_mut().expect("checked above");
             for c in &self.completions {
@@ -368,6 +543,12 @@ impl Disk for UringDisk {
             if inf.resubmit {
                 // Nothing failed, an op was interrupted (EINTR/EAGAIN) and its successors
                 // cancelled: the writes are idempotent, so the whole batch is issued again.
+                if self.on_shard {
+                    inf.via = Via::Unissued;
+                    inf.done = 0;
+                    inf.resubmit = false;
+                    return Ok(None);
+                }
                 self.push_batch()?;
                 continue;
             }

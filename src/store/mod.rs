@@ -21,7 +21,7 @@ pub mod scan;
 pub mod sim;
 
 pub use self::core::Store;
-pub use disk::{Chunk, Disk, UringDisk};
+pub use disk::{Chunk, Disk, UringDisk, DISK_TOKEN_BITS};
 pub use sim::{SimDisk, SimStore};
 
 use std::fmt;
@@ -469,5 +469,22 @@ pub trait QueueStore: Sync {
     fn set_notify(&mut self, fd: std::os::fd::RawFd) -> Result<(), StoreError> {
         let _ = fd;
         Ok(())
+    }
+    /// Hand commit writes and fdatasyncs to the calling shard's ring (`on`), or drive them
+    /// itself again (`!on`); see [`Disk::stage_on_shard`]. Returns whether it now stages.
+    /// Stores without a ring of their own (in memory, simulated) return false.
+    fn stage_on_shard(&mut self, on: bool) -> Result<bool, StoreError> {
+        let _ = on;
+        Ok(false)
+    }
+    /// The staged file operations of the commit in flight ([`Disk::take_ops`]); each token
+    /// is below `1 << DISK_TOKEN_BITS`.
+    fn take_file_ops(&mut self, out: &mut Vec<crate::engine::app::FileOp>) {
+        let _ = out;
+    }
+    /// The kernel's result for a token from [`QueueStore::take_file_ops`]; the next
+    /// [`QueueStore::poll_durable`] acts on it (a failure poisons the log).
+    fn file_complete(&mut self, token: u64, result: i32) {
+        let _ = (token, result);
     }
 }

@@ -39,6 +39,7 @@ mod access;
 mod admin_acks;
 mod delivery;
 mod expiry;
+mod file_ops;
 mod final_acks;
 mod journal;
 mod outgoing;
