@@ -220,14 +220,7 @@ fn max_in_sessions_refuses_with_cs_and_sigterm_stops_cleanly() {
     );
     c1.wait_acked();
     // SIGTERM: the server finishes its work and exits 0.
-    let pid = server.child.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    server.stop_term();
     // And what was acknowledged is there after a restart.
     let server = Server::start(&dir.path().join("data"));
     assert_eq!(server.receive_all("q").len(), 1);

@@ -49,14 +49,7 @@ fn recoverable_messages_are_synced_on_the_shard_ring_and_survive_kill9_and_sigte
     let mut server = Server::start(&data);
     send_recoverable(&server, 2, 1, 25);
     // A clean stop with the shards' rings gone: the final commit works on the stores' own.
-    let pid = server.child.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    server.stop_term();
     let server = Server::start(&data);
     assert_eq!(server.receive_all("ring").len(), 65);
 }

@@ -100,6 +100,15 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Stops the server with SIGTERM and asserts it exited 0 (it finishes its work first).
+    pub fn stop_term(&mut self) {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
     /// Runs the `lior` CLI against this server's API and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(BIN)
