@@ -261,6 +261,23 @@ impl DuplicateTable {
         }
     }
 
+    /// Loads the index entries a new identifier will touch, its own (`tag`) and, with a full
+    /// ring, the one of the identifier at the ring's head that it will likely evict, one right
+    /// after the other: the rest of a message's path has evicted the index from the caches, and
+    /// two independent loads wait for memory once, where `find` then `take_slot` waited twice
+    /// (perf/results/dedup-ring-2026-11-27.md).
+    #[inline]
+    fn load_both(&self, tag: u32) {
+        let own = self.index[tag as usize & self.mask];
+        let head = match self.slots.get(self.head) {
+            Some(h) if h.live && self.slots.len() == self.capacity => {
+                self.index[self.tag(&h.key) as usize & self.mask]
+            }
+            _ => EMPTY,
+        };
+        std::hint::black_box((own, head));
+    }
+
     /// Records `key` at `now_ms` with the place its copy is about to be stored. Returns the
     /// origin of the first copy when it was already there: the message is a duplicate and is to
     /// be discarded (after its session-level accounting).
@@ -271,6 +288,7 @@ impl DuplicateTable {
         origin: Origin,
     ) -> Option<Origin> {
         let tag = self.tag(&key);
+        self.load_both(tag);
         if let Ok(i) = self.find(&key, tag) {
             let s = &mut self.slots[(self.index[i] as u32 - 1) as usize];
             s.seen_ms = now_ms;
