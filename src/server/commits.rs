@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 
 use super::{unix_now, MsmqApp, COMMIT_ERROR_LOG_INTERVAL_MS, COMMIT_RETRY_MS};
-use crate::qm::handoff::Mail;
 use crate::store::{QueueStore, Ticket};
 
 impl<S> MsmqApp<S> {
@@ -85,21 +84,7 @@ impl<S: QueueStore> MsmqApp<S> {
             // No session: the answer goes to the expiry wave (`expiry_copies`).
             let reply = h.sessionless_reply(self.shard);
             h.expiry_copies.insert(reply.seq, p);
-            self.mail(
-                rec.partition % self.shared.shards,
-                Mail::Store {
-                    reply: Some(reply),
-                    kind: rec.kind,
-                    queue: rec.queue,
-                    partition: rec.partition as u32,
-                    now_unix: unix_now(),
-                    frame: &rec.frame,
-                },
-            );
-            self.shared
-                .counters
-                .records_mailed
-                .fetch_add(1, Ordering::Relaxed);
+            self.mail_record(&rec, Some(reply));
         }
         waits
     }

@@ -3,11 +3,8 @@
 //! (`qm::broker::Owed`: receive acks, FinalAcks, journal copies), stored here or mailed to the
 //! shard running their partition before the desk answers.
 
-use std::sync::atomic::Ordering;
-
 use super::{unix_now, MsmqApp};
 use crate::qm::broker::{RecordStored, SystemRecord};
-use crate::qm::handoff::Mail;
 use crate::store::{QueueStore, Ticket};
 
 impl<S: QueueStore> MsmqApp<S> {
@@ -97,28 +94,16 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut rec = rec;
         loop {
             if !here(rec.partition) {
-                let to = rec.partition % self.shared.shards;
                 let Some(h) = self.handoff.as_mut() else {
                     // No mesh means this shard runs every partition: never here.
+                    let to = rec.partition % self.shared.shards;
                     tracing::error!(to, "a record for another shard without a mesh; dropped");
                     return Some(None);
                 };
                 // No session: the answer goes to the desk (`desk_records`).
                 let reply = h.sessionless_reply(self.shard);
                 h.desk_records.insert(reply.seq, id);
-                let mail = Mail::Store {
-                    reply: Some(reply),
-                    kind: rec.kind,
-                    queue: rec.queue,
-                    partition: rec.partition as u32,
-                    now_unix: unix_now(),
-                    frame: &rec.frame,
-                };
-                self.mail(to, mail);
-                self.shared
-                    .counters
-                    .records_mailed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.mail_record(&rec, Some(reply));
                 return None;
             }
             // This shard runs `rec.partition` (checked just above).

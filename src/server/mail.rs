@@ -249,20 +249,7 @@ impl<S: QueueStore> MsmqApp<S> {
         let mut rec = rec;
         loop {
             if !here(rec.partition) {
-                let to = rec.partition % self.shared.shards;
-                let mail = Mail::Store {
-                    reply,
-                    kind: rec.kind,
-                    queue: rec.queue,
-                    partition: rec.partition as u32,
-                    now_unix: unix_now(),
-                    frame: &rec.frame,
-                };
-                self.mail(to, mail);
-                self.shared
-                    .counters
-                    .records_mailed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.mail_record(&rec, reply);
                 return;
             }
             let stored = self
@@ -319,6 +306,24 @@ impl<S: QueueStore> MsmqApp<S> {
 
     /// Sends `mail` to shard `to` (never refused: what this shard mails on its own is bounded
     /// by the frames and mail it takes per turn).
+    /// Sends `rec` to the shard running its partition as `Mail::Store` (answered to `reply`
+    /// once stored there), counted in `records_mailed`.
+    pub(super) fn mail_record(&mut self, rec: &SystemRecord, reply: Option<ReplyTo>) {
+        let mail = Mail::Store {
+            reply,
+            kind: rec.kind,
+            queue: rec.queue,
+            partition: rec.partition as u32,
+            now_unix: unix_now(),
+            frame: &rec.frame,
+        };
+        self.mail(rec.partition % self.shared.shards, mail);
+        self.shared
+            .counters
+            .records_mailed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn mail(&mut self, to: usize, mail: Mail<'_>) {
         let Some(h) = self.handoff.as_mut() else {
             tracing::error!(to, "mail for another shard without a mesh; dropped");
