@@ -6,6 +6,7 @@
 //! `kill -9` of the receiver right after the answer included.
 
 mod common;
+use common::{alias_config as config, free_port};
 
 use std::time::Duration;
 
@@ -14,24 +15,6 @@ use common::{Client, Server};
 use lior::wire::headers::AckFlags;
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn config(dir: &std::path::Path, alias: &str, remote_port: u16, extra: &str) -> String {
-    let path = dir.join("lior.toml");
-    std::fs::write(
-        &path,
-        format!("aliases = [\"{alias}\"]\nremote_port = {remote_port}\n{extra}"),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_string()
-}
 
 /// The catalog entry (`queues.json` of the test's own data directory) of queue `name`: its
 /// partition.

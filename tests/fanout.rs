@@ -4,6 +4,7 @@
 //! `lior serve` processes on 127.0.0.x, the real CLI, and python-qpid-proton for AMQP.
 
 mod common;
+use common::free_port;
 
 use common::have_proton;
 
@@ -23,14 +24,6 @@ fn write_config(dir: &Path, text: &str) -> String {
     let p = dir.join("lior.toml");
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `lior send TO --body BODY --json` against `s`: the answer and whether the command succeeded.

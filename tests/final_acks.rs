@@ -7,6 +7,7 @@
 //! restart.
 
 mod common;
+use common::{alias_config, free_port};
 
 use common::bodies;
 
@@ -15,28 +16,10 @@ use std::time::Duration;
 use common::api::{metric, outgoing_len};
 use common::Server;
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn config(dir: &std::path::Path, alias: &str, remote_port: u16) -> String {
-    let path = dir.join("lior.toml");
-    std::fs::write(
-        &path,
-        format!("aliases = [\"{alias}\"]\nremote_port = {remote_port}\n"),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 /// One `lior serve` at `ip:port` over `dir` (kept across restarts), reaching its peer on
 /// `remote_port`.
 fn start_at(dir: &std::path::Path, ip: &str, port: u16, remote_port: u16) -> Server {
-    let c = config(dir, ip, remote_port);
+    let c = alias_config(dir, ip, remote_port, "");
     let listen = format!("{ip}:{port}");
     Server::start_with(&dir.join("data"), &["--config", &c, "--listen", &listen])
 }

@@ -12,6 +12,7 @@
 //! a Kubernetes Service or Pacemaker IP name would be).
 
 mod common;
+use common::free_port;
 
 use common::bodies;
 
@@ -32,14 +33,6 @@ const DURABLE: &str = "OS:lior-ha\\private$\\durable";
 const TXQ: &str = "OS:lior-ha\\private$\\txq";
 const TX_SENDER: Guid = Guid([0x7C; 16]);
 const TX_SEQ: u64 = (1_800_000_000u64 << 32) | 7;
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn write_config(path: &Path, text: &str) -> String {
     std::fs::write(path, text).unwrap();

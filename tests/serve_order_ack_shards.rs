@@ -8,6 +8,7 @@
 //! bound to the peer's address, and checks on `/metrics` which shard accepted it.
 
 mod common;
+use common::free_port;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -16,14 +17,6 @@ use common::api::{get_json, metric, outgoing_len};
 use common::{Client, Server};
 use lior::wire::user::{OrderAckBody, QueueRef, UserMessage};
 use lior::wire::Guid;
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start(dir: &std::path::Path, ip: &str, port: u16, remote_port: u16) -> Server {
     let cfg = dir.join("lior.toml");

@@ -3,6 +3,7 @@
 //! manager over MS-MQQB; a NACK the sender asked for comes back to its admin queue.
 
 mod common;
+use common::{alias_config as config, free_port};
 
 use common::bodies;
 
@@ -13,14 +14,6 @@ use common::{Client, Server};
 use lior::wire::headers::AckFlags;
 use lior::wire::user::{QueueRef, UserMessage};
 use lior::wire::{utf16z, Guid, Utf16};
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Two queue managers standing for two machines: `a` at `ip_a`, `b` at `ip_b` (with
 /// `extra_b` in its config). Each reaches the other on its port.
@@ -40,16 +33,6 @@ fn pair(ip_a: &str, ip_b: &str, extra_b: &str) -> (Server, Server, [tempfile::Te
         &["--config", &ca, "--listen", &listen_a],
     );
     (a, b, [da, db])
-}
-
-fn config(dir: &std::path::Path, alias: &str, remote_port: u16, extra: &str) -> String {
-    let path = dir.join("lior.toml");
-    std::fs::write(
-        &path,
-        format!("aliases = [\"{alias}\"]\nremote_port = {remote_port}\n{extra}"),
-    )
-    .unwrap();
-    path.to_str().unwrap().to_string()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! Real `lior serve` processes on 127.0.0.1 only.
 
 mod common;
+use common::free_port;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -20,14 +21,6 @@ const B: &str = "127.0.0.3";
 
 /// A port free on `ip` now (the SRMP endpoint must know its own port before it starts:
 /// stream receipts come back to it).
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn hardened(dir: &Path, ip: &str, srmp_port: u16) -> Server {
     hardened_with(dir, ip, srmp_port, "")
 }

@@ -433,3 +433,24 @@ pub fn have_proton() -> bool {
     }
     ok
 }
+
+/// A free TCP port on `ip` (bound, then released for the server to take).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `DIR/lior.toml` naming this machine `alias`, reaching peers on `remote_port`, plus
+/// `extra` lines; returns its path.
+pub fn alias_config(dir: &std::path::Path, alias: &str, remote_port: u16, extra: &str) -> String {
+    let path = dir.join("lior.toml");
+    std::fs::write(
+        &path,
+        format!("aliases = [\"{alias}\"]\nremote_port = {remote_port}\n{extra}"),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
